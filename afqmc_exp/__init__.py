@@ -1,0 +1,9 @@
+"""afqmc-exp: Hydra-configured, MLflow-tracked fine-tuning of pretrained Transformers on AFQMC.
+
+Importing the package registers the OmegaConf resolvers the configs use (see ``resolvers``); it imports
+nothing heavy, so ``python train.py --help`` stays fast.
+"""
+
+from . import resolvers  # noqa: F401  (registers ${afqmc.minilm:} and ${afqmc.sample:})
+
+__version__ = "0.1.0"

@@ -1,0 +1,320 @@
+"""AFQMC data: read and validate JSON-lines files, fetch the official zip, batch sentence pairs fast.
+
+Why it looks like this:
+
+* Files are validated completely *before* any model is loaded or any run is opened, so one bad line
+  costs the user a second, not an hour; every error names the file, the line and the fix.
+* Each split is tokenized once, in one call of the fast tokenizer, without padding. Batches are padded
+  only to their own longest pair (dynamic padding), and the training order groups pairs of similar length
+  ("length-grouped batching"): the epoch's random permutation is cut into chunks of ``group_batches``
+  batches, each chunk is sorted by length and split into batches, and the batch order is shuffled again.
+  Every pair is still seen exactly once per epoch in a random batch, but a batch carries ~2% padding
+  instead of ~40%. Evaluation sorts the whole split by length (order does not matter there) and maps
+  the predictions back to file order.
+* The training order is a pure function of ``(seed, epoch)``, which makes runs reproducible and lets a
+  resumed run skip exactly the batches it had already trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+log = logging.getLogger(__name__)
+
+OFFICIAL_ZIP_URL = "https://storage.googleapis.com/cluebenchmark/tasks/afqmc_public.zip"
+SPLIT_FILES = ("train.json", "dev.json", "test.json")
+
+
+class DataError(ValueError):
+    """A data file cannot be used; the message names the file, the line and what to do."""
+
+
+@dataclass
+class PairExample:
+    sentence1: str
+    sentence2: str
+    label: int | None  # None for the unlabelled test set
+    id: object = None  # the `id` field of the official test set, else the 0-based line index
+
+
+# --------------------------------------------------------------------------------------------- reading
+def _decode(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found. Check the path, or set data.dir to the folder holding "
+                        f"{'/'.join(SPLIT_FILES)}.") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not a JSON-lines file.") from None
+    if not raw.strip():
+        raise DataError(f"{path}: the file is empty. It must hold one JSON object per line, e.g. "
+                        '{"sentence1": "...", "sentence2": "...", "label": "0"}.')
+    try:
+        return raw.decode("utf-8-sig")  # -sig: a UTF-8 byte-order mark is accepted and dropped
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{line}: bytes that are not UTF-8 (at byte {err.start}). Chinese data often comes as "
+            f"GBK; convert it with: iconv -f GBK -t UTF-8 '{path}' > fixed.json") from None
+
+
+def _label(value: object, where: str) -> int:
+    if isinstance(value, bool):  # JSON true/false would otherwise pass as 1/0
+        value = None
+    if value in (0, 1, "0", "1"):
+        return int(value)
+    raise DataError(f"{where}: label is {json.dumps(value, ensure_ascii=False)}; AFQMC labels are "
+                    '"0" (different meaning) or "1" (same meaning), as a string or an integer.')
+
+
+def read_pairs(path: str | os.PathLike, require_labels: bool = True) -> list[PairExample]:
+    """Read an AFQMC JSON-lines file, checking every line.
+
+    Accepted: labels "0"/"1" or 0/1, a UTF-8 BOM, CRLF line ends, blank lines (skipped).
+    ``require_labels=False`` reads the unlabelled test set (an ``id`` field is kept when present).
+    """
+    path = Path(path)
+    text = _decode(path)
+    if text.lstrip().startswith("["):
+        raise DataError(f"{path}:1: the file is one JSON array; AFQMC files are JSON lines (one object per "
+                        "line). Convert with: python -c \"import json,sys; [print(json.dumps(o, "
+                        f"ensure_ascii=False)) for o in json.load(open(sys.argv[1]))]\" '{path}' > fixed.json")
+    examples: list[PairExample] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}: not valid JSON ({err.msg}, column {err.colno}). Each line must be one "
+                            'object like {"sentence1": "...", "sentence2": "...", "label": "0"}.') from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: a JSON {type(obj).__name__}, expected an object with sentence1, "
+                            "sentence2 and label.")
+        for key in ("sentence1", "sentence2"):
+            value = obj.get(key)
+            if not isinstance(value, str) or not value.strip():
+                state = "missing" if key not in obj else f"{json.dumps(value, ensure_ascii=False)}"
+                raise DataError(f"{where}: {key} is {state}; it must be a non-empty string. Fix or delete "
+                                "this line.")
+        if "label" in obj:
+            label = _label(obj["label"], where)
+        elif require_labels:
+            raise DataError(f"{where}: no label. Training and evaluation need a label \"0\" or \"1\" on "
+                            "every line; to score an unlabelled file use predict.py.")
+        else:
+            label = None
+        examples.append(PairExample(obj["sentence1"], obj["sentence2"], label,
+                                    obj.get("id", len(examples))))
+    if not examples:
+        raise DataError(f"{path}: holds only blank lines; it needs at least one sentence pair.")
+    return examples
+
+
+# ------------------------------------------------------------------------------------- official data
+def _cache_dir() -> Path:
+    return Path(os.environ.get("AFQMC_EXP_CACHE", Path.home() / ".cache" / "afqmc_exp"))
+
+
+def download_official(target: Path, url: str = OFFICIAL_ZIP_URL, timeout_s: float = 30.0) -> None:
+    """Fetch CLUE's ``afqmc_public.zip`` into a cache, verify it and unpack the three splits into ``target``.
+
+    CLUE publishes no checksum, so verification is structural (a sound zip holding the three files, every
+    line of which parses) plus a SHA-256 recorded beside the cached zip on first download and checked
+    on every later use, so a corrupted or swapped cache is noticed instead of silently trained on.
+    """
+    cache = _cache_dir()
+    zip_path, digest_path = cache / "afqmc_public.zip", cache / "afqmc_public.zip.sha256"
+    if not zip_path.exists():
+        if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("AFQMC_EXP_OFFLINE") == "1":
+            raise DataError(_missing_message(target, "offline mode is set (HF_HUB_OFFLINE/AFQMC_EXP_OFFLINE)"))
+        cache.mkdir(parents=True, exist_ok=True)
+        partial = zip_path.with_suffix(".part")
+        log.info("downloading %s", url)
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response, open(partial, "wb") as out:
+                shutil.copyfileobj(response, out)
+        except OSError as err:
+            partial.unlink(missing_ok=True)
+            raise DataError(_missing_message(target, f"download of {url} failed: {err}")) from None
+        digest_path.write_text(hashlib.sha256(partial.read_bytes()).hexdigest() + "\n")
+        os.replace(partial, zip_path)
+    digest = hashlib.sha256(zip_path.read_bytes()).hexdigest()
+    if digest_path.exists() and digest_path.read_text().strip() != digest:
+        raise DataError(f"{zip_path}: checksum differs from the one recorded at download; delete the file and "
+                        "its .sha256 to fetch it again.")
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            if archive.testzip() is not None:
+                raise zipfile.BadZipFile("a member fails its CRC check")
+            members = {Path(name).name: name for name in archive.namelist() if not name.endswith("/")}
+            missing = [name for name in SPLIT_FILES if name not in members]
+            if missing:
+                raise zipfile.BadZipFile(f"it lacks {', '.join(missing)}")
+            target.mkdir(parents=True, exist_ok=True)
+            for name in SPLIT_FILES:
+                (target / name).write_bytes(archive.read(members[name]))
+    except zipfile.BadZipFile as err:
+        raise DataError(f"{zip_path}: not the AFQMC archive ({err}); delete it to fetch it again.") from None
+    for name in SPLIT_FILES:  # structural check of what was unpacked
+        read_pairs(target / name, require_labels=name != "test.json")
+
+
+def _missing_message(target: Path, reason: str) -> str:
+    return (f"{target}: AFQMC files {', '.join(SPLIT_FILES)} are not there and {reason}. Download "
+            f"{OFFICIAL_ZIP_URL} on a machine with internet, unzip it into {target}, or point data.dir at a "
+            "folder that holds them (e.g. data.dir=../shared/data/afqmc).")
+
+
+# ------------------------------------------------------------------------------------ tokenized split
+@dataclass
+class EncodedPairs:
+    """One split, tokenized once: token ids per pair (unpadded), labels, and ids for predictions."""
+
+    examples: list[PairExample]
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]]
+    labels: torch.Tensor | None
+    lengths: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.lengths = [len(ids) for ids in self.input_ids]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, index: int) -> int:
+        return index  # the collate function gathers by index; see PairCollator
+
+
+def encode_pairs(examples: list[PairExample], tokenizer, max_length: int) -> EncodedPairs:
+    encoded = tokenizer([e.sentence1 for e in examples], [e.sentence2 for e in examples],
+                        truncation=True, max_length=max_length, padding=False,
+                        return_token_type_ids=True, return_attention_mask=False)
+    labelled = all(e.label is not None for e in examples)
+    labels = torch.tensor([e.label for e in examples], dtype=torch.long) if labelled else None
+    return EncodedPairs(examples, encoded["input_ids"], encoded["token_type_ids"], labels)
+
+
+class PairCollator:
+    """Pads a list of indices of an :class:`EncodedPairs` to the batch's longest pair."""
+
+    def __init__(self, split: EncodedPairs, pad_token_id: int):
+        self.split, self.pad_token_id = split, pad_token_id
+
+    def __call__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        width = max(self.split.lengths[i] for i in indices)
+        input_ids = torch.full((len(indices), width), self.pad_token_id, dtype=torch.long)
+        token_type_ids = torch.zeros((len(indices), width), dtype=torch.long)
+        attention_mask = torch.zeros((len(indices), width), dtype=torch.long)
+        for row, i in enumerate(indices):
+            n = self.split.lengths[i]
+            input_ids[row, :n] = torch.tensor(self.split.input_ids[i])
+            token_type_ids[row, :n] = torch.tensor(self.split.token_type_ids[i])
+            attention_mask[row, :n] = 1
+        batch = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask,
+                 "index": torch.as_tensor(indices, dtype=torch.long)}
+        if self.split.labels is not None:
+            batch["labels"] = self.split.labels[batch["index"]]
+        return batch
+
+
+class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Random batches of similar-length pairs; order fixed by ``(seed, epoch)``. See the module docstring."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group_batches: int = 50,
+                 shuffle: bool = True):
+        self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
+        self.group_batches, self.shuffle, self.epoch = group_batches, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def batches(self) -> list[list[int]]:
+        n = len(self.lengths)
+        if not self.shuffle:  # evaluation: longest first, so a too-large batch fails at once, not at the end
+            order = sorted(range(n), key=lambda i: -self.lengths[i])
+            return [order[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(n, generator=generator).tolist()
+        if self.group_batches > 1:
+            group = self.group_batches * self.batch_size
+            order = [i for start in range(0, n, group)
+                     for i in sorted(order[start:start + group], key=lambda i: self.lengths[i])]
+        batches = [order[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
+        if self.group_batches > 1:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches())
+
+
+# ------------------------------------------------------------------------------------- the data group
+@dataclass
+class AfqmcData:
+    """The ``data`` config group: where the splits are and how they are batched.
+
+    ``train_file``/``dev_file``/``test_file`` are names inside ``dir`` (or absolute paths); ``test_file``
+    may be unlabelled (then it is only predicted, not scored) or null.
+    """
+
+    dir: str
+    train_file: str = "train.json"
+    dev_file: str = "dev.json"
+    test_file: str | None = "test.json"
+    max_length: int = 128
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    num_workers: int = 0
+    group_batches: int = 50  # batches per length-sorted chunk of the shuffled epoch; 1 = plain shuffling
+    download: bool = True  # fetch the official zip when dir lacks the files
+    score_test: bool = True  # at the end: metrics on a labelled test file, CLUE predictions for an unlabelled one
+
+    def path(self, name: str) -> Path:
+        return Path(self.dir).expanduser() / name
+
+    def load(self) -> dict[str, list[PairExample]]:
+        """Read and validate every split (downloading the official data if the folder lacks it)."""
+        wanted = {"train": self.train_file, "dev": self.dev_file}
+        if self.test_file:
+            wanted["test"] = self.test_file
+        missing = [name for name in wanted.values() if not self.path(name).exists()]
+        if missing:
+            if not self.download or set(missing) - set(SPLIT_FILES):
+                raise DataError(_missing_message(Path(self.dir), f"{', '.join(missing)} is missing"))
+            download_official(Path(self.dir).expanduser())
+        splits = {split: read_pairs(self.path(name), require_labels=split != "test")
+                  for split, name in wanted.items()}
+        return splits
+
+    def loader(self, split: EncodedPairs, pad_token_id: int, train: bool, seed: int = 0,
+               pin_memory: bool = False) -> torch.utils.data.DataLoader:
+        return make_loader(split, pad_token_id, self.batch_size if train else self.eval_batch_size, train=train,
+                           seed=seed, group_batches=self.group_batches, num_workers=self.num_workers,
+                           pin_memory=pin_memory)
+
+
+def make_loader(split: EncodedPairs, pad_token_id: int, batch_size: int, train: bool, seed: int = 0,
+                group_batches: int = 50, num_workers: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """Length-grouped random batches for training, length-sorted batches for evaluation."""
+    sampler = LengthGroupedBatchSampler(split.lengths, batch_size, seed=seed, group_batches=group_batches,
+                                        shuffle=train)
+    return torch.utils.data.DataLoader(split, batch_sampler=sampler, collate_fn=PairCollator(split, pad_token_id),
+                                       num_workers=num_workers, pin_memory=pin_memory,
+                                       persistent_workers=num_workers > 0)

@@ -1,0 +1,116 @@
+"""One training run as a plain typed function: validate data, open the MLflow run, fit, score the best
+weights again, log everything, close the run with the right status.
+
+It never sees a DictConfig (Hydra stays in ``cli``), so it can be called from a notebook or a test with
+ordinary objects. The order matters: data is read and checked *before* the MLflow run opens or a model
+loads (a bad line costs a second and leaves no half-open run); once the run is open, any exception
+closes it as FAILED and Ctrl-C as KILLED.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+
+from .data import AfqmcData, PairExample, encode_pairs, make_loader
+from .loop import TrainerConfig, build_accelerator, fit, predict
+from .metrics import classification_metrics
+from .model import Pretrained, load_pair_classifier
+from .tracking import MlflowTracking, Run
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Python, NumPy and torch (all devices) RNGs; the data order is seeded separately by the sampler."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def score(pretrained: Pretrained, examples: list[PairExample], max_length: int, batch_size: int,
+          accelerator) -> tuple[np.ndarray, dict[str, float] | None]:
+    """Probabilities of "same meaning" for ``examples`` (file order) and, if labelled, their metrics."""
+    split = encode_pairs(examples, pretrained.tokenizer, max_length)
+    loader = make_loader(split, pretrained.tokenizer.pad_token_id, batch_size, train=False)
+    model, loader = accelerator.prepare(pretrained.model, loader)
+    prob_same, loss = predict(model, loader, accelerator)
+    metrics = classification_metrics(split.labels.numpy(), prob_same, loss) if split.labels is not None else None
+    return prob_same, metrics
+
+
+def write_predictions(path: Path, examples: list[PairExample], prob_same: np.ndarray,
+                      with_sentences: bool = False) -> None:
+    """CLUE submission lines ``{"id", "label": "0"|"1"}`` plus the probability (and optionally the pair)."""
+    with open(path, "w", encoding="utf-8") as out:
+        for example, prob in zip(examples, prob_same):
+            row = {"id": example.id, "label": str(int(prob >= 0.5)), "prob": round(float(prob), 6)}
+            if with_sentences:
+                row.update(sentence1=example.sentence1, sentence2=example.sentence2, gold=example.label)
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def run(*, data: AfqmcData, load_model: Callable[[], Pretrained], make_optimizer: Callable,
+        make_scheduler: Callable, trainer: TrainerConfig, tracking: MlflowTracking, seed: int,
+        output_dir: Path, params: Mapping[str, str], tags: Mapping[str, str], base_dir: str | None = None,
+        parent_run_id: str | None = None) -> float:
+    """Train, evaluate, track; return the best dev value of ``trainer.metric`` (what sweepers optimise)."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    examples = data.load()  # validated before anything heavy happens
+    seed_everything(seed)
+    accelerator = build_accelerator(trainer)
+    mlflow_run = (tracking.start(params, tags, base_dir=base_dir, parent_run_id=parent_run_id)
+                  if accelerator.is_main_process else Run(None, None))
+    status = "FAILED"
+    try:
+        pretrained = load_model()
+        if data.max_length > pretrained.max_positions:
+            raise ValueError(f"data.max_length={data.max_length} exceeds the model's limit of "
+                             f"{pretrained.max_positions} positions; set data.max_length<={pretrained.max_positions}")
+        splits = {name: encode_pairs(rows, pretrained.tokenizer, data.max_length)
+                  for name, rows in examples.items() if name != "test"}
+        result = fit(pretrained, data, splits, make_optimizer, make_scheduler, trainer, seed, output_dir,
+                     accelerator, mlflow_run.log_metrics)
+
+        # The saved folder, reloaded, is what users get: score it, not the in-memory model.
+        best = load_pair_classifier(str(result.best_dir))
+        final: dict[str, float] = {}
+        prob_dev, dev_metrics = score(best, examples["dev"], data.max_length, data.eval_batch_size, accelerator)
+        final.update({f"final/dev_{k}": v for k, v in dev_metrics.items()})
+        test_rows = examples.get("test")
+        prob_test, test_metrics = (score(best, test_rows, data.max_length, data.eval_batch_size, accelerator)
+                                   if test_rows and data.score_test else (None, None))
+        if test_metrics:
+            final.update({f"final/test_{k}": v for k, v in test_metrics.items()})
+        mlflow_run.log_metrics(final, step=result.steps)
+        if accelerator.is_main_process:
+            write_predictions(output_dir / "dev_predictions.jsonl", examples["dev"], prob_dev, with_sentences=True)
+            if prob_test is not None:
+                write_predictions(output_dir / "test_predictions.jsonl", test_rows, prob_test)
+            (output_dir / "result.json").write_text(json.dumps(
+                {"best_metric": result.best_metric, "metric": trainer.metric, "best_step": result.best_step,
+                 "steps": result.steps, **final, "mlflow_run_id": mlflow_run.run_id}, indent=2) + "\n")
+            log.info("best dev %s %.4f at step %d; final %s", trainer.metric, result.best_metric,
+                     result.best_step, {k: round(v, 4) for k, v in final.items()})
+            for name in ("dev_predictions.jsonl", "test_predictions.jsonl", "result.json"):
+                mlflow_run.log_artifact(output_dir / name)
+            mlflow_run.log_artifacts(output_dir / ".hydra", "hydra")
+            if tracking.log_weights:
+                mlflow_run.log_artifacts(result.best_dir, "best_model")
+        status = "FINISHED"
+        return result.best_metric
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if accelerator.is_main_process:
+            for logfile in output_dir.glob("*.log"):
+                mlflow_run.log_artifact(logfile)
+        mlflow_run.end(status)

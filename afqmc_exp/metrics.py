@@ -1,0 +1,43 @@
+"""Binary classification metrics for AFQMC: accuracy, F1 of the positive class, ROC-AUC, and the loss.
+
+Accuracy alone hides AFQMC's 69% majority class, so F1 (of label 1, "same meaning") and AUC are always
+reported beside it. Computed with numpy (no scikit-learn import on the start-up path); the tests check
+them against scikit-learn.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# metric name -> True when larger is better; the trainer's `metric` must be one of these.
+GREATER_IS_BETTER = {"accuracy": True, "f1": True, "auc": True, "loss": False}
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U with tied scores averaged); NaN when one class is absent."""
+    labels = np.asarray(labels).astype(bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(len(scores), dtype=np.float64)
+    # average rank (1-based) over each run of equal scores
+    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
+    starts = np.concatenate(([0], boundaries))
+    ends = np.concatenate((boundaries, [len(scores)]))
+    for start, end in zip(starts, ends):
+        ranks[order[start:end]] = (start + end + 1) / 2.0
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def classification_metrics(labels: np.ndarray, prob_same: np.ndarray, loss: float) -> dict[str, float]:
+    """Metrics of probabilities of label 1 against labels; the prediction is ``prob >= 0.5``."""
+    labels = np.asarray(labels).astype(int)
+    predicted = (np.asarray(prob_same) >= 0.5).astype(int)
+    true_pos = int(((predicted == 1) & (labels == 1)).sum())
+    precision_den, recall_den = int(predicted.sum()), int(labels.sum())
+    f1 = 2 * true_pos / (precision_den + recall_den) if precision_den + recall_den else 0.0
+    return {"loss": float(loss), "accuracy": float((predicted == labels).mean()), "f1": float(f1),
+            "auc": roc_auc(labels, prob_same)}

