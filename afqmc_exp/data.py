@@ -58,7 +58,7 @@ def _decode(path: Path) -> str:
     except IsADirectoryError:
         raise DataError(f"{path}: is a folder, not a JSON-lines file.") from None
     if not raw.strip():
-        raise DataError(f"{path}: the file is empty. It must hold one JSON object per line, e.g. "
+        raise DataError(f"{path}: the file is empty (or only blank lines). It must hold one JSON object per line, e.g. "
                         '{"sentence1": "...", "sentence2": "...", "label": "0"}.')
     try:
         return raw.decode("utf-8-sig")  # -sig: a UTF-8 byte-order mark is accepted and dropped
@@ -70,9 +70,7 @@ def _decode(path: Path) -> str:
 
 
 def _label(value: object, where: str) -> int:
-    if isinstance(value, bool):  # JSON true/false would otherwise pass as 1/0
-        value = None
-    if value in (0, 1, "0", "1"):
+    if not isinstance(value, bool) and value in (0, 1, "0", "1"):  # JSON true/false would pass as 1/0
         return int(value)
     raise DataError(f"{where}: label is {json.dumps(value, ensure_ascii=False)}; AFQMC labels are "
                     '"0" (different meaning) or "1" (same meaning), as a string or an integer.')
@@ -118,8 +116,6 @@ def read_pairs(path: str | os.PathLike, require_labels: bool = True) -> list[Pai
             label = None
         examples.append(PairExample(obj["sentence1"], obj["sentence2"], label,
                                     obj.get("id", len(examples))))
-    if not examples:
-        raise DataError(f"{path}: holds only blank lines; it needs at least one sentence pair.")
     return examples
 
 

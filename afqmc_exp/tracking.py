@@ -84,8 +84,8 @@ class MlflowTracking:
         from mlflow import MlflowClient, MlflowException
 
         uri = resolve_uri(self.uri, base_dir)
-        client = MlflowClient(tracking_uri=uri)
         with _store_lock(uri):
+            client = MlflowClient(tracking_uri=uri)  # builds (and, for a new SQLite file, migrates) the store
             experiment = client.get_experiment_by_name(self.experiment)
             if experiment is None:
                 try:

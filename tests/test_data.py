@@ -1,0 +1,158 @@
+"""Reading, validating and batching AFQMC files."""
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+from afqmc_exp.data import (AfqmcData, DataError, LengthGroupedBatchSampler, PairCollator, encode_pairs,
+                            read_pairs)
+
+GOOD = '{"sentence1": "花呗怎么还款", "sentence2": "花呗如何还钱", "label": "1"}'
+
+
+def write(tmp_path, content, name="train.json", encoding="utf-8"):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode(encoding))
+    return path
+
+
+def test_accepts_the_official_format_and_its_variants(tmp_path):
+    content = "\ufeff" + GOOD + "\r\n\r\n" + '{"sentence1": "a", "sentence2": "b", "label": 0}\r\n'
+    rows = read_pairs(write(tmp_path, content))
+    assert [(r.sentence1, r.label) for r in rows] == [("花呗怎么还款", 1), ("a", 0)]
+
+
+def test_unlabelled_test_file_keeps_ids(tmp_path):
+    path = write(tmp_path, '{"id": 7, "sentence1": "a", "sentence2": "b"}\n{"id": 9, "sentence1": "c", "sentence2": "d"}\n')
+    assert [r.id for r in read_pairs(path, require_labels=False)] == [7, 9]
+    with pytest.raises(DataError, match=r"train.json:1: no label"):
+        read_pairs(path)
+
+
+BAD_FILES = [
+    ("empty", "", r"train.json: the file is empty"),
+    ("only blanks", "\n \r\n", r"train.json: the file is empty"),
+    ("gbk", GOOD.encode("gbk"), r"train.json:1: bytes that are not UTF-8.*iconv -f GBK"),
+    ("not json", GOOD + "\n{oops\n", r"train.json:2: not valid JSON"),
+    ("array", "[" + GOOD + "]", r"train.json:1: the file is one JSON array; .*JSON lines"),
+    ("json list line", GOOD + "\n[1, 2]\n", r"train.json:2: a JSON list"),
+    ("missing sentence2", '{"sentence1": "a", "label": "0"}', r"train.json:1: sentence2 is missing"),
+    ("null sentence1", '{"sentence1": null, "sentence2": "a", "label": "0"}', r"train.json:1: sentence1 is null"),
+    ("empty sentence1", '{"sentence1": "  ", "sentence2": "a", "label": "0"}', r"train.json:1: sentence1 is \"  \""),
+    ("label 2", GOOD + '\n{"sentence1": "a", "sentence2": "b", "label": "2"}', r"train.json:2: label is \"2\""),
+    ("label true", '{"sentence1": "a", "sentence2": "b", "label": true}', r"train.json:1: label is true"),
+]
+
+
+@pytest.mark.parametrize("content,message", [b[1:] for b in BAD_FILES], ids=[b[0] for b in BAD_FILES])
+def test_rejects_bad_files_with_file_line_and_fix(tmp_path, content, message):
+    with pytest.raises(DataError, match=message):
+        read_pairs(write(tmp_path, content))
+
+
+def test_missing_file_names_the_fix(tmp_path):
+    with pytest.raises(DataError, match="file not found.*data.dir"):
+        read_pairs(tmp_path / "nope.json")
+
+
+def test_missing_official_files_offline_fail_at_once_with_where_to_put_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("AFQMC_EXP_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(DataError, match=r"afqmc_public.zip.*unzip it into .*data.dir="):
+        AfqmcData(dir=str(tmp_path / "afqmc")).load()
+
+
+def test_official_zip_is_unpacked_from_the_cache_and_checked(tmp_path, monkeypatch):
+    import hashlib
+    import zipfile
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with zipfile.ZipFile(cache / "afqmc_public.zip", "w") as archive:
+        for name in ("train.json", "dev.json"):
+            archive.writestr(name, GOOD + "\n")
+        archive.writestr("test.json", '{"id": 0, "sentence1": "a", "sentence2": "b"}\n')
+    digest = hashlib.sha256((cache / "afqmc_public.zip").read_bytes()).hexdigest()
+    (cache / "afqmc_public.zip.sha256").write_text(digest)
+    monkeypatch.setenv("AFQMC_EXP_CACHE", str(cache))
+    splits = AfqmcData(dir=str(tmp_path / "afqmc")).load()
+    assert {k: len(v) for k, v in splits.items()} == {"train": 1, "dev": 1, "test": 1}
+    (cache / "afqmc_public.zip.sha256").write_text("0" * 64)
+    (tmp_path / "afqmc" / "train.json").unlink()
+    with pytest.raises(DataError, match="checksum differs"):
+        AfqmcData(dir=str(tmp_path / "afqmc")).load()
+
+
+def test_grouped_sampler_visits_every_pair_once_per_epoch_in_a_seeded_order():
+    lengths = [(i * 37) % 61 + 5 for i in range(1000)]
+    sampler = LengthGroupedBatchSampler(lengths, batch_size=16, seed=3)
+    epochs = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert Counter(i for b in batches for i in b) == Counter(range(1000))
+        assert len(batches) == len(sampler) == 63
+        epochs.append(batches)
+    assert epochs[0] != epochs[1] != epochs[2]
+    again = LengthGroupedBatchSampler(lengths, batch_size=16, seed=3)
+    again.set_epoch(1)
+    assert list(again) == epochs[1]
+    other_seed = LengthGroupedBatchSampler(lengths, batch_size=16, seed=4)
+    assert list(other_seed) != epochs[0]
+
+
+def padding_share(batches, lengths):
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    return 1 - sum(lengths) / padded
+
+
+def test_grouping_removes_most_padding_and_still_mixes_lengths_across_batches():
+    lengths = [(i * 37) % 61 + 5 for i in range(2000)]
+    grouped = list(LengthGroupedBatchSampler(lengths, 16, seed=0))
+    plain = list(LengthGroupedBatchSampler(lengths, 16, seed=0, group_batches=1))
+    assert padding_share(plain, lengths) > 0.3
+    assert padding_share(grouped, lengths) < 0.05
+    first_lengths = [lengths[b[0]] for b in grouped[:20]]
+    assert first_lengths != sorted(first_lengths)  # batch order is shuffled, not short-to-long
+
+
+def test_evaluation_order_sorts_by_length_and_covers_everything():
+    lengths = [3, 9, 1, 7, 5]
+    batches = list(LengthGroupedBatchSampler(lengths, batch_size=2, seed=0, shuffle=False))
+    assert batches == [[1, 3], [4, 0], [2]]
+
+
+class FakeTokenizer:
+    pad_token_id = 0
+
+    def __call__(self, first, second, truncation, max_length, **_):
+        ids = [[101] + [len(a)] * len(a) + [102] + [7] * len(b) + [102] for a, b in zip(first, second)]
+        types = [[0] * (len(a) + 2) + [1] * (len(b) + 1) for a, b in zip(first, second)]
+        return {"input_ids": [i[:max_length] for i in ids], "token_type_ids": [t[:max_length] for t in types]}
+
+
+def test_collate_pads_to_the_longest_pair_with_masks_and_labels(tmp_path):
+    rows = read_pairs(write(tmp_path, '{"sentence1": "ab", "sentence2": "c", "label": "1"}\n'
+                                      '{"sentence1": "abcd", "sentence2": "efg", "label": 0}\n'))
+    split = encode_pairs(rows, FakeTokenizer(), max_length=8)
+    assert split.lengths == [6, 8]
+    batch = PairCollator(split, pad_token_id=0)([0, 1])
+    assert batch["input_ids"].shape == (2, 8)
+    assert batch["attention_mask"].tolist() == [[1] * 6 + [0, 0], [1] * 8]
+    assert batch["input_ids"][0, 6:].tolist() == [0, 0]
+    assert batch["token_type_ids"][0].tolist() == [0, 0, 0, 0, 1, 1, 0, 0]
+    assert batch["labels"].tolist() == [1, 0]
+    assert batch["index"].tolist() == [0, 1]
+
+
+def test_shipped_quickstart_sample_is_what_the_generator_writes(tmp_path):
+    from afqmc_exp.resolvers import SAMPLE_DIR
+    from afqmc_exp.sample import write_sample
+
+    write_sample(tmp_path)
+    for name in ("train.json", "dev.json", "test.json"):
+        assert (SAMPLE_DIR / name).read_text(encoding="utf-8") == (tmp_path / name).read_text(encoding="utf-8")
+    labels = [json.loads(line)["label"] for line in (SAMPLE_DIR / "train.json").read_text().splitlines()]
+    assert 0.2 < labels.count("1") / len(labels) < 0.45

@@ -1,0 +1,86 @@
+"""Metrics against scikit-learn; optimizer groups and schedules."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from afqmc_exp.metrics import classification_metrics, roc_auc
+from afqmc_exp.optim import adamw, parameter_groups, schedule
+
+
+def test_metrics_match_scikit_learn():
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 500)
+    probs = np.round(np.clip(labels * 0.3 + rng.random(500) * 0.7, 0, 1), 2)  # rounding makes ties
+    got = classification_metrics(labels, probs, loss=0.5)
+    assert got["accuracy"] == pytest.approx(accuracy_score(labels, probs >= 0.5))
+    assert got["f1"] == pytest.approx(f1_score(labels, probs >= 0.5))
+    assert got["auc"] == pytest.approx(roc_auc_score(labels, probs))
+    assert got["loss"] == 0.5
+
+
+def test_majority_answer_scores_accuracy_but_zero_f1():
+    labels = np.array([0] * 69 + [1] * 31)
+    got = classification_metrics(labels, np.zeros(100), loss=0.6)
+    assert got["accuracy"] == pytest.approx(0.69) and got["f1"] == 0.0 and got["auc"] == 0.5
+
+
+def test_auc_is_nan_with_one_class():
+    assert math.isnan(roc_auc(np.zeros(5), np.arange(5)))
+
+
+def tiny_bert():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    return BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                    num_attention_heads=2, intermediate_size=32))
+
+
+def test_no_weight_decay_on_bias_and_layernorm():
+    model = tiny_bert()
+    decay, no_decay = parameter_groups(model, 0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(not n.endswith("bias") and "LayerNorm" not in n for n in (names[id(p)] for p in decay["params"]))
+    assert {names[id(p)] for p in no_decay["params"]} >= {"classifier.bias", "bert.embeddings.LayerNorm.weight"}
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("implementation", ["auto", "fused", "foreach", "loop"])
+def test_every_adamw_implementation_takes_the_same_step(implementation):
+    torch.manual_seed(0)
+    reference, model = tiny_bert(), tiny_bert()
+    model.load_state_dict(reference.state_dict())
+    inputs = torch.randint(0, 50, (4, 6))
+    for m, impl in ((reference, "loop"), (model, implementation)):
+        optimizer = adamw(m, lr=1e-2, implementation=impl)
+        m.train(False)
+        m(input_ids=inputs, labels=torch.tensor([0, 1, 0, 1])).loss.backward()
+        optimizer.step()
+    for a, b in zip(reference.parameters(), model.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def lrs(name, warmup_ratio, total=10):
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = schedule(optimizer, total, name=name, warmup_ratio=warmup_ratio)
+    out = []
+    for _ in range(total):
+        out.append(sched.get_last_lr()[0])
+        optimizer.step()
+        sched.step()
+    return out
+
+
+def test_schedules():
+    linear = lrs("linear", 0.2)
+    assert linear[0] < linear[1] < linear[2] and linear[2] == pytest.approx(1.0) and linear[-1] < 0.2
+    cosine = lrs("cosine", 0.0)
+    assert cosine[0] == 1.0 and cosine[5] == pytest.approx(0.5) and cosine[-1] < 0.05
+    assert lrs("constant", 0.0) == [1.0] * 10
+    with pytest.raises(ValueError, match="scheduler.name"):
+        lrs("step", 0.0)

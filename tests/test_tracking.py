@@ -1,0 +1,57 @@
+"""MLflow store resolution, params flattening, and concurrent use of one new SQLite store."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from afqmc_exp.tracking import MlflowTracking, flatten, resolve_uri
+
+
+def test_relative_sqlite_store_resolves_against_the_launch_dir(tmp_path):
+    assert resolve_uri("sqlite:///mlflow.db", tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert resolve_uri("sqlite:////abs/m.db", tmp_path) == "sqlite:////abs/m.db"
+    assert resolve_uri("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
+
+
+def test_flatten_uses_dotted_keys_and_masks_secrets():
+    flat = flatten({"optim": {"lr": 2e-5, "betas": [0.9, 0.99]}, "tracking": {"api_token": "abc", "password": None},
+                    "hub_password": "x", "empty": {}})
+    assert flat == {"optim.lr": "2e-05", "optim.betas": "[0.9, 0.99]", "tracking.api_token": "***",
+                    "tracking.password": "None", "hub_password": "***", "empty": "{}"}
+
+
+def test_run_logs_params_tags_metrics_and_status(tmp_path):
+    tracking = MlflowTracking(uri=f"sqlite:///{tmp_path}/m.db", experiment="e", run_name="r1", flush_every=3)
+    run = tracking.start({f"p{i}": str(i) for i in range(250)}, {"t": "v"})  # > 100: chunked
+    for step in range(7):
+        run.log_metrics({"train/loss": 1.0 / (step + 1)}, step)
+    run.end("FAILED")
+    got = run.client.get_run(run.run_id)
+    assert got.info.status == "FAILED" and got.info.run_name == "r1" and len(got.data.params) == 250
+    assert got.data.tags["t"] == "v"
+    history = run.client.get_metric_history(run.run_id, "train/loss")
+    assert [m.step for m in history] == list(range(7))
+
+
+WRITER = """
+import sys
+from afqmc_exp.tracking import MlflowTracking
+run = MlflowTracking(uri=sys.argv[1], experiment="race").start({"worker": sys.argv[2]}, {})
+run.log_metrics({"m": 1.0}, 0)
+run.end()
+"""
+
+
+def test_parallel_processes_can_create_and_share_a_new_sqlite_store(tmp_path):
+    uri = f"sqlite:///{tmp_path}/new.db"
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, uri, str(i)], stderr=subprocess.PIPE, text=True)
+             for i in range(3)]
+    for p in procs:
+        _, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err[-2000:]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("race").experiment_id])
+    assert sorted(r.data.params["worker"] for r in runs) == ["0", "1", "2"]
+    assert all(r.data.metrics["m"] == 1.0 and r.info.status == "FINISHED" for r in runs)
