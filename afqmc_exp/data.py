@@ -276,7 +276,7 @@ class AfqmcData:
     test_file: str | None = "test.json"
     max_length: int = 128
     batch_size: int = 16
-    eval_batch_size: int = 64
+    eval_batch_size: int = 32
     num_workers: int = 0
     group_batches: int = 50  # batches per length-sorted chunk of the shuffled epoch; 1 = plain shuffling
     download: bool = True  # fetch the official zip when dir lacks the files

@@ -89,14 +89,15 @@ def run(*, data: AfqmcData, load_model: Callable[[], Pretrained], make_optimizer
                                    if test_rows and data.score_test else (None, None))
         if test_metrics:
             final.update({f"final/test_{k}": v for k, v in test_metrics.items()})
-        mlflow_run.log_metrics(final, step=result.steps)
+        mlflow_run.log_metrics({**final, **{f"speed/{k}": v for k, v in result.speed.items()}}, step=result.steps)
         if accelerator.is_main_process:
             write_predictions(output_dir / "dev_predictions.jsonl", examples["dev"], prob_dev, with_sentences=True)
             if prob_test is not None:
                 write_predictions(output_dir / "test_predictions.jsonl", test_rows, prob_test)
             (output_dir / "result.json").write_text(json.dumps(
                 {"best_metric": result.best_metric, "metric": trainer.metric, "best_step": result.best_step,
-                 "steps": result.steps, **final, "mlflow_run_id": mlflow_run.run_id}, indent=2) + "\n")
+                 "steps": result.steps, **final, "speed": result.speed, "mlflow_run_id": mlflow_run.run_id},
+                indent=2) + "\n")
             log.info("best dev %s %.4f at step %d; final %s", trainer.metric, result.best_metric,
                      result.best_step, {k: round(v, 4) for k, v in final.items()})
             for name in ("dev_predictions.jsonl", "test_predictions.jsonl", "result.json"):

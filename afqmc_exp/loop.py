@@ -75,6 +75,14 @@ class FitResult:
     best_dir: Path
     steps: int
     history: list[dict] = field(default_factory=list)
+    speed: dict[str, float] = field(default_factory=dict)  # train/eval samples per second, time to first step
+
+
+def seconds_since_process_start() -> float:
+    """Wall time since this process started (what a user waits before training begins)."""
+    import psutil  # an Accelerate dependency
+
+    return time.time() - psutil.Process().create_time()
 
 
 def build_accelerator(trainer: TrainerConfig):
@@ -163,14 +171,18 @@ def fit(pretrained: Pretrained, data: AfqmcData, splits: dict[str, EncodedPairs]
     best: float | None = None
     evals_since_best = 0
     step, running_loss, window_samples, window_steps = 0, torch.zeros((), device=accelerator.device), 0, 0
-    window_start = time.perf_counter()
+    window_start, window_eval_seconds = time.perf_counter(), 0.0
     bar = tqdm(total=total_steps, desc="train", unit="step", dynamic_ncols=True,
                disable=not (trainer.progress_bar and accelerator.is_local_main_process))
 
+    eval_seconds = 0.0  # spent in run_evaluation, excluded from training speed
+
     def run_evaluation() -> bool:
         """Evaluate on dev, keep the best weights; True when early stopping says stop."""
-        nonlocal best, evals_since_best
+        nonlocal best, evals_since_best, eval_seconds
+        started = time.perf_counter()
         metrics, _ = evaluate(model, dev_loader, splits["dev"], accelerator)
+        result.speed["eval_samples_per_s"] = len(splits["dev"]) / (time.perf_counter() - started)
         value = metrics[trainer.metric]
         improved = trainer.better(value, best)
         if improved:
@@ -186,11 +198,13 @@ def fit(pretrained: Pretrained, data: AfqmcData, splits: dict[str, EncodedPairs]
         log_metrics({**{f"dev/{k}": v for k, v in metrics.items()}, f"best/dev_{trainer.metric}": best}, step)
         bar.write(f"step {step}: dev " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
                   + (" (best)" if improved else ""))
+        eval_seconds += time.perf_counter() - started  # evaluation and saving: not training time
         return trainer.patience is not None and evals_since_best >= trainer.patience
 
     model.train()
     stop = False
     evaluated_at = -1
+    train_started, samples_seen = time.perf_counter(), 0
     for epoch in range(trainer.epochs):
         train_sampler.set_epoch(epoch)
         for batch in train_loader:
@@ -204,24 +218,28 @@ def fit(pretrained: Pretrained, data: AfqmcData, splits: dict[str, EncodedPairs]
                 optimizer.zero_grad(set_to_none=True)
             running_loss += loss.detach()
             window_samples += len(batch["labels"]) * accelerator.num_processes
+            samples_seen += len(batch["labels"]) * accelerator.num_processes
             window_steps += 1
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
             step += 1
             bar.update(1)
+            if step == 1:
+                result.speed["time_to_first_step_s"] = seconds_since_process_start()
             if step % trainer.log_every == 0 or step == total_steps:
                 mean_loss = accelerator.reduce(running_loss, reduction="mean").item() / window_steps
                 if not math.isfinite(mean_loss):
                     raise NonFiniteLossError(
                         f"training loss is {mean_loss} at step {step}; lower optim.lr, keep "
                         "trainer.max_grad_norm on, or use trainer.mixed_precision=no")
-                elapsed = time.perf_counter() - window_start
+                elapsed = time.perf_counter() - window_start - (eval_seconds - window_eval_seconds)
                 log_metrics({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0],
                              "train/samples_per_s": window_samples / elapsed, "train/epoch": epoch}, step)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
                 running_loss.zero_()
                 window_samples, window_steps, window_start = 0, 0, time.perf_counter()
+                window_eval_seconds = eval_seconds
             if trainer.eval_every and step % trainer.eval_every == 0:
                 evaluated_at = step
                 stop = run_evaluation()
@@ -234,9 +252,11 @@ def fit(pretrained: Pretrained, data: AfqmcData, splits: dict[str, EncodedPairs]
             stop = run_evaluation()
             if stop:
                 break
+    train_seconds = time.perf_counter() - train_started - eval_seconds
     if evaluated_at != step:  # the last steps have not been evaluated yet
         run_evaluation()
     bar.close()
     result.steps = step
+    result.speed["train_samples_per_s"] = samples_seen / train_seconds
     accelerator.wait_for_everyone()
     return result
