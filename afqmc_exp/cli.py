@@ -25,8 +25,27 @@ def default_run_name(cfg: DictConfig, model_choice: str | None) -> str:
     return f"{model}-lr{cfg.optim.lr:g}-bs{cfg.data.batch_size}-s{cfg.seed}"
 
 
+def find_run_dir(resume: str, tracking) -> Path:
+    """``resume`` is a run's output folder, or an MLflow run id whose ``hydra.output_dir`` tag names it."""
+    folder = Path(resume).expanduser()
+    if not folder.is_dir():
+        from mlflow.exceptions import MlflowException
+
+        try:
+            folder = Path(tracking.client().get_run(resume).data.tags["hydra.output_dir"])
+        except (MlflowException, KeyError):
+            raise SystemExit(f"error: resume={resume}: neither a run's output folder nor the id of an MLflow run "
+                             f"in {tracking.uri}") from None
+    if not (folder / ".hydra" / "config.yaml").exists():
+        raise SystemExit(f"error: resume={resume}: {folder} has no .hydra/config.yaml; is it a train.py output folder?")
+    return folder
+
+
 def train_from_config(cfg: DictConfig) -> float:
-    """The body of ``train.py``: instantiate every group, then call the typed task."""
+    """The body of ``train.py``: instantiate every group, then call the typed task.
+
+    With ``resume=...`` the earlier run's own config (its ``.hydra/config.yaml``) is used, so a resumed run
+    is the same experiment; it continues in the earlier output folder and MLflow run."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
 
@@ -34,17 +53,22 @@ def train_from_config(cfg: DictConfig) -> float:
     from .tracking import flatten, git_state
 
     hydra_cfg = HydraConfig.get()
+    output_dir, resume = Path(hydra_cfg.runtime.output_dir), cfg.get("resume")
+    if resume:
+        output_dir = find_run_dir(str(resume), instantiate(cfg.tracking))
+        cfg = OmegaConf.load(output_dir / ".hydra" / "config.yaml")
+        log.info("resuming %s with its saved config", output_dir)
     tracking = instantiate(cfg.tracking)
     if not tracking.run_name:
         tracking.run_name = default_run_name(cfg, hydra_cfg.runtime.choices.get("model"))
     tags = {"hydra.overrides": " ".join(hydra_cfg.overrides.task) or "(none)",
-            "hydra.output_dir": hydra_cfg.runtime.output_dir,
+            "hydra.output_dir": str(output_dir),
             "hydra.choices": json.dumps(dict(hydra_cfg.runtime.choices)),
             **git_state(REPO_DIR)}
     return run(data=instantiate(cfg.data), load_model=instantiate(cfg.model), make_optimizer=instantiate(cfg.optim),
                make_scheduler=instantiate(cfg.scheduler), trainer=instantiate(cfg.trainer), tracking=tracking,
-               seed=cfg.seed, output_dir=Path(hydra_cfg.runtime.output_dir),
-               params=flatten(OmegaConf.to_container(cfg, resolve=True)), tags=tags)
+               seed=cfg.seed, output_dir=output_dir, params=flatten(OmegaConf.to_container(cfg, resolve=True)),
+               tags=tags, resume=bool(resume))
 
 
 # ----------------------------------------------------------------------------- evaluate.py / predict.py

@@ -233,10 +233,15 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group_batches: int = 50,
                  shuffle: bool = True):
         self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
-        self.group_batches, self.shuffle, self.epoch = group_batches, shuffle, 0
+        self.group_batches, self.shuffle, self.epoch, self.skip = group_batches, shuffle, 0, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def skip_next(self, batches: int) -> None:
+        """Drop the first ``batches`` of the next iteration only (a resumed run had trained on them).
+        Separate from ``set_epoch`` because Accelerate's loader calls ``set_epoch`` at every iteration."""
+        self.skip = batches
 
     def __len__(self) -> int:
         return -(-len(self.lengths) // self.batch_size)
@@ -258,7 +263,8 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches())
+        skip, self.skip = self.skip, 0
+        return iter(self.batches()[skip:])
 
 
 # ------------------------------------------------------------------------------------- the data group

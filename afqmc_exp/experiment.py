@@ -19,12 +19,13 @@ import numpy as np
 import torch
 
 from .data import AfqmcData, PairExample, encode_pairs, make_loader
-from .loop import TrainerConfig, build_accelerator, fit, predict
+from .loop import LAST_CHECKPOINT, TrainerConfig, build_accelerator, fit, predict
 from .metrics import classification_metrics
 from .model import Pretrained, load_pair_classifier
 from .tracking import MlflowTracking, Run
 
 log = logging.getLogger(__name__)
+RUN_ID_FILE = "mlflow_run_id"  # in the output dir: lets resume=<dir> find the MLflow run
 
 
 def seed_everything(seed: int) -> None:
@@ -59,15 +60,24 @@ def write_predictions(path: Path, examples: list[PairExample], prob_same: np.nda
 def run(*, data: AfqmcData, load_model: Callable[[], Pretrained], make_optimizer: Callable,
         make_scheduler: Callable, trainer: TrainerConfig, tracking: MlflowTracking, seed: int,
         output_dir: Path, params: Mapping[str, str], tags: Mapping[str, str], base_dir: str | None = None,
-        parent_run_id: str | None = None) -> float:
-    """Train, evaluate, track; return the best dev value of ``trainer.metric`` (what sweepers optimise)."""
+        parent_run_id: str | None = None, resume: bool = False) -> float:
+    """Train, evaluate, track; return the best dev value of ``trainer.metric`` (what sweepers optimise).
+
+    ``resume=True``: ``output_dir`` is an earlier run's folder; training continues from its last checkpoint
+    (or from the start if it had none) inside the same MLflow run."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     examples = data.load()  # validated before anything heavy happens
     seed_everything(seed)
     accelerator = build_accelerator(trainer)
-    mlflow_run = (tracking.start(params, tags, base_dir=base_dir, parent_run_id=parent_run_id)
-                  if accelerator.is_main_process else Run(None, None))
+    run_id_file = output_dir / RUN_ID_FILE
+    if not accelerator.is_main_process:
+        mlflow_run = Run(None, None)
+    elif resume and run_id_file.exists() and run_id_file.read_text().strip():
+        mlflow_run = tracking.reopen(run_id_file.read_text().strip(), base_dir=base_dir)
+    else:
+        mlflow_run = tracking.start(params, tags, base_dir=base_dir, parent_run_id=parent_run_id)
+        run_id_file.write_text(f"{mlflow_run.run_id or ''}\n")
     status = "FAILED"
     try:
         pretrained = load_model()
@@ -76,8 +86,10 @@ def run(*, data: AfqmcData, load_model: Callable[[], Pretrained], make_optimizer
                              f"{pretrained.max_positions} positions; set data.max_length<={pretrained.max_positions}")
         splits = {name: encode_pairs(rows, pretrained.tokenizer, data.max_length)
                   for name, rows in examples.items() if name != "test"}
+        resume_from_checkpoint = resume and (output_dir / LAST_CHECKPOINT / "trainer_state.pt").exists()
         result = fit(pretrained, data, splits, make_optimizer, make_scheduler, trainer, seed, output_dir,
-                     accelerator, mlflow_run.log_metrics)
+                     accelerator, mlflow_run.log_metrics, on_checkpoint=mlflow_run.flush,
+                     resume=resume_from_checkpoint)
 
         # The saved folder, reloaded, is what users get: score it, not the in-memory model.
         best = load_pair_classifier(str(result.best_dir))

@@ -4,6 +4,14 @@ Accelerate (not a home-made engine) gives one code path for CPU, one GPU, severa
 (``accelerate launch``/``torchrun``), mixed precision and gradient accumulation. The loop itself stays
 plain: it never sees Hydra or MLflow; it receives typed objects and a ``log(metrics, step)`` callback.
 
+Nothing is lost (see ``TrainState``): a *last checkpoint* (weights, optimizer, scheduler, RNG states,
+position in the epoch, best metric, the running loss window) is written every
+``trainer.checkpoint_every`` steps, after every evaluation and at the end of every epoch, into a staging
+folder that is then renamed into place, so a kill at any moment leaves the previous or the new
+checkpoint, never half of one. Metrics reach MLflow only at those moments (``on_checkpoint``), so the
+store never holds a step that a resumed run would log again. SIGINT/SIGTERM ask the loop to stop at the
+next step boundary: it checkpoints and raises ``KeyboardInterrupt`` (a second Ctrl-C stops at once).
+
 Speed choices (measured in ``benchmarks/throughput.py``):
 * no host sync per step: the running loss is summed on the device and read every ``log_every`` steps;
 * evaluation under ``torch.inference_mode`` over length-sorted batches of ``data.eval_batch_size``;
@@ -13,13 +21,17 @@ Speed choices (measured in ``benchmarks/throughput.py``):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import random
 import shutil
+import signal
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -54,6 +66,7 @@ class TrainerConfig:
     patience: int | None = None  # stop after this many evaluations without improvement; null: never
     metric: str = "f1"  # dev metric that picks the best weights: accuracy | f1 | auc | loss
     log_every: int = 10  # optimizer steps between logged train loss/lr/speed
+    checkpoint_every: int | None = 100  # optimizer steps between last-checkpoint saves (also each eval and epoch)
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
@@ -125,16 +138,15 @@ def evaluate(model: torch.nn.Module, loader, split: EncodedPairs, accelerator) -
     return classification_metrics(split.labels.numpy(), prob_same, loss), prob_same
 
 
-def save_pretrained_atomic(pretrained: Pretrained, target: Path, meta: dict, accelerator) -> None:
-    """Write weights (safetensors), config, tokenizer and our meta into ``target`` so that a kill at any
-    moment leaves either the previous complete folder or the new one, never a half-written one."""
+@contextlib.contextmanager
+def atomic_dir(target: Path):
+    """Yield a staging folder; on success it replaces ``target`` by renames, so that a kill at any moment
+    leaves either the previous complete folder or the new one, never a half-written one."""
     target = Path(target)
-    staging = target.with_name(f".{target.name}.tmp")
+    staging, retired = target.with_name(f".{target.name}.tmp"), target.with_name(f".{target.name}.old")
     shutil.rmtree(staging, ignore_errors=True)
-    accelerator.unwrap_model(pretrained.model).save_pretrained(staging, safe_serialization=True)
-    pretrained.tokenizer.save_pretrained(staging)
-    (staging / CHECKPOINT_META).write_text(json.dumps(meta, indent=2) + "\n")
-    retired = target.with_name(f".{target.name}.old")
+    staging.mkdir(parents=True)
+    yield staging
     shutil.rmtree(retired, ignore_errors=True)
     if target.exists():
         os.replace(target, retired)
@@ -142,11 +154,103 @@ def save_pretrained_atomic(pretrained: Pretrained, target: Path, meta: dict, acc
     shutil.rmtree(retired, ignore_errors=True)
 
 
+def save_pretrained_atomic(pretrained: Pretrained, target: Path, meta: dict, accelerator) -> None:
+    """Weights (safetensors), config, tokenizer and our meta, as one ``save_pretrained`` folder."""
+    with atomic_dir(target) as staging:
+        accelerator.unwrap_model(pretrained.model).save_pretrained(staging, safe_serialization=True)
+        pretrained.tokenizer.save_pretrained(staging)
+        (staging / CHECKPOINT_META).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+@dataclass
+class TrainState:
+    """Where training stands; with the weights, optimizer, scheduler and RNG states it is the last checkpoint."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of this epoch already trained on (per process)
+    best: float | None = None
+    best_step: int = 0
+    evals_since_best: int = 0
+    evaluated_at: int = -1
+    window_loss: float = 0.0  # running loss sum since the last logged step
+    window_batches: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+LAST_CHECKPOINT = "last_checkpoint"
+
+
+def _rng_states() -> dict:
+    np_state = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    name, key, *rest = states["numpy"]
+    np.random.set_state((name, np.array(key, dtype=np.uint32), *rest))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"]:
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_last_checkpoint(folder: Path, model, optimizer, scheduler, state: TrainState, accelerator) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_dir(folder) as staging:
+        weights = {k: v.contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+        save_file(weights, staging / "model.safetensors")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": _rng_states(), "state": asdict(state)}, staging / "trainer_state.pt")
+
+
+def load_last_checkpoint(folder: Path, model, optimizer, scheduler, accelerator) -> tuple[TrainState, dict]:
+    """Restore weights, optimizer and scheduler; return the state and the RNG states to apply at the next step.
+    Never executes code from the files: safetensors, and ``torch.load(weights_only=True)``."""
+    from safetensors.torch import load_file
+
+    accelerator.unwrap_model(model).load_state_dict(load_file(folder / "model.safetensors"))
+    saved = torch.load(folder / "trainer_state.pt", weights_only=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    return TrainState(**saved["state"]), saved["rng"]
+
+
+class GracefulStop:
+    """SIGINT/SIGTERM set ``requested``; the loop checkpoints and stops. A second SIGINT interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("%s received: saving a checkpoint and stopping (Ctrl-C again to stop at once)",
+                    signal.Signals(signum).name)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def fit(pretrained: Pretrained, data: AfqmcData, splits: dict[str, EncodedPairs],
         make_optimizer: Callable, make_scheduler: Callable, trainer: TrainerConfig, seed: int,
-        output_dir: Path, accelerator, log_metrics: Callable[[dict, int], None]) -> FitResult:
+        output_dir: Path, accelerator, log_metrics: Callable[[dict, int], None],
+        on_checkpoint: Callable[[], None] = lambda: None, resume: bool = False) -> FitResult:
     """Fine-tune ``pretrained.model`` on ``splits["train"]``, evaluating on ``splits["dev"]`` and keeping the
-    best weights (by ``trainer.metric``) in ``output_dir/best_model``."""
+    best weights (by ``trainer.metric``) in ``output_dir/best_model``. ``resume=True`` continues from
+    ``output_dir/last_checkpoint``; ``on_checkpoint`` is called after each checkpoint (to flush metrics)."""
     from tqdm.auto import tqdm
 
     pad_id = pretrained.tokenizer.pad_token_id
@@ -163,100 +267,121 @@ def fit(pretrained: Pretrained, data: AfqmcData, splits: dict[str, EncodedPairs]
     if trainer.max_steps:
         total_steps = min(total_steps, trainer.max_steps)
     scheduler = make_scheduler(optimizer, total_steps=total_steps)
-    best_dir = output_dir / "best_model"
+    best_dir, last_dir = output_dir / "best_model", output_dir / LAST_CHECKPOINT
     meta = {"max_length": data.max_length, "eval_batch_size": data.eval_batch_size, "metric": trainer.metric,
             "base_model": pretrained.name_or_path, "seed": seed}
 
+    state, pending_rng = TrainState(), None
+    if resume:
+        state, pending_rng = load_last_checkpoint(last_dir, model, optimizer, scheduler, accelerator)
+        log.info("resuming at step %d (epoch %d, batch %d)", state.step, state.epoch, state.batch_in_epoch)
     result = FitResult(best_metric=float("nan"), best_step=0, best_dir=best_dir, steps=0)
-    best: float | None = None
-    evals_since_best = 0
-    step, running_loss, window_samples, window_steps = 0, torch.zeros((), device=accelerator.device), 0, 0
-    window_start, window_eval_seconds = time.perf_counter(), 0.0
-    bar = tqdm(total=total_steps, desc="train", unit="step", dynamic_ncols=True,
+    running_loss = torch.tensor(state.window_loss, device=accelerator.device)
+    window_samples, window_start, window_eval_seconds = 0, time.perf_counter(), 0.0
+    eval_seconds = 0.0  # spent in evaluation and saving: excluded from training speed
+    bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
                disable=not (trainer.progress_bar and accelerator.is_local_main_process))
 
-    eval_seconds = 0.0  # spent in run_evaluation, excluded from training speed
+    def checkpoint() -> None:
+        state.window_loss = running_loss.item()
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            save_last_checkpoint(last_dir, model, optimizer, scheduler, state, accelerator)
+        on_checkpoint()
 
     def run_evaluation() -> bool:
         """Evaluate on dev, keep the best weights; True when early stopping says stop."""
-        nonlocal best, evals_since_best, eval_seconds
+        nonlocal eval_seconds
         started = time.perf_counter()
         metrics, _ = evaluate(model, dev_loader, splits["dev"], accelerator)
         result.speed["eval_samples_per_s"] = len(splits["dev"]) / (time.perf_counter() - started)
         value = metrics[trainer.metric]
-        improved = trainer.better(value, best)
+        improved = trainer.better(value, state.best)
         if improved:
-            best, evals_since_best = value, 0
-            result.best_metric, result.best_step = value, step
+            state.best, state.best_step, state.evals_since_best = value, state.step, 0
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
-                save_pretrained_atomic(pretrained, best_dir, {**meta, "step": step, trainer.metric: value},
+                save_pretrained_atomic(pretrained, best_dir, {**meta, "step": state.step, trainer.metric: value},
                                        accelerator)
         else:
-            evals_since_best += 1
-        result.history.append({"step": step, **metrics})
-        log_metrics({**{f"dev/{k}": v for k, v in metrics.items()}, f"best/dev_{trainer.metric}": best}, step)
-        bar.write(f"step {step}: dev " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+            state.evals_since_best += 1
+        state.evaluated_at = state.step
+        state.history.append({"step": state.step, **metrics})
+        log_metrics({**{f"dev/{k}": v for k, v in metrics.items()}, f"best/dev_{trainer.metric}": state.best},
+                    state.step)
+        bar.write(f"step {state.step}: dev " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
                   + (" (best)" if improved else ""))
-        eval_seconds += time.perf_counter() - started  # evaluation and saving: not training time
-        return trainer.patience is not None and evals_since_best >= trainer.patience
+        eval_seconds += time.perf_counter() - started
+        return trainer.patience is not None and state.evals_since_best >= trainer.patience
 
     model.train()
-    stop = False
-    evaluated_at = -1
-    train_started, samples_seen = time.perf_counter(), 0
-    for epoch in range(trainer.epochs):
-        train_sampler.set_epoch(epoch)
-        for batch in train_loader:
-            with accelerator.accumulate(model):
-                logits = model(**{k: batch[k] for k in MODEL_INPUTS}).logits
-                loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and trainer.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), trainer.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            running_loss += loss.detach()
-            window_samples += len(batch["labels"]) * accelerator.num_processes
-            samples_seen += len(batch["labels"]) * accelerator.num_processes
-            window_steps += 1
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            step += 1
-            bar.update(1)
-            if step == 1:
-                result.speed["time_to_first_step_s"] = seconds_since_process_start()
-            if step % trainer.log_every == 0 or step == total_steps:
-                mean_loss = accelerator.reduce(running_loss, reduction="mean").item() / window_steps
-                if not math.isfinite(mean_loss):
-                    raise NonFiniteLossError(
-                        f"training loss is {mean_loss} at step {step}; lower optim.lr, keep "
-                        "trainer.max_grad_norm on, or use trainer.mixed_precision=no")
-                elapsed = time.perf_counter() - window_start - (eval_seconds - window_eval_seconds)
-                log_metrics({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0],
-                             "train/samples_per_s": window_samples / elapsed, "train/epoch": epoch}, step)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-                running_loss.zero_()
-                window_samples, window_steps, window_start = 0, 0, time.perf_counter()
-                window_eval_seconds = eval_seconds
-            if trainer.eval_every and step % trainer.eval_every == 0:
-                evaluated_at = step
-                stop = run_evaluation()
-            if stop or step >= total_steps:
-                break
-        if stop or step >= total_steps:
-            break
-        if not trainer.eval_every:
-            evaluated_at = step
-            stop = run_evaluation()
-            if stop:
-                break
+    train_started, samples_seen, stop = time.perf_counter(), 0, False
+    with GracefulStop() as signals:
+        while state.epoch < trainer.epochs and state.step < total_steps and not stop:
+            train_loader.set_epoch(state.epoch)  # Accelerate's loader passes it on to the sampler
+            train_sampler.skip_next(state.batch_in_epoch * accelerator.num_processes)
+            for batch in train_loader:
+                if pending_rng is not None:  # after the loader has started, exactly as in an uninterrupted run
+                    _set_rng_states(pending_rng)
+                    pending_rng = None
+                with accelerator.accumulate(model):
+                    logits = model(**{k: batch[k] for k in MODEL_INPUTS}).logits
+                    loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and trainer.max_grad_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), trainer.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                running_loss += loss.detach()
+                n = len(batch["labels"]) * accelerator.num_processes
+                window_samples, samples_seen = window_samples + n, samples_seen + n
+                state.window_batches += 1
+                state.batch_in_epoch += 1
+                if not accelerator.sync_gradients:
+                    continue
+                scheduler.step()
+                state.step += 1
+                bar.update(1)
+                if "time_to_first_step_s" not in result.speed:
+                    result.speed["time_to_first_step_s"] = seconds_since_process_start()
+                if state.step % trainer.log_every == 0 or state.step == total_steps:
+                    mean_loss = accelerator.reduce(running_loss, reduction="mean").item() / state.window_batches
+                    if not math.isfinite(mean_loss):
+                        raise NonFiniteLossError(
+                            f"training loss is {mean_loss} at step {state.step}; lower optim.lr, keep "
+                            "trainer.max_grad_norm on, or use trainer.mixed_precision=no")
+                    elapsed = time.perf_counter() - window_start - (eval_seconds - window_eval_seconds)
+                    lr = scheduler.get_last_lr()[0]
+                    log_metrics({"train/loss": mean_loss, "train/lr": lr, "train/epoch": state.epoch,
+                                 "train/samples_per_s": window_samples / elapsed}, state.step)
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+                    running_loss.zero_()
+                    state.window_batches, window_samples = 0, 0
+                    window_start, window_eval_seconds = time.perf_counter(), eval_seconds
+                evaluated = bool(trainer.eval_every) and state.step % trainer.eval_every == 0
+                if evaluated:
+                    stop = run_evaluation()
+                stop = stop or state.step >= total_steps or signals.requested
+                if evaluated or signals.requested or (
+                        trainer.checkpoint_every and state.step % trainer.checkpoint_every == 0):
+                    checkpoint()
+                if signals.requested:
+                    raise KeyboardInterrupt(f"stopped by a signal at step {state.step}; resume with "
+                                            f"resume={output_dir}")
+                if stop:
+                    break
+            else:  # the epoch ran to its end
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                if not trainer.eval_every:
+                    stop = run_evaluation()
+                if trainer.checkpoint_every:
+                    checkpoint()
     train_seconds = time.perf_counter() - train_started - eval_seconds
-    if evaluated_at != step:  # the last steps have not been evaluated yet
+    if state.evaluated_at != state.step:  # the last steps have not been evaluated yet
         run_evaluation()
     bar.close()
-    result.steps = step
-    result.speed["train_samples_per_s"] = samples_seen / train_seconds
+    result.best_metric, result.best_step, result.steps = state.best, state.best_step, state.step
+    result.history = state.history
+    result.speed["train_samples_per_s"] = samples_seen / max(train_seconds, 1e-9)
     accelerator.wait_for_everyone()
     return result

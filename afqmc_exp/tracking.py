@@ -6,9 +6,11 @@
   reads SQLite directly, and several processes can write to it at once. Creating a new SQLite store
   runs a schema migration that crashes when two processes do it at the same moment, so the first
   contact with a SQLite store is serialised by a file lock beside the database.
-* Speed: one synchronous MLflow call costs 6-47 ms, so metrics are buffered and written with
-  ``log_batch`` (at most 1000 per call, as the API allows) when the buffer fills, at every
-  evaluation and at the end; ``mlflow`` itself is imported only when a run starts.
+* Speed and resumability: one synchronous MLflow call costs 6-47 ms, so metrics are buffered and written
+  with ``log_batch`` (at most 1000 per call, as the API allows) when the training loop checkpoints (see
+  ``loop``), when the buffer fills and at the end. Flushing at checkpoints means a killed run's store
+  holds no step beyond its last checkpoint, so a resumed run logs every step exactly once.
+  ``mlflow`` itself is imported only when a run starts.
 * The client API (not the fluent ``mlflow.start_run``) is used so that several runs in one process
   (a multirun with the basic launcher) never share hidden global state.
 """
@@ -74,18 +76,17 @@ class MlflowTracking:
     experiment: str = "afqmc"
     run_name: str | None = None
     enabled: bool = True  # false: no MLflow at all (e.g. quick debugging)
-    flush_every: int = 500  # buffered metric values before a write
+    flush_every: int = 1000  # buffered metric values before a write (checkpoints flush first, normally)
     log_weights: bool = True  # upload the best weights folder as artifacts (~90 MB MiniLM, ~400 MB BERT-base)
 
     def start(self, params: Mapping[str, str], tags: Mapping[str, str], base_dir: str | None = None,
               parent_run_id: str | None = None) -> "Run":
         if not self.enabled:
             return Run(None, None, self.flush_every)
-        from mlflow import MlflowClient, MlflowException
+        from mlflow import MlflowException
 
-        uri = resolve_uri(self.uri, base_dir)
-        with _store_lock(uri):
-            client = MlflowClient(tracking_uri=uri)  # builds (and, for a new SQLite file, migrates) the store
+        client = self.client(base_dir)  # builds (and, for a new SQLite file, migrates) the store, under the lock
+        with _store_lock(resolve_uri(self.uri, base_dir)):
             experiment = client.get_experiment_by_name(self.experiment)
             if experiment is None:
                 try:
@@ -100,8 +101,25 @@ class MlflowTracking:
         run = client.create_run(experiment_id, run_name=self.run_name, tags=run_tags)
         started = Run(client, run.info.run_id, self.flush_every)
         started.log_params(params)
-        log.info("MLflow run %s (%s) in %s, experiment %r", run.info.run_name, run.info.run_id, uri, self.experiment)
+        log.info("MLflow run %s (%s) in %s, experiment %r", run.info.run_name, run.info.run_id,
+                 client.tracking_uri, self.experiment)
         return started
+
+    def client(self, base_dir: str | None = None):
+        from mlflow import MlflowClient
+
+        uri = resolve_uri(self.uri, base_dir)
+        with _store_lock(uri):
+            return MlflowClient(tracking_uri=uri)
+
+    def reopen(self, run_id: str, base_dir: str | None = None) -> "Run":
+        """Mark an earlier run RUNNING again and log into it (resuming; its params stay as they were)."""
+        if not self.enabled:
+            return Run(None, None, self.flush_every)
+        client = self.client(base_dir)
+        client.update_run(run_id, status="RUNNING")
+        log.info("MLflow run %s reopened", run_id)
+        return Run(client, run_id, self.flush_every)
 
 
 class _store_lock:
@@ -161,7 +179,7 @@ class Run:
 
         now = int(time.time() * 1000)
         self._metrics.extend(Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None)
-        if len(self._metrics) >= self.flush_every or any(k.startswith("dev/") for k in metrics):
+        if len(self._metrics) >= self.flush_every:
             self.flush()
 
     def flush(self) -> None:

@@ -103,6 +103,16 @@ def test_grouped_sampler_visits_every_pair_once_per_epoch_in_a_seeded_order():
     assert list(other_seed) != epochs[0]
 
 
+def test_skip_next_drops_the_first_batches_of_one_iteration_only():
+    sampler = LengthGroupedBatchSampler(list(range(100)), batch_size=10, seed=0)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    sampler.skip_next(3)
+    sampler.set_epoch(2)  # as Accelerate's loader does at every iteration
+    assert list(sampler) == full[3:]
+    assert list(sampler) == full
+
+
 def padding_share(batches, lengths):
     padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
     return 1 - sum(lengths) / padded

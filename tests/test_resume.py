@@ -1,0 +1,100 @@
+"""Faults: a run killed with SIGKILL resumes to the same result; SIGTERM checkpoints and closes the run KILLED."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import AFQMC, REPO, mlflow_runs
+
+pytestmark = pytest.mark.slow
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+COMMON = ["model=minilm", f"data.dir={AFQMC}", "data.test_file=null", "data.max_length=48", "trainer.max_steps=16",
+          "trainer.eval_every=8", "trainer.checkpoint_every=3", "trainer.log_every=2", "trainer.device=cpu",
+          "trainer.progress_bar=false", "tracking.log_weights=false", "seed=5"]
+
+
+def start(cwd, *overrides):
+    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *overrides], cwd=cwd, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path, proc, timeout=300):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"training ended before {path} appeared: {proc.stderr.read()[-3000:]}"
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def histories(cwd):
+    client, runs = mlflow_runs(cwd, "afqmc")
+    assert len(runs) == 1
+    run = runs[0]
+    keys = ("train/loss", "train/lr", "dev/loss", "dev/accuracy", "dev/auc", "best/dev_f1")
+    return run, {k: [(m.step, round(m.value, 9)) for m in client.get_metric_history(run.info.run_id, k)] for k in keys}
+
+
+def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    whole = start(tmp_path / "a", *COMMON, f"hydra.run.dir={tmp_path / 'a' / 'run'}")
+    assert whole.wait(timeout=600) == 0, whole.stderr.read()[-3000:]
+
+    out = tmp_path / "b" / "run"
+    killed = start(tmp_path / "b", *COMMON, f"hydra.run.dir={out}")
+    wait_for(out / "last_checkpoint" / "trainer_state.pt", killed)
+    time.sleep(0.4)  # into the next steps, between checkpoints
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait(timeout=60) == -signal.SIGKILL
+    assert not (out / "result.json").exists()
+    _, before = histories(tmp_path / "b")
+    assert before["train/loss"] and before["train/loss"][-1][0] < 16  # killed part-way: resume has work to do
+
+    resumed = start(tmp_path / "b", f"resume={out}", "hydra.run.dir=" + str(tmp_path / "b" / "resume_logs"))
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
+
+    run_a, a = histories(tmp_path / "a")
+    run_b, b = histories(tmp_path / "b")
+    assert run_b.info.status == "FINISHED"
+    assert [s for s, _ in b["train/loss"]] == list(range(2, 17, 2))  # every step once: none lost, none twice
+    assert b == a
+    result_a = json.loads((tmp_path / "a" / "run" / "result.json").read_text())
+    result_b = json.loads((out / "result.json").read_text())
+    for key in ("best_metric", "final/dev_accuracy", "final/dev_f1", "final/dev_auc", "final/dev_loss"):
+        assert result_b[key] == pytest.approx(result_a[key], abs=1e-9), key
+    assert result_b["mlflow_run_id"] == run_b.info.run_id
+
+
+def test_resume_by_mlflow_run_id(tmp_path):
+    out = tmp_path / "run"
+    proc = start(tmp_path, *COMMON, "trainer.max_steps=4", "trainer.eval_every=null", f"hydra.run.dir={out}")
+    wait_for(out / "last_checkpoint" / "trainer_state.pt", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    run_id = (out / "mlflow_run_id").read_text().strip()
+    resumed = start(tmp_path, f"resume={run_id}", f"hydra.run.dir={tmp_path / 'logs'}")
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
+    run, metrics = histories(tmp_path)
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    assert [s for s, _ in metrics["train/loss"]] == [2, 4]
+
+
+def test_sigterm_saves_a_checkpoint_and_marks_the_run_killed(tmp_path):
+    out = tmp_path / "run"
+    proc = start(tmp_path, *COMMON, "trainer.max_steps=200", "trainer.eval_every=null", "trainer.checkpoint_every=50",
+                 f"hydra.run.dir={out}")
+    wait_for(out / "mlflow_run_id", proc)
+    time.sleep(8)  # model loaded, training under way
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) != 0
+    import torch
+
+    state = torch.load(out / "last_checkpoint" / "trainer_state.pt", weights_only=True)["state"]
+    assert 0 < state["step"] < 200
+    run, metrics = histories(tmp_path)
+    assert run.info.status == "KILLED"
+    assert metrics["train/loss"][-1][0] <= state["step"]
