@@ -47,13 +47,16 @@ def train_from_config(cfg: DictConfig) -> float:
     With ``resume=...`` the earlier run's own config (its ``.hydra/config.yaml``) is used, so a resumed run
     is the same experiment; it continues in the earlier output folder and MLflow run."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from hydra.utils import instantiate
 
     from .experiment import run
+    from .sweep import parent_run_id
     from .tracking import flatten, git_state
 
     hydra_cfg = HydraConfig.get()
     output_dir, resume = Path(hydra_cfg.runtime.output_dir), cfg.get("resume")
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     if resume:
         output_dir = find_run_dir(str(resume), instantiate(cfg.tracking))
         cfg = OmegaConf.load(output_dir / ".hydra" / "config.yaml")
@@ -65,10 +68,12 @@ def train_from_config(cfg: DictConfig) -> float:
             "hydra.output_dir": str(output_dir),
             "hydra.choices": json.dumps(dict(hydra_cfg.runtime.choices)),
             **git_state(REPO_DIR)}
+    if in_sweep:
+        tags.update({"sweep.dir": str(Path(hydra_cfg.sweep.dir).resolve()), "sweep.job_num": str(hydra_cfg.job.num)})
     return run(data=instantiate(cfg.data), load_model=instantiate(cfg.model), make_optimizer=instantiate(cfg.optim),
                make_scheduler=instantiate(cfg.scheduler), trainer=instantiate(cfg.trainer), tracking=tracking,
                seed=cfg.seed, output_dir=output_dir, params=flatten(OmegaConf.to_container(cfg, resolve=True)),
-               tags=tags, resume=bool(resume))
+               tags=tags, resume=bool(resume), parent_run_id=parent_run_id(hydra_cfg.sweep.dir) if in_sweep else None)
 
 
 # ----------------------------------------------------------------------------- evaluate.py / predict.py

@@ -285,6 +285,8 @@ class AfqmcData:
     eval_batch_size: int = 32
     num_workers: int = 0
     group_batches: int = 50  # batches per length-sorted chunk of the shuffled epoch; 1 = plain shuffling
+    train_limit: int | None = None  # use only the first N training pairs (debugging)
+    dev_limit: int | None = None  # use only the first N dev pairs (debugging)
     download: bool = True  # fetch the official zip when dir lacks the files
     score_test: bool = True  # at the end: metrics on a labelled test file, CLUE predictions for an unlabelled one
 
@@ -303,6 +305,7 @@ class AfqmcData:
             download_official(Path(self.dir).expanduser())
         splits = {split: read_pairs(self.path(name), require_labels=split != "test")
                   for split, name in wanted.items()}
+        splits["train"], splits["dev"] = splits["train"][:self.train_limit], splits["dev"][:self.dev_limit]
         return splits
 
     def loader(self, split: EncodedPairs, pad_token_id: int, train: bool, seed: int = 0,

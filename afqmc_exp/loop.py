@@ -8,8 +8,9 @@ Nothing is lost (see ``TrainState``): a *last checkpoint* (weights, optimizer, s
 position in the epoch, best metric, the running loss window) is written every
 ``trainer.checkpoint_every`` steps, after every evaluation and at the end of every epoch, into a staging
 folder that is then renamed into place, so a kill at any moment leaves the previous or the new
-checkpoint, never half of one. Metrics reach MLflow only at those moments (``on_checkpoint``), so the
-store never holds a step that a resumed run would log again. SIGINT/SIGTERM ask the loop to stop at the
+checkpoint, never half of one. Metrics reach MLflow at those moments (``on_checkpoint``, just before
+the checkpoint is written); a resumed run skips logging the steps the store already holds, so each step
+is logged exactly once. SIGINT/SIGTERM ask the loop to stop at the
 next step boundary: it checkpoints and raises ``KeyboardInterrupt`` (a second Ctrl-C stops at once).
 
 Speed choices (measured in ``benchmarks/throughput.py``):
@@ -283,11 +284,11 @@ def fit(pretrained: Pretrained, data: AfqmcData, splits: dict[str, EncodedPairs]
                disable=not (trainer.progress_bar and accelerator.is_local_main_process))
 
     def checkpoint() -> None:
+        on_checkpoint()  # metrics first: a kill between the two leaves steps a resumed run knows to skip
         state.window_loss = running_loss.item()
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             save_last_checkpoint(last_dir, model, optimizer, scheduler, state, accelerator)
-        on_checkpoint()
 
     def run_evaluation() -> bool:
         """Evaluate on dev, keep the best weights; True when early stopping says stop."""

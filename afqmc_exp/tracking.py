@@ -7,9 +7,10 @@
   runs a schema migration that crashes when two processes do it at the same moment, so the first
   contact with a SQLite store is serialised by a file lock beside the database.
 * Speed and resumability: one synchronous MLflow call costs 6-47 ms, so metrics are buffered and written
-  with ``log_batch`` (at most 1000 per call, as the API allows) when the training loop checkpoints (see
-  ``loop``), when the buffer fills and at the end. Flushing at checkpoints means a killed run's store
-  holds no step beyond its last checkpoint, so a resumed run logs every step exactly once.
+  with ``log_batch`` (at most 1000 per call, as the API allows) just before the training loop writes a
+  checkpoint (see ``loop``), when the buffer fills and at the end. A reopened (resumed) run drops values
+  for steps the store already has: the loop recomputes exactly those steps after a kill that fell
+  between a flush and its checkpoint, so every step is logged once.
   ``mlflow`` itself is imported only when a run starts.
 * The client API (not the fluent ``mlflow.start_run``) is used so that several runs in one process
   (a multirun with the basic launcher) never share hidden global state.
@@ -118,8 +119,10 @@ class MlflowTracking:
             return Run(None, None, self.flush_every)
         client = self.client(base_dir)
         client.update_run(run_id, status="RUNNING")
-        log.info("MLflow run %s reopened", run_id)
-        return Run(client, run_id, self.flush_every)
+        logged = {key: max(m.step for m in client.get_metric_history(run_id, key))
+                  for key in client.get_run(run_id).data.metrics}
+        log.info("MLflow run %s reopened (metrics logged through step %s)", run_id, max(logged.values(), default=None))
+        return Run(client, run_id, self.flush_every, logged_through=logged)
 
 
 class _store_lock:
@@ -145,8 +148,10 @@ class _store_lock:
 class Run:
     """An open MLflow run (or a no-op stand-in when tracking is disabled or on non-main processes)."""
 
-    def __init__(self, client, run_id: str | None, flush_every: int = 500):
+    def __init__(self, client, run_id: str | None, flush_every: int = 1000,
+                 logged_through: Mapping[str, int] | None = None):
         self.client, self.run_id, self.flush_every = client, run_id, flush_every
+        self.logged_through = dict(logged_through or {})  # key -> last step already in the store (resumed run)
         self._metrics: list = []
 
     @property
@@ -178,7 +183,8 @@ class Run:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self._metrics.extend(Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None)
+        self._metrics.extend(Metric(k, float(v), now, step) for k, v in metrics.items()
+                             if v is not None and step > self.logged_through.get(k, -1))
         if len(self._metrics) >= self.flush_every:
             self.flush()
 

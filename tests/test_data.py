@@ -166,3 +166,10 @@ def test_shipped_quickstart_sample_is_what_the_generator_writes(tmp_path):
         assert (SAMPLE_DIR / name).read_text(encoding="utf-8") == (tmp_path / name).read_text(encoding="utf-8")
     labels = [json.loads(line)["label"] for line in (SAMPLE_DIR / "train.json").read_text().splitlines()]
     assert 0.2 < labels.count("1") / len(labels) < 0.45
+
+
+def test_limits_take_the_first_pairs_for_debugging(tmp_path):
+    for name in ("train.json", "dev.json"):
+        write(tmp_path, "".join(GOOD + "\n" for _ in range(10)), name=name)
+    splits = AfqmcData(dir=str(tmp_path), test_file=None, train_limit=4, dev_limit=2).load()
+    assert (len(splits["train"]), len(splits["dev"])) == (4, 2)

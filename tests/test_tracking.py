@@ -55,3 +55,20 @@ def test_parallel_processes_can_create_and_share_a_new_sqlite_store(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("race").experiment_id])
     assert sorted(r.data.params["worker"] for r in runs) == ["0", "1", "2"]
     assert all(r.data.metrics["m"] == 1.0 and r.info.status == "FINISHED" for r in runs)
+
+
+def test_a_reopened_run_skips_steps_already_in_the_store(tmp_path):
+    tracking = MlflowTracking(uri=f"sqlite:///{tmp_path}/m.db", experiment="e")
+    run = tracking.start({}, {})
+    run.log_metrics({"train/loss": 1.0}, 2)
+    run.log_metrics({"train/loss": 0.9}, 4)
+    run.flush()  # killed here, with its last checkpoint at step 3
+    again = tracking.reopen(run.run_id)
+    assert again.client.get_run(run.run_id).info.status == "RUNNING"
+    again.log_metrics({"train/loss": 0.9}, 4)  # recomputed after resuming from step 3: already there
+    again.log_metrics({"train/loss": 0.8, "final/dev_f1": 0.5}, 6)
+    again.log_metrics({"final/test_f1": 0.4}, 4)  # a new key at an old step is kept
+    again.end()
+    history = again.client.get_metric_history(run.run_id, "train/loss")
+    assert [(m.step, m.value) for m in history] == [(2, 1.0), (4, 0.9), (6, 0.8)]
+    assert [m.step for m in again.client.get_metric_history(run.run_id, "final/test_f1")] == [4]

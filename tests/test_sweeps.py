@@ -1,0 +1,56 @@
+"""--multirun: every job its own MLflow run, nested under one parent run per sweep."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, mlflow_runs
+
+pytestmark = pytest.mark.slow
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def multirun(tmp_path, afqmc_dir, *overrides):
+    cmd = [sys.executable, str(REPO / "train.py"), "--multirun", "model=minilm", f"data.dir={afqmc_dir}",
+           "data.test_file=null", "data.max_length=48", "trainer.max_steps=3", "trainer.device=cpu",
+           "trainer.progress_bar=false", "tracking.log_weights=false", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+           *overrides]
+    return subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
+
+
+def split_runs(runs):
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == len(runs) - 1
+    return parent, children
+
+
+def test_grid_jobs_nest_under_one_parent_with_the_best_child(tmp_path, afqmc_dir):
+    proc = multirun(tmp_path, afqmc_dir, "optim.lr=1e-5,3e-5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, runs = mlflow_runs(tmp_path, "afqmc")
+    parent, children = split_runs(runs)
+    assert parent.info.status == "FINISHED" and parent.info.run_name.startswith("sweep ")
+    assert sorted(c.data.params["optim.lr"] for c in children) == ["1e-05", "3e-05"]
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert sorted(c.data.tags["hydra.output_dir"] for c in children) == [
+        str(tmp_path / "sweep" / "0"), str(tmp_path / "sweep" / "1")]
+    best = max(children, key=lambda c: c.data.metrics["best/dev_f1"])
+    assert parent.data.metrics["best/dev_f1"] == best.data.metrics["best/dev_f1"]
+    assert parent.data.tags["sweep.best_run_id"] in {c.info.run_id for c in children}
+    assert parent.data.tags["sweep.jobs"] == "2" and "optim.lr=1e-5,3e-5" in parent.data.tags["sweep.overrides"]
+
+
+def test_a_crashing_sweep_still_closes_its_parent_failed(tmp_path, afqmc_dir):
+    proc = multirun(tmp_path, afqmc_dir, "data.max_length=48,1000")  # 1000 > the model's 512 positions
+    assert proc.returncode != 0
+    assert "exceeds the model's limit" in proc.stderr
+    _, runs = mlflow_runs(tmp_path, "afqmc")
+    parent, children = split_runs(runs)
+    assert parent.info.status == "FAILED"
+    assert sorted(c.info.status for c in children) == ["FAILED", "FINISHED"]
+    assert parent.data.tags["sweep.failed_jobs"] == "1"
