@@ -5,6 +5,14 @@ vector) rather than a hand-written module: the saved best weights are then a pla
 folder that ``AutoModelForSequenceClassification.from_pretrained(dir)``, pipelines and MLflow's
 transformers flavour load without this project.
 
+Only [CLS] reaches the head, so in the *last* encoder layer every other position's output is thrown
+away. ``cls_only_last_layer`` (on by default) computes that layer for [CLS] alone: keys and values for
+all positions (the [CLS] query attends to them), but the query, attention output and feed-forward
+for one position. The [CLS] vector is mathematically identical; on MiniLM it removes ~14% of the dense
+FLOPs of training and inference. It is patched onto the layer instance, so the module tree and the
+saved weights are unchanged, and it is applied only where it is known to be exact: encoder-only BERT
+classifiers with absolute positions, on transformers 5 (whose layer returns a tensor).
+
 ``architecture="bert"`` forces the BERT classes. ``hfl/chinese-roberta-wwm-ext`` needs it: it is a BERT
 (WordPiece vocab, BERT weights) whose config.json has no ``model_type``, so the Auto classes guess
 "roberta" from its name and load it wrongly.
@@ -51,8 +59,44 @@ class Pretrained:
         return int(getattr(self.model.config, "max_position_embeddings", 512))
 
 
+def _cls_only_layer_forward(layer, hidden_states, attention_mask=None, *args, **kwargs):
+    """A BERT layer's forward for position 0 only; see the module docstring."""
+    import torch.nn.functional as F
+
+    attention = layer.attention.self
+    batch, seq, _ = hidden_states.shape
+    heads, size = attention.num_attention_heads, attention.attention_head_size
+    cls = hidden_states[:, :1]
+    query = attention.query(cls).view(batch, 1, heads, size).transpose(1, 2)
+    key = attention.key(hidden_states).view(batch, seq, heads, size).transpose(1, 2)
+    value = attention.value(hidden_states).view(batch, seq, heads, size).transpose(1, 2)
+    if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-2] != 1:
+        attention_mask = attention_mask[:, :, :1, :]
+    dropout = attention.dropout.p if layer.training else 0.0
+    context = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout)
+    context = context.transpose(1, 2).reshape(batch, 1, heads * size)
+    return layer.feed_forward_chunk(layer.attention.output(context, cls))
+
+
+def enable_cls_only_last_layer(model) -> bool:
+    """Compute the last encoder layer for [CLS] only, where that is exact; True if applied."""
+    import types
+
+    import transformers
+
+    config = model.config
+    if not (isinstance(model, transformers.BertForSequenceClassification)
+            and int(transformers.__version__.split(".")[0]) >= 5
+            and not config.is_decoder and not getattr(config, "add_cross_attention", False)
+            and getattr(config, "position_embedding_type", "absolute") == "absolute"):
+        return False
+    last = model.bert.encoder.layer[-1]
+    last.forward = types.MethodType(_cls_only_layer_forward, last)
+    return True
+
+
 def load_pair_classifier(name_or_path: str, architecture: str = "auto", classifier_dropout: float | None = None,
-                         trust_remote_code: bool = False) -> Pretrained:
+                         trust_remote_code: bool = False, cls_only_last_layer: bool = True) -> Pretrained:
     """Load tokenizer and 2-way classifier from a Hub id or a local folder (ours or anyone's)."""
     import transformers
 
@@ -71,4 +115,6 @@ def load_pair_classifier(name_or_path: str, architecture: str = "auto", classifi
         config.classifier_dropout = classifier_dropout
     tokenizer = tokenizer_cls.from_pretrained(name_or_path, **kwargs)
     model = model_cls.from_pretrained(name_or_path, config=config, **kwargs)
+    if cls_only_last_layer:
+        enable_cls_only_last_layer(model)
     return Pretrained(model=model, tokenizer=tokenizer, name_or_path=str(name_or_path))

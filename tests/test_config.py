@@ -41,7 +41,8 @@ def test_model_options(option):
     assert isinstance(factory, partial)
     if option == "roberta":  # config.json without model_type: must use the BERT classes
         assert factory.keywords == {"name_or_path": "hfl/chinese-roberta-wwm-ext", "architecture": "bert",
-                                    "classifier_dropout": None, "trust_remote_code": False}
+                                    "classifier_dropout": None, "trust_remote_code": False,
+                                    "cls_only_last_layer": True}
     if option == "minilm":  # the only one available offline: really load it
         pretrained = factory()
         assert Path(pretrained.name_or_path, "model.safetensors").exists()

@@ -1,0 +1,55 @@
+"""The [CLS]-only last layer gives the same logits and gradients as the full layer."""
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from afqmc_exp.model import enable_cls_only_last_layer
+
+
+def pair(dropout=0.0, **config):
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                     hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, num_labels=2, **config)
+    full = BertForSequenceClassification(cfg)
+    fast = BertForSequenceClassification(cfg)
+    fast.load_state_dict(full.state_dict())
+    return full, fast
+
+
+def batch():
+    ids = torch.randint(5, 60, (4, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0  # padding, which the [CLS] query must not see
+    mask[3, 3:] = 0
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": (torch.arange(9) > 4).long().expand(4, 9)}
+
+
+def test_same_logits_and_gradients_and_same_weights():
+    full, fast = pair()
+    assert enable_cls_only_last_layer(fast)
+    inputs = batch()
+    for model in (full, fast):
+        model.train()
+        model(**inputs, labels=torch.tensor([0, 1, 1, 0])).loss.backward()
+    torch.testing.assert_close(fast(**inputs).logits, full(**inputs).logits, atol=1e-5, rtol=1e-5)
+    for (name, a), (_, b) in zip(full.named_parameters(), fast.named_parameters()):
+        assert a.grad is not None and b.grad is not None, name
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)
+    assert list(fast.state_dict()) == list(full.state_dict())
+
+
+def test_padding_changes_nothing():
+    _, fast = pair()
+    enable_cls_only_last_layer(fast)
+    fast.eval()
+    inputs = batch()
+    short = {k: v[3:4, :3] for k, v in inputs.items()}
+    padded = {k: v[3:4] for k, v in inputs.items()}
+    torch.testing.assert_close(fast(**padded).logits, fast(**short).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("config", [{"position_embedding_type": "relative_key"}, {"is_decoder": True}])
+def test_not_applied_where_it_would_not_be_exact(config):
+    _, fast = pair(**config)
+    assert not enable_cls_only_last_layer(fast)
