@@ -1,0 +1,121 @@
+"""A Hydra sweeper that drives Optuna's own API: ``python train.py hparams_search=afqmc_optuna``.
+
+Why not ``hydra-optuna-sweeper``: its 1.3.0 release pins ``optuna<3``, pip then installs optuna 2.10,
+whose SQLite storage crashes under SQLAlchemy 2 (which MLflow needs); installing it without its pin
+breaks ``pip check``. This sweeper is small and uses only Optuna's stable ask/tell API, so the project
+installs cleanly with a current Optuna.
+
+* The study lives in a storage (default ``sqlite:///optuna.db`` beside where you start), loaded if it
+  exists: a stopped search resumes where it was. ``n_trials`` is the study's total, so running the same
+  command again after a stop runs only the trials still missing (trials left RUNNING by a killed search
+  are marked FAIL first).
+* A trial whose job raises or returns NaN is told to Optuna as FAIL and the search goes on.
+* The direction follows ``trainer.metric`` (maximise f1/accuracy/auc, minimise loss) unless set.
+* Hydra's launcher runs the trials, ``n_jobs`` at a time (``hydra/launcher=joblib`` to run them in
+  parallel); each is a normal training run, nested under the sweep's MLflow parent run.
+"""
+
+# No `from __future__ import annotations` here: Hydra's plugin scanner executes this module outside
+# sys.modules, where dataclasses cannot resolve string annotations.
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobStatus
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AfqmcOptunaSweeperConf:
+    _target_: str = "hydra_plugins.afqmc_optuna_sweeper.optuna_sweeper.AfqmcOptunaSweeper"
+    n_trials: int = 20  # total trials in the study (a resumed search runs only the missing ones)
+    n_jobs: int = 1  # trials launched together
+    storage: str = "sqlite:///optuna.db"
+    study_name: str = "afqmc"
+    direction: Optional[str] = None  # maximize | minimize; null: from trainer.metric
+    seed: int = 0  # TPE sampler seed
+    # dotted config key -> {type: float|int|categorical, low, high, log, step, choices}
+    params: Dict[str, Any] = field(default_factory=dict)
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="afqmc_optuna", node=AfqmcOptunaSweeperConf,
+                             provider="afqmc_exp")
+
+
+def suggest(trial, name: str, spec: dict) -> Any:
+    kind = spec.get("type", "float")
+    if kind == "float":
+        return trial.suggest_float(name, spec["low"], spec["high"], log=spec.get("log", False), step=spec.get("step"))
+    if kind == "int":
+        return trial.suggest_int(name, spec["low"], spec["high"], log=spec.get("log", False), step=spec.get("step", 1))
+    if kind == "categorical":
+        return trial.suggest_categorical(name, list(spec["choices"]))
+    raise ValueError(f"hydra.sweeper.params.{name}.type={kind!r}: use float, int or categorical")
+
+
+def resolve_storage(storage: str) -> str:
+    if storage.startswith("sqlite:///") and not storage.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(os.getcwd(), storage[len("sqlite:///"):]).resolve())
+    return storage
+
+
+class AfqmcOptunaSweeper(Sweeper):
+    def __init__(self, n_trials: int, n_jobs: int, storage: str, study_name: str, direction: Optional[str],
+                 seed: int, params: dict):
+        self.n_trials, self.n_jobs, self.storage, self.study_name = n_trials, max(1, n_jobs), storage, study_name
+        self.direction, self.seed = direction, seed
+        self.params = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else dict(params)
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
+                                                                task_function=task_function, config=config)
+
+    def sweep(self, arguments: List[str]) -> list:
+        import optuna
+        from optuna.trial import TrialState
+
+        from afqmc_exp.metrics import GREATER_IS_BETTER
+
+        direction = self.direction or ("maximize" if GREATER_IS_BETTER[self.config.trainer.metric] else "minimize")
+        study = optuna.create_study(study_name=self.study_name, storage=resolve_storage(self.storage),
+                                    direction=direction, load_if_exists=True)
+        for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            study.tell(stale.number, state=TrialState.FAIL)  # left by a search that was killed
+        done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)))
+        # Seeded by how far the study is, so a resumed search is reproducible but does not redraw the
+        # points its first part already tried (TPE samples at random for its first trials).
+        study.sampler = optuna.samplers.TPESampler(seed=self.seed + len(study.trials))
+        log.info("Optuna study %r (%s): %d of %d trials done", self.study_name, direction, done, self.n_trials)
+        Path(self.config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+        returns, job_idx = [], 0
+        while done < self.n_trials:
+            trials = [study.ask() for _ in range(min(self.n_jobs, self.n_trials - done))]
+            batch = [list(arguments) + [f"{name}={suggest(trial, name, spec)}" for name, spec in self.params.items()]
+                     for trial in trials]
+            results = self.launcher.launch(batch, initial_job_idx=job_idx)
+            for trial, result in zip(trials, results):
+                value = result.return_value if result.status == JobStatus.COMPLETED else None
+                if value is None or not math.isfinite(float(value)):
+                    reason = result._return_value if result.status == JobStatus.FAILED else f"objective {value}"
+                    log.warning("trial %d failed (%s); the search goes on", trial.number, reason)
+                    study.tell(trial, state=TrialState.FAIL)
+                else:
+                    study.tell(trial, float(value))
+            returns.append(results)
+            job_idx, done = job_idx + len(batch), done + len(batch)
+        best = [t for t in study.trials if t.state == TrialState.COMPLETE]
+        if best:
+            log.info("best trial %d: %s = %.4f with %s", study.best_trial.number, self.config.trainer.metric,
+                     study.best_value, study.best_params)
+        return returns

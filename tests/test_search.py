@@ -1,0 +1,93 @@
+"""Optuna searches (resumable, failures recorded), parallel jobs with joblib, launcher configs."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, mlflow_runs
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def test_search_and_launcher_presets_compose():
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        search = hydra_compose("train", overrides=["hparams_search=afqmc_optuna"], return_hydra_config=True)
+        slurm = hydra_compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+                              return_hydra_config=True)
+        joblib = hydra_compose("train", overrides=["hydra/launcher=joblib"], return_hydra_config=True)
+    sweeper = search.hydra.sweeper
+    assert sweeper._target_.endswith("AfqmcOptunaSweeper") and sweeper.storage == "sqlite:///optuna.db"
+    assert set(sweeper.params) == {"optim.lr", "scheduler.warmup_ratio", "optim.weight_decay", "data.batch_size"}
+    assert search.hydra.mode.name == "MULTIRUN"
+    assert slurm.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert (slurm.hydra.launcher.partition, slurm.hydra.launcher.gpus_per_node) == ("gpu", 1)
+    assert joblib.hydra.launcher._target_.endswith("JoblibLauncher")
+
+
+def train_cmd(tmp_path, afqmc_dir, *overrides):
+    return [sys.executable, str(REPO / "train.py"), "model=minilm", f"data.dir={afqmc_dir}", "data.test_file=null",
+            "data.max_length=48", "data.dev_limit=100", "trainer.max_steps=2", "trainer.device=cpu",
+            "trainer.progress_bar=false", "tracking.log_weights=false", *overrides]
+
+
+def study(tmp_path, name):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+
+
+@pytest.mark.slow
+def test_optuna_search_then_resumed_in_the_same_study(tmp_path, afqmc_dir):
+    def search(n_trials, sweep):
+        cmd = train_cmd(tmp_path, afqmc_dir, "hparams_search=afqmc_optuna", "hydra.sweeper.study_name=s",
+                        f"hydra.sweeper.n_trials={n_trials}", f"hydra.sweep.dir={tmp_path / sweep}")
+        proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    search(3, "first")
+    first = [(t.number, t.params, t.value) for t in study(tmp_path, "s").trials]
+    assert len(first) == 3 and all(t[2] is not None for t in first)
+    search(5, "resumed")  # the study now wants 5: only 2 more run
+    trials = study(tmp_path, "s").trials
+    assert [(t.number, t.params, t.value) for t in trials[:3]] == first
+    assert len(trials) == 5 and all(t.state.name == "COMPLETE" for t in trials)
+    assert len({t.params["optim.lr"] for t in trials}) == 5
+    _, runs = mlflow_runs(tmp_path, "afqmc")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 2 and len(runs) == 7
+    lrs = sorted(float(r.data.params["optim.lr"]) for r in runs if r not in parents)
+    assert lrs == sorted(t.params["optim.lr"] for t in trials)
+
+
+@pytest.mark.slow
+def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path, afqmc_dir):
+    extra = tmp_path / "extra" / "hparams_search"
+    extra.mkdir(parents=True)
+    (extra / "failing.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /hydra/sweeper: afqmc_optuna\nhydra:\n  mode: MULTIRUN\n"
+        "  sweeper:\n    n_trials: 2\n    study_name: f\n    params:\n"
+        "      data.max_length: {type: categorical, choices: [1000]}\n")
+    cmd = train_cmd(tmp_path, afqmc_dir, f"hydra.searchpath=[file://{tmp_path / 'extra'}]", "hparams_search=failing",
+                    f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [t.state.name for t in study(tmp_path, "f").trials] == ["FAIL", "FAIL"]
+
+
+@pytest.mark.slow
+def test_joblib_runs_jobs_in_parallel_into_one_store(tmp_path, afqmc_dir):
+    cmd = train_cmd(tmp_path, afqmc_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2",
+                    f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    cmd.insert(2, "--multirun")
+    proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in proc.stderr + proc.stdout
+    _, runs = mlflow_runs(tmp_path, "afqmc")
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(r.data.params["seed"] for r in children) == ["1", "2"]
+    assert all(r.info.status == "FINISHED" and "dev/f1" in r.data.metrics for r in runs if r in children)
+    assert len({r.data.tags["mlflow.parentRunId"] for r in children}) == 1
