@@ -8,9 +8,11 @@ speedups are medians of the per-pair ratios. "ours" is ``python train.py`` itsel
 a temporary store), read back from the run's ``result.json``, so it measures exactly what users run.
 The last line printed is one JSON object with every figure.
 
-MFU counts the useful FLOPs of the real (unpadded) tokens: 6 x non-embedding params per token for a
-training step (2 for inference) plus attention's 12 x layers x hidden x seq (4 for inference), over the
-fp32 matmul FLOP/s this script measures on this machine in the same run.
+MFU counts the standard model's FLOPs on the real (unpadded) tokens: 6 x non-embedding params per token
+for a training step (2 for inference) plus attention's 12 x layers x hidden x seq (4 for inference),
+over the fp32 matmul FLOP/s this script measures on this machine in the same run. As usual for MFU these
+are the model's FLOPs, not the ones executed: work the loop avoids (padding, the last layer's non-[CLS]
+positions) counts as done.
 """
 
 from __future__ import annotations
