@@ -234,6 +234,7 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
                  shuffle: bool = True):
         self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
         self.group_batches, self.shuffle, self.epoch, self.skip = group_batches, shuffle, 0, 0
+        self.drop_last = False  # read by Accelerate's sharding
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -258,8 +259,10 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
             order = [i for start in range(0, n, group)
                      for i in sorted(order[start:start + group], key=lambda i: self.lengths[i])]
         batches = [order[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
-        if self.group_batches > 1:
-            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        if self.group_batches > 1:  # shuffle the full batches; the short remainder stays last, as
+            # Accelerate's multi-process sharding silently drops a short batch anywhere else
+            full = len(batches) - (len(batches[-1]) < self.batch_size)
+            batches = [batches[i] for i in torch.randperm(full, generator=generator).tolist()] + batches[full:]
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -281,7 +284,7 @@ class AfqmcData:
     dev_file: str = "dev.json"
     test_file: str | None = "test.json"
     max_length: int = 128
-    batch_size: int = 16
+    batch_size: int = 16  # the global batch: N processes get batch_size/N each, so 1 or N train alike
     eval_batch_size: int = 32
     num_workers: int = 0
     group_batches: int = 50  # batches per length-sorted chunk of the shuffled epoch; 1 = plain shuffling

@@ -70,6 +70,10 @@ def run(*, data: AfqmcData, load_model: Callable[[], Pretrained], make_optimizer
     examples = data.load()  # validated before anything heavy happens
     seed_everything(seed)
     accelerator = build_accelerator(trainer)
+    if accelerator.num_processes > 1:  # every process writes and reads the main process's folder
+        from accelerate.utils import broadcast_object_list
+
+        output_dir = Path(broadcast_object_list([str(output_dir)])[0])
     run_id_file = output_dir / RUN_ID_FILE
     if not accelerator.is_main_process:
         mlflow_run = Run(None, None)

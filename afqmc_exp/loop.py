@@ -105,8 +105,13 @@ def build_accelerator(trainer: TrainerConfig):
     if trainer.tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    from accelerate.utils import DataLoaderConfiguration
+
+    # split_batches: data.batch_size is the global batch, each of N processes gets 1/N of every batch,
+    # so a run trains on the same batches whether it has 1 process or N.
     return Accelerator(cpu=trainer.device == "cpu", mixed_precision=trainer.mixed_precision,
-                       gradient_accumulation_steps=trainer.grad_accumulation)
+                       gradient_accumulation_steps=trainer.grad_accumulation,
+                       dataloader_config=DataLoaderConfiguration(split_batches=True))
 
 
 def predict(model: torch.nn.Module, loader, accelerator) -> tuple[np.ndarray, float]:
@@ -310,8 +315,9 @@ def fit(pretrained: Pretrained, data: AfqmcData, splits: dict[str, EncodedPairs]
         state.history.append({"step": state.step, **metrics})
         log_metrics({**{f"dev/{k}": v for k, v in metrics.items()}, f"best/dev_{trainer.metric}": state.best},
                     state.step)
-        bar.write(f"step {state.step}: dev " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-                  + (" (best)" if improved else ""))
+        if accelerator.is_main_process:
+            bar.write(f"step {state.step}: dev " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+                      + (" (best)" if improved else ""))
         eval_seconds += time.perf_counter() - started
         return trainer.patience is not None and state.evals_since_best >= trainer.patience
 
@@ -319,8 +325,9 @@ def fit(pretrained: Pretrained, data: AfqmcData, splits: dict[str, EncodedPairs]
     train_started, samples_seen, stop = time.perf_counter(), 0, False
     with GracefulStop() as signals:
         while state.epoch < trainer.epochs and state.step < total_steps and not stop:
-            train_loader.set_epoch(state.epoch)  # Accelerate's loader passes it on to the sampler
-            train_sampler.skip_next(state.batch_in_epoch * accelerator.num_processes)
+            train_loader.set_epoch(state.epoch)  # Accelerate's own epoch counter...
+            train_sampler.set_epoch(state.epoch)  # ...does not reach our sampler under multi-process sharding
+            train_sampler.skip_next(state.batch_in_epoch)  # split batches: per-process index == global index
             for batch in train_loader:
                 if pending_rng is not None:  # after the loader has started, exactly as in an uninterrupted run
                     _set_rng_states(pending_rng)
@@ -334,7 +341,7 @@ def fit(pretrained: Pretrained, data: AfqmcData, splits: dict[str, EncodedPairs]
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 running_loss += loss.detach()
-                n = len(batch["labels"]) * accelerator.num_processes
+                n = len(batch["labels"]) * accelerator.num_processes  # about: the last batch may be padded
                 window_samples, samples_seen = window_samples + n, samples_seen + n
                 state.window_batches += 1
                 state.batch_in_epoch += 1

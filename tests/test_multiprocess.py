@@ -1,0 +1,57 @@
+"""Data-parallel training with 2 CPU processes (gloo), launched by torchrun as users would."""
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from conftest import AFQMC, REPO, mlflow_runs
+
+pytestmark = pytest.mark.slow
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
+
+
+@pytest.mark.parametrize("n,batch_size", [(203, 16), (96, 8)])
+def test_each_pair_once_per_epoch_across_processes(n, batch_size):
+    proc = subprocess.run(TORCHRUN + [str(REPO / "tests" / "shard_check.py"), str(n), str(batch_size)], cwd=REPO,
+                          env={**ENV, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    epochs = json.loads(proc.stdout.strip().splitlines()[-1])
+    for seen in epochs:
+        # every pair once; Accelerate pads a short last batch to a full global batch with pairs from the
+        # epoch's start, so those (batch_size - n % batch_size of them) are seen twice
+        counts = Counter(seen)
+        assert set(counts) == set(range(n))
+        assert sum(c - 1 for c in counts.values()) == (-n) % batch_size
+    assert epochs[0] != epochs[1]
+
+
+def run(cwd, launcher, out):
+    cmd = launcher + [str(REPO / "train.py"), "model=minilm", f"data.dir={AFQMC}", "data.test_file=null",
+                      "data.max_length=48", "trainer.max_steps=6", "trainer.eval_every=3", "trainer.device=cpu",
+                      "trainer.progress_bar=false", "tracking.log_weights=false", f"hydra.run.dir={out}"]
+    proc = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client, runs = mlflow_runs(cwd, "afqmc")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    history = {k: [m.value for m in client.get_metric_history(runs[0].info.run_id, k)]
+               for k in ("dev/loss", "dev/accuracy", "dev/auc")}
+    return runs[0], history
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
+    (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
+    _, single = run(tmp_path / "one", [sys.executable], tmp_path / "one" / "run")
+    parallel_run, parallel = run(tmp_path / "two", TORCHRUN, tmp_path / "two" / "run")
+    assert parallel_run.data.params["data.batch_size"] == "16"  # the global batch, 8 per process
+    assert len(parallel["dev/loss"]) == len(single["dev/loss"]) == 2
+    for key, tolerance in (("dev/loss", 0.005), ("dev/accuracy", 0.01), ("dev/auc", 0.01)):
+        for a, b in zip(parallel[key], single[key]):
+            assert a == pytest.approx(b, abs=tolerance), key
+    # the best weights were written once, where every process looked for them
+    assert (tmp_path / "two" / "run" / "best_model" / "model.safetensors").exists()
+    assert json.loads((tmp_path / "two" / "run" / "result.json").read_text())["mlflow_run_id"] == parallel_run.info.run_id
