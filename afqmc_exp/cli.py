@@ -15,6 +15,9 @@ from typing import Sequence
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .data import DataError
+from .schema import ConfigError, validate
+
 log = logging.getLogger(__name__)
 REPO_DIR = Path(__file__).resolve().parent.parent
 
@@ -50,10 +53,6 @@ def train_from_config(cfg: DictConfig) -> float:
     from hydra.types import RunMode
     from hydra.utils import instantiate
 
-    from .experiment import run
-    from .sweep import parent_run_id
-    from .tracking import flatten, git_state
-
     hydra_cfg = HydraConfig.get()
     output_dir, resume = Path(hydra_cfg.runtime.output_dir), cfg.get("resume")
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
@@ -61,6 +60,22 @@ def train_from_config(cfg: DictConfig) -> float:
         output_dir = find_run_dir(str(resume), instantiate(cfg.tracking))
         cfg = OmegaConf.load(output_dir / ".hydra" / "config.yaml")
         log.info("resuming %s with its saved config", output_dir)
+    try:
+        return _train(cfg, hydra_cfg, output_dir, resume, in_sweep)
+    except (ConfigError, DataError) as err:
+        if in_sweep:  # the sweep records this job as failed and goes on
+            raise
+        raise SystemExit(f"error: {err}") from None  # a clear message, not a traceback
+
+
+def _train(cfg: DictConfig, hydra_cfg, output_dir: Path, resume, in_sweep: bool) -> float:
+    from hydra.utils import instantiate
+
+    from .experiment import run
+    from .sweep import parent_run_id
+    from .tracking import flatten, git_state
+
+    validate(cfg)  # before any model is loaded or run opened
     tracking = instantiate(cfg.tracking)
     if not tracking.run_name:
         tracking.run_name = default_run_name(cfg, hydra_cfg.runtime.choices.get("model"))
@@ -133,7 +148,6 @@ def _load_for_scoring(args: EvaluateArgs, require_labels: bool):
 
 def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, float]:
     """Print the metrics of saved weights on a labelled file as one JSON object."""
-    from .data import DataError
     from .experiment import score
 
     args = parse_args(EvaluateArgs, sys.argv[1:] if argv is None else argv)
@@ -149,7 +163,6 @@ def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
 def predict_main(argv: Sequence[str] | None = None) -> Path:
     """Write CLUE-format predictions (with probabilities) for every pair of a file, labelled or not."""
-    from .data import DataError
     from .experiment import score, write_predictions
 
     args = parse_args(PredictArgs, sys.argv[1:] if argv is None else argv)

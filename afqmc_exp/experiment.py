@@ -86,8 +86,8 @@ def run(*, data: AfqmcData, load_model: Callable[[], Pretrained], make_optimizer
     try:
         pretrained = load_model()
         if data.max_length > pretrained.max_positions:
-            raise ValueError(f"data.max_length={data.max_length} exceeds the model's limit of "
-                             f"{pretrained.max_positions} positions; set data.max_length<={pretrained.max_positions}")
+            raise ValueError(f"data.max_length={data.max_length}: the model takes at most {pretrained.max_positions} "
+                             f"positions; set data.max_length<={pretrained.max_positions}")
         splits = {name: encode_pairs(rows, pretrained.tokenizer, data.max_length)
                   for name, rows in examples.items() if name != "test"}
         resume_from_checkpoint = resume and (output_dir / LAST_CHECKPOINT / "trainer_state.pt").exists()

@@ -5,8 +5,8 @@ launching process and before any job: that also creates a new SQLite store befor
 (``hydra/launcher=joblib``) could race to create it. The parent's id is written into the sweep folder,
 where every job (in this process or another) finds it and nests its own run under it
 (``mlflow.parentRunId``). When the sweep ends the parent gets the best child's objective and run id and
-is closed FINISHED, or FAILED if a job failed; an ``atexit`` hook closes it FAILED even if the sweep
-crashes before Hydra's end-of-sweep callback.
+is closed FINISHED, or FAILED if a job failed; when a job raises, Hydra's basic sweeper stops and skips
+its end-of-sweep callback, and an ``atexit`` hook closes the parent FAILED instead.
 """
 
 from __future__ import annotations
@@ -51,13 +51,13 @@ class MlflowSweepCallback(Callback):
                                                                      default="basic")})
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_RUN_FILE).write_text(self.run.run_id + "\n")
-        atexit.register(self.close)
+        atexit.register(self.close, crashed=True)  # Hydra skips on_multirun_end when a job raises
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         self.close()
 
-    def close(self) -> None:
-        """Summarise the children on the parent and close it; idempotent."""
+    def close(self, crashed: bool = False) -> None:
+        """Summarise the children on the parent and close it (FAILED if the sweep crashed); idempotent."""
         if self.run is None:
             return
         run, self.run = self.run, None
@@ -74,6 +74,6 @@ class MlflowSweepCallback(Callback):
             run.log_metrics({key: best.data.metrics[key]}, step=0)
             tags.update({"sweep.best_run_id": best.info.run_id, "sweep.best_run_name": best.info.run_name})
         run.set_tags(tags)
-        status = "FINISHED" if children and not failed else "FAILED"
+        status = "FINISHED" if children and not failed and not crashed else "FAILED"
         run.end(status)
         log.info("sweep parent run %s closed %s: %d jobs, %d failed", run.run_id, status, len(children), len(failed))

@@ -1,0 +1,148 @@
+"""Checking a composed config before anything heavy runs: one clear line per mistake.
+
+Every group is built from a ``_target_`` (a function or dataclass with typed parameters), so the target's
+signature *is* the schema: a key it does not take is a typo, a value that does not fit its annotation is
+a wrong type. No parallel set of schema classes to keep in sync. On top of that, ``RULES`` holds the
+ranges that types cannot say (a positive learning rate, at least one epoch...). The model's position
+limit is read from its config.json alone (no weights) where that is available locally or cached.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from typing import Any, Callable
+
+from hydra.utils import get_object
+from omegaconf import DictConfig, OmegaConf
+
+from .metrics import GREATER_IS_BETTER
+
+
+class ConfigError(ValueError):
+    """The composed config cannot run; one line per problem, each naming the key and the fix."""
+
+
+def _positive(v):
+    return v is not None and v > 0
+
+
+def _at_least_one_or_null(v):
+    return v is None or v >= 1
+
+
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "optim.lr": (_positive, "must be > 0, e.g. optim.lr=2e-5"),
+    "optim.eps": (_positive, "must be > 0"),
+    "optim.weight_decay": (lambda v: v >= 0, "must be >= 0"),
+    "scheduler.warmup_ratio": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "trainer.epochs": (lambda v: v >= 1, "must be >= 1"),
+    "trainer.max_steps": (_at_least_one_or_null, "must be >= 1, or null for no cap"),
+    "trainer.grad_accumulation": (lambda v: v >= 1, "must be >= 1"),
+    "trainer.max_grad_norm": (lambda v: v is None or v > 0, "must be > 0, or null for no clipping"),
+    "trainer.eval_every": (_at_least_one_or_null, "must be >= 1, or null to evaluate once per epoch"),
+    "trainer.patience": (_at_least_one_or_null, "must be >= 1, or null for no early stopping"),
+    "trainer.log_every": (lambda v: v >= 1, "must be >= 1"),
+    "trainer.checkpoint_every": (_at_least_one_or_null, "must be >= 1, or null"),
+    "trainer.device": (lambda v: v in ("auto", "cpu"), "must be auto or cpu"),
+    "trainer.mixed_precision": (lambda v: v in ("no", "bf16", "fp16"), "must be no, bf16 or fp16"),
+    "trainer.metric": (lambda v: v in GREATER_IS_BETTER, f"must be one of {', '.join(GREATER_IS_BETTER)}"),
+    "data.dir": (lambda v: isinstance(v, str) and v.strip() not in ("", "???"),
+                 "must name the folder with train.json and dev.json, e.g. data.dir=../shared/data/afqmc"),
+    "data.max_length": (lambda v: v >= 8, "must be >= 8"),
+    "data.batch_size": (lambda v: v >= 1, "must be >= 1"),
+    "data.eval_batch_size": (lambda v: v >= 1, "must be >= 1"),
+    "data.group_batches": (lambda v: v >= 1, "must be >= 1 (1 = plain shuffling)"),
+    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "must be an integer"),
+}
+GROUPS = ("data", "model", "optim", "scheduler", "trainer", "tracking")
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arm) for arm in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation in (str, bool):
+        return isinstance(value, annotation)
+    if origin in (tuple, list) or annotation in (tuple, list):
+        return isinstance(value, (list, tuple))
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    return True  # richer annotations are left to the target itself
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def check_group(group: str, node: dict) -> list[str]:
+    """Keys and types of one group against its ``_target_``'s signature."""
+    target = get_object(node["_target_"])
+    function = target.__init__ if inspect.isclass(target) else target
+    hints = typing.get_type_hints(function)
+    parameters = {name: p for name, p in inspect.signature(target).parameters.items()
+                  if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    problems = []
+    for key, value in node.items():
+        if key.startswith("_"):
+            continue
+        if key not in parameters:
+            close = ", ".join(sorted(parameters))
+            problems.append(f"{group}.{key}: unknown key for {node['_target_']}; known keys: {close}")
+        elif value is None and f"{group}.{key}" in RULES:
+            continue  # a missing value: its rule says what to set, better than "expected str"
+        elif not _fits(value, hints.get(key, parameters[key].annotation)):
+            problems.append(f"{group}.{key}={value!r}: expected {_type_name(hints.get(key))}")
+    return problems
+
+
+def model_max_positions(name_or_path: str) -> int | None:
+    """``max_position_embeddings`` from config.json only, if it can be had without a download."""
+    try:
+        from transformers import AutoConfig
+
+        return int(AutoConfig.from_pretrained(name_or_path, local_files_only=True).max_position_embeddings)
+    except Exception:  # not local and not cached: the model loader will say what is wrong
+        return None
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` listing every problem of ``cfg``; return quietly if there is none."""
+    problems: list[str] = []
+    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    for group in GROUPS:
+        node = container.get(group)
+        if not isinstance(node, dict) or "_target_" not in node:
+            problems.append(f"{group}: no config; pick an option, e.g. {group}=<option> (see conf/{group}/)")
+            continue
+        problems += check_group(group, node)
+    type_errors = {p.split("=")[0].split(":")[0] for p in problems}
+    for key, (ok, requirement) in RULES.items():
+        value = container
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if key in type_errors:
+            continue
+        try:
+            good = ok(value)
+        except TypeError:  # e.g. None compared with a number
+            good = False
+        if not good:
+            problems.append(f"{key}={value!r}: {requirement}")
+    if not problems:
+        limit = model_max_positions(str(OmegaConf.select(cfg, "model.name_or_path", default="")))
+        max_length = OmegaConf.select(cfg, "data.max_length", default=None)
+        if limit and max_length and max_length > limit:
+            problems.append(f"data.max_length={max_length}: the model takes at most {limit} positions; "
+                            f"set data.max_length<={limit}")
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

@@ -1,0 +1,60 @@
+"""Bad overrides give one clear line each, before any model loads or MLflow run opens."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from afqmc_exp.schema import ConfigError, validate
+from conftest import AFQMC, REPO, compose
+
+BASE = ["model=minilm", f"data.dir={AFQMC}"]
+BAD = [
+    ("lr zero", ["optim.lr=0"], r"optim.lr=0: must be > 0"),
+    ("lr negative", ["optim.lr=-1e-5"], r"optim.lr=-1e-05: must be > 0"),
+    ("lr not a number", ["optim.lr=fast"], r"optim.lr='fast': expected float"),
+    ("epochs zero", ["trainer.epochs=0"], r"trainer.epochs=0: must be >= 1"),
+    ("epochs a string", ["trainer.epochs=three"], r"trainer.epochs='three': expected int"),
+    ("batch size as float", ["data.batch_size=16.5"], r"data.batch_size=16.5: expected int"),
+    ("max_length over the model", ["data.max_length=1024"], r"data.max_length=1024: the model takes at most 512"),
+    ("missing data.dir", ["data.dir=null"], r"data.dir=None: must name the folder"),
+    ("warmup ratio", ["scheduler.warmup_ratio=1.5"], r"scheduler.warmup_ratio=1.5: must be in \[0, 1\)"),
+    ("unknown key", ["+optim.lrr=1e-5"], r"optim.lrr: unknown key for afqmc_exp.optim.adamw; known keys: .*lr"),
+    ("unknown metric", ["trainer.metric=acc"], r"trainer.metric='acc': must be one of accuracy, f1, auc, loss"),
+    ("device", ["trainer.device=gpu0"], r"trainer.device='gpu0': must be auto or cpu"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_overrides_are_named_with_the_fix(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(compose(BASE + overrides))
+
+
+def test_every_problem_is_listed_at_once():
+    with pytest.raises(ConfigError) as err:
+        validate(compose(BASE + ["optim.lr=0", "trainer.epochs=0"]))
+    assert str(err.value).count("\n  ") == 2
+
+
+@pytest.mark.parametrize("preset", ["experiment=quickstart", "debug=fast", "debug=overfit", "experiment=clue_roberta"])
+def test_shipped_configs_are_valid(preset):
+    validate(compose(BASE + [preset]))
+
+
+def test_unknown_option_in_a_group_is_named_by_hydra():
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="model/bret"):
+        compose(["model=bret"])
+
+
+def test_cli_prints_one_error_block_without_traceback_and_opens_no_run(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), *BASE, "optim.lr=-1", "trainer.epochs=0"],
+                          cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1
+    assert "error: invalid config:" in proc.stderr and "optim.lr=-1" in proc.stderr and "trainer.epochs=0" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()
