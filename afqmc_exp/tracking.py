@@ -30,6 +30,7 @@ from typing import Any, Mapping
 log = logging.getLogger(__name__)
 
 SECRET_KEY = re.compile(r"(token|password|passwd|secret|api[_-]?key|credential)", re.IGNORECASE)
+URI_PASSWORD = re.compile(r"(://[^/:@\s]+:)[^@/\s]+@")
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 
 
@@ -52,8 +53,8 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
             flat.update(flatten(value, prefix=f"{name}."))
         elif SECRET_KEY.search(str(key)) and value not in (None, ""):
             flat[name] = "***"
-        else:
-            flat[name] = str(value)[:MAX_PARAM_CHARS]
+        else:  # credentials inside a URI (postgresql://user:password@host) are masked too
+            flat[name] = URI_PASSWORD.sub(r"\1***@", str(value))[:MAX_PARAM_CHARS]
     return flat
 
 

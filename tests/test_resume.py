@@ -98,3 +98,54 @@ def test_sigterm_saves_a_checkpoint_and_marks_the_run_killed(tmp_path):
     run, metrics = histories(tmp_path)
     assert run.info.status == "KILLED"
     assert metrics["train/loss"][-1][0] <= state["step"]
+
+
+def test_resume_never_unpickles_code(tmp_path):
+    """A tampered trainer_state.pt is refused: it is read with torch.load(weights_only=True)."""
+    import pickle
+
+    import torch
+
+    from afqmc_exp.loop import load_last_checkpoint
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    folder = tmp_path / "last_checkpoint"
+    folder.mkdir()
+    with open(folder / "trainer_state.pt", "wb") as f:
+        pickle.dump({"state": Evil()}, f)
+    from safetensors.torch import save_file
+
+    model = torch.nn.Linear(2, 2)
+    save_file(model.state_dict(), folder / "model.safetensors")
+
+    class Plain:
+        def unwrap_model(self, m):
+            return m
+
+    with pytest.raises(pickle.UnpicklingError):
+        load_last_checkpoint(folder, model, None, None, Plain())
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_nan_loss_stops_the_run_failed_with_a_message(tmp_path):
+    from conftest import train
+
+    with pytest.raises(Exception, match="training loss is (nan|inf)"):
+        train(["model=minilm", f"data.dir={AFQMC}", "data.test_file=null", "data.max_length=48", "optim.lr=1e30",
+               "trainer.max_grad_norm=null", "trainer.max_steps=6", "trainer.log_every=2", "trainer.device=cpu",
+               "trainer.progress_bar=false"], tmp_path)
+    _, runs = mlflow_runs(tmp_path, "afqmc")
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
+    cmd = [sys.executable, str(REPO / "train.py"), "data.dir=/nonexistent"]  # fails fast, after Hydra made its folder
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for _ in range(3)]
+    for p in procs:
+        p.wait(timeout=120)
+    folders = list((tmp_path / "outputs").glob("*/*"))
+    assert len(folders) == 3

@@ -14,10 +14,11 @@ def test_relative_sqlite_store_resolves_against_the_launch_dir(tmp_path):
 
 
 def test_flatten_uses_dotted_keys_and_masks_secrets():
-    flat = flatten({"optim": {"lr": 2e-5, "betas": [0.9, 0.99]}, "tracking": {"api_token": "abc", "password": None},
-                    "hub_password": "x", "empty": {}})
+    flat = flatten({"optim": {"lr": 2e-5, "betas": [0.9, 0.99]}, "tracking": {"api_token": "abc", "password": None,
+                    "uri": "postgresql://team:s3cret@db:5432/mlflow"}, "hub_password": "x", "empty": {}})
     assert flat == {"optim.lr": "2e-05", "optim.betas": "[0.9, 0.99]", "tracking.api_token": "***",
-                    "tracking.password": "None", "hub_password": "***", "empty": "{}"}
+                    "tracking.password": "None", "tracking.uri": "postgresql://team:***@db:5432/mlflow",
+                    "hub_password": "***", "empty": "{}"}
 
 
 def test_run_logs_params_tags_metrics_and_status(tmp_path):
@@ -36,8 +37,10 @@ def test_run_logs_params_tags_metrics_and_status(tmp_path):
 WRITER = """
 import sys
 from afqmc_exp.tracking import MlflowTracking
-run = MlflowTracking(uri=sys.argv[1], experiment="race").start({"worker": sys.argv[2]}, {})
-run.log_metrics({"m": 1.0}, 0)
+run = MlflowTracking(uri=sys.argv[1], experiment="race", flush_every=50).start(
+    {"worker": sys.argv[2], **{f"p{i}": str(i) for i in range(120)}}, {})
+for step in range(300):
+    run.log_metrics({"m": float(step), "n": -float(step)}, step)
 run.end()
 """
 
@@ -45,7 +48,7 @@ run.end()
 def test_parallel_processes_can_create_and_share_a_new_sqlite_store(tmp_path):
     uri = f"sqlite:///{tmp_path}/new.db"
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, uri, str(i)], stderr=subprocess.PIPE, text=True)
-             for i in range(3)]
+             for i in range(4)]
     for p in procs:
         _, err = p.communicate(timeout=180)
         assert p.returncode == 0, err[-2000:]
@@ -53,8 +56,11 @@ def test_parallel_processes_can_create_and_share_a_new_sqlite_store(tmp_path):
 
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("race").experiment_id])
-    assert sorted(r.data.params["worker"] for r in runs) == ["0", "1", "2"]
-    assert all(r.data.metrics["m"] == 1.0 and r.info.status == "FINISHED" for r in runs)
+    assert sorted(r.data.params["worker"] for r in runs) == ["0", "1", "2", "3"]
+    for r in runs:  # no run, param or metric value lost
+        assert r.info.status == "FINISHED" and len(r.data.params) == 121
+        for key in ("m", "n"):
+            assert sorted(m.step for m in client.get_metric_history(r.info.run_id, key)) == list(range(300))
 
 
 def test_a_reopened_run_skips_steps_already_in_the_store(tmp_path):
