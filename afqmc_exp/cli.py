@@ -10,7 +10,7 @@ import logging
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -44,31 +44,60 @@ def find_run_dir(resume: str, tracking) -> Path:
     return folder
 
 
+def config_of_run(run_id: str, tracking):
+    """The config an MLflow run was started with (its ``hydra/config.yaml`` artifact), and the run."""
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    client = tracking.client()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            original = client.get_run(run_id)
+            cfg = OmegaConf.load(client.download_artifacts(run_id, "hydra/config.yaml", tmp))
+    except (MlflowException, OSError) as err:
+        raise SystemExit(f"error: rerun={run_id}: no hydra/config.yaml for that run in {tracking.uri} "
+                         f"({str(err).splitlines()[0]})") from None
+    cfg.rerun = None
+    return cfg, original
+
+
 def train_from_config(cfg: DictConfig) -> float:
     """The body of ``train.py``: instantiate every group, then call the typed task.
 
     With ``resume=...`` the earlier run's own config (its ``.hydra/config.yaml``) is used, so a resumed run
-    is the same experiment; it continues in the earlier output folder and MLflow run."""
+    is the same experiment; it continues in the earlier output folder and MLflow run. With
+    ``rerun=<run id>`` the config logged with that MLflow run is started again as a new run."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from hydra.utils import instantiate
 
     hydra_cfg = HydraConfig.get()
-    output_dir, resume = Path(hydra_cfg.runtime.output_dir), cfg.get("resume")
+    output_dir, resume, rerun = Path(hydra_cfg.runtime.output_dir), cfg.get("resume"), cfg.get("rerun")
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    extra_tags, run_name = {}, None
     if resume:
         output_dir = find_run_dir(str(resume), instantiate(cfg.tracking))
         cfg = OmegaConf.load(output_dir / ".hydra" / "config.yaml")
         log.info("resuming %s with its saved config", output_dir)
+    elif rerun:
+        cfg, original = config_of_run(str(rerun), instantiate(cfg.tracking))
+        OmegaConf.save(cfg, output_dir / ".hydra" / "config.yaml")  # what this run really is
+        run_name = original.info.run_name
+        extra_tags.update({"rerun_of": str(rerun), "hydra.choices": original.data.tags.get("hydra.choices", "{}")})
+        ignored = [o for o in hydra_cfg.overrides.task if not o.startswith("rerun=")]
+        if ignored:
+            log.warning("rerun uses the run's own config; ignoring %s", " ".join(ignored))
     try:
-        return _train(cfg, hydra_cfg, output_dir, resume, in_sweep)
+        return _train(cfg, hydra_cfg, output_dir, resume, in_sweep, extra_tags, run_name)
     except (ConfigError, DataError) as err:
         if in_sweep:  # the sweep records this job as failed and goes on
             raise
         raise SystemExit(f"error: {err}") from None  # a clear message, not a traceback
 
 
-def _train(cfg: DictConfig, hydra_cfg, output_dir: Path, resume, in_sweep: bool) -> float:
+def _train(cfg: DictConfig, hydra_cfg, output_dir: Path, resume, in_sweep: bool, extra_tags: dict,
+           run_name: str | None) -> float:
     from hydra.utils import instantiate
 
     from .experiment import run
@@ -78,11 +107,11 @@ def _train(cfg: DictConfig, hydra_cfg, output_dir: Path, resume, in_sweep: bool)
     validate(cfg)  # before any model is loaded or run opened
     tracking = instantiate(cfg.tracking)
     if not tracking.run_name:
-        tracking.run_name = default_run_name(cfg, hydra_cfg.runtime.choices.get("model"))
+        tracking.run_name = run_name or default_run_name(cfg, hydra_cfg.runtime.choices.get("model"))
     tags = {"hydra.overrides": " ".join(hydra_cfg.overrides.task) or "(none)",
             "hydra.output_dir": str(output_dir),
             "hydra.choices": json.dumps(dict(hydra_cfg.runtime.choices)),
-            **git_state(REPO_DIR)}
+            **git_state(REPO_DIR), **extra_tags}
     if in_sweep:
         tags.update({"sweep.dir": str(Path(hydra_cfg.sweep.dir).resolve()), "sweep.job_num": str(hydra_cfg.job.num)})
     return run(data=instantiate(cfg.data), load_model=instantiate(cfg.model), make_optimizer=instantiate(cfg.optim),
@@ -94,20 +123,48 @@ def _train(cfg: DictConfig, hydra_cfg, output_dir: Path, resume, in_sweep: bool)
 # ----------------------------------------------------------------------------- evaluate.py / predict.py
 @dataclass
 class EvaluateArgs:
-    """python evaluate.py ckpt=DIR file=PATH [batch_size=N] [max_length=N] [device=auto|cpu]"""
+    """python evaluate.py ckpt=DIR|runs:/ID/best_model|models:/NAME/VERSION file=PATH [batch_size=N] [max_length=N]"""
 
-    ckpt: str = MISSING  # a best_model folder written by train.py (or any save_pretrained classifier)
+    ckpt: str = MISSING  # a best_model folder, or an MLflow URI of one (runs:/<run id>/best_model, models:/NAME/VERSION)
     file: str = MISSING  # a labelled AFQMC JSON-lines file
-    batch_size: int | None = None  # default: the eval batch size the weights were trained with
-    max_length: int | None = None  # default: the max_length the weights were trained with
+    batch_size: Optional[int] = None  # default: the eval batch size the weights were trained with
+    max_length: Optional[int] = None  # default: the max_length the weights were trained with
     device: str = "auto"
+    tracking_uri: Optional[str] = None  # for runs:/ and models:/ (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)
 
 
 @dataclass
 class PredictArgs(EvaluateArgs):
-    """python predict.py ckpt=DIR file=PATH out=PATH [batch_size=N] [max_length=N] [device=auto|cpu]"""
+    """python predict.py ckpt=... (file=PATH out=PATH | sentence1=TEXT sentence2=TEXT)"""
 
-    out: str = MISSING  # where to write one {"id", "label", "prob"} line per pair
+    file: Optional[str] = None  # an AFQMC JSON-lines file, labelled or not...
+    out: Optional[str] = None  # ...and where to write one {"id", "label", "prob"} line per pair
+    sentence1: Optional[str] = None  # or one pair, answered on stdout
+    sentence2: Optional[str] = None
+
+
+def resolve_checkpoint(ckpt: str, tracking_uri: str | None) -> Path:
+    """A local folder as is; ``runs:/`` and ``models:/`` URIs downloaded through MLflow (cached per URI)."""
+    if not ckpt.startswith(("runs:/", "models:/")):
+        return Path(ckpt)
+    import hashlib
+    import os
+
+    import mlflow
+
+    from .tracking import resolve_uri
+
+    uri = resolve_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    target = Path.home() / ".cache" / "afqmc_exp" / "checkpoints" / hashlib.sha256(f"{uri} {ckpt}".encode()).hexdigest()[:16]
+    if not (target / "config.json").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=ckpt, dst_path=str(target)))
+        if downloaded != target:  # runs:/ID/best_model lands in target/best_model
+            for item in downloaded.iterdir():
+                os.replace(item, target / item.name)
+    return target
 
 
 def parse_args(schema: type, argv: Sequence[str]):
@@ -129,48 +186,58 @@ def parse_args(schema: type, argv: Sequence[str]):
         raise SystemExit(f"error: {str(err).splitlines()[0]}\nusage: {schema.__doc__}") from None
 
 
-def _load_for_scoring(args: EvaluateArgs, require_labels: bool):
+def _load_for_scoring(args: EvaluateArgs):
+    """The classifier of ``args.ckpt`` with the max_length and batch size it was trained with."""
     from accelerate import Accelerator
 
-    from .data import read_pairs
     from .model import load_pair_classifier, read_checkpoint_meta
 
-    examples = read_pairs(args.file, require_labels=require_labels)
-    ckpt = Path(args.ckpt)
+    ckpt = resolve_checkpoint(args.ckpt, args.tracking_uri)
     if not (ckpt / "config.json").exists():
-        raise SystemExit(f"error: {ckpt}: no config.json; ckpt must be a best_model folder written by train.py")
+        raise SystemExit(f"error: {args.ckpt}: no config.json; ckpt must be a best_model folder written by train.py")
     meta = read_checkpoint_meta(ckpt)
-    pretrained = load_pair_classifier(str(ckpt))
-    max_length = args.max_length or meta.get("max_length", 128)
-    batch_size = args.batch_size or meta.get("eval_batch_size", 64)
-    return examples, pretrained, max_length, batch_size, Accelerator(cpu=args.device == "cpu")
+    return dict(pretrained=load_pair_classifier(str(ckpt)), max_length=args.max_length or meta.get("max_length", 128),
+                batch_size=args.batch_size or meta.get("eval_batch_size", 32),
+                accelerator=Accelerator(cpu=args.device == "cpu"))
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, float]:
     """Print the metrics of saved weights on a labelled file as one JSON object."""
+    from .data import read_pairs
     from .experiment import score
 
     args = parse_args(EvaluateArgs, sys.argv[1:] if argv is None else argv)
     try:
-        examples, pretrained, max_length, batch_size, accelerator = _load_for_scoring(args, require_labels=True)
+        examples = read_pairs(args.file)
     except DataError as err:
         raise SystemExit(f"error: {err}") from None
-    _, metrics = score(pretrained, examples, max_length, batch_size, accelerator)
+    _, metrics = score(examples=examples, **_load_for_scoring(args))
     metrics["n"] = len(examples)
     print(json.dumps(metrics))
     return metrics
 
 
-def predict_main(argv: Sequence[str] | None = None) -> Path:
-    """Write CLUE-format predictions (with probabilities) for every pair of a file, labelled or not."""
+def predict_main(argv: Sequence[str] | None = None) -> Path | dict:
+    """CLUE-format predictions (with probabilities) for a file, labelled or not, or for one pair."""
+    from .data import PairExample, read_pairs
     from .experiment import score, write_predictions
 
     args = parse_args(PredictArgs, sys.argv[1:] if argv is None else argv)
+    one_pair = args.sentence1 is not None or args.sentence2 is not None
+    if one_pair and not (args.sentence1 and args.sentence2):
+        raise SystemExit("error: give both sentence1=... and sentence2=...")
+    if not one_pair and not (args.file and args.out):
+        raise SystemExit(f"error: give file=... and out=..., or sentence1=... sentence2=...\nusage: {PredictArgs.__doc__}")
     try:
-        examples, pretrained, max_length, batch_size, accelerator = _load_for_scoring(args, require_labels=False)
+        examples = ([PairExample(args.sentence1, args.sentence2, None, 0)] if one_pair
+                    else read_pairs(args.file, require_labels=False))
     except DataError as err:
         raise SystemExit(f"error: {err}") from None
-    prob_same, _ = score(pretrained, examples, max_length, batch_size, accelerator)
+    prob_same, _ = score(examples=examples, **_load_for_scoring(args))
+    if one_pair:
+        answer = {"label": str(int(prob_same[0] >= 0.5)), "prob": round(float(prob_same[0]), 6)}
+        print(json.dumps(answer))
+        return answer
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_predictions(out, examples, prob_same)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -22,6 +23,7 @@ from .data import AfqmcData, PairExample, encode_pairs, make_loader
 from .loop import LAST_CHECKPOINT, TrainerConfig, build_accelerator, fit, predict
 from .metrics import classification_metrics
 from .model import Pretrained, load_pair_classifier
+from .plots import save_dev_plots
 from .tracking import MlflowTracking, Run
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,21 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def system_tags(accelerator) -> dict[str, str]:
+    """Library versions and hardware, so a run can be compared and reproduced."""
+    import platform
+
+    import accelerate
+    import transformers
+
+    device = accelerator.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {"sys.python": platform.python_version(), "sys.torch": torch.__version__,
+            "sys.transformers": transformers.__version__, "sys.accelerate": accelerate.__version__,
+            "sys.device": f"{device.type}: {name}", "sys.num_processes": str(accelerator.num_processes),
+            "sys.torch_threads": str(torch.get_num_threads())}
 
 
 def score(pretrained: Pretrained, examples: list[PairExample], max_length: int, batch_size: int,
@@ -74,6 +91,7 @@ def run(*, data: AfqmcData, load_model: Callable[[], Pretrained], make_optimizer
         from accelerate.utils import broadcast_object_list
 
         output_dir = Path(broadcast_object_list([str(output_dir)])[0])
+    tags = {**tags, **system_tags(accelerator)}
     run_id_file = output_dir / RUN_ID_FILE
     if not accelerator.is_main_process:
         mlflow_run = Run(None, None)
@@ -118,9 +136,16 @@ def run(*, data: AfqmcData, load_model: Callable[[], Pretrained], make_optimizer
                      result.best_step, {k: round(v, 4) for k, v in final.items()})
             for name in ("dev_predictions.jsonl", "test_predictions.jsonl", "result.json"):
                 mlflow_run.log_artifact(output_dir / name)
+            save_dev_plots(np.array([e.label for e in examples["dev"]]), prob_dev, output_dir / "plots",
+                           title=tracking.run_name or "")
+            mlflow_run.log_artifacts(output_dir / "plots", "plots")
             mlflow_run.log_artifacts(output_dir / ".hydra", "hydra")
-            if tracking.log_weights:
+            if tracking.log_weights or tracking.register_as:
                 mlflow_run.log_artifacts(result.best_dir, "best_model")
+            if tracking.register_as:
+                mlflow_run.register(tracking.register_as, "best_model")
+        if accelerator.is_main_process and not trainer.keep_last_checkpoint:
+            shutil.rmtree(output_dir / LAST_CHECKPOINT, ignore_errors=True)  # a finished run needs no resume
         status = "FINISHED"
         return result.best_metric
     except KeyboardInterrupt:

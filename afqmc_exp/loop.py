@@ -68,6 +68,7 @@ class TrainerConfig:
     metric: str = "f1"  # dev metric that picks the best weights: accuracy | f1 | auc | loss
     log_every: int = 10  # optimizer steps between logged train loss/lr/speed
     checkpoint_every: int | None = 100  # optimizer steps between last-checkpoint saves (also each eval and epoch)
+    keep_last_checkpoint: bool = False  # keep last_checkpoint/ after a run finishes (weights + 2x optimizer state)
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
@@ -313,8 +314,8 @@ def fit(pretrained: Pretrained, data: AfqmcData, splits: dict[str, EncodedPairs]
             state.evals_since_best += 1
         state.evaluated_at = state.step
         state.history.append({"step": state.step, **metrics})
-        log_metrics({**{f"dev/{k}": v for k, v in metrics.items()}, f"best/dev_{trainer.metric}": state.best},
-                    state.step)
+        log_metrics({**{f"dev/{k}": v for k, v in metrics.items()}, f"best/dev_{trainer.metric}": state.best,
+                     "best/step": state.best_step}, state.step)
         if accelerator.is_main_process:
             bar.write(f"step {state.step}: dev " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
                       + (" (best)" if improved else ""))

@@ -80,6 +80,7 @@ class MlflowTracking:
     enabled: bool = True  # false: no MLflow at all (e.g. quick debugging)
     flush_every: int = 1000  # buffered metric values before a write (checkpoints flush first, normally)
     log_weights: bool = True  # upload the best weights folder as artifacts (~90 MB MiniLM, ~400 MB BERT-base)
+    register_as: str | None = None  # register best_model/ in the Model Registry under this name (a new version)
 
     def start(self, params: Mapping[str, str], tags: Mapping[str, str], base_dir: str | None = None,
               parent_run_id: str | None = None) -> "Run":
@@ -203,6 +204,22 @@ class Run:
     def log_artifact(self, local_file: str | os.PathLike, artifact_path: str | None = None) -> None:
         if self.active and Path(local_file).exists():
             self.client.log_artifact(self.run_id, str(local_file), artifact_path)
+
+    def register(self, name: str, artifact_path: str) -> str:
+        """A new version of registered model ``name`` whose source is this run's ``artifact_path``;
+        ``models:/NAME/VERSION`` then downloads that folder (predict.py and evaluate.py take it)."""
+        if not self.active:
+            return ""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException:  # it exists already
+            pass
+        source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{artifact_path}"
+        version = self.client.create_model_version(name, source=source, run_id=self.run_id)
+        log.info("registered %s as models:/%s/%s", artifact_path, name, version.version)
+        return version.version
 
     def end(self, status: str = "FINISHED") -> None:
         """Flush what is buffered and close the run as FINISHED, FAILED or KILLED."""

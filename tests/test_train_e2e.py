@@ -45,7 +45,12 @@ def test_cli_run_leaves_a_complete_mlflow_run(cli_run):
                 "final/dev_accuracy", "final/dev_f1"):
         assert key in run.data.metrics, key
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"best_model", "dev_predictions.jsonl", "hydra", "result.json", "train.log"} <= artifacts
+    assert {"best_model", "dev_predictions.jsonl", "hydra", "result.json", "train.log", "plots"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {
+        "plots/confusion_matrix.png", "plots/pr_curve.png", "plots/roc_curve.png"}
+    assert run.data.tags["sys.num_processes"] == "1" and run.data.tags["sys.device"].startswith("cpu")
+    assert run.data.tags["sys.torch"].startswith("2.") and run.data.tags["git.dirty"] in ("true", "false")
+    assert not (out / "last_checkpoint").exists()  # a finished run keeps no resume state
     weights = {a.path for a in client.list_artifacts(run.info.run_id, "best_model")}
     assert {"best_model/model.safetensors", "best_model/config.json", "best_model/tokenizer.json"} <= weights
     assert "hydra/config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id, "hydra")}
@@ -152,3 +157,52 @@ def test_bad_data_fails_before_any_run_or_model(tmp_path):
         train(["model=minilm", f"data.dir={tmp_path / 'd'}", "data.test_file=null"], tmp_path)
     _, runs = mlflow_runs(tmp_path, "afqmc")
     assert runs == []
+
+
+def test_predict_a_single_pair_from_a_logged_run(cli_run):
+    tmp, out, _ = cli_run
+    run_id = (out / "mlflow_run_id").read_text().strip()
+    proc = subprocess.run([sys.executable, str(REPO / "predict.py"), f"ckpt=runs:/{run_id}/best_model",
+                           "sentence1=花呗怎么还款", "sentence2=花呗如何还钱"], cwd=tmp, env=ENV, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    answer = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert answer["label"] in ("0", "1") and 0 <= answer["prob"] <= 1
+
+
+def test_rerun_starts_the_logged_config_again(cli_run):
+    tmp, out, _ = cli_run
+    run_id = (out / "mlflow_run_id").read_text().strip()
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), f"rerun={run_id}",
+                           f"hydra.run.dir={tmp / 'rerun'}"], cwd=tmp, env=ENV, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client, runs = mlflow_runs(tmp, "e2e")
+    original = client.get_run(run_id)
+    again = [r for r in runs if r.data.tags.get("rerun_of") == run_id]
+    assert len(again) == 1 and again[0].info.run_id != run_id
+    assert again[0].info.run_name == original.info.run_name
+    ignore = ("hydra", "rerun")
+    assert {k: v for k, v in again[0].data.params.items() if not k.startswith(ignore)} == \
+        {k: v for k, v in original.data.params.items() if not k.startswith(ignore)}
+    for key in ("final/dev_accuracy", "final/dev_f1", "final/dev_loss", "best/dev_f1"):
+        assert again[0].data.metrics[key] == pytest.approx(original.data.metrics[key], abs=1e-9), key
+
+
+def test_register_as_makes_a_model_version_that_evaluate_and_predict_take(afqmc_dir, tmp_path):
+    train(["model=minilm", f"data.dir={afqmc_dir}", "data.test_file=null", "data.max_length=48", "data.dev_limit=60",
+           "trainer.max_steps=2", "trainer.device=cpu", "trainer.progress_bar=false", "tracking.log_weights=false",
+           "tracking.register_as=afqmc-minilm"], tmp_path)
+    from mlflow import MlflowClient
+
+    versions = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_model_versions("name='afqmc-minilm'")
+    assert [str(v.version) for v in versions] == ["1"]
+    (tmp_path / "dev60.json").write_text("".join((afqmc_dir / "dev.json").read_text(encoding="utf-8").splitlines(True)[:60]),
+                                         encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(REPO / "evaluate.py"), "ckpt=models:/afqmc-minilm/1",
+                           f"file={tmp_path / 'dev60.json'}"], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, runs = mlflow_runs(tmp_path, "afqmc")
+    metrics = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert metrics["n"] == 60 and metrics["accuracy"] == pytest.approx(runs[0].data.metrics["final/dev_accuracy"])
