@@ -139,6 +139,7 @@ def run(*, data: AfqmcData, load_model: Callable[[], Pretrained], make_optimizer
             save_dev_plots(np.array([e.label for e in examples["dev"]]), prob_dev, output_dir / "plots",
                            title=tracking.run_name or "")
             mlflow_run.log_artifacts(output_dir / "plots", "plots")
+            mlflow_run.log_artifacts(output_dir / "profile", "profile")  # when trainer.profile_steps > 0
             mlflow_run.log_artifacts(output_dir / ".hydra", "hydra")
             if tracking.log_weights or tracking.register_as:
                 mlflow_run.log_artifacts(result.best_dir, "best_model")

@@ -69,6 +69,7 @@ class TrainerConfig:
     log_every: int = 10  # optimizer steps between logged train loss/lr/speed
     checkpoint_every: int | None = 100  # optimizer steps between last-checkpoint saves (also each eval and epoch)
     keep_last_checkpoint: bool = False  # keep last_checkpoint/ after a run finishes (weights + 2x optimizer state)
+    profile_steps: int = 0  # profile this many optimizer steps (after 2 of warm-up) into <output>/profile/
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
@@ -251,6 +252,26 @@ class GracefulStop:
             signal.signal(sig, handler)
 
 
+def start_profiler(steps: int, folder: Path):
+    """torch.profiler over ``steps`` optimizer steps after 2 of warm-up: a Chrome/Perfetto trace and a table
+    of the most expensive operators in ``folder`` (logged with the run's artifacts)."""
+    if steps <= 0:
+        return None
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    def save(prof) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(folder / "trace.json"))
+        (folder / "operators.txt").write_text(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40))
+        log.info("profile of %d steps written to %s", steps, folder)
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    profiler = profile(activities=activities, schedule=schedule(wait=0, warmup=2, active=steps, repeat=1),
+                       on_trace_ready=save, record_shapes=True)
+    profiler.start()
+    return profiler
+
+
 def fit(pretrained: Pretrained, data: AfqmcData, splits: dict[str, EncodedPairs],
         make_optimizer: Callable, make_scheduler: Callable, trainer: TrainerConfig, seed: int,
         output_dir: Path, accelerator, log_metrics: Callable[[dict, int], None],
@@ -324,6 +345,7 @@ def fit(pretrained: Pretrained, data: AfqmcData, splits: dict[str, EncodedPairs]
 
     model.train()
     train_started, samples_seen, stop = time.perf_counter(), 0, False
+    profiler = start_profiler(trainer.profile_steps, output_dir / "profile") if accelerator.is_main_process else None
     with GracefulStop() as signals:
         while state.epoch < trainer.epochs and state.step < total_steps and not stop:
             train_loader.set_epoch(state.epoch)  # Accelerate's own epoch counter...
@@ -351,6 +373,8 @@ def fit(pretrained: Pretrained, data: AfqmcData, splits: dict[str, EncodedPairs]
                 scheduler.step()
                 state.step += 1
                 bar.update(1)
+                if profiler is not None:
+                    profiler.step()
                 if "time_to_first_step_s" not in result.speed:
                     result.speed["time_to_first_step_s"] = seconds_since_process_start()
                 if state.step % trainer.log_every == 0 or state.step == total_steps:
@@ -385,6 +409,8 @@ def fit(pretrained: Pretrained, data: AfqmcData, splits: dict[str, EncodedPairs]
                     stop = run_evaluation()
                 if trainer.checkpoint_every:
                     checkpoint()
+    if profiler is not None:
+        profiler.stop()
     train_seconds = time.perf_counter() - train_started - eval_seconds
     if state.evaluated_at != state.step:  # the last steps have not been evaluated yet
         run_evaluation()

@@ -149,3 +149,19 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
         p.wait(timeout=120)
     folders = list((tmp_path / "outputs").glob("*/*"))
     assert len(folders) == 3
+
+
+def test_a_second_ctrl_c_stops_at_once_and_the_run_is_killed(tmp_path):
+    out = tmp_path / "run"
+    proc = start(tmp_path, *COMMON, "trainer.max_steps=400", "trainer.eval_every=null", "trainer.checkpoint_every=null",
+                 f"hydra.run.dir={out}")
+    wait_for(out / "mlflow_run_id", proc)
+    time.sleep(8)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    started = time.time()
+    assert proc.wait(timeout=120) != 0
+    assert time.time() - started < 60
+    run, _ = histories(tmp_path)
+    assert run.info.status == "KILLED"

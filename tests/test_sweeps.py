@@ -48,8 +48,8 @@ def test_grid_jobs_nest_under_one_parent_with_the_best_child(tmp_path, afqmc_dir
 def test_a_crashing_sweep_still_closes_its_parent_failed(tmp_path, afqmc_dir):
     from afqmc_exp.model import packaged_minilm_path
 
-    # the second job fails inside its run: the weights cannot be loaded
-    proc = multirun(tmp_path, afqmc_dir, f"model.name_or_path={packaged_minilm_path()},/nonexistent/model")
+    # the first job fails inside its run (the weights cannot be loaded); the sweep goes on with the second
+    proc = multirun(tmp_path, afqmc_dir, f"model.name_or_path=/nonexistent/model,{packaged_minilm_path()}")
     assert proc.returncode != 0
     _, runs = mlflow_runs(tmp_path, "afqmc")
     parent, children = split_runs(runs)
