@@ -1,0 +1,119 @@
+"""The results as a person sees them: after a short sweep, a real `mlflow ui` on the project's store
+serves the parent run, its children, their metrics and the plots through its REST API, and headless
+Chromium shows the sweep on the experiment page (a screenshot is kept in the test's tmp folder)."""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import AFQMC, REPO
+
+pytestmark = pytest.mark.slow
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str):
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.read()
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ui")
+    cmd = [sys.executable, str(REPO / "train.py"), "--multirun", "model=minilm", f"data.dir={AFQMC}",
+           "data.test_file=null", "data.max_length=48", "data.dev_limit=80", "trainer.max_steps=2", "trainer.device=cpu",
+           "trainer.progress_bar=false", "tracking.log_weights=false", "optim.lr=1e-5,3e-5",
+           f"hydra.sweep.dir={tmp / 'sweep'}"]
+    proc = subprocess.run(cmd, cwd=tmp, env=ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    port = free_port()
+    log = open(tmp / "ui.log", "w")
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri",
+                               "sqlite:///mlflow.db", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              cwd=tmp, stdout=log, stderr=subprocess.STDOUT)  # exactly the README's command
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while True:
+        try:
+            if get(f"{url}/health"):
+                break
+        except OSError:
+            pass
+        assert server.poll() is None, (tmp / "ui.log").read_text()[-3000:]
+        assert time.time() < deadline, "mlflow ui did not start"
+        time.sleep(0.5)
+    yield url, tmp
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def api(url: str, endpoint: str, **query):
+    return json.loads(get(f"{url}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}"))
+
+
+def test_rest_api_shows_the_sweep_its_runs_metrics_and_plots(ui):
+    url, _ = ui
+    experiment = api(url, "experiments/get-by-name", experiment_name="afqmc")["experiment"]
+    request = urllib.request.Request(f"{url}/api/2.0/mlflow/runs/search", method="POST",
+                                     data=json.dumps({"experiment_ids": [experiment["experiment_id"]]}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    runs = json.loads(urllib.request.urlopen(request, timeout=30).read())["runs"]
+    tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+    parents = [r for r, t in zip(runs, tags) if "mlflow.parentRunId" not in t]
+    assert len(parents) == 1
+    parent_id = parents[0]["info"]["run_id"]
+    children = [r for r, t in zip(runs, tags) if t.get("mlflow.parentRunId") == parent_id]
+    assert len(children) == 2
+    assert "best/dev_f1" in {m["key"] for m in parents[0]["data"]["metrics"]}
+    for child in children:
+        metrics = {m["key"] for m in child["data"]["metrics"]}
+        assert {"dev/f1", "dev/accuracy", "dev/auc", "train/loss", "final/dev_f1"} <= metrics
+        files = api(url, "artifacts/list", run_id=child["info"]["run_id"], path="plots")["files"]
+        assert {f["path"] for f in files} == {"plots/confusion_matrix.png", "plots/pr_curve.png", "plots/roc_curve.png"}
+        png = get(f"{url}/get-artifact?{urllib.parse.urlencode({'path': 'plots/roc_curve.png', 'run_uuid': child['info']['run_id']})}")
+        assert png[:4] == b"\x89PNG"
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_chromium_shows_the_sweep_and_its_runs_with_their_metric(ui):
+    url, tmp = ui
+    experiment_id = api(url, "experiments/get-by-name", experiment_name="afqmc")["experiment"]["experiment_id"]
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
+             f"--user-data-dir={tmp / 'chromium'}", "--window-size=1600,1000", "--virtual-time-budget=30000"]
+
+    def visit(page: str, shot: Path) -> str:
+        subprocess.run(flags + [f"--screenshot={shot}", page], capture_output=True, timeout=180)
+        assert shot.exists() and shot.read_bytes()[:4] == b"\x89PNG"
+        return subprocess.run(flags + ["--dump-dom", page], capture_output=True, text=True, timeout=180).stdout
+
+    # the experiment's runs: the sweep is one (expandable) row
+    runs_page = visit(f"{url}/#/experiments/{experiment_id}/runs", tmp / "experiment_runs.png")
+    assert "sweep " in runs_page and "<strong>3</strong> matching runs" in runs_page
+    # the sweep's own page: its jobs by name, and its objective
+    parent = re.search(r'href="#/experiments/\d+/runs/([0-9a-f]{32})"><span[^>]*>sweep ', runs_page).group(1)
+    sweep_page = visit(f"{url}/#/experiments/{experiment_id}/runs/{parent}", tmp / "sweep_run.png")
+    assert "minilm-lr1e-05-bs16-s42" in sweep_page and "minilm-lr3e-05-bs16-s42" in sweep_page
+    assert "best/dev_f1" in sweep_page
+    keep = Path(os.environ.get("AFQMC_SCREENSHOT_DIR", tmp))
+    for name in ("experiment_runs.png", "sweep_run.png"):
+        shutil.copy(tmp / name, keep / name)
