@@ -144,11 +144,14 @@ class PredictArgs(EvaluateArgs):
 
 
 def resolve_checkpoint(ckpt: str, tracking_uri: str | None) -> Path:
-    """A local folder as is; ``runs:/`` and ``models:/`` URIs downloaded through MLflow (cached per URI)."""
+    """A local folder as is; a ``runs:/`` or ``models:/`` URI is downloaded through MLflow into a temporary
+    folder (fresh each time: ``models:/NAME/latest`` and aliases move), removed when the process ends."""
     if not ckpt.startswith(("runs:/", "models:/")):
         return Path(ckpt)
-    import hashlib
+    import atexit
     import os
+    import shutil
+    import tempfile
 
     import mlflow
 
@@ -157,12 +160,15 @@ def resolve_checkpoint(ckpt: str, tracking_uri: str | None) -> Path:
     uri = resolve_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    target = Path.home() / ".cache" / "afqmc_exp" / "checkpoints" / hashlib.sha256(f"{uri} {ckpt}".encode()).hexdigest()[:16]
-    if not (target / "config.json").exists():
-        target.mkdir(parents=True, exist_ok=True)
-        downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=ckpt, dst_path=str(target)))
-        if downloaded != target:  # runs:/ID/best_model lands in target/best_model
-            for item in downloaded.iterdir():
+    target = Path(tempfile.mkdtemp(prefix="afqmc_ckpt_"))
+    atexit.register(shutil.rmtree, target, ignore_errors=True)
+    downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=ckpt, dst_path=str(target)))
+    if downloaded != target:  # runs:/ID/best_model lands in target/best_model
+        for item in downloaded.iterdir():
+            os.replace(item, target / item.name)
+    if (target / "MLmodel").exists():  # an mlflow.transformers model: weights in model/, tokenizer apart
+        for part in ("model", "components/tokenizer"):
+            for item in (target / part).iterdir():
                 os.replace(item, target / item.name)
     return target
 

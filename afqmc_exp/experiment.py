@@ -143,7 +143,9 @@ def run(*, data: AfqmcData, load_model: Callable[[], Pretrained], make_optimizer
             mlflow_run.log_artifacts(output_dir / ".hydra", "hydra")
             if tracking.log_weights or tracking.register_as:
                 mlflow_run.log_artifacts(result.best_dir, "best_model")
-            if tracking.register_as:
+            if tracking.log_model:  # registered (if asked) as the flavour model, usable without this project
+                mlflow_run.log_transformers_model(result.best_dir, register_as=tracking.register_as)
+            elif tracking.register_as:
                 mlflow_run.register(tracking.register_as, "best_model")
         if accelerator.is_main_process and not trainer.keep_last_checkpoint:
             shutil.rmtree(output_dir / LAST_CHECKPOINT, ignore_errors=True)  # a finished run needs no resume

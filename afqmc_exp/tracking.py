@@ -80,7 +80,8 @@ class MlflowTracking:
     enabled: bool = True  # false: no MLflow at all (e.g. quick debugging)
     flush_every: int = 1000  # buffered metric values before a write (checkpoints flush first, normally)
     log_weights: bool = True  # upload the best weights folder as artifacts (~90 MB MiniLM, ~400 MB BERT-base)
-    register_as: str | None = None  # register best_model/ in the Model Registry under this name (a new version)
+    register_as: str | None = None  # register the best model in the Model Registry under this name (a new version)
+    log_model: bool = False  # also log it as an mlflow.transformers model (pyfunc: scores text/text_pair pairs)
 
     def start(self, params: Mapping[str, str], tags: Mapping[str, str], base_dir: str | None = None,
               parent_run_id: str | None = None) -> "Run":
@@ -220,6 +221,33 @@ class Run:
         version = self.client.create_model_version(name, source=source, run_id=self.run_id)
         log.info("registered %s as models:/%s/%s", artifact_path, name, version.version)
         return version.version
+
+    def log_transformers_model(self, folder: str | os.PathLike, register_as: str | None = None) -> None:
+        """The saved classifier as an ``mlflow.transformers`` text-classification model, usable without this
+        project: ``mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"text": [...], "text_pair": [...]}))``.
+        Requirements are explicit: the flavour's inferred ones pull in torchvision, which need not exist."""
+        if not self.active:
+            return
+        import accelerate
+        import mlflow
+        import pandas as pd
+        import transformers
+        from mlflow.models import infer_signature
+
+        import torch
+
+        pipe = transformers.pipeline("text-classification", model=str(folder), tokenizer=str(folder))
+        example = pd.DataFrame({"text": ["花呗怎么还款"], "text_pair": ["花呗如何还钱"]})
+        signature = infer_signature(example, pd.DataFrame({"label": ["same"], "score": [0.9]}))
+        requirements = [f"mlflow=={mlflow.__version__}", f"transformers=={transformers.__version__}",
+                        f"torch=={torch.__version__.split('+')[0]}", f"accelerate=={accelerate.__version__}"]
+        mlflow.set_tracking_uri(self.client.tracking_uri)
+        mlflow.set_registry_uri(self.client.tracking_uri)
+        with mlflow.start_run(run_id=self.run_id):  # the flavour logs into the active run
+            mlflow.transformers.log_model(pipe, name="model", task="text-classification", signature=signature,
+                                          input_example=example, pip_requirements=requirements,
+                                          registered_model_name=register_as)
+        self.client.update_run(self.run_id, status="RUNNING")  # leaving the block ended it; end() closes it
 
     def end(self, status: str = "FINISHED") -> None:
         """Flush what is buffered and close the run as FINISHED, FAILED or KILLED."""

@@ -206,3 +206,26 @@ def test_register_as_makes_a_model_version_that_evaluate_and_predict_take(afqmc_
     _, runs = mlflow_runs(tmp_path, "afqmc")
     metrics = json.loads(proc.stdout.strip().splitlines()[-1])
     assert metrics["n"] == 60 and metrics["accuracy"] == pytest.approx(runs[0].data.metrics["final/dev_accuracy"])
+
+
+def test_log_model_gives_a_pyfunc_that_scores_pairs_without_this_project(afqmc_dir, tmp_path):
+    import mlflow
+    import pandas as pd
+
+    train(["model=minilm", f"data.dir={afqmc_dir}", "data.test_file=null", "data.max_length=48", "data.dev_limit=60",
+           "trainer.max_steps=2", "trainer.device=cpu", "trainer.progress_bar=false", "tracking.log_weights=false",
+           "tracking.log_model=true", "tracking.register_as=afqmc-pyfunc"], tmp_path)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/afqmc-pyfunc/1")
+    assert [c.name for c in model.metadata.get_input_schema().inputs] == ["text", "text_pair"]
+    scored = model.predict(pd.DataFrame({"text": ["花呗怎么还款", "借呗额度"], "text_pair": ["花呗如何还钱", "花呗怎么开通"]}))
+    assert list(scored["label"].isin(["same", "different"])) == [True, True] and len(scored) == 2
+    _, runs = mlflow_runs(tmp_path, "afqmc")
+    assert runs[0].info.status == "FINISHED"
+    proc = subprocess.run([sys.executable, str(REPO / "predict.py"), "ckpt=models:/afqmc-pyfunc/1",
+                           "sentence1=花呗怎么还款", "sentence2=花呗如何还钱"], cwd=tmp_path, env=ENV, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    prob = json.loads(proc.stdout.strip().splitlines()[-1])["prob"]
+    first = scored.iloc[0]
+    assert (first["score"] if first["label"] == "same" else 1 - first["score"]) == pytest.approx(prob, abs=1e-4)
