@@ -4,51 +4,24 @@ and sets AFQMC_TEST_POSTGRES_URI; elsewhere the test is skipped."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 
-from conftest import AFQMC, REPO
+from conftest import AFQMC, REPO, mlflow_service
 
 POSTGRES = os.environ.get("AFQMC_TEST_POSTGRES_URI")
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not POSTGRES, reason="needs PostgreSQL: set AFQMC_TEST_POSTGRES_URI (.ci/run does)")]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = free_port()
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", POSTGRES,
-                               "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1",
-                               "--port", str(port), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-        assert time.time() < deadline, "mlflow server did not start"
-        time.sleep(0.5)
-    yield uri
-    server.terminate()
-    server.wait(timeout=30)
+    with mlflow_service("server", POSTGRES, tmp_path, "--artifacts-destination", str(tmp_path / "artifacts")) as url:
+        yield url
 
 
 def test_a_sweep_logs_to_a_shared_server_with_a_database_backend(tmp_path, mlflow_server):

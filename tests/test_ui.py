@@ -6,26 +6,18 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import AFQMC, REPO
+from conftest import AFQMC, REPO, mlflow_service
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str):
@@ -42,25 +34,8 @@ def ui(tmp_path_factory):
            f"hydra.sweep.dir={tmp / 'sweep'}"]
     proc = subprocess.run(cmd, cwd=tmp, env=ENV, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    port = free_port()
-    log = open(tmp / "ui.log", "w")
-    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri",
-                               "sqlite:///mlflow.db", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              cwd=tmp, stdout=log, stderr=subprocess.STDOUT)  # exactly the README's command
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while True:
-        try:
-            if get(f"{url}/health"):
-                break
-        except OSError:
-            pass
-        assert server.poll() is None, (tmp / "ui.log").read_text()[-3000:]
-        assert time.time() < deadline, "mlflow ui did not start"
-        time.sleep(0.5)
-    yield url, tmp
-    server.terminate()
-    server.wait(timeout=30)
+    with mlflow_service("ui", "sqlite:///mlflow.db", tmp) as url:  # exactly the README's command
+        yield url, tmp
 
 
 def api(url: str, endpoint: str, **query):
@@ -114,6 +89,6 @@ def test_chromium_shows_the_sweep_and_its_runs_with_their_metric(ui):
     sweep_page = visit(f"{url}/#/experiments/{experiment_id}/runs/{parent}", tmp / "sweep_run.png")
     assert "minilm-lr1e-05-bs16-s42" in sweep_page and "minilm-lr3e-05-bs16-s42" in sweep_page
     assert "best/dev_f1" in sweep_page
-    keep = Path(os.environ.get("AFQMC_SCREENSHOT_DIR", tmp))
-    for name in ("experiment_runs.png", "sweep_run.png"):
-        shutil.copy(tmp / name, keep / name)
+    if os.environ.get("AFQMC_SCREENSHOT_DIR"):  # keep the screenshots past the test's tmp folder
+        for name in ("experiment_runs.png", "sweep_run.png"):
+            shutil.copy(tmp / name, Path(os.environ["AFQMC_SCREENSHOT_DIR"]) / name)
