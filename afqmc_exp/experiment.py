@@ -74,6 +74,47 @@ def write_predictions(path: Path, examples: list[PairExample], prob_same: np.nda
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def score_best(best_dir: Path, examples: dict, data: AfqmcData, accelerator):
+    """Metrics of the saved best weights on dev (and a labelled test file), and their probabilities.
+    The saved folder, reloaded, is what users get: it is scored, not the in-memory model."""
+    best = load_pair_classifier(str(best_dir))
+    prob_dev, dev_metrics = score(best, examples["dev"], data.max_length, data.eval_batch_size, accelerator)
+    final = {f"final/dev_{k}": v for k, v in dev_metrics.items()}
+    prob_test = None
+    if examples.get("test") and data.score_test:
+        prob_test, test_metrics = score(best, examples["test"], data.max_length, data.eval_batch_size, accelerator)
+        final.update({f"final/test_{k}": v for k, v in (test_metrics or {}).items()})
+    return final, prob_dev, prob_test
+
+
+def write_outputs(output_dir: Path, examples: dict, prob_dev, prob_test, result, final: dict, metric: str,
+                  run_id: str | None, run_name: str) -> None:
+    """Predictions, result.json and the dev plots in the run's output folder."""
+    write_predictions(output_dir / "dev_predictions.jsonl", examples["dev"], prob_dev, with_sentences=True)
+    if prob_test is not None:
+        write_predictions(output_dir / "test_predictions.jsonl", examples["test"], prob_test)
+    (output_dir / "result.json").write_text(json.dumps(
+        {"best_metric": result.best_metric, "metric": metric, "best_step": result.best_step, "steps": result.steps,
+         **final, "speed": result.speed, "mlflow_run_id": run_id}, indent=2) + "\n")
+    save_dev_plots(np.array([e.label for e in examples["dev"]]), prob_dev, output_dir / "plots", title=run_name)
+    log.info("best dev %s %.4f at step %d; final %s", metric, result.best_metric, result.best_step,
+             {k: round(v, 4) for k, v in final.items()})
+
+
+def log_outputs(mlflow_run: Run, tracking: MlflowTracking, output_dir: Path, best_dir: Path) -> None:
+    """The run's files as MLflow artifacts; the best weights as artifacts, a flavour model, a registry version."""
+    for name in ("dev_predictions.jsonl", "test_predictions.jsonl", "result.json"):
+        mlflow_run.log_artifact(output_dir / name)
+    for folder, artifact_path in (("plots", "plots"), ("profile", "profile"), (".hydra", "hydra")):
+        mlflow_run.log_artifacts(output_dir / folder, artifact_path)  # profile/: when trainer.profile_steps > 0
+    if tracking.log_weights or tracking.register_as:
+        mlflow_run.log_artifacts(best_dir, "best_model")
+    if tracking.log_model:  # registered (if asked) as the flavour model, usable without this project
+        mlflow_run.log_transformers_model(best_dir, register_as=tracking.register_as)
+    elif tracking.register_as:
+        mlflow_run.register(tracking.register_as, "best_model")
+
+
 def run(*, data: AfqmcData, load_model: Callable[[], Pretrained], make_optimizer: Callable,
         make_scheduler: Callable, trainer: TrainerConfig, tracking: MlflowTracking, seed: int,
         output_dir: Path, params: Mapping[str, str], tags: Mapping[str, str], base_dir: str | None = None,
@@ -113,40 +154,12 @@ def run(*, data: AfqmcData, load_model: Callable[[], Pretrained], make_optimizer
                      accelerator, mlflow_run.log_metrics, on_checkpoint=mlflow_run.flush,
                      resume=resume_from_checkpoint)
 
-        # The saved folder, reloaded, is what users get: score it, not the in-memory model.
-        best = load_pair_classifier(str(result.best_dir))
-        final: dict[str, float] = {}
-        prob_dev, dev_metrics = score(best, examples["dev"], data.max_length, data.eval_batch_size, accelerator)
-        final.update({f"final/dev_{k}": v for k, v in dev_metrics.items()})
-        test_rows = examples.get("test")
-        prob_test, test_metrics = (score(best, test_rows, data.max_length, data.eval_batch_size, accelerator)
-                                   if test_rows and data.score_test else (None, None))
-        if test_metrics:
-            final.update({f"final/test_{k}": v for k, v in test_metrics.items()})
+        final, prob_dev, prob_test = score_best(result.best_dir, examples, data, accelerator)
         mlflow_run.log_metrics({**final, **{f"speed/{k}": v for k, v in result.speed.items()}}, step=result.steps)
         if accelerator.is_main_process:
-            write_predictions(output_dir / "dev_predictions.jsonl", examples["dev"], prob_dev, with_sentences=True)
-            if prob_test is not None:
-                write_predictions(output_dir / "test_predictions.jsonl", test_rows, prob_test)
-            (output_dir / "result.json").write_text(json.dumps(
-                {"best_metric": result.best_metric, "metric": trainer.metric, "best_step": result.best_step,
-                 "steps": result.steps, **final, "speed": result.speed, "mlflow_run_id": mlflow_run.run_id},
-                indent=2) + "\n")
-            log.info("best dev %s %.4f at step %d; final %s", trainer.metric, result.best_metric,
-                     result.best_step, {k: round(v, 4) for k, v in final.items()})
-            for name in ("dev_predictions.jsonl", "test_predictions.jsonl", "result.json"):
-                mlflow_run.log_artifact(output_dir / name)
-            save_dev_plots(np.array([e.label for e in examples["dev"]]), prob_dev, output_dir / "plots",
-                           title=tracking.run_name or "")
-            mlflow_run.log_artifacts(output_dir / "plots", "plots")
-            mlflow_run.log_artifacts(output_dir / "profile", "profile")  # when trainer.profile_steps > 0
-            mlflow_run.log_artifacts(output_dir / ".hydra", "hydra")
-            if tracking.log_weights or tracking.register_as:
-                mlflow_run.log_artifacts(result.best_dir, "best_model")
-            if tracking.log_model:  # registered (if asked) as the flavour model, usable without this project
-                mlflow_run.log_transformers_model(result.best_dir, register_as=tracking.register_as)
-            elif tracking.register_as:
-                mlflow_run.register(tracking.register_as, "best_model")
+            write_outputs(output_dir, examples, prob_dev, prob_test, result, final, trainer.metric, mlflow_run.run_id,
+                          tracking.run_name or output_dir.name)
+            log_outputs(mlflow_run, tracking, output_dir, result.best_dir)
         if accelerator.is_main_process and not trainer.keep_last_checkpoint:
             shutil.rmtree(output_dir / LAST_CHECKPOINT, ignore_errors=True)  # a finished run needs no resume
         status = "FINISHED"
