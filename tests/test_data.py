@@ -173,3 +173,12 @@ def test_limits_take_the_first_pairs_for_debugging(tmp_path):
         write(tmp_path, "".join(GOOD + "\n" for _ in range(10)), name=name)
     splits = AfqmcData(dir=str(tmp_path), test_file=None, train_limit=4, dev_limit=2).load()
     assert (len(splits["train"]), len(splits["dev"])) == (4, 2)
+
+
+@pytest.mark.parametrize("main,extra", [("evaluate_main", []), ("predict_main", ["out=/tmp/never.json"])])
+def test_evaluate_and_predict_check_their_input_the_same_way(tmp_path, main, extra):
+    import afqmc_exp.cli as cli
+
+    bad = write(tmp_path, GOOD + "\n" + '{"sentence1": "a", "sentence2": null}\n', name="pairs.json")
+    with pytest.raises(SystemExit, match=r"error: .*pairs.json:2: sentence2 is null"):
+        getattr(cli, main)([f"ckpt={tmp_path}", f"file={bad}", *extra])

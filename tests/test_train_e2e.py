@@ -229,3 +229,19 @@ def test_log_model_gives_a_pyfunc_that_scores_pairs_without_this_project(afqmc_d
     prob = json.loads(proc.stdout.strip().splitlines()[-1])["prob"]
     first = scored.iloc[0]
     assert (first["score"] if first["label"] == "same" else 1 - first["score"]) == pytest.approx(prob, abs=1e-4)
+
+
+def test_early_stopping_and_gradient_accumulation(afqmc_dir, tmp_path):
+    # lr ~0: dev accuracy cannot improve after the first evaluation, so patience=2 stops at step 3
+    common = ["model=minilm", f"data.dir={afqmc_dir}", "data.test_file=null", "data.max_length=48", "data.dev_limit=60",
+              "trainer.device=cpu", "trainer.progress_bar=false", "tracking.log_weights=false", "trainer.log_every=1"]
+    train(common + ["optim.lr=1e-12", "trainer.max_steps=20", "trainer.eval_every=1", "trainer.patience=2",
+                    "trainer.metric=accuracy"], tmp_path / "patience")
+    client, runs = mlflow_runs(tmp_path / "patience", "afqmc")
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "dev/loss")] == [1, 2, 3]
+    # 2 micro-batches of 8 per optimizer step: 3 steps see 48 pairs
+    train(common + ["data.batch_size=8", "trainer.grad_accumulation=2", "trainer.max_steps=3"], tmp_path / "accum")
+    client, runs = mlflow_runs(tmp_path / "accum", "afqmc")
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")] == [1, 2, 3]
+    result = json.loads((tmp_path / "accum" / "run" / "result.json").read_text())
+    assert result["steps"] == 3
