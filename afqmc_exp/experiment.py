@@ -172,3 +172,5 @@ def run(*, data: AfqmcData, load_model: Callable[[], Pretrained], make_optimizer
             for logfile in output_dir.glob("*.log"):
                 mlflow_run.log_artifact(logfile)
         mlflow_run.end(status)
+        if accelerator.num_processes > 1:
+            accelerator.end_training()  # destroys the process group: exiting with it alive can abort (SIGABRT)

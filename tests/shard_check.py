@@ -24,3 +24,4 @@ for epoch in range(2):
     epochs.append(accelerator.gather(seen).tolist())  # the same count on every process
 if accelerator.is_main_process:
     print(json.dumps(epochs))
+accelerator.end_training()  # destroy the process group before exiting
