@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +56,10 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     # the best weights were written once, where every process looked for them
     assert (tmp_path / "two" / "run" / "best_model" / "model.safetensors").exists()
     assert json.loads((tmp_path / "two" / "run" / "result.json").read_text())["mlflow_run_id"] == parallel_run.info.run_id
+
+
+def test_accelerate_launch_runs_two_processes_into_one_run(tmp_path):
+    launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29532"]
+    run_, history = run(tmp_path, launcher, tmp_path / "run")  # trainer.device=cpu: gloo on this GPU-less machine
+    assert run_.data.tags["sys.num_processes"] == "2" and len(history["dev/loss"]) == 2
