@@ -299,7 +299,7 @@ class AfqmcData:
     def load(self) -> dict[str, list[PairExample]]:
         """Read and validate every split (downloading the official data if the folder lacks it)."""
         wanted = {"train": self.train_file, "dev": self.dev_file}
-        if self.test_file:
+        if self.test_file and self.score_test:  # not read (nor checked) when it would not be used
             wanted["test"] = self.test_file
         missing = [name for name in wanted.values() if not self.path(name).exists()]
         if missing:

@@ -90,7 +90,6 @@ class FitResult:
     best_step: int
     best_dir: Path
     steps: int
-    history: list[dict] = field(default_factory=list)
     speed: dict[str, float] = field(default_factory=dict)  # train/eval samples per second, time to first step
 
 
@@ -183,7 +182,6 @@ class TrainState:
     evaluated_at: int = -1
     window_loss: float = 0.0  # running loss sum since the last logged step
     window_batches: int = 0
-    history: list[dict] = field(default_factory=list)
 
 
 LAST_CHECKPOINT = "last_checkpoint"
@@ -334,7 +332,6 @@ def fit(pretrained: Pretrained, data: AfqmcData, splits: dict[str, EncodedPairs]
         else:
             state.evals_since_best += 1
         state.evaluated_at = state.step
-        state.history.append({"step": state.step, **metrics})
         log_metrics({**{f"dev/{k}": v for k, v in metrics.items()}, f"best/dev_{trainer.metric}": state.best,
                      "best/step": state.best_step}, state.step)
         if accelerator.is_main_process:
@@ -416,7 +413,6 @@ def fit(pretrained: Pretrained, data: AfqmcData, splits: dict[str, EncodedPairs]
         run_evaluation()
     bar.close()
     result.best_metric, result.best_step, result.steps = state.best, state.best_step, state.step
-    result.history = state.history
     result.speed["train_samples_per_s"] = samples_seen / max(train_seconds, 1e-9)
     accelerator.wait_for_everyone()
     return result
