@@ -228,26 +228,38 @@ class PairCollator:
 
 
 class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
-    """Random batches of similar-length pairs; order fixed by ``(seed, epoch)``. See the module docstring."""
+    """Random batches of similar-length pairs; order fixed by ``(seed, epoch)``. See the module docstring.
+
+    With ``num_shards`` processes, ``batches()`` is still the epoch's list of *global* batches (the same
+    on every process, and the same as a single process's), and iterating yields this process's slice of
+    each one: balanced, contiguous, never empty. A short last batch with fewer pairs than processes is
+    merged into the batch before it. So the processes together see every pair exactly once per epoch,
+    with no padding by repeated pairs (which is what sharding a finished loader has to do), and the loop
+    weights each slice by its share of the global batch (see ``loop.optimizer_steps``).
+    """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group_batches: int = 50,
-                 shuffle: bool = True):
+                 shuffle: bool = True, num_shards: int = 1, shard: int = 0):
+        if batch_size < num_shards or len(lengths) < num_shards:
+            raise ValueError(f"a batch of {batch_size} (of {len(lengths)} pairs) cannot give each of {num_shards} "
+                             f"processes a pair: set data.batch_size>={num_shards}")
         self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
         self.group_batches, self.shuffle, self.epoch, self.skip = group_batches, shuffle, 0, 0
-        self.drop_last = False  # read by Accelerate's sharding
+        self.num_shards, self.shard = num_shards, shard
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def skip_next(self, batches: int) -> None:
-        """Drop the first ``batches`` of the next iteration only (a resumed run had trained on them).
-        Separate from ``set_epoch`` because Accelerate's loader calls ``set_epoch`` at every iteration."""
+        """Drop the first ``batches`` of the next iteration only (a resumed run had trained on them)."""
         self.skip = batches
 
     def __len__(self) -> int:
-        return -(-len(self.lengths) // self.batch_size)
+        full, rest = divmod(len(self.lengths), self.batch_size)
+        return full + (rest >= self.num_shards or (rest > 0 and full == 0))
 
     def batches(self) -> list[list[int]]:
+        """The epoch's global batches, in training order."""
         n = len(self.lengths)
         if not self.shuffle:  # evaluation: longest first, so a too-large batch fails at once, not at the end
             order = sorted(range(n), key=lambda i: -self.lengths[i])
@@ -259,15 +271,21 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
             order = [i for start in range(0, n, group)
                      for i in sorted(order[start:start + group], key=lambda i: self.lengths[i])]
         batches = [order[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
-        if self.group_batches > 1:  # shuffle the full batches; the short remainder stays last, as
-            # Accelerate's multi-process sharding silently drops a short batch anywhere else
+        if self.group_batches > 1:  # shuffle the full batches; the short remainder stays last
             full = len(batches) - (len(batches[-1]) < self.batch_size)
             batches = [batches[i] for i in torch.randperm(full, generator=generator).tolist()] + batches[full:]
+        if len(batches) > 1 and len(batches[-1]) < self.num_shards:  # too short to give every process a pair
+            batches[-2:] = [batches[-2] + batches[-1]]
         return batches
+
+    def shard_of(self, batch: list[int]) -> list[int]:
+        """This process's contiguous slice of a global batch (sizes differ by at most one)."""
+        size = len(batch)
+        return batch[self.shard * size // self.num_shards:(self.shard + 1) * size // self.num_shards]
 
     def __iter__(self) -> Iterator[list[int]]:
         skip, self.skip = self.skip, 0
-        return iter(self.batches()[skip:])
+        return (self.shard_of(batch) for batch in self.batches()[skip:])
 
 
 # ------------------------------------------------------------------------------------- the data group
@@ -284,7 +302,7 @@ class AfqmcData:
     dev_file: str = "dev.json"
     test_file: str | None = "test.json"
     max_length: int = 128
-    batch_size: int = 16  # the global batch: N processes get batch_size/N each, so 1 or N train alike
+    batch_size: int = 16  # the global batch: N processes share each batch, so 1 or N train alike
     eval_batch_size: int = 32
     num_workers: int = 0
     group_batches: int = 50  # batches per length-sorted chunk of the shuffled epoch; 1 = plain shuffling
@@ -311,18 +329,20 @@ class AfqmcData:
         splits["train"], splits["dev"] = splits["train"][:self.train_limit], splits["dev"][:self.dev_limit]
         return splits
 
-    def loader(self, split: EncodedPairs, pad_token_id: int, train: bool, seed: int = 0,
-               pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    def loader(self, split: EncodedPairs, pad_token_id: int, train: bool, seed: int = 0, pin_memory: bool = False,
+               num_shards: int = 1, shard: int = 0) -> torch.utils.data.DataLoader:
         return make_loader(split, pad_token_id, self.batch_size if train else self.eval_batch_size, train=train,
                            seed=seed, group_batches=self.group_batches, num_workers=self.num_workers,
-                           pin_memory=pin_memory)
+                           pin_memory=pin_memory, num_shards=num_shards, shard=shard)
 
 
 def make_loader(split: EncodedPairs, pad_token_id: int, batch_size: int, train: bool, seed: int = 0,
-                group_batches: int = 50, num_workers: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """Length-grouped random batches for training, length-sorted batches for evaluation."""
+                group_batches: int = 50, num_workers: int = 0, pin_memory: bool = False, num_shards: int = 1,
+                shard: int = 0) -> torch.utils.data.DataLoader:
+    """Length-grouped random batches for training (``shard``'s slice of each), length-sorted batches for
+    evaluation."""
     sampler = LengthGroupedBatchSampler(split.lengths, batch_size, seed=seed, group_batches=group_batches,
-                                        shuffle=train)
+                                        shuffle=train, num_shards=num_shards, shard=shard)
     return torch.utils.data.DataLoader(split, batch_sampler=sampler, collate_fn=PairCollator(split, pad_token_id),
                                        num_workers=num_workers, pin_memory=pin_memory,
                                        persistent_workers=num_workers > 0)

@@ -18,6 +18,17 @@ Speed choices (measured in ``benchmarks/throughput.py``):
 * evaluation under ``torch.inference_mode`` over length-sorted batches of ``data.eval_batch_size``;
 * the scheduler is stepped here once per optimizer step (not handed to ``accelerator.prepare``, which
   would step it once per process) so ``total_steps`` means the same thing on 1 or N processes.
+
+Several processes: Accelerate wraps the model (DDP), the optimizer and the evaluation loader, but the
+*training* batches are sharded by our sampler, not by ``accelerator.prepare``. Sharding a finished
+loader must give every process equally many equally sized batches, so Accelerate pads an epoch's short
+last batch with pairs from the epoch's start, which are then trained on twice. Our sampler hands each
+process a slice of every global batch instead (uneven by at most one pair) and each slice's summed loss
+is scaled by ``processes / pairs in the optimizer step`` (``optimizer_steps``): DDP's gradient average
+then equals the mean over exactly the pairs of that step, as in one process, with every pair seen once
+per epoch. For the same reason gradient accumulation is done here (``accelerator.no_sync`` between
+optimizer steps, a step at the end of every epoch) instead of by ``accelerator.accumulate``, which
+needs a prepared loader to know where an epoch ends.
 """
 
 from __future__ import annotations
@@ -111,8 +122,18 @@ def build_accelerator(trainer: TrainerConfig):
     # split_batches: data.batch_size is the global batch, each of N processes gets 1/N of every batch,
     # so a run trains on the same batches whether it has 1 process or N.
     return Accelerator(cpu=trainer.device == "cpu", mixed_precision=trainer.mixed_precision,
-                       gradient_accumulation_steps=trainer.grad_accumulation,
                        dataloader_config=DataLoaderConfiguration(split_batches=True))
+
+
+def optimizer_steps(batch_sizes: list[int], accumulation: int) -> list[tuple[int, bool]]:
+    """For each global batch of an epoch: the number of pairs its optimizer step averages over, and
+    whether the step is taken after it. Every ``accumulation`` batches make a step; an epoch's last step
+    may have fewer, so no step straddles two epochs."""
+    steps = []
+    for start in range(0, len(batch_sizes), accumulation):
+        group = batch_sizes[start:start + accumulation]
+        steps += [(sum(group), i == len(group) - 1) for i in range(len(group))]
+    return steps
 
 
 def predict(model: torch.nn.Module, loader, accelerator) -> tuple[np.ndarray, float]:
@@ -180,8 +201,8 @@ class TrainState:
     best_step: int = 0
     evals_since_best: int = 0
     evaluated_at: int = -1
-    window_loss: float = 0.0  # running loss sum since the last logged step
-    window_batches: int = 0
+    window_loss: float = 0.0  # summed loss of the pairs trained on since the last logged step (all processes)
+    window_pairs: int = 0
 
 
 LAST_CHECKPOINT = "last_checkpoint"
@@ -204,25 +225,32 @@ def _set_rng_states(states: dict) -> None:
 
 
 def save_last_checkpoint(folder: Path, model, optimizer, scheduler, state: TrainState, accelerator) -> None:
+    """Called on every process (it gathers each one's RNG states: their dropout masks differ); the main
+    process writes."""
+    from accelerate.utils import gather_object
     from safetensors.torch import save_file
 
+    rng = gather_object([_rng_states()])
+    if not accelerator.is_main_process:
+        return
     with atomic_dir(folder) as staging:
         weights = {k: v.contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
         save_file(weights, staging / "model.safetensors")
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": _rng_states(), "state": asdict(state)}, staging / "trainer_state.pt")
+                    "rng": rng, "state": asdict(state)}, staging / "trainer_state.pt")
 
 
 def load_last_checkpoint(folder: Path, model, optimizer, scheduler, accelerator) -> tuple[TrainState, dict]:
-    """Restore weights, optimizer and scheduler; return the state and the RNG states to apply at the next step.
-    Never executes code from the files: safetensors, and ``torch.load(weights_only=True)``."""
+    """Restore weights, optimizer and scheduler; return the state and this process's RNG states to apply at
+    the next step. Never executes code from the files: safetensors, and ``torch.load(weights_only=True)``."""
     from safetensors.torch import load_file
 
     accelerator.unwrap_model(model).load_state_dict(load_file(folder / "model.safetensors"))
     saved = torch.load(folder / "trainer_state.pt", weights_only=True)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
-    return TrainState(**saved["state"]), saved["rng"]
+    rng = saved["rng"]  # one per process of the interrupted run
+    return TrainState(**saved["state"]), rng[accelerator.process_index % len(rng)]
 
 
 class GracefulStop:
@@ -279,16 +307,19 @@ def fit(pretrained: Pretrained, data: AfqmcData, splits: dict[str, EncodedPairs]
     ``output_dir/last_checkpoint``; ``on_checkpoint`` is called after each checkpoint (to flush metrics)."""
     from tqdm.auto import tqdm
 
-    pad_id = pretrained.tokenizer.pad_token_id
+    pad_id, processes = pretrained.tokenizer.pad_token_id, accelerator.num_processes
+    if data.eval_batch_size % processes:
+        raise ValueError(f"data.eval_batch_size={data.eval_batch_size} must be a multiple of the {processes} processes")
     pin = accelerator.device.type == "cuda"
-    train_loader = data.loader(splits["train"], pad_id, train=True, seed=seed, pin_memory=pin)
+    train_loader = data.loader(splits["train"], pad_id, train=True, seed=seed, pin_memory=pin,
+                               num_shards=processes, shard=accelerator.process_index)
     dev_loader = data.loader(splits["dev"], pad_id, train=False, pin_memory=pin)
     train_sampler = train_loader.batch_sampler
     model = pretrained.model
     optimizer = make_optimizer(model.to(accelerator.device))
-    model, optimizer, train_loader, dev_loader = accelerator.prepare(model, optimizer, train_loader, dev_loader)
+    model, optimizer, dev_loader = accelerator.prepare(model, optimizer, dev_loader)
 
-    steps_per_epoch = math.ceil(len(train_loader) / trainer.grad_accumulation)
+    steps_per_epoch = math.ceil(len(train_sampler) / trainer.grad_accumulation)
     total_steps = trainer.epochs * steps_per_epoch
     if trainer.max_steps:
         total_steps = min(total_steps, trainer.max_steps)
@@ -302,7 +333,8 @@ def fit(pretrained: Pretrained, data: AfqmcData, splits: dict[str, EncodedPairs]
         state, pending_rng = load_last_checkpoint(last_dir, model, optimizer, scheduler, accelerator)
         log.info("resuming at step %d (epoch %d, batch %d)", state.step, state.epoch, state.batch_in_epoch)
     result = FitResult(best_metric=float("nan"), best_step=0, best_dir=best_dir, steps=0)
-    running_loss = torch.tensor(state.window_loss, device=accelerator.device)
+    # each process sums its own pairs' losses; the main process holds the resumed window's sum
+    running_loss = torch.tensor(state.window_loss if accelerator.is_main_process else 0.0, device=accelerator.device)
     window_samples, window_start, window_eval_seconds = 0, time.perf_counter(), 0.0
     eval_seconds = 0.0  # spent in evaluation and saving: excluded from training speed
     bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
@@ -310,10 +342,8 @@ def fit(pretrained: Pretrained, data: AfqmcData, splits: dict[str, EncodedPairs]
 
     def checkpoint() -> None:
         on_checkpoint()  # metrics first: a kill between the two leaves steps a resumed run knows to skip
-        state.window_loss = running_loss.item()
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            save_last_checkpoint(last_dir, model, optimizer, scheduler, state, accelerator)
+        state.window_loss = accelerator.reduce(running_loss, reduction="sum").item()
+        save_last_checkpoint(last_dir, model, optimizer, scheduler, state, accelerator)
 
     def run_evaluation() -> bool:
         """Evaluate on dev, keep the best weights; True when early stopping says stop."""
@@ -345,27 +375,32 @@ def fit(pretrained: Pretrained, data: AfqmcData, splits: dict[str, EncodedPairs]
     profiler = start_profiler(trainer.profile_steps, output_dir / "profile") if accelerator.is_main_process else None
     with GracefulStop() as signals:
         while state.epoch < trainer.epochs and state.step < total_steps and not stop:
-            train_loader.set_epoch(state.epoch)  # Accelerate's own epoch counter...
-            train_sampler.set_epoch(state.epoch)  # ...does not reach our sampler under multi-process sharding
-            train_sampler.skip_next(state.batch_in_epoch)  # split batches: per-process index == global index
+            train_sampler.set_epoch(state.epoch)
+            train_sampler.skip_next(state.batch_in_epoch)
+            batch_pairs = [len(b) for b in train_sampler.batches()]  # global batches: the same on every process
+            plan = optimizer_steps(batch_pairs, trainer.grad_accumulation)
             for batch in train_loader:
                 if pending_rng is not None:  # after the loader has started, exactly as in an uninterrupted run
                     _set_rng_states(pending_rng)
                     pending_rng = None
-                with accelerator.accumulate(model):
+                step_pairs, steps_now = plan[state.batch_in_epoch]
+                batch = {k: v.to(accelerator.device, non_blocking=pin) for k, v in batch.items()}
+                with contextlib.nullcontext() if steps_now else accelerator.no_sync(model):
                     logits = model(**{k: batch[k] for k in MODEL_INPUTS}).logits
-                    loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and trainer.max_grad_norm:
+                    loss_sum = torch.nn.functional.cross_entropy(logits.float(), batch["labels"], reduction="sum")
+                    # DDP averages gradients over processes: this makes the result the mean over the step's pairs
+                    accelerator.backward(loss_sum * (processes / step_pairs))
+                if steps_now:
+                    if trainer.max_grad_norm:
                         accelerator.clip_grad_norm_(model.parameters(), trainer.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                running_loss += loss.detach()
-                n = len(batch["labels"]) * accelerator.num_processes  # about: the last batch may be padded
+                running_loss += loss_sum.detach()
+                n = batch_pairs[state.batch_in_epoch]
                 window_samples, samples_seen = window_samples + n, samples_seen + n
-                state.window_batches += 1
+                state.window_pairs += n
                 state.batch_in_epoch += 1
-                if not accelerator.sync_gradients:
+                if not steps_now:
                     continue
                 scheduler.step()
                 state.step += 1
@@ -375,7 +410,7 @@ def fit(pretrained: Pretrained, data: AfqmcData, splits: dict[str, EncodedPairs]
                 if "time_to_first_step_s" not in result.speed:
                     result.speed["time_to_first_step_s"] = seconds_since_process_start()
                 if state.step % trainer.log_every == 0 or state.step == total_steps:
-                    mean_loss = accelerator.reduce(running_loss, reduction="mean").item() / state.window_batches
+                    mean_loss = accelerator.reduce(running_loss, reduction="sum").item() / state.window_pairs
                     if not math.isfinite(mean_loss):
                         raise NonFiniteLossError(
                             f"training loss is {mean_loss} at step {state.step}; lower optim.lr, keep "
@@ -386,7 +421,7 @@ def fit(pretrained: Pretrained, data: AfqmcData, splits: dict[str, EncodedPairs]
                                  "train/samples_per_s": window_samples / elapsed}, state.step)
                     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
                     running_loss.zero_()
-                    state.window_batches, window_samples = 0, 0
+                    state.window_pairs, window_samples = 0, 0
                     window_start, window_eval_seconds = time.perf_counter(), eval_seconds
                 evaluated = bool(trainer.eval_every) and state.step % trainer.eval_every == 0
                 if evaluated:

@@ -96,8 +96,11 @@ def enable_cls_only_last_layer(model) -> bool:
 
 
 def load_pair_classifier(name_or_path: str, architecture: str = "auto", classifier_dropout: float | None = None,
-                         trust_remote_code: bool = False, cls_only_last_layer: bool = True) -> Pretrained:
-    """Load tokenizer and 2-way classifier from a Hub id or a local folder (ours or anyone's)."""
+                         dropout: float | None = None, trust_remote_code: bool = False,
+                         cls_only_last_layer: bool = True) -> Pretrained:
+    """Load tokenizer and 2-way classifier from a Hub id or a local folder (ours or anyone's).
+    ``dropout`` replaces the encoder's hidden and attention dropout, ``classifier_dropout`` the head's
+    (None: the checkpoint's own)."""
     import transformers
 
     if architecture == "bert":
@@ -113,6 +116,8 @@ def load_pair_classifier(name_or_path: str, architecture: str = "auto", classifi
                                         label2id={v: k for k, v in LABELS.items()}, **kwargs)
     if classifier_dropout is not None:
         config.classifier_dropout = classifier_dropout
+    if dropout is not None:
+        config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
     tokenizer = tokenizer_cls.from_pretrained(name_or_path, **kwargs)
     model = model_cls.from_pretrained(name_or_path, config=config, **kwargs)
     if cls_only_last_layer:

@@ -4,6 +4,7 @@ import json
 import sys
 
 import torch
+from accelerate.utils import gather_object
 
 from afqmc_exp.data import EncodedPairs, PairExample, make_loader
 from afqmc_exp.loop import TrainerConfig, build_accelerator
@@ -13,15 +14,13 @@ examples = [PairExample("a", "b", i % 2) for i in range(n)]
 split = EncodedPairs(examples, [[1] * (3 + i % 17) for i in range(n)], [[0] * (3 + i % 17) for i in range(n)],
                      torch.tensor([e.label for e in examples]))
 accelerator = build_accelerator(TrainerConfig(device="cpu"))
-loader = make_loader(split, 0, batch_size, train=True, seed=3)
-sampler = loader.batch_sampler
-loader = accelerator.prepare(loader)
+loader = make_loader(split, 0, batch_size, train=True, seed=3, num_shards=accelerator.num_processes,
+                     shard=accelerator.process_index)  # as loop.fit builds it
 epochs = []
 for epoch in range(2):
-    loader.set_epoch(epoch)
-    sampler.set_epoch(epoch)
-    seen = torch.cat([batch["index"] for batch in loader])
-    epochs.append(accelerator.gather(seen).tolist())  # the same count on every process
+    loader.batch_sampler.set_epoch(epoch)
+    slices = [batch["index"].tolist() for batch in loader]
+    epochs.append(gather_object([slices]))  # per process: its slice of each global batch
 if accelerator.is_main_process:
     print(json.dumps(epochs))
 accelerator.end_training()  # destroy the process group before exiting

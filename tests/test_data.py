@@ -108,9 +108,36 @@ def test_skip_next_drops_the_first_batches_of_one_iteration_only():
     sampler.set_epoch(2)
     full = list(sampler)
     sampler.skip_next(3)
-    sampler.set_epoch(2)  # as Accelerate's loader does at every iteration
     assert list(sampler) == full[3:]
     assert list(sampler) == full
+
+
+@pytest.mark.parametrize("n,batch_size,processes", [(203, 16, 2), (97, 8, 2), (96, 8, 2), (50, 7, 3), (5, 4, 4)])
+def test_processes_share_every_global_batch_and_see_each_pair_once(n, batch_size, processes):
+    lengths = [(i * 37) % 61 + 5 for i in range(n)]
+    shards = [LengthGroupedBatchSampler(lengths, batch_size, seed=1, num_shards=processes, shard=rank)
+              for rank in range(processes)]
+    for sampler in shards:
+        sampler.set_epoch(4)
+    global_batches = shards[0].batches()
+    slices = [list(sampler) for sampler in shards]
+    assert all(len(s) == len(global_batches) == len(sampler) for s, sampler in zip(slices, shards))
+    for position, batch in enumerate(global_batches):
+        parts = [s[position] for s in slices]
+        assert sum(parts, []) == batch and all(parts)  # the batch, split among processes, none left empty
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert sorted(i for batch in global_batches for i in batch) == list(range(n))
+    single = LengthGroupedBatchSampler(lengths, batch_size, seed=1)
+    single.set_epoch(4)
+    alone = list(single)  # the same batches as one process, except a remainder too short to share...
+    if len(alone[-1]) < processes:  # ...which is merged into the batch before it
+        alone[-2:] = [alone[-2] + alone[-1]]
+    assert global_batches == alone
+
+
+def test_a_batch_smaller_than_the_process_count_is_refused():
+    with pytest.raises(ValueError, match="data.batch_size>=4"):
+        LengthGroupedBatchSampler([5] * 100, batch_size=2, seed=0, num_shards=4, shard=0)
 
 
 def padding_share(batches, lengths):

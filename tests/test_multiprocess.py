@@ -16,24 +16,22 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
 
 
-@pytest.mark.parametrize("n,batch_size", [(203, 16), (96, 8)])
+@pytest.mark.parametrize("n,batch_size", [(203, 16), (97, 8), (96, 8)])
 def test_each_pair_once_per_epoch_across_processes(n, batch_size):
     proc = subprocess.run(TORCHRUN + [str(REPO / "tests" / "shard_check.py"), str(n), str(batch_size)], cwd=REPO,
                           env={**ENV, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     epochs = json.loads(proc.stdout.strip().splitlines()[-1])
-    for seen in epochs:
-        # every pair once; Accelerate pads a short last batch to a full global batch with pairs from the
-        # epoch's start, so those (batch_size - n % batch_size of them) are seen twice
-        counts = Counter(seen)
-        assert set(counts) == set(range(n))
-        assert sum(c - 1 for c in counts.values()) == (-n) % batch_size
+    for first, second in epochs:  # each process's slices of the epoch's global batches
+        assert len(first) == len(second)  # the same number of batches: DDP steps in lockstep
+        assert sorted(i for batch in first + second for i in batch) == list(range(n))  # every pair exactly once
+        assert all(first) and all(second) and all(abs(len(a) - len(b)) <= 1 for a, b in zip(first, second))
     assert epochs[0] != epochs[1]
 
 
-def run(cwd, launcher, out):
+def run(cwd, launcher, out, overrides=("trainer.max_steps=6",)):
     cmd = launcher + [str(REPO / "train.py"), "model=minilm", f"data.dir={AFQMC}", "data.test_file=null",
-                      "data.max_length=48", "trainer.max_steps=6", "trainer.eval_every=3", "trainer.device=cpu",
+                      "data.max_length=48", "trainer.eval_every=3", "trainer.device=cpu", *overrides,
                       "trainer.progress_bar=false", "tracking.log_weights=false", f"hydra.run.dir={out}"]
     proc = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -45,12 +43,18 @@ def run(cwd, launcher, out):
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
+    # 69 pairs in batches of 16: each epoch ends on a 5-pair batch (3 + 2 pairs per process) and,
+    # with 2 micro-batches per step, on a one-batch step: 3 steps per epoch, 2 epochs
+    # (dropout off: with it, each process would draw its own masks, and the runs differ by more than rounding)
+    overrides = ["data.train_limit=69", "trainer.grad_accumulation=2", "trainer.epochs=2", "model.dropout=0",
+                 "model.classifier_dropout=0"]
     (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
-    _, single = run(tmp_path / "one", [sys.executable], tmp_path / "one" / "run")
-    parallel_run, parallel = run(tmp_path / "two", TORCHRUN, tmp_path / "two" / "run")
+    _, single = run(tmp_path / "one", [sys.executable], tmp_path / "one" / "run", overrides)
+    parallel_run, parallel = run(tmp_path / "two", TORCHRUN, tmp_path / "two" / "run", overrides)
     assert parallel_run.data.params["data.batch_size"] == "16"  # the global batch, 8 per process
     assert len(parallel["dev/loss"]) == len(single["dev/loss"]) == 2
-    for key, tolerance in (("dev/loss", 0.005), ("dev/accuracy", 0.01), ("dev/auc", 0.01)):
+    # equal up to rounding (different matrix shapes per process), which Adam amplifies in near-zero gradients
+    for key, tolerance in (("dev/loss", 0.002), ("dev/accuracy", 0.004), ("dev/auc", 0.005)):
         for a, b in zip(parallel[key], single[key]):
             assert a == pytest.approx(b, abs=tolerance), key
     # the best weights were written once, where every process looked for them
