@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from .data import AfqmcData, PairExample, encode_pairs, make_loader
-from .loop import LAST_CHECKPOINT, TrainerConfig, build_accelerator, fit, predict
+from .loop import (LAST_CHECKPOINT, TrainerConfig, build_accelerator, cpu_has_native_bf16, eval_in_bf16, fit,
+                   predict)
 from .metrics import classification_metrics
 from .model import Pretrained, load_pair_classifier
 from .plots import save_dev_plots
@@ -49,7 +50,7 @@ def system_tags(accelerator) -> dict[str, str]:
     return {"sys.python": platform.python_version(), "sys.torch": torch.__version__,
             "sys.transformers": transformers.__version__, "sys.accelerate": accelerate.__version__,
             "sys.device": f"{device.type}: {name}", "sys.num_processes": str(accelerator.num_processes),
-            "sys.torch_threads": str(torch.get_num_threads())}
+            "sys.torch_threads": str(torch.get_num_threads()), "sys.cpu_native_bf16": str(cpu_has_native_bf16())}
 
 
 def score(pretrained: Pretrained, examples: list[PairExample], max_length: int, batch_size: int,
@@ -132,7 +133,8 @@ def run(*, data: AfqmcData, load_model: Callable[[], Pretrained], make_optimizer
         from accelerate.utils import broadcast_object_list
 
         output_dir = Path(broadcast_object_list([str(output_dir)])[0])
-    tags = {**tags, **system_tags(accelerator)}
+    tags = {**tags, **system_tags(accelerator),
+            "sys.eval_precision": "bf16" if eval_in_bf16(trainer, accelerator.device) else "fp32"}
     run_id_file = output_dir / RUN_ID_FILE
     if not accelerator.is_main_process:
         mlflow_run = Run(None, None)

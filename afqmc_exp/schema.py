@@ -47,6 +47,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.checkpoint_every": (_at_least_one_or_null, "must be >= 1, or null"),
     "trainer.device": (lambda v: v in ("auto", "cpu"), "must be auto or cpu"),
     "trainer.mixed_precision": (lambda v: v in ("no", "bf16", "fp16"), "must be no, bf16 or fp16"),
+    "trainer.eval_precision": (lambda v: v in ("auto", "fp32", "bf16"), "must be auto, fp32 or bf16"),
     "trainer.metric": (lambda v: v in GREATER_IS_BETTER, f"must be one of {', '.join(GREATER_IS_BETTER)}"),
     "data.dir": (lambda v: isinstance(v, str) and v.strip() not in ("", "???"),
                  "must name the folder with train.json and dev.json, e.g. data.dir=../shared/data/afqmc"),

@@ -1,16 +1,20 @@
 """Side-by-side speed: the tutorial's training loop vs afqmc-exp's, same machine, model, data, batch, lr.
 
     python benchmarks/throughput.py --data ../shared/data/afqmc [--steps 40] [--batch-size 16]
-                                    [--model minilm] [--pairs 3]
+                                    [--model minilm] [--pairs 3] [--variant trainer.mixed_precision=bf16]
 
 Each trial is a fresh process, alternating tutorial/ours/tutorial/ours... so machine drift cancels; the
 speedups are medians of the per-pair ratios. "ours" is ``python train.py`` itself (MLflow on, writing to
 a temporary store), read back from the run's ``result.json``, so it measures exactly what users run.
-The last line printed is one JSON object with every figure.
+The last line printed is one JSON object with every figure. ``--variant "OVERRIDES"`` (repeatable) adds
+an arm: ``python train.py`` with those extra overrides, alternated with the others in every pair and
+reported under ``variants`` with its own speedups over the tutorial.
 
 MFU counts the standard model's FLOPs on the real (unpadded) tokens: 6 x non-embedding params per token
 for a training step (2 for inference) plus attention's 12 x layers x hidden x seq (4 for inference),
-over the fp32 matmul FLOP/s this script measures on this machine in the same run. As usual for MFU these
+over the matmul FLOP/s this script measures on this machine in the same run, in the precision that part
+ran in (fp32; bf16 for our evaluation where ``trainer.eval_precision=auto`` picks it, and for training
+with ``trainer.mixed_precision=bf16``: the table's "precision" column). As usual for MFU these
 are the model's FLOPs, not the ones executed: work the loop avoids (padding, the last layer's non-[CLS]
 positions) counts as done.
 """
@@ -123,8 +127,8 @@ def tutorial(args) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- our loop
-def ours(args, store: str) -> dict:
-    """``python train.py`` with the same model, data, batch size, lr and number of samples."""
+def ours(args, store: str, overrides: list[str]) -> dict:
+    """``python train.py`` with the same model, data, batch size, lr and number of samples (plus ``overrides``)."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, str(REPO / "train.py"), f"model.name_or_path={model_path(args.model)}",
                "model.architecture=auto", f"data.dir={args.data}", f"data.batch_size={args.batch_size}",
@@ -132,12 +136,18 @@ def ours(args, store: str) -> dict:
                "scheduler.warmup_ratio=0.0", f"trainer.max_steps={args.steps}", f"trainer.log_every={args.steps}",
                "trainer.device=cpu", "trainer.progress_bar=false", f"seed={args.seed}",
                f"tracking.uri={store}", "tracking.experiment=benchmark", "tracking.log_weights=false",
-               f"hydra.run.dir={tmp}/run"]
+               f"hydra.run.dir={tmp}/run", *overrides]
         result, rss = run_measured(cmd)
         speed = result["speed"]
+        from mlflow import MlflowClient
+
+        run = MlflowClient(store).get_run(result["mlflow_run_id"]).data  # the precisions it really ran in
+        train_precision = "bf16" if run.params["trainer.mixed_precision"] == "bf16" else "fp32"
         return {"train_samples_per_s": speed["train_samples_per_s"], "eval_samples_per_s": speed["eval_samples_per_s"],
                 "time_to_first_step_s": speed["time_to_first_step_s"], "dev_accuracy": result["final/dev_accuracy"],
-                "dev_f1": result["final/dev_f1"], "samples": args.steps * args.batch_size, "peak_rss_mb": rss}
+                "dev_f1": result["final/dev_f1"], "samples": args.steps * args.batch_size, "peak_rss_mb": rss,
+                "train_precision": train_precision,
+                "eval_precision": "bf16" if "bf16" in (train_precision, run.tags["sys.eval_precision"]) else "fp32"}
 
 
 def run_measured(cmd: list[str]) -> tuple[dict, float]:
@@ -166,11 +176,11 @@ def _child_peak_rss_mb() -> float:
 
 
 # ------------------------------------------------------------------------------------------- figures
-def matmul_flops(seconds: float = 2.0, n: int = 1024) -> float:
-    """Achieved fp32 matmul FLOP/s with torch's default threads: the machine's practical peak."""
+def matmul_flops(seconds: float = 2.0, n: int = 1024, dtype: str = "float32") -> float:
+    """Achieved matmul FLOP/s with torch's default threads: the machine's practical peak for ``dtype``."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=getattr(torch, dtype)), torch.randn(n, n, dtype=getattr(torch, dtype))
     for _ in range(3):
         a @ b
     count, started = 0, time.perf_counter()
@@ -215,7 +225,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--pairs", type=int, default=3, help="tutorial/ours pairs, alternated")
-    parser.add_argument("--trial", choices=["tutorial", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--variant", action="append", default=[], metavar="OVERRIDES",
+                        help='another arm: train.py with these overrides, e.g. "trainer.mixed_precision=bf16"')
+    parser.add_argument("--trial", help=argparse.SUPPRESS)  # tutorial | ours | ours:<variant overrides>
     parser.add_argument("--store", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.data = str(Path(args.data).resolve())
@@ -227,7 +239,7 @@ def main() -> None:
             figures = tutorial(args)
             figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         else:  # the peak of the train.py process, this trial's only child
-            figures = ours(args, args.store)
+            figures = ours(args, args.store, args.trial.partition(":")[2].split())
         print(json.dumps(figures))
         return
 
@@ -237,52 +249,66 @@ def main() -> None:
         from afqmc_exp.tracking import MlflowTracking
 
         MlflowTracking(uri=store, experiment="benchmark").start({}, {}).end()  # create the store once
-        trials: dict[str, list[dict]] = {"tutorial": [], "ours": []}
+        trials: dict[str, list[dict]] = {"tutorial": [], "ours": [], **{f"ours:{v}": [] for v in args.variant}}
         for pair in range(args.pairs):
-            for kind in ("tutorial", "ours"):
+            for kind in trials:
                 cmd = [sys.executable, __file__, "--trial", kind, "--store", store] + [
                     f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                    if k not in ("trial", "store", "pairs") and v is not None]
+                    if k not in ("trial", "store", "pairs", "variant") and v is not None]
                 figures, _ = run_measured(cmd)
                 trials[kind].append(figures)
-                print(f"pair {pair + 1}/{args.pairs} {kind:8s} train {figures['train_samples_per_s']:7.1f}/s  "
+                print(f"pair {pair + 1}/{args.pairs} {kind[:34]:34s} train {figures['train_samples_per_s']:7.1f}/s  "
                       f"eval {figures['eval_samples_per_s']:7.1f}/s  dev acc {figures['dev_accuracy']:.4f} "
                       f"f1 {figures['dev_f1']:.4f}  rss {figures['peak_rss_mb']:.0f} MB", flush=True)
 
-    peak = matmul_flops()
+    peaks = {"fp32": matmul_flops(), "bf16": matmul_flops(dtype="bfloat16")}
     shape = model_shape(args)
 
     def median(kind, key):
         return statistics.median(t[key] for t in trials[kind])
 
-    def speedup(key):
-        return statistics.median(o[key] / t[key] for t, o in zip(trials["tutorial"], trials["ours"]))
+    def speedup(kind, key):
+        return statistics.median(o[key] / t[key] for t, o in zip(trials["tutorial"], trials[kind]))
 
     report = {"model": args.model, "batch_size": args.batch_size, "steps": args.steps, "pairs": args.pairs,
-              "threads": __import__("torch").get_num_threads(), "matmul_fp32_gflops": peak / 1e9}
+              "threads": __import__("torch").get_num_threads(), "matmul_fp32_gflops": peaks["fp32"] / 1e9,
+              "matmul_bf16_gflops": peaks["bf16"] / 1e9}
+    figures = {}
     for kind in trials:
+        # MFU against the peak of the precision each part ran in (the tutorial: fp32)
+        train_peak, eval_peak = (peaks[trials[kind][-1].get(f"{part}_precision", "fp32")] for part in ("train", "eval"))
         train_rate, eval_rate = median(kind, "train_samples_per_s"), median(kind, "eval_samples_per_s")
-        report[kind] = {
+        figures[kind] = {
             "train_samples_per_s": train_rate, "eval_samples_per_s": eval_rate,
-            "train_mfu": train_rate * flops_per_sample(shape, shape["train_tokens"], True) / peak,
-            "eval_mfu": eval_rate * flops_per_sample(shape, shape["dev_tokens"], False) / peak,
+            "train_precision": trials[kind][-1].get("train_precision", "fp32"),
+            "eval_precision": trials[kind][-1].get("eval_precision", "fp32"),
+            "train_mfu": train_rate * flops_per_sample(shape, shape["train_tokens"], True) / train_peak,
+            "eval_mfu": eval_rate * flops_per_sample(shape, shape["dev_tokens"], False) / eval_peak,
             "dev_accuracy": trials[kind][-1]["dev_accuracy"], "dev_f1": trials[kind][-1]["dev_f1"],
             "peak_rss_mb": max(t["peak_rss_mb"] for t in trials[kind])}
-    report["train_speedup"] = speedup("train_samples_per_s")
-    report["eval_speedup"] = speedup("eval_samples_per_s")
+        if kind != "tutorial":
+            figures[kind].update(train_speedup=speedup(kind, "train_samples_per_s"),
+                                 eval_speedup=speedup(kind, "eval_samples_per_s"),
+                                 time_to_first_step_s=median(kind, "time_to_first_step_s"))
+    report["tutorial"], report["ours"] = figures.pop("tutorial"), figures.pop("ours")
+    report["variants"] = {kind.partition(":")[2]: f for kind, f in figures.items()}
+    for key in ("train_speedup", "eval_speedup", "time_to_first_step_s"):
+        report[key] = report["ours"][key]
     report["mfu"] = report["ours"]["train_mfu"]
-    report["time_to_first_step_s"] = median("ours", "time_to_first_step_s")
 
     print()
-    print(f"{'':10s}{'train/s':>10s}{'eval/s':>10s}{'train MFU':>11s}{'eval MFU':>10s}{'dev acc':>9s}{'dev F1':>8s}"
-          f"{'RSS MB':>8s}")
-    for kind in trials:
-        r = report[kind]
-        print(f"{kind:10s}{r['train_samples_per_s']:10.1f}{r['eval_samples_per_s']:10.1f}{r['train_mfu']:11.1%}"
-              f"{r['eval_mfu']:10.1%}{r['dev_accuracy']:9.4f}{r['dev_f1']:8.4f}{r['peak_rss_mb']:8.0f}")
+    print(f"{'':34s}{'precision':>10s}{'train/s':>9s}{'eval/s':>9s}{'x train':>9s}{'x eval':>8s}{'train MFU':>11s}{'eval MFU':>10s}"
+          f"{'dev acc':>9s}{'dev F1':>8s}{'RSS MB':>8s}")
+    rows = {"tutorial": report["tutorial"], "ours": report["ours"],
+            **{f"ours {v}": f for v, f in report["variants"].items()}}
+    for name, r in rows.items():
+        ratios = (f"{r['train_speedup']:9.2f}{r['eval_speedup']:8.2f}" if "train_speedup" in r else f"{'':17s}")
+        print(f"{name[:34]:34s}{r['train_precision'] + '/' + r['eval_precision']:>10s}{r['train_samples_per_s']:9.1f}{r['eval_samples_per_s']:9.1f}{ratios}"
+              f"{r['train_mfu']:11.1%}{r['eval_mfu']:10.1%}{r['dev_accuracy']:9.4f}{r['dev_f1']:8.4f}"
+              f"{r['peak_rss_mb']:8.0f}")
     print(f"train speedup x{report['train_speedup']:.2f}, eval speedup x{report['eval_speedup']:.2f}, "
-          f"time to first step {report['time_to_first_step_s']:.1f} s (python train.py), "
-          f"fp32 matmul peak {peak / 1e9:.0f} GFLOP/s")
+          f"time to first step {report['time_to_first_step_s']:.1f} s (python train.py), matmul peak "
+          f"fp32 {peaks['fp32'] / 1e9:.0f} / bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
     print(json.dumps(report))
 
 

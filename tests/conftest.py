@@ -23,6 +23,16 @@ def afqmc_dir() -> Path:
     return AFQMC
 
 
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps one process-wide state; a test that changes its precision starts and ends afresh."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def compose(overrides: list[str], tmp_path: Path | None = None):
     """The train config as train.py would see it, with Hydra's runtime config set (output dir in tmp_path)."""
     from hydra import compose as hydra_compose, initialize_config_dir

@@ -4,7 +4,6 @@ import json
 from collections import Counter
 
 import pytest
-import torch
 
 from afqmc_exp.data import (AfqmcData, DataError, LengthGroupedBatchSampler, PairCollator, encode_pairs,
                             read_pairs)

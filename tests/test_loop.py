@@ -1,7 +1,8 @@
-"""The loop's arithmetic for sharded batches and gradient accumulation."""
+"""The loop: arithmetic for sharded batches and gradient accumulation, and the precision guard."""
 
 import torch
 
+from afqmc_exp import loop
 from afqmc_exp.data import LengthGroupedBatchSampler
 from afqmc_exp.loop import optimizer_steps
 
@@ -46,3 +47,45 @@ def test_scaled_slice_losses_give_the_gradient_of_the_mean_over_each_step():
                 grad += torch.autograd.grad(loss_sum(part) * (processes / plan[i][0]), weight)[0]
             per_process.append(grad)
         assert torch.allclose(torch.stack(per_process).mean(0), reference, atol=1e-6)
+
+
+def test_mixed_precision_that_would_not_pay_on_this_cpu_is_named(fresh_accelerate_state, caplog, monkeypatch):
+    from accelerate.state import AcceleratorState
+
+    loop.build_accelerator(loop.TrainerConfig(device="cpu", mixed_precision="fp16"))
+    assert "fp16 needs a GPU: this CPU run computes in fp32" in caplog.text
+    for native, warned in ((False, True), (True, False)):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        caplog.clear()
+        monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: native)
+        assert loop.build_accelerator(loop.TrainerConfig(device="cpu", mixed_precision="bf16")).mixed_precision == "bf16"
+        assert ("bf16 is emulated" in caplog.text) is warned
+
+
+def test_eval_precision_auto_uses_bf16_only_where_the_hardware_has_it(monkeypatch):
+    cpu = torch.device("cpu")
+    for native in (True, False):
+        monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: native)
+        assert loop.eval_in_bf16(loop.TrainerConfig(), cpu) is native
+        assert loop.eval_in_bf16(loop.TrainerConfig(eval_precision="fp32"), cpu) is False
+        assert loop.eval_in_bf16(loop.TrainerConfig(eval_precision="bf16"), cpu) is True
+
+
+def test_bf16_evaluation_really_runs_in_bf16_and_stays_close(fresh_accelerate_state):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from afqmc_exp.data import EncodedPairs, PairExample, make_loader
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=64, num_hidden_layers=2,
+                                                     num_attention_heads=4, intermediate_size=128, num_labels=2))
+    n = 64
+    ids = [[2] + [int(t) for t in torch.randint(5, 50, (3 + i % 20,))] + [3] for i in range(n)]
+    examples = [PairExample("a", "b", i % 2) for i in range(n)]
+    split = EncodedPairs(examples, ids, [[0] * len(x) for x in ids], torch.tensor([e.label for e in examples]))
+    accelerator = loop.build_accelerator(loop.TrainerConfig(device="cpu"))
+    loader = accelerator.prepare(make_loader(split, 0, 16, train=False))
+    exact, _ = loop.predict(model, loader, accelerator)
+    fast, _ = loop.predict(model, loader, accelerator, bf16=True)
+    assert not (exact == fast).all() and abs(exact - fast).max() < 0.02  # bf16 really ran, and stayed close
+    assert ((exact >= 0.5) == (fast >= 0.5)).all()

@@ -1,7 +1,6 @@
 """Dev-set figures: curves agree with scikit-learn, and the PNGs are written."""
 
 import numpy as np
-import pytest
 
 from afqmc_exp.plots import confusion, curves, save_dev_plots
 

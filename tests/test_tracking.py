@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 from afqmc_exp.tracking import MlflowTracking, flatten, resolve_uri
 
