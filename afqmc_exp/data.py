@@ -255,8 +255,16 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.skip = batches
 
     def __len__(self) -> int:
+        return len(self.batch_sizes())
+
+    def batch_sizes(self) -> list[int]:
+        """The sizes of the epoch's global batches, in order: full ones, then the remainder (merged into
+        the last full batch when it is too short to give every process a pair). The same every epoch."""
         full, rest = divmod(len(self.lengths), self.batch_size)
-        return full + (rest >= self.num_shards or (rest > 0 and full == 0))
+        sizes = [self.batch_size] * full + ([rest] if rest else [])
+        if full and 0 < rest < self.num_shards:
+            sizes[-2:] = [self.batch_size + rest]
+        return sizes
 
     def batches(self) -> list[list[int]]:
         """The epoch's global batches, in training order."""
@@ -274,7 +282,7 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
         if self.group_batches > 1:  # shuffle the full batches; the short remainder stays last
             full = len(batches) - (len(batches[-1]) < self.batch_size)
             batches = [batches[i] for i in torch.randperm(full, generator=generator).tolist()] + batches[full:]
-        if len(batches) > 1 and len(batches[-1]) < self.num_shards:  # too short to give every process a pair
+        if len(batches) > len(self.batch_sizes()):  # a remainder too short to share joins the batch before it
             batches[-2:] = [batches[-2] + batches[-1]]
         return batches
 

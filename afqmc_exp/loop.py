@@ -418,7 +418,7 @@ def fit(pretrained: Pretrained, data: AfqmcData, splits: dict[str, EncodedPairs]
         while state.epoch < trainer.epochs and state.step < total_steps and not stop:
             train_sampler.set_epoch(state.epoch)
             train_sampler.skip_next(state.batch_in_epoch)
-            batch_pairs = [len(b) for b in train_sampler.batches()]  # global batches: the same on every process
+            batch_pairs = train_sampler.batch_sizes()  # global batches: the same on every process
             plan = optimizer_steps(batch_pairs, trainer.grad_accumulation)
             for batch in train_loader:
                 if pending_rng is not None:  # after the loader has started, exactly as in an uninterrupted run

@@ -119,6 +119,7 @@ def test_processes_share_every_global_batch_and_see_each_pair_once(n, batch_size
     for sampler in shards:
         sampler.set_epoch(4)
     global_batches = shards[0].batches()
+    assert [len(b) for b in global_batches] == shards[0].batch_sizes()
     slices = [list(sampler) for sampler in shards]
     assert all(len(s) == len(global_batches) == len(sampler) for s, sampler in zip(slices, shards))
     for position, batch in enumerate(global_batches):
