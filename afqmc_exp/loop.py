@@ -16,8 +16,8 @@ next step boundary: it checkpoints and raises ``KeyboardInterrupt`` (a second Ct
 Speed choices (measured in ``benchmarks/throughput.py``):
 * no host sync per step: the running loss is summed on the device and read every ``log_every`` steps;
 * evaluation under ``torch.inference_mode`` over length-sorted batches of ``data.eval_batch_size``, in
-  bf16 where the hardware has it (``eval_in_bf16``: same accuracy/F1, 1.6x faster on a Zen 4 CPU; the
-  best weights are scored again in fp32 at the end);
+  bf16 where the hardware has it (``eval_in_bf16``: 1.7x faster on a Zen 4 CPU, accuracy/F1 equal up to
+  rare flips near the threshold; the best weights are scored again in fp32 at the end);
 * the scheduler is stepped here once per optimizer step (not handed to ``accelerator.prepare``, which
   would step it once per process) so ``total_steps`` means the same thing on 1 or N processes.
 
@@ -118,7 +118,7 @@ def seconds_since_process_start() -> float:
 
 def cpu_has_native_bf16() -> bool:
     """True when this CPU multiplies bf16 in hardware (AVX512-BF16: AMD Zen 4+, Intel Cooper Lake; or AMX:
-    Intel Sapphire Rapids+). There bf16 autocast trains ~1.5x and evaluates ~1.6x faster than fp32 (MiniLM
+    Intel Sapphire Rapids+). There bf16 autocast trains ~1.5x and evaluates ~1.7x faster than fp32 (MiniLM
     on AFQMC, measured on a 2-core Zen 4); elsewhere bf16 is emulated and far slower than fp32."""
     cpu = torch.cpu
     return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
@@ -130,8 +130,9 @@ def eval_in_bf16(trainer: TrainerConfig, device: torch.device) -> bool:
     ``auto`` picks bf16 where the hardware computes it natively (GPUs with bf16, CPUs with AVX512-BF16 or
     AMX). It touches only the evaluations that track training and pick the best weights: measured on 5
     MiniLM models fine-tuned on the sample set, bf16 evaluation gave the same accuracy and F1 as fp32 (no
-    label flipped out of 800, AUC within 5e-4) at 1.6x the speed on a 2-core Zen 4, while single
-    probabilities moved by up to 0.1. So the saved best weights are always scored again without it (in the
+    label flipped out of 800, AUC within 5e-4) at 1.7x the speed on a 2-core Zen 4, while single
+    probabilities moved by up to 0.1 (so a pair near the threshold can flip: one of 160 did in a
+    quickstart run). So the saved best weights are always scored again without it (in the
     training precision: fp32 by default) for the ``final/*`` metrics and prediction files, and ``fp32``
     makes every evaluation exact. Training follows ``mixed_precision`` only: bf16 *training* cost about
     a point of dev accuracy in the same comparison (5 seeds), so it is not the default.
