@@ -237,7 +237,7 @@ class TrainState:
 
     step: int = 0  # optimizer steps done
     epoch: int = 0
-    batch_in_epoch: int = 0  # batches of this epoch already trained on (per process)
+    batch_in_epoch: int = 0  # global batches of this epoch already trained on (each process took its slice)
     best: float | None = None
     best_step: int = 0
     evals_since_best: int = 0
