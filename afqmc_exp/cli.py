@@ -155,9 +155,9 @@ def resolve_checkpoint(ckpt: str, tracking_uri: str | None) -> Path:
 
     import mlflow
 
-    from .tracking import resolve_uri
+    from .tracking import default_uri, resolve_uri
 
-    uri = resolve_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db")
+    uri = resolve_uri(tracking_uri or default_uri())
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     target = Path(tempfile.mkdtemp(prefix="afqmc_ckpt_"))
@@ -196,12 +196,13 @@ def _load_for_scoring(args: EvaluateArgs):
     """The classifier of ``args.ckpt`` with the max_length and batch size it was trained with."""
     from accelerate import Accelerator
 
-    from .model import load_pair_classifier, read_checkpoint_meta
+    from .checkpoint import read_meta
+    from .model import load_pair_classifier
 
     ckpt = resolve_checkpoint(args.ckpt, args.tracking_uri)
     if not (ckpt / "config.json").exists():
         raise SystemExit(f"error: {args.ckpt}: no config.json; ckpt must be a best_model folder written by train.py")
-    meta = read_checkpoint_meta(ckpt)
+    meta = read_meta(ckpt)
     return dict(pretrained=load_pair_classifier(str(ckpt)), max_length=args.max_length or meta.get("max_length", 128),
                 batch_size=args.batch_size or meta.get("eval_batch_size", 32),
                 accelerator=Accelerator(cpu=args.device == "cpu"))
@@ -210,7 +211,7 @@ def _load_for_scoring(args: EvaluateArgs):
 def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, float]:
     """Print the metrics of saved weights on a labelled file as one JSON object."""
     from .data import read_pairs
-    from .experiment import score
+    from .inference import score
 
     args = parse_args(EvaluateArgs, sys.argv[1:] if argv is None else argv)
     try:
@@ -226,7 +227,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, float]:
 def predict_main(argv: Sequence[str] | None = None) -> Path | dict:
     """CLUE-format predictions (with probabilities) for a file, labelled or not, or for one pair."""
     from .data import PairExample, read_pairs
-    from .experiment import score, write_predictions
+    from .inference import score, write_predictions
 
     args = parse_args(PredictArgs, sys.argv[1:] if argv is None else argv)
     one_pair = args.sentence1 is not None or args.sentence2 is not None

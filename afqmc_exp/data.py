@@ -8,8 +8,8 @@ Why it looks like this:
   only to their own longest pair (dynamic padding), and the training order groups pairs of similar length
   ("length-grouped batching"): the epoch's random permutation is cut into chunks of ``group_batches``
   batches, each chunk is sorted by length and split into batches, and the batch order is shuffled again.
-  Every pair is still seen exactly once per epoch in a random batch, but a batch carries ~2% padding
-  instead of ~40%. Evaluation sorts the whole split by length (order does not matter there) and maps
+  Every pair is still seen exactly once per epoch in a random batch, but a batch carries little padding
+  instead of a large share (the README's performance section has the figures). Evaluation sorts the whole split by length (order does not matter there) and maps
   the predictions back to file order.
 * The training order is a pure function of ``(seed, epoch)``, which makes runs reproducible and lets a
   resumed run skip exactly the batches it had already trained on.
@@ -90,33 +90,33 @@ def read_pairs(path: str | os.PathLike, require_labels: bool = True) -> list[Pai
                         f"ensure_ascii=False)) for o in json.load(open(sys.argv[1]))]\" '{path}' > fixed.json")
     examples: list[PairExample] = []
     for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{where}: not valid JSON ({err.msg}, column {err.colno}). Each line must be one "
-                            'object like {"sentence1": "...", "sentence2": "...", "label": "0"}.') from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{where}: a JSON {type(obj).__name__}, expected an object with sentence1, "
-                            "sentence2 and label.")
-        for key in ("sentence1", "sentence2"):
-            value = obj.get(key)
-            if not isinstance(value, str) or not value.strip():
-                state = "missing" if key not in obj else f"{json.dumps(value, ensure_ascii=False)}"
-                raise DataError(f"{where}: {key} is {state}; it must be a non-empty string. Fix or delete "
-                                "this line.")
-        if "label" in obj:
-            label = _label(obj["label"], where)
-        elif require_labels:
-            raise DataError(f"{where}: no label. Training and evaluation need a label \"0\" or \"1\" on "
-                            "every line; to score an unlabelled file use predict.py.")
-        else:
-            label = None
-        examples.append(PairExample(obj["sentence1"], obj["sentence2"], label,
-                                    obj.get("id", len(examples))))
+        if line.strip():
+            examples.append(_parse_line(line, f"{path}:{number}", require_labels, default_id=len(examples)))
     return examples
+
+
+def _parse_line(line: str, where: str, require_labels: bool, default_id: int) -> PairExample:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where}: not valid JSON ({err.msg}, column {err.colno}). Each line must be one "
+                        'object like {"sentence1": "...", "sentence2": "...", "label": "0"}.') from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: a JSON {type(obj).__name__}, expected an object with sentence1, "
+                        "sentence2 and label.")
+    for key in ("sentence1", "sentence2"):
+        value = obj.get(key)
+        if not isinstance(value, str) or not value.strip():
+            state = "missing" if key not in obj else f"{json.dumps(value, ensure_ascii=False)}"
+            raise DataError(f"{where}: {key} is {state}; it must be a non-empty string. Fix or delete this line.")
+    if "label" in obj:
+        label = _label(obj["label"], where)
+    elif require_labels:
+        raise DataError(f"{where}: no label. Training and evaluation need a label \"0\" or \"1\" on "
+                        "every line; to score an unlabelled file use predict.py.")
+    else:
+        label = None
+    return PairExample(obj["sentence1"], obj["sentence2"], label, obj.get("id", default_id))
 
 
 # ------------------------------------------------------------------------------------- official data
@@ -134,23 +134,33 @@ def download_official(target: Path, url: str = OFFICIAL_ZIP_URL, timeout_s: floa
     cache = _cache_dir()
     zip_path, digest_path = cache / "afqmc_public.zip", cache / "afqmc_public.zip.sha256"
     if not zip_path.exists():
-        if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("AFQMC_EXP_OFFLINE") == "1":
-            raise DataError(_missing_message(target, "offline mode is set (HF_HUB_OFFLINE/AFQMC_EXP_OFFLINE)"))
-        cache.mkdir(parents=True, exist_ok=True)
-        partial = zip_path.with_suffix(".part")
-        log.info("downloading %s", url)
-        try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as response, open(partial, "wb") as out:
-                shutil.copyfileobj(response, out)
-        except OSError as err:
-            partial.unlink(missing_ok=True)
-            raise DataError(_missing_message(target, f"download of {url} failed: {err}")) from None
-        digest_path.write_text(hashlib.sha256(partial.read_bytes()).hexdigest() + "\n")
-        os.replace(partial, zip_path)
+        _fetch(url, zip_path, digest_path, target, timeout_s)
     digest = hashlib.sha256(zip_path.read_bytes()).hexdigest()
     if digest_path.exists() and digest_path.read_text().strip() != digest:
         raise DataError(f"{zip_path}: checksum differs from the one recorded at download; delete the file and "
                         "its .sha256 to fetch it again.")
+    _unpack(zip_path, target)
+    for name in SPLIT_FILES:  # structural check of what was unpacked
+        read_pairs(target / name, require_labels=name != "test.json")
+
+
+def _fetch(url: str, zip_path: Path, digest_path: Path, target: Path, timeout_s: float) -> None:
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("AFQMC_EXP_OFFLINE") == "1":
+        raise DataError(_missing_message(target, "offline mode is set (HF_HUB_OFFLINE/AFQMC_EXP_OFFLINE)"))
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = zip_path.with_suffix(".part")
+    log.info("downloading %s", url)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response, open(partial, "wb") as out:
+            shutil.copyfileobj(response, out)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise DataError(_missing_message(target, f"download of {url} failed: {err}")) from None
+    digest_path.write_text(hashlib.sha256(partial.read_bytes()).hexdigest() + "\n")
+    os.replace(partial, zip_path)
+
+
+def _unpack(zip_path: Path, target: Path) -> None:
     try:
         with zipfile.ZipFile(zip_path) as archive:
             if archive.testzip() is not None:
@@ -164,8 +174,6 @@ def download_official(target: Path, url: str = OFFICIAL_ZIP_URL, timeout_s: floa
                 (target / name).write_bytes(archive.read(members[name]))
     except zipfile.BadZipFile as err:
         raise DataError(f"{zip_path}: not the AFQMC archive ({err}); delete it to fetch it again.") from None
-    for name in SPLIT_FILES:  # structural check of what was unpacked
-        read_pairs(target / name, require_labels=name != "test.json")
 
 
 def _missing_message(target: Path, reason: str) -> str:
@@ -234,8 +242,8 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
     on every process, and the same as a single process's), and iterating yields this process's slice of
     each one: balanced, contiguous, never empty. A short last batch with fewer pairs than processes is
     merged into the batch before it. So the processes together see every pair exactly once per epoch,
-    with no padding by repeated pairs (which is what sharding a finished loader has to do), and the loop
-    weights each slice by its share of the global batch (see ``loop.optimizer_steps``).
+    with no padding by repeated pairs (which is what sharding a finished loader has to do), and the trainer
+    weights each slice by its share of the global batch (see ``trainer.optimizer_steps``).
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group_batches: int = 50,

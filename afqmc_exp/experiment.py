@@ -12,20 +12,20 @@ from __future__ import annotations
 import json
 import logging
 import random
-import shutil
 from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
 import torch
 
-from .data import AfqmcData, PairExample, encode_pairs, make_loader
-from .loop import (LAST_CHECKPOINT, TrainerConfig, build_accelerator, cpu_has_native_bf16, eval_in_bf16, fit,
-                   predict)
-from .metrics import classification_metrics
+from .checkpoint import has_last_checkpoint, remove_last_checkpoint
+from .data import AfqmcData, encode_pairs
+from .hardware import build_accelerator, eval_in_bf16, system_tags
+from .inference import score, write_predictions
 from .model import Pretrained, load_pair_classifier
 from .plots import save_dev_plots
 from .tracking import MlflowTracking, Run
+from .trainer import FitResult, Trainer, TrainerConfig
 
 log = logging.getLogger(__name__)
 RUN_ID_FILE = "mlflow_run_id"  # in the output dir: lets resume=<dir> find the MLflow run
@@ -38,41 +38,81 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def system_tags(accelerator) -> dict[str, str]:
-    """Library versions and hardware, so a run can be compared and reproduced."""
-    import platform
+def run(*, data: AfqmcData, load_model: Callable[[], Pretrained], make_optimizer: Callable,
+        make_scheduler: Callable, trainer: TrainerConfig, tracking: MlflowTracking, seed: int,
+        output_dir: Path, params: Mapping[str, str], tags: Mapping[str, str],
+        parent_run_id: str | None = None, resume: bool = False) -> float:
+    """Train, evaluate, track; return the best dev value of ``trainer.metric`` (what sweepers optimise).
 
-    import accelerate
-    import transformers
+    ``resume=True``: ``output_dir`` is an earlier run's folder; training continues from its last checkpoint
+    (or from the start if it had none) inside the same MLflow run."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    examples = data.load()  # validated before anything heavy happens
+    seed_everything(seed)
+    accelerator = build_accelerator(trainer.device, trainer.mixed_precision, trainer.tf32)
+    if accelerator.num_processes > 1:  # every process writes and reads the main process's folder
+        from accelerate.utils import broadcast_object_list
 
-    device = accelerator.device
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {"sys.python": platform.python_version(), "sys.torch": torch.__version__,
-            "sys.transformers": transformers.__version__, "sys.accelerate": accelerate.__version__,
-            "sys.device": f"{device.type}: {name}", "sys.num_processes": str(accelerator.num_processes),
-            "sys.torch_threads": str(torch.get_num_threads()), "sys.cpu_native_bf16": str(cpu_has_native_bf16())}
+        output_dir = Path(broadcast_object_list([str(output_dir)])[0])
+    tags = {**tags, **system_tags(accelerator, eval_in_bf16(trainer.eval_precision, accelerator.device))}
+    mlflow_run = open_mlflow_run(tracking, output_dir, params, tags, parent_run_id, resume, accelerator)
+    status = "FAILED"
+    try:
+        pretrained = load_model()
+        check_max_length(data.max_length, pretrained)
+        splits = {name: encode_pairs(rows, pretrained.tokenizer, data.max_length)
+                  for name, rows in examples.items() if name != "test"}
+        result = Trainer(pretrained=pretrained, data=data, splits=splits, make_optimizer=make_optimizer,
+                         make_scheduler=make_scheduler, config=trainer, seed=seed, output_dir=output_dir,
+                         accelerator=accelerator, log_metrics=mlflow_run.log_metrics,
+                         on_checkpoint=mlflow_run.flush).fit(resume=resume and has_last_checkpoint(output_dir))
+        finish_run(result, examples, data, trainer, tracking, mlflow_run, output_dir, accelerator)
+        status = "FINISHED"
+        return result.best_metric
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if accelerator.is_main_process:
+            for logfile in output_dir.glob("*.log"):
+                mlflow_run.log_artifact(logfile)
+        mlflow_run.end(status)
+        if accelerator.num_processes > 1:
+            accelerator.end_training()  # destroys the process group: exiting with it alive can abort (SIGABRT)
 
 
-def score(pretrained: Pretrained, examples: list[PairExample], max_length: int, batch_size: int,
-          accelerator) -> tuple[np.ndarray, dict[str, float] | None]:
-    """Probabilities of "same meaning" for ``examples`` (file order) and, if labelled, their metrics."""
-    split = encode_pairs(examples, pretrained.tokenizer, max_length)
-    loader = make_loader(split, pretrained.tokenizer.pad_token_id, batch_size, train=False)
-    model, loader = accelerator.prepare(pretrained.model, loader)
-    prob_same, loss = predict(model, loader, accelerator)
-    metrics = classification_metrics(split.labels.numpy(), prob_same, loss) if split.labels is not None else None
-    return prob_same, metrics
+def open_mlflow_run(tracking: MlflowTracking, output_dir: Path, params: Mapping[str, str], tags: Mapping[str, str],
+                    parent_run_id: str | None, resume: bool, accelerator) -> Run:
+    """The main process opens (or, resuming, reopens) the run; the others log nowhere."""
+    run_id_file = output_dir / RUN_ID_FILE
+    if not accelerator.is_main_process:
+        return Run(None, None)
+    if resume and run_id_file.exists() and run_id_file.read_text().strip():
+        return tracking.reopen(run_id_file.read_text().strip())
+    mlflow_run = tracking.start(params, tags, parent_run_id=parent_run_id)
+    run_id_file.write_text(f"{mlflow_run.run_id or ''}\n")
+    return mlflow_run
 
 
-def write_predictions(path: Path, examples: list[PairExample], prob_same: np.ndarray,
-                      with_sentences: bool = False) -> None:
-    """CLUE submission lines ``{"id", "label": "0"|"1"}`` plus the probability (and optionally the pair)."""
-    with open(path, "w", encoding="utf-8") as out:
-        for example, prob in zip(examples, prob_same):
-            row = {"id": example.id, "label": str(int(prob >= 0.5)), "prob": round(float(prob), 6)}
-            if with_sentences:
-                row.update(sentence1=example.sentence1, sentence2=example.sentence2, gold=example.label)
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+def check_max_length(max_length: int, pretrained: Pretrained) -> None:
+    if max_length > pretrained.max_positions:
+        raise ValueError(f"data.max_length={max_length}: the model takes at most {pretrained.max_positions} "
+                         f"positions; set data.max_length<={pretrained.max_positions}")
+
+
+def finish_run(result: FitResult, examples: dict, data: AfqmcData, trainer: TrainerConfig, tracking: MlflowTracking,
+               mlflow_run: Run, output_dir: Path, accelerator) -> None:
+    """Score the saved best weights, write the outputs, log them, and drop the resume state."""
+    final, prob_dev, prob_test = score_best(result.best_dir, examples, data, accelerator)
+    mlflow_run.log_metrics({**final, **{f"speed/{k}": v for k, v in result.speed.items()}}, step=result.steps)
+    if not accelerator.is_main_process:
+        return
+    write_outputs(output_dir, examples, prob_dev, prob_test, result, final, trainer.metric, mlflow_run.run_id,
+                  tracking.run_name or output_dir.name)
+    log_outputs(mlflow_run, tracking, output_dir, result.best_dir)
+    if not trainer.keep_last_checkpoint:
+        remove_last_checkpoint(output_dir)
 
 
 def score_best(best_dir: Path, examples: dict, data: AfqmcData, accelerator):
@@ -88,7 +128,7 @@ def score_best(best_dir: Path, examples: dict, data: AfqmcData, accelerator):
     return final, prob_dev, prob_test
 
 
-def write_outputs(output_dir: Path, examples: dict, prob_dev, prob_test, result, final: dict, metric: str,
+def write_outputs(output_dir: Path, examples: dict, prob_dev, prob_test, result: FitResult, final: dict, metric: str,
                   run_id: str | None, run_name: str) -> None:
     """Predictions, result.json and the dev plots in the run's output folder."""
     write_predictions(output_dir / "dev_predictions.jsonl", examples["dev"], prob_dev, with_sentences=True)
@@ -114,65 +154,3 @@ def log_outputs(mlflow_run: Run, tracking: MlflowTracking, output_dir: Path, bes
         mlflow_run.log_transformers_model(best_dir, register_as=tracking.register_as)
     elif tracking.register_as:
         mlflow_run.register(tracking.register_as, "best_model")
-
-
-def run(*, data: AfqmcData, load_model: Callable[[], Pretrained], make_optimizer: Callable,
-        make_scheduler: Callable, trainer: TrainerConfig, tracking: MlflowTracking, seed: int,
-        output_dir: Path, params: Mapping[str, str], tags: Mapping[str, str], base_dir: str | None = None,
-        parent_run_id: str | None = None, resume: bool = False) -> float:
-    """Train, evaluate, track; return the best dev value of ``trainer.metric`` (what sweepers optimise).
-
-    ``resume=True``: ``output_dir`` is an earlier run's folder; training continues from its last checkpoint
-    (or from the start if it had none) inside the same MLflow run."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    examples = data.load()  # validated before anything heavy happens
-    seed_everything(seed)
-    accelerator = build_accelerator(trainer)
-    if accelerator.num_processes > 1:  # every process writes and reads the main process's folder
-        from accelerate.utils import broadcast_object_list
-
-        output_dir = Path(broadcast_object_list([str(output_dir)])[0])
-    tags = {**tags, **system_tags(accelerator),
-            "sys.eval_precision": "bf16" if eval_in_bf16(trainer, accelerator.device) else "fp32"}
-    run_id_file = output_dir / RUN_ID_FILE
-    if not accelerator.is_main_process:
-        mlflow_run = Run(None, None)
-    elif resume and run_id_file.exists() and run_id_file.read_text().strip():
-        mlflow_run = tracking.reopen(run_id_file.read_text().strip(), base_dir=base_dir)
-    else:
-        mlflow_run = tracking.start(params, tags, base_dir=base_dir, parent_run_id=parent_run_id)
-        run_id_file.write_text(f"{mlflow_run.run_id or ''}\n")
-    status = "FAILED"
-    try:
-        pretrained = load_model()
-        if data.max_length > pretrained.max_positions:
-            raise ValueError(f"data.max_length={data.max_length}: the model takes at most {pretrained.max_positions} "
-                             f"positions; set data.max_length<={pretrained.max_positions}")
-        splits = {name: encode_pairs(rows, pretrained.tokenizer, data.max_length)
-                  for name, rows in examples.items() if name != "test"}
-        resume_from_checkpoint = resume and (output_dir / LAST_CHECKPOINT / "trainer_state.pt").exists()
-        result = fit(pretrained, data, splits, make_optimizer, make_scheduler, trainer, seed, output_dir,
-                     accelerator, mlflow_run.log_metrics, on_checkpoint=mlflow_run.flush,
-                     resume=resume_from_checkpoint)
-
-        final, prob_dev, prob_test = score_best(result.best_dir, examples, data, accelerator)
-        mlflow_run.log_metrics({**final, **{f"speed/{k}": v for k, v in result.speed.items()}}, step=result.steps)
-        if accelerator.is_main_process:
-            write_outputs(output_dir, examples, prob_dev, prob_test, result, final, trainer.metric, mlflow_run.run_id,
-                          tracking.run_name or output_dir.name)
-            log_outputs(mlflow_run, tracking, output_dir, result.best_dir)
-        if accelerator.is_main_process and not trainer.keep_last_checkpoint:
-            shutil.rmtree(output_dir / LAST_CHECKPOINT, ignore_errors=True)  # a finished run needs no resume
-        status = "FINISHED"
-        return result.best_metric
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        if accelerator.is_main_process:
-            for logfile in output_dir.glob("*.log"):
-                mlflow_run.log_artifact(logfile)
-        mlflow_run.end(status)
-        if accelerator.num_processes > 1:
-            accelerator.end_training()  # destroys the process group: exiting with it alive can abort (SIGABRT)

@@ -7,10 +7,12 @@ them against scikit-learn.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
-# metric name -> True when larger is better; the trainer's `metric` must be one of these.
-GREATER_IS_BETTER = {"accuracy": True, "f1": True, "auc": True, "loss": False}
+Metric = Literal["accuracy", "f1", "auc", "loss"]  # what trainer.metric may name
+GREATER_IS_BETTER: dict[str, bool] = {"accuracy": True, "f1": True, "auc": True, "loss": False}
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from .metrics import GREATER_IS_BETTER
-from .tracking import resolve_uri
+from .tracking import default_uri, resolve_uri
 
 KEY_PARAMS = {"model": "model.name_or_path", "lr": "optim.lr", "batch": "data.batch_size", "seed": "seed",
               "epochs": "trainer.epochs", "max_steps": "trainer.max_steps", "scheduler": "scheduler.name",
@@ -118,7 +117,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(prog="python -m afqmc_exp.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", default="afqmc", help="MLflow experiment name (default: afqmc)")
     parser.add_argument("--parent", help="a sweep's parent run id: report its jobs")
-    parser.add_argument("--uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
+    parser.add_argument("--uri", default=default_uri(),
                         help="tracking store (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     parser.add_argument("--out", help="folder for report.md, runs.csv, by_config.csv and plots "
                                       "(default: reports/<experiment or parent id>)")

@@ -2,8 +2,10 @@
 
 Every group is built from a ``_target_`` (a function or dataclass with typed parameters), so the target's
 signature *is* the schema: a key it does not take is a typo, a value that does not fit its annotation is
-a wrong type. No parallel set of schema classes to keep in sync. On top of that, ``RULES`` holds the
-ranges that types cannot say (a positive learning rate, at least one epoch...). The model's position
+a wrong type, and an option with a fixed set of values says so with ``Literal[...]`` (``scheduler.name``,
+``optim.implementation``, ``trainer.metric``...), which is the only list of them. No parallel set of
+schema classes to keep in sync. On top of that, ``RULES`` holds the ranges that types cannot say (a
+positive learning rate, at least one epoch...). The model's position
 limit is read from its config.json alone (no weights) where that is available locally or cached.
 """
 
@@ -16,8 +18,6 @@ from typing import Any, Callable
 
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
-
-from .metrics import GREATER_IS_BETTER
 
 
 class ConfigError(ValueError):
@@ -45,10 +45,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.patience": (_at_least_one_or_null, "must be >= 1, or null for no early stopping"),
     "trainer.log_every": (lambda v: v >= 1, "must be >= 1"),
     "trainer.checkpoint_every": (_at_least_one_or_null, "must be >= 1, or null"),
-    "trainer.device": (lambda v: v in ("auto", "cpu"), "must be auto or cpu"),
-    "trainer.mixed_precision": (lambda v: v in ("no", "bf16", "fp16"), "must be no, bf16 or fp16"),
-    "trainer.eval_precision": (lambda v: v in ("auto", "fp32", "bf16"), "must be auto, fp32 or bf16"),
-    "trainer.metric": (lambda v: v in GREATER_IS_BETTER, f"must be one of {', '.join(GREATER_IS_BETTER)}"),
+    "model.name_or_path": (lambda v: isinstance(v, str) and v.strip() not in ("", "???"),
+                           "must name a Hub id or a local folder, e.g. model.name_or_path=bert-base-chinese"),
     "data.dir": (lambda v: isinstance(v, str) and v.strip() not in ("", "???"),
                  "must name the folder with train.json and dev.json, e.g. data.dir=../shared/data/afqmc"),
     "data.max_length": (lambda v: v >= 8, "must be >= 8"),
@@ -64,6 +62,8 @@ def _fits(value: Any, annotation: Any) -> bool:
     if annotation is inspect.Parameter.empty or annotation is Any:
         return True
     origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return any(value == allowed and type(value) is type(allowed) for allowed in typing.get_args(annotation))
     if origin in (typing.Union, types.UnionType):
         return any(_fits(value, arm) for arm in typing.get_args(annotation))
     if annotation is type(None):
@@ -81,8 +81,10 @@ def _fits(value: Any, annotation: Any) -> bool:
     return True  # richer annotations are left to the target itself
 
 
-def _type_name(annotation: Any) -> str:
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+def _expected(annotation: Any) -> str:
+    if typing.get_origin(annotation) is typing.Literal:
+        return "must be one of " + ", ".join(map(str, typing.get_args(annotation)))
+    return "expected " + (getattr(annotation, "__name__", None) or str(annotation).replace("typing.", ""))
 
 
 def check_group(group: str, node: dict) -> list[str]:
@@ -102,7 +104,7 @@ def check_group(group: str, node: dict) -> list[str]:
         elif value is None and f"{group}.{key}" in RULES:
             continue  # a missing value: its rule says what to set, better than "expected str"
         elif not _fits(value, hints.get(key, parameters[key].annotation)):
-            problems.append(f"{group}.{key}={value!r}: expected {_type_name(hints.get(key))}")
+            problems.append(f"{group}.{key}={value!r}: {_expected(hints.get(key))}")
     return problems
 
 

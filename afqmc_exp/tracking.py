@@ -1,15 +1,15 @@
 """The ``tracking`` config group: one MLflow run per training run.
 
-* Store: ``tracking.uri`` (default ``${oc.env:MLFLOW_TRACKING_URI,sqlite:///mlflow.db}``). A relative
-  SQLite path is resolved against the directory the user started in, so ``mlflow ui`` run there sees
+* Store: ``tracking.uri`` (default ``default_uri()``: ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``;
+  the same default for training, ``evaluate``/``predict`` and the report). A relative SQLite path is resolved against the directory the user started in, so ``mlflow ui`` run there sees
   every run. SQLite, not the plain file store: MLflow 3 refuses ``./mlruns`` without an opt-in, the UI
   reads SQLite directly, and several processes can write to it at once. Creating a new SQLite store
   runs a schema migration that crashes when two processes do it at the same moment, so the first
   contact with a SQLite store is serialised by a file lock beside the database.
-* Speed and resumability: one synchronous MLflow call costs 6-47 ms, so metrics are buffered and written
-  with ``log_batch`` (at most 1000 per call, as the API allows) just before the training loop writes a
-  checkpoint (see ``loop``), when the buffer fills and at the end. A reopened (resumed) run drops values
-  for steps the store already has: the loop recomputes exactly those steps after a kill that fell
+* Speed and resumability: every synchronous MLflow call is a database write or an HTTP request, so
+  metrics are buffered and written with ``log_batch`` (at most 1000 per call, as the API allows) just
+  before the trainer writes a checkpoint, when the buffer fills and at the end. A reopened (resumed) run drops values
+  for steps the store already has: the trainer recomputes exactly those steps after a kill that fell
   between a flush and its checkpoint, so every step is logged once.
   ``mlflow`` itself is imported only when a run starts.
 * The client API (not the fluent ``mlflow.start_run``) is used so that several runs in one process
@@ -23,7 +23,7 @@ import os
 import re
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -34,13 +34,21 @@ URI_PASSWORD = re.compile(r"(://[^/:@\s]+:)[^@/\s]+@")
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 
 
-def resolve_uri(uri: str, base_dir: str | os.PathLike | None = None) -> str:
-    """Make a relative ``sqlite:///file.db`` absolute against ``base_dir`` (default: the current directory)."""
+DEFAULT_STORE = "sqlite:///mlflow.db"  # where the command runs (see resolve_uri)
+
+
+def default_uri() -> str:
+    """The store every command uses unless told otherwise: ``MLFLOW_TRACKING_URI``, else ``DEFAULT_STORE``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_STORE
+
+
+def resolve_uri(uri: str) -> str:
+    """Make a relative ``sqlite:///file.db`` (or a bare path, MLflow's file store) absolute against the current
+    directory, so every process of a run, and ``mlflow ui`` started there, mean the same file."""
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        path = Path(uri[len("sqlite:///"):])
-        return "sqlite:///" + str((Path(base_dir or os.getcwd()) / path).resolve())
-    if "://" not in uri:  # a bare path: MLflow's file store
-        return str((Path(base_dir or os.getcwd()) / uri).resolve())
+        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    if "://" not in uri:
+        return str(Path(uri).resolve())
     return uri
 
 
@@ -74,23 +82,23 @@ def git_state(cwd: str | os.PathLike | None = None) -> dict[str, str]:
 class MlflowTracking:
     """Settings of the ``tracking`` group; :meth:`start` opens the run."""
 
-    uri: str = "sqlite:///mlflow.db"
+    uri: str = field(default_factory=default_uri)
     experiment: str = "afqmc"
     run_name: str | None = None
     enabled: bool = True  # false: no MLflow at all (e.g. quick debugging)
     flush_every: int = 1000  # buffered metric values before a write (checkpoints flush first, normally)
-    log_weights: bool = True  # upload the best weights folder as artifacts (~90 MB MiniLM, ~400 MB BERT-base)
+    log_weights: bool = True  # upload the best weights folder as artifacts (a second copy of the weights)
     register_as: str | None = None  # register the best model in the Model Registry under this name (a new version)
     log_model: bool = False  # also log it as an mlflow.transformers model (pyfunc: scores text/text_pair pairs)
 
-    def start(self, params: Mapping[str, str], tags: Mapping[str, str], base_dir: str | None = None,
+    def start(self, params: Mapping[str, str], tags: Mapping[str, str],
               parent_run_id: str | None = None) -> "Run":
         if not self.enabled:
             return Run(None, None, self.flush_every)
         from mlflow import MlflowException
 
-        client = self.client(base_dir)  # builds (and, for a new SQLite file, migrates) the store, under the lock
-        with _store_lock(resolve_uri(self.uri, base_dir)):
+        client = self.client()  # builds (and, for a new SQLite file, migrates) the store, under the lock
+        with _store_lock(resolve_uri(self.uri)):
             experiment = client.get_experiment_by_name(self.experiment)
             if experiment is None:
                 try:
@@ -109,18 +117,18 @@ class MlflowTracking:
                  client.tracking_uri, self.experiment)
         return started
 
-    def client(self, base_dir: str | None = None):
+    def client(self):
         from mlflow import MlflowClient
 
-        uri = resolve_uri(self.uri, base_dir)
+        uri = resolve_uri(self.uri)
         with _store_lock(uri):
             return MlflowClient(tracking_uri=uri)
 
-    def reopen(self, run_id: str, base_dir: str | None = None) -> "Run":
+    def reopen(self, run_id: str) -> "Run":
         """Mark an earlier run RUNNING again and log into it (resuming; its params stay as they were)."""
         if not self.enabled:
             return Run(None, None, self.flush_every)
-        client = self.client(base_dir)
+        client = self.client()
         client.update_run(run_id, status="RUNNING")
         logged = {key: max(m.step for m in client.get_metric_history(run_id, key))
                   for key in client.get_run(run_id).data.metrics}

@@ -82,5 +82,11 @@ def test_schedules():
     cosine = lrs("cosine", 0.0)
     assert cosine[0] == 1.0 and cosine[5] == pytest.approx(0.5) and cosine[-1] < 0.05
     assert lrs("constant", 0.0) == [1.0] * 10
-    with pytest.raises(ValueError, match="scheduler.name"):
-        lrs("step", 0.0)
+
+
+def test_every_metric_the_trainer_may_pick_has_a_direction():
+    import typing
+
+    from afqmc_exp.metrics import GREATER_IS_BETTER, Metric
+
+    assert set(GREATER_IS_BETTER) == set(typing.get_args(Metric))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import AFQMC, REPO, mlflow_runs
+from helpers import AFQMC, REPO, mlflow_runs
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -17,7 +17,7 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "
 
 @pytest.mark.parametrize("n,batch_size", [(203, 16), (97, 8), (96, 8)])
 def test_each_pair_once_per_epoch_across_processes(n, batch_size):
-    proc = subprocess.run(TORCHRUN + [str(REPO / "tests" / "shard_check.py"), str(n), str(batch_size)], cwd=REPO,
+    proc = subprocess.run(TORCHRUN + [str(REPO / "tests" / "helpers" / "shard_check.py"), str(n), str(batch_size)], cwd=REPO,
                           env={**ENV, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     epochs = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from conftest import AFQMC, REPO, mlflow_runs
+from helpers import AFQMC, REPO, mlflow_runs
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow  # real subprocess trainings (the trainer's phases are tested fast in test_trainer)
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 COMMON = ["model=minilm", f"data.dir={AFQMC}", "data.test_file=null", "data.max_length=48", "trainer.max_steps=16",
           "trainer.eval_every=8", "trainer.checkpoint_every=3", "trainer.log_every=2", "trainer.device=cpu",
@@ -100,38 +100,8 @@ def test_sigterm_saves_a_checkpoint_and_marks_the_run_killed(tmp_path):
     assert metrics["train/loss"][-1][0] <= state["step"]
 
 
-def test_resume_never_unpickles_code(tmp_path):
-    """A tampered trainer_state.pt is refused: it is read with torch.load(weights_only=True)."""
-    import pickle
-
-    import torch
-
-    from afqmc_exp.loop import load_last_checkpoint
-
-    class Evil:
-        def __reduce__(self):
-            return (os.system, (f"touch {tmp_path / 'pwned'}",))
-
-    folder = tmp_path / "last_checkpoint"
-    folder.mkdir()
-    with open(folder / "trainer_state.pt", "wb") as f:
-        pickle.dump({"state": Evil()}, f)
-    from safetensors.torch import save_file
-
-    model = torch.nn.Linear(2, 2)
-    save_file(model.state_dict(), folder / "model.safetensors")
-
-    class Plain:
-        def unwrap_model(self, m):
-            return m
-
-    with pytest.raises(pickle.UnpicklingError):
-        load_last_checkpoint(folder, model, None, None, Plain())
-    assert not (tmp_path / "pwned").exists()
-
-
 def test_nan_loss_stops_the_run_failed_with_a_message(tmp_path):
-    from conftest import train
+    from helpers import train
 
     with pytest.raises(Exception, match="training loss is (nan|inf)"):
         train(["model=minilm", f"data.dir={AFQMC}", "data.test_file=null", "data.max_length=48", "optim.lr=1e30",

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from afqmc_exp.schema import ConfigError, validate
-from conftest import AFQMC, REPO, compose
+from helpers import AFQMC, REPO, compose
 
 BASE = ["model=minilm", f"data.dir={AFQMC}"]
 BAD = [
@@ -21,8 +21,17 @@ BAD = [
     ("missing data.dir", ["data.dir=null"], r"data.dir=None: must name the folder"),
     ("warmup ratio", ["scheduler.warmup_ratio=1.5"], r"scheduler.warmup_ratio=1.5: must be in \[0, 1\)"),
     ("unknown key", ["+optim.lrr=1e-5"], r"optim.lrr: unknown key for afqmc_exp.optim.adamw; known keys: .*lr"),
-    ("unknown metric", ["trainer.metric=acc"], r"trainer.metric='acc': must be one of accuracy, f1, auc, loss"),
-    ("device", ["trainer.device=gpu0"], r"trainer.device='gpu0': must be auto or cpu"),
+    ("model named nowhere", ["model=pretrained"], r"model.name_or_path='\?\?\?': must name a Hub id or a local folder"),
+]
+# options with a fixed set of values (a Literal annotation on their _target_): a bad value is named with the choices
+CHOICES = [
+    ("trainer.metric", "acc", "accuracy, f1, auc, loss"),
+    ("trainer.device", "gpu0", "auto, cpu"),
+    ("trainer.mixed_precision", "fp8", "no, bf16, fp16"),
+    ("trainer.eval_precision", "int8", "auto, fp32, bf16"),
+    ("scheduler.name", "step", "linear, cosine, constant"),
+    ("optim.implementation", "apex", "auto, fused, foreach, loop"),
+    ("model.architecture", "roberta", "auto, bert"),
 ]
 
 
@@ -30,6 +39,17 @@ BAD = [
 def test_bad_overrides_are_named_with_the_fix(overrides, message):
     with pytest.raises(ConfigError, match=message):
         validate(compose(BASE + overrides))
+
+
+@pytest.mark.parametrize("key,value,choices", CHOICES, ids=[c[0] for c in CHOICES])
+def test_a_bad_choice_exits_with_one_line_and_leaves_no_run(tmp_path, key, value, choices):
+    """Checked before any model loads or MLflow run opens (these used to fail only inside their factory)."""
+    from afqmc_exp.cli import train_from_config
+
+    with pytest.raises(SystemExit) as stop:
+        train_from_config(compose(BASE + [f"{key}={value}"], tmp_path))
+    assert str(stop.value) == f"error: invalid config:\n  {key}={value!r}: must be one of {choices}"
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_every_problem_is_listed_at_once():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import AFQMC, REPO, mlflow_service
+from helpers import AFQMC, REPO, mlflow_service
 
 POSTGRES = os.environ.get("AFQMC_TEST_POSTGRES_URI")
 pytestmark = [pytest.mark.slow,

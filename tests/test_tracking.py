@@ -6,10 +6,20 @@ import sys
 from afqmc_exp.tracking import MlflowTracking, flatten, resolve_uri
 
 
-def test_relative_sqlite_store_resolves_against_the_launch_dir(tmp_path):
-    assert resolve_uri("sqlite:///mlflow.db", tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
-    assert resolve_uri("sqlite:////abs/m.db", tmp_path) == "sqlite:////abs/m.db"
-    assert resolve_uri("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
+def test_relative_sqlite_store_resolves_against_the_launch_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert resolve_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+    assert resolve_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_one_default_store_for_every_command(monkeypatch):
+    from afqmc_exp.tracking import MlflowTracking, default_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert default_uri() == MlflowTracking().uri == "sqlite:///mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert default_uri() == MlflowTracking().uri == "http://127.0.0.1:5000"
 
 
 def test_flatten_uses_dotted_keys_and_masks_secrets():

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, mlflow_runs, train
+from helpers import REPO, mlflow_runs, train
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -17,7 +17,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory):
     """`python train.py` on the shared AFQMC data: a few dozen steps, two evaluations."""
-    from conftest import AFQMC
+    from helpers import AFQMC
 
     tmp = tmp_path_factory.mktemp("cli")
     out = tmp / "run"
@@ -123,7 +123,7 @@ def write_easy_set(folder, seed=0):
 def test_learns_an_easy_set(tmp_path, precision, fresh_accelerate_state):
     from safetensors import safe_open
 
-    from afqmc_exp.loop import cpu_has_native_bf16
+    from afqmc_exp.hardware import cpu_has_native_bf16
 
     if precision == "bf16" and not cpu_has_native_bf16():
         pytest.skip("this CPU has no native bf16 (AVX512-BF16/AMX): emulated bf16 would take far too long")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import AFQMC, REPO, mlflow_service
+from helpers import AFQMC, REPO, mlflow_service
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}

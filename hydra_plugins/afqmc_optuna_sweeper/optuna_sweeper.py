@@ -19,7 +19,6 @@ installs cleanly with a current Optuna.
 # sys.modules, where dataclasses cannot resolve string annotations.
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -61,12 +60,6 @@ def suggest(trial, name: str, spec: dict) -> Any:
     raise ValueError(f"hydra.sweeper.params.{name}.type={kind!r}: use float, int or categorical")
 
 
-def resolve_storage(storage: str) -> str:
-    if storage.startswith("sqlite:///") and not storage.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(os.getcwd(), storage[len("sqlite:///"):]).resolve())
-    return storage
-
-
 class AfqmcOptunaSweeper(Sweeper):
     def __init__(self, n_trials: int, n_jobs: int, storage: str, study_name: str, direction: Optional[str],
                  seed: int, params: dict):
@@ -86,9 +79,10 @@ class AfqmcOptunaSweeper(Sweeper):
         from optuna.trial import TrialState
 
         from afqmc_exp.metrics import GREATER_IS_BETTER
+        from afqmc_exp.tracking import resolve_uri  # a relative sqlite:/// path means where you started
 
         direction = self.direction or ("maximize" if GREATER_IS_BETTER[self.config.trainer.metric] else "minimize")
-        study = optuna.create_study(study_name=self.study_name, storage=resolve_storage(self.storage),
+        study = optuna.create_study(study_name=self.study_name, storage=resolve_uri(self.storage),
                                     direction=direction, load_if_exists=True)
         for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             study.tell(stale.number, state=TrialState.FAIL)  # left by a search that was killed

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, mlflow_runs
+from helpers import REPO, mlflow_runs
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 

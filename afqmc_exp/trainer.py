@@ -1,0 +1,349 @@
+"""The ``trainer`` config group and the training loop, on Hugging Face Accelerate.
+
+Accelerate (not a home-made engine) gives one code path for CPU, one GPU, several GPUs or processes
+(``accelerate launch``/``torchrun``), mixed precision and gradient accumulation. The loop never sees Hydra
+or MLflow: it receives typed objects and a ``log(metrics, step)`` callback.
+
+:class:`Trainer` reads in phases: setup (data, model and optimizer, schedule, resume) -> epochs ->
+batches -> after each optimizer step (log, evaluate, checkpoint, signals) -> after each epoch -> finish.
+
+Nothing is lost: a last checkpoint (see ``checkpoint``) is written every ``checkpoint_every`` steps, after
+every evaluation and at the end of every epoch. Metrics reach MLflow just before (``on_checkpoint``); a
+resumed run skips the steps the store already holds, so each step is logged exactly once.
+SIGINT/SIGTERM stop the loop at the next step boundary, after a checkpoint (see ``signals``).
+
+Why the loop looks like this:
+* no host sync per step: the running loss is summed on the device and read every ``log_every`` steps;
+* the scheduler is stepped here once per optimizer step (not handed to ``accelerator.prepare``, which
+  would step it once per process), so ``total_steps`` means the same thing on 1 or N processes;
+* several processes: Accelerate wraps the model (DDP), the optimizer and the evaluation loader, but the
+  *training* batches are sharded by our sampler. Sharding a finished loader must give every process
+  equally many equally sized batches, so Accelerate pads an epoch's short last batch with pairs from the
+  epoch's start, which are then trained on twice. Our sampler hands each process a slice of every global
+  batch instead (uneven by at most one pair) and each slice's summed loss is scaled by
+  ``processes / pairs in the optimizer step`` (``optimizer_steps``): DDP's gradient average then equals
+  the mean over exactly the pairs of that step, as in one process, with every pair seen once per epoch.
+  For the same reason gradient accumulation is done here (``accelerator.no_sync`` between optimizer
+  steps, a step at the end of every epoch) instead of by ``accelerator.accumulate``, which needs a
+  prepared loader to know where an epoch ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+
+from .checkpoint import (BEST_MODEL, LAST_CHECKPOINT, TrainState, load_last_checkpoint, restore_rng, save_best_model,
+                         save_last_checkpoint)
+from .data import AfqmcData, EncodedPairs
+from .hardware import eval_in_bf16, seconds_since_process_start
+from .inference import MODEL_INPUTS, evaluate
+from .metrics import GREATER_IS_BETTER, Metric
+from .model import Pretrained
+from .profiling import profiled
+from .signals import GracefulStop
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stops instead of training on garbage."""
+
+
+@dataclass
+class TrainerConfig:
+    """The ``trainer`` config group (the allowed values of each option are in its annotation)."""
+
+    epochs: int = 3
+    max_steps: int | None = None  # cap on optimizer steps over the whole run (null: epochs decide)
+    device: Literal["auto", "cpu"] = "auto"  # auto: a GPU when there is one
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # bf16 on CPU only with AVX512-BF16/AMX (see hardware)
+    eval_precision: Literal["auto", "fp32", "bf16"] = "auto"  # periodic dev evaluations (see hardware.eval_in_bf16)
+    tf32: bool = True  # TensorFloat-32 matmuls on Ampere+ GPUs; ignored on CPU
+    grad_accumulation: int = 1
+    max_grad_norm: float | None = 1.0  # null: no clipping
+    eval_every: int | None = None  # evaluate every N optimizer steps; null: at the end of each epoch
+    patience: int | None = None  # stop after this many evaluations without improvement; null: never
+    metric: Metric = "f1"  # dev metric that picks the best weights
+    log_every: int = 10  # optimizer steps between logged train loss/lr/speed
+    checkpoint_every: int | None = 100  # optimizer steps between last-checkpoint saves (also each eval and epoch)
+    keep_last_checkpoint: bool = False  # keep last_checkpoint/ after a run finishes (weights + 2x optimizer state)
+    profile_steps: int = 0  # profile this many optimizer steps (after 2 of warm-up) into <output>/profile/
+    progress_bar: bool = True
+
+    def better(self, value: float, best: float | None) -> bool:
+        if best is None:  # the first evaluation always saves, so a best folder always exists
+            return True
+        if math.isnan(best):
+            return not math.isnan(value)
+        return value > best if GREATER_IS_BETTER[self.metric] else value < best
+
+
+@dataclass
+class FitResult:
+    best_metric: float
+    best_step: int
+    best_dir: Path
+    steps: int
+    speed: dict[str, float] = field(default_factory=dict)  # train/eval samples per second, time to first step
+
+
+def optimizer_steps(batch_sizes: list[int], accumulation: int) -> list[tuple[int, bool]]:
+    """For each global batch of an epoch: the number of pairs its optimizer step averages over, and
+    whether the step is taken after it. Every ``accumulation`` batches make a step; an epoch's last step
+    may have fewer, so no step straddles two epochs."""
+    steps = []
+    for start in range(0, len(batch_sizes), accumulation):
+        group = batch_sizes[start:start + accumulation]
+        steps += [(sum(group), i == len(group) - 1) for i in range(len(group))]
+    return steps
+
+
+class TrainingWindow:
+    """The training loss and speed between two logged steps, and the whole run's training time.
+
+    The loss is summed on the device (reading it forces a host sync) and read only when logged. Time
+    spent inside :meth:`paused` (evaluation, saving the best weights) does not count as training time.
+    A resumed run starts with the summed loss and pair count its checkpoint saved."""
+
+    def __init__(self, device: torch.device, loss: float = 0.0, pairs: int = 0):
+        self.loss = torch.tensor(loss, device=device)
+        self.pairs = pairs  # global pairs whose loss is in ``loss``
+        self.samples = 0  # global pairs trained on in this window of wall time
+        self.total_samples = 0
+        self.paused_seconds = 0.0
+        self._run_started = self._window_started = time.perf_counter()
+        self._paused_at_window_start = 0.0
+
+    def add(self, loss_sum: torch.Tensor, pairs: int) -> None:
+        self.loss += loss_sum.detach()
+        self.pairs, self.samples, self.total_samples = self.pairs + pairs, self.samples + pairs, self.total_samples + pairs
+
+    @contextlib.contextmanager
+    def paused(self):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused_seconds += time.perf_counter() - started
+
+    def summed_loss(self, accelerator) -> float:
+        """The window's summed loss over every process (a host sync)."""
+        return accelerator.reduce(self.loss, reduction="sum").item()
+
+    def flush(self, accelerator) -> tuple[float, float]:
+        """The window's mean loss (all processes) and training samples per second; starts a new window."""
+        mean_loss = self.summed_loss(accelerator) / self.pairs
+        now = time.perf_counter()
+        elapsed = now - self._window_started - (self.paused_seconds - self._paused_at_window_start)
+        samples_per_s = self.samples / elapsed
+        self.loss.zero_()
+        self.pairs = self.samples = 0
+        self._window_started, self._paused_at_window_start = now, self.paused_seconds
+        return mean_loss, samples_per_s
+
+    def train_seconds(self) -> float:
+        return time.perf_counter() - self._run_started - self.paused_seconds
+
+
+class Trainer:
+    """Fine-tune ``pretrained.model`` on ``splits["train"]``, evaluating on ``splits["dev"]`` and keeping the
+    best weights (by ``config.metric``) in ``output_dir/best_model``. ``fit(resume=True)`` continues from
+    ``output_dir/last_checkpoint``; ``on_checkpoint`` is called before each checkpoint (to flush metrics)."""
+
+    def __init__(self, *, pretrained: Pretrained, data: AfqmcData, splits: dict[str, EncodedPairs],
+                 make_optimizer: Callable, make_scheduler: Callable, config: TrainerConfig, seed: int,
+                 output_dir: Path, accelerator, log_metrics: Callable[[dict, int], None],
+                 on_checkpoint: Callable[[], None] = lambda: None):
+        self.pretrained, self.data, self.splits, self.config, self.seed = pretrained, data, splits, config, seed
+        self.make_optimizer, self.make_scheduler = make_optimizer, make_scheduler
+        self.accelerator, self.log_metrics, self.on_checkpoint = accelerator, log_metrics, on_checkpoint
+        self.best_dir, self.last_dir = Path(output_dir) / BEST_MODEL, Path(output_dir) / LAST_CHECKPOINT
+        self.output_dir, self.speed = Path(output_dir), {}
+        self.eval_bf16 = eval_in_bf16(config.eval_precision, accelerator.device)
+
+    # ------------------------------------------------------------------------------------ the run
+    def fit(self, resume: bool = False) -> FitResult:
+        self._setup_data()
+        self._setup_model()
+        self._restore(resume)
+        self.model.train()
+        main = self.accelerator.is_main_process
+        with GracefulStop() as self.signals, \
+                profiled(self.config.profile_steps if main else 0, self.output_dir / "profile") as self.profiler:
+            while self.state.epoch < self.config.epochs and self.state.step < self.total_steps:
+                if self._train_epoch():
+                    break
+        return self._finish()
+
+    # ------------------------------------------------------------------------------------ setup
+    def _setup_data(self) -> None:
+        processes, device = self.accelerator.num_processes, self.accelerator.device
+        if self.data.eval_batch_size % processes:
+            raise ValueError(f"data.eval_batch_size={self.data.eval_batch_size} must be a multiple of the "
+                             f"{processes} processes")
+        self.pin = device.type == "cuda"  # pinned host memory lets the copy to the GPU run asynchronously
+        pad_id = self.pretrained.tokenizer.pad_token_id
+        self.train_loader = self.data.loader(self.splits["train"], pad_id, train=True, seed=self.seed, pin_memory=self.pin,
+                                             num_shards=processes, shard=self.accelerator.process_index)
+        self.dev_loader = self.data.loader(self.splits["dev"], pad_id, train=False, pin_memory=self.pin)
+        self.sampler = self.train_loader.batch_sampler
+
+    def _setup_model(self) -> None:
+        model = self.pretrained.model
+        optimizer = self.make_optimizer(model.to(self.accelerator.device))
+        self.model, self.optimizer, self.dev_loader = self.accelerator.prepare(model, optimizer, self.dev_loader)
+        steps_per_epoch = math.ceil(len(self.sampler) / self.config.grad_accumulation)
+        self.total_steps = self.config.epochs * steps_per_epoch
+        if self.config.max_steps:
+            self.total_steps = min(self.total_steps, self.config.max_steps)
+        self.scheduler = self.make_scheduler(self.optimizer, total_steps=self.total_steps)
+
+    def _restore(self, resume: bool) -> None:
+        """A fresh state, or the last checkpoint's. Its RNG states are applied once the loader has started,
+        exactly when an uninterrupted run would be in that state."""
+        from tqdm.auto import tqdm
+
+        self.state, self.pending_rng = TrainState(), None
+        if resume:
+            self.state, self.pending_rng = load_last_checkpoint(self.last_dir, self.model, self.optimizer,
+                                                                self.scheduler, self.accelerator)
+            log.info("resuming at step %d (epoch %d, batch %d)", self.state.step, self.state.epoch,
+                     self.state.batch_in_epoch)
+        # each process sums its own pairs' losses; the main process holds the resumed window's sum
+        main = self.accelerator.is_main_process
+        self.window = TrainingWindow(self.accelerator.device, self.state.window_loss if main else 0.0,
+                                     self.state.window_pairs)
+        self.bar = tqdm(total=self.total_steps, initial=self.state.step, desc="train", unit="step", dynamic_ncols=True,
+                        disable=not (self.config.progress_bar and self.accelerator.is_local_main_process))
+
+    # ------------------------------------------------------------------------------------ epochs and batches
+    def _train_epoch(self) -> bool:
+        """One epoch, or what a resumed run has left of it; True when training should stop."""
+        self.sampler.set_epoch(self.state.epoch)
+        self.sampler.skip_next(self.state.batch_in_epoch)
+        self.batch_pairs = self.sampler.batch_sizes()  # global batches: the same on every process
+        self.plan = optimizer_steps(self.batch_pairs, self.config.grad_accumulation)
+        for batch in self.train_loader:
+            if self.pending_rng is not None:
+                restore_rng(self.pending_rng)
+                self.pending_rng = None
+            if self._train_batch(batch) and self._after_step():
+                return True
+        return self._after_epoch()
+
+    def _train_batch(self, batch: dict) -> bool:
+        """Forward and backward on this process's slice of a global batch, and the optimizer step when the
+        plan says the step is complete; True if a step was taken."""
+        accelerator, model = self.accelerator, self.model
+        step_pairs, steps_now = self.plan[self.state.batch_in_epoch]
+        batch = {k: v.to(accelerator.device, non_blocking=self.pin) for k, v in batch.items()}
+        with contextlib.nullcontext() if steps_now else accelerator.no_sync(model):
+            logits = model(**{k: batch[k] for k in MODEL_INPUTS}).logits
+            loss_sum = torch.nn.functional.cross_entropy(logits.float(), batch["labels"], reduction="sum")
+            # DDP averages gradients over processes: this makes the result the mean over the step's pairs
+            accelerator.backward(loss_sum * (accelerator.num_processes / step_pairs))
+        if steps_now:
+            self._optimizer_step()
+        self.window.add(loss_sum, self.batch_pairs[self.state.batch_in_epoch])
+        self.state.batch_in_epoch += 1
+        return steps_now
+
+    def _optimizer_step(self) -> None:
+        if self.config.max_grad_norm:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.state.step += 1
+
+    # ------------------------------------------------------------------------------------ after a step or epoch
+    def _after_step(self) -> bool:
+        """Log, evaluate, checkpoint and answer signals after an optimizer step; True when training should stop."""
+        config, step = self.config, self.state.step
+        self.bar.update(1)
+        if self.profiler is not None:
+            self.profiler.step()
+        if "time_to_first_step_s" not in self.speed:
+            self.speed["time_to_first_step_s"] = seconds_since_process_start()
+        if step % config.log_every == 0 or step == self.total_steps:
+            self._log_training()
+        evaluated = bool(config.eval_every) and step % config.eval_every == 0
+        stop = self._evaluate() if evaluated else False
+        if evaluated or self.signals.requested or (config.checkpoint_every and step % config.checkpoint_every == 0):
+            self._save_checkpoint()
+        if self.signals.requested:
+            raise KeyboardInterrupt(f"stopped by a signal at step {step}; resume with resume={self.output_dir}")
+        return stop or step >= self.total_steps
+
+    def _after_epoch(self) -> bool:
+        """Evaluate (unless ``eval_every`` does it) and checkpoint; True when early stopping says stop."""
+        self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
+        stop = False if self.config.eval_every else self._evaluate()
+        if self.config.checkpoint_every:
+            self._save_checkpoint()
+        return stop
+
+    def _log_training(self) -> None:
+        mean_loss, samples_per_s = self.window.flush(self.accelerator)
+        if not math.isfinite(mean_loss):
+            raise NonFiniteLossError(f"training loss is {mean_loss} at step {self.state.step}; lower optim.lr, keep "
+                                     "trainer.max_grad_norm on, or use trainer.mixed_precision=no")
+        lr = self.scheduler.get_last_lr()[0]
+        self.log_metrics({"train/loss": mean_loss, "train/lr": lr, "train/epoch": self.state.epoch,
+                          "train/samples_per_s": samples_per_s}, self.state.step)
+        self.bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+
+    def _evaluate(self) -> bool:
+        """Evaluate on dev and keep the best weights; True when early stopping says stop."""
+        state, config = self.state, self.config
+        with self.window.paused():
+            started = time.perf_counter()
+            metrics, _ = evaluate(self.model, self.dev_loader, self.splits["dev"], self.accelerator, bf16=self.eval_bf16)
+            self.speed["eval_samples_per_s"] = len(self.splits["dev"]) / (time.perf_counter() - started)
+            improved = config.better(metrics[config.metric], state.best)
+            if improved:
+                state.best, state.best_step, state.evals_since_best = metrics[config.metric], state.step, 0
+                self._save_best_model()
+            else:
+                state.evals_since_best += 1
+            state.evaluated_at = state.step
+            self.log_metrics({**{f"dev/{k}": v for k, v in metrics.items()}, f"best/dev_{config.metric}": state.best,
+                              "best/step": state.best_step}, state.step)
+            if self.accelerator.is_main_process:
+                self.bar.write(f"step {state.step}: dev " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+                               + (" (best)" if improved else ""))
+        return config.patience is not None and state.evals_since_best >= config.patience
+
+    # ------------------------------------------------------------------------------------ saving
+    def _save_best_model(self) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            meta = {"max_length": self.data.max_length, "eval_batch_size": self.data.eval_batch_size,
+                    "metric": self.config.metric, "base_model": self.pretrained.name_or_path, "seed": self.seed,
+                    "step": self.state.step, self.config.metric: self.state.best}
+            save_best_model(self.pretrained, self.best_dir, meta, self.accelerator)
+
+    def _save_checkpoint(self) -> None:
+        self.on_checkpoint()  # metrics first: a kill between the two leaves steps a resumed run knows to skip
+        self.state.window_loss, self.state.window_pairs = self.window.summed_loss(self.accelerator), self.window.pairs
+        save_last_checkpoint(self.last_dir, self.model, self.optimizer, self.scheduler, self.state, self.accelerator)
+
+    # ------------------------------------------------------------------------------------ finish
+    def _finish(self) -> FitResult:
+        """Evaluate the last steps if no evaluation has seen them, and report."""
+        train_seconds = self.window.train_seconds()
+        if self.state.evaluated_at != self.state.step:
+            self._evaluate()
+        self.bar.close()
+        self.speed["train_samples_per_s"] = self.window.total_samples / max(train_seconds, 1e-9)
+        self.accelerator.wait_for_everyone()
+        return FitResult(best_metric=self.state.best, best_step=self.state.best_step, best_dir=self.best_dir,
+                         steps=self.state.step, speed=self.speed)

@@ -1,0 +1,120 @@
+"""Test helpers: the shared AFQMC data, Hydra composition, real short trainings into tmp_path, MLflow services."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent.parent
+AFQMC = Path(os.environ.get("AFQMC_DATA", REPO.parent / "shared" / "data" / "afqmc"))
+
+
+def compose(overrides: list[str], tmp_path: Path | None = None):
+    """The train config as train.py would see it, with Hydra's runtime config set (output dir in tmp_path)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    import afqmc_exp  # noqa: F401  (resolvers)
+
+    extra = []
+    if tmp_path is not None:
+        extra = [f"hydra.run.dir={tmp_path / 'run'}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = hydra_compose("train", overrides=overrides + extra, return_hydra_config=True)
+    with open_dict(cfg):  # what Hydra's launcher fills in for a real run
+        cfg.hydra.runtime.output_dir = cfg.hydra.run.dir
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def train(overrides: list[str], tmp_path: Path) -> float:
+    """A real training run, in-process, as `python train.py <overrides>` would do it."""
+    from afqmc_exp.cli import train_from_config
+
+    return train_from_config(compose(overrides, tmp_path))
+
+
+def mlflow_runs(tmp_path: Path, experiment: str):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    return client, (client.search_runs([exp.experiment_id]) if exp else [])
+
+
+@contextlib.contextmanager
+def mlflow_service(command: str, store: str, cwd: Path, *extra: str):
+    """`mlflow ui|server --backend-store-uri STORE` on a free loopback port, waited for; yields its URL."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = cwd / f"mlflow-{command}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), command, "--backend-store-uri", store,
+                                 *extra, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                                cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.time() < deadline, f"mlflow {command} did not start"
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+WORDS = ("how do i repay my huabei loan when is the bill due can i pay by card what about jiebei limit "
+         "why was payment refused open account close change phone number").split()
+
+
+def tiny_pretrained(folder: Path, seed: int = 0, dropout: float = 0.1):
+    """A randomly initialised 2-layer BERT (hidden 32) with a WordPiece tokenizer over ``WORDS``: a real
+    ``Pretrained`` that trains in milliseconds, for fast tests of the trainer's phases."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    from afqmc_exp.model import LABELS, Pretrained
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+                        num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+    return Pretrained(model=BertForSequenceClassification(config), tokenizer=tokenizer, name_or_path=str(folder))
+
+
+def tiny_pairs(n: int, seed: int = 0):
+    """``n`` labelled pairs over ``WORDS``: label 1 when both sentences are the same words."""
+    import random
+
+    from afqmc_exp.data import PairExample
+
+    rng = random.Random(seed)
+    pairs = []
+    for i in range(n):
+        first = " ".join(rng.choices(WORDS, k=rng.randint(2, 9)))
+        same = rng.random() < 0.4
+        second = first if same else " ".join(rng.choices(WORDS, k=rng.randint(2, 9)))
+        pairs.append(PairExample(first, second, int(same), i))
+    return pairs

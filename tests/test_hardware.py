@@ -1,0 +1,27 @@
+"""The machine: mixed precision that would not pay is named, bf16 evaluation only where it is native."""
+
+import torch
+
+from afqmc_exp import hardware
+
+
+def test_mixed_precision_that_would_not_pay_on_this_cpu_is_named(fresh_accelerate_state, caplog, monkeypatch):
+    from accelerate.state import AcceleratorState
+
+    hardware.build_accelerator(device="cpu", mixed_precision="fp16")
+    assert "fp16 needs a GPU: this CPU run computes in fp32" in caplog.text
+    for native, warned in ((False, True), (True, False)):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        caplog.clear()
+        monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native)
+        assert hardware.build_accelerator(device="cpu", mixed_precision="bf16").mixed_precision == "bf16"
+        assert ("bf16 is emulated" in caplog.text) is warned
+
+
+def test_eval_precision_auto_uses_bf16_only_where_the_hardware_has_it(monkeypatch):
+    cpu = torch.device("cpu")
+    for native in (True, False):
+        monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native)
+        assert hardware.eval_in_bf16("auto", cpu) is native
+        assert hardware.eval_in_bf16("fp32", cpu) is False
+        assert hardware.eval_in_bf16("bf16", cpu) is True

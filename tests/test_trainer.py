@@ -1,0 +1,174 @@
+"""The trainer: step arithmetic for sharded batches and gradient accumulation, and each phase of fit() on a tiny
+random BERT (fast: no pretrained model, no MLflow)."""
+
+import json
+from functools import partial
+
+import pytest
+import torch
+
+from afqmc_exp import trainer as trainer_module
+from afqmc_exp.checkpoint import has_last_checkpoint, read_meta
+from afqmc_exp.data import AfqmcData, LengthGroupedBatchSampler, encode_pairs
+from afqmc_exp.hardware import build_accelerator
+from afqmc_exp.optim import adamw, schedule
+from afqmc_exp.trainer import NonFiniteLossError, Trainer, TrainerConfig, TrainingWindow, optimizer_steps
+from helpers import tiny_pairs, tiny_pretrained
+
+
+def test_optimizer_steps_group_batches_within_an_epoch():
+    assert optimizer_steps([16, 16, 16, 5], 1) == [(16, True), (16, True), (16, True), (5, True)]
+    assert optimizer_steps([16, 16, 16, 5], 2) == [(32, False), (32, True), (21, False), (21, True)]
+    assert optimizer_steps([16, 16, 5], 2) == [(32, False), (32, True), (5, True)]  # the epoch ends a step
+
+
+def test_scaled_slice_losses_give_the_gradient_of_the_mean_over_each_step():
+    """What DDP computes from the trainer's per-slice losses (accumulated over micro-batches, averaged over
+    processes) is exactly the gradient of one process's mean loss over the step's pairs, also when the
+    slices are uneven (a 5-pair batch on 2 processes) and a step holds batches of different sizes."""
+    torch.manual_seed(0)
+    weight = torch.randn(3, 2, requires_grad=True)
+    sizes, processes, accumulation = [16, 16, 16, 5], 2, 2
+    features, labels = torch.randn(sum(sizes), 3), torch.randint(0, 2, (sum(sizes),))
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    batches = [list(range(start, start + size)) for start, size in zip(starts, sizes)]
+
+    def loss_sum(rows):
+        return torch.nn.functional.cross_entropy(features[rows] @ weight, labels[rows], reduction="sum")
+
+    plan, position = optimizer_steps(sizes, accumulation), 0
+    while position < len(batches):
+        group = []
+        while True:
+            group.append(position)
+            position += 1
+            if plan[position - 1][1]:
+                break
+        rows = sum((batches[i] for i in group), [])
+        (reference,) = torch.autograd.grad(torch.nn.functional.cross_entropy(features[rows] @ weight, labels[rows]),
+                                           weight)
+        per_process = []
+        for rank in range(processes):
+            sampler = LengthGroupedBatchSampler([1] * len(labels), 16, seed=0, num_shards=processes, shard=rank)
+            grad = torch.zeros_like(weight)
+            for i in group:  # this process's slice of each micro-batch, as the sampler cuts it
+                part = sampler.shard_of(batches[i])
+                grad += torch.autograd.grad(loss_sum(part) * (processes / plan[i][0]), weight)[0]
+            per_process.append(grad)
+        assert torch.allclose(torch.stack(per_process).mean(0), reference, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------ fit() on a tiny BERT
+class Logged(list):
+    """The ``log_metrics`` callback: every (step, metrics) the trainer logs."""
+
+    def __call__(self, metrics, step):
+        self.append((step, dict(metrics)))
+
+    def steps(self, key):
+        return [step for step, metrics in self if key in metrics]
+
+    def values(self, key):
+        return [(step, metrics[key]) for step, metrics in self if key in metrics]
+
+
+def make_trainer(tmp_path, lr=1e-3, n_train=37, on_checkpoint=lambda: None, **config):
+    """37 training pairs in batches of 4 (9 full batches and a 1-pair one: 10 per epoch), 16 dev pairs."""
+    pretrained = tiny_pretrained(tmp_path / "tiny")
+    data = AfqmcData(dir=str(tmp_path), batch_size=4, eval_batch_size=8, max_length=24)
+    splits = {"train": encode_pairs(tiny_pairs(n_train, seed=1), pretrained.tokenizer, 24),
+              "dev": encode_pairs(tiny_pairs(16, seed=2), pretrained.tokenizer, 24)}
+    logged = Logged()
+    config = TrainerConfig(**{"device": "cpu", "progress_bar": False, "eval_precision": "fp32", **config})
+    trainer = Trainer(pretrained=pretrained, data=data, splits=splits, make_optimizer=partial(adamw, lr=lr),
+                      make_scheduler=partial(schedule, warmup_ratio=0.1), config=config, seed=3,
+                      output_dir=tmp_path / "run", accelerator=build_accelerator(device="cpu"), log_metrics=logged,
+                      on_checkpoint=on_checkpoint)
+    return trainer, logged
+
+
+def test_fit_logs_evaluates_once_per_epoch_and_keeps_the_best_weights(tmp_path):
+    trainer, logged = make_trainer(tmp_path, epochs=2, log_every=3)
+    result = trainer.fit()
+    assert result.steps == 20 and trainer.total_steps == 20
+    assert logged.steps("train/loss") == [3, 6, 9, 12, 15, 18, 20]  # and always the last step
+    assert logged.steps("dev/f1") == [10, 20]  # eval_every=null: at each epoch's end
+    assert all(0 < loss < 5 for _, loss in logged.values("train/loss"))
+    meta = read_meta(result.best_dir)
+    assert meta["step"] == result.best_step and meta["max_length"] == 24 and meta["metric"] == "f1"
+    assert (result.best_dir / "model.safetensors").exists() and (result.best_dir / "tokenizer.json").exists()
+    assert set(result.speed) == {"time_to_first_step_s", "eval_samples_per_s", "train_samples_per_s"}
+
+
+def test_accumulation_makes_fewer_steps_that_never_straddle_an_epoch_and_max_steps_caps_them(tmp_path):
+    trainer, logged = make_trainer(tmp_path, epochs=2, grad_accumulation=3, log_every=1)
+    assert trainer.fit().steps == 8  # 10 batches: steps of 3, 3, 3 and 1 batches, twice
+    trainer, logged = make_trainer(tmp_path / "capped", epochs=2, grad_accumulation=3, log_every=1, max_steps=5)
+    assert trainer.fit().steps == 5
+    assert logged.steps("dev/f1") == [4, 5]  # the epoch's end, then the unevaluated last step
+
+
+def test_evaluation_every_n_steps_and_early_stopping(tmp_path):
+    trainer, logged = make_trainer(tmp_path, lr=0.0, epochs=5, eval_every=2, patience=2, metric="loss")
+    result = trainer.fit()  # lr 0: the dev loss never improves after the first evaluation
+    assert logged.steps("dev/loss") == [2, 4, 6] and result.steps == 6 and result.best_step == 2
+
+
+def test_checkpoints_at_their_cadence_after_evaluations_and_at_epoch_ends(tmp_path):
+    steps = []
+    trainer, _ = make_trainer(tmp_path, epochs=2, checkpoint_every=4, eval_every=3,
+                              on_checkpoint=lambda: steps.append(trainer.state.step))
+    trainer.fit()
+    # after an evaluation (3, 6...) or at the cadence (4, 8...), and at the first epoch's end (10); the run
+    # stops at step 20 before its epoch-end checkpoint, after the cadence's
+    assert steps == [3, 4, 6, 8, 9, 10, 12, 15, 16, 18, 20]
+    assert has_last_checkpoint(tmp_path / "run")
+
+
+def test_a_signal_checkpoints_then_stops_and_resume_ends_like_an_uninterrupted_run(tmp_path):
+    whole, whole_log = make_trainer(tmp_path / "whole", epochs=2, log_every=2, eval_every=5, checkpoint_every=4)
+    expected = whole.fit()
+
+    def stop_at_step_7(metrics, step):
+        killed_log(metrics, step)
+        if step == 7:
+            killed.signals.requested = True  # as SIGTERM would
+
+    killed, killed_log = make_trainer(tmp_path / "killed", epochs=2, log_every=1, eval_every=5, checkpoint_every=4)
+    killed.log_metrics = stop_at_step_7
+    with pytest.raises(KeyboardInterrupt, match="resume="):
+        killed.fit()
+    assert has_last_checkpoint(tmp_path / "killed" / "run")
+    resumed, resumed_log = make_trainer(tmp_path / "killed", epochs=2, log_every=2, eval_every=5, checkpoint_every=4)
+    resumed.pretrained.model.bert.embeddings.word_embeddings.weight.data.zero_()  # the checkpoint must restore it
+    result = resumed.fit(resume=True)
+    assert resumed_log.steps("train/loss")[0] == 8 and result.steps == expected.steps == 20
+    assert resumed_log.values("dev/loss") == whole_log.values("dev/loss")[1:]  # after step 5, identical
+    assert result.best_metric == expected.best_metric and result.best_step == expected.best_step
+    for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_a_non_finite_loss_stops_training_with_what_to_change(tmp_path):
+    trainer, _ = make_trainer(tmp_path, lr=1e30, max_grad_norm=None, log_every=1)
+    with pytest.raises(NonFiniteLossError, match="lower optim.lr"):
+        trainer.fit()
+
+
+def test_training_window_excludes_paused_time_and_restarts_at_each_flush(monkeypatch):
+    clock = iter([100.0, 101.0, 103.0, 104.0, 106.0, 107.0])  # created, pause in/out, flush, pause in/out
+    monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: next(clock))
+
+    class OneProcess:
+        def reduce(self, tensor, reduction):
+            return tensor
+
+    window = TrainingWindow(torch.device("cpu"), loss=6.0, pairs=2)  # resumed with 2 pairs already summed
+    window.add(torch.tensor(4.0), 8)
+    with window.paused():  # 101 -> 103: evaluation
+        pass
+    assert window.flush(OneProcess()) == (1.0, 8 / 2.0)  # (6 + 4) / 10 pairs; 8 pairs in 4 s less 2 paused
+    assert window.pairs == 0 and window.loss.item() == 0.0
+    with window.paused():  # 106 -> 107
+        pass
+    assert window.total_samples == 8 and window.paused_seconds == 3.0
