@@ -81,9 +81,12 @@ def remove_last_checkpoint(output_dir: Path) -> None:
 def capture_rng() -> dict:
     """Python, NumPy and torch (CPU and every GPU) RNG states, in a form ``weights_only`` loading accepts."""
     np_state = np.random.get_state()
-    return {"python": random.getstate(), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def restore_rng(states: dict) -> None:
@@ -108,8 +111,15 @@ def save_last_checkpoint(folder: Path, model, optimizer, scheduler, state: Train
     with atomic_dir(folder) as staging:
         weights = {k: v.contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
         save_file(weights, staging / WEIGHTS)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": rng, "state": asdict(state)}, staging / TRAINER_STATE)
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng,
+                "state": asdict(state),
+            },
+            staging / TRAINER_STATE,
+        )
 
 
 def load_last_checkpoint(folder: Path, model, optimizer, scheduler, accelerator) -> tuple[TrainState, dict]:

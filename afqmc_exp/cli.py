@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Optional, Sequence
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -37,8 +37,9 @@ def find_run_dir(resume: str, tracking) -> Path:
         try:
             folder = Path(tracking.client().get_run(resume).data.tags["hydra.output_dir"])
         except (MlflowException, KeyError):
-            raise SystemExit(f"error: resume={resume}: neither a run's output folder nor the id of an MLflow run "
-                             f"in {tracking.uri}") from None
+            raise SystemExit(
+                f"error: resume={resume}: neither a run's output folder nor the id of an MLflow run in {tracking.uri}"
+            ) from None
     if not (folder / ".hydra" / "config.yaml").exists():
         raise SystemExit(f"error: resume={resume}: {folder} has no .hydra/config.yaml; is it a train.py output folder?")
     return folder
@@ -56,8 +57,9 @@ def config_of_run(run_id: str, tracking):
             original = client.get_run(run_id)
             cfg = OmegaConf.load(client.download_artifacts(run_id, "hydra/config.yaml", tmp))
     except (MlflowException, OSError) as err:
-        raise SystemExit(f"error: rerun={run_id}: no hydra/config.yaml for that run in {tracking.uri} "
-                         f"({str(err).splitlines()[0]})") from None
+        raise SystemExit(
+            f"error: rerun={run_id}: no hydra/config.yaml for that run in {tracking.uri} ({str(err).splitlines()[0]})"
+        ) from None
     cfg.rerun = None
     return cfg, original
 
@@ -96,8 +98,9 @@ def train_from_config(cfg: DictConfig) -> float:
         raise SystemExit(f"error: {err}") from None  # a clear message, not a traceback
 
 
-def _train(cfg: DictConfig, hydra_cfg, output_dir: Path, resume, in_sweep: bool, extra_tags: dict,
-           run_name: str | None) -> float:
+def _train(
+    cfg: DictConfig, hydra_cfg, output_dir: Path, resume, in_sweep: bool, extra_tags: dict, run_name: str | None
+) -> float:
     from hydra.utils import instantiate
 
     from .experiment import run
@@ -108,16 +111,29 @@ def _train(cfg: DictConfig, hydra_cfg, output_dir: Path, resume, in_sweep: bool,
     tracking = instantiate(cfg.tracking)
     if not tracking.run_name:
         tracking.run_name = run_name or default_run_name(cfg, hydra_cfg.runtime.choices.get("model"))
-    tags = {"hydra.overrides": " ".join(hydra_cfg.overrides.task) or "(none)",
-            "hydra.output_dir": str(output_dir),
-            "hydra.choices": json.dumps(dict(hydra_cfg.runtime.choices)),
-            **git_state(REPO_DIR), **extra_tags}
+    tags = {
+        "hydra.overrides": " ".join(hydra_cfg.overrides.task) or "(none)",
+        "hydra.output_dir": str(output_dir),
+        "hydra.choices": json.dumps(dict(hydra_cfg.runtime.choices)),
+        **git_state(REPO_DIR),
+        **extra_tags,
+    }
     if in_sweep:
         tags.update({"sweep.dir": str(Path(hydra_cfg.sweep.dir).resolve()), "sweep.job_num": str(hydra_cfg.job.num)})
-    return run(data=instantiate(cfg.data), load_model=instantiate(cfg.model), make_optimizer=instantiate(cfg.optim),
-               make_scheduler=instantiate(cfg.scheduler), trainer=instantiate(cfg.trainer), tracking=tracking,
-               seed=cfg.seed, output_dir=output_dir, params=flatten(OmegaConf.to_container(cfg, resolve=True)),
-               tags=tags, resume=bool(resume), parent_run_id=parent_run_id(hydra_cfg.sweep.dir) if in_sweep else None)
+    return run(
+        data=instantiate(cfg.data),
+        load_model=instantiate(cfg.model),
+        make_optimizer=instantiate(cfg.optim),
+        make_scheduler=instantiate(cfg.scheduler),
+        trainer=instantiate(cfg.trainer),
+        tracking=tracking,
+        seed=cfg.seed,
+        output_dir=output_dir,
+        params=flatten(OmegaConf.to_container(cfg, resolve=True)),
+        tags=tags,
+        resume=bool(resume),
+        parent_run_id=parent_run_id(hydra_cfg.sweep.dir) if in_sweep else None,
+    )
 
 
 # ----------------------------------------------------------------------------- evaluate.py / predict.py
@@ -125,22 +141,24 @@ def _train(cfg: DictConfig, hydra_cfg, output_dir: Path, resume, in_sweep: bool,
 class EvaluateArgs:
     """python evaluate.py ckpt=DIR|runs:/ID/best_model|models:/NAME/VERSION file=PATH [batch_size=N] [max_length=N]"""
 
-    ckpt: str = MISSING  # a best_model folder, or an MLflow URI of one (runs:/<run id>/best_model, models:/NAME/VERSION)
+    ckpt: str = (
+        MISSING  # a best_model folder, or an MLflow URI of one (runs:/<run id>/best_model, models:/NAME/VERSION)
+    )
     file: str = MISSING  # a labelled AFQMC JSON-lines file
-    batch_size: Optional[int] = None  # default: the eval batch size the weights were trained with
-    max_length: Optional[int] = None  # default: the max_length the weights were trained with
+    batch_size: int | None = None  # default: the eval batch size the weights were trained with
+    max_length: int | None = None  # default: the max_length the weights were trained with
     device: str = "auto"
-    tracking_uri: Optional[str] = None  # for runs:/ and models:/ (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)
+    tracking_uri: str | None = None  # for runs:/ and models:/ (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)
 
 
 @dataclass
 class PredictArgs(EvaluateArgs):
     """python predict.py ckpt=... (file=PATH out=PATH | sentence1=TEXT sentence2=TEXT)"""
 
-    file: Optional[str] = None  # an AFQMC JSON-lines file, labelled or not...
-    out: Optional[str] = None  # ...and where to write one {"id", "label", "prob"} line per pair
-    sentence1: Optional[str] = None  # or one pair, answered on stdout
-    sentence2: Optional[str] = None
+    file: str | None = None  # an AFQMC JSON-lines file, labelled or not...
+    out: str | None = None  # ...and where to write one {"id", "label", "prob"} line per pair
+    sentence1: str | None = None  # or one pair, answered on stdout
+    sentence2: str | None = None
 
 
 def resolve_checkpoint(ckpt: str, tracking_uri: str | None) -> Path:
@@ -203,9 +221,12 @@ def _load_for_scoring(args: EvaluateArgs):
     if not (ckpt / "config.json").exists():
         raise SystemExit(f"error: {args.ckpt}: no config.json; ckpt must be a best_model folder written by train.py")
     meta = read_meta(ckpt)
-    return dict(pretrained=load_pair_classifier(str(ckpt)), max_length=args.max_length or meta.get("max_length", 128),
-                batch_size=args.batch_size or meta.get("eval_batch_size", 32),
-                accelerator=Accelerator(cpu=args.device == "cpu"))
+    return dict(
+        pretrained=load_pair_classifier(str(ckpt)),
+        max_length=args.max_length or meta.get("max_length", 128),
+        batch_size=args.batch_size or meta.get("eval_batch_size", 32),
+        accelerator=Accelerator(cpu=args.device == "cpu"),
+    )
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, float]:
@@ -234,10 +255,15 @@ def predict_main(argv: Sequence[str] | None = None) -> Path | dict:
     if one_pair and not (args.sentence1 and args.sentence2):
         raise SystemExit("error: give both sentence1=... and sentence2=...")
     if not one_pair and not (args.file and args.out):
-        raise SystemExit(f"error: give file=... and out=..., or sentence1=... sentence2=...\nusage: {PredictArgs.__doc__}")
+        raise SystemExit(
+            f"error: give file=... and out=..., or sentence1=... sentence2=...\nusage: {PredictArgs.__doc__}"
+        )
     try:
-        examples = ([PairExample(args.sentence1, args.sentence2, None, 0)] if one_pair
-                    else read_pairs(args.file, require_labels=False))
+        examples = (
+            [PairExample(args.sentence1, args.sentence2, None, 0)]
+            if one_pair
+            else read_pairs(args.file, require_labels=False)
+        )
     except DataError as err:
         raise SystemExit(f"error: {err}") from None
     prob_same, _ = score(examples=examples, **_load_for_scoring(args))

@@ -9,8 +9,8 @@ Why it looks like this:
   ("length-grouped batching"): the epoch's random permutation is cut into chunks of ``group_batches``
   batches, each chunk is sorted by length and split into batches, and the batch order is shuffled again.
   Every pair is still seen exactly once per epoch in a random batch, but a batch carries little padding
-  instead of a large share (the README's performance section has the figures). Evaluation sorts the whole split by length (order does not matter there) and maps
-  the predictions back to file order.
+  instead of a large share (the README's performance section has the figures). Evaluation sorts the
+  whole split by length (order does not matter there) and maps the predictions back to file order.
 * The training order is a pure function of ``(seed, epoch)``, which makes runs reproducible and lets a
   resumed run skip exactly the batches it had already trained on.
 """
@@ -24,9 +24,9 @@ import os
 import shutil
 import urllib.request
 import zipfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 
@@ -53,27 +53,33 @@ def _decode(path: Path) -> str:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise DataError(f"{path}: file not found. Check the path, or set data.dir to the folder holding "
-                        f"{'/'.join(SPLIT_FILES)}.") from None
+        raise DataError(
+            f"{path}: file not found. Check the path, or set data.dir to the folder holding {'/'.join(SPLIT_FILES)}."
+        ) from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a folder, not a JSON-lines file.") from None
     if not raw.strip():
-        raise DataError(f"{path}: the file is empty (or only blank lines). It must hold one JSON object per line, e.g. "
-                        '{"sentence1": "...", "sentence2": "...", "label": "0"}.')
+        raise DataError(
+            f"{path}: the file is empty (or only blank lines). It must hold one JSON object per line, e.g. "
+            '{"sentence1": "...", "sentence2": "...", "label": "0"}.'
+        )
     try:
         return raw.decode("utf-8-sig")  # -sig: a UTF-8 byte-order mark is accepted and dropped
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise DataError(
             f"{path}:{line}: bytes that are not UTF-8 (at byte {err.start}). Chinese data often comes as "
-            f"GBK; convert it with: iconv -f GBK -t UTF-8 '{path}' > fixed.json") from None
+            f"GBK; convert it with: iconv -f GBK -t UTF-8 '{path}' > fixed.json"
+        ) from None
 
 
 def _label(value: object, where: str) -> int:
     if not isinstance(value, bool) and value in (0, 1, "0", "1"):  # JSON true/false would pass as 1/0
         return int(value)
-    raise DataError(f"{where}: label is {json.dumps(value, ensure_ascii=False)}; AFQMC labels are "
-                    '"0" (different meaning) or "1" (same meaning), as a string or an integer.')
+    raise DataError(
+        f"{where}: label is {json.dumps(value, ensure_ascii=False)}; AFQMC labels are "
+        '"0" (different meaning) or "1" (same meaning), as a string or an integer.'
+    )
 
 
 def read_pairs(path: str | os.PathLike, require_labels: bool = True) -> list[PairExample]:
@@ -85,9 +91,11 @@ def read_pairs(path: str | os.PathLike, require_labels: bool = True) -> list[Pai
     path = Path(path)
     text = _decode(path)
     if text.lstrip().startswith("["):
-        raise DataError(f"{path}:1: the file is one JSON array; AFQMC files are JSON lines (one object per "
-                        "line). Convert with: python -c \"import json,sys; [print(json.dumps(o, "
-                        f"ensure_ascii=False)) for o in json.load(open(sys.argv[1]))]\" '{path}' > fixed.json")
+        raise DataError(
+            f"{path}:1: the file is one JSON array; AFQMC files are JSON lines (one object per "
+            'line). Convert with: python -c "import json,sys; [print(json.dumps(o, '
+            f"ensure_ascii=False)) for o in json.load(open(sys.argv[1]))]\" '{path}' > fixed.json"
+        )
     examples: list[PairExample] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
@@ -99,11 +107,14 @@ def _parse_line(line: str, where: str, require_labels: bool, default_id: int) ->
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as err:
-        raise DataError(f"{where}: not valid JSON ({err.msg}, column {err.colno}). Each line must be one "
-                        'object like {"sentence1": "...", "sentence2": "...", "label": "0"}.') from None
+        raise DataError(
+            f"{where}: not valid JSON ({err.msg}, column {err.colno}). Each line must be one "
+            'object like {"sentence1": "...", "sentence2": "...", "label": "0"}.'
+        ) from None
     if not isinstance(obj, dict):
-        raise DataError(f"{where}: a JSON {type(obj).__name__}, expected an object with sentence1, "
-                        "sentence2 and label.")
+        raise DataError(
+            f"{where}: a JSON {type(obj).__name__}, expected an object with sentence1, sentence2 and label."
+        )
     for key in ("sentence1", "sentence2"):
         value = obj.get(key)
         if not isinstance(value, str) or not value.strip():
@@ -112,8 +123,10 @@ def _parse_line(line: str, where: str, require_labels: bool, default_id: int) ->
     if "label" in obj:
         label = _label(obj["label"], where)
     elif require_labels:
-        raise DataError(f"{where}: no label. Training and evaluation need a label \"0\" or \"1\" on "
-                        "every line; to score an unlabelled file use predict.py.")
+        raise DataError(
+            f'{where}: no label. Training and evaluation need a label "0" or "1" on '
+            "every line; to score an unlabelled file use predict.py."
+        )
     else:
         label = None
     return PairExample(obj["sentence1"], obj["sentence2"], label, obj.get("id", default_id))
@@ -137,8 +150,10 @@ def download_official(target: Path, url: str = OFFICIAL_ZIP_URL, timeout_s: floa
         _fetch(url, zip_path, digest_path, target, timeout_s)
     digest = hashlib.sha256(zip_path.read_bytes()).hexdigest()
     if digest_path.exists() and digest_path.read_text().strip() != digest:
-        raise DataError(f"{zip_path}: checksum differs from the one recorded at download; delete the file and "
-                        "its .sha256 to fetch it again.")
+        raise DataError(
+            f"{zip_path}: checksum differs from the one recorded at download; delete the file and "
+            "its .sha256 to fetch it again."
+        )
     _unpack(zip_path, target)
     for name in SPLIT_FILES:  # structural check of what was unpacked
         read_pairs(target / name, require_labels=name != "test.json")
@@ -177,9 +192,11 @@ def _unpack(zip_path: Path, target: Path) -> None:
 
 
 def _missing_message(target: Path, reason: str) -> str:
-    return (f"{target}: AFQMC files {', '.join(SPLIT_FILES)} are not there and {reason}. Download "
-            f"{OFFICIAL_ZIP_URL} on a machine with internet, unzip it into {target}, or point data.dir at a "
-            "folder that holds them (e.g. data.dir=../shared/data/afqmc).")
+    return (
+        f"{target}: AFQMC files {', '.join(SPLIT_FILES)} are not there and {reason}. Download "
+        f"{OFFICIAL_ZIP_URL} on a machine with internet, unzip it into {target}, or point data.dir at a "
+        "folder that holds them (e.g. data.dir=../shared/data/afqmc)."
+    )
 
 
 # ------------------------------------------------------------------------------------ tokenized split
@@ -204,9 +221,15 @@ class EncodedPairs:
 
 
 def encode_pairs(examples: list[PairExample], tokenizer, max_length: int) -> EncodedPairs:
-    encoded = tokenizer([e.sentence1 for e in examples], [e.sentence2 for e in examples],
-                        truncation=True, max_length=max_length, padding=False,
-                        return_token_type_ids=True, return_attention_mask=False)
+    encoded = tokenizer(
+        [e.sentence1 for e in examples],
+        [e.sentence2 for e in examples],
+        truncation=True,
+        max_length=max_length,
+        padding=False,
+        return_token_type_ids=True,
+        return_attention_mask=False,
+    )
     labelled = all(e.label is not None for e in examples)
     labels = torch.tensor([e.label for e in examples], dtype=torch.long) if labelled else None
     return EncodedPairs(examples, encoded["input_ids"], encoded["token_type_ids"], labels)
@@ -228,8 +251,12 @@ class PairCollator:
             input_ids[row, :n] = torch.tensor(self.split.input_ids[i])
             token_type_ids[row, :n] = torch.tensor(self.split.token_type_ids[i])
             attention_mask[row, :n] = 1
-        batch = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask,
-                 "index": torch.as_tensor(indices, dtype=torch.long)}
+        batch = {
+            "input_ids": input_ids,
+            "token_type_ids": token_type_ids,
+            "attention_mask": attention_mask,
+            "index": torch.as_tensor(indices, dtype=torch.long),
+        }
         if self.split.labels is not None:
             batch["labels"] = self.split.labels[batch["index"]]
         return batch
@@ -246,11 +273,21 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
     weights each slice by its share of the global batch (see ``trainer.optimizer_steps``).
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group_batches: int = 50,
-                 shuffle: bool = True, num_shards: int = 1, shard: int = 0):
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        seed: int,
+        group_batches: int = 50,
+        shuffle: bool = True,
+        num_shards: int = 1,
+        shard: int = 0,
+    ):
         if batch_size < num_shards or len(lengths) < num_shards:
-            raise ValueError(f"a batch of {batch_size} (of {len(lengths)} pairs) cannot give each of {num_shards} "
-                             f"processes a pair: set data.batch_size>={num_shards}")
+            raise ValueError(
+                f"a batch of {batch_size} (of {len(lengths)} pairs) cannot give each of {num_shards} "
+                f"processes a pair: set data.batch_size>={num_shards}"
+            )
         self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
         self.group_batches, self.shuffle, self.epoch, self.skip = group_batches, shuffle, 0, 0
         self.num_shards, self.shard = num_shards, shard
@@ -279,14 +316,17 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
         n = len(self.lengths)
         if not self.shuffle:  # evaluation: longest first, so a too-large batch fails at once, not at the end
             order = sorted(range(n), key=lambda i: -self.lengths[i])
-            return [order[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
+            return [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(n, generator=generator).tolist()
         if self.group_batches > 1:
             group = self.group_batches * self.batch_size
-            order = [i for start in range(0, n, group)
-                     for i in sorted(order[start:start + group], key=lambda i: self.lengths[i])]
-        batches = [order[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
+            order = [
+                i
+                for start in range(0, n, group)
+                for i in sorted(order[start : start + group], key=lambda i: self.lengths[i])
+            ]
+        batches = [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
         if self.group_batches > 1:  # shuffle the full batches; the short remainder stays last
             full = len(batches) - (len(batches[-1]) < self.batch_size)
             batches = [batches[i] for i in torch.randperm(full, generator=generator).tolist()] + batches[full:]
@@ -297,7 +337,7 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
     def shard_of(self, batch: list[int]) -> list[int]:
         """This process's contiguous slice of a global batch (sizes differ by at most one)."""
         size = len(batch)
-        return batch[self.shard * size // self.num_shards:(self.shard + 1) * size // self.num_shards]
+        return batch[self.shard * size // self.num_shards : (self.shard + 1) * size // self.num_shards]
 
     def __iter__(self) -> Iterator[list[int]]:
         skip, self.skip = self.skip, 0
@@ -340,25 +380,62 @@ class AfqmcData:
             if not self.download or set(missing) - set(SPLIT_FILES):
                 raise DataError(_missing_message(Path(self.dir), f"{', '.join(missing)} is missing"))
             download_official(Path(self.dir).expanduser())
-        splits = {split: read_pairs(self.path(name), require_labels=split != "test")
-                  for split, name in wanted.items()}
-        splits["train"], splits["dev"] = splits["train"][:self.train_limit], splits["dev"][:self.dev_limit]
+        splits = {split: read_pairs(self.path(name), require_labels=split != "test") for split, name in wanted.items()}
+        splits["train"], splits["dev"] = splits["train"][: self.train_limit], splits["dev"][: self.dev_limit]
         return splits
 
-    def loader(self, split: EncodedPairs, pad_token_id: int, train: bool, seed: int = 0, pin_memory: bool = False,
-               num_shards: int = 1, shard: int = 0) -> torch.utils.data.DataLoader:
-        return make_loader(split, pad_token_id, self.batch_size if train else self.eval_batch_size, train=train,
-                           seed=seed, group_batches=self.group_batches, num_workers=self.num_workers,
-                           pin_memory=pin_memory, num_shards=num_shards, shard=shard)
+    def loader(
+        self,
+        split: EncodedPairs,
+        pad_token_id: int,
+        train: bool,
+        seed: int = 0,
+        pin_memory: bool = False,
+        num_shards: int = 1,
+        shard: int = 0,
+    ) -> torch.utils.data.DataLoader:
+        return make_loader(
+            split,
+            pad_token_id,
+            self.batch_size if train else self.eval_batch_size,
+            train=train,
+            seed=seed,
+            group_batches=self.group_batches,
+            num_workers=self.num_workers,
+            pin_memory=pin_memory,
+            num_shards=num_shards,
+            shard=shard,
+        )
 
 
-def make_loader(split: EncodedPairs, pad_token_id: int, batch_size: int, train: bool, seed: int = 0,
-                group_batches: int = 50, num_workers: int = 0, pin_memory: bool = False, num_shards: int = 1,
-                shard: int = 0) -> torch.utils.data.DataLoader:
+def make_loader(
+    split: EncodedPairs,
+    pad_token_id: int,
+    batch_size: int,
+    train: bool,
+    seed: int = 0,
+    group_batches: int = 50,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    num_shards: int = 1,
+    shard: int = 0,
+) -> torch.utils.data.DataLoader:
     """Length-grouped random batches for training (``shard``'s slice of each), length-sorted batches for
     evaluation."""
-    sampler = LengthGroupedBatchSampler(split.lengths, batch_size, seed=seed, group_batches=group_batches,
-                                        shuffle=train, num_shards=num_shards, shard=shard)
-    return torch.utils.data.DataLoader(split, batch_sampler=sampler, collate_fn=PairCollator(split, pad_token_id),
-                                       num_workers=num_workers, pin_memory=pin_memory,
-                                       persistent_workers=num_workers > 0)
+    sampler = LengthGroupedBatchSampler(
+        split.lengths,
+        batch_size,
+        seed=seed,
+        group_batches=group_batches,
+        shuffle=train,
+        num_shards=num_shards,
+        shard=shard,
+    )
+    return torch.utils.data.DataLoader(
+        split,
+        batch_sampler=sampler,
+        collate_fn=PairCollator(split, pad_token_id),
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+    )

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -38,10 +38,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run(*, data: AfqmcData, load_model: Callable[[], Pretrained], make_optimizer: Callable,
-        make_scheduler: Callable, trainer: TrainerConfig, tracking: MlflowTracking, seed: int,
-        output_dir: Path, params: Mapping[str, str], tags: Mapping[str, str],
-        parent_run_id: str | None = None, resume: bool = False) -> float:
+def run(
+    *,
+    data: AfqmcData,
+    load_model: Callable[[], Pretrained],
+    make_optimizer: Callable,
+    make_scheduler: Callable,
+    trainer: TrainerConfig,
+    tracking: MlflowTracking,
+    seed: int,
+    output_dir: Path,
+    params: Mapping[str, str],
+    tags: Mapping[str, str],
+    parent_run_id: str | None = None,
+    resume: bool = False,
+) -> float:
     """Train, evaluate, track; return the best dev value of ``trainer.metric`` (what sweepers optimise).
 
     ``resume=True``: ``output_dir`` is an earlier run's folder; training continues from its last checkpoint
@@ -61,12 +72,24 @@ def run(*, data: AfqmcData, load_model: Callable[[], Pretrained], make_optimizer
     try:
         pretrained = load_model()
         check_max_length(data.max_length, pretrained)
-        splits = {name: encode_pairs(rows, pretrained.tokenizer, data.max_length)
-                  for name, rows in examples.items() if name != "test"}
-        result = Trainer(pretrained=pretrained, data=data, splits=splits, make_optimizer=make_optimizer,
-                         make_scheduler=make_scheduler, config=trainer, seed=seed, output_dir=output_dir,
-                         accelerator=accelerator, log_metrics=mlflow_run.log_metrics,
-                         on_checkpoint=mlflow_run.flush).fit(resume=resume and has_last_checkpoint(output_dir))
+        splits = {
+            name: encode_pairs(rows, pretrained.tokenizer, data.max_length)
+            for name, rows in examples.items()
+            if name != "test"
+        }
+        result = Trainer(
+            pretrained=pretrained,
+            data=data,
+            splits=splits,
+            make_optimizer=make_optimizer,
+            make_scheduler=make_scheduler,
+            config=trainer,
+            seed=seed,
+            output_dir=output_dir,
+            accelerator=accelerator,
+            log_metrics=mlflow_run.log_metrics,
+            on_checkpoint=mlflow_run.flush,
+        ).fit(resume=resume and has_last_checkpoint(output_dir))
         finish_run(result, examples, data, trainer, tracking, mlflow_run, output_dir, accelerator)
         status = "FINISHED"
         return result.best_metric
@@ -82,8 +105,15 @@ def run(*, data: AfqmcData, load_model: Callable[[], Pretrained], make_optimizer
             accelerator.end_training()  # destroys the process group: exiting with it alive can abort (SIGABRT)
 
 
-def open_mlflow_run(tracking: MlflowTracking, output_dir: Path, params: Mapping[str, str], tags: Mapping[str, str],
-                    parent_run_id: str | None, resume: bool, accelerator) -> Run:
+def open_mlflow_run(
+    tracking: MlflowTracking,
+    output_dir: Path,
+    params: Mapping[str, str],
+    tags: Mapping[str, str],
+    parent_run_id: str | None,
+    resume: bool,
+    accelerator,
+) -> Run:
     """The main process opens (or, resuming, reopens) the run; the others log nowhere."""
     run_id_file = output_dir / RUN_ID_FILE
     if not accelerator.is_main_process:
@@ -97,19 +127,38 @@ def open_mlflow_run(tracking: MlflowTracking, output_dir: Path, params: Mapping[
 
 def check_max_length(max_length: int, pretrained: Pretrained) -> None:
     if max_length > pretrained.max_positions:
-        raise ValueError(f"data.max_length={max_length}: the model takes at most {pretrained.max_positions} "
-                         f"positions; set data.max_length<={pretrained.max_positions}")
+        raise ValueError(
+            f"data.max_length={max_length}: the model takes at most {pretrained.max_positions} "
+            f"positions; set data.max_length<={pretrained.max_positions}"
+        )
 
 
-def finish_run(result: FitResult, examples: dict, data: AfqmcData, trainer: TrainerConfig, tracking: MlflowTracking,
-               mlflow_run: Run, output_dir: Path, accelerator) -> None:
+def finish_run(
+    result: FitResult,
+    examples: dict,
+    data: AfqmcData,
+    trainer: TrainerConfig,
+    tracking: MlflowTracking,
+    mlflow_run: Run,
+    output_dir: Path,
+    accelerator,
+) -> None:
     """Score the saved best weights, write the outputs, log them, and drop the resume state."""
     final, prob_dev, prob_test = score_best(result.best_dir, examples, data, accelerator)
     mlflow_run.log_metrics({**final, **{f"speed/{k}": v for k, v in result.speed.items()}}, step=result.steps)
     if not accelerator.is_main_process:
         return
-    write_outputs(output_dir, examples, prob_dev, prob_test, result, final, trainer.metric, mlflow_run.run_id,
-                  tracking.run_name or output_dir.name)
+    write_outputs(
+        output_dir,
+        examples,
+        prob_dev,
+        prob_test,
+        result,
+        final,
+        trainer.metric,
+        mlflow_run.run_id,
+        tracking.run_name or output_dir.name,
+    )
     log_outputs(mlflow_run, tracking, output_dir, result.best_dir)
     if not trainer.keep_last_checkpoint:
         remove_last_checkpoint(output_dir)
@@ -128,18 +177,44 @@ def score_best(best_dir: Path, examples: dict, data: AfqmcData, accelerator):
     return final, prob_dev, prob_test
 
 
-def write_outputs(output_dir: Path, examples: dict, prob_dev, prob_test, result: FitResult, final: dict, metric: str,
-                  run_id: str | None, run_name: str) -> None:
+def write_outputs(
+    output_dir: Path,
+    examples: dict,
+    prob_dev,
+    prob_test,
+    result: FitResult,
+    final: dict,
+    metric: str,
+    run_id: str | None,
+    run_name: str,
+) -> None:
     """Predictions, result.json and the dev plots in the run's output folder."""
     write_predictions(output_dir / "dev_predictions.jsonl", examples["dev"], prob_dev, with_sentences=True)
     if prob_test is not None:
         write_predictions(output_dir / "test_predictions.jsonl", examples["test"], prob_test)
-    (output_dir / "result.json").write_text(json.dumps(
-        {"best_metric": result.best_metric, "metric": metric, "best_step": result.best_step, "steps": result.steps,
-         **final, "speed": result.speed, "mlflow_run_id": run_id}, indent=2) + "\n")
+    (output_dir / "result.json").write_text(
+        json.dumps(
+            {
+                "best_metric": result.best_metric,
+                "metric": metric,
+                "best_step": result.best_step,
+                "steps": result.steps,
+                **final,
+                "speed": result.speed,
+                "mlflow_run_id": run_id,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     save_dev_plots(np.array([e.label for e in examples["dev"]]), prob_dev, output_dir / "plots", title=run_name)
-    log.info("best dev %s %.4f at step %d; final %s", metric, result.best_metric, result.best_step,
-             {k: round(v, 4) for k, v in final.items()})
+    log.info(
+        "best dev %s %.4f at step %d; final %s",
+        metric,
+        result.best_metric,
+        result.best_step,
+        {k: round(v, 4) for k, v in final.items()},
+    )
 
 
 def log_outputs(mlflow_run: Run, tracking: MlflowTracking, output_dir: Path, best_dir: Path) -> None:

@@ -50,8 +50,11 @@ def build_accelerator(device: str = "auto", mixed_precision: str = "no", tf32: b
         torch.backends.cudnn.allow_tf32 = True
     # split_batches: data.eval_batch_size is global, each of N processes evaluates 1/N of every batch
     # (training batches are sharded by our own sampler: see afqmc_exp.trainer)
-    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision,
-                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    accelerator = Accelerator(
+        cpu=device == "cpu",
+        mixed_precision=mixed_precision,
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+    )
     warn_about_wasted_precision(accelerator.device, mixed_precision)
     return accelerator
 
@@ -61,11 +64,15 @@ def warn_about_wasted_precision(device: torch.device, mixed_precision: str) -> N
     if device.type != "cpu":
         return
     if mixed_precision == "fp16":
-        log.warning("trainer.mixed_precision=fp16 needs a GPU: this CPU run computes in fp32 (Accelerate ignores "
-                    "fp16 on CPU). On a CPU with AVX512-BF16 or AMX, trainer.mixed_precision=bf16 is faster.")
+        log.warning(
+            "trainer.mixed_precision=fp16 needs a GPU: this CPU run computes in fp32 (Accelerate ignores "
+            "fp16 on CPU). On a CPU with AVX512-BF16 or AMX, trainer.mixed_precision=bf16 is faster."
+        )
     elif mixed_precision == "bf16" and not cpu_has_native_bf16():
-        log.warning("trainer.mixed_precision=bf16: this CPU has neither AVX512-BF16 nor AMX, so bf16 is emulated "
-                    "and much slower than fp32; use trainer.mixed_precision=no")
+        log.warning(
+            "trainer.mixed_precision=bf16: this CPU has neither AVX512-BF16 nor AMX, so bf16 is emulated "
+            "and much slower than fp32; use trainer.mixed_precision=no"
+        )
 
 
 def system_tags(accelerator, eval_bf16: bool) -> dict[str, str]:
@@ -77,11 +84,17 @@ def system_tags(accelerator, eval_bf16: bool) -> dict[str, str]:
 
     device = accelerator.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {"sys.python": platform.python_version(), "sys.torch": torch.__version__,
-            "sys.transformers": transformers.__version__, "sys.accelerate": accelerate.__version__,
-            "sys.device": f"{device.type}: {name}", "sys.num_processes": str(accelerator.num_processes),
-            "sys.torch_threads": str(torch.get_num_threads()), "sys.cpu_native_bf16": str(cpu_has_native_bf16()),
-            "sys.eval_precision": "bf16" if eval_bf16 else "fp32"}
+    return {
+        "sys.python": platform.python_version(),
+        "sys.torch": torch.__version__,
+        "sys.transformers": transformers.__version__,
+        "sys.accelerate": accelerate.__version__,
+        "sys.device": f"{device.type}: {name}",
+        "sys.num_processes": str(accelerator.num_processes),
+        "sys.torch_threads": str(torch.get_num_threads()),
+        "sys.cpu_native_bf16": str(cpu_has_native_bf16()),
+        "sys.eval_precision": "bf16" if eval_bf16 else "fp32",
+    }
 
 
 def seconds_since_process_start() -> float:

@@ -43,15 +43,17 @@ def predict(model: torch.nn.Module, loader, accelerator, bf16: bool = False) -> 
     return prob_same, loss
 
 
-def evaluate(model: torch.nn.Module, loader, split: EncodedPairs, accelerator,
-             bf16: bool = False) -> tuple[dict[str, float], np.ndarray]:
+def evaluate(
+    model: torch.nn.Module, loader, split: EncodedPairs, accelerator, bf16: bool = False
+) -> tuple[dict[str, float], np.ndarray]:
     """Loss, accuracy, F1 and AUC of ``model`` on a labelled split, and the probabilities in file order."""
     prob_same, loss = predict(model, loader, accelerator, bf16)
     return classification_metrics(split.labels.numpy(), prob_same, loss), prob_same
 
 
-def score(pretrained, examples: list[PairExample], max_length: int, batch_size: int,
-          accelerator) -> tuple[np.ndarray, dict[str, float] | None]:
+def score(
+    pretrained, examples: list[PairExample], max_length: int, batch_size: int, accelerator
+) -> tuple[np.ndarray, dict[str, float] | None]:
     """Probabilities of "same meaning" for ``examples`` (file order) and, if labelled, their metrics."""
     split = encode_pairs(examples, pretrained.tokenizer, max_length)
     loader = make_loader(split, pretrained.tokenizer.pad_token_id, batch_size, train=False)
@@ -61,11 +63,12 @@ def score(pretrained, examples: list[PairExample], max_length: int, batch_size: 
     return prob_same, metrics
 
 
-def write_predictions(path: Path, examples: list[PairExample], prob_same: np.ndarray,
-                      with_sentences: bool = False) -> None:
+def write_predictions(
+    path: Path, examples: list[PairExample], prob_same: np.ndarray, with_sentences: bool = False
+) -> None:
     """CLUE submission lines ``{"id", "label": "0"|"1"}`` plus the probability (and optionally the pair)."""
     with open(path, "w", encoding="utf-8") as out:
-        for example, prob in zip(examples, prob_same):
+        for example, prob in zip(examples, prob_same, strict=True):
             row = {"id": example.id, "label": str(int(prob >= 0.5)), "prob": round(float(prob), 6)}
             if with_sentences:
                 row.update(sentence1=example.sentence1, sentence2=example.sentence2, gold=example.label)

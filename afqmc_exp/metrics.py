@@ -29,7 +29,7 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
     starts = np.concatenate(([0], boundaries))
     ends = np.concatenate((boundaries, [len(scores)]))
-    for start, end in zip(starts, ends):
+    for start, end in zip(starts, ends, strict=True):
         ranks[order[start:end]] = (start + end + 1) / 2.0
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
@@ -41,5 +41,9 @@ def classification_metrics(labels: np.ndarray, prob_same: np.ndarray, loss: floa
     true_pos = int(((predicted == 1) & (labels == 1)).sum())
     precision_den, recall_den = int(predicted.sum()), int(labels.sum())
     f1 = 2 * true_pos / (precision_den + recall_den) if precision_den + recall_den else 0.0
-    return {"loss": float(loss), "accuracy": float((predicted == labels).mean()), "f1": float(f1),
-            "auc": roc_auc(labels, prob_same)}
+    return {
+        "loss": float(loss),
+        "accuracy": float((predicted == labels).mean()),
+        "f1": float(f1),
+        "auc": roc_auc(labels, prob_same),
+    }

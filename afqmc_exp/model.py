@@ -8,10 +8,10 @@ transformers flavour load without this project.
 Only [CLS] reaches the head, so in the *last* encoder layer every other position's output is thrown
 away. ``cls_only_last_layer`` (on by default) computes that layer for [CLS] alone: keys and values for
 all positions (the [CLS] query attends to them), but the query, attention output and feed-forward
-for one position. The [CLS] vector is mathematically identical, with a sixth of one layer's dense work
-left (the README's performance section has the measured gain). It is patched onto the layer instance, so the module tree and the
-saved weights are unchanged, and it is applied only where it is known to be exact: encoder-only BERT
-classifiers with absolute positions, on transformers 5 (whose layer returns a tensor).
+for one position. The [CLS] vector is mathematically identical (the README's performance section has the
+measured gain). It is patched onto the layer instance, so the module tree and the saved weights are
+unchanged, and it is applied only where it is known to be exact: encoder-only BERT classifiers with
+absolute positions, on transformers 5 (whose layer returns a tensor).
 
 ``architecture="bert"`` forces the BERT classes. ``hfl/chinese-roberta-wwm-ext`` needs it: it is a BERT
 (WordPiece vocab, BERT weights) whose config.json has no ``model_type``, so the Auto classes guess
@@ -78,10 +78,13 @@ def enable_cls_only_last_layer(model) -> bool:
     import transformers
 
     config = model.config
-    if not (isinstance(model, transformers.BertForSequenceClassification)
-            and int(transformers.__version__.split(".")[0]) >= 5
-            and not config.is_decoder and not getattr(config, "add_cross_attention", False)
-            and getattr(config, "position_embedding_type", "absolute") == "absolute"):
+    if not (
+        isinstance(model, transformers.BertForSequenceClassification)
+        and int(transformers.__version__.split(".")[0]) >= 5
+        and not config.is_decoder
+        and not getattr(config, "add_cross_attention", False)
+        and getattr(config, "position_embedding_type", "absolute") == "absolute"
+    ):
         return False
     last = model.bert.encoder.layer[-1]
     last.forward = types.MethodType(_cls_only_layer_forward, last)
@@ -94,9 +97,14 @@ CLASSES = {  # architecture -> the transformers classes of its config, classifie
 }
 
 
-def load_pair_classifier(name_or_path: str, architecture: Literal["auto", "bert"] = "auto",
-                         classifier_dropout: float | None = None, dropout: float | None = None,
-                         trust_remote_code: bool = False, cls_only_last_layer: bool = True) -> Pretrained:
+def load_pair_classifier(
+    name_or_path: str,
+    architecture: Literal["auto", "bert"] = "auto",
+    classifier_dropout: float | None = None,
+    dropout: float | None = None,
+    trust_remote_code: bool = False,
+    cls_only_last_layer: bool = True,
+) -> Pretrained:
     """Load tokenizer and 2-way classifier from a Hub id or a local folder (ours or anyone's).
     ``dropout`` replaces the encoder's hidden and attention dropout, ``classifier_dropout`` the head's
     (None: the checkpoint's own)."""
@@ -104,8 +112,9 @@ def load_pair_classifier(name_or_path: str, architecture: Literal["auto", "bert"
 
     config_cls, model_cls, tokenizer_cls = (getattr(transformers, name) for name in CLASSES[architecture])
     kwargs = {"trust_remote_code": trust_remote_code} if architecture == "auto" else {}
-    config = config_cls.from_pretrained(name_or_path, num_labels=len(LABELS), id2label=LABELS,
-                                        label2id={v: k for k, v in LABELS.items()}, **kwargs)
+    config = config_cls.from_pretrained(
+        name_or_path, num_labels=len(LABELS), id2label=LABELS, label2id={v: k for k, v in LABELS.items()}, **kwargs
+    )
     if classifier_dropout is not None:
         config.classifier_dropout = classifier_dropout
     if dropout is not None:

@@ -33,9 +33,14 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def adamw(model: torch.nn.Module, lr: float = 2e-5, weight_decay: float = 0.01,
-          betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-          implementation: Literal["auto", "fused", "foreach", "loop"] = "auto") -> torch.optim.AdamW:
+def adamw(
+    model: torch.nn.Module,
+    lr: float = 2e-5,
+    weight_decay: float = 0.01,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    implementation: Literal["auto", "fused", "foreach", "loop"] = "auto",
+) -> torch.optim.AdamW:
     """``implementation``: "auto" (fused where available), "fused", "foreach" or "loop" (torch's default)."""
     kwargs = IMPLEMENTATIONS[implementation]
     if implementation == "auto":
@@ -44,9 +49,12 @@ def adamw(model: torch.nn.Module, lr: float = 2e-5, weight_decay: float = 0.01,
     return torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps, **kwargs)
 
 
-def schedule(optimizer: torch.optim.Optimizer, total_steps: int,
-             name: Literal["linear", "cosine", "constant"] = "linear",
-             warmup_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+def schedule(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    name: Literal["linear", "cosine", "constant"] = "linear",
+    warmup_ratio: float = 0.0,
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Warm up linearly over ``warmup_ratio`` of the steps, then decay: linear to 0, cosine to 0, or constant."""
     warmup, decay = int(round(warmup_ratio * total_steps)), DECAYS[name]
 

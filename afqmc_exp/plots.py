@@ -22,8 +22,12 @@ def curves(labels: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
     true_pos = np.cumsum(labels)[last_of_run]
     false_pos = (last_of_run + 1) - true_pos
     positives, negatives = max(labels.sum(), 1), max((~labels).sum(), 1)
-    return {"precision": true_pos / (true_pos + false_pos), "recall": true_pos / positives,
-            "fpr": np.r_[0.0, false_pos / negatives], "tpr": np.r_[0.0, true_pos / positives]}
+    return {
+        "precision": true_pos / (true_pos + false_pos),
+        "recall": true_pos / positives,
+        "fpr": np.r_[0.0, false_pos / negatives],
+        "tpr": np.r_[0.0, true_pos / positives],
+    }
 
 
 def confusion(labels: np.ndarray, prob_same: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -50,14 +54,23 @@ def save_dev_plots(labels: np.ndarray, prob_same: np.ndarray, folder: Path, titl
     for (i, j), n in np.ndenumerate(matrix):
         ax.text(j, i, str(n), ha="center", va="center", color="white" if n > matrix.max() / 2 else "black")
     names = [LABELS[0], LABELS[1]]
-    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=names, yticklabels=names, xlabel="predicted", ylabel="gold",
-           title=f"dev confusion matrix\n{title}".strip())
+    ax.set(
+        xticks=[0, 1],
+        yticks=[0, 1],
+        xticklabels=names,
+        yticklabels=names,
+        xlabel="predicted",
+        ylabel="gold",
+        title=f"dev confusion matrix\n{title}".strip(),
+    )
     paths.append(folder / "confusion_matrix.png")
 
     fig2, ax2 = plt.subplots(figsize=(4.6, 3.8))
     ax2.plot(c["recall"], c["precision"])
     ax2.axhline(np.mean(labels), ls="--", c="grey", lw=1, label="always 'same'")
-    ax2.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=f"dev precision-recall\n{title}".strip())
+    ax2.set(
+        xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=f"dev precision-recall\n{title}".strip()
+    )
     ax2.legend(loc="lower left")
     paths.append(folder / "pr_curve.png")
 
@@ -68,7 +81,7 @@ def save_dev_plots(labels: np.ndarray, prob_same: np.ndarray, folder: Path, titl
     ax3.legend(loc="lower right")
     paths.append(folder / "roc_curve.png")
 
-    for figure, path in zip((fig, fig2, fig3), paths):
+    for figure, path in zip((fig, fig2, fig3), paths, strict=True):
         figure.tight_layout()
         figure.savefig(path, dpi=110)
         plt.close(figure)

@@ -31,8 +31,12 @@ def profiled(steps: int, folder: Path):
         log.info("profile of %d steps written to %s", steps, folder)
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    profiler = profile(activities=activities, schedule=schedule(wait=0, warmup=2, active=steps, repeat=1),
-                       on_trace_ready=save, record_shapes=True)
+    profiler = profile(
+        activities=activities,
+        schedule=schedule(wait=0, warmup=2, active=steps, repeat=1),
+        on_trace_ready=save,
+        record_shapes=True,
+    )
     profiler.start()
     try:
         yield profiler

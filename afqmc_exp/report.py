@@ -15,12 +15,32 @@ from pathlib import Path
 from .metrics import GREATER_IS_BETTER
 from .tracking import default_uri, resolve_uri
 
-KEY_PARAMS = {"model": "model.name_or_path", "lr": "optim.lr", "batch": "data.batch_size", "seed": "seed",
-              "epochs": "trainer.epochs", "max_steps": "trainer.max_steps", "scheduler": "scheduler.name",
-              "warmup": "scheduler.warmup_ratio", "weight_decay": "optim.weight_decay", "max_length": "data.max_length"}
+KEY_PARAMS = {
+    "model": "model.name_or_path",
+    "lr": "optim.lr",
+    "batch": "data.batch_size",
+    "seed": "seed",
+    "epochs": "trainer.epochs",
+    "max_steps": "trainer.max_steps",
+    "scheduler": "scheduler.name",
+    "warmup": "scheduler.warmup_ratio",
+    "weight_decay": "optim.weight_decay",
+    "max_length": "data.max_length",
+}
 # params that differ between runs without being part of the experiment's design
-NOT_DESIGN = ("hydra", "data.dir", "tracking.", "resume", "rerun", "model.name_or_path", "trainer.progress_bar",
-              "trainer.log_every", "trainer.checkpoint_every", "trainer.keep_last_checkpoint", "data.num_workers")
+NOT_DESIGN = (
+    "hydra",
+    "data.dir",
+    "tracking.",
+    "resume",
+    "rerun",
+    "model.name_or_path",
+    "trainer.progress_bar",
+    "trainer.log_every",
+    "trainer.checkpoint_every",
+    "trainer.keep_last_checkpoint",
+    "data.num_workers",
+)
 
 
 def collect(client, experiment: str | None, parent: str | None):
@@ -29,14 +49,18 @@ def collect(client, experiment: str | None, parent: str | None):
 
     if parent:
         experiment_id = client.get_run(parent).info.experiment_id
-        runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'",
-                                  max_results=50000)
+        runs = client.search_runs(
+            [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'", max_results=50000
+        )
     else:
         found = client.get_experiment_by_name(experiment)
         if found is None:
             raise SystemExit(f"error: no MLflow experiment named {experiment!r}")
-        runs = [r for r in client.search_runs([found.experiment_id], max_results=50000)
-                if "sweep.dir" not in r.data.tags or "mlflow.parentRunId" in r.data.tags]  # not sweep parents
+        runs = [
+            r
+            for r in client.search_runs([found.experiment_id], max_results=50000)
+            if "sweep.dir" not in r.data.tags or "mlflow.parentRunId" in r.data.tags
+        ]  # not sweep parents
     if not runs:
         raise SystemExit("error: no runs to report")
     metric = runs[0].data.params.get("trainer.metric", "f1")
@@ -44,10 +68,17 @@ def collect(client, experiment: str | None, parent: str | None):
     for run in runs:
         params, metrics = run.data.params, run.data.metrics
         model = Path(params.get(KEY_PARAMS["model"], "")).name
-        row = {"run": run.info.run_name, "run_id": run.info.run_id, "status": run.info.status,
-               "objective": metrics.get(f"best/dev_{metric}"), "best_step": metrics.get("best/step"),
-               "f1": metrics.get("final/dev_f1"), "accuracy": metrics.get("final/dev_accuracy"),
-               "auc": metrics.get("final/dev_auc"), "samples_per_s": metrics.get("speed/train_samples_per_s")}
+        row = {
+            "run": run.info.run_name,
+            "run_id": run.info.run_id,
+            "status": run.info.status,
+            "objective": metrics.get(f"best/dev_{metric}"),
+            "best_step": metrics.get("best/step"),
+            "f1": metrics.get("final/dev_f1"),
+            "accuracy": metrics.get("final/dev_accuracy"),
+            "auc": metrics.get("final/dev_auc"),
+            "samples_per_s": metrics.get("speed/train_samples_per_s"),
+        }
         row.update({name: params.get(key) for name, key in KEY_PARAMS.items()})
         row["model"] = json.loads(run.data.tags.get("hydra.choices", "{}")).get("model") or model
         row["_params"] = params
@@ -60,8 +91,7 @@ def collect(client, experiment: str | None, parent: str | None):
 def varying_params(frame) -> list[str]:
     """Design params (dotted config keys) whose value differs between the runs."""
     keys = set.intersection(*(set(p) for p in frame["_params"]))  # keys newer versions added do not count
-    return sorted(k for k in keys if not k.startswith(NOT_DESIGN)
-                  and len({p.get(k) for p in frame["_params"]}) > 1)
+    return sorted(k for k in keys if not k.startswith(NOT_DESIGN) and len({p.get(k) for p in frame["_params"]}) > 1)
 
 
 def by_config(frame, varying: list[str]):
@@ -71,12 +101,17 @@ def by_config(frame, varying: list[str]):
     design = [k for k in varying if k != "seed"]
     frame = frame.assign(config=[" ".join(f"{k}={p.get(k)}" for k in design) or "(all)" for p in frame["_params"]])
     grouped = frame.groupby("config", dropna=False)
-    table = pd.DataFrame({
-        "runs": grouped.size(),
-        "seeds": grouped["seed"].apply(lambda s: ",".join(sorted(map(str, s)))),
-        "objective_mean": grouped["objective"].mean(), "objective_std": grouped["objective"].std(ddof=0),
-        "f1_mean": grouped["f1"].mean(), "accuracy_mean": grouped["accuracy"].mean(), "auc_mean": grouped["auc"].mean(),
-    }).reset_index()
+    table = pd.DataFrame(
+        {
+            "runs": grouped.size(),
+            "seeds": grouped["seed"].apply(lambda s: ",".join(sorted(map(str, s)))),
+            "objective_mean": grouped["objective"].mean(),
+            "objective_std": grouped["objective"].std(ddof=0),
+            "f1_mean": grouped["f1"].mean(),
+            "accuracy_mean": grouped["accuracy"].mean(),
+            "auc_mean": grouped["auc"].mean(),
+        }
+    ).reset_index()
     return table
 
 
@@ -117,10 +152,13 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(prog="python -m afqmc_exp.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", default="afqmc", help="MLflow experiment name (default: afqmc)")
     parser.add_argument("--parent", help="a sweep's parent run id: report its jobs")
-    parser.add_argument("--uri", default=default_uri(),
-                        help="tracking store (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    parser.add_argument("--out", help="folder for report.md, runs.csv, by_config.csv and plots "
-                                      "(default: reports/<experiment or parent id>)")
+    parser.add_argument(
+        "--uri", default=default_uri(), help="tracking store (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
+    )
+    parser.add_argument(
+        "--out",
+        help="folder for report.md, runs.csv, by_config.csv and plots (default: reports/<experiment or parent id>)",
+    )
     args = parser.parse_args(argv)
     from mlflow import MlflowClient
 
@@ -129,21 +167,38 @@ def main(argv: list[str] | None = None) -> Path:
     out = Path(args.out or Path("reports") / (args.parent or args.experiment))
     out.mkdir(parents=True, exist_ok=True)
     varying = varying_params(frame)
-    columns = ["run", "status", "objective", "best_step", "f1", "accuracy", "auc", "samples_per_s", "model", "lr",
-               "batch", "seed", "epochs", "max_steps", "run_id"]
+    columns = [
+        "run",
+        "status",
+        "objective",
+        "best_step",
+        "f1",
+        "accuracy",
+        "auc",
+        "samples_per_s",
+        "model",
+        "lr",
+        "batch",
+        "seed",
+        "epochs",
+        "max_steps",
+        "run_id",
+    ]
     runs = frame[columns]
     grouped = by_config(frame, varying)
     runs.to_csv(out / "runs.csv", index=False, float_format="%.6g")
     grouped.to_csv(out / "by_config.csv", index=False, float_format="%.6g")
     plots = plot_params(frame, varying, metric, out)
     title = f"parent run {args.parent}" if args.parent else f"experiment {args.experiment}"
-    text = (f"# Runs of {title}\n\nObjective: best dev {metric} "
-            f"({'higher' if GREATER_IS_BETTER[metric] else 'lower'} is better). Varying: {', '.join(varying) or 'nothing'}.\n\n"
-            f"{fmt(runs)}\n\n## Seeds pooled (mean ± std of the objective)\n\n{fmt(grouped)}\n")
+    text = (
+        f"# Runs of {title}\n\nObjective: best dev {metric} "
+        f"({'higher' if GREATER_IS_BETTER[metric] else 'lower'} is better). "
+        f"Varying: {', '.join(varying) or 'nothing'}.\n\n"
+        f"{fmt(runs)}\n\n## Seeds pooled (mean ± std of the objective)\n\n{fmt(grouped)}\n"
+    )
     (out / "report.md").write_text(text)
     print(text)
-    print(f"wrote {out / 'report.md'}, {out / 'runs.csv'}, {out / 'by_config.csv'}"
-          + "".join(f", {p}" for p in plots))
+    print(f"wrote {out / 'report.md'}, {out / 'runs.csv'}, {out / 'by_config.csv'}" + "".join(f", {p}" for p in plots))
     return out
 
 

@@ -16,31 +16,79 @@ import random
 import sys
 from pathlib import Path
 
-PRODUCTS = ["credit line", "pay later plan", "cash loan", "wallet", "savings account", "debit card",
-            "membership", "installment plan"]
+PRODUCTS = [
+    "credit line",
+    "pay later plan",
+    "cash loan",
+    "wallet",
+    "savings account",
+    "debit card",
+    "membership",
+    "installment plan",
+]
 
 # intent -> phrasings; {p} is the product. Phrasings of one intent mean the same thing.
 INTENTS = {
-    "raise_limit": ["how do i increase the limit of my {p}", "can i get a higher limit on my {p}",
-                    "what should i do to raise my {p} limit", "is there a way to make my {p} limit bigger"],
-    "close": ["how can i close my {p}", "i want to cancel my {p}", "where do i shut down my {p}",
-              "steps to terminate my {p}"],
-    "repay_early": ["can i pay back my {p} early", "is early repayment of the {p} allowed",
-                    "how do i repay my {p} before the due date", "may i settle my {p} ahead of time"],
-    "fee": ["how much does the {p} cost", "what fees come with the {p}", "is the {p} free to use",
-            "what is the charge for using the {p}"],
-    "unavailable": ["why can't i use my {p}", "my {p} is not working", "why is my {p} unavailable",
-                    "the {p} stopped working for me"],
-    "open": ["how do i open a {p}", "where can i apply for a {p}", "i would like to sign up for a {p}",
-             "what do i need to get a {p}"],
-    "due_date": ["when is my {p} payment due", "what is the due date of my {p}",
-                 "on which day must i pay my {p}", "when do i have to repay the {p}"],
-    "overdue": ["what happens if my {p} payment is late", "is there a penalty for paying the {p} late",
-                "i missed my {p} payment what now", "consequences of an overdue {p}"],
-    "refund": ["how do i get a refund to my {p}", "when will the refund reach my {p}",
-               "my refund has not arrived in my {p}", "where is the money refunded to my {p}"],
-    "change_phone": ["how do i change the phone number on my {p}", "update the mobile number linked to my {p}",
-                     "my {p} still has my old phone number", "switch the phone number of my {p}"],
+    "raise_limit": [
+        "how do i increase the limit of my {p}",
+        "can i get a higher limit on my {p}",
+        "what should i do to raise my {p} limit",
+        "is there a way to make my {p} limit bigger",
+    ],
+    "close": [
+        "how can i close my {p}",
+        "i want to cancel my {p}",
+        "where do i shut down my {p}",
+        "steps to terminate my {p}",
+    ],
+    "repay_early": [
+        "can i pay back my {p} early",
+        "is early repayment of the {p} allowed",
+        "how do i repay my {p} before the due date",
+        "may i settle my {p} ahead of time",
+    ],
+    "fee": [
+        "how much does the {p} cost",
+        "what fees come with the {p}",
+        "is the {p} free to use",
+        "what is the charge for using the {p}",
+    ],
+    "unavailable": [
+        "why can't i use my {p}",
+        "my {p} is not working",
+        "why is my {p} unavailable",
+        "the {p} stopped working for me",
+    ],
+    "open": [
+        "how do i open a {p}",
+        "where can i apply for a {p}",
+        "i would like to sign up for a {p}",
+        "what do i need to get a {p}",
+    ],
+    "due_date": [
+        "when is my {p} payment due",
+        "what is the due date of my {p}",
+        "on which day must i pay my {p}",
+        "when do i have to repay the {p}",
+    ],
+    "overdue": [
+        "what happens if my {p} payment is late",
+        "is there a penalty for paying the {p} late",
+        "i missed my {p} payment what now",
+        "consequences of an overdue {p}",
+    ],
+    "refund": [
+        "how do i get a refund to my {p}",
+        "when will the refund reach my {p}",
+        "my refund has not arrived in my {p}",
+        "where is the money refunded to my {p}",
+    ],
+    "change_phone": [
+        "how do i change the phone number on my {p}",
+        "update the mobile number linked to my {p}",
+        "my {p} still has my old phone number",
+        "switch the phone number of my {p}",
+    ],
 }
 
 
@@ -60,18 +108,18 @@ def _pairs(rng: random.Random, n: int, positive_share: float = 0.31) -> list[dic
     return pairs
 
 
-def write_sample(target: str | Path, n_train: int = 480, n_dev: int = 160, n_test: int = 160,
-                 seed: int = 20240601) -> Path:
+def write_sample(
+    target: str | Path, n_train: int = 480, n_dev: int = 160, n_test: int = 160, seed: int = 20240601
+) -> Path:
     """Write train/dev (labelled) and test (``id``, no label, like the official test set) into ``target``."""
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    test = [{"id": i, "sentence1": p["sentence1"], "sentence2": p["sentence2"]}
-            for i, p in enumerate(_pairs(rng, n_test))]
-    for name, rows in (("train.json", _pairs(rng, n_train)), ("dev.json", _pairs(rng, n_dev)),
-                       ("test.json", test)):
-        (target / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                                   encoding="utf-8")
+    test = [
+        {"id": i, "sentence1": p["sentence1"], "sentence2": p["sentence2"]} for i, p in enumerate(_pairs(rng, n_test))
+    ]
+    for name, rows in (("train.json", _pairs(rng, n_train)), ("dev.json", _pairs(rng, n_dev)), ("test.json", test)):
+        (target / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return target
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
@@ -45,10 +46,14 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.patience": (_at_least_one_or_null, "must be >= 1, or null for no early stopping"),
     "trainer.log_every": (lambda v: v >= 1, "must be >= 1"),
     "trainer.checkpoint_every": (_at_least_one_or_null, "must be >= 1, or null"),
-    "model.name_or_path": (lambda v: isinstance(v, str) and v.strip() not in ("", "???"),
-                           "must name a Hub id or a local folder, e.g. model.name_or_path=bert-base-chinese"),
-    "data.dir": (lambda v: isinstance(v, str) and v.strip() not in ("", "???"),
-                 "must name the folder with train.json and dev.json, e.g. data.dir=../shared/data/afqmc"),
+    "model.name_or_path": (
+        lambda v: isinstance(v, str) and v.strip() not in ("", "???"),
+        "must name a Hub id or a local folder, e.g. model.name_or_path=bert-base-chinese",
+    ),
+    "data.dir": (
+        lambda v: isinstance(v, str) and v.strip() not in ("", "???"),
+        "must name the folder with train.json and dev.json, e.g. data.dir=../shared/data/afqmc",
+    ),
     "data.max_length": (lambda v: v >= 8, "must be >= 8"),
     "data.batch_size": (lambda v: v >= 1, "must be >= 1"),
     "data.eval_batch_size": (lambda v: v >= 1, "must be >= 1"),
@@ -92,8 +97,11 @@ def check_group(group: str, node: dict) -> list[str]:
     target = get_object(node["_target_"])
     function = target.__init__ if inspect.isclass(target) else target
     hints = typing.get_type_hints(function)
-    parameters = {name: p for name, p in inspect.signature(target).parameters.items()
-                  if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    parameters = {
+        name: p
+        for name, p in inspect.signature(target).parameters.items()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
     problems = []
     for key, value in node.items():
         if key.startswith("_"):
@@ -145,7 +153,8 @@ def validate(cfg: DictConfig) -> None:
         limit = model_max_positions(str(OmegaConf.select(cfg, "model.name_or_path", default="")))
         max_length = OmegaConf.select(cfg, "data.max_length", default=None)
         if limit and max_length and max_length > limit:
-            problems.append(f"data.max_length={max_length}: the model takes at most {limit} positions; "
-                            f"set data.max_length<={limit}")
+            problems.append(
+                f"data.max_length={max_length}: the model takes at most {limit} positions; set data.max_length<={limit}"
+            )
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

@@ -21,8 +21,9 @@ class GracefulStop:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
-        log.warning("%s received: saving a checkpoint and stopping (Ctrl-C again to stop at once)",
-                    signal.Signals(signum).name)
+        log.warning(
+            "%s received: saving a checkpoint and stopping (Ctrl-C again to stop at once)", signal.Signals(signum).name
+        )
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # handlers can only be set there

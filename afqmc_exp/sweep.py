@@ -45,10 +45,14 @@ class MlflowSweepCallback(Callback):
         self.metric = config.trainer.metric
         overrides = " ".join(config.hydra.overrides.task)
         tracking.run_name = f"sweep {sweep_dir.name}"
-        self.run = tracking.start({"sweep.overrides": overrides[:6000], "sweep.objective": f"dev_{self.metric}"},
-                                  {"sweep.dir": str(sweep_dir.resolve()), "sweep.overrides": overrides,
-                                   "sweep.sweeper": OmegaConf.select(config, "hydra.runtime.choices.hydra/sweeper",
-                                                                     default="basic")})
+        self.run = tracking.start(
+            {"sweep.overrides": overrides[:6000], "sweep.objective": f"dev_{self.metric}"},
+            {
+                "sweep.dir": str(sweep_dir.resolve()),
+                "sweep.overrides": overrides,
+                "sweep.sweeper": OmegaConf.select(config, "hydra.runtime.choices.hydra/sweeper", default="basic"),
+            },
+        )
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_RUN_FILE).write_text(self.run.run_id + "\n")
         atexit.register(self.close, crashed=True)  # Hydra skips on_multirun_end when a job raises
@@ -63,7 +67,9 @@ class MlflowSweepCallback(Callback):
         run, self.run = self.run, None
         children = run.client.search_runs(
             [run.client.get_run(run.run_id).info.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{run.run_id}'", max_results=10000)
+            filter_string=f"tags.mlflow.parentRunId = '{run.run_id}'",
+            max_results=10000,
+        )
         key = f"best/dev_{self.metric}"
         scored = [c for c in children if key in c.data.metrics and not math.isnan(c.data.metrics[key])]
         failed = [c for c in children if c.info.status != "FINISHED"]

@@ -1,9 +1,10 @@
 """The ``tracking`` config group: one MLflow run per training run.
 
 * Store: ``tracking.uri`` (default ``default_uri()``: ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``;
-  the same default for training, ``evaluate``/``predict`` and the report). A relative SQLite path is resolved against the directory the user started in, so ``mlflow ui`` run there sees
-  every run. SQLite, not the plain file store: MLflow 3 refuses ``./mlruns`` without an opt-in, the UI
-  reads SQLite directly, and several processes can write to it at once. Creating a new SQLite store
+  the same default for training, ``evaluate``/``predict`` and the report). A relative SQLite path is
+  resolved against the directory the user started in, so ``mlflow ui`` run there sees every run.
+  SQLite, not the plain file store: MLflow 3 refuses ``./mlruns`` without an opt-in, the UI reads
+  SQLite directly, and several processes can write to it at once. Creating a new SQLite store
   runs a schema migration that crashes when two processes do it at the same moment, so the first
   contact with a SQLite store is serialised by a file lock beside the database.
 * Speed and resumability: every synchronous MLflow call is a database write or an HTTP request, so
@@ -23,9 +24,10 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ def resolve_uri(uri: str) -> str:
     """Make a relative ``sqlite:///file.db`` (or a bare path, MLflow's file store) absolute against the current
     directory, so every process of a run, and ``mlflow ui`` started there, mean the same file."""
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
     if "://" not in uri:
         return str(Path(uri).resolve())
     return uri
@@ -69,10 +71,17 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 def git_state(cwd: str | os.PathLike | None = None) -> dict[str, str]:
     """The commit and whether the tree has uncommitted changes; empty outside a git checkout."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                                timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return {}
     return {"git.commit": commit, "git.dirty": str(bool(dirty)).lower()}
@@ -91,8 +100,7 @@ class MlflowTracking:
     register_as: str | None = None  # register the best model in the Model Registry under this name (a new version)
     log_model: bool = False  # also log it as an mlflow.transformers model (pyfunc: scores text/text_pair pairs)
 
-    def start(self, params: Mapping[str, str], tags: Mapping[str, str],
-              parent_run_id: str | None = None) -> "Run":
+    def start(self, params: Mapping[str, str], tags: Mapping[str, str], parent_run_id: str | None = None) -> Run:
         if not self.enabled:
             return Run(None, None, self.flush_every)
         from mlflow import MlflowException
@@ -113,8 +121,13 @@ class MlflowTracking:
         run = client.create_run(experiment_id, run_name=self.run_name, tags=run_tags)
         started = Run(client, run.info.run_id, self.flush_every)
         started.log_params(params)
-        log.info("MLflow run %s (%s) in %s, experiment %r", run.info.run_name, run.info.run_id,
-                 client.tracking_uri, self.experiment)
+        log.info(
+            "MLflow run %s (%s) in %s, experiment %r",
+            run.info.run_name,
+            run.info.run_id,
+            client.tracking_uri,
+            self.experiment,
+        )
         return started
 
     def client(self):
@@ -124,14 +137,16 @@ class MlflowTracking:
         with _store_lock(uri):
             return MlflowClient(tracking_uri=uri)
 
-    def reopen(self, run_id: str) -> "Run":
+    def reopen(self, run_id: str) -> Run:
         """Mark an earlier run RUNNING again and log into it (resuming; its params stay as they were)."""
         if not self.enabled:
             return Run(None, None, self.flush_every)
         client = self.client()
         client.update_run(run_id, status="RUNNING")
-        logged = {key: max(m.step for m in client.get_metric_history(run_id, key))
-                  for key in client.get_run(run_id).data.metrics}
+        logged = {
+            key: max(m.step for m in client.get_metric_history(run_id, key))
+            for key in client.get_run(run_id).data.metrics
+        }
         log.info("MLflow run %s reopened (metrics logged through step %s)", run_id, max(logged.values(), default=None))
         return Run(client, run_id, self.flush_every, logged_through=logged)
 
@@ -140,7 +155,7 @@ class _store_lock:
     """Exclusive lock around first contact with a SQLite store (see module docstring); no-op otherwise."""
 
     def __init__(self, uri: str):
-        self.path = uri[len("sqlite:///"):] + ".lock" if uri.startswith("sqlite:///") else None
+        self.path = uri[len("sqlite:///") :] + ".lock" if uri.startswith("sqlite:///") else None
 
     def __enter__(self):
         if self.path:
@@ -159,8 +174,9 @@ class _store_lock:
 class Run:
     """An open MLflow run (or a no-op stand-in when tracking is disabled or on non-main processes)."""
 
-    def __init__(self, client, run_id: str | None, flush_every: int = 1000,
-                 logged_through: Mapping[str, int] | None = None):
+    def __init__(
+        self, client, run_id: str | None, flush_every: int = 1000, logged_through: Mapping[str, int] | None = None
+    ):
         self.client, self.run_id, self.flush_every = client, run_id, flush_every
         self.logged_through = dict(logged_through or {})  # key -> last step already in the store (resumed run)
         self._metrics: list = []
@@ -176,7 +192,7 @@ class Run:
 
         items = [Param(k, v) for k, v in params.items()]
         for start in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[start:start + 100], synchronous=True)
+            self.client.log_batch(self.run_id, params=items[start : start + 100], synchronous=True)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         if not self.active:
@@ -185,7 +201,7 @@ class Run:
 
         items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
         for start in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, tags=items[start:start + 100], synchronous=True)
+            self.client.log_batch(self.run_id, tags=items[start : start + 100], synchronous=True)
 
     def log_metrics(self, metrics: Mapping[str, float | None], step: int) -> None:
         """Buffer metric values (None values are skipped); written in batches, see module docstring."""
@@ -194,8 +210,11 @@ class Run:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self._metrics.extend(Metric(k, float(v), now, step) for k, v in metrics.items()
-                             if v is not None and step > self.logged_through.get(k, -1))
+        self._metrics.extend(
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if v is not None and step > self.logged_through.get(k, -1)
+        )
         if len(self._metrics) >= self.flush_every:
             self.flush()
 
@@ -204,7 +223,7 @@ class Run:
             return
         pending, self._metrics = self._metrics, []
         for start in range(0, len(pending), 1000):
-            self.client.log_batch(self.run_id, metrics=pending[start:start + 1000], synchronous=True)
+            self.client.log_batch(self.run_id, metrics=pending[start : start + 1000], synchronous=True)
 
     def log_artifacts(self, local_dir: str | os.PathLike, artifact_path: str | None = None) -> None:
         if self.active and Path(local_dir).exists():
@@ -239,22 +258,31 @@ class Run:
         import accelerate
         import mlflow
         import pandas as pd
+        import torch
         import transformers
         from mlflow.models import infer_signature
-
-        import torch
 
         pipe = transformers.pipeline("text-classification", model=str(folder), tokenizer=str(folder))
         example = pd.DataFrame({"text": ["花呗怎么还款"], "text_pair": ["花呗如何还钱"]})
         signature = infer_signature(example, pd.DataFrame({"label": ["same"], "score": [0.9]}))
-        requirements = [f"mlflow=={mlflow.__version__}", f"transformers=={transformers.__version__}",
-                        f"torch=={torch.__version__.split('+')[0]}", f"accelerate=={accelerate.__version__}"]
+        requirements = [
+            f"mlflow=={mlflow.__version__}",
+            f"transformers=={transformers.__version__}",
+            f"torch=={torch.__version__.split('+')[0]}",
+            f"accelerate=={accelerate.__version__}",
+        ]
         mlflow.set_tracking_uri(self.client.tracking_uri)
         mlflow.set_registry_uri(self.client.tracking_uri)
         with mlflow.start_run(run_id=self.run_id):  # the flavour logs into the active run
-            mlflow.transformers.log_model(pipe, name="model", task="text-classification", signature=signature,
-                                          input_example=example, pip_requirements=requirements,
-                                          registered_model_name=register_as)
+            mlflow.transformers.log_model(
+                pipe,
+                name="model",
+                task="text-classification",
+                signature=signature,
+                input_example=example,
+                pip_requirements=requirements,
+                registered_model_name=register_as,
+            )
         self.client.update_run(self.run_id, status="RUNNING")  # leaving the block ended it; end() closes it
 
     def end(self, status: str = "FINISHED") -> None:

@@ -34,14 +34,22 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 
-from .checkpoint import (BEST_MODEL, LAST_CHECKPOINT, TrainState, load_last_checkpoint, restore_rng, save_best_model,
-                         save_last_checkpoint)
+from .checkpoint import (
+    BEST_MODEL,
+    LAST_CHECKPOINT,
+    TrainState,
+    load_last_checkpoint,
+    restore_rng,
+    save_best_model,
+    save_last_checkpoint,
+)
 from .data import AfqmcData, EncodedPairs
 from .hardware import eval_in_bf16, seconds_since_process_start
 from .inference import MODEL_INPUTS, evaluate
@@ -101,7 +109,7 @@ def optimizer_steps(batch_sizes: list[int], accumulation: int) -> list[tuple[int
     may have fewer, so no step straddles two epochs."""
     steps = []
     for start in range(0, len(batch_sizes), accumulation):
-        group = batch_sizes[start:start + accumulation]
+        group = batch_sizes[start : start + accumulation]
         steps += [(sum(group), i == len(group) - 1) for i in range(len(group))]
     return steps
 
@@ -124,7 +132,11 @@ class TrainingWindow:
 
     def add(self, loss_sum: torch.Tensor, pairs: int) -> None:
         self.loss += loss_sum.detach()
-        self.pairs, self.samples, self.total_samples = self.pairs + pairs, self.samples + pairs, self.total_samples + pairs
+        self.pairs, self.samples, self.total_samples = (
+            self.pairs + pairs,
+            self.samples + pairs,
+            self.total_samples + pairs,
+        )
 
     @contextlib.contextmanager
     def paused(self):
@@ -158,10 +170,21 @@ class Trainer:
     best weights (by ``config.metric``) in ``output_dir/best_model``. ``fit(resume=True)`` continues from
     ``output_dir/last_checkpoint``; ``on_checkpoint`` is called before each checkpoint (to flush metrics)."""
 
-    def __init__(self, *, pretrained: Pretrained, data: AfqmcData, splits: dict[str, EncodedPairs],
-                 make_optimizer: Callable, make_scheduler: Callable, config: TrainerConfig, seed: int,
-                 output_dir: Path, accelerator, log_metrics: Callable[[dict, int], None],
-                 on_checkpoint: Callable[[], None] = lambda: None):
+    def __init__(
+        self,
+        *,
+        pretrained: Pretrained,
+        data: AfqmcData,
+        splits: dict[str, EncodedPairs],
+        make_optimizer: Callable,
+        make_scheduler: Callable,
+        config: TrainerConfig,
+        seed: int,
+        output_dir: Path,
+        accelerator,
+        log_metrics: Callable[[dict, int], None],
+        on_checkpoint: Callable[[], None] = lambda: None,
+    ):
         self.pretrained, self.data, self.splits, self.config, self.seed = pretrained, data, splits, config, seed
         self.make_optimizer, self.make_scheduler = make_optimizer, make_scheduler
         self.accelerator, self.log_metrics, self.on_checkpoint = accelerator, log_metrics, on_checkpoint
@@ -176,8 +199,10 @@ class Trainer:
         self._restore(resume)
         self.model.train()
         main = self.accelerator.is_main_process
-        with GracefulStop() as self.signals, \
-                profiled(self.config.profile_steps if main else 0, self.output_dir / "profile") as self.profiler:
+        with (
+            GracefulStop() as self.signals,
+            profiled(self.config.profile_steps if main else 0, self.output_dir / "profile") as self.profiler,
+        ):
             while self.state.epoch < self.config.epochs and self.state.step < self.total_steps:
                 if self._train_epoch():
                     break
@@ -187,12 +212,20 @@ class Trainer:
     def _setup_data(self) -> None:
         processes, device = self.accelerator.num_processes, self.accelerator.device
         if self.data.eval_batch_size % processes:
-            raise ValueError(f"data.eval_batch_size={self.data.eval_batch_size} must be a multiple of the "
-                             f"{processes} processes")
+            raise ValueError(
+                f"data.eval_batch_size={self.data.eval_batch_size} must be a multiple of the {processes} processes"
+            )
         self.pin = device.type == "cuda"  # pinned host memory lets the copy to the GPU run asynchronously
         pad_id = self.pretrained.tokenizer.pad_token_id
-        self.train_loader = self.data.loader(self.splits["train"], pad_id, train=True, seed=self.seed, pin_memory=self.pin,
-                                             num_shards=processes, shard=self.accelerator.process_index)
+        self.train_loader = self.data.loader(
+            self.splits["train"],
+            pad_id,
+            train=True,
+            seed=self.seed,
+            pin_memory=self.pin,
+            num_shards=processes,
+            shard=self.accelerator.process_index,
+        )
         self.dev_loader = self.data.loader(self.splits["dev"], pad_id, train=False, pin_memory=self.pin)
         self.sampler = self.train_loader.batch_sampler
 
@@ -213,16 +246,25 @@ class Trainer:
 
         self.state, self.pending_rng = TrainState(), None
         if resume:
-            self.state, self.pending_rng = load_last_checkpoint(self.last_dir, self.model, self.optimizer,
-                                                                self.scheduler, self.accelerator)
-            log.info("resuming at step %d (epoch %d, batch %d)", self.state.step, self.state.epoch,
-                     self.state.batch_in_epoch)
+            self.state, self.pending_rng = load_last_checkpoint(
+                self.last_dir, self.model, self.optimizer, self.scheduler, self.accelerator
+            )
+            log.info(
+                "resuming at step %d (epoch %d, batch %d)", self.state.step, self.state.epoch, self.state.batch_in_epoch
+            )
         # each process sums its own pairs' losses; the main process holds the resumed window's sum
         main = self.accelerator.is_main_process
-        self.window = TrainingWindow(self.accelerator.device, self.state.window_loss if main else 0.0,
-                                     self.state.window_pairs)
-        self.bar = tqdm(total=self.total_steps, initial=self.state.step, desc="train", unit="step", dynamic_ncols=True,
-                        disable=not (self.config.progress_bar and self.accelerator.is_local_main_process))
+        self.window = TrainingWindow(
+            self.accelerator.device, self.state.window_loss if main else 0.0, self.state.window_pairs
+        )
+        self.bar = tqdm(
+            total=self.total_steps,
+            initial=self.state.step,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (self.config.progress_bar and self.accelerator.is_local_main_process),
+        )
 
     # ------------------------------------------------------------------------------------ epochs and batches
     def _train_epoch(self) -> bool:
@@ -294,11 +336,20 @@ class Trainer:
     def _log_training(self) -> None:
         mean_loss, samples_per_s = self.window.flush(self.accelerator)
         if not math.isfinite(mean_loss):
-            raise NonFiniteLossError(f"training loss is {mean_loss} at step {self.state.step}; lower optim.lr, keep "
-                                     "trainer.max_grad_norm on, or use trainer.mixed_precision=no")
+            raise NonFiniteLossError(
+                f"training loss is {mean_loss} at step {self.state.step}; lower optim.lr, keep "
+                "trainer.max_grad_norm on, or use trainer.mixed_precision=no"
+            )
         lr = self.scheduler.get_last_lr()[0]
-        self.log_metrics({"train/loss": mean_loss, "train/lr": lr, "train/epoch": self.state.epoch,
-                          "train/samples_per_s": samples_per_s}, self.state.step)
+        self.log_metrics(
+            {
+                "train/loss": mean_loss,
+                "train/lr": lr,
+                "train/epoch": self.state.epoch,
+                "train/samples_per_s": samples_per_s,
+            },
+            self.state.step,
+        )
         self.bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
 
     def _evaluate(self) -> bool:
@@ -306,7 +357,9 @@ class Trainer:
         state, config = self.state, self.config
         with self.window.paused():
             started = time.perf_counter()
-            metrics, _ = evaluate(self.model, self.dev_loader, self.splits["dev"], self.accelerator, bf16=self.eval_bf16)
+            metrics, _ = evaluate(
+                self.model, self.dev_loader, self.splits["dev"], self.accelerator, bf16=self.eval_bf16
+            )
             self.speed["eval_samples_per_s"] = len(self.splits["dev"]) / (time.perf_counter() - started)
             improved = config.better(metrics[config.metric], state.best)
             if improved:
@@ -315,20 +368,35 @@ class Trainer:
             else:
                 state.evals_since_best += 1
             state.evaluated_at = state.step
-            self.log_metrics({**{f"dev/{k}": v for k, v in metrics.items()}, f"best/dev_{config.metric}": state.best,
-                              "best/step": state.best_step}, state.step)
+            self.log_metrics(
+                {
+                    **{f"dev/{k}": v for k, v in metrics.items()},
+                    f"best/dev_{config.metric}": state.best,
+                    "best/step": state.best_step,
+                },
+                state.step,
+            )
             if self.accelerator.is_main_process:
-                self.bar.write(f"step {state.step}: dev " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-                               + (" (best)" if improved else ""))
+                self.bar.write(
+                    f"step {state.step}: dev "
+                    + " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+                    + (" (best)" if improved else "")
+                )
         return config.patience is not None and state.evals_since_best >= config.patience
 
     # ------------------------------------------------------------------------------------ saving
     def _save_best_model(self) -> None:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            meta = {"max_length": self.data.max_length, "eval_batch_size": self.data.eval_batch_size,
-                    "metric": self.config.metric, "base_model": self.pretrained.name_or_path, "seed": self.seed,
-                    "step": self.state.step, self.config.metric: self.state.best}
+            meta = {
+                "max_length": self.data.max_length,
+                "eval_batch_size": self.data.eval_batch_size,
+                "metric": self.config.metric,
+                "base_model": self.pretrained.name_or_path,
+                "seed": self.seed,
+                "step": self.state.step,
+                self.config.metric: self.state.best,
+            }
             save_best_model(self.pretrained, self.best_dir, meta, self.accelerator)
 
     def _save_checkpoint(self) -> None:
@@ -345,5 +413,10 @@ class Trainer:
         self.bar.close()
         self.speed["train_samples_per_s"] = self.window.total_samples / max(train_seconds, 1e-9)
         self.accelerator.wait_for_everyone()
-        return FitResult(best_metric=self.state.best, best_step=self.state.best_step, best_dir=self.best_dir,
-                         steps=self.state.step, speed=self.speed)
+        return FitResult(
+            best_metric=self.state.best,
+            best_step=self.state.best_step,
+            best_dir=self.best_dir,
+            steps=self.state.step,
+            speed=self.speed,
+        )

@@ -71,8 +71,14 @@ def tutorial(args) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
 
     def collate(batch):
-        x = tokenizer([b["sentence1"] for b in batch], [b["sentence2"] for b in batch], padding=True,
-                      truncation=True, max_length=args.max_length, return_tensors="pt")
+        x = tokenizer(
+            [b["sentence1"] for b in batch],
+            [b["sentence2"] for b in batch],
+            padding=True,
+            truncation=True,
+            max_length=args.max_length,
+            return_tensors="pt",
+        )
         x["labels"] = torch.tensor([int(b["label"]) for b in batch])
         return x
 
@@ -84,14 +90,17 @@ def tutorial(args) -> dict:
             self.classifier = nn.Linear(self.bert.config.hidden_size, 2)
 
         def forward(self, x):
-            out = self.bert(input_ids=x["input_ids"], token_type_ids=x["token_type_ids"],
-                            attention_mask=x["attention_mask"])
+            out = self.bert(
+                input_ids=x["input_ids"], token_type_ids=x["token_type_ids"], attention_mask=x["attention_mask"]
+            )
             return self.classifier(self.dropout(out.last_hidden_state[:, 0, :]))
 
-    train_loader = DataLoader(AFQMC(Path(args.data) / "train.json"), batch_size=args.batch_size, shuffle=True,
-                              collate_fn=collate)
-    dev_loader = DataLoader(AFQMC(Path(args.data) / "dev.json"), batch_size=args.batch_size, shuffle=False,
-                            collate_fn=collate)
+    train_loader = DataLoader(
+        AFQMC(Path(args.data) / "train.json"), batch_size=args.batch_size, shuffle=True, collate_fn=collate
+    )
+    dev_loader = DataLoader(
+        AFQMC(Path(args.data) / "dev.json"), batch_size=args.batch_size, shuffle=False, collate_fn=collate
+    )
     model = BertClassifier()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, args.steps)
@@ -121,33 +130,58 @@ def tutorial(args) -> dict:
     eval_s = time.perf_counter() - started
     preds, labels = np.array(preds), np.array(labels)
     tp = int(((preds == 1) & (labels == 1)).sum())
-    return {"train_samples_per_s": samples / train_s, "eval_samples_per_s": len(labels) / eval_s,
-            "dev_accuracy": float((preds == labels).mean()),
-            "dev_f1": 2 * tp / max(1, preds.sum() + labels.sum()), "samples": samples}
+    return {
+        "train_samples_per_s": samples / train_s,
+        "eval_samples_per_s": len(labels) / eval_s,
+        "dev_accuracy": float((preds == labels).mean()),
+        "dev_f1": 2 * tp / max(1, preds.sum() + labels.sum()),
+        "samples": samples,
+    }
 
 
 # ----------------------------------------------------------------------------------------- our loop
 def ours(args, store: str, overrides: list[str]) -> dict:
     """``python train.py`` with the same model, data, batch size, lr and number of samples (plus ``overrides``)."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, str(REPO / "train.py"), f"model.name_or_path={model_path(args.model)}",
-               "model.architecture=auto", f"data.dir={args.data}", f"data.batch_size={args.batch_size}",
-               f"data.max_length={args.max_length}", "data.score_test=false", f"optim.lr={args.lr}",
-               "scheduler.warmup_ratio=0.0", f"trainer.max_steps={args.steps}", f"trainer.log_every={args.steps}",
-               "trainer.device=cpu", "trainer.progress_bar=false", f"seed={args.seed}",
-               f"tracking.uri={store}", "tracking.experiment=benchmark", "tracking.log_weights=false",
-               f"hydra.run.dir={tmp}/run", *overrides]
+        cmd = [
+            sys.executable,
+            str(REPO / "train.py"),
+            f"model.name_or_path={model_path(args.model)}",
+            "model.architecture=auto",
+            f"data.dir={args.data}",
+            f"data.batch_size={args.batch_size}",
+            f"data.max_length={args.max_length}",
+            "data.score_test=false",
+            f"optim.lr={args.lr}",
+            "scheduler.warmup_ratio=0.0",
+            f"trainer.max_steps={args.steps}",
+            f"trainer.log_every={args.steps}",
+            "trainer.device=cpu",
+            "trainer.progress_bar=false",
+            f"seed={args.seed}",
+            f"tracking.uri={store}",
+            "tracking.experiment=benchmark",
+            "tracking.log_weights=false",
+            f"hydra.run.dir={tmp}/run",
+            *overrides,
+        ]
         result, rss = run_measured(cmd)
         speed = result["speed"]
         from mlflow import MlflowClient
 
         run = MlflowClient(store).get_run(result["mlflow_run_id"]).data  # the precisions it really ran in
         train_precision = "bf16" if run.params["trainer.mixed_precision"] == "bf16" else "fp32"
-        return {"train_samples_per_s": speed["train_samples_per_s"], "eval_samples_per_s": speed["eval_samples_per_s"],
-                "time_to_first_step_s": speed["time_to_first_step_s"], "dev_accuracy": result["final/dev_accuracy"],
-                "dev_f1": result["final/dev_f1"], "samples": args.steps * args.batch_size, "peak_rss_mb": rss,
-                "train_precision": train_precision,
-                "eval_precision": "bf16" if "bf16" in (train_precision, run.tags["sys.eval_precision"]) else "fp32"}
+        return {
+            "train_samples_per_s": speed["train_samples_per_s"],
+            "eval_samples_per_s": speed["eval_samples_per_s"],
+            "time_to_first_step_s": speed["time_to_first_step_s"],
+            "dev_accuracy": result["final/dev_accuracy"],
+            "dev_f1": result["final/dev_f1"],
+            "samples": args.steps * args.batch_size,
+            "peak_rss_mb": rss,
+            "train_precision": train_precision,
+            "eval_precision": "bf16" if "bf16" in (train_precision, run.tags["sys.eval_precision"]) else "fp32",
+        }
 
 
 def run_measured(cmd: list[str]) -> tuple[dict, float]:
@@ -187,7 +221,7 @@ def matmul_flops(seconds: float = 2.0, n: int = 1024, dtype: str = "float32") ->
     while time.perf_counter() - started < seconds:
         a @ b
         count += 1
-    return 2 * n ** 3 * count / (time.perf_counter() - started)
+    return 2 * n**3 * count / (time.perf_counter() - started)
 
 
 def model_shape(args) -> dict:
@@ -203,11 +237,18 @@ def model_shape(args) -> dict:
     lengths = {}
     for split in ("train", "dev"):
         rows = [json.loads(line) for line in open(Path(args.data) / f"{split}.json", encoding="utf-8") if line.strip()]
-        ids = tokenizer([r["sentence1"] for r in rows], [r["sentence2"] for r in rows], truncation=True,
-                        max_length=args.max_length)["input_ids"]
+        ids = tokenizer(
+            [r["sentence1"] for r in rows], [r["sentence2"] for r in rows], truncation=True, max_length=args.max_length
+        )["input_ids"]
         lengths[split] = sum(map(len, ids)) / len(ids)
-    return {"params": total, "non_embedding_params": total - embedding, "layers": config.num_hidden_layers,
-            "hidden": config.hidden_size, "train_tokens": lengths["train"], "dev_tokens": lengths["dev"]}
+    return {
+        "params": total,
+        "non_embedding_params": total - embedding,
+        "layers": config.num_hidden_layers,
+        "hidden": config.hidden_size,
+        "train_tokens": lengths["train"],
+        "dev_tokens": lengths["dev"],
+    }
 
 
 def flops_per_sample(shape: dict, tokens: float, training: bool) -> float:
@@ -225,8 +266,13 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--pairs", type=int, default=3, help="tutorial/ours pairs, alternated")
-    parser.add_argument("--variant", action="append", default=[], metavar="OVERRIDES",
-                        help='another arm: train.py with these overrides, e.g. "trainer.mixed_precision=bf16"')
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="OVERRIDES",
+        help='another arm: train.py with these overrides, e.g. "trainer.mixed_precision=bf16"',
+    )
     parser.add_argument("--trial", help=argparse.SUPPRESS)  # tutorial | ours | ours:<variant overrides>
     parser.add_argument("--store", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -253,13 +299,18 @@ def main() -> None:
         for pair in range(args.pairs):
             for kind in trials:
                 cmd = [sys.executable, __file__, "--trial", kind, "--store", store] + [
-                    f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                    if k not in ("trial", "store", "pairs", "variant") and v is not None]
+                    f"--{k.replace('_', '-')}={v}"
+                    for k, v in vars(args).items()
+                    if k not in ("trial", "store", "pairs", "variant") and v is not None
+                ]
                 figures, _ = run_measured(cmd)
                 trials[kind].append(figures)
-                print(f"pair {pair + 1}/{args.pairs} {kind[:34]:34s} train {figures['train_samples_per_s']:7.1f}/s  "
-                      f"eval {figures['eval_samples_per_s']:7.1f}/s  dev acc {figures['dev_accuracy']:.4f} "
-                      f"f1 {figures['dev_f1']:.4f}  rss {figures['peak_rss_mb']:.0f} MB", flush=True)
+                print(
+                    f"pair {pair + 1}/{args.pairs} {kind[:34]:34s} train {figures['train_samples_per_s']:7.1f}/s  "
+                    f"eval {figures['eval_samples_per_s']:7.1f}/s  dev acc {figures['dev_accuracy']:.4f} "
+                    f"f1 {figures['dev_f1']:.4f}  rss {figures['peak_rss_mb']:.0f} MB",
+                    flush=True,
+                )
 
     peaks = {"fp32": matmul_flops(), "bf16": matmul_flops(dtype="bfloat16")}
     shape = model_shape(args)
@@ -268,28 +319,39 @@ def main() -> None:
         return statistics.median(t[key] for t in trials[kind])
 
     def speedup(kind, key):
-        return statistics.median(o[key] / t[key] for t, o in zip(trials["tutorial"], trials[kind]))
+        return statistics.median(o[key] / t[key] for t, o in zip(trials["tutorial"], trials[kind], strict=True))
 
-    report = {"model": args.model, "batch_size": args.batch_size, "steps": args.steps, "pairs": args.pairs,
-              "threads": __import__("torch").get_num_threads(), "matmul_fp32_gflops": peaks["fp32"] / 1e9,
-              "matmul_bf16_gflops": peaks["bf16"] / 1e9}
+    report = {
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "pairs": args.pairs,
+        "threads": __import__("torch").get_num_threads(),
+        "matmul_fp32_gflops": peaks["fp32"] / 1e9,
+        "matmul_bf16_gflops": peaks["bf16"] / 1e9,
+    }
     figures = {}
     for kind in trials:
         # MFU against the peak of the precision each part ran in (the tutorial: fp32)
         train_peak, eval_peak = (peaks[trials[kind][-1].get(f"{part}_precision", "fp32")] for part in ("train", "eval"))
         train_rate, eval_rate = median(kind, "train_samples_per_s"), median(kind, "eval_samples_per_s")
         figures[kind] = {
-            "train_samples_per_s": train_rate, "eval_samples_per_s": eval_rate,
+            "train_samples_per_s": train_rate,
+            "eval_samples_per_s": eval_rate,
             "train_precision": trials[kind][-1].get("train_precision", "fp32"),
             "eval_precision": trials[kind][-1].get("eval_precision", "fp32"),
             "train_mfu": train_rate * flops_per_sample(shape, shape["train_tokens"], True) / train_peak,
             "eval_mfu": eval_rate * flops_per_sample(shape, shape["dev_tokens"], False) / eval_peak,
-            "dev_accuracy": trials[kind][-1]["dev_accuracy"], "dev_f1": trials[kind][-1]["dev_f1"],
-            "peak_rss_mb": max(t["peak_rss_mb"] for t in trials[kind])}
+            "dev_accuracy": trials[kind][-1]["dev_accuracy"],
+            "dev_f1": trials[kind][-1]["dev_f1"],
+            "peak_rss_mb": max(t["peak_rss_mb"] for t in trials[kind]),
+        }
         if kind != "tutorial":
-            figures[kind].update(train_speedup=speedup(kind, "train_samples_per_s"),
-                                 eval_speedup=speedup(kind, "eval_samples_per_s"),
-                                 time_to_first_step_s=median(kind, "time_to_first_step_s"))
+            figures[kind].update(
+                train_speedup=speedup(kind, "train_samples_per_s"),
+                eval_speedup=speedup(kind, "eval_samples_per_s"),
+                time_to_first_step_s=median(kind, "time_to_first_step_s"),
+            )
     report["tutorial"], report["ours"] = figures.pop("tutorial"), figures.pop("ours")
     report["variants"] = {kind.partition(":")[2]: f for kind, f in figures.items()}
     for key in ("train_speedup", "eval_speedup", "time_to_first_step_s"):
@@ -297,18 +359,28 @@ def main() -> None:
     report["mfu"] = report["ours"]["train_mfu"]
 
     print()
-    print(f"{'':34s}{'precision':>10s}{'train/s':>9s}{'eval/s':>9s}{'x train':>9s}{'x eval':>8s}{'train MFU':>11s}{'eval MFU':>10s}"
-          f"{'dev acc':>9s}{'dev F1':>8s}{'RSS MB':>8s}")
-    rows = {"tutorial": report["tutorial"], "ours": report["ours"],
-            **{f"ours {v}": f for v, f in report["variants"].items()}}
+    print(
+        f"{'':34s}{'precision':>10s}{'train/s':>9s}{'eval/s':>9s}{'x train':>9s}{'x eval':>8s}"
+        f"{'train MFU':>11s}{'eval MFU':>10s}{'dev acc':>9s}{'dev F1':>8s}{'RSS MB':>8s}"
+    )
+    rows = {
+        "tutorial": report["tutorial"],
+        "ours": report["ours"],
+        **{f"ours {v}": f for v, f in report["variants"].items()},
+    }
     for name, r in rows.items():
-        ratios = (f"{r['train_speedup']:9.2f}{r['eval_speedup']:8.2f}" if "train_speedup" in r else f"{'':17s}")
-        print(f"{name[:34]:34s}{r['train_precision'] + '/' + r['eval_precision']:>10s}{r['train_samples_per_s']:9.1f}{r['eval_samples_per_s']:9.1f}{ratios}"
-              f"{r['train_mfu']:11.1%}{r['eval_mfu']:10.1%}{r['dev_accuracy']:9.4f}{r['dev_f1']:8.4f}"
-              f"{r['peak_rss_mb']:8.0f}")
-    print(f"train speedup x{report['train_speedup']:.2f}, eval speedup x{report['eval_speedup']:.2f}, "
-          f"time to first step {report['time_to_first_step_s']:.1f} s (python train.py), matmul peak "
-          f"fp32 {peaks['fp32'] / 1e9:.0f} / bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
+        ratios = f"{r['train_speedup']:9.2f}{r['eval_speedup']:8.2f}" if "train_speedup" in r else f"{'':17s}"
+        print(
+            f"{name[:34]:34s}{r['train_precision'] + '/' + r['eval_precision']:>10s}"
+            f"{r['train_samples_per_s']:9.1f}{r['eval_samples_per_s']:9.1f}{ratios}"
+            f"{r['train_mfu']:11.1%}{r['eval_mfu']:10.1%}{r['dev_accuracy']:9.4f}{r['dev_f1']:8.4f}"
+            f"{r['peak_rss_mb']:8.0f}"
+        )
+    print(
+        f"train speedup x{report['train_speedup']:.2f}, eval speedup x{report['eval_speedup']:.2f}, "
+        f"time to first step {report['time_to_first_step_s']:.1f} s (python train.py), matmul peak "
+        f"fp32 {peaks['fp32'] / 1e9:.0f} / bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s"
+    )
     print(json.dumps(report))
 
 

@@ -12,6 +12,7 @@ from afqmc_exp.checkpoint import load_last_checkpoint
 
 def test_resume_never_unpickles_code(tmp_path):
     """A tampered trainer_state.pt is refused: it is read with torch.load(weights_only=True)."""
+
     class Evil:
         def __reduce__(self):
             return (os.system, (f"touch {tmp_path / 'pwned'}",))

@@ -10,8 +10,8 @@ from omegaconf import OmegaConf
 
 from afqmc_exp.data import AfqmcData
 from afqmc_exp.model import packaged_minilm_path
-from afqmc_exp.trainer import TrainerConfig
 from afqmc_exp.tracking import MlflowTracking
+from afqmc_exp.trainer import TrainerConfig
 from helpers import REPO, compose
 
 
@@ -47,9 +47,14 @@ def test_model_options(option):
     factory = instantiate(compose([f"model={option}"]).model)
     assert isinstance(factory, partial)
     if option == "roberta":  # config.json without model_type: must use the BERT classes
-        assert factory.keywords == {"name_or_path": "hfl/chinese-roberta-wwm-ext", "architecture": "bert",
-                                    "classifier_dropout": None, "dropout": None, "trust_remote_code": False,
-                                    "cls_only_last_layer": True}
+        assert factory.keywords == {
+            "name_or_path": "hfl/chinese-roberta-wwm-ext",
+            "architecture": "bert",
+            "classifier_dropout": None,
+            "dropout": None,
+            "trust_remote_code": False,
+            "cls_only_last_layer": True,
+        }
     if option == "minilm":  # the only one available offline: really load it
         pretrained = factory()
         assert Path(pretrained.name_or_path, "model.safetensors").exists()
@@ -57,7 +62,11 @@ def test_model_options(option):
         assert pretrained.model.config.num_labels == 2 and pretrained.max_positions == 512
         assert type(pretrained.model).__name__ == "BertForSequenceClassification"
         config = factory(dropout=0.0, classifier_dropout=0.2).model.config
-        assert (config.hidden_dropout_prob, config.attention_probs_dropout_prob, config.classifier_dropout) == (0, 0, 0.2)
+        assert (config.hidden_dropout_prob, config.attention_probs_dropout_prob, config.classifier_dropout) == (
+            0,
+            0,
+            0.2,
+        )
 
 
 @pytest.mark.parametrize("option", options("optim"))

@@ -5,8 +5,7 @@ from collections import Counter
 
 import pytest
 
-from afqmc_exp.data import (AfqmcData, DataError, LengthGroupedBatchSampler, PairCollator, encode_pairs,
-                            read_pairs)
+from afqmc_exp.data import AfqmcData, DataError, LengthGroupedBatchSampler, PairCollator, encode_pairs, read_pairs
 
 GOOD = '{"sentence1": "花呗怎么还款", "sentence2": "花呗如何还钱", "label": "1"}'
 
@@ -24,7 +23,9 @@ def test_accepts_the_official_format_and_its_variants(tmp_path):
 
 
 def test_unlabelled_test_file_keeps_ids(tmp_path):
-    path = write(tmp_path, '{"id": 7, "sentence1": "a", "sentence2": "b"}\n{"id": 9, "sentence1": "c", "sentence2": "d"}\n')
+    path = write(
+        tmp_path, '{"id": 7, "sentence1": "a", "sentence2": "b"}\n{"id": 9, "sentence1": "c", "sentence2": "d"}\n'
+    )
     assert [r.id for r in read_pairs(path, require_labels=False)] == [7, 9]
     with pytest.raises(DataError, match=r"train.json:1: no label"):
         read_pairs(path)
@@ -114,14 +115,16 @@ def test_skip_next_drops_the_first_batches_of_one_iteration_only():
 @pytest.mark.parametrize("n,batch_size,processes", [(203, 16, 2), (97, 8, 2), (96, 8, 2), (50, 7, 3), (5, 4, 4)])
 def test_processes_share_every_global_batch_and_see_each_pair_once(n, batch_size, processes):
     lengths = [(i * 37) % 61 + 5 for i in range(n)]
-    shards = [LengthGroupedBatchSampler(lengths, batch_size, seed=1, num_shards=processes, shard=rank)
-              for rank in range(processes)]
+    shards = [
+        LengthGroupedBatchSampler(lengths, batch_size, seed=1, num_shards=processes, shard=rank)
+        for rank in range(processes)
+    ]
     for sampler in shards:
         sampler.set_epoch(4)
     global_batches = shards[0].batches()
     assert [len(b) for b in global_batches] == shards[0].batch_sizes()
     slices = [list(sampler) for sampler in shards]
-    assert all(len(s) == len(global_batches) == len(sampler) for s, sampler in zip(slices, shards))
+    assert all(len(s) == len(global_batches) == len(sampler) for s, sampler in zip(slices, shards, strict=True))
     for position, batch in enumerate(global_batches):
         parts = [s[position] for s in slices]
         assert sum(parts, []) == batch and all(parts)  # the batch, split among processes, none left empty
@@ -165,14 +168,19 @@ class FakeTokenizer:
     pad_token_id = 0
 
     def __call__(self, first, second, truncation, max_length, **_):
-        ids = [[101] + [len(a)] * len(a) + [102] + [7] * len(b) + [102] for a, b in zip(first, second)]
-        types = [[0] * (len(a) + 2) + [1] * (len(b) + 1) for a, b in zip(first, second)]
+        ids = [[101] + [len(a)] * len(a) + [102] + [7] * len(b) + [102] for a, b in zip(first, second, strict=True)]
+        types = [[0] * (len(a) + 2) + [1] * (len(b) + 1) for a, b in zip(first, second, strict=True)]
         return {"input_ids": [i[:max_length] for i in ids], "token_type_ids": [t[:max_length] for t in types]}
 
 
 def test_collate_pads_to_the_longest_pair_with_masks_and_labels(tmp_path):
-    rows = read_pairs(write(tmp_path, '{"sentence1": "ab", "sentence2": "c", "label": "1"}\n'
-                                      '{"sentence1": "abcd", "sentence2": "efg", "label": 0}\n'))
+    rows = read_pairs(
+        write(
+            tmp_path,
+            '{"sentence1": "ab", "sentence2": "c", "label": "1"}\n'
+            '{"sentence1": "abcd", "sentence2": "efg", "label": 0}\n',
+        )
+    )
     split = encode_pairs(rows, FakeTokenizer(), max_length=8)
     assert split.lengths == [6, 8]
     batch = PairCollator(split, pad_token_id=0)([0, 1])

@@ -13,7 +13,7 @@ def test_mixed_precision_that_would_not_pay_on_this_cpu_is_named(fresh_accelerat
     for native, warned in ((False, True), (True, False)):
         AcceleratorState._reset_state(reset_partial_state=True)
         caplog.clear()
-        monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native)
+        monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda native=native: native)
         assert hardware.build_accelerator(device="cpu", mixed_precision="bf16").mixed_precision == "bf16"
         assert ("bf16 is emulated" in caplog.text) is warned
 
@@ -21,7 +21,7 @@ def test_mixed_precision_that_would_not_pay_on_this_cpu_is_named(fresh_accelerat
 def test_eval_precision_auto_uses_bf16_only_where_the_hardware_has_it(monkeypatch):
     cpu = torch.device("cpu")
     for native in (True, False):
-        monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native)
+        monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda native=native: native)
         assert hardware.eval_in_bf16("auto", cpu) is native
         assert hardware.eval_in_bf16("fp32", cpu) is False
         assert hardware.eval_in_bf16("bf16", cpu) is True

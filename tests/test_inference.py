@@ -12,8 +12,16 @@ def test_bf16_evaluation_really_runs_in_bf16_and_stays_close(fresh_accelerate_st
     from afqmc_exp.data import EncodedPairs, PairExample, make_loader
 
     torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=64, num_hidden_layers=2,
-                                                     num_attention_heads=4, intermediate_size=128, num_labels=2))
+    model = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=50,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            num_labels=2,
+        )
+    )
     n = 64
     ids = [[2] + [int(t) for t in torch.randint(5, 50, (3 + i % 20,))] + [3] for i in range(n)]
     examples = [PairExample("a", "b", i % 2) for i in range(n)]

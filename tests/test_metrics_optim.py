@@ -36,8 +36,9 @@ def test_auc_is_nan_with_one_class():
 def tiny_bert():
     from transformers import BertConfig, BertForSequenceClassification
 
-    return BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
-                                                    num_attention_heads=2, intermediate_size=32))
+    return BertForSequenceClassification(
+        BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    )
 
 
 def test_no_weight_decay_on_bias_and_layernorm():
@@ -61,7 +62,7 @@ def test_every_adamw_implementation_takes_the_same_step(implementation):
         m.train(False)
         m(input_ids=inputs, labels=torch.tensor([0, 1, 0, 1])).loss.backward()
         optimizer.step()
-    for a, b in zip(reference.parameters(), model.parameters()):
+    for a, b in zip(reference.parameters(), model.parameters(), strict=True):
         torch.testing.assert_close(a, b)
 
 

@@ -9,8 +9,17 @@ from afqmc_exp.model import enable_cls_only_last_layer
 
 def pair(dropout=0.0, **config):
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                     hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, num_labels=2, **config)
+    cfg = BertConfig(
+        vocab_size=60,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        num_labels=2,
+        **config,
+    )
     full = BertForSequenceClassification(cfg)
     fast = BertForSequenceClassification(cfg)
     fast.load_state_dict(full.state_dict())
@@ -33,7 +42,7 @@ def test_same_logits_and_gradients_and_same_weights():
         model.train()
         model(**inputs, labels=torch.tensor([0, 1, 1, 0])).loss.backward()
     torch.testing.assert_close(fast(**inputs).logits, full(**inputs).logits, atol=1e-5, rtol=1e-5)
-    for (name, a), (_, b) in zip(full.named_parameters(), fast.named_parameters()):
+    for (name, a), (_, b) in zip(full.named_parameters(), fast.named_parameters(), strict=True):
         assert a.grad is not None and b.grad is not None, name
         torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)
     assert list(fast.state_dict()) == list(full.state_dict())

@@ -17,27 +17,45 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "
 
 @pytest.mark.parametrize("n,batch_size", [(203, 16), (97, 8), (96, 8)])
 def test_each_pair_once_per_epoch_across_processes(n, batch_size):
-    proc = subprocess.run(TORCHRUN + [str(REPO / "tests" / "helpers" / "shard_check.py"), str(n), str(batch_size)], cwd=REPO,
-                          env={**ENV, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        TORCHRUN + [str(REPO / "tests" / "helpers" / "shard_check.py"), str(n), str(batch_size)],
+        cwd=REPO,
+        env={**ENV, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     epochs = json.loads(proc.stdout.strip().splitlines()[-1])
     for first, second in epochs:  # each process's slices of the epoch's global batches
         assert len(first) == len(second)  # the same number of batches: DDP steps in lockstep
         assert sorted(i for batch in first + second for i in batch) == list(range(n))  # every pair exactly once
-        assert all(first) and all(second) and all(abs(len(a) - len(b)) <= 1 for a, b in zip(first, second))
+        assert all(first) and all(second) and all(abs(len(a) - len(b)) <= 1 for a, b in zip(first, second, strict=True))
     assert epochs[0] != epochs[1]
 
 
 def run(cwd, launcher, out, overrides=("trainer.max_steps=6",)):
-    cmd = launcher + [str(REPO / "train.py"), "model=minilm", f"data.dir={AFQMC}", "data.test_file=null",
-                      "data.max_length=48", "trainer.eval_every=3", "trainer.device=cpu", *overrides,
-                      "trainer.progress_bar=false", "tracking.log_weights=false", f"hydra.run.dir={out}"]
+    cmd = launcher + [
+        str(REPO / "train.py"),
+        "model=minilm",
+        f"data.dir={AFQMC}",
+        "data.test_file=null",
+        "data.max_length=48",
+        "trainer.eval_every=3",
+        "trainer.device=cpu",
+        *overrides,
+        "trainer.progress_bar=false",
+        "tracking.log_weights=false",
+        f"hydra.run.dir={out}",
+    ]
     proc = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client, runs = mlflow_runs(cwd, "afqmc")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    history = {k: [m.value for m in client.get_metric_history(runs[0].info.run_id, k)]
-               for k in ("dev/loss", "dev/accuracy", "dev/auc")}
+    history = {
+        k: [m.value for m in client.get_metric_history(runs[0].info.run_id, k)]
+        for k in ("dev/loss", "dev/accuracy", "dev/auc")
+    }
     return runs[0], history
 
 
@@ -45,8 +63,13 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     # 69 pairs in batches of 16: each epoch ends on a 5-pair batch (3 + 2 pairs per process) and,
     # with 2 micro-batches per step, on a one-batch step: 3 steps per epoch, 2 epochs
     # (dropout off: with it, each process would draw its own masks, and the runs differ by more than rounding)
-    overrides = ["data.train_limit=69", "trainer.grad_accumulation=2", "trainer.epochs=2", "model.dropout=0",
-                 "model.classifier_dropout=0"]
+    overrides = [
+        "data.train_limit=69",
+        "trainer.grad_accumulation=2",
+        "trainer.epochs=2",
+        "model.dropout=0",
+        "model.classifier_dropout=0",
+    ]
     (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
     _, single = run(tmp_path / "one", [sys.executable], tmp_path / "one" / "run", overrides)
     parallel_run, parallel = run(tmp_path / "two", TORCHRUN, tmp_path / "two" / "run", overrides)
@@ -54,15 +77,30 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     assert len(parallel["dev/loss"]) == len(single["dev/loss"]) == 2
     # equal up to rounding (different matrix shapes per process), which Adam amplifies in near-zero gradients
     for key, tolerance in (("dev/loss", 0.002), ("dev/accuracy", 0.004), ("dev/auc", 0.005)):
-        for a, b in zip(parallel[key], single[key]):
+        for a, b in zip(parallel[key], single[key], strict=True):
             assert a == pytest.approx(b, abs=tolerance), key
     # the best weights were written once, where every process looked for them
     assert (tmp_path / "two" / "run" / "best_model" / "model.safetensors").exists()
-    assert json.loads((tmp_path / "two" / "run" / "result.json").read_text())["mlflow_run_id"] == parallel_run.info.run_id
+    assert (
+        json.loads((tmp_path / "two" / "run" / "result.json").read_text())["mlflow_run_id"] == parallel_run.info.run_id
+    )
 
 
 def test_accelerate_launch_runs_two_processes_into_one_run(tmp_path):
-    launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29532"]
+    launcher = [
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29532",
+    ]
     run_, history = run(tmp_path, launcher, tmp_path / "run")  # trainer.device=cpu: gloo on this GPU-less machine
     assert run_.data.tags["sys.num_processes"] == "2" and len(history["dev/loss"]) == 2

@@ -13,14 +13,31 @@ from helpers import AFQMC, REPO, mlflow_runs
 
 pytestmark = pytest.mark.slow  # real subprocess trainings (the trainer's phases are tested fast in test_trainer)
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
-COMMON = ["model=minilm", f"data.dir={AFQMC}", "data.test_file=null", "data.max_length=48", "trainer.max_steps=16",
-          "trainer.eval_every=8", "trainer.checkpoint_every=3", "trainer.log_every=2", "trainer.device=cpu",
-          "trainer.progress_bar=false", "tracking.log_weights=false", "seed=5"]
+COMMON = [
+    "model=minilm",
+    f"data.dir={AFQMC}",
+    "data.test_file=null",
+    "data.max_length=48",
+    "trainer.max_steps=16",
+    "trainer.eval_every=8",
+    "trainer.checkpoint_every=3",
+    "trainer.log_every=2",
+    "trainer.device=cpu",
+    "trainer.progress_bar=false",
+    "tracking.log_weights=false",
+    "seed=5",
+]
 
 
 def start(cwd, *overrides):
-    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *overrides], cwd=cwd, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *overrides],
+        cwd=cwd,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(path, proc, timeout=300):
@@ -85,8 +102,14 @@ def test_resume_by_mlflow_run_id(tmp_path):
 
 def test_sigterm_saves_a_checkpoint_and_marks_the_run_killed(tmp_path):
     out = tmp_path / "run"
-    proc = start(tmp_path, *COMMON, "trainer.max_steps=200", "trainer.eval_every=null", "trainer.checkpoint_every=50",
-                 f"hydra.run.dir={out}")
+    proc = start(
+        tmp_path,
+        *COMMON,
+        "trainer.max_steps=200",
+        "trainer.eval_every=null",
+        "trainer.checkpoint_every=50",
+        f"hydra.run.dir={out}",
+    )
     wait_for(out / "mlflow_run_id", proc)
     time.sleep(8)  # model loaded, training under way
     proc.send_signal(signal.SIGTERM)
@@ -104,17 +127,31 @@ def test_nan_loss_stops_the_run_failed_with_a_message(tmp_path):
     from helpers import train
 
     with pytest.raises(Exception, match="training loss is (nan|inf)"):
-        train(["model=minilm", f"data.dir={AFQMC}", "data.test_file=null", "data.max_length=48", "optim.lr=1e30",
-               "trainer.max_grad_norm=null", "trainer.max_steps=6", "trainer.log_every=2", "trainer.device=cpu",
-               "trainer.progress_bar=false"], tmp_path)
+        train(
+            [
+                "model=minilm",
+                f"data.dir={AFQMC}",
+                "data.test_file=null",
+                "data.max_length=48",
+                "optim.lr=1e30",
+                "trainer.max_grad_norm=null",
+                "trainer.max_steps=6",
+                "trainer.log_every=2",
+                "trainer.device=cpu",
+                "trainer.progress_bar=false",
+            ],
+            tmp_path,
+        )
     _, runs = mlflow_runs(tmp_path, "afqmc")
     assert [r.info.status for r in runs] == ["FAILED"]
 
 
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
     cmd = [sys.executable, str(REPO / "train.py"), "data.dir=/nonexistent"]  # fails fast, after Hydra made its folder
-    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for _ in range(3)]
+    procs = [
+        subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(3)
+    ]
     for p in procs:
         p.wait(timeout=120)
     folders = list((tmp_path / "outputs").glob("*/*"))
@@ -123,8 +160,14 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
 
 def test_a_second_ctrl_c_stops_at_once_and_the_run_is_killed(tmp_path):
     out = tmp_path / "run"
-    proc = start(tmp_path, *COMMON, "trainer.max_steps=400", "trainer.eval_every=null", "trainer.checkpoint_every=null",
-                 f"hydra.run.dir={out}")
+    proc = start(
+        tmp_path,
+        *COMMON,
+        "trainer.max_steps=400",
+        "trainer.eval_every=null",
+        "trainer.checkpoint_every=null",
+        f"hydra.run.dir={out}",
+    )
     wait_for(out / "mlflow_run_id", proc)
     time.sleep(8)
     proc.send_signal(signal.SIGINT)

@@ -13,10 +13,21 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
 def multirun(tmp_path, afqmc_dir, *overrides):
-    cmd = [sys.executable, str(REPO / "train.py"), "--multirun", "model=minilm", f"data.dir={afqmc_dir}",
-           "data.test_file=null", "data.max_length=48", "trainer.max_steps=3", "trainer.device=cpu",
-           "trainer.progress_bar=false", "tracking.log_weights=false", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-           *overrides]
+    cmd = [
+        sys.executable,
+        str(REPO / "train.py"),
+        "--multirun",
+        "model=minilm",
+        f"data.dir={afqmc_dir}",
+        "data.test_file=null",
+        "data.max_length=48",
+        "trainer.max_steps=3",
+        "trainer.device=cpu",
+        "trainer.progress_bar=false",
+        "tracking.log_weights=false",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        *overrides,
+    ]
     return subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
 
 
@@ -38,7 +49,9 @@ def test_grid_jobs_nest_under_one_parent_with_the_best_child(tmp_path, afqmc_dir
     assert sorted(c.data.params["optim.lr"] for c in children) == ["1e-05", "3e-05"]
     assert all(c.info.status == "FINISHED" for c in children)
     assert sorted(c.data.tags["hydra.output_dir"] for c in children) == [
-        str(tmp_path / "sweep" / "0"), str(tmp_path / "sweep" / "1")]
+        str(tmp_path / "sweep" / "0"),
+        str(tmp_path / "sweep" / "1"),
+    ]
     best = max(children, key=lambda c: c.data.metrics["best/dev_f1"])
     assert parent.data.metrics["best/dev_f1"] == best.data.metrics["best/dev_f1"]
     assert parent.data.tags["sweep.best_run_id"] in {c.info.run_id for c in children}

@@ -12,12 +12,14 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
 def test_search_and_launcher_presets_compose():
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         search = hydra_compose("train", overrides=["hparams_search=afqmc_optuna"], return_hydra_config=True)
-        slurm = hydra_compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
-                              return_hydra_config=True)
+        slurm = hydra_compose(
+            "train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True
+        )
         joblib = hydra_compose("train", overrides=["hydra/launcher=joblib"], return_hydra_config=True)
     sweeper = search.hydra.sweeper
     assert sweeper._target_.endswith("AfqmcOptunaSweeper") and sweeper.storage == "sqlite:///optuna.db"
@@ -29,9 +31,20 @@ def test_search_and_launcher_presets_compose():
 
 
 def train_cmd(tmp_path, afqmc_dir, *overrides):
-    return [sys.executable, str(REPO / "train.py"), "model=minilm", f"data.dir={afqmc_dir}", "data.test_file=null",
-            "data.max_length=48", "data.dev_limit=100", "trainer.max_steps=2", "trainer.device=cpu",
-            "trainer.progress_bar=false", "tracking.log_weights=false", *overrides]
+    return [
+        sys.executable,
+        str(REPO / "train.py"),
+        "model=minilm",
+        f"data.dir={afqmc_dir}",
+        "data.test_file=null",
+        "data.max_length=48",
+        "data.dev_limit=100",
+        "trainer.max_steps=2",
+        "trainer.device=cpu",
+        "trainer.progress_bar=false",
+        "tracking.log_weights=false",
+        *overrides,
+    ]
 
 
 def study(tmp_path, name):
@@ -43,8 +56,14 @@ def study(tmp_path, name):
 @pytest.mark.slow
 def test_optuna_search_then_resumed_in_the_same_study(tmp_path, afqmc_dir):
     def search(n_trials, sweep):
-        cmd = train_cmd(tmp_path, afqmc_dir, "hparams_search=afqmc_optuna", "hydra.sweeper.study_name=s",
-                        f"hydra.sweeper.n_trials={n_trials}", f"hydra.sweep.dir={tmp_path / sweep}")
+        cmd = train_cmd(
+            tmp_path,
+            afqmc_dir,
+            "hparams_search=afqmc_optuna",
+            "hydra.sweeper.study_name=s",
+            f"hydra.sweeper.n_trials={n_trials}",
+            f"hydra.sweep.dir={tmp_path / sweep}",
+        )
         proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -70,9 +89,15 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path, afqmc_dir)
     (extra / "failing.yaml").write_text(
         "# @package _global_\ndefaults:\n  - override /hydra/sweeper: afqmc_optuna\nhydra:\n  mode: MULTIRUN\n"
         "  sweeper:\n    n_trials: 2\n    study_name: f\n    params:\n"
-        "      data.max_length: {type: categorical, choices: [1000]}\n")
-    cmd = train_cmd(tmp_path, afqmc_dir, f"hydra.searchpath=[file://{tmp_path / 'extra'}]", "hparams_search=failing",
-                    f"hydra.sweep.dir={tmp_path / 'sweep'}")
+        "      data.max_length: {type: categorical, choices: [1000]}\n"
+    )
+    cmd = train_cmd(
+        tmp_path,
+        afqmc_dir,
+        f"hydra.searchpath=[file://{tmp_path / 'extra'}]",
+        "hparams_search=failing",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
     proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [t.state.name for t in study(tmp_path, "f").trials] == ["FAIL", "FAIL"]
@@ -80,8 +105,14 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path, afqmc_dir)
 
 @pytest.mark.slow
 def test_joblib_runs_jobs_in_parallel_into_one_store(tmp_path, afqmc_dir):
-    cmd = train_cmd(tmp_path, afqmc_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2",
-                    f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    cmd = train_cmd(
+        tmp_path,
+        afqmc_dir,
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "seed=1,2",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
     cmd.insert(2, "--multirun")
     proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

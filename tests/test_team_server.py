@@ -14,8 +14,10 @@ import pytest
 from helpers import AFQMC, REPO, mlflow_service
 
 POSTGRES = os.environ.get("AFQMC_TEST_POSTGRES_URI")
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not POSTGRES, reason="needs PostgreSQL: set AFQMC_TEST_POSTGRES_URI (.ci/run does)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not POSTGRES, reason="needs PostgreSQL: set AFQMC_TEST_POSTGRES_URI (.ci/run does)"),
+]
 
 
 @pytest.fixture
@@ -28,10 +30,22 @@ def test_a_sweep_logs_to_a_shared_server_with_a_database_backend(tmp_path, mlflo
     from mlflow import MlflowClient
 
     experiment = f"team-{uuid.uuid4().hex[:8]}"
-    cmd = [sys.executable, str(REPO / "train.py"), "--multirun", "model=minilm", f"data.dir={AFQMC}",
-           "data.test_file=null", "data.max_length=48", "data.dev_limit=100", "trainer.max_steps=2",
-           "trainer.device=cpu", "trainer.progress_bar=false", f"tracking.experiment={experiment}", "seed=1,2",
-           f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    cmd = [
+        sys.executable,
+        str(REPO / "train.py"),
+        "--multirun",
+        "model=minilm",
+        f"data.dir={AFQMC}",
+        "data.test_file=null",
+        "data.max_length=48",
+        "data.dev_limit=100",
+        "trainer.max_steps=2",
+        "trainer.device=cpu",
+        "trainer.progress_bar=false",
+        f"tracking.experiment={experiment}",
+        "seed=1,2",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_TRACKING_URI": mlflow_server}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -47,5 +61,7 @@ def test_a_sweep_logs_to_a_shared_server_with_a_database_backend(tmp_path, mlflo
         assert [m.step for m in client.get_metric_history(child.info.run_id, "dev/accuracy")] == [2]
         names = {a.path for a in client.list_artifacts(child.info.run_id, "best_model")}
         assert "best_model/model.safetensors" in names
-        result = json.loads(Path(client.download_artifacts(child.info.run_id, "result.json", str(tmp_path))).read_text())
+        result = json.loads(
+            Path(client.download_artifacts(child.info.run_id, "result.json", str(tmp_path))).read_text()
+        )
         assert result["mlflow_run_id"] == child.info.run_id

@@ -23,11 +23,23 @@ def test_one_default_store_for_every_command(monkeypatch):
 
 
 def test_flatten_uses_dotted_keys_and_masks_secrets():
-    flat = flatten({"optim": {"lr": 2e-5, "betas": [0.9, 0.99]}, "tracking": {"api_token": "abc", "password": None,
-                    "uri": "postgresql://team:s3cret@db:5432/mlflow"}, "hub_password": "x", "empty": {}})
-    assert flat == {"optim.lr": "2e-05", "optim.betas": "[0.9, 0.99]", "tracking.api_token": "***",
-                    "tracking.password": "None", "tracking.uri": "postgresql://team:***@db:5432/mlflow",
-                    "hub_password": "***", "empty": "{}"}
+    flat = flatten(
+        {
+            "optim": {"lr": 2e-5, "betas": [0.9, 0.99]},
+            "tracking": {"api_token": "abc", "password": None, "uri": "postgresql://team:s3cret@db:5432/mlflow"},
+            "hub_password": "x",
+            "empty": {},
+        }
+    )
+    assert flat == {
+        "optim.lr": "2e-05",
+        "optim.betas": "[0.9, 0.99]",
+        "tracking.api_token": "***",
+        "tracking.password": "None",
+        "tracking.uri": "postgresql://team:***@db:5432/mlflow",
+        "hub_password": "***",
+        "empty": "{}",
+    }
 
 
 def test_run_logs_params_tags_metrics_and_status(tmp_path):
@@ -56,8 +68,10 @@ run.end()
 
 def test_parallel_processes_can_create_and_share_a_new_sqlite_store(tmp_path):
     uri = f"sqlite:///{tmp_path}/new.db"
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, uri, str(i)], stderr=subprocess.PIPE, text=True)
-             for i in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, uri, str(i)], stderr=subprocess.PIPE, text=True)
+        for i in range(4)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=180)
         assert p.returncode == 0, err[-2000:]

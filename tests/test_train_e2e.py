@@ -21,9 +21,19 @@ def cli_run(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("cli")
     out = tmp / "run"
-    cmd = [sys.executable, str(REPO / "train.py"), "model=minilm", f"data.dir={AFQMC}", "data.max_length=64",
-           "trainer.max_steps=30", "trainer.eval_every=15", "trainer.device=cpu", "data.score_test=false",
-           "tracking.experiment=e2e", f"hydra.run.dir={out}"]
+    cmd = [
+        sys.executable,
+        str(REPO / "train.py"),
+        "model=minilm",
+        f"data.dir={AFQMC}",
+        "data.max_length=64",
+        "trainer.max_steps=30",
+        "trainer.eval_every=15",
+        "trainer.device=cpu",
+        "data.score_test=false",
+        "tracking.experiment=e2e",
+        f"hydra.run.dir={out}",
+    ]
     proc = subprocess.run(cmd, cwd=tmp, env=ENV, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp, out, proc
@@ -41,13 +51,24 @@ def test_cli_run_leaves_a_complete_mlflow_run(cli_run):
     assert len(run.data.tags.get("git.commit", "")) == 40
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [10, 20, 30]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "dev/accuracy")] == [15, 30]
-    for key in ("dev/f1", "dev/auc", "dev/loss", "train/lr", "train/samples_per_s", "best/dev_f1",
-                "final/dev_accuracy", "final/dev_f1"):
+    for key in (
+        "dev/f1",
+        "dev/auc",
+        "dev/loss",
+        "train/lr",
+        "train/samples_per_s",
+        "best/dev_f1",
+        "final/dev_accuracy",
+        "final/dev_f1",
+    ):
         assert key in run.data.metrics, key
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"best_model", "dev_predictions.jsonl", "hydra", "result.json", "train.log", "plots"} <= artifacts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {
-        "plots/confusion_matrix.png", "plots/pr_curve.png", "plots/roc_curve.png"}
+        "plots/confusion_matrix.png",
+        "plots/pr_curve.png",
+        "plots/roc_curve.png",
+    }
     assert run.data.tags["sys.num_processes"] == "1" and run.data.tags["sys.device"].startswith("cpu")
     assert run.data.tags["sys.torch"].startswith("2.") and run.data.tags["git.dirty"] in ("true", "false")
     assert not (out / "last_checkpoint").exists()  # a finished run keeps no resume state
@@ -73,8 +94,13 @@ def test_evaluate_py_reproduces_the_logged_dev_metrics(cli_run, afqmc_dir):
     tmp, out, _ = cli_run
     _, runs = mlflow_runs(tmp, "e2e")
     logged = runs[0].data.metrics
-    proc = subprocess.run([sys.executable, str(REPO / "evaluate.py"), f"ckpt={out / 'best_model'}",
-                           f"file={afqmc_dir / 'dev.json'}"], env=ENV, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "evaluate.py"), f"ckpt={out / 'best_model'}", f"file={afqmc_dir / 'dev.json'}"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads(proc.stdout.strip().splitlines()[-1])
     assert metrics["n"] == 500
@@ -91,9 +117,19 @@ def test_evaluate_py_reproduces_the_logged_dev_metrics(cli_run, afqmc_dir):
 def test_predict_py_writes_one_line_per_pair_with_the_ids(cli_run, afqmc_dir, tmp_path):
     _, out, _ = cli_run
     pred = tmp_path / "sub" / "afqmc_predict.json"
-    proc = subprocess.run([sys.executable, str(REPO / "predict.py"), f"ckpt={out / 'best_model'}",
-                           f"file={afqmc_dir / 'test.json'}", f"out={pred}"], env=ENV, capture_output=True,
-                          text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "predict.py"),
+            f"ckpt={out / 'best_model'}",
+            f"file={afqmc_dir / 'test.json'}",
+            f"out={pred}",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     inputs = [json.loads(line) for line in (afqmc_dir / "test.json").read_text(encoding="utf-8").splitlines()]
     rows = [json.loads(line) for line in pred.read_text().splitlines()]
@@ -128,23 +164,47 @@ def test_learns_an_easy_set(tmp_path, precision, fresh_accelerate_state):
     if precision == "bf16" and not cpu_has_native_bf16():
         pytest.skip("this CPU has no native bf16 (AVX512-BF16/AMX): emulated bf16 would take far too long")
     data = write_easy_set(tmp_path / "easy")
-    best = train(["model=minilm", f"data.dir={data}", "data.test_file=null", "data.batch_size=8", "optim.lr=1e-4",
-                  "trainer.epochs=3", "trainer.metric=accuracy", "trainer.device=cpu", "trainer.progress_bar=false",
-                  f"trainer.mixed_precision={precision}", "tracking.log_weights=false"], tmp_path)
+    best = train(
+        [
+            "model=minilm",
+            f"data.dir={data}",
+            "data.test_file=null",
+            "data.batch_size=8",
+            "optim.lr=1e-4",
+            "trainer.epochs=3",
+            "trainer.metric=accuracy",
+            "trainer.device=cpu",
+            "trainer.progress_bar=false",
+            f"trainer.mixed_precision={precision}",
+            "tracking.log_weights=false",
+        ],
+        tmp_path,
+    )
     assert best >= 0.95
     with safe_open(tmp_path / "run" / "best_model" / "model.safetensors", "pt") as weights:  # autocast: fp32 weights
         assert {str(weights.get_slice(k).get_dtype()) for k in weights.keys()} == {"F32"}
 
 
 def short_run(afqmc_dir, tmp_path, seed):
-    overrides = ["model=minilm", f"data.dir={afqmc_dir}", "data.test_file=null", "data.max_length=48",
-                 "trainer.max_steps=8", "trainer.eval_every=4", "trainer.device=cpu", "trainer.progress_bar=false",
-                 "tracking.log_weights=false", f"seed={seed}"]
+    overrides = [
+        "model=minilm",
+        f"data.dir={afqmc_dir}",
+        "data.test_file=null",
+        "data.max_length=48",
+        "trainer.max_steps=8",
+        "trainer.eval_every=4",
+        "trainer.device=cpu",
+        "trainer.progress_bar=false",
+        "tracking.log_weights=false",
+        f"seed={seed}",
+    ]
     train(overrides, tmp_path)
     client, runs = mlflow_runs(tmp_path, "afqmc")
     run = runs[0]  # newest first
-    return {key: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
-            for key in ("train/loss", "dev/loss", "dev/accuracy", "dev/auc")}
+    return {
+        key: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
+        for key in ("train/loss", "dev/loss", "dev/accuracy", "dev/auc")
+    }
 
 
 def test_same_seed_gives_the_same_metrics(afqmc_dir, tmp_path):
@@ -154,7 +214,7 @@ def test_same_seed_gives_the_same_metrics(afqmc_dir, tmp_path):
 
 
 def test_a_run_that_fails_is_marked_failed(afqmc_dir, tmp_path):
-    with pytest.raises(Exception):
+    with pytest.raises(OSError):
         train(["model=minilm", "model.name_or_path=/nonexistent/model", f"data.dir={afqmc_dir}"], tmp_path)
     _, runs = mlflow_runs(tmp_path, "afqmc")
     assert [r.info.status for r in runs] == ["FAILED"]
@@ -173,9 +233,20 @@ def test_bad_data_fails_before_any_run_or_model(tmp_path):
 def test_predict_a_single_pair_from_a_logged_run(cli_run):
     tmp, out, _ = cli_run
     run_id = (out / "mlflow_run_id").read_text().strip()
-    proc = subprocess.run([sys.executable, str(REPO / "predict.py"), f"ckpt=runs:/{run_id}/best_model",
-                           "sentence1=花呗怎么还款", "sentence2=花呗如何还钱"], cwd=tmp, env=ENV, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "predict.py"),
+            f"ckpt=runs:/{run_id}/best_model",
+            "sentence1=花呗怎么还款",
+            "sentence2=花呗如何还钱",
+        ],
+        cwd=tmp,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     answer = json.loads(proc.stdout.strip().splitlines()[-1])
     assert answer["label"] in ("0", "1") and 0 <= answer["prob"] <= 1
@@ -184,9 +255,14 @@ def test_predict_a_single_pair_from_a_logged_run(cli_run):
 def test_rerun_starts_the_logged_config_again(cli_run):
     tmp, out, _ = cli_run
     run_id = (out / "mlflow_run_id").read_text().strip()
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), f"rerun={run_id}",
-                           f"hydra.run.dir={tmp / 'rerun'}"], cwd=tmp, env=ENV, capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), f"rerun={run_id}", f"hydra.run.dir={tmp / 'rerun'}"],
+        cwd=tmp,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     client, runs = mlflow_runs(tmp, "e2e")
     original = client.get_run(run_id)
@@ -194,25 +270,44 @@ def test_rerun_starts_the_logged_config_again(cli_run):
     assert len(again) == 1 and again[0].info.run_id != run_id
     assert again[0].info.run_name == original.info.run_name
     ignore = ("hydra", "rerun")
-    assert {k: v for k, v in again[0].data.params.items() if not k.startswith(ignore)} == \
-        {k: v for k, v in original.data.params.items() if not k.startswith(ignore)}
+    assert {k: v for k, v in again[0].data.params.items() if not k.startswith(ignore)} == {
+        k: v for k, v in original.data.params.items() if not k.startswith(ignore)
+    }
     for key in ("final/dev_accuracy", "final/dev_f1", "final/dev_loss", "best/dev_f1"):
         assert again[0].data.metrics[key] == pytest.approx(original.data.metrics[key], abs=1e-9), key
 
 
 def test_register_as_makes_a_model_version_that_evaluate_and_predict_take(afqmc_dir, tmp_path):
-    train(["model=minilm", f"data.dir={afqmc_dir}", "data.test_file=null", "data.max_length=48", "data.dev_limit=60",
-           "trainer.max_steps=2", "trainer.device=cpu", "trainer.progress_bar=false", "tracking.log_weights=false",
-           "tracking.register_as=afqmc-minilm"], tmp_path)
+    train(
+        [
+            "model=minilm",
+            f"data.dir={afqmc_dir}",
+            "data.test_file=null",
+            "data.max_length=48",
+            "data.dev_limit=60",
+            "trainer.max_steps=2",
+            "trainer.device=cpu",
+            "trainer.progress_bar=false",
+            "tracking.log_weights=false",
+            "tracking.register_as=afqmc-minilm",
+        ],
+        tmp_path,
+    )
     from mlflow import MlflowClient
 
     versions = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_model_versions("name='afqmc-minilm'")
     assert [str(v.version) for v in versions] == ["1"]
-    (tmp_path / "dev60.json").write_text("".join((afqmc_dir / "dev.json").read_text(encoding="utf-8").splitlines(True)[:60]),
-                                         encoding="utf-8")
-    proc = subprocess.run([sys.executable, str(REPO / "evaluate.py"), "ckpt=models:/afqmc-minilm/1",
-                           f"file={tmp_path / 'dev60.json'}"], cwd=tmp_path, env=ENV, capture_output=True, text=True,
-                          timeout=600)
+    (tmp_path / "dev60.json").write_text(
+        "".join((afqmc_dir / "dev.json").read_text(encoding="utf-8").splitlines(True)[:60]), encoding="utf-8"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "evaluate.py"), "ckpt=models:/afqmc-minilm/1", f"file={tmp_path / 'dev60.json'}"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     _, runs = mlflow_runs(tmp_path, "afqmc")
     metrics = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -223,19 +318,45 @@ def test_log_model_gives_a_pyfunc_that_scores_pairs_without_this_project(afqmc_d
     import mlflow
     import pandas as pd
 
-    train(["model=minilm", f"data.dir={afqmc_dir}", "data.test_file=null", "data.max_length=48", "data.dev_limit=60",
-           "trainer.max_steps=2", "trainer.device=cpu", "trainer.progress_bar=false", "tracking.log_weights=false",
-           "tracking.log_model=true", "tracking.register_as=afqmc-pyfunc"], tmp_path)
+    train(
+        [
+            "model=minilm",
+            f"data.dir={afqmc_dir}",
+            "data.test_file=null",
+            "data.max_length=48",
+            "data.dev_limit=60",
+            "trainer.max_steps=2",
+            "trainer.device=cpu",
+            "trainer.progress_bar=false",
+            "tracking.log_weights=false",
+            "tracking.log_model=true",
+            "tracking.register_as=afqmc-pyfunc",
+        ],
+        tmp_path,
+    )
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model("models:/afqmc-pyfunc/1")
     assert [c.name for c in model.metadata.get_input_schema().inputs] == ["text", "text_pair"]
-    scored = model.predict(pd.DataFrame({"text": ["花呗怎么还款", "借呗额度"], "text_pair": ["花呗如何还钱", "花呗怎么开通"]}))
+    scored = model.predict(
+        pd.DataFrame({"text": ["花呗怎么还款", "借呗额度"], "text_pair": ["花呗如何还钱", "花呗怎么开通"]})
+    )
     assert list(scored["label"].isin(["same", "different"])) == [True, True] and len(scored) == 2
     _, runs = mlflow_runs(tmp_path, "afqmc")
     assert runs[0].info.status == "FINISHED"
-    proc = subprocess.run([sys.executable, str(REPO / "predict.py"), "ckpt=models:/afqmc-pyfunc/1",
-                           "sentence1=花呗怎么还款", "sentence2=花呗如何还钱"], cwd=tmp_path, env=ENV, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "predict.py"),
+            "ckpt=models:/afqmc-pyfunc/1",
+            "sentence1=花呗怎么还款",
+            "sentence2=花呗如何还钱",
+        ],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     prob = json.loads(proc.stdout.strip().splitlines()[-1])["prob"]
     first = scored.iloc[0]
@@ -244,10 +365,28 @@ def test_log_model_gives_a_pyfunc_that_scores_pairs_without_this_project(afqmc_d
 
 def test_early_stopping_and_gradient_accumulation(afqmc_dir, tmp_path):
     # lr ~0: dev accuracy cannot improve after the first evaluation, so patience=2 stops at step 3
-    common = ["model=minilm", f"data.dir={afqmc_dir}", "data.test_file=null", "data.max_length=48", "data.dev_limit=60",
-              "trainer.device=cpu", "trainer.progress_bar=false", "tracking.log_weights=false", "trainer.log_every=1"]
-    train(common + ["optim.lr=1e-12", "trainer.max_steps=20", "trainer.eval_every=1", "trainer.patience=2",
-                    "trainer.metric=accuracy"], tmp_path / "patience")
+    common = [
+        "model=minilm",
+        f"data.dir={afqmc_dir}",
+        "data.test_file=null",
+        "data.max_length=48",
+        "data.dev_limit=60",
+        "trainer.device=cpu",
+        "trainer.progress_bar=false",
+        "tracking.log_weights=false",
+        "trainer.log_every=1",
+    ]
+    train(
+        common
+        + [
+            "optim.lr=1e-12",
+            "trainer.max_steps=20",
+            "trainer.eval_every=1",
+            "trainer.patience=2",
+            "trainer.metric=accuracy",
+        ],
+        tmp_path / "patience",
+    )
     client, runs = mlflow_runs(tmp_path / "patience", "afqmc")
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "dev/loss")] == [1, 2, 3]
     # 2 micro-batches of 8 per optimizer step: 3 steps see 48 pairs

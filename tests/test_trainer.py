@@ -1,7 +1,6 @@
 """The trainer: step arithmetic for sharded batches and gradient accumulation, and each phase of fit() on a tiny
 random BERT (fast: no pretrained model, no MLflow)."""
 
-import json
 from functools import partial
 
 import pytest
@@ -31,7 +30,7 @@ def test_scaled_slice_losses_give_the_gradient_of_the_mean_over_each_step():
     sizes, processes, accumulation = [16, 16, 16, 5], 2, 2
     features, labels = torch.randn(sum(sizes), 3), torch.randint(0, 2, (sum(sizes),))
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    batches = [list(range(start, start + size)) for start, size in zip(starts, sizes)]
+    batches = [list(range(start, start + size)) for start, size in zip(starts, sizes, strict=True)]
 
     def loss_sum(rows):
         return torch.nn.functional.cross_entropy(features[rows] @ weight, labels[rows], reduction="sum")
@@ -45,8 +44,9 @@ def test_scaled_slice_losses_give_the_gradient_of_the_mean_over_each_step():
             if plan[position - 1][1]:
                 break
         rows = sum((batches[i] for i in group), [])
-        (reference,) = torch.autograd.grad(torch.nn.functional.cross_entropy(features[rows] @ weight, labels[rows]),
-                                           weight)
+        (reference,) = torch.autograd.grad(
+            torch.nn.functional.cross_entropy(features[rows] @ weight, labels[rows]), weight
+        )
         per_process = []
         for rank in range(processes):
             sampler = LengthGroupedBatchSampler([1] * len(labels), 16, seed=0, num_shards=processes, shard=rank)
@@ -76,14 +76,25 @@ def make_trainer(tmp_path, lr=1e-3, n_train=37, on_checkpoint=lambda: None, **co
     """37 training pairs in batches of 4 (9 full batches and a 1-pair one: 10 per epoch), 16 dev pairs."""
     pretrained = tiny_pretrained(tmp_path / "tiny")
     data = AfqmcData(dir=str(tmp_path), batch_size=4, eval_batch_size=8, max_length=24)
-    splits = {"train": encode_pairs(tiny_pairs(n_train, seed=1), pretrained.tokenizer, 24),
-              "dev": encode_pairs(tiny_pairs(16, seed=2), pretrained.tokenizer, 24)}
+    splits = {
+        "train": encode_pairs(tiny_pairs(n_train, seed=1), pretrained.tokenizer, 24),
+        "dev": encode_pairs(tiny_pairs(16, seed=2), pretrained.tokenizer, 24),
+    }
     logged = Logged()
     config = TrainerConfig(**{"device": "cpu", "progress_bar": False, "eval_precision": "fp32", **config})
-    trainer = Trainer(pretrained=pretrained, data=data, splits=splits, make_optimizer=partial(adamw, lr=lr),
-                      make_scheduler=partial(schedule, warmup_ratio=0.1), config=config, seed=3,
-                      output_dir=tmp_path / "run", accelerator=build_accelerator(device="cpu"), log_metrics=logged,
-                      on_checkpoint=on_checkpoint)
+    trainer = Trainer(
+        pretrained=pretrained,
+        data=data,
+        splits=splits,
+        make_optimizer=partial(adamw, lr=lr),
+        make_scheduler=partial(schedule, warmup_ratio=0.1),
+        config=config,
+        seed=3,
+        output_dir=tmp_path / "run",
+        accelerator=build_accelerator(device="cpu"),
+        log_metrics=logged,
+        on_checkpoint=on_checkpoint,
+    )
     return trainer, logged
 
 
@@ -116,8 +127,9 @@ def test_evaluation_every_n_steps_and_early_stopping(tmp_path):
 
 def test_checkpoints_at_their_cadence_after_evaluations_and_at_epoch_ends(tmp_path):
     steps = []
-    trainer, _ = make_trainer(tmp_path, epochs=2, checkpoint_every=4, eval_every=3,
-                              on_checkpoint=lambda: steps.append(trainer.state.step))
+    trainer, _ = make_trainer(
+        tmp_path, epochs=2, checkpoint_every=4, eval_every=3, on_checkpoint=lambda: steps.append(trainer.state.step)
+    )
     trainer.fit()
     # after an evaluation (3, 6...) or at the cadence (4, 8...), and at the first epoch's end (10); the run
     # stops at step 20 before its epoch-end checkpoint, after the cadence's
@@ -145,7 +157,7 @@ def test_a_signal_checkpoints_then_stops_and_resume_ends_like_an_uninterrupted_r
     assert resumed_log.steps("train/loss")[0] == 8 and result.steps == expected.steps == 20
     assert resumed_log.values("dev/loss") == whole_log.values("dev/loss")[1:]  # after step 5, identical
     assert result.best_metric == expected.best_metric and result.best_step == expected.best_step
-    for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+    for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 

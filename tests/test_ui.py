@@ -28,10 +28,22 @@ def get(url: str):
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ui")
-    cmd = [sys.executable, str(REPO / "train.py"), "--multirun", "model=minilm", f"data.dir={AFQMC}",
-           "data.test_file=null", "data.max_length=48", "data.dev_limit=80", "trainer.max_steps=2", "trainer.device=cpu",
-           "trainer.progress_bar=false", "tracking.log_weights=false", "optim.lr=1e-5,3e-5",
-           f"hydra.sweep.dir={tmp / 'sweep'}"]
+    cmd = [
+        sys.executable,
+        str(REPO / "train.py"),
+        "--multirun",
+        "model=minilm",
+        f"data.dir={AFQMC}",
+        "data.test_file=null",
+        "data.max_length=48",
+        "data.dev_limit=80",
+        "trainer.max_steps=2",
+        "trainer.device=cpu",
+        "trainer.progress_bar=false",
+        "tracking.log_weights=false",
+        "optim.lr=1e-5,3e-5",
+        f"hydra.sweep.dir={tmp / 'sweep'}",
+    ]
     proc = subprocess.run(cmd, cwd=tmp, env=ENV, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with mlflow_service("ui", "sqlite:///mlflow.db", tmp) as url:  # exactly the README's command
@@ -45,15 +57,18 @@ def api(url: str, endpoint: str, **query):
 def test_rest_api_shows_the_sweep_its_runs_metrics_and_plots(ui):
     url, _ = ui
     experiment = api(url, "experiments/get-by-name", experiment_name="afqmc")["experiment"]
-    request = urllib.request.Request(f"{url}/api/2.0/mlflow/runs/search", method="POST",
-                                     data=json.dumps({"experiment_ids": [experiment["experiment_id"]]}).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{url}/api/2.0/mlflow/runs/search",
+        method="POST",
+        data=json.dumps({"experiment_ids": [experiment["experiment_id"]]}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     runs = json.loads(urllib.request.urlopen(request, timeout=30).read())["runs"]
     tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
-    parents = [r for r, t in zip(runs, tags) if "mlflow.parentRunId" not in t]
+    parents = [r for r, t in zip(runs, tags, strict=True) if "mlflow.parentRunId" not in t]
     assert len(parents) == 1
     parent_id = parents[0]["info"]["run_id"]
-    children = [r for r, t in zip(runs, tags) if t.get("mlflow.parentRunId") == parent_id]
+    children = [r for r, t in zip(runs, tags, strict=True) if t.get("mlflow.parentRunId") == parent_id]
     assert len(children) == 2
     assert "best/dev_f1" in {m["key"] for m in parents[0]["data"]["metrics"]}
     for child in children:
@@ -61,7 +76,8 @@ def test_rest_api_shows_the_sweep_its_runs_metrics_and_plots(ui):
         assert {"dev/f1", "dev/accuracy", "dev/auc", "train/loss", "final/dev_f1"} <= metrics
         files = api(url, "artifacts/list", run_id=child["info"]["run_id"], path="plots")["files"]
         assert {f["path"] for f in files} == {"plots/confusion_matrix.png", "plots/pr_curve.png", "plots/roc_curve.png"}
-        png = get(f"{url}/get-artifact?{urllib.parse.urlencode({'path': 'plots/roc_curve.png', 'run_uuid': child['info']['run_id']})}")
+        query = urllib.parse.urlencode({"path": "plots/roc_curve.png", "run_uuid": child["info"]["run_id"]})
+        png = get(f"{url}/get-artifact?{query}")
         assert png[:4] == b"\x89PNG"
 
 
@@ -72,9 +88,21 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def test_chromium_shows_the_sweep_and_its_runs_with_their_metric(ui):
     url, tmp = ui
     experiment_id = api(url, "experiments/get-by-name", experiment_name="afqmc")["experiment"]["experiment_id"]
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
-             f"--user-data-dir={tmp / 'chromium'}", "--window-size=1600,1000", "--virtual-time-budget=30000"]
+    flags = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+        f"--user-data-dir={tmp / 'chromium'}",
+        "--window-size=1600,1000",
+        "--virtual-time-budget=30000",
+    ]
 
     def visit(page: str, shot: Path) -> str:
         subprocess.run(flags + [f"--screenshot={shot}", page], capture_output=True, timeout=180)

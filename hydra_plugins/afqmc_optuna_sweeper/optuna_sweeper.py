@@ -21,7 +21,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobStatus
@@ -39,14 +39,15 @@ class AfqmcOptunaSweeperConf:
     n_jobs: int = 1  # trials launched together
     storage: str = "sqlite:///optuna.db"
     study_name: str = "afqmc"
-    direction: Optional[str] = None  # maximize | minimize; null: from trainer.metric
+    direction: str | None = None  # maximize | minimize; null: from trainer.metric
     seed: int = 0  # TPE sampler seed
     # dotted config key -> {type: float|int|categorical, low, high, log, step, choices}
-    params: Dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
 
 
-ConfigStore.instance().store(group="hydra/sweeper", name="afqmc_optuna", node=AfqmcOptunaSweeperConf,
-                             provider="afqmc_exp")
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="afqmc_optuna", node=AfqmcOptunaSweeperConf, provider="afqmc_exp"
+)
 
 
 def suggest(trial, name: str, spec: dict) -> Any:
@@ -61,8 +62,16 @@ def suggest(trial, name: str, spec: dict) -> Any:
 
 
 class AfqmcOptunaSweeper(Sweeper):
-    def __init__(self, n_trials: int, n_jobs: int, storage: str, study_name: str, direction: Optional[str],
-                 seed: int, params: dict):
+    def __init__(
+        self,
+        n_trials: int,
+        n_jobs: int,
+        storage: str,
+        study_name: str,
+        direction: str | None,
+        seed: int,
+        params: dict,
+    ):
         self.n_trials, self.n_jobs, self.storage, self.study_name = n_trials, max(1, n_jobs), storage, study_name
         self.direction, self.seed = direction, seed
         self.params = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else dict(params)
@@ -71,10 +80,11 @@ class AfqmcOptunaSweeper(Sweeper):
         from hydra.core.plugins import Plugins
 
         self.config = config
-        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
-                                                                task_function=task_function, config=config)
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
 
-    def sweep(self, arguments: List[str]) -> list:
+    def sweep(self, arguments: list[str]) -> list:
         import optuna
         from optuna.trial import TrialState
 
@@ -82,8 +92,9 @@ class AfqmcOptunaSweeper(Sweeper):
         from afqmc_exp.tracking import resolve_uri  # a relative sqlite:/// path means where you started
 
         direction = self.direction or ("maximize" if GREATER_IS_BETTER[self.config.trainer.metric] else "minimize")
-        study = optuna.create_study(study_name=self.study_name, storage=resolve_uri(self.storage),
-                                    direction=direction, load_if_exists=True)
+        study = optuna.create_study(
+            study_name=self.study_name, storage=resolve_uri(self.storage), direction=direction, load_if_exists=True
+        )
         for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             study.tell(stale.number, state=TrialState.FAIL)  # left by a search that was killed
         done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)))
@@ -95,10 +106,12 @@ class AfqmcOptunaSweeper(Sweeper):
         returns, job_idx = [], 0
         while done < self.n_trials:
             trials = [study.ask() for _ in range(min(self.n_jobs, self.n_trials - done))]
-            batch = [list(arguments) + [f"{name}={suggest(trial, name, spec)}" for name, spec in self.params.items()]
-                     for trial in trials]
+            batch = [
+                list(arguments) + [f"{name}={suggest(trial, name, spec)}" for name, spec in self.params.items()]
+                for trial in trials
+            ]
             results = self.launcher.launch(batch, initial_job_idx=job_idx)
-            for trial, result in zip(trials, results):
+            for trial, result in zip(trials, results, strict=True):
                 value = result.return_value if result.status == JobStatus.COMPLETED else None
                 if value is None or not math.isfinite(float(value)):
                     reason = result._return_value if result.status == JobStatus.FAILED else f"objective {value}"
@@ -110,6 +123,11 @@ class AfqmcOptunaSweeper(Sweeper):
             job_idx, done = job_idx + len(batch), done + len(batch)
         best = [t for t in study.trials if t.state == TrialState.COMPLETE]
         if best:
-            log.info("best trial %d: %s = %.4f with %s", study.best_trial.number, self.config.trainer.metric,
-                     study.best_value, study.best_params)
+            log.info(
+                "best trial %d: %s = %.4f with %s",
+                study.best_trial.number,
+                self.config.trainer.metric,
+                study.best_value,
+                study.best_params,
+            )
         return returns

@@ -12,7 +12,8 @@ AFQMC = Path(os.environ.get("AFQMC_DATA", REPO.parent / "shared" / "data" / "afq
 
 def compose(overrides: list[str], tmp_path: Path | None = None):
     """The train config as train.py would see it, with Hydra's runtime config set (output dir in tmp_path)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
@@ -60,9 +61,24 @@ def mlflow_service(command: str, store: str, cwd: Path, *extra: str):
         port = s.getsockname()[1]
     log = cwd / f"mlflow-{command}.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), command, "--backend-store-uri", store,
-                                 *extra, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                                cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "mlflow"),
+                command,
+                "--backend-store-uri",
+                store,
+                *extra,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 180
@@ -82,8 +98,10 @@ def mlflow_service(command: str, store: str, cwd: Path, *extra: str):
         proc.wait(timeout=30)
 
 
-WORDS = ("how do i repay my huabei loan when is the bill due can i pay by card what about jiebei limit "
-         "why was payment refused open account close change phone number").split()
+WORDS = (
+    "how do i repay my huabei loan when is the bill due can i pay by card what about jiebei limit "
+    "why was payment refused open account close change phone number"
+).split()
 
 
 def tiny_pretrained(folder: Path, seed: int = 0, dropout: float = 0.1):
@@ -98,9 +116,18 @@ def tiny_pretrained(folder: Path, seed: int = 0, dropout: float = 0.1):
     (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
     tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-                        num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        num_labels=2,
+        id2label=LABELS,
+        label2id={v: k for k, v in LABELS.items()},
+    )
     return Pretrained(model=BertForSequenceClassification(config), tokenizer=tokenizer, name_or_path=str(folder))
 
 

@@ -11,11 +11,16 @@ from afqmc_exp.hardware import build_accelerator
 
 n, batch_size = int(sys.argv[1]), int(sys.argv[2])
 examples = [PairExample("a", "b", i % 2) for i in range(n)]
-split = EncodedPairs(examples, [[1] * (3 + i % 17) for i in range(n)], [[0] * (3 + i % 17) for i in range(n)],
-                     torch.tensor([e.label for e in examples]))
+split = EncodedPairs(
+    examples,
+    [[1] * (3 + i % 17) for i in range(n)],
+    [[0] * (3 + i % 17) for i in range(n)],
+    torch.tensor([e.label for e in examples]),
+)
 accelerator = build_accelerator(device="cpu")
-loader = make_loader(split, 0, batch_size, train=True, seed=3, num_shards=accelerator.num_processes,
-                     shard=accelerator.process_index)  # as the Trainer builds it
+loader = make_loader(
+    split, 0, batch_size, train=True, seed=3, num_shards=accelerator.num_processes, shard=accelerator.process_index
+)  # as the Trainer builds it
 epochs = []
 for epoch in range(2):
     loader.batch_sampler.set_epoch(epoch)
