@@ -9,6 +9,7 @@ closes it as FAILED and Ctrl-C as KILLED.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -62,22 +63,17 @@ def run(
     examples = data.load()  # validated before anything heavy happens
     seed_everything(seed)
     accelerator = build_accelerator(trainer.device, trainer.mixed_precision, trainer.tf32)
-    if accelerator.num_processes > 1:  # every process writes and reads the main process's folder
-        from accelerate.utils import broadcast_object_list
-
-        output_dir = Path(broadcast_object_list([str(output_dir)])[0])
+    output_dir = shared_output_dir(output_dir, accelerator)
     tags = {**tags, **system_tags(accelerator, eval_in_bf16(trainer.eval_precision, accelerator.device))}
     mlflow_run = open_mlflow_run(tracking, output_dir, params, tags, parent_run_id, resume, accelerator)
-    status = "FAILED"
-    try:
+    with closed_with_status(mlflow_run, output_dir, accelerator):
         pretrained = load_model()
         check_max_length(data.max_length, pretrained)
+        # train and dev only: the test file is scored with the best weights at the end
         splits = {
-            name: encode_pairs(rows, pretrained.tokenizer, data.max_length)
-            for name, rows in examples.items()
-            if name != "test"
+            name: encode_pairs(examples[name], pretrained.tokenizer, data.max_length) for name in ("train", "dev")
         }
-        result = Trainer(
+        fit = Trainer(
             pretrained=pretrained,
             data=data,
             splits=splits,
@@ -89,10 +85,28 @@ def run(
             accelerator=accelerator,
             log_metrics=mlflow_run.log_metrics,
             on_checkpoint=mlflow_run.flush,
-        ).fit(resume=resume and has_last_checkpoint(output_dir))
+        ).fit
+        result = fit(resume=resume and has_last_checkpoint(output_dir))
         finish_run(result, examples, data, trainer, tracking, mlflow_run, output_dir, accelerator)
+    return result.best_metric
+
+
+def shared_output_dir(output_dir: Path, accelerator) -> Path:
+    """With several processes, every one writes and reads the main process's folder."""
+    if accelerator.num_processes == 1:
+        return output_dir
+    from accelerate.utils import broadcast_object_list
+
+    return Path(broadcast_object_list([str(output_dir)])[0])
+
+
+@contextlib.contextmanager
+def closed_with_status(mlflow_run: Run, output_dir: Path, accelerator):
+    """Close the run FINISHED, KILLED on Ctrl-C/SIGTERM, FAILED on any other exception, with its logs."""
+    status = "FAILED"
+    try:
+        yield
         status = "FINISHED"
-        return result.best_metric
     except KeyboardInterrupt:
         status = "KILLED"
         raise

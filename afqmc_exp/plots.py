@@ -45,44 +45,44 @@ def save_dev_plots(labels: np.ndarray, prob_same: np.ndarray, folder: Path, titl
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
-    c = curves(labels, prob_same)
     paths = []
+    for name, draw, size in (
+        ("confusion_matrix.png", _draw_confusion, (4.2, 3.8)),
+        ("pr_curve.png", _draw_precision_recall, (4.6, 3.8)),
+        ("roc_curve.png", _draw_roc, (4.6, 3.8)),
+    ):
+        figure, ax = plt.subplots(figsize=size)
+        draw(ax, np.asarray(labels), np.asarray(prob_same), title)
+        figure.tight_layout()
+        figure.savefig(folder / name, dpi=110)
+        plt.close(figure)
+        paths.append(folder / name)
+    return paths
 
-    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+
+def _draw_confusion(ax, labels: np.ndarray, prob_same: np.ndarray, title: str) -> None:
     matrix = confusion(labels, prob_same)
     ax.imshow(matrix, cmap="Blues")
     for (i, j), n in np.ndenumerate(matrix):
         ax.text(j, i, str(n), ha="center", va="center", color="white" if n > matrix.max() / 2 else "black")
     names = [LABELS[0], LABELS[1]]
-    ax.set(
-        xticks=[0, 1],
-        yticks=[0, 1],
-        xticklabels=names,
-        yticklabels=names,
-        xlabel="predicted",
-        ylabel="gold",
-        title=f"dev confusion matrix\n{title}".strip(),
-    )
-    paths.append(folder / "confusion_matrix.png")
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=names, yticklabels=names, xlabel="predicted", ylabel="gold")
+    ax.set_title(f"dev confusion matrix\n{title}".strip())
 
-    fig2, ax2 = plt.subplots(figsize=(4.6, 3.8))
-    ax2.plot(c["recall"], c["precision"])
-    ax2.axhline(np.mean(labels), ls="--", c="grey", lw=1, label="always 'same'")
-    ax2.set(
-        xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=f"dev precision-recall\n{title}".strip()
-    )
-    ax2.legend(loc="lower left")
-    paths.append(folder / "pr_curve.png")
 
-    fig3, ax3 = plt.subplots(figsize=(4.6, 3.8))
-    ax3.plot(c["fpr"], c["tpr"], label=f"AUC {roc_auc(labels, prob_same):.3f}")
-    ax3.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
-    ax3.set(xlabel="false positive rate", ylabel="true positive rate", title=f"dev ROC\n{title}".strip())
-    ax3.legend(loc="lower right")
-    paths.append(folder / "roc_curve.png")
+def _draw_precision_recall(ax, labels: np.ndarray, prob_same: np.ndarray, title: str) -> None:
+    c = curves(labels, prob_same)
+    ax.plot(c["recall"], c["precision"])
+    ax.axhline(np.mean(labels), ls="--", c="grey", lw=1, label="always 'same'")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+    ax.set_title(f"dev precision-recall\n{title}".strip())
+    ax.legend(loc="lower left")
 
-    for figure, path in zip((fig, fig2, fig3), paths, strict=True):
-        figure.tight_layout()
-        figure.savefig(path, dpi=110)
-        plt.close(figure)
-    return paths
+
+def _draw_roc(ax, labels: np.ndarray, prob_same: np.ndarray, title: str) -> None:
+    c = curves(labels, prob_same)
+    ax.plot(c["fpr"], c["tpr"], label=f"AUC {roc_auc(labels, prob_same):.3f}")
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate")
+    ax.set_title(f"dev ROC\n{title}".strip())
+    ax.legend(loc="lower right")

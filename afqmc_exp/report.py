@@ -148,6 +148,28 @@ def fmt(frame) -> str:
     return frame.to_markdown(index=False, floatfmt=".4g")
 
 
+RUN_COLUMNS = ["run", "status", "objective", "best_step", "f1", "accuracy", "auc", "samples_per_s", "model", "lr",
+               "batch", "seed", "epochs", "max_steps", "run_id"]  # fmt: skip
+
+
+def write_report(frame, metric: str, title: str, out: Path) -> str:
+    """report.md, runs.csv, by_config.csv and one plot per varying param in ``out``; returns the Markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    varying = varying_params(frame)
+    runs, grouped = frame[RUN_COLUMNS], by_config(frame, varying)
+    runs.to_csv(out / "runs.csv", index=False, float_format="%.6g")
+    grouped.to_csv(out / "by_config.csv", index=False, float_format="%.6g")
+    plot_params(frame, varying, metric, out)
+    text = (
+        f"# Runs of {title}\n\nObjective: best dev {metric} "
+        f"({'higher' if GREATER_IS_BETTER[metric] else 'lower'} is better). "
+        f"Varying: {', '.join(varying) or 'nothing'}.\n\n"
+        f"{fmt(runs)}\n\n## Seeds pooled (mean ± std of the objective)\n\n{fmt(grouped)}\n"
+    )
+    (out / "report.md").write_text(text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(prog="python -m afqmc_exp.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", default="afqmc", help="MLflow experiment name (default: afqmc)")
@@ -162,43 +184,11 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     from mlflow import MlflowClient
 
-    client = MlflowClient(resolve_uri(args.uri))
-    frame, metric = collect(client, args.experiment, args.parent)
+    frame, metric = collect(MlflowClient(resolve_uri(args.uri)), args.experiment, args.parent)
     out = Path(args.out or Path("reports") / (args.parent or args.experiment))
-    out.mkdir(parents=True, exist_ok=True)
-    varying = varying_params(frame)
-    columns = [
-        "run",
-        "status",
-        "objective",
-        "best_step",
-        "f1",
-        "accuracy",
-        "auc",
-        "samples_per_s",
-        "model",
-        "lr",
-        "batch",
-        "seed",
-        "epochs",
-        "max_steps",
-        "run_id",
-    ]
-    runs = frame[columns]
-    grouped = by_config(frame, varying)
-    runs.to_csv(out / "runs.csv", index=False, float_format="%.6g")
-    grouped.to_csv(out / "by_config.csv", index=False, float_format="%.6g")
-    plots = plot_params(frame, varying, metric, out)
     title = f"parent run {args.parent}" if args.parent else f"experiment {args.experiment}"
-    text = (
-        f"# Runs of {title}\n\nObjective: best dev {metric} "
-        f"({'higher' if GREATER_IS_BETTER[metric] else 'lower'} is better). "
-        f"Varying: {', '.join(varying) or 'nothing'}.\n\n"
-        f"{fmt(runs)}\n\n## Seeds pooled (mean ± std of the objective)\n\n{fmt(grouped)}\n"
-    )
-    (out / "report.md").write_text(text)
-    print(text)
-    print(f"wrote {out / 'report.md'}, {out / 'runs.csv'}, {out / 'by_config.csv'}" + "".join(f", {p}" for p in plots))
+    print(write_report(frame, metric, title, out))
+    print(f"wrote {out / 'report.md'}, runs.csv, by_config.csv and plots in {out}")
     return out
 
 

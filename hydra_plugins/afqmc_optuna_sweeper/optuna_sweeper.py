@@ -85,6 +85,40 @@ class AfqmcOptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> list:
+        study = self._load_study()
+        done = len([t for t in study.trials if t.state.is_finished()])
+        log.info(
+            "Optuna study %r (%s): %d of %d trials done",
+            self.study_name,
+            study.direction.name.lower(),
+            done,
+            self.n_trials,
+        )
+        Path(self.config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+        returns, job_idx = [], 0
+        while done < self.n_trials:
+            trials = [study.ask() for _ in range(min(self.n_jobs, self.n_trials - done))]
+            batch = [
+                list(arguments) + [f"{name}={suggest(trial, name, spec)}" for name, spec in self.params.items()]
+                for trial in trials
+            ]
+            results = self.launcher.launch(batch, initial_job_idx=job_idx)
+            for trial, result in zip(trials, results, strict=True):
+                self._tell(study, trial, result)
+            returns.append(results)
+            job_idx, done = job_idx + len(batch), done + len(batch)
+        if any(t.state.name == "COMPLETE" for t in study.trials):
+            log.info(
+                "best trial %d: %s = %.4f with %s",
+                study.best_trial.number,
+                self.config.trainer.metric,
+                study.best_value,
+                study.best_params,
+            )
+        return returns
+
+    def _load_study(self):
+        """The study in ``storage`` (created if new); trials a killed search left RUNNING are marked failed."""
         import optuna
         from optuna.trial import TrialState
 
@@ -96,38 +130,21 @@ class AfqmcOptunaSweeper(Sweeper):
             study_name=self.study_name, storage=resolve_uri(self.storage), direction=direction, load_if_exists=True
         )
         for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            study.tell(stale.number, state=TrialState.FAIL)  # left by a search that was killed
-        done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)))
+            study.tell(stale.number, state=TrialState.FAIL)
         # Seeded by how far the study is, so a resumed search is reproducible but does not redraw the
         # points its first part already tried (TPE samples at random for its first trials).
         study.sampler = optuna.samplers.TPESampler(seed=self.seed + len(study.trials))
-        log.info("Optuna study %r (%s): %d of %d trials done", self.study_name, direction, done, self.n_trials)
-        Path(self.config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
-        returns, job_idx = [], 0
-        while done < self.n_trials:
-            trials = [study.ask() for _ in range(min(self.n_jobs, self.n_trials - done))]
-            batch = [
-                list(arguments) + [f"{name}={suggest(trial, name, spec)}" for name, spec in self.params.items()]
-                for trial in trials
-            ]
-            results = self.launcher.launch(batch, initial_job_idx=job_idx)
-            for trial, result in zip(trials, results, strict=True):
-                value = result.return_value if result.status == JobStatus.COMPLETED else None
-                if value is None or not math.isfinite(float(value)):
-                    reason = result._return_value if result.status == JobStatus.FAILED else f"objective {value}"
-                    log.warning("trial %d failed (%s); the search goes on", trial.number, reason)
-                    study.tell(trial, state=TrialState.FAIL)
-                else:
-                    study.tell(trial, float(value))
-            returns.append(results)
-            job_idx, done = job_idx + len(batch), done + len(batch)
-        best = [t for t in study.trials if t.state == TrialState.COMPLETE]
-        if best:
-            log.info(
-                "best trial %d: %s = %.4f with %s",
-                study.best_trial.number,
-                self.config.trainer.metric,
-                study.best_value,
-                study.best_params,
-            )
-        return returns
+        return study
+
+    @staticmethod
+    def _tell(study, trial, result) -> None:
+        """The job's objective, or FAIL when it raised or returned NaN (the search goes on)."""
+        from optuna.trial import TrialState
+
+        value = result.return_value if result.status == JobStatus.COMPLETED else None
+        if value is None or not math.isfinite(float(value)):
+            reason = result._return_value if result.status == JobStatus.FAILED else f"objective {value}"
+            log.warning("trial %d failed (%s); the search goes on", trial.number, reason)
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            study.tell(trial, float(value))
