@@ -2,24 +2,15 @@
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertForSequenceClassification
 
 from afqmc_exp.model import enable_cls_only_last_layer
+from helpers import tiny_bert_config
 
 
 def pair(dropout=0.0, **config):
     torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=60,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-        num_labels=2,
-        **config,
-    )
+    cfg = tiny_bert_config(60, dropout, **config)
     full = BertForSequenceClassification(cfg)
     fast = BertForSequenceClassification(cfg)
     fast.load_state_dict(full.state_dict())

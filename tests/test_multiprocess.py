@@ -2,13 +2,12 @@
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import AFQMC, REPO, mlflow_runs
+from helpers import REPO, SHORT_RUN, mlflow_runs, run_command
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -17,12 +16,10 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "
 
 @pytest.mark.parametrize("n,batch_size", [(203, 16), (97, 8), (96, 8)])
 def test_each_pair_once_per_epoch_across_processes(n, batch_size):
-    proc = subprocess.run(
+    proc = run_command(
         TORCHRUN + [str(REPO / "tests" / "helpers" / "shard_check.py"), str(n), str(batch_size)],
         cwd=REPO,
         env={**ENV, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -37,18 +34,12 @@ def test_each_pair_once_per_epoch_across_processes(n, batch_size):
 def run(cwd, launcher, out, overrides=("trainer.max_steps=6",)):
     cmd = launcher + [
         str(REPO / "train.py"),
-        "model=minilm",
-        f"data.dir={AFQMC}",
-        "data.test_file=null",
-        "data.max_length=48",
+        *SHORT_RUN,
         "trainer.eval_every=3",
-        "trainer.device=cpu",
         *overrides,
-        "trainer.progress_bar=false",
-        "tracking.log_weights=false",
         f"hydra.run.dir={out}",
     ]
-    proc = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=900)
+    proc = run_command(cmd, cwd=cwd, env=ENV, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client, runs = mlflow_runs(cwd, "afqmc")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"

@@ -9,22 +9,16 @@ import time
 
 import pytest
 
-from helpers import AFQMC, REPO, mlflow_runs
+from helpers import AFQMC, REPO, SHORT_RUN, mlflow_runs
 
 pytestmark = pytest.mark.slow  # real subprocess trainings (the trainer's phases are tested fast in test_trainer)
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 COMMON = [
-    "model=minilm",
-    f"data.dir={AFQMC}",
-    "data.test_file=null",
-    "data.max_length=48",
+    *SHORT_RUN,
     "trainer.max_steps=16",
     "trainer.eval_every=8",
     "trainer.checkpoint_every=3",
     "trainer.log_every=2",
-    "trainer.device=cpu",
-    "trainer.progress_bar=false",
-    "tracking.log_weights=false",
     "seed=5",
 ]
 

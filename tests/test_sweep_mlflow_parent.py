@@ -1,15 +1,12 @@
 """--multirun: every job its own MLflow run, nested under one parent run per sweep."""
 
-import os
-import subprocess
 import sys
 
 import pytest
 
-from helpers import REPO, mlflow_runs
+from helpers import REPO, SHORT_RUN, mlflow_runs, run_command
 
 pytestmark = pytest.mark.slow
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
 def multirun(tmp_path, afqmc_dir, *overrides):
@@ -17,18 +14,12 @@ def multirun(tmp_path, afqmc_dir, *overrides):
         sys.executable,
         str(REPO / "train.py"),
         "--multirun",
-        "model=minilm",
-        f"data.dir={afqmc_dir}",
-        "data.test_file=null",
-        "data.max_length=48",
+        *SHORT_RUN,
         "trainer.max_steps=3",
-        "trainer.device=cpu",
-        "trainer.progress_bar=false",
-        "tracking.log_weights=false",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
         *overrides,
     ]
-    return subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
+    return run_command(cmd, cwd=tmp_path, timeout=900)
 
 
 def split_runs(runs):

@@ -1,14 +1,10 @@
 """Optuna searches (resumable, failures recorded), parallel jobs with joblib, launcher configs."""
 
-import os
-import subprocess
 import sys
 
 import pytest
 
-from helpers import REPO, mlflow_runs
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+from helpers import REPO, SHORT_RUN, mlflow_runs, run_command
 
 
 def test_search_and_launcher_presets_compose():
@@ -34,15 +30,9 @@ def train_cmd(tmp_path, afqmc_dir, *overrides):
     return [
         sys.executable,
         str(REPO / "train.py"),
-        "model=minilm",
-        f"data.dir={afqmc_dir}",
-        "data.test_file=null",
-        "data.max_length=48",
+        *SHORT_RUN,
         "data.dev_limit=100",
         "trainer.max_steps=2",
-        "trainer.device=cpu",
-        "trainer.progress_bar=false",
-        "tracking.log_weights=false",
         *overrides,
     ]
 
@@ -64,7 +54,7 @@ def test_optuna_search_then_resumed_in_the_same_study(tmp_path, afqmc_dir):
             f"hydra.sweeper.n_trials={n_trials}",
             f"hydra.sweep.dir={tmp_path / sweep}",
         )
-        proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
+        proc = run_command(cmd, cwd=tmp_path, timeout=900)
         assert proc.returncode == 0, proc.stderr[-3000:]
 
     search(3, "first")
@@ -98,7 +88,7 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path, afqmc_dir)
         "hparams_search=failing",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
     )
-    proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
+    proc = run_command(cmd, cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [t.state.name for t in study(tmp_path, "f").trials] == ["FAIL", "FAIL"]
 
@@ -114,7 +104,7 @@ def test_joblib_runs_jobs_in_parallel_into_one_store(tmp_path, afqmc_dir):
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
     )
     cmd.insert(2, "--multirun")
-    proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
+    proc = run_command(cmd, cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in proc.stderr + proc.stdout
     _, runs = mlflow_runs(tmp_path, "afqmc")

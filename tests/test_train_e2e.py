@@ -1,17 +1,14 @@
 """Real trainings with the offline MiniLM: the CLI, MLflow contents, reloading, learning, reproducibility."""
 
 import json
-import os
 import random
-import subprocess
 import sys
 
 import pytest
 
-from helpers import REPO, mlflow_runs, train
+from helpers import REPO, SHORT_RUN, mlflow_runs, run_command, train
 
 pytestmark = pytest.mark.slow
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +31,7 @@ def cli_run(tmp_path_factory):
         "tracking.experiment=e2e",
         f"hydra.run.dir={out}",
     ]
-    proc = subprocess.run(cmd, cwd=tmp, env=ENV, capture_output=True, text=True, timeout=900)
+    proc = run_command(cmd, cwd=tmp, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp, out, proc
 
@@ -94,11 +91,8 @@ def test_evaluate_py_reproduces_the_logged_dev_metrics(cli_run, afqmc_dir):
     tmp, out, _ = cli_run
     _, runs = mlflow_runs(tmp, "e2e")
     logged = runs[0].data.metrics
-    proc = subprocess.run(
+    proc = run_command(
         [sys.executable, str(REPO / "evaluate.py"), f"ckpt={out / 'best_model'}", f"file={afqmc_dir / 'dev.json'}"],
-        env=ENV,
-        capture_output=True,
-        text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -117,7 +111,7 @@ def test_evaluate_py_reproduces_the_logged_dev_metrics(cli_run, afqmc_dir):
 def test_predict_py_writes_one_line_per_pair_with_the_ids(cli_run, afqmc_dir, tmp_path):
     _, out, _ = cli_run
     pred = tmp_path / "sub" / "afqmc_predict.json"
-    proc = subprocess.run(
+    proc = run_command(
         [
             sys.executable,
             str(REPO / "predict.py"),
@@ -125,9 +119,6 @@ def test_predict_py_writes_one_line_per_pair_with_the_ids(cli_run, afqmc_dir, tm
             f"file={afqmc_dir / 'test.json'}",
             f"out={pred}",
         ],
-        env=ENV,
-        capture_output=True,
-        text=True,
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -187,15 +178,9 @@ def test_learns_an_easy_set(tmp_path, precision, fresh_accelerate_state):
 
 def short_run(afqmc_dir, tmp_path, seed):
     overrides = [
-        "model=minilm",
-        f"data.dir={afqmc_dir}",
-        "data.test_file=null",
-        "data.max_length=48",
+        *SHORT_RUN,
         "trainer.max_steps=8",
         "trainer.eval_every=4",
-        "trainer.device=cpu",
-        "trainer.progress_bar=false",
-        "tracking.log_weights=false",
         f"seed={seed}",
     ]
     train(overrides, tmp_path)
@@ -233,7 +218,7 @@ def test_bad_data_fails_before_any_run_or_model(tmp_path):
 def test_predict_a_single_pair_from_a_logged_run(cli_run):
     tmp, out, _ = cli_run
     run_id = (out / "mlflow_run_id").read_text().strip()
-    proc = subprocess.run(
+    proc = run_command(
         [
             sys.executable,
             str(REPO / "predict.py"),
@@ -242,9 +227,6 @@ def test_predict_a_single_pair_from_a_logged_run(cli_run):
             "sentence2=花呗如何还钱",
         ],
         cwd=tmp,
-        env=ENV,
-        capture_output=True,
-        text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -255,12 +237,9 @@ def test_predict_a_single_pair_from_a_logged_run(cli_run):
 def test_rerun_starts_the_logged_config_again(cli_run):
     tmp, out, _ = cli_run
     run_id = (out / "mlflow_run_id").read_text().strip()
-    proc = subprocess.run(
+    proc = run_command(
         [sys.executable, str(REPO / "train.py"), f"rerun={run_id}", f"hydra.run.dir={tmp / 'rerun'}"],
         cwd=tmp,
-        env=ENV,
-        capture_output=True,
-        text=True,
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -280,15 +259,9 @@ def test_rerun_starts_the_logged_config_again(cli_run):
 def test_register_as_makes_a_model_version_that_evaluate_and_predict_take(afqmc_dir, tmp_path):
     train(
         [
-            "model=minilm",
-            f"data.dir={afqmc_dir}",
-            "data.test_file=null",
-            "data.max_length=48",
+            *SHORT_RUN,
             "data.dev_limit=60",
             "trainer.max_steps=2",
-            "trainer.device=cpu",
-            "trainer.progress_bar=false",
-            "tracking.log_weights=false",
             "tracking.register_as=afqmc-minilm",
         ],
         tmp_path,
@@ -300,12 +273,9 @@ def test_register_as_makes_a_model_version_that_evaluate_and_predict_take(afqmc_
     (tmp_path / "dev60.json").write_text(
         "".join((afqmc_dir / "dev.json").read_text(encoding="utf-8").splitlines(True)[:60]), encoding="utf-8"
     )
-    proc = subprocess.run(
+    proc = run_command(
         [sys.executable, str(REPO / "evaluate.py"), "ckpt=models:/afqmc-minilm/1", f"file={tmp_path / 'dev60.json'}"],
         cwd=tmp_path,
-        env=ENV,
-        capture_output=True,
-        text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -320,15 +290,9 @@ def test_log_model_gives_a_pyfunc_that_scores_pairs_without_this_project(afqmc_d
 
     train(
         [
-            "model=minilm",
-            f"data.dir={afqmc_dir}",
-            "data.test_file=null",
-            "data.max_length=48",
+            *SHORT_RUN,
             "data.dev_limit=60",
             "trainer.max_steps=2",
-            "trainer.device=cpu",
-            "trainer.progress_bar=false",
-            "tracking.log_weights=false",
             "tracking.log_model=true",
             "tracking.register_as=afqmc-pyfunc",
         ],
@@ -343,7 +307,7 @@ def test_log_model_gives_a_pyfunc_that_scores_pairs_without_this_project(afqmc_d
     assert list(scored["label"].isin(["same", "different"])) == [True, True] and len(scored) == 2
     _, runs = mlflow_runs(tmp_path, "afqmc")
     assert runs[0].info.status == "FINISHED"
-    proc = subprocess.run(
+    proc = run_command(
         [
             sys.executable,
             str(REPO / "predict.py"),
@@ -352,9 +316,6 @@ def test_log_model_gives_a_pyfunc_that_scores_pairs_without_this_project(afqmc_d
             "sentence2=花呗如何还钱",
         ],
         cwd=tmp_path,
-        env=ENV,
-        capture_output=True,
-        text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -366,14 +327,8 @@ def test_log_model_gives_a_pyfunc_that_scores_pairs_without_this_project(afqmc_d
 def test_early_stopping_and_gradient_accumulation(afqmc_dir, tmp_path):
     # lr ~0: dev accuracy cannot improve after the first evaluation, so patience=2 stops at step 3
     common = [
-        "model=minilm",
-        f"data.dir={afqmc_dir}",
-        "data.test_file=null",
-        "data.max_length=48",
+        *SHORT_RUN,
         "data.dev_limit=60",
-        "trainer.device=cpu",
-        "trainer.progress_bar=false",
-        "tracking.log_weights=false",
         "trainer.log_every=1",
     ]
     train(

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import AFQMC, REPO, mlflow_service
+from helpers import REPO, SHORT_RUN, mlflow_service, run_command
 
 pytestmark = pytest.mark.slow
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
 def get(url: str):
@@ -32,19 +31,13 @@ def ui(tmp_path_factory):
         sys.executable,
         str(REPO / "train.py"),
         "--multirun",
-        "model=minilm",
-        f"data.dir={AFQMC}",
-        "data.test_file=null",
-        "data.max_length=48",
+        *SHORT_RUN,
         "data.dev_limit=80",
         "trainer.max_steps=2",
-        "trainer.device=cpu",
-        "trainer.progress_bar=false",
-        "tracking.log_weights=false",
         "optim.lr=1e-5,3e-5",
         f"hydra.sweep.dir={tmp / 'sweep'}",
     ]
-    proc = subprocess.run(cmd, cwd=tmp, env=ENV, capture_output=True, text=True, timeout=900)
+    proc = run_command(cmd, cwd=tmp, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with mlflow_service("ui", "sqlite:///mlflow.db", tmp) as url:  # exactly the README's command
         yield url, tmp

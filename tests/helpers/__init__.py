@@ -4,10 +4,33 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent
 AFQMC = Path(os.environ.get("AFQMC_DATA", REPO.parent / "shared" / "data" / "afqmc"))
+OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1"}
+PYTHON = sys.executable
+
+
+def run_command(args: list, cwd: Path | None = None, timeout: float = 900, env: dict | None = None):
+    """A command as a user types it (offline), its output captured as text."""
+    return subprocess.run(
+        [str(a) for a in args], cwd=cwd, env=env or OFFLINE, capture_output=True, text=True, timeout=timeout
+    )
+
+
+# a short offline training on the shared AFQMC data, as most end-to-end tests run it (add max_steps etc.)
+SHORT_RUN = [
+    "model=minilm",
+    f"data.dir={AFQMC}",
+    "data.test_file=null",
+    "data.max_length=48",
+    "trainer.device=cpu",
+    "trainer.progress_bar=false",
+    "tracking.log_weights=false",
+]
 
 
 def compose(overrides: list[str], tmp_path: Path | None = None):
@@ -108,7 +131,7 @@ def tiny_pretrained(folder: Path, seed: int = 0, dropout: float = 0.1):
     """A randomly initialised 2-layer BERT (hidden 32) with a WordPiece tokenizer over ``WORDS``: a real
     ``Pretrained`` that trains in milliseconds, for fast tests of the trainer's phases."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import BertForSequenceClassification, BertTokenizerFast
 
     from afqmc_exp.model import LABELS, Pretrained
 
@@ -116,8 +139,16 @@ def tiny_pretrained(folder: Path, seed: int = 0, dropout: float = 0.1):
     (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
     tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
     torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
+    config = tiny_bert_config(len(tokenizer), dropout, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+    return Pretrained(model=BertForSequenceClassification(config), tokenizer=tokenizer, name_or_path=str(folder))
+
+
+def tiny_bert_config(vocab_size: int, dropout: float = 0.1, **extra):
+    """A 2-layer BERT config (hidden 32, 4 heads) with a 2-way head."""
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=vocab_size,
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=4,
@@ -125,10 +156,8 @@ def tiny_pretrained(folder: Path, seed: int = 0, dropout: float = 0.1):
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,
         num_labels=2,
-        id2label=LABELS,
-        label2id={v: k for k, v in LABELS.items()},
+        **extra,
     )
-    return Pretrained(model=BertForSequenceClassification(config), tokenizer=tokenizer, name_or_path=str(folder))
 
 
 def tiny_pairs(n: int, seed: int = 0):
