@@ -8,26 +8,42 @@ A run's output folder holds
 * ``last_checkpoint/``: the weights, the optimizer and scheduler states, every process's RNG states and
   :class:`TrainState` (where training stands), enough to continue exactly where a run was killed.
 
-Both are written into a staging folder that then replaces the old one (``atomic_dir``), so a kill
-leaves the previous complete folder or the new one. Nothing here executes code from the files it reads:
-weights are safetensors and the rest is read with ``torch.load(weights_only=True)``.
+**Swaps are atomic.** Both folders are written into a staging folder that then takes the old one's place.
+On Linux the two folders are exchanged by one ``renameat2(RENAME_EXCHANGE)`` call, so a kill at any moment
+leaves the old complete folder or the new one. Where that call is missing (other systems, some network
+file systems) the swap is two renames; a kill between them leaves the folder missing with both copies
+beside it, and :func:`recover` (run before every read and write here) puts the newer one back. A resumed
+run therefore never restarts from zero when a checkpoint existed.
 
-Other modules ask this one (``has_last_checkpoint``, ``remove_last_checkpoint``, ``read_meta``) instead
-of knowing the file names.
+**The last checkpoint is written in the background** (:class:`CheckpointWriter`): the training thread only
+copies the state into host memory (training then changes those tensors in place) and a thread does the
+serialising and the disk writes, which for BERT-base mean about a gigabyte and would otherwise stall
+every ``checkpoint_every`` steps. One write runs at a time (the next copy waits for it); a kill mid-write
+leaves the previous checkpoint.
+
+Nothing here executes code from the files it reads: weights are safetensors and the rest is read with
+``torch.load(weights_only=True)``. Other modules ask this one (``has_last_checkpoint``,
+``remove_last_checkpoint``, ``read_meta``) instead of knowing the file names.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import ctypes
 import json
+import logging
 import os
 import random
 import shutil
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last_checkpoint"
 BEST_MODEL = "best_model"
@@ -52,29 +68,81 @@ class TrainState:
 
 
 # ------------------------------------------------------------------------------------------ folders
+def _companions(target: Path) -> tuple[Path, Path]:
+    """The staging folder a new version is written into, and where the old one waits during a two-rename swap."""
+    return target.with_name(f".{target.name}.tmp"), target.with_name(f".{target.name}.old")
+
+
+def _renameat2():
+    try:
+        return ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28
+    except (AttributeError, OSError):
+        return None
+
+
+_RENAMEAT2 = _renameat2()
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    if _RENAMEAT2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return _RENAMEAT2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _between_renames(target: Path) -> None:
+    """Called between the two renames of a non-atomic swap; tests replace it to kill the process there."""
+
+
+def recover(target: Path) -> None:
+    """Put ``target`` back after a kill between the two renames of a swap: then it is missing, the old
+    version waits in ``.NAME.old`` and the complete new one in ``.NAME.tmp`` (the first rename only happens
+    after the new version is written). The newer one is restored. Nothing to do in any other state: a
+    missing target without ``.old`` means the first version was never finished."""
+    target = Path(target)
+    staging, retired = _companions(target)
+    if target.exists() or not retired.exists():
+        return
+    try:
+        os.replace(staging if staging.exists() else retired, target)
+        log.warning("%s: restored after an interrupted swap", target)
+    except FileNotFoundError:  # another process of the same run restored it first
+        pass
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path):
-    """Yield a staging folder; on success it replaces ``target`` by renames, so that a kill at any moment
-    leaves either the previous complete folder or the new one, never a half-written one."""
+    """Yield a staging folder; on success it replaces ``target`` atomically (see the module docstring)."""
     target = Path(target)
-    staging, retired = target.with_name(f".{target.name}.tmp"), target.with_name(f".{target.name}.old")
+    recover(target)
+    staging, retired = _companions(target)
     shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(retired, ignore_errors=True)
     staging.mkdir(parents=True)
     yield staging
-    shutil.rmtree(retired, ignore_errors=True)
-    if target.exists():
+    if not target.exists():
+        os.replace(staging, target)
+    elif _exchange(staging, target):
+        shutil.rmtree(staging)  # now the old version
+    else:
         os.replace(target, retired)
-    os.replace(staging, target)
-    shutil.rmtree(retired, ignore_errors=True)
+        _between_renames(target)
+        os.replace(staging, target)
+        shutil.rmtree(retired)
 
 
 def has_last_checkpoint(output_dir: Path) -> bool:
-    return (Path(output_dir) / LAST_CHECKPOINT / TRAINER_STATE).exists()
+    folder = Path(output_dir) / LAST_CHECKPOINT
+    recover(folder)
+    return (folder / TRAINER_STATE).exists()
 
 
 def remove_last_checkpoint(output_dir: Path) -> None:
     """A finished run needs no resume state (it is weights plus twice their size in optimizer state)."""
-    shutil.rmtree(Path(output_dir) / LAST_CHECKPOINT, ignore_errors=True)
+    folder = Path(output_dir) / LAST_CHECKPOINT
+    for path in (folder, *_companions(folder)):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------ RNG
@@ -99,27 +167,79 @@ def restore_rng(states: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------ last checkpoint
-def save_last_checkpoint(folder: Path, model, optimizer, scheduler, state: TrainState, accelerator) -> None:
-    """Called on every process (it gathers each one's RNG states: their dropout masks differ); the main
-    process writes."""
-    from accelerate.utils import gather_object
-    from safetensors.torch import save_file
+class CheckpointWriter:
+    """Saves the last checkpoint into ``folder``, in a background thread when ``background``.
 
-    rng = gather_object([capture_rng()])
-    if not accelerator.is_main_process:
-        return
-    with atomic_dir(folder) as staging:
-        weights = {k: v.contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
-        save_file(weights, staging / WEIGHTS)
-        torch.save(
-            {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": rng,
-                "state": asdict(state),
-            },
-            staging / TRAINER_STATE,
-        )
+    ``save`` is called on every process (it gathers each one's RNG states: their dropout masks differ);
+    the main process copies the state to host memory and hands it to the writer thread. Call ``wait``
+    before relying on the files (the trainer does at the end of training and before stopping on a signal);
+    it re-raises what the writer thread raised."""
+
+    def __init__(self, folder: Path, background: bool = True):
+        self.folder, self.background = Path(folder), background
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._buffers: dict[str, torch.Tensor] = {}  # host copies, reused from one checkpoint to the next
+        self._copying_from_gpu = False
+
+    def save(self, model, optimizer, scheduler, state: TrainState, accelerator) -> None:
+        from accelerate.utils import gather_object
+
+        rng = gather_object([capture_rng()])
+        if not accelerator.is_main_process:
+            return
+        self.wait()  # the buffers are free again
+        snapshot = {
+            "weights": self._host_copy(accelerator.unwrap_model(model).state_dict(), "weights"),
+            "optimizer": self._host_copy(optimizer.state_dict(), "optimizer"),
+            "scheduler": copy.deepcopy(scheduler.state_dict()),
+            "rng": rng,
+            "state": asdict(state),
+        }
+        if self._copying_from_gpu:
+            torch.cuda.current_stream().synchronize()  # the non-blocking copies have landed
+        if not self.background:
+            self._write(snapshot)
+            return
+        self._thread = threading.Thread(target=self._write_catching, args=(snapshot,), name="checkpoint-writer")
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise RuntimeError(f"writing the checkpoint in {self.folder} failed: {error}") from error
+
+    def _write_catching(self, snapshot: dict) -> None:
+        try:
+            self._write(snapshot)
+        except BaseException as error:  # re-raised in the training thread by wait()
+            self._error = error
+
+    def _write(self, snapshot: dict) -> None:
+        from safetensors.torch import save_file
+
+        with atomic_dir(self.folder) as staging:
+            save_file(snapshot.pop("weights"), staging / WEIGHTS)
+            torch.save(snapshot, staging / TRAINER_STATE)
+
+    def _host_copy(self, value, key: str):
+        """``value`` with every tensor copied into a reused host buffer (pinned, and copied without blocking,
+        for GPU tensors); other values deep-copied, as training goes on changing them."""
+        if isinstance(value, torch.Tensor):
+            buffer = self._buffers.get(key)
+            if buffer is None or buffer.shape != value.shape or buffer.dtype != value.dtype:
+                buffer = torch.empty(value.shape, dtype=value.dtype, pin_memory=value.is_cuda)
+                self._buffers[key] = buffer
+            self._copying_from_gpu |= value.is_cuda
+            return buffer.copy_(value.detach(), non_blocking=value.is_cuda)
+        if isinstance(value, dict):
+            return {k: self._host_copy(v, f"{key}.{k}") for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(self._host_copy(v, f"{key}.{i}") for i, v in enumerate(value))
+        return copy.deepcopy(value)
 
 
 def load_last_checkpoint(folder: Path, model, optimizer, scheduler, accelerator) -> tuple[TrainState, dict]:
@@ -127,6 +247,7 @@ def load_last_checkpoint(folder: Path, model, optimizer, scheduler, accelerator)
     the next step."""
     from safetensors.torch import load_file
 
+    recover(folder)
     accelerator.unwrap_model(model).load_state_dict(load_file(folder / WEIGHTS))
     saved = torch.load(folder / TRAINER_STATE, weights_only=True)
     optimizer.load_state_dict(saved["optimizer"])
@@ -146,5 +267,6 @@ def save_best_model(pretrained, folder: Path, meta: dict, accelerator) -> None:
 
 def read_meta(folder: str | Path) -> dict:
     """Training facts saved beside our weights (max_length, eval batch size...); {} for foreign folders."""
+    recover(Path(folder))
     path = Path(folder) / META_FILE
     return json.loads(path.read_text()) if path.exists() else {}

@@ -84,7 +84,7 @@ def run(
             output_dir=output_dir,
             accelerator=accelerator,
             log_metrics=mlflow_run.log_metrics,
-            on_checkpoint=mlflow_run.flush,
+            flush_metrics=mlflow_run.flush,
         ).fit
         result = fit(resume=resume and has_last_checkpoint(output_dir))
         finish_run(result, examples, data, trainer, tracking, mlflow_run, output_dir, accelerator)

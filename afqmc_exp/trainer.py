@@ -7,9 +7,12 @@ or MLflow: it receives typed objects and a ``log(metrics, step)`` callback.
 :class:`Trainer` reads in phases: setup (data, model and optimizer, schedule, resume) -> epochs ->
 batches -> after each optimizer step (log, evaluate, checkpoint, signals) -> after each epoch -> finish.
 
-Nothing is lost: a last checkpoint (see ``checkpoint``) is written every ``checkpoint_every`` steps, after
-every evaluation and at the end of every epoch. Metrics reach MLflow just before (``on_checkpoint``); a
-resumed run skips the steps the store already holds, so each step is logged exactly once.
+Nothing is lost: a last checkpoint (see ``checkpoint``) is written every ``checkpoint_minutes`` (and/or
+every ``checkpoint_every`` steps), at the end of every epoch and when a signal stops the run, in the
+background so training does not wait for the disk. Time rather than steps by default: a step takes
+milliseconds on a GPU and seconds on a CPU, and what a kill may cost is minutes of work either way.
+Metrics reach MLflow at every evaluation and just before each checkpoint (``flush_metrics``); a resumed
+run skips the steps the store already holds, so each step is logged exactly once.
 SIGINT/SIGTERM stop the loop at the next step boundary, after a checkpoint (see ``signals``).
 
 Why the loop looks like this:
@@ -44,11 +47,11 @@ import torch
 from .checkpoint import (
     BEST_MODEL,
     LAST_CHECKPOINT,
+    CheckpointWriter,
     TrainState,
     load_last_checkpoint,
     restore_rng,
     save_best_model,
-    save_last_checkpoint,
 )
 from .data import AfqmcData, EncodedPairs
 from .hardware import eval_in_bf16, seconds_since_process_start
@@ -81,7 +84,9 @@ class TrainerConfig:
     patience: int | None = None  # stop after this many evaluations without improvement; null: never
     metric: Metric = "f1"  # dev metric that picks the best weights
     log_every: int = 10  # optimizer steps between logged train loss/lr/speed
-    checkpoint_every: int | None = 100  # optimizer steps between last-checkpoint saves (also each eval and epoch)
+    checkpoint_minutes: float | None = 10.0  # wall-clock minutes between last-checkpoint saves (checked at log steps)
+    checkpoint_every: int | None = None  # or every N optimizer steps; either way also at each epoch's end
+    checkpoint_in_background: bool = True  # copy to host memory, write in a thread (false: write, then go on)
     keep_last_checkpoint: bool = False  # keep last_checkpoint/ after a run finishes (weights + 2x optimizer state)
     profile_steps: int = 0  # profile this many optimizer steps (after 2 of warm-up) into <output>/profile/
     progress_bar: bool = True
@@ -168,7 +173,8 @@ class TrainingWindow:
 class Trainer:
     """Fine-tune ``pretrained.model`` on ``splits["train"]``, evaluating on ``splits["dev"]`` and keeping the
     best weights (by ``config.metric``) in ``output_dir/best_model``. ``fit(resume=True)`` continues from
-    ``output_dir/last_checkpoint``; ``on_checkpoint`` is called before each checkpoint (to flush metrics)."""
+    ``output_dir/last_checkpoint``; ``flush_metrics`` is called after each evaluation and before each
+    checkpoint, so what the store holds is never behind the checkpoint."""
 
     def __init__(
         self,
@@ -183,14 +189,15 @@ class Trainer:
         output_dir: Path,
         accelerator,
         log_metrics: Callable[[dict, int], None],
-        on_checkpoint: Callable[[], None] = lambda: None,
+        flush_metrics: Callable[[], None] = lambda: None,
     ):
         self.pretrained, self.data, self.splits, self.config, self.seed = pretrained, data, splits, config, seed
         self.make_optimizer, self.make_scheduler = make_optimizer, make_scheduler
-        self.accelerator, self.log_metrics, self.on_checkpoint = accelerator, log_metrics, on_checkpoint
+        self.accelerator, self.log_metrics, self.flush_metrics = accelerator, log_metrics, flush_metrics
         self.best_dir, self.last_dir = Path(output_dir) / BEST_MODEL, Path(output_dir) / LAST_CHECKPOINT
         self.output_dir, self.speed = Path(output_dir), {}
         self.eval_bf16 = eval_in_bf16(config.eval_precision, accelerator.device)
+        self.checkpoints = CheckpointWriter(self.last_dir, background=config.checkpoint_in_background)
 
     # ------------------------------------------------------------------------------------ the run
     def fit(self, resume: bool = False) -> FitResult:
@@ -199,13 +206,16 @@ class Trainer:
         self._restore(resume)
         self.model.train()
         main = self.accelerator.is_main_process
-        with (
-            GracefulStop() as self.signals,
-            profiled(self.config.profile_steps if main else 0, self.output_dir / "profile") as self.profiler,
-        ):
-            while self.state.epoch < self.config.epochs and self.state.step < self.total_steps:
-                if self._train_epoch():
-                    break
+        try:
+            with (
+                GracefulStop() as self.signals,
+                profiled(self.config.profile_steps if main else 0, self.output_dir / "profile") as self.profiler,
+            ):
+                while self.state.epoch < self.config.epochs and self.state.step < self.total_steps:
+                    if self._train_epoch():
+                        break
+        finally:
+            self.checkpoints.wait()  # a checkpoint being written is completed, whatever stopped training
         return self._finish()
 
     # ------------------------------------------------------------------------------------ setup
@@ -252,6 +262,7 @@ class Trainer:
             log.info(
                 "resuming at step %d (epoch %d, batch %d)", self.state.step, self.state.epoch, self.state.batch_in_epoch
             )
+        self.last_checkpoint_time = time.monotonic()
         # each process sums its own pairs' losses; the main process holds the resumed window's sum
         main = self.accelerator.is_main_process
         self.window = TrainingWindow(
@@ -315,21 +326,35 @@ class Trainer:
             self.profiler.step()
         if "time_to_first_step_s" not in self.speed:
             self.speed["time_to_first_step_s"] = seconds_since_process_start()
-        if step % config.log_every == 0 or step == self.total_steps:
+        logged = step % config.log_every == 0 or step == self.total_steps
+        if logged:
             self._log_training()
-        evaluated = bool(config.eval_every) and step % config.eval_every == 0
-        stop = self._evaluate() if evaluated else False
-        if evaluated or self.signals.requested or (config.checkpoint_every and step % config.checkpoint_every == 0):
+        stop = self._evaluate() if config.eval_every and step % config.eval_every == 0 else False
+        if self.signals.requested or self._checkpoint_due(step, logged):
             self._save_checkpoint()
         if self.signals.requested:
             raise KeyboardInterrupt(f"stopped by a signal at step {step}; resume with resume={self.output_dir}")
         return stop or step >= self.total_steps
 
+    def _checkpoint_due(self, step: int, logged: bool) -> bool:
+        """At the step cadence, or at a logged step once ``checkpoint_minutes`` have passed. Every process
+        must decide alike (saving gathers from all), so the clock is read where the loss is reduced anyway."""
+        config = self.config
+        if config.checkpoint_every and step % config.checkpoint_every == 0:
+            return True
+        if config.checkpoint_minutes is None or not logged:
+            return False
+        due = time.monotonic() - self.last_checkpoint_time >= 60 * config.checkpoint_minutes
+        if self.accelerator.num_processes > 1:
+            flag = torch.tensor(float(due), device=self.accelerator.device)
+            due = self.accelerator.reduce(flag, reduction="sum").item() > 0
+        return due
+
     def _after_epoch(self) -> bool:
         """Evaluate (unless ``eval_every`` does it) and checkpoint; True when early stopping says stop."""
         self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
         stop = False if self.config.eval_every else self._evaluate()
-        if self.config.checkpoint_every:
+        if self.config.checkpoint_every or self.config.checkpoint_minutes is not None:
             self._save_checkpoint()
         return stop
 
@@ -376,6 +401,7 @@ class Trainer:
                 },
                 state.step,
             )
+            self.flush_metrics()  # dev curves show up as they are computed
             if self.accelerator.is_main_process:
                 self.bar.write(
                     f"step {state.step}: dev "
@@ -400,9 +426,10 @@ class Trainer:
             save_best_model(self.pretrained, self.best_dir, meta, self.accelerator)
 
     def _save_checkpoint(self) -> None:
-        self.on_checkpoint()  # metrics first: a kill between the two leaves steps a resumed run knows to skip
+        self.flush_metrics()  # metrics first: a kill between the two leaves steps a resumed run knows to skip
         self.state.window_loss, self.state.window_pairs = self.window.summed_loss(self.accelerator), self.window.pairs
-        save_last_checkpoint(self.last_dir, self.model, self.optimizer, self.scheduler, self.state, self.accelerator)
+        self.checkpoints.save(self.model, self.optimizer, self.scheduler, self.state, self.accelerator)
+        self.last_checkpoint_time = time.monotonic()
 
     # ------------------------------------------------------------------------------------ finish
     def _finish(self) -> FitResult:
@@ -412,6 +439,8 @@ class Trainer:
             self._evaluate()
         self.bar.close()
         self.speed["train_samples_per_s"] = self.window.total_samples / max(train_seconds, 1e-9)
+        if self.accelerator.device.type == "cuda":
+            self.speed["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(self.accelerator.device) / 2**30
         self.accelerator.wait_for_everyone()
         return FitResult(
             best_metric=self.state.best,

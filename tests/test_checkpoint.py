@@ -1,4 +1,4 @@
-"""Checkpoint files: nothing in them is ever executed."""
+"""Checkpoint files: atomic swaps (and their repair), background writes, nothing in them ever executed."""
 
 import os
 import pickle
@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from afqmc_exp import checkpoint
 from afqmc_exp.checkpoint import load_last_checkpoint
 
 
@@ -31,3 +32,94 @@ def test_resume_never_unpickles_code(tmp_path):
     with pytest.raises(pickle.UnpicklingError):
         load_last_checkpoint(folder, model, None, None, Plain())
     assert not (tmp_path / "pwned").exists()
+
+
+# ------------------------------------------------------------------------------------ atomic swaps
+def write_version(target, text):
+    with checkpoint.atomic_dir(target) as staging:
+        (staging / "version.txt").write_text(text)
+
+
+def test_a_swap_replaces_the_folder_and_leaves_nothing_beside_it(tmp_path):
+    target = tmp_path / "best_model"
+    write_version(target, "1")
+    write_version(target, "2")
+    assert (target / "version.txt").read_text() == "2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model"]
+
+
+def test_on_linux_a_swap_is_one_atomic_exchange(tmp_path, monkeypatch):
+    if checkpoint._RENAMEAT2 is None:
+        pytest.skip("no renameat2 on this system: swaps use two renames and recover()")
+
+    def never(target):
+        raise AssertionError("the two-rename fallback ran")
+
+    monkeypatch.setattr(checkpoint, "_between_renames", never)
+    write_version(tmp_path / "best_model", "1")
+    write_version(tmp_path / "best_model", "2")
+    assert (tmp_path / "best_model" / "version.txt").read_text() == "2"
+
+
+def test_a_kill_between_the_two_renames_is_repaired_with_the_newer_version(tmp_path, monkeypatch):
+    """Where the one-call exchange is missing, the swap is two renames; a kill between them (simulated
+    here by the test hook raising) leaves no folder, and the next read puts the new version back."""
+    target = tmp_path / "last_checkpoint"
+    write_version(target, "1")
+
+    def killed(target):
+        raise SystemExit("killed between the renames")
+
+    monkeypatch.setattr(checkpoint, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(checkpoint, "_between_renames", killed)
+    with pytest.raises(SystemExit):
+        write_version(target, "2")
+    assert not target.exists() and (tmp_path / ".last_checkpoint.old").exists()
+    (tmp_path / ".last_checkpoint.tmp" / checkpoint.TRAINER_STATE).write_text("")  # what has_last_checkpoint looks for
+    assert checkpoint.has_last_checkpoint(tmp_path)
+    assert (target / "version.txt").read_text() == "2"
+    monkeypatch.setattr(checkpoint, "_between_renames", lambda target: None)
+    write_version(target, "3")  # and swaps go on as usual
+    assert (target / "version.txt").read_text() == "3" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "last_checkpoint"
+    ]
+
+
+def test_an_unfinished_first_version_is_not_taken_for_a_checkpoint(tmp_path):
+    (tmp_path / ".last_checkpoint.tmp").mkdir()  # killed while writing the very first checkpoint
+    assert not checkpoint.has_last_checkpoint(tmp_path)
+
+
+# ------------------------------------------------------------------------------------ background writes
+def test_a_background_checkpoint_holds_the_state_of_when_it_was_taken(tmp_path, monkeypatch):
+    """Training goes on changing the weights while the writer thread works: the files must hold the
+    weights as they were when ``save`` returned, and ``wait`` makes them complete."""
+    import threading
+
+    from accelerate import Accelerator
+    from safetensors.torch import load_file
+
+    release, real_save = threading.Event(), checkpoint.torch.save
+
+    def slow_save(*args, **kwargs):
+        release.wait(timeout=30)
+        real_save(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", slow_save)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    writer = checkpoint.CheckpointWriter(tmp_path / "last_checkpoint")
+    writer.save(model, optimizer, scheduler, checkpoint.TrainState(step=7), Accelerator(cpu=True))
+    with torch.no_grad():  # the next training step, while the writer waits
+        model.weight.add_(1.0)
+    release.set()
+    writer.wait()
+    saved = load_file(tmp_path / "last_checkpoint" / checkpoint.WEIGHTS)
+    for key, value in expected.items():
+        torch.testing.assert_close(saved[key], value, rtol=0, atol=0)
+    state = torch.load(tmp_path / "last_checkpoint" / checkpoint.TRAINER_STATE, weights_only=True)
+    assert state["state"]["step"] == 7 and state["optimizer"]["state"][0]["exp_avg"].shape == (2, 3)

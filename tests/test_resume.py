@@ -50,34 +50,68 @@ def histories(cwd):
     return run, {k: [(m.step, round(m.value, 9)) for m in client.get_metric_history(run.info.run_id, k)] for k in keys}
 
 
-def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path):
-    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    whole = start(tmp_path / "a", *COMMON, f"hydra.run.dir={tmp_path / 'a' / 'run'}")
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The reference: the same run, never killed."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    whole = start(folder, *COMMON, f"hydra.run.dir={folder / 'run'}")
     assert whole.wait(timeout=600) == 0, whole.stderr.read()[-3000:]
+    return folder
 
-    out = tmp_path / "b" / "run"
-    killed = start(tmp_path / "b", *COMMON, f"hydra.run.dir={out}")
+
+def resume_and_compare(folder, out, reference):
+    resumed = start(folder, f"resume={out}", "hydra.run.dir=" + str(folder / "resume_logs"))
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
+    run_a, a = histories(reference)
+    run_b, b = histories(folder)
+    assert run_b.info.status == "FINISHED"
+    assert [s for s, _ in b["train/loss"]] == list(range(2, 17, 2))  # every step once: none lost, none twice
+    assert b == a
+    result_a = json.loads((reference / "run" / "result.json").read_text())
+    result_b = json.loads((out / "result.json").read_text())
+    for key in ("best_metric", "final/dev_accuracy", "final/dev_f1", "final/dev_auc", "final/dev_loss"):
+        assert result_b[key] == pytest.approx(result_a[key], abs=1e-9), key
+    assert result_b["mlflow_run_id"] == run_b.info.run_id
+
+
+def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    killed = start(tmp_path, *COMMON, f"hydra.run.dir={out}")
     wait_for(out / "last_checkpoint" / "trainer_state.pt", killed)
     time.sleep(0.4)  # into the next steps, between checkpoints
     killed.send_signal(signal.SIGKILL)
     assert killed.wait(timeout=60) == -signal.SIGKILL
     assert not (out / "result.json").exists()
-    _, before = histories(tmp_path / "b")
+    _, before = histories(tmp_path)
     assert before["train/loss"] and before["train/loss"][-1][0] < 16  # killed part-way: resume has work to do
+    resume_and_compare(tmp_path, out, uninterrupted)
 
-    resumed = start(tmp_path / "b", f"resume={out}", "hydra.run.dir=" + str(tmp_path / "b" / "resume_logs"))
-    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
 
-    run_a, a = histories(tmp_path / "a")
-    run_b, b = histories(tmp_path / "b")
-    assert run_b.info.status == "FINISHED"
-    assert [s for s, _ in b["train/loss"]] == list(range(2, 17, 2))  # every step once: none lost, none twice
-    assert b == a
-    result_a = json.loads((tmp_path / "a" / "run" / "result.json").read_text())
-    result_b = json.loads((out / "result.json").read_text())
-    for key in ("best_metric", "final/dev_accuracy", "final/dev_f1", "final/dev_auc", "final/dev_loss"):
-        assert result_b[key] == pytest.approx(result_a[key], abs=1e-9), key
-    assert result_b["mlflow_run_id"] == run_b.info.run_id
+@pytest.mark.parametrize("fault", ["mid-write", "between-renames"])
+def test_a_kill_inside_a_checkpoint_write_still_resumes_exactly(tmp_path, uninterrupted, fault):
+    """Killed in the 3rd checkpoint write (step 9): mid-write in the background thread the previous checkpoint
+    (step 6) is intact; between the two renames of a swap the new one is put back. Either way the run ends
+    as if never killed."""
+    out = tmp_path / "run"
+    killed = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tests" / "helpers" / "faulty_train.py"),
+            fault,
+            "3",
+            *COMMON,
+            f"hydra.run.dir={out}",
+        ],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    if fault == "between-renames":
+        assert not (out / "last_checkpoint").exists() and (out / ".last_checkpoint.old").exists()
+    resume_and_compare(tmp_path, out, uninterrupted)
 
 
 def test_resume_by_mlflow_run_id(tmp_path):

@@ -72,7 +72,7 @@ class Logged(list):
         return [(step, metrics[key]) for step, metrics in self if key in metrics]
 
 
-def make_trainer(tmp_path, lr=1e-3, n_train=37, on_checkpoint=lambda: None, **config):
+def make_trainer(tmp_path, lr=1e-3, n_train=37, **config):
     """37 training pairs in batches of 4 (9 full batches and a 1-pair one: 10 per epoch), 16 dev pairs."""
     pretrained = tiny_pretrained(tmp_path / "tiny")
     data = AfqmcData(dir=str(tmp_path), batch_size=4, eval_batch_size=8, max_length=24)
@@ -93,7 +93,6 @@ def make_trainer(tmp_path, lr=1e-3, n_train=37, on_checkpoint=lambda: None, **co
         output_dir=tmp_path / "run",
         accelerator=build_accelerator(device="cpu"),
         log_metrics=logged,
-        on_checkpoint=on_checkpoint,
     )
     return trainer, logged
 
@@ -125,16 +124,41 @@ def test_evaluation_every_n_steps_and_early_stopping(tmp_path):
     assert logged.steps("dev/loss") == [2, 4, 6] and result.steps == 6 and result.best_step == 2
 
 
-def test_checkpoints_at_their_cadence_after_evaluations_and_at_epoch_ends(tmp_path):
-    steps = []
-    trainer, _ = make_trainer(
-        tmp_path, epochs=2, checkpoint_every=4, eval_every=3, on_checkpoint=lambda: steps.append(trainer.state.step)
-    )
+def checkpointed_steps(trainer) -> list[int]:
+    """Record the step of every checkpoint ``trainer`` saves."""
+    steps, save = [], trainer.checkpoints.save
+    trainer.checkpoints.save = lambda *args: (steps.append(trainer.state.step), save(*args))
+    return steps
+
+
+def test_checkpoints_at_the_step_cadence_and_at_epoch_ends(tmp_path):
+    trainer, _ = make_trainer(tmp_path, epochs=2, checkpoint_every=4, checkpoint_minutes=None, eval_every=3)
+    steps = checkpointed_steps(trainer)
     trainer.fit()
-    # after an evaluation (3, 6...) or at the cadence (4, 8...), and at the first epoch's end (10); the run
-    # stops at step 20 before its epoch-end checkpoint, after the cadence's
-    assert steps == [3, 4, 6, 8, 9, 10, 12, 15, 16, 18, 20]
+    assert steps == [4, 8, 10, 12, 16, 20]  # the first epoch's end (10); the run stops at 20 before its epoch end
     assert has_last_checkpoint(tmp_path / "run")
+
+
+def test_checkpoints_by_the_clock_are_taken_at_logged_steps(tmp_path, monkeypatch):
+    trainer, _ = make_trainer(tmp_path, epochs=1, log_every=2, checkpoint_minutes=1.0)
+    steps = checkpointed_steps(trainer)
+    clock = iter(range(0, 100_000, 20))  # every reading of the clock is 20 s after the one before
+    monkeypatch.setattr(trainer_module.time, "monotonic", lambda: next(clock))
+    trainer.fit()
+    # started at 0; logged steps 2, 4, 6 read 20, 40, 60: due at 6 (saved at 80); 8 and 10 read 100 and 120
+    assert steps == [6]
+
+
+def test_a_background_write_that_fails_is_raised_in_training(tmp_path, monkeypatch):
+    from afqmc_exp import checkpoint
+
+    def broken(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", broken)
+    trainer, _ = make_trainer(tmp_path, epochs=1, checkpoint_every=2)
+    with pytest.raises(RuntimeError, match="No space left on device"):
+        trainer.fit()
 
 
 def test_a_signal_checkpoints_then_stops_and_resume_ends_like_an_uninterrupted_run(tmp_path):
