@@ -215,17 +215,20 @@ def _load_for_scoring(args: EvaluateArgs):
     from accelerate import Accelerator
 
     from .checkpoint import read_meta
-    from .model import load_pair_classifier
+    from .data import auto_eval_batch_size, auto_pad_to_multiple_of
+    from .model import load_pair_classifier, prepare_for_device
 
     ckpt = resolve_checkpoint(args.ckpt, args.tracking_uri)
     if not (ckpt / "config.json").exists():
         raise SystemExit(f"error: {args.ckpt}: no config.json; ckpt must be a best_model folder written by train.py")
-    meta = read_meta(ckpt)
+    meta, accelerator = read_meta(ckpt), Accelerator(cpu=args.device == "cpu")
+    device_type = accelerator.device.type
     return dict(
-        pretrained=load_pair_classifier(str(ckpt)),
+        pretrained=prepare_for_device(load_pair_classifier(str(ckpt)), device_type),
         max_length=args.max_length or meta.get("max_length", 128),
-        batch_size=args.batch_size or meta.get("eval_batch_size", 32),
-        accelerator=Accelerator(cpu=args.device == "cpu"),
+        batch_size=args.batch_size or meta.get("eval_batch_size") or auto_eval_batch_size(device_type),
+        pad_to_multiple_of=auto_pad_to_multiple_of(device_type),
+        accelerator=accelerator,
     )
 
 

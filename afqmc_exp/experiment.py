@@ -23,7 +23,7 @@ from .checkpoint import has_last_checkpoint, remove_last_checkpoint
 from .data import AfqmcData, encode_pairs
 from .hardware import build_accelerator, eval_in_bf16, system_tags
 from .inference import score, write_predictions
-from .model import Pretrained, load_pair_classifier
+from .model import Pretrained, load_pair_classifier, prepare_for_device
 from .plots import save_dev_plots
 from .tracking import MlflowTracking, Run
 from .trainer import FitResult, Trainer, TrainerConfig
@@ -63,11 +63,12 @@ def run(
     examples = data.load()  # validated before anything heavy happens
     seed_everything(seed)
     accelerator = build_accelerator(trainer.device, trainer.mixed_precision, trainer.tf32)
+    data = data.for_device(accelerator.device.type)  # the "auto" batch settings
     output_dir = shared_output_dir(output_dir, accelerator)
     tags = {**tags, **system_tags(accelerator, eval_in_bf16(trainer.eval_precision, accelerator.device))}
     mlflow_run = open_mlflow_run(tracking, output_dir, params, tags, parent_run_id, resume, accelerator)
     with closed_with_status(mlflow_run, output_dir, accelerator):
-        pretrained = load_model()
+        pretrained = prepare_for_device(load_model(), accelerator.device.type)
         check_max_length(data.max_length, pretrained)
         # train and dev only: the test file is scored with the best weights at the end
         splits = {
@@ -181,12 +182,13 @@ def finish_run(
 def score_best(best_dir: Path, examples: dict, data: AfqmcData, accelerator):
     """Metrics of the saved best weights on dev (and a labelled test file), and their probabilities.
     The saved folder, reloaded, is what users get: it is scored, not the in-memory model."""
-    best = load_pair_classifier(str(best_dir))
-    prob_dev, dev_metrics = score(best, examples["dev"], data.max_length, data.eval_batch_size, accelerator)
+    best = prepare_for_device(load_pair_classifier(str(best_dir)), accelerator.device.type)
+    batching = dict(batch_size=data.eval_batch_size, pad_to_multiple_of=data.pad_to_multiple_of)
+    prob_dev, dev_metrics = score(best, examples["dev"], data.max_length, accelerator=accelerator, **batching)
     final = {f"final/dev_{k}": v for k, v in dev_metrics.items()}
     prob_test = None
     if examples.get("test") and data.score_test:
-        prob_test, test_metrics = score(best, examples["test"], data.max_length, data.eval_batch_size, accelerator)
+        prob_test, test_metrics = score(best, examples["test"], data.max_length, accelerator=accelerator, **batching)
         final.update({f"final/test_{k}": v for k, v in (test_metrics or {}).items()})
     return final, prob_dev, prob_test
 

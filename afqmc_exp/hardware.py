@@ -48,6 +48,11 @@ def build_accelerator(device: str = "auto", mixed_precision: str = "no", tf32: b
     if tf32 and torch.cuda.is_available():  # TF32 matmuls: ~fp32 accuracy on tensor cores (Ampere+)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    if torch.cuda.is_available() and device != "cpu":
+        # cuDNN's attention builds an execution plan for every new sequence length (length-grouped batches
+        # bring dozens), costing more CPU time per step than the GPU spends computing; the flash and
+        # memory-efficient kernels SDPA falls back to need no plans
+        torch.backends.cuda.enable_cudnn_sdp(False)
     # split_batches: data.eval_batch_size is global, each of N processes evaluates 1/N of every batch
     # (training batches are sharded by our own sampler: see afqmc_exp.trainer)
     accelerator = Accelerator(

@@ -52,11 +52,18 @@ def evaluate(
 
 
 def score(
-    pretrained, examples: list[PairExample], max_length: int, batch_size: int, accelerator
+    pretrained,
+    examples: list[PairExample],
+    max_length: int,
+    batch_size: int,
+    accelerator,
+    pad_to_multiple_of: int = 1,
 ) -> tuple[np.ndarray, dict[str, float] | None]:
     """Probabilities of "same meaning" for ``examples`` (file order) and, if labelled, their metrics."""
     split = encode_pairs(examples, pretrained.tokenizer, max_length)
-    loader = make_loader(split, pretrained.tokenizer.pad_token_id, batch_size, train=False)
+    loader = make_loader(
+        split, pretrained.tokenizer.pad_token_id, batch_size, train=False, pad_to_multiple_of=pad_to_multiple_of
+    )
     model, loader = accelerator.prepare(pretrained.model, loader)
     prob_same, loss = predict(model, loader, accelerator)
     metrics = classification_metrics(split.labels.numpy(), prob_same, loss) if split.labels is not None else None

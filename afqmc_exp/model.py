@@ -6,12 +6,15 @@ folder that ``AutoModelForSequenceClassification.from_pretrained(dir)``, pipelin
 transformers flavour load without this project.
 
 Only [CLS] reaches the head, so in the *last* encoder layer every other position's output is thrown
-away. ``cls_only_last_layer`` (on by default) computes that layer for [CLS] alone: keys and values for
+away. ``cls_only_last_layer`` computes that layer for [CLS] alone: keys and values for
 all positions (the [CLS] query attends to them), but the query, attention output and feed-forward
 for one position. The [CLS] vector is mathematically identical (the README's performance section has the
 measured gain). It is patched onto the layer instance, so the module tree and the saved weights are
 unchanged, and it is applied only where it is known to be exact: encoder-only BERT classifiers with
-absolute positions, on transformers 5 (whose layer returns a tensor).
+absolute positions, on transformers 5 (whose layer returns a tensor). It pays where compute is the
+bottleneck (a CPU); on a GPU a BERT-base step is bound by kernel launches, and the layer's extra small
+kernels (and an attention call the fused kernels take less well) cost more than the FLOPs they save, so
+``auto`` (the default) applies it on CPUs only, once the device is known (``prepare_for_device``).
 
 ``architecture="bert"`` forces the BERT classes. ``hfl/chinese-roberta-wwm-ext`` needs it: it is a BERT
 (WordPiece vocab, BERT weights) whose config.json has no ``model_type``, so the Auto classes guess
@@ -46,6 +49,7 @@ class Pretrained:
     model: object  # transformers.PreTrainedModel
     tokenizer: object  # transformers.PreTrainedTokenizerBase
     name_or_path: str
+    cls_only_last_layer: bool | Literal["auto"] = "auto"  # applied by prepare_for_device
 
     @property
     def max_positions(self) -> int:
@@ -103,7 +107,7 @@ def load_pair_classifier(
     classifier_dropout: float | None = None,
     dropout: float | None = None,
     trust_remote_code: bool = False,
-    cls_only_last_layer: bool = True,
+    cls_only_last_layer: bool | Literal["auto"] = "auto",
 ) -> Pretrained:
     """Load tokenizer and 2-way classifier from a Hub id or a local folder (ours or anyone's).
     ``dropout`` replaces the encoder's hidden and attention dropout, ``classifier_dropout`` the head's
@@ -121,6 +125,14 @@ def load_pair_classifier(
         config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
     tokenizer = tokenizer_cls.from_pretrained(name_or_path, **kwargs)
     model = model_cls.from_pretrained(name_or_path, config=config, **kwargs)
-    if cls_only_last_layer:
-        enable_cls_only_last_layer(model)
-    return Pretrained(model=model, tokenizer=tokenizer, name_or_path=str(name_or_path))
+    return Pretrained(model, tokenizer, str(name_or_path), cls_only_last_layer)
+
+
+def prepare_for_device(pretrained: Pretrained, device_type: str) -> Pretrained:
+    """Apply the forward changes that depend on the device (see the module docstring)."""
+    wanted = pretrained.cls_only_last_layer
+    if wanted == "auto":
+        wanted = device_type == "cpu"
+    if wanted:
+        enable_cls_only_last_layer(pretrained.model)
+    return pretrained

@@ -56,7 +56,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "data.max_length": (lambda v: v >= 8, "must be >= 8"),
     "data.batch_size": (lambda v: v >= 1, "must be >= 1"),
-    "data.eval_batch_size": (lambda v: v >= 1, "must be >= 1"),
+    "data.eval_batch_size": (lambda v: v == "auto" or v >= 1, "must be >= 1, or auto"),
+    "data.pad_to_multiple_of": (lambda v: v == "auto" or v >= 1, "must be >= 1 (1: no rounding), or auto"),
     "data.group_batches": (lambda v: v >= 1, "must be >= 1 (1 = plain shuffling)"),
     "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "must be an integer"),
 }
@@ -87,8 +88,14 @@ def _fits(value: Any, annotation: Any) -> bool:
 
 
 def _expected(annotation: Any) -> str:
+    """What a value must be, in words: "must be one of a, b", "expected int", "expected int, or one of auto"."""
     if typing.get_origin(annotation) is typing.Literal:
         return "must be one of " + ", ".join(map(str, typing.get_args(annotation)))
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        arms = [arm for arm in typing.get_args(annotation) if arm is not type(None)]
+        if len(arms) > 1:
+            words = [_expected(arm).removeprefix("must be ").removeprefix("expected ") for arm in arms]
+            return "expected " + ", or ".join(words)
     return "expected " + (getattr(annotation, "__name__", None) or str(annotation).replace("typing.", ""))
 
 

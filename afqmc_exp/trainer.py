@@ -88,6 +88,7 @@ class TrainerConfig:
     checkpoint_every: int | None = None  # or every N optimizer steps; either way also at each epoch's end
     checkpoint_in_background: bool = True  # copy to host memory, write in a thread (false: write, then go on)
     keep_last_checkpoint: bool = False  # keep last_checkpoint/ after a run finishes (weights + 2x optimizer state)
+    compile: Literal["no", "default", "reduce-overhead", "max-autotune"] = "no"  # torch.compile mode (see _setup_model)
     profile_steps: int = 0  # profile this many optimizer steps (after 2 of warm-up) into <output>/profile/
     progress_bar: bool = True
 
@@ -191,7 +192,8 @@ class Trainer:
         log_metrics: Callable[[dict, int], None],
         flush_metrics: Callable[[], None] = lambda: None,
     ):
-        self.pretrained, self.data, self.splits, self.config, self.seed = pretrained, data, splits, config, seed
+        self.pretrained, self.splits, self.config, self.seed = pretrained, splits, config, seed
+        self.data = data.for_device(accelerator.device.type)  # the "auto" batch settings decided
         self.make_optimizer, self.make_scheduler = make_optimizer, make_scheduler
         self.accelerator, self.log_metrics, self.flush_metrics = accelerator, log_metrics, flush_metrics
         self.best_dir, self.last_dir = Path(output_dir) / BEST_MODEL, Path(output_dir) / LAST_CHECKPOINT
@@ -241,6 +243,12 @@ class Trainer:
 
     def _setup_model(self) -> None:
         model = self.pretrained.model
+        if self.config.compile != "no":
+            # One compiled graph per batch shape (dynamic=False: "reduce-overhead" then replays each as a CUDA
+            # graph, one launch instead of hundreds); data.pad_to_multiple_of keeps the shapes few. In place,
+            # so saved weights keep their names. The first steps of each shape pay the compile time.
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            model.compile(mode=None if self.config.compile == "default" else self.config.compile, dynamic=False)
         optimizer = self.make_optimizer(model.to(self.accelerator.device))
         self.model, self.optimizer, self.dev_loader = self.accelerator.prepare(model, optimizer, self.dev_loader)
         steps_per_epoch = math.ceil(len(self.sampler) / self.config.grad_accumulation)

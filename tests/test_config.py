@@ -53,7 +53,7 @@ def test_model_options(option):
             "classifier_dropout": None,
             "dropout": None,
             "trust_remote_code": False,
-            "cls_only_last_layer": True,
+            "cls_only_last_layer": "auto",
         }
     if option == "minilm":  # the only one available offline: really load it
         pretrained = factory()

@@ -217,3 +217,40 @@ def test_evaluate_and_predict_check_their_input_the_same_way(tmp_path, main, ext
     bad = write(tmp_path, GOOD + "\n" + '{"sentence1": "a", "sentence2": null}\n', name="pairs.json")
     with pytest.raises(SystemExit, match=r"error: .*pairs.json:2: sentence2 is null"):
         getattr(cli, main)([f"ckpt={tmp_path}", f"file={bad}", *extra])
+
+
+# ------------------------------------------------------------------------------------ device-dependent batching
+@pytest.mark.parametrize("cls_only", [False, True])
+def test_widths_rounded_up_to_a_multiple_give_the_same_logits(tmp_path, cls_only):
+    """data.pad_to_multiple_of (8 on a GPU) only adds masked padding: every pair's logits stay the same."""
+    import torch
+
+    from afqmc_exp.model import enable_cls_only_last_layer
+    from helpers import tiny_pairs, tiny_pretrained
+
+    pretrained = tiny_pretrained(tmp_path, dropout=0.0)
+    if cls_only:
+        enable_cls_only_last_layer(pretrained.model)
+    pretrained.model.eval()
+    split = encode_pairs(tiny_pairs(24, seed=4), pretrained.tokenizer, 32)
+    indices = list(range(24))
+    logits = {}
+    for multiple in (1, 8, 16):
+        batch = PairCollator(split, pretrained.tokenizer.pad_token_id, multiple)(indices)
+        assert batch["input_ids"].shape[1] % multiple == 0
+        inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
+        with torch.no_grad():
+            logits[multiple] = pretrained.model(**inputs).logits
+    assert logits[16].shape == logits[1].shape
+    for multiple in (8, 16):
+        torch.testing.assert_close(logits[multiple], logits[1], atol=1e-5, rtol=1e-5)
+
+
+def test_auto_batch_settings_are_decided_by_the_device(tmp_path):
+    data = AfqmcData(dir=str(tmp_path))
+    assert (data.eval_batch_size, data.pad_to_multiple_of) == ("auto", "auto")
+    cpu, gpu = data.for_device("cpu"), data.for_device("cuda")
+    assert (cpu.eval_batch_size, cpu.pad_to_multiple_of) == (32, 1)
+    assert (gpu.eval_batch_size, gpu.pad_to_multiple_of) == (256, 8)
+    chosen = AfqmcData(dir=str(tmp_path), eval_batch_size=64, pad_to_multiple_of=16).for_device("cuda")
+    assert (chosen.eval_batch_size, chosen.pad_to_multiple_of) == (64, 16)

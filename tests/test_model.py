@@ -53,3 +53,18 @@ def test_padding_changes_nothing():
 def test_not_applied_where_it_would_not_be_exact(config):
     _, fast = pair(**config)
     assert not enable_cls_only_last_layer(fast)
+
+
+@pytest.mark.parametrize(
+    "setting,device,applied",
+    [("auto", "cpu", True), ("auto", "cuda", False), (True, "cuda", True), (False, "cpu", False)],
+)
+def test_the_cls_only_layer_is_applied_where_it_pays_unless_told(tmp_path, setting, device, applied):
+    """auto: on CPUs, where it removes compute; not on GPUs, where a step is bound by kernel launches."""
+    from afqmc_exp.model import prepare_for_device
+    from helpers import tiny_pretrained
+
+    pretrained = tiny_pretrained(tmp_path)
+    pretrained.cls_only_last_layer = setting
+    prepare_for_device(pretrained, device)
+    assert ("forward" in vars(pretrained.model.bert.encoder.layer[-1])) is applied  # patched on the instance

@@ -21,6 +21,7 @@ BAD = [
     ("missing data.dir", ["data.dir=null"], r"data.dir=None: must name the folder"),
     ("warmup ratio", ["scheduler.warmup_ratio=1.5"], r"scheduler.warmup_ratio=1.5: must be in \[0, 1\)"),
     ("unknown key", ["+optim.lrr=1e-5"], r"optim.lrr: unknown key for afqmc_exp.optim.adamw; known keys: .*lr"),
+    ("auto or a number", ["data.eval_batch_size=big"], r"data.eval_batch_size='big': expected int, or one of auto"),
     ("model named nowhere", ["model=pretrained"], r"model.name_or_path='\?\?\?': must name a Hub id or a local folder"),
 ]
 # options with a fixed set of values (a Literal annotation on their _target_): a bad value is named with the choices

@@ -72,10 +72,12 @@ class Logged(list):
         return [(step, metrics[key]) for step, metrics in self if key in metrics]
 
 
-def make_trainer(tmp_path, lr=1e-3, n_train=37, **config):
+def make_trainer(tmp_path, lr=1e-3, n_train=37, dropout=0.1, pad_to_multiple_of=1, **config):
     """37 training pairs in batches of 4 (9 full batches and a 1-pair one: 10 per epoch), 16 dev pairs."""
-    pretrained = tiny_pretrained(tmp_path / "tiny")
-    data = AfqmcData(dir=str(tmp_path), batch_size=4, eval_batch_size=8, max_length=24)
+    pretrained = tiny_pretrained(tmp_path / "tiny", dropout=dropout)
+    data = AfqmcData(
+        dir=str(tmp_path), batch_size=4, eval_batch_size=8, max_length=24, pad_to_multiple_of=pad_to_multiple_of
+    )
     splits = {
         "train": encode_pairs(tiny_pairs(n_train, seed=1), pretrained.tokenizer, 24),
         "dev": encode_pairs(tiny_pairs(16, seed=2), pretrained.tokenizer, 24),
@@ -208,3 +210,23 @@ def test_training_window_excludes_paused_time_and_restarts_at_each_flush(monkeyp
     with window.paused():  # 106 -> 107
         pass
     assert window.total_samples == 8 and window.paused_seconds == 3.0
+
+
+@pytest.mark.slow  # compiling takes a minute on a CPU
+def test_a_compiled_model_trains_like_the_eager_one(tmp_path):
+    """trainer.compile: the same losses and weights as eager over a few steps, up to rounding (dropout off:
+    compiled code draws its own random masks). Widths padded to 32: one shape to compile."""
+    runs = {}
+    for mode in ("no", "default"):
+        trainer, logged = make_trainer(
+            tmp_path / mode, n_train=36, dropout=0.0, pad_to_multiple_of=32, max_steps=4, log_every=1, compile=mode
+        )
+        trainer.fit()
+        runs[mode] = (trainer, logged.values("train/loss"))
+    assert runs["default"][0].pretrained.model._compiled_call_impl is not None  # it really ran compiled
+    assert [step for step, _ in runs["default"][1]] == [1, 2, 3, 4]
+    for (_, eager), (_, compiled) in zip(runs["no"][1], runs["default"][1], strict=True):
+        assert compiled == pytest.approx(eager, rel=1e-4)
+    eager_weights = runs["no"][0].pretrained.model.state_dict()
+    for name, value in runs["default"][0].pretrained.model.state_dict().items():  # names unchanged: compiled in place
+        torch.testing.assert_close(value, eager_weights[name], atol=1e-4, rtol=1e-3, msg=name)
