@@ -90,6 +90,7 @@ class TrainerConfig:
     keep_last_checkpoint: bool = False  # keep last_checkpoint/ after a run finishes (weights + 2x optimizer state)
     compile: Literal["no", "default", "reduce-overhead", "max-autotune"] = "no"  # torch.compile mode (see _setup_model)
     profile_steps: int = 0  # profile this many optimizer steps (after 2 of warm-up) into <output>/profile/
+    profile_skip: int = 0  # optimizer steps before the profiler starts (to see a warm loop, not the first shapes)
     progress_bar: bool = True
 
     def better(self, value: float, best: float | None) -> bool:
@@ -211,7 +212,9 @@ class Trainer:
         try:
             with (
                 GracefulStop() as self.signals,
-                profiled(self.config.profile_steps if main else 0, self.output_dir / "profile") as self.profiler,
+                profiled(
+                    self.config.profile_steps if main else 0, self.output_dir / "profile", self.config.profile_skip
+                ) as self.profiler,
             ):
                 while self.state.epoch < self.config.epochs and self.state.step < self.total_steps:
                     if self._train_epoch():

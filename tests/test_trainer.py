@@ -1,6 +1,7 @@
 """The trainer: step arithmetic for sharded batches and gradient accumulation, and each phase of fit() on a tiny
 random BERT (fast: no pretrained model, no MLflow)."""
 
+import json
 from functools import partial
 
 import pytest
@@ -210,6 +211,16 @@ def test_training_window_excludes_paused_time_and_restarts_at_each_flush(monkeyp
     with window.paused():  # 106 -> 107
         pass
     assert window.total_samples == 8 and window.paused_seconds == 3.0
+
+
+def test_profiling_a_few_steps_leaves_a_trace_an_operator_table_and_a_summary(tmp_path):
+    trainer, _ = make_trainer(tmp_path, epochs=1, profile_steps=3, profile_skip=2)
+    trainer.fit()
+    folder = tmp_path / "run" / "profile"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["wall_s"] > 0 and "gpu_busy" not in summary  # no GPU here
+    assert "traceEvents" in json.loads((folder / "trace.json").read_text())
+    assert "Self CPU" in (folder / "operators.txt").read_text()
 
 
 @pytest.mark.slow  # compiling takes a minute on a CPU
