@@ -15,11 +15,13 @@ file systems) the swap is two renames; a kill between them leaves the folder mis
 beside it, and :func:`recover` (run before every read and write here) puts the newer one back. A resumed
 run therefore never restarts from zero when a checkpoint existed.
 
-**The last checkpoint is written in the background** (:class:`CheckpointWriter`): the training thread only
-copies the state into host memory (training then changes those tensors in place) and a thread does the
-serialising and the disk writes, which for BERT-base mean about a gigabyte and would otherwise stall
-every ``checkpoint_every`` steps. One write runs at a time (the next copy waits for it); a kill mid-write
-leaves the previous checkpoint.
+**On a GPU the last checkpoint is written in the background** (:class:`CheckpointWriter`): the training
+thread only copies the state into pinned host memory (training then changes those tensors in place) and a
+thread does the serialising and the disk writes, which for BERT-base mean about a gigabyte and would
+otherwise stall the GPU. One write runs at a time (the next copy waits for it); a kill mid-write leaves
+the previous checkpoint. On a CPU the copy and the writer thread compete with training for the same
+cores and memory bandwidth, and cost more than they save (README, Performance), so there the trainer
+writes directly from the live tensors.
 
 Nothing here executes code from the files it reads: weights are safetensors and the rest is read with
 ``torch.load(weights_only=True)``. Other modules ask this one (``has_last_checkpoint``,
@@ -189,18 +191,20 @@ class CheckpointWriter:
         if not accelerator.is_main_process:
             return
         self.wait()  # the buffers are free again
+        weights, optimizer_state = accelerator.unwrap_model(model).state_dict(), optimizer.state_dict()
+        if not self.background:  # written before training goes on: the live tensors can be written as they are
+            self._write({"weights": weights, "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
+                         "rng": rng, "state": asdict(state)})  # fmt: skip
+            return
         snapshot = {
-            "weights": self._host_copy(accelerator.unwrap_model(model).state_dict(), "weights"),
-            "optimizer": self._host_copy(optimizer.state_dict(), "optimizer"),
+            "weights": self._host_copy(weights, "weights"),
+            "optimizer": self._host_copy(optimizer_state, "optimizer"),
             "scheduler": copy.deepcopy(scheduler.state_dict()),
             "rng": rng,
             "state": asdict(state),
         }
         if self._copying_from_gpu:
             torch.cuda.current_stream().synchronize()  # the non-blocking copies have landed
-        if not self.background:
-            self._write(snapshot)
-            return
         self._thread = threading.Thread(target=self._write_catching, args=(snapshot,), name="checkpoint-writer")
         self._thread.start()
 
@@ -221,9 +225,10 @@ class CheckpointWriter:
     def _write(self, snapshot: dict) -> None:
         from safetensors.torch import save_file
 
+        rest = {k: v for k, v in snapshot.items() if k != "weights"}
         with atomic_dir(self.folder) as staging:
-            save_file(snapshot.pop("weights"), staging / WEIGHTS)
-            torch.save(snapshot, staging / TRAINER_STATE)
+            save_file({k: v.contiguous() for k, v in snapshot["weights"].items()}, staging / WEIGHTS)
+            torch.save(rest, staging / TRAINER_STATE)
 
     def _host_copy(self, value, key: str):
         """``value`` with every tensor copied into a reused host buffer (pinned, and copied without blocking,

@@ -8,8 +8,8 @@ or MLflow: it receives typed objects and a ``log(metrics, step)`` callback.
 batches -> after each optimizer step (log, evaluate, checkpoint, signals) -> after each epoch -> finish.
 
 Nothing is lost: a last checkpoint (see ``checkpoint``) is written every ``checkpoint_minutes`` (and/or
-every ``checkpoint_every`` steps), at the end of every epoch and when a signal stops the run, in the
-background so training does not wait for the disk. Time rather than steps by default: a step takes
+every ``checkpoint_every`` steps), at the end of every epoch and when a signal stops the run (on a GPU in
+the background, so training does not wait for the disk). Time rather than steps by default: a step takes
 milliseconds on a GPU and seconds on a CPU, and what a kill may cost is minutes of work either way.
 Metrics reach MLflow at every evaluation and just before each checkpoint (``flush_metrics``); a resumed
 run skips the steps the store already holds, so each step is logged exactly once.
@@ -86,7 +86,7 @@ class TrainerConfig:
     log_every: int = 10  # optimizer steps between logged train loss/lr/speed
     checkpoint_minutes: float | None = 10.0  # wall-clock minutes between last-checkpoint saves (checked at log steps)
     checkpoint_every: int | None = None  # or every N optimizer steps; either way also at each epoch's end
-    checkpoint_in_background: bool = True  # copy to host memory, write in a thread (false: write, then go on)
+    checkpoint_in_background: bool | Literal["auto"] = "auto"  # copy to host memory, write in a thread; auto: on GPUs
     keep_last_checkpoint: bool = False  # keep last_checkpoint/ after a run finishes (weights + 2x optimizer state)
     compile: Literal["no", "default", "reduce-overhead", "max-autotune"] = "no"  # torch.compile mode (see _setup_model)
     profile_steps: int = 0  # profile this many optimizer steps (after 2 of warm-up) into <output>/profile/
@@ -200,7 +200,10 @@ class Trainer:
         self.best_dir, self.last_dir = Path(output_dir) / BEST_MODEL, Path(output_dir) / LAST_CHECKPOINT
         self.output_dir, self.speed = Path(output_dir), {}
         self.eval_bf16 = eval_in_bf16(config.eval_precision, accelerator.device)
-        self.checkpoints = CheckpointWriter(self.last_dir, background=config.checkpoint_in_background)
+        background = config.checkpoint_in_background
+        if background == "auto":  # pays on a GPU, costs on a CPU (see checkpoint)
+            background = accelerator.device.type == "cuda"
+        self.checkpoints = CheckpointWriter(self.last_dir, background=background)
 
     # ------------------------------------------------------------------------------------ the run
     def fit(self, resume: bool = False) -> FitResult:

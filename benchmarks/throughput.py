@@ -265,9 +265,10 @@ def hf_trainer(args) -> dict:
         use_cpu=args.device == "cpu",
     )
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
-    options.update(
-        {"group_by_length": True} if "group_by_length" in fields else {"train_sampling_strategy": "group_by_length"}
-    )
+    if "group_by_length" in fields:  # older transformers; newer ones name a sampling strategy
+        options["group_by_length"] = True
+    elif "train_sampling_strategy" in fields:
+        options["train_sampling_strategy"] = "group_by_length"
     clock = Clock()
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint, num_labels=2)
     trainer = Trainer(

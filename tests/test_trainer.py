@@ -159,7 +159,7 @@ def test_a_background_write_that_fails_is_raised_in_training(tmp_path, monkeypat
         raise OSError("No space left on device")
 
     monkeypatch.setattr(checkpoint.torch, "save", broken)
-    trainer, _ = make_trainer(tmp_path, epochs=1, checkpoint_every=2)
+    trainer, _ = make_trainer(tmp_path, epochs=1, checkpoint_every=2, checkpoint_in_background=True)
     with pytest.raises(RuntimeError, match="No space left on device"):
         trainer.fit()
 

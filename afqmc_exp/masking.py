@@ -1,0 +1,88 @@
+"""Secrets stay out of everything a run writes for others to see: MLflow params, tags and artifacts, the log
+file and the console.
+
+A secret is the value of a config key that looks like one (``api_token``, ``password``, ``secret``...) or a
+password inside a URI (``http://alice:PASSWORD@host``, ``postgresql://user:PASSWORD@db``), in the config or
+in ``MLFLOW_TRACKING_URI``. :class:`Masker` knows the run's secrets and replaces them with ``***`` in any
+text; ``install_log_filter`` applies it to every log record before any handler writes it. The run folder's
+own ``.hydra/config.yaml`` keeps the real values: ``resume`` needs them, and the folder is the user's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+SECRET_KEY = re.compile(r"(token|password|passwd|secret|api[_-]?key|credential)", re.IGNORECASE)
+URI_PASSWORD = re.compile(r"(://[^/:@\s]+:)([^@/\s]+)@")
+MASK = "***"
+SHORTEST = 4  # shorter values are not searched for in free text (they would mask ordinary words)
+
+
+def mask_uri(text: str) -> str:
+    """``scheme://user:PASSWORD@host`` -> ``scheme://user:***@host``."""
+    return URI_PASSWORD.sub(rf"\g<1>{MASK}@", text)
+
+
+class Masker:
+    """Replaces the run's secret values (and any password inside a URI) with ``***`` in text."""
+
+    def __init__(self, secrets: Iterable[str] = ()):
+        self.secrets = sorted({s for s in secrets if len(s) >= SHORTEST}, key=len, reverse=True)
+
+    @classmethod
+    def from_config(cls, tree: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> Masker:
+        found: list[str] = []
+        _collect(tree, found)
+        found += [m.group(2) for m in URI_PASSWORD.finditer(environ.get("MLFLOW_TRACKING_URI", ""))]
+        return cls(found)
+
+    def __call__(self, text: str) -> str:
+        text = mask_uri(text)
+        for secret in self.secrets:
+            text = text.replace(secret, MASK)
+        return text
+
+    def override(self, override: str) -> str:
+        """A command-line override ``key=value`` with the value masked when the key looks secret."""
+        key, sep, value = override.partition("=")
+        if sep and SECRET_KEY.search(key.split(".")[-1]) and value not in ("", "null"):
+            return f"{key}={MASK}"
+        return self(override)
+
+
+def _collect(value: Any, found: list[str], key: str = "") -> None:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _collect(v, found, str(k))
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _collect(v, found, key)
+    elif isinstance(value, str):
+        if SECRET_KEY.search(key) and value:
+            found.append(value)
+        found += [m.group(2) for m in URI_PASSWORD.finditer(value)]
+
+
+class _MaskingFilter(logging.Filter):
+    def __init__(self, masker: Masker):
+        super().__init__()
+        self.masker = masker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = self.masker(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+def install_log_filter(masker: Masker) -> None:
+    """Mask every record reaching the root logger's handlers (console, Hydra's train.log, and any added later
+    to the root through ``add_handler``)."""
+    for handler in logging.getLogger().handlers:
+        handler.filters = [f for f in handler.filters if not isinstance(f, _MaskingFilter)]
+        handler.addFilter(_MaskingFilter(masker))

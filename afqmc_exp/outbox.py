@@ -1,0 +1,141 @@
+"""An outbox for MLflow writes, so that a tracking store that stops answering never costs training.
+
+Every write a run makes (metrics, params, tags, artifacts, the final status) is appended as one JSON line
+to a journal in the run folder (``.tracking/journal.jsonl``) and delivered, in order, by a background
+thread. While the store does not answer, the thread retries with growing pauses and the log says once
+that tracking is behind; training and checkpointing go on, and nothing is lost: the journal is on disk.
+The end of a run waits a bounded time for the thread to catch up; what is still pending is delivered by
+the next process that opens the run folder (``resume``, which for a finished run only does that).
+
+``.tracking/sent`` counts the records already delivered. A record can be delivered twice only if the
+process dies between delivering it and counting it; metrics are then filtered against what the store
+holds (see ``tracking.Run``), and params, tags and artifacts are idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+FOLDER = ".tracking"
+
+
+class Outbox:
+    """Records appended with :meth:`put` reach ``deliver`` in order, from a background thread."""
+
+    def __init__(self, folder: Path, deliver: Callable[[dict], None], retry_seconds: float = 2.0):
+        self.folder = Path(folder) / FOLDER
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.journal, self.counter = self.folder / "journal.jsonl", self.folder / "sent"
+        self.deliver, self.retry_seconds = deliver, retry_seconds
+        self.records = read_journal(self.journal)
+        if self.journal.exists() and not self.journal.read_bytes().endswith(b"\n") and self.journal.stat().st_size:
+            with open(self.journal, "a", encoding="utf-8") as out:  # a line cut short by a kill stays apart
+                out.write("\n")
+        self.sent = int(self.counter.read_text()) if self.counter.exists() else 0
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self.behind_since: float | None = None
+
+    @property
+    def pending(self) -> int:
+        return len(self.records) - self.sent
+
+    def put(self, record: dict) -> None:
+        """Append ``record`` to the journal (it survives a kill from here on) and wake the sender."""
+        with open(self.journal, "a", encoding="utf-8") as out:
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        with self._changed:
+            self.records.append(record)
+            self._changed.notify_all()
+        self.start()
+
+    def start(self) -> None:
+        """Start the sender thread if there is something to send (a reopened run may have a backlog)."""
+        if self.pending and (self._thread is None or not self._thread.is_alive()):
+            self._thread = threading.Thread(target=self._send_forever, name="mlflow-outbox", daemon=True)
+            self._thread.start()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for every record to be delivered; True when none is pending."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self.pending and time.monotonic() < deadline:
+                self._changed.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+            return not self.pending
+
+    def _send_forever(self) -> None:
+        pause = self.retry_seconds
+        while True:
+            with self._changed:
+                while not self.pending:
+                    self._changed.wait()
+                record = self.records[self.sent]
+            try:
+                self.deliver(record)
+            except Exception as error:  # noqa: BLE001  (whatever the store raised: keep the record, retry)
+                if permanent(error):
+                    log.error(
+                        "MLflow refused a %s record for good (%s); it is skipped", record.get("op"), first_line(error)
+                    )
+                else:
+                    self._behind(error)
+                    time.sleep(pause)
+                    pause = min(60.0, pause * 2)
+                    continue
+            pause = self.retry_seconds
+            self._count_one()
+
+    def _count_one(self) -> None:
+        with self._changed:
+            self.sent += 1
+            tmp = self.counter.with_suffix(".tmp")
+            tmp.write_text(str(self.sent))
+            os.replace(tmp, self.counter)
+            if self.behind_since is not None and not self.pending:
+                log.warning(
+                    "tracking caught up after %.0f s: every record is in the store",
+                    time.monotonic() - self.behind_since,
+                )
+                self.behind_since = None
+            self._changed.notify_all()
+
+    def _behind(self, error: Exception) -> None:
+        if self.behind_since is None:
+            self.behind_since = time.monotonic()
+            log.warning(
+                "tracking is behind: the MLflow store does not answer (%s). Training goes on; %d record(s) wait "
+                "in %s and are sent when it answers again (at the latest on resume)",
+                first_line(error),
+                self.pending,
+                self.journal,
+            )
+
+
+def read_journal(path: Path) -> list[dict]:
+    """The journal's records; a last line cut short by a kill is dropped (it was never acknowledged)."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").split("\n"):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def permanent(error: Exception) -> bool:
+    """A refusal that retrying cannot change (a bad request, a deleted run), as opposed to an unreachable store."""
+    status = getattr(error, "get_http_status_code", lambda: None)()
+    return status in (400, 404)
+
+
+def first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
