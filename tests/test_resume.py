@@ -100,6 +100,7 @@ def test_a_kill_inside_a_checkpoint_write_still_resumes_exactly(tmp_path, uninte
             fault,
             "3",
             *COMMON,
+            "trainer.checkpoint_in_background=true",  # as on a GPU: the write is the writer thread's
             f"hydra.run.dir={out}",
         ],
         cwd=tmp_path,
