@@ -16,10 +16,12 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .data import DataError
+from .masking import Masker, install_log_filter
 from .schema import ConfigError, validate
 
 log = logging.getLogger(__name__)
 REPO_DIR = Path(__file__).resolve().parent.parent
+RESULT_FILE = "result.json"  # written when a run finishes
 
 
 def default_run_name(cfg: DictConfig, model_choice: str | None) -> str:
@@ -75,12 +77,22 @@ def train_from_config(cfg: DictConfig) -> float:
     from hydra.utils import instantiate
 
     hydra_cfg = HydraConfig.get()
+    masker = mask_logs(cfg)
     output_dir, resume, rerun = Path(hydra_cfg.runtime.output_dir), cfg.get("resume"), cfg.get("rerun")
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     extra_tags, run_name = {}, None
+    if resume and rerun:
+        raise SystemExit(
+            "error: resume= and rerun= together: resume continues a killed run in its folder, rerun starts a "
+            "logged run's config again as a new run; give one of them"
+        )
     if resume:
         output_dir = find_run_dir(str(resume), instantiate(cfg.tracking))
         cfg = OmegaConf.load(output_dir / ".hydra" / "config.yaml")
+        masker = mask_logs(cfg)  # the run's own config: its secrets
+        if (output_dir / RESULT_FILE).exists():
+            return report_finished(output_dir, instantiate(cfg.tracking))
+        append_log_to(output_dir, masker)
         log.info("resuming %s with its saved config", output_dir)
     elif rerun:
         cfg, original = config_of_run(str(rerun), instantiate(cfg.tracking))
@@ -90,16 +102,66 @@ def train_from_config(cfg: DictConfig) -> float:
         ignored = [o for o in hydra_cfg.overrides.task if not o.startswith("rerun=")]
         if ignored:
             log.warning("rerun uses the run's own config; ignoring %s", " ".join(ignored))
+    from .experiment import RunInProgress
+    from .model import ModelError
+    from .tracking import TrackingUnavailable
+
     try:
-        return _train(cfg, hydra_cfg, output_dir, resume, in_sweep, extra_tags, run_name)
-    except (ConfigError, DataError) as err:
+        return _train(cfg, hydra_cfg, output_dir, resume, in_sweep, extra_tags, run_name, masker)
+    except (ConfigError, DataError, ModelError, TrackingUnavailable, RunInProgress) as err:
         if in_sweep:  # the sweep records this job as failed and goes on
             raise
-        raise SystemExit(f"error: {err}") from None  # a clear message, not a traceback
+        raise SystemExit(f"error: {masker(str(err))}") from None  # a clear message, not a traceback
+
+
+def mask_logs(cfg: DictConfig) -> Masker:
+    """The run's secrets, masked from here on in every log line (console and log file)."""
+    masker = Masker.from_config(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
+    install_log_filter(masker)
+    return masker
+
+
+def append_log_to(output_dir: Path, masker: Masker) -> None:
+    """A resumed run logs into the run's own log file too (after the earlier processes' lines), so the log
+    uploaded with the run tells its whole story. Hydra's own log goes to this process's new folder."""
+    root = logging.getLogger()
+    hydra_file = next((h for h in root.handlers if isinstance(h, logging.FileHandler)), None)
+    handler = logging.FileHandler(output_dir / Path(hydra_file.baseFilename if hydra_file else "train.log").name)
+    if hydra_file is not None:
+        handler.setFormatter(hydra_file.formatter)
+    root.addHandler(handler)
+    install_log_filter(masker)
+
+
+def report_finished(output_dir: Path, tracking) -> float:
+    """``resume=`` on a run that finished: nothing is trained or rewritten; tracking records its process could
+    not deliver (the store was down) are sent now."""
+    result = json.loads((output_dir / RESULT_FILE).read_text())
+    run_id = result.get("mlflow_run_id")
+    pending = tracking.catch_up(run_id, output_dir) if run_id else 0
+    behind = f"; {pending} tracking record(s) still wait for the store" if pending else ""
+    log.info(
+        "%s: this run finished (best dev %s %s at step %s): its results are in that folder and MLflow run %s; "
+        "nothing to resume%s",
+        output_dir,
+        result.get("metric"),
+        result.get("best_metric"),
+        result.get("best_step"),
+        run_id,
+        behind,
+    )
+    return result.get("best_metric")
 
 
 def _train(
-    cfg: DictConfig, hydra_cfg, output_dir: Path, resume, in_sweep: bool, extra_tags: dict, run_name: str | None
+    cfg: DictConfig,
+    hydra_cfg,
+    output_dir: Path,
+    resume,
+    in_sweep: bool,
+    extra_tags: dict,
+    run_name: str | None,
+    masker: Masker,
 ) -> float:
     from hydra.utils import instantiate
 
@@ -112,7 +174,7 @@ def _train(
     if not tracking.run_name:
         tracking.run_name = run_name or default_run_name(cfg, hydra_cfg.runtime.choices.get("model"))
     tags = {
-        "hydra.overrides": " ".join(hydra_cfg.overrides.task) or "(none)",
+        "hydra.overrides": " ".join(masker.override(o) for o in hydra_cfg.overrides.task) or "(none)",
         "hydra.output_dir": str(output_dir),
         "hydra.choices": json.dumps(dict(hydra_cfg.runtime.choices)),
         **git_state(REPO_DIR),
@@ -133,6 +195,7 @@ def _train(
         tags=tags,
         resume=bool(resume),
         parent_run_id=parent_run_id(hydra_cfg.sweep.dir) if in_sweep else None,
+        masker=masker,
     )
 
 

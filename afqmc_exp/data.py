@@ -91,8 +91,10 @@ def _label(value: object, where: str) -> int:
 def read_pairs(path: str | os.PathLike, require_labels: bool = True) -> list[PairExample]:
     """Read an AFQMC JSON-lines file, checking every line.
 
-    Accepted: labels "0"/"1" or 0/1, a UTF-8 BOM, CRLF line ends, blank lines (skipped).
-    ``require_labels=False`` reads the unlabelled test set (an ``id`` field is kept when present).
+    Accepted: labels "0"/"1" or 0/1, a UTF-8 BOM, CRLF line ends, blank lines (skipped). Lines end at "\n"
+    only (JSON strings may hold U+2028 or U+0085, which ``str.splitlines`` would cut at).
+    ``require_labels=False`` reads the unlabelled test set (an ``id`` field is kept when present); a file
+    is either labelled on every line or on none, and ids, where given, are unique.
     """
     path = Path(path)
     text = _decode(path)
@@ -103,13 +105,32 @@ def read_pairs(path: str | os.PathLike, require_labels: bool = True) -> list[Pai
             f"ensure_ascii=False)) for o in json.load(open(sys.argv[1]))]\" '{path}' > fixed.json"
         )
     examples: list[PairExample] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            examples.append(_parse_line(line, f"{path}:{number}", require_labels, default_id=len(examples)))
+    first_line, id_lines = 0, {}  # the first pair's line; explicit id -> its line
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        example, has_id = _parse_line(line.removesuffix("\r"), f"{path}:{number}", require_labels, len(examples))
+        if examples and (example.label is None) != (examples[0].label is None):
+            labelled, unlabelled = (number, first_line) if example.label is not None else (first_line, number)
+            raise DataError(
+                f"{path}:{number}: line {labelled} has a label and line {unlabelled} has none; a file is labelled on "
+                "every line (it is scored) or on none (it is predicted). Fix the lines or split the file."
+            )
+        key = json.dumps(example.id, ensure_ascii=False)
+        if has_id and key in id_lines:
+            raise DataError(
+                f"{path}:{number}: id {key} is also on line {id_lines[key]}; ids must be unique (predictions are "
+                "matched by id)"
+            )
+        if has_id:
+            id_lines[key] = number
+        first_line = first_line or number
+        examples.append(example)
     return examples
 
 
-def _parse_line(line: str, where: str, require_labels: bool, default_id: int) -> PairExample:
+def _parse_line(line: str, where: str, require_labels: bool, default_id: int) -> tuple[PairExample, bool]:
+    """The pair on one line, and whether the line names its id."""
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as err:
@@ -126,6 +147,13 @@ def _parse_line(line: str, where: str, require_labels: bool, default_id: int) ->
         if not isinstance(value, str) or not value.strip():
             state = "missing" if key not in obj else f"{json.dumps(value, ensure_ascii=False)}"
             raise DataError(f"{where}: {key} is {state}; it must be a non-empty string. Fix or delete this line.")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise DataError(
+                f"{where}: {key} holds an unpaired surrogate escape ({json.dumps(value[err.start])}), which is not "
+                "text; fix or delete this line."
+            ) from None
     if "label" in obj:
         label = _label(obj["label"], where)
     elif require_labels:
@@ -135,7 +163,7 @@ def _parse_line(line: str, where: str, require_labels: bool, default_id: int) ->
         )
     else:
         label = None
-    return PairExample(obj["sentence1"], obj["sentence2"], label, obj.get("id", default_id))
+    return PairExample(obj["sentence1"], obj["sentence2"], label, obj.get("id", default_id)), "id" in obj
 
 
 # ------------------------------------------------------------------------------------- official data
@@ -400,6 +428,11 @@ class AfqmcData:
         wanted = {"train": self.train_file, "dev": self.dev_file}
         if self.test_file and self.score_test:  # not read (nor checked) when it would not be used
             wanted["test"] = self.test_file
+        if Path(self.dir).expanduser().is_file():
+            raise DataError(
+                f"data.dir={self.dir}: is a file; data.dir is the folder that holds {', '.join(SPLIT_FILES)} "
+                f"(e.g. data.dir={Path(self.dir).parent})"
+            )
         missing = [name for name in wanted.values() if not self.path(name).exists()]
         if missing:
             if not self.download or set(missing) - set(SPLIT_FILES):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import random
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,9 +21,10 @@ import numpy as np
 import torch
 
 from .checkpoint import has_last_checkpoint, remove_last_checkpoint
-from .data import AfqmcData, encode_pairs
+from .data import AfqmcData, DataError, encode_pairs
 from .hardware import build_accelerator, eval_in_bf16, system_tags
 from .inference import score, write_predictions
+from .masking import Masker
 from .model import Pretrained, load_pair_classifier, prepare_for_device
 from .plots import save_dev_plots
 from .tracking import MlflowTracking, Run
@@ -53,43 +55,78 @@ def run(
     tags: Mapping[str, str],
     parent_run_id: str | None = None,
     resume: bool = False,
+    masker: Masker | None = None,
 ) -> float:
     """Train, evaluate, track; return the best dev value of ``trainer.metric`` (what sweepers optimise).
 
     ``resume=True``: ``output_dir`` is an earlier run's folder; training continues from its last checkpoint
-    (or from the start if it had none) inside the same MLflow run."""
+    (or from the start if it had none) inside the same MLflow run. ``masker`` hides the run's secrets in
+    what is uploaded (see ``masking``)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     examples = data.load()  # validated before anything heavy happens
+    check_dev_labels(examples["dev"], trainer.metric)
     seed_everything(seed)
     accelerator = build_accelerator(trainer.device, trainer.mixed_precision, trainer.tf32)
     data = data.for_device(accelerator.device.type)  # the "auto" batch settings
     output_dir = shared_output_dir(output_dir, accelerator)
     tags = {**tags, **system_tags(accelerator, eval_in_bf16(trainer.eval_precision, accelerator.device))}
-    mlflow_run = open_mlflow_run(tracking, output_dir, params, tags, parent_run_id, resume, accelerator)
-    with closed_with_status(mlflow_run, output_dir, accelerator):
-        pretrained = prepare_for_device(load_model(), accelerator.device.type)
-        check_max_length(data.max_length, pretrained)
-        # train and dev only: the test file is scored with the best weights at the end
-        splits = {
-            name: encode_pairs(examples[name], pretrained.tokenizer, data.max_length) for name in ("train", "dev")
-        }
-        fit = Trainer(
-            pretrained=pretrained,
-            data=data,
-            splits=splits,
-            make_optimizer=make_optimizer,
-            make_scheduler=make_scheduler,
-            config=trainer,
-            seed=seed,
-            output_dir=output_dir,
-            accelerator=accelerator,
-            log_metrics=mlflow_run.log_metrics,
-            flush_metrics=mlflow_run.flush,
-        ).fit
-        result = fit(resume=resume and has_last_checkpoint(output_dir))
-        finish_run(result, examples, data, trainer, tracking, mlflow_run, output_dir, accelerator)
+    with run_folder_lock(output_dir, accelerator):
+        mlflow_run = open_mlflow_run(tracking, output_dir, params, tags, parent_run_id, resume, accelerator, masker)
+        with closed_with_status(mlflow_run, output_dir, accelerator):
+            pretrained = prepare_for_device(load_model(), accelerator.device.type)
+            check_max_length(data.max_length, pretrained)
+            # train and dev only: the test file is scored with the best weights at the end
+            splits = {
+                name: encode_pairs(examples[name], pretrained.tokenizer, data.max_length) for name in ("train", "dev")
+            }
+            trainer_of_run = Trainer(
+                pretrained=pretrained, data=data, splits=splits, make_optimizer=make_optimizer,
+                make_scheduler=make_scheduler, config=trainer, seed=seed, output_dir=output_dir,
+                accelerator=accelerator, log_metrics=mlflow_run.log_metrics, flush_metrics=mlflow_run.flush,
+            )  # fmt: skip
+            result = trainer_of_run.fit(resume=resume and has_last_checkpoint(output_dir))
+            finish_run(result, examples, data, trainer, tracking, mlflow_run, output_dir, accelerator)
     return result.best_metric
+
+
+class RunInProgress(RuntimeError):
+    """Another process holds the run folder (e.g. a job requeued twice resuming the same run)."""
+
+
+@contextlib.contextmanager
+def run_folder_lock(output_dir: Path, accelerator):
+    """One process per run folder for the run's whole life; a second one is refused before it touches anything.
+    The lock is the operating system's (``flock``): a killed process releases it."""
+    if not accelerator.is_main_process:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(output_dir / ".run.lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunInProgress(
+            f"{output_dir}: another process is running this run (a resume started twice?); "
+            "wait for it to end, or stop it, then resume"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def check_dev_labels(dev: list, metric: str) -> None:
+    """AUC needs both classes; with one, it is undefined, and as the metric it could pick no best weights."""
+    if len({example.label for example in dev}) > 1:
+        return
+    if metric == "auc":
+        raise DataError(
+            f"the dev set holds only label {dev[0].label}: AUC is undefined on it, so trainer.metric=auc cannot "
+            "pick the best weights; use a dev set with both labels or another trainer.metric"
+        )
+    log.warning("the dev set holds only one label: dev AUC is undefined (logged as NaN, null in result.json)")
 
 
 def shared_output_dir(output_dir: Path, accelerator) -> Path:
@@ -128,14 +165,15 @@ def open_mlflow_run(
     parent_run_id: str | None,
     resume: bool,
     accelerator,
+    masker: Masker | None = None,
 ) -> Run:
     """The main process opens (or, resuming, reopens) the run; the others log nowhere."""
     run_id_file = output_dir / RUN_ID_FILE
     if not accelerator.is_main_process:
         return Run(None, None)
     if resume and run_id_file.exists() and run_id_file.read_text().strip():
-        return tracking.reopen(run_id_file.read_text().strip())
-    mlflow_run = tracking.start(params, tags, parent_run_id=parent_run_id)
+        return tracking.reopen(run_id_file.read_text().strip(), output_dir, masker)
+    mlflow_run = tracking.start(params, tags, output_dir, parent_run_id=parent_run_id, masker=masker)
     run_id_file.write_text(f"{mlflow_run.run_id or ''}\n")
     return mlflow_run
 
@@ -193,6 +231,19 @@ def score_best(best_dir: Path, examples: dict, data: AfqmcData, accelerator):
     return final, prob_dev, prob_test
 
 
+def json_dumps(value, **kwargs) -> str:
+    """JSON with NaN and infinities as null (``json.dumps`` would write bare NaN, which is not JSON)."""
+
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        return [clean(x) for x in v] if isinstance(v, list) else v
+
+    return json.dumps(clean(value), allow_nan=False, **kwargs)
+
+
 def write_outputs(
     output_dir: Path,
     examples: dict,
@@ -209,7 +260,7 @@ def write_outputs(
     if prob_test is not None:
         write_predictions(output_dir / "test_predictions.jsonl", examples["test"], prob_test)
     (output_dir / "result.json").write_text(
-        json.dumps(
+        json_dumps(
             {
                 "best_metric": result.best_metric,
                 "metric": metric,
@@ -237,8 +288,9 @@ def log_outputs(mlflow_run: Run, tracking: MlflowTracking, output_dir: Path, bes
     """The run's files as MLflow artifacts; the best weights as artifacts, a flavour model, a registry version."""
     for name in ("dev_predictions.jsonl", "test_predictions.jsonl", "result.json"):
         mlflow_run.log_artifact(output_dir / name)
-    for folder, artifact_path in (("plots", "plots"), ("profile", "profile"), (".hydra", "hydra")):
-        mlflow_run.log_artifacts(output_dir / folder, artifact_path)  # profile/: when trainer.profile_steps > 0
+    for folder in ("plots", "profile"):  # profile/: when trainer.profile_steps > 0
+        mlflow_run.log_artifacts(output_dir / folder, folder)
+    mlflow_run.log_masked_artifacts(output_dir / ".hydra", "hydra")  # the config, its secrets masked
     if tracking.log_weights or tracking.register_as:
         mlflow_run.log_artifacts(best_dir, "best_model")
     if tracking.log_model:  # registered (if asked) as the flavour model, usable without this project

@@ -32,6 +32,30 @@ from typing import Literal
 log = logging.getLogger(__name__)
 
 LABELS = {0: "different", 1: "same"}
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model",
+                   "vocab.json")  # fmt: skip
+
+
+class ModelError(ValueError):
+    """The model cannot be used as given; one line names the folder or id and what to do."""
+
+
+def local_model_problems(name_or_path: str) -> list[str]:
+    """What a local model folder lacks (checked before anything runs); a Hub id is not checked here."""
+    path = Path(name_or_path).expanduser()
+    if not (path.exists() or name_or_path.startswith(("/", "./", "../", "~"))):
+        return []  # a Hub id, e.g. bert-base-chinese
+    key = f"model.name_or_path={name_or_path}"
+    if not path.is_dir():
+        return [f"{key}: no such folder" + ("" if not path.exists() else " (it is a file)")]
+    if not (path / "config.json").exists():
+        return [f"{key}: {path} has no config.json; point at a save_pretrained folder (e.g. a run's best_model)"]
+    if not any((path / name).exists() for name in TOKENIZER_FILES):
+        return [
+            f"{key}: {path} has weights but no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}...); copy them from "
+            "the model it was fine-tuned from (tokenizer.save_pretrained)"
+        ]
+    return []
 
 
 def packaged_minilm_path() -> str:
@@ -124,8 +148,20 @@ def load_pair_classifier(
     if dropout is not None:
         config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
     tokenizer = tokenizer_cls.from_pretrained(name_or_path, **kwargs)
+    check_vocabulary(tokenizer, config, name_or_path)
     model = model_cls.from_pretrained(name_or_path, config=config, **kwargs)
     return Pretrained(model, tokenizer, str(name_or_path), cls_only_last_layer)
+
+
+def check_vocabulary(tokenizer, config, name_or_path: str) -> None:
+    """A tokenizer that does not belong to the model (transformers makes one up when the files are missing)
+    would turn every word into [UNK] and train to the end on nothing."""
+    size, expected = len(tokenizer), getattr(config, "vocab_size", None)
+    if expected and not expected // 2 <= size <= expected:
+        raise ModelError(
+            f"model.name_or_path={name_or_path}: its tokenizer has {size} tokens but the model expects {expected}; "
+            "the tokenizer files are missing or belong to another model"
+        )
 
 
 def prepare_for_device(pretrained: Pretrained, device_type: str) -> Pretrained:

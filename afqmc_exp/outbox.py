@@ -27,9 +27,10 @@ FOLDER = ".tracking"
 
 
 class Outbox:
-    """Records appended with :meth:`put` reach ``deliver`` in order, from a background thread."""
+    """Records appended with :meth:`put` reach ``deliver(record, replayed)`` in order, from a background thread
+    (``replayed``: the record was left by an earlier process, which may have delivered it already)."""
 
-    def __init__(self, folder: Path, deliver: Callable[[dict], None], retry_seconds: float = 2.0):
+    def __init__(self, folder: Path, deliver: Callable[[dict, bool], None], retry_seconds: float = 2.0):
         self.folder = Path(folder) / FOLDER
         self.folder.mkdir(parents=True, exist_ok=True)
         self.journal, self.counter = self.folder / "journal.jsonl", self.folder / "sent"
@@ -39,8 +40,10 @@ class Outbox:
             with open(self.journal, "a", encoding="utf-8") as out:  # a line cut short by a kill stays apart
                 out.write("\n")
         self.sent = int(self.counter.read_text()) if self.counter.exists() else 0
+        self.first_new = len(self.records)  # records before it were left by an earlier process
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._closing = False
         self.behind_since: float | None = None
 
     @property
@@ -62,6 +65,12 @@ class Outbox:
             self._thread = threading.Thread(target=self._send_forever, name="mlflow-outbox", daemon=True)
             self._thread.start()
 
+    def close(self) -> None:
+        """No more records will come: the sender thread ends once it has delivered what there is."""
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+
     def drain(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for every record to be delivered; True when none is pending."""
         deadline = time.monotonic() + timeout
@@ -75,10 +84,12 @@ class Outbox:
         while True:
             with self._changed:
                 while not self.pending:
+                    if self._closing:
+                        return
                     self._changed.wait()
                 record = self.records[self.sent]
             try:
-                self.deliver(record)
+                self.deliver(record, self.sent < self.first_new)
             except Exception as error:  # noqa: BLE001  (whatever the store raised: keep the record, retry)
                 if permanent(error):
                     log.error(

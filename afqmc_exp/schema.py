@@ -20,6 +20,9 @@ from typing import Any
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
+from .model import local_model_problems
+from .tracking import store_problems
+
 
 class ConfigError(ValueError):
     """The composed config cannot run; one line per problem, each naming the key and the fix."""
@@ -156,6 +159,9 @@ def validate(cfg: DictConfig) -> None:
             good = False
         if not good:
             problems.append(f"{key}={value!r}: {requirement}")
+    problems += local_model_problems(str(OmegaConf.select(cfg, "model.name_or_path", default="") or ""))
+    if OmegaConf.select(cfg, "tracking.enabled", default=False):
+        problems += store_problems(str(OmegaConf.select(cfg, "tracking.uri", default="")))
     if not problems:
         limit = model_max_positions(str(OmegaConf.select(cfg, "model.name_or_path", default="")))
         max_length = OmegaConf.select(cfg, "data.max_length", default=None)

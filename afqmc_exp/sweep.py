@@ -19,6 +19,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from .masking import Masker
 from .metrics import GREATER_IS_BETTER
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,11 @@ class MlflowSweepCallback(Callback):
         self.run = None
         self.metric = "f1"
 
+    def __getstate__(self) -> dict:
+        """Launchers such as joblib send the callbacks to their job processes; the jobs do not need the parent
+        run (they find its id in the sweep folder), and its outbox thread cannot travel."""
+        return {**self.__dict__, "run": None}
+
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from hydra.utils import instantiate
 
@@ -42,8 +48,10 @@ class MlflowSweepCallback(Callback):
         if not tracking.enabled:
             return
         sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
         self.metric = config.trainer.metric
-        overrides = " ".join(config.hydra.overrides.task)
+        masker = Masker.from_config(OmegaConf.to_container(config, resolve=False))
+        overrides = " ".join(masker.override(o) for o in config.hydra.overrides.task)
         tracking.run_name = f"sweep {sweep_dir.name}"
         self.run = tracking.start(
             {"sweep.overrides": overrides[:6000], "sweep.objective": f"dev_{self.metric}"},
@@ -52,8 +60,9 @@ class MlflowSweepCallback(Callback):
                 "sweep.overrides": overrides,
                 "sweep.sweeper": OmegaConf.select(config, "hydra.runtime.choices.hydra/sweeper", default="basic"),
             },
+            sweep_dir,
+            masker=masker,
         )
-        sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_RUN_FILE).write_text(self.run.run_id + "\n")
         atexit.register(self.close, crashed=True)  # Hydra skips on_multirun_end when a job raises
 

@@ -575,7 +575,7 @@ def main() -> None:
         sys.path.insert(0, str(REPO))
         from afqmc_exp.tracking import MlflowTracking
 
-        MlflowTracking(uri=store, experiment="benchmark").start({}, {}).end()  # create the store once
+        MlflowTracking(uri=store, experiment="benchmark").start({}, {}, Path(tmp)).end()  # create the store once
         results = {}
         for batch_size in args.batch_sizes:
             trials = {kind: [] for kind in kinds}

@@ -123,3 +123,29 @@ def test_a_background_checkpoint_holds_the_state_of_when_it_was_taken(tmp_path, 
         torch.testing.assert_close(saved[key], value, rtol=0, atol=0)
     state = torch.load(tmp_path / "last_checkpoint" / checkpoint.TRAINER_STATE, weights_only=True)
     assert state["state"]["step"] == 7 and state["optimizer"]["state"][0]["exp_avg"].shape == (2, 3)
+
+
+def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path):
+    """The lock is held for the run's life; a second holder (another process, a requeued job) is refused."""
+    import subprocess
+    import sys
+
+    from accelerate import Accelerator
+
+    from afqmc_exp.experiment import RunInProgress, run_folder_lock
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); "
+         "lock.acquire(); print('held', flush=True); time.sleep(60)", str(tmp_path / ".run.lock")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunInProgress, match="another process is running this run"):
+            with run_folder_lock(tmp_path, Accelerator(cpu=True)):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with run_folder_lock(tmp_path, Accelerator(cpu=True)):  # a killed holder released it
+        pass

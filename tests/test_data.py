@@ -43,13 +43,40 @@ BAD_FILES = [
     ("empty sentence1", '{"sentence1": "  ", "sentence2": "a", "label": "0"}', r"train.json:1: sentence1 is \"  \""),
     ("label 2", GOOD + '\n{"sentence1": "a", "sentence2": "b", "label": "2"}', r"train.json:2: label is \"2\""),
     ("label true", '{"sentence1": "a", "sentence2": "b", "label": true}', r"train.json:1: label is true"),
-]
+    ("lone surrogate", '{"sentence1": "a\\ud800", "sentence2": "b", "label": "0"}',
+     r"train.json:1: sentence1 holds an unpaired surrogate escape"),
+]  # fmt: skip
+UNLABELLED_FILES = [  # read as a test file (labels optional)
+    ("duplicate ids", '{"id": 7, "sentence1": "a", "sentence2": "b"}\n{"id": 8, "sentence1": "c", "sentence2": "d"}\n'
+     '{"id": 7, "sentence1": "e", "sentence2": "f"}', r"test.json:3: id 7 is also on line 1; ids must be unique"),
+    ("labelled then not", '{"sentence1": "a", "sentence2": "b", "label": "1"}\n\n{"sentence1": "c", "sentence2": "d"}',
+     r"test.json:3: line 1 has a label and line 3 has none"),
+    ("not then labelled", '{"sentence1": "a", "sentence2": "b"}\n{"sentence1": "c", "sentence2": "d", "label": 0}',
+     r"test.json:2: line 2 has a label and line 1 has none"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("content,message", [b[1:] for b in BAD_FILES], ids=[b[0] for b in BAD_FILES])
 def test_rejects_bad_files_with_file_line_and_fix(tmp_path, content, message):
     with pytest.raises(DataError, match=message):
         read_pairs(write(tmp_path, content))
+
+
+@pytest.mark.parametrize("content,message", [b[1:] for b in UNLABELLED_FILES], ids=[b[0] for b in UNLABELLED_FILES])
+def test_rejects_bad_test_files_with_file_line_and_fix(tmp_path, content, message):
+    with pytest.raises(DataError, match=message):
+        read_pairs(write(tmp_path, content, name="test.json"), require_labels=False)
+
+
+def test_line_and_paragraph_separators_inside_a_sentence_are_text(tmp_path):
+    """Raw U+2028 and U+0085 are valid inside JSON strings; only "\\n" ends a line."""
+    rows = read_pairs(write(tmp_path, '{"sentence1": "a\u2028b", "sentence2": "c\u0085d", "label": "1"}\r\n' + GOOD))
+    assert [(r.sentence1, r.sentence2) for r in rows] == [("a\u2028b", "c\u0085d"), ("花呗怎么还款", "花呗如何还钱")]
+
+
+def test_data_dir_pointing_at_a_file_says_so(tmp_path):
+    with pytest.raises(DataError, match=r"data.dir=.*train.json: is a file; data.dir is the folder"):
+        AfqmcData(dir=str(write(tmp_path, GOOD))).load()
 
 
 def test_missing_file_names_the_fix(tmp_path):

@@ -91,3 +91,27 @@ def test_every_metric_the_trainer_may_pick_has_a_direction():
     from afqmc_exp.metrics import GREATER_IS_BETTER, Metric
 
     assert set(GREATER_IS_BETTER) == set(typing.get_args(Metric))
+
+
+def test_result_json_writes_undefined_metrics_as_null():
+    import json
+    import math
+
+    from afqmc_exp.experiment import json_dumps
+
+    text = json_dumps({"auc": float("nan"), "speed": {"x": math.inf}, "values": [1.0, float("nan")]})
+    assert json.loads(text) == {"auc": None, "speed": {"x": None}, "values": [1.0, None]}
+
+
+def test_a_dev_set_with_one_label_refuses_auc_and_warns_otherwise(caplog):
+    from afqmc_exp.data import DataError, PairExample
+    from afqmc_exp.experiment import check_dev_labels
+
+    dev = [PairExample("a", "b", 0), PairExample("c", "d", 0)]
+    with pytest.raises(DataError, match="only label 0: AUC is undefined"):
+        check_dev_labels(dev, "auc")
+    check_dev_labels(dev, "f1")
+    assert "dev AUC is undefined" in caplog.text
+    caplog.clear()
+    check_dev_labels(dev + [PairExample("e", "f", 1)], "auc")
+    assert caplog.text == ""

@@ -11,7 +11,7 @@ from afqmc_exp.tracking import MlflowTracking
 @pytest.fixture
 def store(tmp_path):
     uri = f"sqlite:///{tmp_path}/m.db"
-    parent = MlflowTracking(uri=uri, experiment="afqmc", run_name="sweep x").start({}, {"sweep.dir": "/s"})
+    parent = MlflowTracking(uri=uri, experiment="afqmc", run_name="sweep x").start({}, {"sweep.dir": "/s"}, tmp_path)
     objective = {("1e-05", "1"): 0.50, ("1e-05", "2"): 0.54, ("3e-05", "1"): 0.70, ("3e-05", "2"): 0.60}
     for (lr, seed), value in objective.items():
         run = MlflowTracking(uri=uri, experiment="afqmc", run_name=f"minilm-lr{lr}-s{seed}").start(
@@ -25,6 +25,7 @@ def store(tmp_path):
                 "hydra.whatever": seed,
             },
             {"hydra.choices": json.dumps({"model": "minilm"}), "sweep.dir": "/s"},
+            tmp_path / lr / seed,
             parent_run_id=parent.run_id,
         )
         run.log_metrics(

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from helpers import AFQMC, REPO, SHORT_RUN, mlflow_runs
+from helpers import AFQMC, REPO, SHORT_RUN, mlflow_runs, run_command
 
 pytestmark = pytest.mark.slow  # real subprocess trainings (the trainer's phases are tested fast in test_trainer)
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -207,3 +207,18 @@ def test_a_second_ctrl_c_stops_at_once_and_the_run_is_killed(tmp_path):
     assert time.time() - started < 60
     run, _ = histories(tmp_path)
     assert run.info.status == "KILLED"
+
+
+def test_resume_of_a_finished_run_says_so_and_touches_nothing(uninterrupted):
+    out = uninterrupted / "run"
+    files = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and ".tracking" not in p.parts}
+    run_before, metrics_before = histories(uninterrupted)
+    proc = run_command([sys.executable, str(REPO / "train.py"), f"resume={out}",
+                        f"hydra.run.dir={uninterrupted / 'again'}"], cwd=uninterrupted)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = [line for line in (proc.stdout + proc.stderr).splitlines() if "this run finished" in line]
+    assert len(said) == 1 and str(out) in said[0] and "nothing to resume" in said[0]
+    assert {p: p.stat().st_mtime_ns for p in files} == files  # no weight, prediction or plot rewritten
+    run_after, metrics_after = histories(uninterrupted)
+    assert metrics_after == metrics_before and run_after.info.status == "FINISHED"
+    assert run_after.info.end_time == run_before.info.end_time

@@ -86,3 +86,43 @@ def test_cli_prints_one_error_block_without_traceback_and_opens_no_run(tmp_path)
     )
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+# ------------------------------------------------------------------------------------ model folders and stores
+def test_a_model_folder_without_tokenizer_files_is_refused_before_anything_runs(tmp_path):
+    import shutil
+
+    from afqmc_exp.model import packaged_minilm_path
+
+    folder = tmp_path / "weights-only"
+    shutil.copytree(
+        packaged_minilm_path(), folder, ignore=shutil.ignore_patterns("tokenizer*", "vocab.txt", "special*")
+    )
+    with pytest.raises(ConfigError, match=rf"model.name_or_path={folder}: .* has weights but no tokenizer files"):
+        validate(compose(BASE + [f"model.name_or_path={folder}"]))
+
+
+@pytest.mark.parametrize(
+    "name,message",
+    [("/nonexistent/model", "no such folder"), ("./not/here", "no such folder")],
+)
+def test_a_missing_model_folder_is_one_line(name, message):
+    with pytest.raises(ConfigError, match=rf"model.name_or_path={name}: {message}"):
+        validate(compose(BASE + [f"model.name_or_path={name}"]))
+
+
+def test_a_tokenizer_that_does_not_belong_to_the_model_is_refused(tmp_path):
+    from afqmc_exp.model import ModelError, check_vocabulary
+    from helpers import tiny_pretrained
+
+    tokenizer = tiny_pretrained(tmp_path).tokenizer  # 40-odd tokens
+    with pytest.raises(ModelError, match=r"its tokenizer has \d+ tokens but the model expects 30522"):
+        check_vocabulary(tokenizer, type("Config", (), {"vocab_size": 30522}), "/models/x")
+    check_vocabulary(tokenizer, type("Config", (), {"vocab_size": len(tokenizer)}), "/models/x")
+
+
+def test_resume_and_rerun_together_are_refused(tmp_path):
+    from afqmc_exp.cli import train_from_config
+
+    with pytest.raises(SystemExit, match="resume= and rerun= together"):
+        train_from_config(compose(BASE + ["resume=somewhere", "rerun=abc123"], tmp_path))

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from helpers import REPO, SHORT_RUN, mlflow_runs, run_command
+from helpers import REPO, SHORT_RUN, broken_model, mlflow_runs, run_command
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,8 @@ def test_a_crashing_sweep_still_closes_its_parent_failed(tmp_path, afqmc_dir):
     from afqmc_exp.model import packaged_minilm_path
 
     # the first job fails inside its run (the weights cannot be loaded); the sweep goes on with the second
-    proc = multirun(tmp_path, afqmc_dir, f"model.name_or_path=/nonexistent/model,{packaged_minilm_path()}")
+    broken = broken_model(tmp_path / "broken")
+    proc = multirun(tmp_path, afqmc_dir, f"model.name_or_path={broken},{packaged_minilm_path()}")
     assert proc.returncode != 0
     _, runs = mlflow_runs(tmp_path, "afqmc")
     parent, children = split_runs(runs)

@@ -44,7 +44,7 @@ def test_flatten_uses_dotted_keys_and_masks_secrets():
 
 def test_run_logs_params_tags_metrics_and_status(tmp_path):
     tracking = MlflowTracking(uri=f"sqlite:///{tmp_path}/m.db", experiment="e", run_name="r1", flush_every=3)
-    run = tracking.start({f"p{i}": str(i) for i in range(250)}, {"t": "v"})  # > 100: chunked
+    run = tracking.start({f"p{i}": str(i) for i in range(250)}, {"t": "v"}, tmp_path)  # > 100: chunked
     for step in range(7):
         run.log_metrics({"train/loss": 1.0 / (step + 1)}, step)
     run.end("FAILED")
@@ -56,10 +56,11 @@ def test_run_logs_params_tags_metrics_and_status(tmp_path):
 
 
 WRITER = """
-import sys
+import sys, tempfile
+from pathlib import Path
 from afqmc_exp.tracking import MlflowTracking
 run = MlflowTracking(uri=sys.argv[1], experiment="race", flush_every=50).start(
-    {"worker": sys.argv[2], **{f"p{i}": str(i) for i in range(120)}}, {})
+    {"worker": sys.argv[2], **{f"p{i}": str(i) for i in range(120)}}, {}, Path(tempfile.mkdtemp()))
 for step in range(300):
     run.log_metrics({"m": float(step), "n": -float(step)}, step)
 run.end()
@@ -88,12 +89,13 @@ def test_parallel_processes_can_create_and_share_a_new_sqlite_store(tmp_path):
 
 def test_a_reopened_run_skips_steps_already_in_the_store(tmp_path):
     tracking = MlflowTracking(uri=f"sqlite:///{tmp_path}/m.db", experiment="e")
-    run = tracking.start({}, {})
+    run = tracking.start({}, {}, tmp_path)
     run.log_metrics({"train/loss": 1.0}, 2)
     run.log_metrics({"train/loss": 0.9}, 4)
     run.flush()  # killed here, with its last checkpoint at step 3
-    again = tracking.reopen(run.run_id)
-    assert again.client.get_run(run.run_id).info.status == "RUNNING"
+    assert run.outbox.drain(30)
+    again = tracking.reopen(run.run_id, tmp_path)
+    assert again.outbox.drain(30) and again.client.get_run(run.run_id).info.status == "RUNNING"
     again.log_metrics({"train/loss": 0.9}, 4)  # recomputed after resuming from step 3: already there
     again.log_metrics({"train/loss": 0.8, "final/dev_f1": 0.5}, 6)
     again.log_metrics({"final/test_f1": 0.4}, 4)  # a new key at an old step is kept

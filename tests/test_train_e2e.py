@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from helpers import REPO, SHORT_RUN, mlflow_runs, run_command, train
+from helpers import REPO, SHORT_RUN, broken_model, mlflow_runs, run_command, train
 
 pytestmark = pytest.mark.slow
 
@@ -199,8 +199,13 @@ def test_same_seed_gives_the_same_metrics(afqmc_dir, tmp_path):
 
 
 def test_a_run_that_fails_is_marked_failed(afqmc_dir, tmp_path):
-    with pytest.raises(OSError):
-        train(["model=minilm", "model.name_or_path=/nonexistent/model", f"data.dir={afqmc_dir}"], tmp_path)
+    from safetensors import SafetensorError
+
+    with pytest.raises(SafetensorError):
+        train(
+            ["model=minilm", f"model.name_or_path={broken_model(tmp_path / 'broken')}", f"data.dir={afqmc_dir}"],
+            tmp_path,
+        )
     _, runs = mlflow_runs(tmp_path, "afqmc")
     assert [r.info.status for r in runs] == ["FAILED"]
 

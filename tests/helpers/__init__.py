@@ -70,55 +70,55 @@ def mlflow_runs(tmp_path: Path, experiment: str):
     return client, (client.search_runs([exp.experiment_id]) if exp else [])
 
 
-@contextlib.contextmanager
-def mlflow_service(command: str, store: str, cwd: Path, *extra: str):
-    """`mlflow ui|server --backend-store-uri STORE` on a free loopback port, waited for; yields its URL."""
+def free_port() -> int:
     import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = cwd / f"mlflow-{command}.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "mlflow"),
-                command,
-                "--backend-store-uri",
-                store,
-                *extra,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            ],
-            cwd=cwd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
+        return s.getsockname()[1]
+
+
+def start_mlflow(command: str, store: str, cwd: Path, port: int, *extra: str) -> subprocess.Popen:
+    """`mlflow ui|server --backend-store-uri STORE` on 127.0.0.1:PORT in its own process group, waited for."""
+    import time
+    import urllib.request
+
+    log = cwd / f"mlflow-{command}-{port}.log"
+    with open(log, "a") as out:
+        exe = str(Path(sys.executable).parent / "mlflow")
+        args = [exe, command, "--backend-store-uri", store, *extra, "--host", "127.0.0.1", "--port", str(port)]
+        proc = subprocess.Popen(args + ["--workers", "1"], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+    deadline = time.time() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                if response.status == 200:
+                    return proc
+        except OSError:
+            pass
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.time() < deadline, f"mlflow {command} did not start"
+        time.sleep(0.5)
+
+
+def stop_mlflow(proc: subprocess.Popen) -> None:
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def mlflow_service(command: str, store: str, cwd: Path, *extra: str):
+    """`mlflow ui|server --backend-store-uri STORE` on a free loopback port, waited for; yields its URL."""
+    port = free_port()
+    proc = start_mlflow(command, store, cwd, port, *extra)
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.time() < deadline, f"mlflow {command} did not start"
-            time.sleep(0.5)
-        yield url
+        yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_mlflow(proc)
 
 
 WORDS = (
@@ -174,3 +174,15 @@ def tiny_pairs(n: int, seed: int = 0):
         second = first if same else " ".join(rng.choices(WORDS, k=rng.randint(2, 9)))
         pairs.append(PairExample(first, second, int(same), i))
     return pairs
+
+
+def broken_model(folder: Path) -> Path:
+    """A copy of MiniLM's folder whose weights file is garbage: it passes every check made before a run and
+    fails inside it, when the weights are loaded."""
+    import shutil
+
+    from afqmc_exp.model import packaged_minilm_path
+
+    shutil.copytree(packaged_minilm_path(), folder)
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    return folder

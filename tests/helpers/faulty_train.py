@@ -1,19 +1,24 @@
-"""``python faulty_train.py FAULT N [train.py overrides...]``: train.py, killed with SIGKILL inside the Nth write of
-the last checkpoint, at a known point rather than by timing luck:
+"""``python faulty_train.py FAULT N [train.py overrides...]``: train.py with a fault injected at a known point
+rather than by timing luck:
 
-* ``mid-write``: the background writer thread has begun the staging folder (a partial weights file) when the
-  process dies;
-* ``between-renames``: the swap falls back to two renames (as where the one-call exchange is missing) and the
-  process dies between them.
+* ``mid-write``: killed (SIGKILL) inside the Nth write of the last checkpoint: the background writer thread
+  has begun the staging folder (a partial weights file);
+* ``between-renames``: killed inside the Nth write, the swap falling back to two renames (as where the
+  one-call exchange is missing), between them;
+* ``kill-group``: at optimizer step N, SIGKILL the process group ``$AFQMC_TEST_PGID`` (a tracking server)
+  and go on training;
+* ``gate``: at optimizer step N, wait until the file ``$AFQMC_TEST_GATE`` exists (``$AFQMC_TEST_GATE.waiting``
+  says it is waiting), so a test can act while this run holds its folder.
 """
 
 import os
 import runpy
 import signal
 import sys
+import time
 from pathlib import Path
 
-from afqmc_exp import checkpoint
+from afqmc_exp import checkpoint, trainer
 
 FAULT, AT = sys.argv[1], int(sys.argv[2])
 sys.argv = [sys.argv[0], *sys.argv[3:]]
@@ -42,7 +47,22 @@ def between_renames(target: Path) -> None:
         die()
 
 
+real_after_step = trainer.Trainer._after_step
+
+
+def after_step(self):
+    if self.state.step == AT and FAULT == "kill-group":
+        os.killpg(int(os.environ["AFQMC_TEST_PGID"]), signal.SIGKILL)
+    if self.state.step == AT and FAULT == "gate":
+        gate = Path(os.environ["AFQMC_TEST_GATE"])
+        Path(f"{gate}.waiting").touch()
+        while not gate.exists():
+            time.sleep(0.1)
+    return real_after_step(self)
+
+
 checkpoint.CheckpointWriter._write = write
+trainer.Trainer._after_step = after_step
 if FAULT == "between-renames":
     checkpoint._exchange = lambda a, b: False
     checkpoint._between_renames = between_renames

@@ -1,0 +1,140 @@
+"""A tracking store that dies mid-run costs no training and loses nothing; secrets reach no tag, param, artifact
+or log. Both against a real `mlflow server` on 127.0.0.1."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from helpers import OFFLINE, REPO, SHORT_RUN, free_port, run_command, start_mlflow, stop_mlflow
+
+pytestmark = pytest.mark.slow
+FAULTY = [sys.executable, str(REPO / "tests" / "helpers" / "faulty_train.py")]
+RUN = [*SHORT_RUN, "trainer.max_steps=10", "trainer.eval_every=5", "trainer.log_every=1", "tracking.experiment=faults"]
+
+
+def server_store(tmp_path):
+    return f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts")
+
+
+def test_a_store_that_dies_mid_run_costs_no_training_and_catches_up_on_resume(tmp_path):
+    port = free_port()
+    server = start_mlflow("server", *server_store(tmp_path)[:1], tmp_path, port, *server_store(tmp_path)[1:])
+    out = tmp_path / "run"
+    # the server is killed at step 4 (from inside the run, at a known point); training must go on
+    proc = run_command(
+        [*FAULTY, "kill-group", "4", *RUN, f"tracking.uri=http://127.0.0.1:{port}", "tracking.drain_seconds=3",
+         f"hydra.run.dir={out}"],
+        cwd=tmp_path, env={**OFFLINE, "AFQMC_TEST_PGID": str(server.pid)}, timeout=600,
+    )  # fmt: skip
+    server.wait(timeout=30)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["steps"] == 10 and (out / "best_model" / "model.safetensors").exists()
+    assert (out / "dev_predictions.jsonl").exists() and not (out / "last_checkpoint").exists()
+    log = (out / "train.log").read_text()
+    assert "tracking is behind" in log and "resume=" in log
+
+    server = start_mlflow("server", *server_store(tmp_path)[:1], tmp_path, port, *server_store(tmp_path)[1:])
+    try:
+        again = run_command([sys.executable, str(REPO / "train.py"), f"resume={out}",
+                             f"hydra.run.dir={tmp_path / 'catch_up'}"], cwd=tmp_path, timeout=600)  # fmt: skip
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "this run finished" in again.stdout + again.stderr and "nothing to resume" in again.stdout + again.stderr
+        from mlflow import MlflowClient
+
+        client = MlflowClient(f"http://127.0.0.1:{port}")
+        run = client.get_run(result["mlflow_run_id"])
+        assert run.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == list(range(1, 11))
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "dev/f1")] == [5, 10]
+        assert "final/dev_f1" in run.data.metrics
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"result.json", "dev_predictions.jsonl", "plots", "hydra", "train.log"} <= artifacts
+    finally:
+        stop_mlflow(server)
+
+
+def test_secrets_reach_no_tag_param_artifact_log_or_console(tmp_path):
+    password, token = "s3cr3tPW42", "tok-9f8e7d6c5b"
+    port = free_port()
+    server = start_mlflow("server", *server_store(tmp_path)[:1], tmp_path, port, *server_store(tmp_path)[1:])
+    try:
+        uri = f"http://alice:{password}@127.0.0.1:{port}"
+        out = tmp_path / "run"
+        proc = run_command(
+            [sys.executable, str(REPO / "train.py"), *RUN, f"+api_token={token}", f"hydra.run.dir={out}"],
+            cwd=tmp_path, env={**OFFLINE, "MLFLOW_TRACKING_URI": uri}, timeout=600,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert token in (out / ".hydra" / "config.yaml").read_text()  # the folder keeps it: resume needs it
+        from mlflow import MlflowClient
+
+        client = MlflowClient(f"http://127.0.0.1:{port}")
+        run = client.get_run((out / "mlflow_run_id").read_text().strip())
+        texts = {"console": proc.stdout + proc.stderr, "train.log": (out / "train.log").read_text()}
+        texts.update({f"param {k}": v for k, v in run.data.params.items()})
+        texts.update({f"tag {k}": v for k, v in run.data.tags.items()})
+        with tempfile.TemporaryDirectory() as folder:
+            for path in Path(client.download_artifacts(run.info.run_id, "", folder)).rglob("*"):
+                if path.is_file() and path.suffix in (".yaml", ".json", ".jsonl", ".log", ".txt"):
+                    texts[f"artifact {path.name}"] = path.read_text(errors="replace")
+        assert "artifact config.yaml" in texts and "artifact overrides.yaml" in texts and "artifact hydra.yaml" in texts
+        leaks = [where for where, text in texts.items() if password in text or token in text]
+        assert leaks == []
+        assert "***" in run.data.params["api_token"] and "***" in run.data.tags["hydra.overrides"]
+    finally:
+        stop_mlflow(server)
+
+
+def test_a_store_that_cannot_be_used_is_one_line_before_anything_runs(tmp_path):
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "broken.db").write_bytes(b"SQLite format 3\0" + os.urandom(3000))
+    cases = {
+        "sqlit:///x.db": "unknown scheme 'sqlit'",
+        "http//127.0.0.1:5000": "not a URI",
+        f"sqlite:///{tmp_path / 'afile' / 'mlflow.db'}": "cannot be written",
+        f"sqlite:///{tmp_path / 'broken.db'}": "is damaged",
+    }
+    for uri, message in cases.items():
+        proc = run_command(
+            [sys.executable, str(REPO / "train.py"), *RUN, f"tracking.uri={uri}"], cwd=tmp_path, timeout=300
+        )
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert lines[-2:][0].startswith("error: invalid config:") and len(lines) <= 3, lines
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "x.db").exists()
+
+
+def test_two_processes_resuming_the_same_run_the_second_is_refused(tmp_path):
+    """A duplicated requeue: the first resumer holds the run folder (paused at a known step); the second is
+    refused with one line and logs nothing; the first then finishes with every step logged once."""
+    out, gate = tmp_path / "run", tmp_path / "gate"
+    killed = run_command([*FAULTY, "mid-write", "2", *RUN, "trainer.checkpoint_every=3",
+                          "trainer.checkpoint_in_background=true", f"hydra.run.dir={out}"], cwd=tmp_path)  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    env = {**OFFLINE, "AFQMC_TEST_GATE": str(gate)}
+    first = subprocess.Popen([*FAULTY, "gate", "5", f"resume={out}", f"hydra.run.dir={tmp_path / 'r1'}"], cwd=tmp_path,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    waiting = Path(f"{gate}.waiting")
+    for _ in range(3000):
+        if waiting.exists() or first.poll() is not None:
+            break
+        __import__("time").sleep(0.1)
+    assert waiting.exists(), first.communicate()[1][-2000:]
+    second = run_command([sys.executable, str(REPO / "train.py"), f"resume={out}",
+                          f"hydra.run.dir={tmp_path / 'r2'}"], cwd=tmp_path)  # fmt: skip
+    assert second.returncode == 1 and "another process is running this run" in second.stderr, second.stderr[-2000:]
+    gate.touch()
+    assert first.wait(timeout=600) == 0, first.communicate()[1][-3000:]
+    from helpers import mlflow_runs
+
+    client, runs = mlflow_runs(tmp_path, "faults")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")] == list(range(1, 11))
+    log = (out / "train.log").read_text()  # the run's own log holds both processes' lines
+    assert "resuming" in log and log.index("MLflow run") < log.index("resuming")
