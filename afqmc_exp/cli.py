@@ -277,11 +277,12 @@ def _load_for_scoring(args: EvaluateArgs):
     """The classifier of ``args.ckpt`` with the max_length and batch size it was trained with."""
     from accelerate import Accelerator
 
-    from .checkpoint import read_meta
+    from .checkpoint import read_meta, recover
     from .data import auto_eval_batch_size, auto_pad_to_multiple_of
     from .model import load_pair_classifier, prepare_for_device
 
     ckpt = resolve_checkpoint(args.ckpt, args.tracking_uri)
+    recover(ckpt)  # a training run killed between the two renames of a best_model swap
     if not (ckpt / "config.json").exists():
         raise SystemExit(f"error: {args.ckpt}: no config.json; ckpt must be a best_model folder written by train.py")
     meta, accelerator = read_meta(ckpt), Accelerator(cpu=args.device == "cpu")

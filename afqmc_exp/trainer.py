@@ -50,6 +50,7 @@ from .checkpoint import (
     CheckpointWriter,
     TrainState,
     load_last_checkpoint,
+    recover,
     restore_rng,
     save_best_model,
 )
@@ -269,6 +270,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         self.state, self.pending_rng = TrainState(), None
+        recover(self.best_dir)  # a kill between the two renames of its last swap
         if resume:
             self.state, self.pending_rng = load_last_checkpoint(
                 self.last_dir, self.model, self.optimizer, self.scheduler, self.accelerator

@@ -241,3 +241,17 @@ def test_a_compiled_model_trains_like_the_eager_one(tmp_path):
     eager_weights = runs["no"][0].pretrained.model.state_dict()
     for name, value in runs["default"][0].pretrained.model.state_dict().items():  # names unchanged: compiled in place
         torch.testing.assert_close(value, eager_weights[name], atol=1e-4, rtol=1e-3, msg=name)
+
+
+def test_a_best_model_left_between_two_renames_is_put_back_when_the_run_goes_on(tmp_path):
+    import os
+    import shutil
+
+    trainer, _ = make_trainer(tmp_path, epochs=1, checkpoint_every=4)
+    trainer.fit()
+    best = tmp_path / "run" / "best_model"
+    os.replace(best, best.with_name(".best_model.old"))  # the state a kill between the two renames leaves
+    shutil.copytree(best.with_name(".best_model.old"), best.with_name(".best_model.tmp"))
+    again, _ = make_trainer(tmp_path, epochs=1, checkpoint_every=4)
+    again.fit(resume=True)
+    assert read_meta(best)["step"] >= 1 and (best / "model.safetensors").exists()
