@@ -264,7 +264,9 @@ def load_last_checkpoint(folder: Path, model, optimizer, scheduler, accelerator)
 # ------------------------------------------------------------------------------------------ best model
 def save_best_model(pretrained, folder: Path, meta: dict, accelerator) -> None:
     """Weights (safetensors), config, tokenizer and our meta, as one ``save_pretrained`` folder."""
-    with atomic_dir(folder) as staging:
+    from .model import quiet_transformers
+
+    with atomic_dir(folder) as staging, quiet_transformers():
         accelerator.unwrap_model(pretrained.model).save_pretrained(staging, safe_serialization=True)
         pretrained.tokenizer.save_pretrained(staging)
         (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")

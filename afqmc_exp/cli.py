@@ -1,6 +1,9 @@
-"""Command-line edges: the Hydra config of ``train.py`` becomes typed objects here, and ``evaluate.py`` /
-``predict.py`` parse ``key=value`` arguments against typed schemas (so a typo or a wrong type is one
-clear line, in the same override syntax as training).
+"""The training command (``afqmc-train``, ``python train.py``, ``python -m afqmc_exp train``): Hydra's config
+becomes typed objects here, and ``experiment.run`` is called with them.
+
+The configs are the top-level ``conf/`` of a checkout, or the copy of it shipped inside the installed
+package (``afqmc_exp/conf`` in the wheel), so an installed package trains like a checkout. The command
+line is checked before Hydra runs it (``precheck``).
 """
 
 from __future__ import annotations
@@ -8,12 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
 from pathlib import Path
 
-from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig, OmegaConf
 
 from .data import DataError
 from .masking import Masker, install_log_filter
@@ -22,6 +22,22 @@ from .schema import ConfigError, validate
 log = logging.getLogger(__name__)
 REPO_DIR = Path(__file__).resolve().parent.parent
 RESULT_FILE = "result.json"  # written when a run finishes
+
+
+def config_dir() -> Path:
+    """``conf/`` of the checkout this package runs from, else the copy inside the installed package."""
+    packaged = Path(__file__).resolve().parent / "conf"
+    return packaged if packaged.is_dir() else REPO_DIR / "conf"
+
+
+def train_main() -> None:
+    """The entry point: the command line is checked, then Hydra runs ``train_from_config``."""
+    import hydra
+
+    from .precheck import check_command_line
+
+    check_command_line(sys.argv[1:], config_dir())
+    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(train_from_config)()
 
 
 def default_run_name(cfg: DictConfig, model_choice: str | None) -> str:
@@ -111,7 +127,21 @@ def train_from_config(cfg: DictConfig) -> float:
     except (ConfigError, DataError, ModelError, TrackingUnavailable, RunInProgress) as err:
         if in_sweep:  # the sweep records this job as failed and goes on
             raise
+        if not resume:
+            discard_if_unused(output_dir)
         raise SystemExit(f"error: {masker(str(err))}") from None  # a clear message, not a traceback
+
+
+def discard_if_unused(output_dir: Path) -> None:
+    """A run refused before it opened leaves no folder behind (Hydra makes it before the data is read)."""
+    import shutil
+
+    if output_dir.is_dir() and {p.name for p in output_dir.iterdir()} <= {".hydra", "train.log", ".run.lock"}:
+        shutil.rmtree(output_dir, ignore_errors=True)
+        for folder in (output_dir.parent, output_dir.parent.parent):  # outputs/<date>/ when nothing else is there
+            if folder == Path.cwd() or any(folder.iterdir()):
+                break
+            folder.rmdir()
 
 
 def mask_logs(cfg: DictConfig) -> Masker:
@@ -197,149 +227,3 @@ def _train(
         parent_run_id=parent_run_id(hydra_cfg.sweep.dir) if in_sweep else None,
         masker=masker,
     )
-
-
-# ----------------------------------------------------------------------------- evaluate.py / predict.py
-@dataclass
-class EvaluateArgs:
-    """python evaluate.py ckpt=DIR|runs:/ID/best_model|models:/NAME/VERSION file=PATH [batch_size=N] [max_length=N]"""
-
-    ckpt: str = (
-        MISSING  # a best_model folder, or an MLflow URI of one (runs:/<run id>/best_model, models:/NAME/VERSION)
-    )
-    file: str = MISSING  # a labelled AFQMC JSON-lines file
-    batch_size: int | None = None  # default: the eval batch size the weights were trained with
-    max_length: int | None = None  # default: the max_length the weights were trained with
-    device: str = "auto"
-    tracking_uri: str | None = None  # for runs:/ and models:/ (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)
-
-
-@dataclass
-class PredictArgs(EvaluateArgs):
-    """python predict.py ckpt=... (file=PATH out=PATH | sentence1=TEXT sentence2=TEXT)"""
-
-    file: str | None = None  # an AFQMC JSON-lines file, labelled or not...
-    out: str | None = None  # ...and where to write one {"id", "label", "prob"} line per pair
-    sentence1: str | None = None  # or one pair, answered on stdout
-    sentence2: str | None = None
-
-
-def resolve_checkpoint(ckpt: str, tracking_uri: str | None) -> Path:
-    """A local folder as is; a ``runs:/`` or ``models:/`` URI is downloaded through MLflow into a temporary
-    folder (fresh each time: ``models:/NAME/latest`` and aliases move), removed when the process ends."""
-    if not ckpt.startswith(("runs:/", "models:/")):
-        return Path(ckpt)
-    import atexit
-    import os
-    import shutil
-    import tempfile
-
-    import mlflow
-
-    from .tracking import default_uri, resolve_uri
-
-    uri = resolve_uri(tracking_uri or default_uri())
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    target = Path(tempfile.mkdtemp(prefix="afqmc_ckpt_"))
-    atexit.register(shutil.rmtree, target, ignore_errors=True)
-    downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=ckpt, dst_path=str(target)))
-    if downloaded != target:  # runs:/ID/best_model lands in target/best_model
-        for item in downloaded.iterdir():
-            os.replace(item, target / item.name)
-    if (target / "MLmodel").exists():  # an mlflow.transformers model: weights in model/, tokenizer apart
-        for part in ("model", "components/tokenizer"):
-            for item in (target / part).iterdir():
-                os.replace(item, target / item.name)
-    return target
-
-
-def parse_args(schema: type, argv: Sequence[str]):
-    if any(arg in ("-h", "--help") for arg in argv):
-        print(schema.__doc__)
-        for f in fields(schema):
-            print(f"  {f.name}")
-        raise SystemExit(0)
-    bad = [arg for arg in argv if "=" not in arg]
-    try:
-        if bad:
-            raise ValueError(f"arguments must be key=value, got {' '.join(bad)}")
-        args = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(list(argv)))
-        missing = sorted(OmegaConf.missing_keys(args))
-        if missing:
-            raise ValueError(f"missing {', '.join(m + '=...' for m in missing)}")
-        return OmegaConf.to_object(args)
-    except (ValueError, OmegaConfBaseException) as err:
-        raise SystemExit(f"error: {str(err).splitlines()[0]}\nusage: {schema.__doc__}") from None
-
-
-def _load_for_scoring(args: EvaluateArgs):
-    """The classifier of ``args.ckpt`` with the max_length and batch size it was trained with."""
-    from accelerate import Accelerator
-
-    from .checkpoint import read_meta, recover
-    from .data import auto_eval_batch_size, auto_pad_to_multiple_of
-    from .model import load_pair_classifier, prepare_for_device
-
-    ckpt = resolve_checkpoint(args.ckpt, args.tracking_uri)
-    recover(ckpt)  # a training run killed between the two renames of a best_model swap
-    if not (ckpt / "config.json").exists():
-        raise SystemExit(f"error: {args.ckpt}: no config.json; ckpt must be a best_model folder written by train.py")
-    meta, accelerator = read_meta(ckpt), Accelerator(cpu=args.device == "cpu")
-    device_type = accelerator.device.type
-    return dict(
-        pretrained=prepare_for_device(load_pair_classifier(str(ckpt)), device_type),
-        max_length=args.max_length or meta.get("max_length", 128),
-        batch_size=args.batch_size or meta.get("eval_batch_size") or auto_eval_batch_size(device_type),
-        pad_to_multiple_of=auto_pad_to_multiple_of(device_type),
-        accelerator=accelerator,
-    )
-
-
-def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, float]:
-    """Print the metrics of saved weights on a labelled file as one JSON object."""
-    from .data import read_pairs
-    from .inference import score
-
-    args = parse_args(EvaluateArgs, sys.argv[1:] if argv is None else argv)
-    try:
-        examples = read_pairs(args.file)
-    except DataError as err:
-        raise SystemExit(f"error: {err}") from None
-    _, metrics = score(examples=examples, **_load_for_scoring(args))
-    metrics["n"] = len(examples)
-    print(json.dumps(metrics))
-    return metrics
-
-
-def predict_main(argv: Sequence[str] | None = None) -> Path | dict:
-    """CLUE-format predictions (with probabilities) for a file, labelled or not, or for one pair."""
-    from .data import PairExample, read_pairs
-    from .inference import score, write_predictions
-
-    args = parse_args(PredictArgs, sys.argv[1:] if argv is None else argv)
-    one_pair = args.sentence1 is not None or args.sentence2 is not None
-    if one_pair and not (args.sentence1 and args.sentence2):
-        raise SystemExit("error: give both sentence1=... and sentence2=...")
-    if not one_pair and not (args.file and args.out):
-        raise SystemExit(
-            f"error: give file=... and out=..., or sentence1=... sentence2=...\nusage: {PredictArgs.__doc__}"
-        )
-    try:
-        examples = (
-            [PairExample(args.sentence1, args.sentence2, None, 0)]
-            if one_pair
-            else read_pairs(args.file, require_labels=False)
-        )
-    except DataError as err:
-        raise SystemExit(f"error: {err}") from None
-    prob_same, _ = score(examples=examples, **_load_for_scoring(args))
-    if one_pair:
-        answer = {"label": str(int(prob_same[0] >= 0.5)), "prob": round(float(prob_same[0]), 6)}
-        print(json.dumps(answer))
-        return answer
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_predictions(out, examples, prob_same)
-    print(f"wrote {len(examples)} predictions to {out}", file=sys.stderr)
-    return out

@@ -24,7 +24,7 @@ from .checkpoint import has_last_checkpoint, remove_last_checkpoint
 from .data import AfqmcData, DataError, encode_pairs
 from .hardware import build_accelerator, eval_in_bf16, system_tags
 from .inference import score, write_predictions
-from .masking import Masker
+from .masking import Masker, mask_uri
 from .model import Pretrained, load_pair_classifier, prepare_for_device
 from .plots import save_dev_plots
 from .tracking import MlflowTracking, Run
@@ -70,6 +70,7 @@ def run(
     accelerator = build_accelerator(trainer.device, trainer.mixed_precision, trainer.tf32)
     data = data.for_device(accelerator.device.type)  # the "auto" batch settings
     output_dir = shared_output_dir(output_dir, accelerator)
+    log.info("run folder: %s", output_dir)
     tags = {**tags, **system_tags(accelerator, eval_in_bf16(trainer.eval_precision, accelerator.device))}
     with run_folder_lock(output_dir, accelerator):
         mlflow_run = open_mlflow_run(tracking, output_dir, params, tags, parent_run_id, resume, accelerator, masker)
@@ -201,6 +202,7 @@ def finish_run(
     mlflow_run.log_metrics({**final, **{f"speed/{k}": v for k, v in result.speed.items()}}, step=result.steps)
     if not accelerator.is_main_process:
         return
+    log_summary(result, final, trainer.metric, output_dir, tracking)
     write_outputs(
         output_dir,
         examples,
@@ -217,9 +219,26 @@ def finish_run(
         remove_last_checkpoint(output_dir)
 
 
+def log_summary(result: FitResult, final: dict, metric: str, output_dir: Path, tracking: MlflowTracking) -> None:
+    """What a user wants to read last: how good, where the weights are, how to browse the run."""
+    scores = " ".join(f"{k.removeprefix('final/')}={v:.4f}" for k, v in final.items() if not k.endswith("_loss"))
+    log.info("best dev %s %.4f at step %d of %d; best weights: %s", metric, result.best_metric, result.best_step,
+             result.steps, output_dir / "best_model")  # fmt: skip
+    log.info("scored again from disk: %s", scores)
+    if tracking.enabled:
+        store = mask_uri(tracking.uri)
+        local = store.startswith("sqlite") or "://" not in store
+        browse = f"mlflow ui --backend-store-uri {store} --host 127.0.0.1 --workers 1" if local else store
+        log.info("MLflow run %r in experiment %r: %s", tracking.run_name, tracking.experiment, browse)
+
+
 def score_best(best_dir: Path, examples: dict, data: AfqmcData, accelerator):
     """Metrics of the saved best weights on dev (and a labelled test file), and their probabilities.
     The saved folder, reloaded, is what users get: it is scored, not the in-memory model."""
+    scored = f"dev ({len(examples['dev'])} pairs)"
+    if examples.get("test") and data.score_test:
+        scored += f" and test ({len(examples['test'])} pairs)"
+    log.info("scoring the best weights (%s) on %s", best_dir, scored)
     best = prepare_for_device(load_pair_classifier(str(best_dir)), accelerator.device.type)
     batching = dict(batch_size=data.eval_batch_size, pad_to_multiple_of=data.pad_to_multiple_of)
     prob_dev, dev_metrics = score(best, examples["dev"], data.max_length, accelerator=accelerator, **batching)
@@ -275,13 +294,6 @@ def write_outputs(
         + "\n"
     )
     save_dev_plots(np.array([e.label for e in examples["dev"]]), prob_dev, output_dir / "plots", title=run_name)
-    log.info(
-        "best dev %s %.4f at step %d; final %s",
-        metric,
-        result.best_metric,
-        result.best_step,
-        {k: round(v, 4) for k, v in final.items()},
-    )
 
 
 def log_outputs(mlflow_run: Run, tracking: MlflowTracking, output_dir: Path, best_dir: Path) -> None:

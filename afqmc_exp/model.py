@@ -23,6 +23,7 @@ kernels (and an attention call the fused kernels take less well) cost more than 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 from dataclasses import dataclass
@@ -125,6 +126,23 @@ CLASSES = {  # architecture -> the transformers classes of its config, classifie
 }
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """No load-report tables and no progress bars from transformers while we load or save a model: the run
+    says in one line what matters (a new head is expected); other warnings and errors still show."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_pair_classifier(
     name_or_path: str,
     architecture: Literal["auto", "bert"] = "auto",
@@ -149,7 +167,15 @@ def load_pair_classifier(
         config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
     tokenizer = tokenizer_cls.from_pretrained(name_or_path, **kwargs)
     check_vocabulary(tokenizer, config, name_or_path)
-    model = model_cls.from_pretrained(name_or_path, config=config, **kwargs)
+    with quiet_transformers():
+        model, loading = model_cls.from_pretrained(name_or_path, config=config, output_loading_info=True, **kwargs)
+    new = sorted(k for k in loading["missing_keys"] if k.startswith("classifier."))
+    if new:
+        log.info("%s: new classification head (%s), as expected: fine-tuning trains it", name_or_path, ", ".join(new))
+    elif loading["missing_keys"]:
+        log.warning(
+            "%s: weights missing from the checkpoint: %s", name_or_path, ", ".join(sorted(loading["missing_keys"]))
+        )
     return Pretrained(model, tokenizer, str(name_or_path), cls_only_last_layer)
 
 

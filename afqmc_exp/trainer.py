@@ -290,7 +290,8 @@ class Trainer:
             desc="train",
             unit="step",
             dynamic_ncols=True,
-            disable=not (self.config.progress_bar and self.accelerator.is_local_main_process),
+            # None: shown on a terminal only, so redirected logs (files, SLURM) get no \r-redrawn bar
+            disable=None if self.config.progress_bar and self.accelerator.is_local_main_process else True,
         )
 
     # ------------------------------------------------------------------------------------ epochs and batches
@@ -418,12 +419,9 @@ class Trainer:
                 state.step,
             )
             self.flush_metrics()  # dev curves show up as they are computed
-            if self.accelerator.is_main_process:
-                self.bar.write(
-                    f"step {state.step}: dev "
-                    + " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-                    + (" (best)" if improved else "")
-                )
+            if self.accelerator.is_main_process:  # through logging: it lands in train.log (and SLURM logs) too
+                shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+                log.info("step %d/%d: dev %s%s", state.step, self.total_steps, shown, " (best)" if improved else "")
         return config.patience is not None and state.evals_since_best >= config.patience
 
     # ------------------------------------------------------------------------------------ saving

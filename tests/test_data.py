@@ -239,7 +239,7 @@ def test_limits_take_the_first_pairs_for_debugging(tmp_path):
 
 @pytest.mark.parametrize("main,extra", [("evaluate_main", []), ("predict_main", ["out=/tmp/never.json"])])
 def test_evaluate_and_predict_check_their_input_the_same_way(tmp_path, main, extra):
-    import afqmc_exp.cli as cli
+    import afqmc_exp.commands as cli
 
     bad = write(tmp_path, GOOD + "\n" + '{"sentence1": "a", "sentence2": null}\n', name="pairs.json")
     with pytest.raises(SystemExit, match=r"error: .*pairs.json:2: sentence2 is null"):

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from helpers import AFQMC, REPO, SHORT_RUN, mlflow_runs, run_command
+from helpers import AFQMC, REPO, SHORT_RUN, broken_model, mlflow_runs, run_command
 
 pytestmark = pytest.mark.slow  # real subprocess trainings (the trainer's phases are tested fast in test_trainer)
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -176,7 +176,9 @@ def test_nan_loss_stops_the_run_failed_with_a_message(tmp_path):
 
 
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
-    cmd = [sys.executable, str(REPO / "train.py"), "data.dir=/nonexistent"]  # fails fast, after Hydra made its folder
+    # fails fast, after Hydra made its folder and the MLflow run opened (a refused run would leave no folder)
+    broken = broken_model(tmp_path / "broken")
+    cmd = [sys.executable, str(REPO / "train.py"), *SHORT_RUN, f"model.name_or_path={broken}"]
     procs = [
         subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(3)

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from afqmc_exp.schema import ConfigError, validate
-from helpers import AFQMC, REPO, compose
+from helpers import AFQMC, REPO, compose, run_command
 
 BASE = ["model=minilm", f"data.dir={AFQMC}"]
 BAD = [
@@ -85,7 +85,27 @@ def test_cli_prints_one_error_block_without_traceback_and_opens_no_run(tmp_path)
         "error: invalid config:" in proc.stderr and "optim.lr=-1" in proc.stderr and "trainer.epochs=0" in proc.stderr
     )
     assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        (["optim.lrr=1"], ["error: optim.lrr: no such key (did you mean optim.lr?)"]),
+        (
+            ["--multirun", "optim.lr=1e-5,2e-5", "trainer.epoch=2"],
+            ["error: trainer.epoch: no such key (did you mean trainer.epochs?)"],
+        ),
+        (["data.dir=/nonexistent"], ["error: /nonexistent: AFQMC files"]),  # refused once Hydra ran: its folder goes
+    ],
+    ids=["typo", "typo in a sweep", "missing data"],
+)
+def test_a_refused_command_is_one_line_and_leaves_no_folder(tmp_path, overrides, expected):
+    proc = run_command([sys.executable, str(REPO / "train.py"), *overrides, "model=minilm"], cwd=tmp_path, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith(expected[0]), proc.stderr[-2000:]
+    assert "+optim" not in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "mlflow.db").exists()
 
 
 # ------------------------------------------------------------------------------------ model folders and stores

@@ -1,0 +1,24 @@
+"""``python -m afqmc_exp COMMAND [key=value ...]``: train, evaluate, predict or report (the same commands as
+``afqmc-train``, ``afqmc-evaluate``, ``afqmc-predict`` and ``afqmc-report``)."""
+
+import sys
+
+COMMANDS = {
+    "train": ("afqmc_exp.cli", "train_main"),
+    "evaluate": ("afqmc_exp.commands", "evaluate_main"),
+    "predict": ("afqmc_exp.commands", "predict_main"),
+    "report": ("afqmc_exp.report", "main"),
+}
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        raise SystemExit(f"usage: python -m afqmc_exp {{{','.join(COMMANDS)}}} [key=value ...]  (COMMAND --help)")
+    command = sys.argv.pop(1)
+    sys.argv[0] = f"afqmc-{command}"
+    module, function = COMMANDS[command]
+    getattr(__import__(module, fromlist=[function]), function)()
+
+
+if __name__ == "__main__":
+    main()
