@@ -1,19 +1,24 @@
-"""Compare runs: ``python -m afqmc_exp.report [--experiment NAME | --parent RUN_ID] [--out DIR]``.
+"""Compare runs: ``afqmc-report [experiment=NAME | parent=RUN_ID] [out=DIR] [uri=STORE]``.
 
-Prints the runs of an experiment (or the children of a sweep's parent run) sorted by the objective
-(``best/dev_<trainer.metric>``) with their key params, best step, final dev F1/accuracy/AUC and training
-speed; then the same configs with their seeds pooled (mean ± std over seeds). Writes both tables as
-Markdown and CSV, and ``objective_vs_<param>.png`` for every param that varies between the runs.
+Prints the runs of an experiment (by default the one with the most recent run; the others are listed) or
+the jobs of a sweep (its parent run's id), sorted by the objective (``best/dev_<trainer.metric>``), ties
+broken by the lower final dev loss, then the earlier start: with their key params, best step, final dev
+F1/accuracy/AUC and training speed; then the same configs with their seeds pooled (mean and sample
+standard deviation, "—" for a single seed). Writes both tables as Markdown and CSV, and
+``objective_vs_<param>.png`` for every param that varies between the runs. A sweep's parent run gets
+the same report as artifacts when the sweep ends (see ``sweep``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from .arguments import help_of, parse_args
 from .metrics import GREATER_IS_BETTER
-from .tracking import default_uri, resolve_uri
 
 KEY_PARAMS = {
     "model": "model.name_or_path",
@@ -43,27 +48,74 @@ NOT_DESIGN = (
 )
 
 
-def collect(client, experiment: str | None, parent: str | None):
-    """Rows of the runs to compare (finished or not), and the objective's name and direction."""
-    import pandas as pd
+@dataclass
+class ReportArgs:
+    """Compare runs of an MLflow experiment, or the jobs of a sweep, sorted by the objective; seeds pooled."""
 
+    experiment: str | None = field(
+        default=None,
+        metadata=help_of(
+            "an MLflow experiment name (default: the experiment with the most recent run; the others are listed)"
+        ),
+    )
+    parent: str | None = field(default=None, metadata=help_of("a sweep's parent run id: report its jobs"))
+    uri: str | None = field(
+        default=None, metadata=help_of("the tracking store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    )
+    out: str | None = field(
+        default=None,
+        metadata=help_of(
+            "folder for report.md, runs.csv, by_config.csv and plots (default: reports/<experiment or parent id>)"
+        ),
+    )
+    # fmt: skip
+
+
+def runs_to_report(client, experiment: str | None, parent: str | None) -> tuple[list, str]:
+    """The runs (a sweep's jobs, or an experiment's runs that are not sweep parents) and what they are."""
     if parent:
         experiment_id = client.get_run(parent).info.experiment_id
-        runs = client.search_runs(
-            [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'", max_results=50000
-        )
-    else:
-        found = client.get_experiment_by_name(experiment)
-        if found is None:
-            raise SystemExit(f"error: no MLflow experiment named {experiment!r}")
-        runs = [
-            r
-            for r in client.search_runs([found.experiment_id], max_results=50000)
-            if "sweep.dir" not in r.data.tags or "mlflow.parentRunId" in r.data.tags
-        ]  # not sweep parents
+        runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'",
+                                  max_results=50000)  # fmt: skip
+        return runs, f"parent run {parent}"
+    found = client.get_experiment_by_name(experiment) if experiment else latest_experiment(client)
+    if found is None:
+        names = ", ".join(e.name for e in client.search_experiments()) or "none"
+        raise SystemExit(f"error: no MLflow experiment named {experiment!r} (experiments: {names})")
+    runs = client.search_runs([found.experiment_id], max_results=50000)
+    return [r for r in runs if "sweep.dir" not in r.data.tags or "mlflow.parentRunId" in r.data.tags], \
+        f"experiment {found.name}"  # fmt: skip
+
+
+def latest_experiment(client):
+    """The experiment whose most recent run started last; the others are named on the way."""
+    latest = []
+    for experiment in client.search_experiments():
+        newest = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)
+        if newest:
+            latest.append((newest[0].info.start_time, experiment))
+    if not latest:
+        raise SystemExit("error: no runs in this store yet; train first (afqmc-train experiment=quickstart)")
+    latest.sort(key=lambda pair: pair[0], reverse=True)
+    others = ", ".join(e.name for _, e in latest[1:])
+    print(f"reporting experiment {latest[0][1].name!r}" + (f" (also here: {others}; pick one with experiment=NAME)"
+                                                          if others else ""))  # fmt: skip
+    return latest[0][1]
+
+
+def collect(client, experiment: str | None, parent: str | None):
+    """Rows of the runs to compare (finished or not), sorted; the objective's name; what the runs are."""
+    runs, title = runs_to_report(client, experiment, parent)
     if not runs:
-        raise SystemExit("error: no runs to report")
+        raise SystemExit(f"error: no runs to report in {title}")
     metric = runs[0].data.params.get("trainer.metric", "f1")
+    return rows_of(runs, metric), metric, title
+
+
+def rows_of(runs, metric: str):
+    """One row per run, best first: by the objective, then the lower final dev loss, then the earlier start."""
+    import pandas as pd
+
     rows = []
     for run in runs:
         params, metrics = run.data.params, run.data.metrics
@@ -73,6 +125,8 @@ def collect(client, experiment: str | None, parent: str | None):
             "run_id": run.info.run_id,
             "status": run.info.status,
             "objective": metrics.get(f"best/dev_{metric}"),
+            "dev_loss": metrics.get("final/dev_loss"),
+            "started": run.info.start_time,
             "best_step": metrics.get("best/step"),
             "f1": metrics.get("final/dev_f1"),
             "accuracy": metrics.get("final/dev_accuracy"),
@@ -84,8 +138,8 @@ def collect(client, experiment: str | None, parent: str | None):
         row["_params"] = params
         rows.append(row)
     frame = pd.DataFrame(rows)
-    frame = frame.sort_values("objective", ascending=not GREATER_IS_BETTER[metric], na_position="last")
-    return frame, metric
+    ascending = [not GREATER_IS_BETTER[metric], True, True]
+    return frame.sort_values(["objective", "dev_loss", "started"], ascending=ascending, na_position="last")
 
 
 def varying_params(frame) -> list[str]:
@@ -106,7 +160,7 @@ def by_config(frame, varying: list[str]):
             "runs": grouped.size(),
             "seeds": grouped["seed"].apply(lambda s: ",".join(sorted(map(str, s)))),
             "objective_mean": grouped["objective"].mean(),
-            "objective_std": grouped["objective"].std(ddof=0),
+            "objective_std": grouped["objective"].std(ddof=1),  # sample std: NaN ("—") for a single seed
             "f1_mean": grouped["f1"].mean(),
             "accuracy_mean": grouped["accuracy"].mean(),
             "auc_mean": grouped["auc"].mean(),
@@ -145,11 +199,11 @@ def plot_params(frame, varying: list[str], metric: str, out: Path) -> list[Path]
 
 
 def fmt(frame) -> str:
-    return frame.to_markdown(index=False, floatfmt=".4g")
+    return frame.to_markdown(index=False, floatfmt=".4g", missingval="—")
 
 
-RUN_COLUMNS = ["run", "status", "objective", "best_step", "f1", "accuracy", "auc", "samples_per_s", "model", "lr",
-               "batch", "seed", "epochs", "max_steps", "run_id"]  # fmt: skip
+RUN_COLUMNS = ["run", "status", "objective", "best_step", "f1", "accuracy", "auc", "dev_loss", "samples_per_s",
+               "model", "lr", "batch", "seed", "epochs", "max_steps", "run_id"]  # fmt: skip
 
 
 def write_report(frame, metric: str, title: str, out: Path) -> str:
@@ -158,7 +212,7 @@ def write_report(frame, metric: str, title: str, out: Path) -> str:
     varying = varying_params(frame)
     runs, grouped = frame[RUN_COLUMNS], by_config(frame, varying)
     runs.to_csv(out / "runs.csv", index=False, float_format="%.6g")
-    grouped.to_csv(out / "by_config.csv", index=False, float_format="%.6g")
+    grouped.to_csv(out / "by_config.csv", index=False, float_format="%.6g", na_rep="—")
     plot_params(frame, varying, metric, out)
     text = (
         f"# Runs of {title}\n\nObjective: best dev {metric} "
@@ -170,23 +224,15 @@ def write_report(frame, metric: str, title: str, out: Path) -> str:
     return text
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m afqmc_exp.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--experiment", default="afqmc", help="MLflow experiment name (default: afqmc)")
-    parser.add_argument("--parent", help="a sweep's parent run id: report its jobs")
-    parser.add_argument(
-        "--uri", default=default_uri(), help="tracking store (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
-    )
-    parser.add_argument(
-        "--out",
-        help="folder for report.md, runs.csv, by_config.csv and plots (default: reports/<experiment or parent id>)",
-    )
-    args = parser.parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> Path:
+    """``afqmc-report`` / ``python -m afqmc_exp report``."""
     from mlflow import MlflowClient
 
-    frame, metric = collect(MlflowClient(resolve_uri(args.uri)), args.experiment, args.parent)
-    out = Path(args.out or Path("reports") / (args.parent or args.experiment))
-    title = f"parent run {args.parent}" if args.parent else f"experiment {args.experiment}"
+    from .tracking import default_uri, resolve_uri
+
+    args = parse_args(ReportArgs, sys.argv[1:] if argv is None else argv, "afqmc-report")
+    frame, metric, title = collect(MlflowClient(resolve_uri(args.uri or default_uri())), args.experiment, args.parent)
+    out = Path(args.out or Path("reports") / (args.parent or title.split(" ", 1)[1]))
     print(write_report(frame, metric, title, out))
     print(f"wrote {out / 'report.md'}, runs.csv, by_config.csv and plots in {out}")
     return out

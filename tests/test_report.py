@@ -46,7 +46,7 @@ def store(tmp_path):
 
 def test_report_sorts_by_the_objective_and_pools_seeds(store, tmp_path, capsys):
     uri, parent = store
-    out = main(["--uri", uri, "--parent", parent, "--out", str(tmp_path / "r")])
+    out = main([f"uri={uri}", f"parent={parent}", f"out={tmp_path / 'r'}"])
     runs = (out / "runs.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in runs[1:]] == [
         "minilm-lr3e-05-s1",
@@ -67,5 +67,38 @@ def test_report_sorts_by_the_objective_and_pools_seeds(store, tmp_path, capsys):
 
 def test_experiment_report_leaves_out_sweep_parents(store, tmp_path):
     uri, _ = store
-    out = main(["--uri", uri, "--experiment", "afqmc", "--out", str(tmp_path / "e")])
+    out = main([f"uri={uri}", "experiment=afqmc", f"out={tmp_path / 'e'}"])
     assert len((out / "runs.csv").read_text().splitlines()) == 5
+
+
+def test_without_an_experiment_the_latest_one_is_reported_and_the_others_named(store, tmp_path, capsys):
+    from afqmc_exp.tracking import MlflowTracking
+
+    uri, _ = store
+    later = MlflowTracking(uri=uri, experiment="quickstart", run_name="q").start(
+        {"trainer.metric": "f1"}, {}, tmp_path / "q"
+    )
+    later.log_metrics({"best/dev_f1": 0.9, "final/dev_loss": 0.3}, 5)
+    later.end()
+    out = main([f"uri={uri}", f"out={tmp_path / 'q'}"])
+    printed = capsys.readouterr().out
+    assert "reporting experiment 'quickstart' (also here: afqmc" in printed
+    assert len((out / "runs.csv").read_text().splitlines()) == 2
+    pooled = (out / "by_config.csv").read_text().splitlines()
+    assert pooled[1].split(",")[4] == "—"  # one seed: no standard deviation, not a made-up 0
+
+
+def test_the_sample_standard_deviation_and_a_stated_tie_rule(tmp_path):
+    from afqmc_exp.report import by_config, rows_of, varying_params
+
+    def run(name, lr, seed, objective, loss, started):
+        info = type("Info", (), {"run_name": name, "run_id": name, "status": "FINISHED", "start_time": started})
+        data = type("Data", (), {"params": {"optim.lr": lr, "seed": seed, "trainer.metric": "f1"}, "tags": {},
+                                 "metrics": {"best/dev_f1": objective, "final/dev_loss": loss}})  # fmt: skip
+        return type("Run", (), {"info": info, "data": data})
+
+    runs = [run("a", "1", "1", 0.5, 0.40, 1), run("b", "1", "2", 0.7, 0.30, 2), run("c", "2", "1", 0.7, 0.20, 3)]
+    frame = rows_of(runs, "f1")
+    assert list(frame["run"]) == ["c", "b", "a"]  # c and b tie on F1: the lower dev loss first
+    pooled = by_config(frame, varying_params(frame)).set_index("config")
+    assert pooled.loc["optim.lr=1", "objective_std"] == pytest.approx(0.1414, abs=1e-4)  # ddof=1 over 0.5, 0.7
