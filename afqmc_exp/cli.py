@@ -197,17 +197,19 @@ def _train(
 
     from .experiment import run
     from .sweep import parent_run_id
-    from .tracking import flatten, git_state
+    from .tracking import context_tags, flatten
 
     validate(cfg)  # before any model is loaded or run opened
     tracking = instantiate(cfg.tracking)
     if not tracking.run_name:
         tracking.run_name = run_name or default_run_name(cfg, hydra_cfg.runtime.choices.get("model"))
+    command = " ".join([Path(sys.argv[0]).name, *(masker.override(o) for o in hydra_cfg.overrides.task)])
     tags = {
         "hydra.overrides": " ".join(masker.override(o) for o in hydra_cfg.overrides.task) or "(none)",
         "hydra.output_dir": str(output_dir),
         "hydra.choices": json.dumps(dict(hydra_cfg.runtime.choices)),
-        **git_state(REPO_DIR),
+        "mlflow.note.content": f"`{command}`\n\nRun folder: `{output_dir}`",  # the run page's description
+        **context_tags(REPO_DIR if (REPO_DIR / ".git").exists() else Path.cwd()),  # the code's commit, else the cwd's
         **extra_tags,
     }
     if in_sweep:

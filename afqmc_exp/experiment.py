@@ -27,6 +27,7 @@ from .inference import score, write_predictions
 from .masking import Masker, mask_uri
 from .model import Pretrained, load_pair_classifier, prepare_for_device
 from .plots import save_dev_plots
+from .system_metrics import SystemMetrics
 from .tracking import MlflowTracking, Run
 from .trainer import FitResult, Trainer, TrainerConfig
 
@@ -74,6 +75,8 @@ def run(
     tags = {**tags, **system_tags(accelerator, eval_in_bf16(trainer.eval_precision, accelerator.device))}
     with run_folder_lock(output_dir, accelerator):
         mlflow_run = open_mlflow_run(tracking, output_dir, params, tags, parent_run_id, resume, accelerator, masker)
+        if not resume:
+            mlflow_run.log_datasets(dataset_inputs(data, examples))
         with closed_with_status(mlflow_run, output_dir, accelerator):
             pretrained = prepare_for_device(load_model(), accelerator.device.type)
             check_max_length(data.max_length, pretrained)
@@ -118,6 +121,21 @@ def run_folder_lock(output_dir: Path, accelerator):
         lock.release()
 
 
+def dataset_inputs(data: AfqmcData, examples: dict) -> list[dict]:
+    """The data files as MLflow dataset inputs: name, path, digest of the file's bytes, rows, and their role."""
+    import hashlib
+
+    names = {"train": data.train_file, "dev": data.dev_file, "test": data.test_file}
+    contexts = {"train": "training", "dev": "validation", "test": "test"}
+    inputs = []
+    for split, rows in examples.items():
+        path = data.path(names[split]).resolve()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+        inputs.append({"name": f"{path.parent.name}/{path.name}", "path": str(path), "digest": digest,
+                       "rows": len(rows), "context": contexts[split]})  # fmt: skip
+    return inputs
+
+
 def check_dev_labels(dev: list, metric: str) -> None:
     """AUC needs both classes; with one, it is undefined, and as the metric it could pick no best weights."""
     if len({example.label for example in dev}) > 1:
@@ -142,7 +160,10 @@ def shared_output_dir(output_dir: Path, accelerator) -> Path:
 @contextlib.contextmanager
 def closed_with_status(mlflow_run: Run, output_dir: Path, accelerator):
     """Close the run FINISHED, KILLED on Ctrl-C/SIGTERM, FAILED on any other exception, with its logs."""
-    status = "FAILED"
+    status, sampler = "FAILED", None
+    if mlflow_run.active:  # the MLflow UI's System metrics tab
+        first = max((s for k, s in mlflow_run.logged_through.items() if k.startswith("system/")), default=-1) + 1
+        sampler = SystemMetrics(mlflow_run.log_metrics, first_step=first).start()
     try:
         yield
         status = "FINISHED"
@@ -150,6 +171,8 @@ def closed_with_status(mlflow_run: Run, output_dir: Path, accelerator):
         status = "KILLED"
         raise
     finally:
+        if sampler is not None:
+            sampler.stop()
         if accelerator.is_main_process:
             for logfile in output_dir.glob("*.log"):
                 mlflow_run.log_artifact(logfile)
@@ -203,6 +226,8 @@ def finish_run(
     if not accelerator.is_main_process:
         return
     log_summary(result, final, trainer.metric, output_dir, tracking)
+    note = mlflow_run.tags.get("mlflow.note.content", "").split("\n\nBest dev")[0]  # a resumed run: not twice
+    mlflow_run.set_tags({"mlflow.note.content": f"{note}\n\n{result_line(result, final, trainer.metric)}".strip()})
     write_outputs(
         output_dir,
         examples,
@@ -219,12 +244,16 @@ def finish_run(
         remove_last_checkpoint(output_dir)
 
 
+def result_line(result: FitResult, final: dict, metric: str) -> str:
+    scores = " ".join(f"{k.removeprefix('final/')}={v:.4f}" for k, v in final.items() if not k.endswith("_loss"))
+    return f"Best dev {metric} {result.best_metric:.4f} at step {result.best_step} of {result.steps}; the best " \
+        f"weights scored again from disk: {scores}"  # fmt: skip
+
+
 def log_summary(result: FitResult, final: dict, metric: str, output_dir: Path, tracking: MlflowTracking) -> None:
     """What a user wants to read last: how good, where the weights are, how to browse the run."""
-    scores = " ".join(f"{k.removeprefix('final/')}={v:.4f}" for k, v in final.items() if not k.endswith("_loss"))
-    log.info("best dev %s %.4f at step %d of %d; best weights: %s", metric, result.best_metric, result.best_step,
-             result.steps, output_dir / "best_model")  # fmt: skip
-    log.info("scored again from disk: %s", scores)
+    log.info("%s", result_line(result, final, metric))
+    log.info("best weights: %s", output_dir / "best_model")
     if tracking.enabled:
         store = mask_uri(tracking.uri)
         local = store.startswith("sqlite") or "://" not in store
@@ -300,6 +329,7 @@ def log_outputs(mlflow_run: Run, tracking: MlflowTracking, output_dir: Path, bes
     """The run's files as MLflow artifacts; the best weights as artifacts, a flavour model, a registry version."""
     for name in ("dev_predictions.jsonl", "test_predictions.jsonl", "result.json"):
         mlflow_run.log_artifact(output_dir / name)
+    mlflow_run.log_table(output_dir / "dev_predictions.jsonl", "dev_predictions_table.json")  # sortable in the UI
     for folder in ("plots", "profile"):  # profile/: when trainer.profile_steps > 0
         mlflow_run.log_artifacts(output_dir / folder, folder)
     mlflow_run.log_masked_artifacts(output_dir / ".hydra", "hydra")  # the config, its secrets masked

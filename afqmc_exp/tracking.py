@@ -30,6 +30,7 @@ import logging
 import os
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -103,17 +104,41 @@ def _sqlite_problems(path: Path, shown: str) -> list[str]:
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested config -> ``{"optim.lr": "2e-05", ...}``, with values of secret-looking keys masked."""
+    """Nested config -> ``{"optim.lr": "2e-05", "data.test_file": "null", ...}``: values written as in the YAML
+    (null, true), Hydra's plumbing (``_target_``, ``_partial_``) left out, secret-looking keys masked."""
     flat: dict[str, str] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
+        if str(key).startswith("_"):
+            continue
         if isinstance(value, Mapping) and value:
             flat.update(flatten(value, prefix=f"{name}."))
         elif SECRET_KEY.search(str(key)) and value not in (None, ""):
             flat[name] = MASK
         else:  # credentials inside a URI (postgresql://user:password@host) are masked too
-            flat[name] = mask_uri(str(value))[:MAX_PARAM_CHARS]
+            flat[name] = mask_uri(yaml_text(value))[:MAX_PARAM_CHARS]
     return flat
+
+
+def yaml_text(value: Any) -> str:
+    """A config value as YAML writes it (``null``, ``true``), not as Python does (``None``, ``True``)."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(yaml_text(v) for v in value) + "]"
+    return str(value)
+
+
+def context_tags(source_dir: Path) -> dict[str, str]:
+    """MLflow's standard tags (who ran what, from where: ``mlflow.user``, ``mlflow.source.name``/``.type``,
+    ``mlflow.source.git.commit``), so the UI's Source and User columns say something, plus our git state."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    tags = resolve_tags({})
+    git = git_state(source_dir)
+    if git:
+        tags.setdefault("mlflow.source.git.commit", git["git.commit"])
+    return {**tags, **git}
 
 
 def git_state(cwd: str | os.PathLike | None = None) -> dict[str, str]:
@@ -165,6 +190,7 @@ class MlflowTracking:
         run = Run(
             client, created.info.run_id, folder, self.flush_every, masker=masker, drain_seconds=self.drain_seconds
         )
+        run.set_tags(run_tags)  # in the journal too: a resumed process reads them back (journal_tags)
         run.log_params(params)
         log.info(
             "MLflow run %s (%s) in %s, experiment %r",
@@ -204,6 +230,7 @@ class MlflowTracking:
             return Run(None, None)
         run = Run(self.client(), run_id, folder, self.flush_every, masker=masker, drain_seconds=self.drain_seconds)
         run.logged_through = run.journal_steps() or run.store_steps()
+        run.tags = run.journal_tags()
         run.outbox.put({"op": "status", "status": "RUNNING"})
         log.info(
             "MLflow run %s reopened (metrics logged through step %s)",
@@ -260,6 +287,8 @@ class Run:
         self.folder, self.masker, self.drain_seconds = folder, masker or Masker(), drain_seconds
         self.logged_through: dict[str, int] = {}  # key -> last step already logged (a resumed run)
         self._metrics: list = []
+        self._buffer_lock = threading.Lock()  # the system-metrics sampler logs from its own thread
+        self.tags: dict[str, str] = {}  # every tag this run has set, the last value of each
         self.outbox = Outbox(folder, self._deliver) if client is not None else None
         self._store_through: dict[str, int] | None = None  # filled when replaying a backlog (see _deliver)
 
@@ -274,29 +303,45 @@ class Run:
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         if self.active:
-            self.outbox.put({"op": "tags", "tags": {k: str(v)[:5000] for k, v in tags.items()}})
+            tags = {k: str(v)[:5000] for k, v in tags.items()}
+            self.tags.update(tags)
+            self.outbox.put({"op": "tags", "tags": tags})
 
     def log_metrics(self, metrics: Mapping[str, float | None], step: int) -> None:
         """Buffer metric values (None values are skipped); written in batches, see module docstring."""
         if not self.active:
             return
         now = int(time.time() * 1000)
-        self._metrics += [
-            [k, float(v), now, step]
-            for k, v in metrics.items()
-            if v is not None and step > self.logged_through.get(k, -1)
-        ]
-        if len(self._metrics) >= self.flush_every:
+        values = [[k, float(v), now, step] for k, v in metrics.items()
+                  if v is not None and step > self.logged_through.get(k, -1)]  # fmt: skip
+        with self._buffer_lock:
+            self._metrics += values
+            full = len(self._metrics) >= self.flush_every
+        if full:
             self.flush()
 
     def flush(self) -> None:
-        if self.active and self._metrics:
+        if not self.active:
+            return
+        with self._buffer_lock:
             pending, self._metrics = self._metrics, []
+        if pending:
             self.outbox.put({"op": "metrics", "metrics": pending})
 
     def log_artifacts(self, local_dir: str | os.PathLike, artifact_path: str | None = None) -> None:
         if self.active and Path(local_dir).exists():
             self.outbox.put({"op": "artifacts", "path": str(local_dir), "artifact_path": artifact_path})
+
+    def log_datasets(self, datasets: list[dict]) -> None:
+        """Data files as dataset inputs (``{"name", "path", "digest", "rows", "context"}``): the runs table's
+        Dataset column names them, and the digest tells apart two runs on different data."""
+        if self.active:
+            self.outbox.put({"op": "inputs", "datasets": datasets})
+
+    def log_table(self, jsonl: Path, artifact_file: str) -> None:
+        """A JSON-lines file as an MLflow table: sortable and filterable in the UI."""
+        if self.active and Path(jsonl).exists():
+            self.outbox.put({"op": "table", "path": str(jsonl), "artifact_file": artifact_file})
 
     def log_artifact(self, local_file: str | os.PathLike, artifact_path: str | None = None) -> None:
         if self.active and Path(local_file).exists():
@@ -363,6 +408,13 @@ class Run:
                 through[key] = max(step, through.get(key, -1))
         return through
 
+    def journal_tags(self) -> dict[str, str]:
+        """The tags this run's journal set, the last value of each."""
+        tags: dict[str, str] = {}
+        for record in self.outbox.records:
+            tags.update(record.get("tags", {}))
+        return tags
+
     def store_steps(self) -> dict[str, int]:
         """Per metric, the last step the store holds (for runs logged before the journal existed)."""
         try:
@@ -392,6 +444,14 @@ class Run:
         elif op in ("artifact", "artifacts") and Path(record["path"]).exists():
             upload = client.log_artifact if op == "artifact" else client.log_artifacts
             upload(run_id, record["path"], record["artifact_path"])
+        elif op == "inputs":
+            _log_inputs(client, run_id, record["datasets"])
+        elif op == "table" and Path(record["path"]).exists():
+            import pandas as pd
+
+            client.log_table(
+                run_id, data=pd.read_json(record["path"], lines=True), artifact_file=record["artifact_file"]
+            )
         elif op == "register":
             self._register(record["name"], record["artifact_path"])
         elif op == "transformers_model":
@@ -411,6 +471,20 @@ class Run:
         source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{artifact_path}"
         version = self.client.create_model_version(name, source=source, run_id=self.run_id)
         log.info("registered %s as models:/%s/%s", artifact_path, name, version.version)
+
+
+def _log_inputs(client, run_id: str, datasets: list[dict]) -> None:
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    client.log_inputs(run_id, datasets=[
+        DatasetInput(
+            Dataset(name=d["name"], digest=d["digest"], source_type="local", source=json.dumps({"uri": d["path"]}),
+                    profile=json.dumps({"num_rows": d["rows"]})),
+            tags=[InputTag("mlflow.data.context", d["context"])],
+        ) for d in datasets
+    ])  # fmt: skip
 
 
 def _log_flavour(tracking_uri: str, run_id: str, folder: str, register_as: str | None) -> None:

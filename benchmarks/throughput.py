@@ -353,7 +353,7 @@ def ours(args, store: str, overrides: list[str]) -> dict:
 def precisions(run, device: str) -> dict:
     params = run.params
     train = "bf16" if params["trainer.mixed_precision"] == "bf16" else "fp32"
-    if train == "fp32" and device == "cuda" and params.get("trainer.tf32") == "True":
+    if train == "fp32" and device == "cuda" and params.get("trainer.tf32") == "true":
         train = "tf32"
     return {"train_precision": train, "eval_precision": "bf16" if run.tags["sys.eval_precision"] == "bf16" else train}
 

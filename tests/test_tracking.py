@@ -22,21 +22,22 @@ def test_one_default_store_for_every_command(monkeypatch):
     assert default_uri() == MlflowTracking().uri == "http://127.0.0.1:5000"
 
 
-def test_flatten_uses_dotted_keys_and_masks_secrets():
-    flat = flatten(
-        {
-            "optim": {"lr": 2e-5, "betas": [0.9, 0.99]},
-            "tracking": {"api_token": "abc", "password": None, "uri": "postgresql://team:s3cret@db:5432/mlflow"},
-            "hub_password": "x",
-            "empty": {},
-        }
-    )
-    assert flat == {
+def test_flatten_uses_dotted_keys_yaml_values_no_plumbing_and_masks_secrets():
+    tree = {
+        "optim": {"_target_": "afqmc_exp.optim.adamw", "_partial_": True, "lr": 2e-5, "betas": [0.9, 0.99]},
+        "tracking": {"api_token": "abc", "password": None, "uri": "postgresql://team:s3cret@db:5432/mlflow"},
+        "data": {"test_file": None, "download": True},
+        "hub_password": "x",
+        "empty": {},
+    }
+    assert flatten(tree) == {
         "optim.lr": "2e-05",
         "optim.betas": "[0.9, 0.99]",
         "tracking.api_token": "***",
-        "tracking.password": "None",
+        "tracking.password": "null",
         "tracking.uri": "postgresql://team:***@db:5432/mlflow",
+        "data.test_file": "null",
+        "data.download": "true",
         "hub_password": "***",
         "empty": "{}",
     }
