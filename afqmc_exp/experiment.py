@@ -76,7 +76,7 @@ def run(
     with run_folder_lock(output_dir, accelerator):
         mlflow_run = open_mlflow_run(tracking, output_dir, params, tags, parent_run_id, resume, accelerator, masker)
         if not resume:
-            mlflow_run.log_datasets(dataset_inputs(data, examples))
+            mlflow_run.log_datasets(dataset_inputs(data, {split: len(rows) for split, rows in examples.items()}))
         with closed_with_status(mlflow_run, output_dir, accelerator):
             pretrained = prepare_for_device(load_model(), accelerator.device.type)
             check_max_length(data.max_length, pretrained)
@@ -121,18 +121,20 @@ def run_folder_lock(output_dir: Path, accelerator):
         lock.release()
 
 
-def dataset_inputs(data: AfqmcData, examples: dict) -> list[dict]:
-    """The data files as MLflow dataset inputs: name, path, digest of the file's bytes, rows, and their role."""
+def dataset_inputs(data: AfqmcData, rows: dict[str, int]) -> list[dict]:
+    """The data files (``rows``: split -> pairs used) as MLflow dataset inputs: name, path, digest of the
+    file's bytes, rows, and their role."""
     import hashlib
 
     names = {"train": data.train_file, "dev": data.dev_file, "test": data.test_file}
     contexts = {"train": "training", "dev": "validation", "test": "test"}
     inputs = []
-    for split, rows in examples.items():
+    for split, count in rows.items():
         path = data.path(names[split]).resolve()
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
-        inputs.append({"name": f"{path.parent.name}/{path.name}", "path": str(path), "digest": digest,
-                       "rows": len(rows), "context": contexts[split]})  # fmt: skip
+        if path.is_file():
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+            inputs.append({"name": f"{path.parent.name}/{path.name}", "path": str(path), "digest": digest,
+                           "rows": count, "context": contexts[split]})  # fmt: skip
     return inputs
 
 

@@ -4,9 +4,14 @@ A Hydra callback (registered in ``conf/train.yaml``) opens the parent run when a
 launching process and before any job: that also creates a new SQLite store before parallel jobs
 (``hydra/launcher=joblib``) could race to create it. The parent's id is written into the sweep folder,
 where every job (in this process or another) finds it and nests its own run under it
-(``mlflow.parentRunId``). When the sweep ends the parent gets the best child's objective and run id and
-is closed FINISHED, or FAILED if a job failed; when a job raises, Hydra's basic sweeper stops and skips
-its end-of-sweep callback, and an ``atexit`` hook closes the parent FAILED instead.
+(``mlflow.parentRunId``). Its name says when and what was swept (``sweep 2026-11-26 14:02 · optim.lr×3
+seed×3``). When the sweep ends the parent gets the best child's objective and run id, a description
+linking it, the report of its jobs (``report``: Markdown, CSV, plots) and the sweep's ``multirun.yaml``
+as artifacts; a registered model version of the best job gets the alias ``champion``; the console's
+last line names the best job and the report command. The parent is closed FINISHED, or FAILED if a job
+failed; when a job raises, Hydra's basic sweeper stops and skips its end-of-sweep callback, and an
+``atexit`` hook closes the parent FAILED instead. The best job is the report's first row: the best
+objective, ties broken by the lower final dev loss, then the earlier start.
 """
 
 from __future__ import annotations
@@ -14,13 +19,14 @@ from __future__ import annotations
 import atexit
 import logging
 import math
+from datetime import datetime
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .masking import Masker
-from .metrics import GREATER_IS_BETTER
+from .tracking import context_tags
 
 log = logging.getLogger(__name__)
 PARENT_RUN_FILE = "mlflow_parent_run_id"
@@ -52,7 +58,8 @@ class MlflowSweepCallback(Callback):
         self.metric = config.trainer.metric
         masker = Masker.from_config(OmegaConf.to_container(config, resolve=False))
         overrides = " ".join(masker.override(o) for o in config.hydra.overrides.task)
-        tracking.run_name = f"sweep {sweep_dir.name}"
+        self.sweep_dir, self.masker = sweep_dir, masker
+        tracking.run_name = f"sweep {datetime.now():%Y-%m-%d %H:%M} · {what_is_swept(config)}"
         self.run = tracking.start(
             {"sweep.overrides": overrides[:6000], "sweep.objective": f"dev_{self.metric}"},
             {
@@ -63,6 +70,8 @@ class MlflowSweepCallback(Callback):
             sweep_dir,
             masker=masker,
         )
+        self.run.set_tags(context_tags(Path.cwd()))  # the runs table's Source and User for the sweep's row
+        self.run.log_datasets(sweep_datasets(config))
         (sweep_dir / PARENT_RUN_FILE).write_text(self.run.run_id + "\n")
         atexit.register(self.close, crashed=True)  # Hydra skips on_multirun_end when a job raises
 
@@ -74,21 +83,94 @@ class MlflowSweepCallback(Callback):
         if self.run is None:
             return
         run, self.run = self.run, None
+        experiment_id = run.client.get_run(run.run_id).info.experiment_id
         children = run.client.search_runs(
-            [run.client.get_run(run.run_id).info.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{run.run_id}'",
-            max_results=10000,
+            [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.run_id}'", max_results=10000
         )
-        key = f"best/dev_{self.metric}"
-        scored = [c for c in children if key in c.data.metrics and not math.isnan(c.data.metrics[key])]
         failed = [c for c in children if c.info.status != "FINISHED"]
         tags = {"sweep.jobs": len(children), "sweep.failed_jobs": len(failed)}
-        if scored:
-            pick = max if GREATER_IS_BETTER[self.metric] else min
-            best = pick(scored, key=lambda c: c.data.metrics[key])
+        best = best_child(children, self.metric)
+        if best is not None:
+            key = f"best/dev_{self.metric}"
             run.log_metrics({key: best.data.metrics[key]}, step=0)
             tags.update({"sweep.best_run_id": best.info.run_id, "sweep.best_run_name": best.info.run_name})
+            tags["mlflow.note.content"] = describe(best, key, len(children), len(failed), experiment_id, run.run_id)
+            crown_champion(run.client, best)
+            self._attach_report(run, children)
+        run.log_masked_file(self.sweep_dir / "multirun.yaml")
         run.set_tags(tags)
         status = "FINISHED" if children and not failed and not crashed else "FAILED"
         run.end(status)
         log.info("sweep parent run %s closed %s: %d jobs, %d failed", run.run_id, status, len(children), len(failed))
+        if best is not None:
+            log.info("best job: %s (%s %.4f) in %s; report: afqmc-report parent=%s", best.info.run_name,
+                     f"dev {self.metric}", best.data.metrics[f"best/dev_{self.metric}"],
+                     best.data.tags.get("hydra.output_dir"), run.run_id)  # fmt: skip
+
+    def _attach_report(self, run, children) -> None:
+        from .report import rows_of, write_report
+
+        folder = self.sweep_dir / "report"
+        try:
+            write_report(rows_of(children, self.metric), self.metric, f"sweep {run.run_id}", folder)
+        except Exception as error:  # noqa: BLE001  (a report that cannot be drawn must not fail the sweep)
+            log.warning("no report for the sweep: %s", error)
+            return
+        run.log_artifacts(folder, "report")
+
+
+def sweep_datasets(config: DictConfig) -> list[dict]:
+    """The data files of the sweep's base config, so its row in the runs table names them too."""
+    from hydra.utils import instantiate
+
+    from .experiment import dataset_inputs
+
+    try:
+        data = instantiate(config.data)
+        files = {"train": data.train_file, "dev": data.dev_file}
+        return dataset_inputs(data, {s: sum(1 for line in open(data.path(f), encoding="utf-8") if line.strip())
+                                     for s, f in files.items() if data.path(f).is_file()})  # fmt: skip
+    except Exception:  # noqa: BLE001  (the jobs report bad data themselves)
+        return []
+
+
+def what_is_swept(config: DictConfig) -> str:
+    """``optim.lr×3 seed×3`` for a grid; ``optuna: optim.lr, ...`` for a search."""
+    searched = OmegaConf.select(config, "hydra.sweeper.params", default=None)
+    if OmegaConf.select(config, "hydra.runtime.choices.hydra/sweeper", default="basic") != "basic" and searched:
+        return "optuna: " + ", ".join(searched)
+    swept = []
+    for override in config.hydra.overrides.task:
+        key, _, value = override.partition("=")
+        if "," in value and not value.startswith(("[", "{", "'", '"')):
+            swept.append(f"{key}×{len(value.split(','))}")
+    return " ".join(swept) or "one job"
+
+
+def best_child(children: list, metric: str):
+    """The report's first row among the children with an objective: see the module docstring."""
+    from .report import rows_of
+
+    key = f"best/dev_{metric}"
+    scored = [c for c in children if key in c.data.metrics and not math.isnan(c.data.metrics[key])]
+    if not scored:
+        return None
+    first = rows_of(scored, metric).iloc[0]["run_id"]
+    return next(c for c in scored if c.info.run_id == first)
+
+
+def describe(best, key: str, jobs: int, failed: int, experiment_id: str, parent_id: str) -> str:
+    """The parent's description (Markdown in the UI): the best job, linked, and where the report is."""
+    link = f"[{best.info.run_name}](#/experiments/{experiment_id}/runs/{best.info.run_id})"
+    return (f"{jobs} jobs ({failed} failed). Best: {link}, {key} = {best.data.metrics[key]:.4f}.\n\n"
+            f"The jobs compared: artifacts `report/report.md`; `afqmc-report parent={parent_id}`. The best "
+            f"weights: `runs:/{parent_id}/best_model`.")  # fmt: skip
+
+
+def crown_champion(client, best) -> None:
+    """The best job's registered model version (``tracking.register_as``) gets the alias ``champion``."""
+    registered = best.data.tags.get("registered_model_version")
+    if registered:
+        name, version = registered.rsplit("/", 1)
+        client.set_registered_model_alias(name, "champion", version)
+        log.info("models:/%s@champion is version %s (the sweep's best job)", name, version)

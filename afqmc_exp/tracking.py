@@ -358,6 +358,15 @@ class Run:
                 (staged / item.name).write_text(self.masker(item.read_text(encoding="utf-8")), encoding="utf-8")
         self.log_artifacts(staged, artifact_path)
 
+    def log_masked_file(self, path: Path, artifact_path: str | None = None) -> None:
+        """One text file with the run's secrets masked (a staged copy is uploaded)."""
+        if not (self.active and Path(path).exists()):
+            return
+        staged = self.outbox.folder / "masked" / Path(path).name
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        staged.write_text(self.masker(Path(path).read_text(encoding="utf-8")), encoding="utf-8")
+        self.log_artifact(staged, artifact_path)
+
     def register(self, name: str, artifact_path: str) -> None:
         """A new version of registered model ``name`` whose source is this run's ``artifact_path``;
         ``models:/NAME/VERSION`` then downloads that folder (predict.py and evaluate.py take it)."""
@@ -470,6 +479,7 @@ class Run:
             pass
         source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{artifact_path}"
         version = self.client.create_model_version(name, source=source, run_id=self.run_id)
+        self.client.set_tag(self.run_id, "registered_model_version", f"{name}/{version.version}")
         log.info("registered %s as models:/%s/%s", artifact_path, name, version.version)
 
 

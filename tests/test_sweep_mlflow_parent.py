@@ -31,12 +31,13 @@ def split_runs(runs):
     return parent, children
 
 
-def test_grid_jobs_nest_under_one_parent_with_the_best_child(tmp_path, afqmc_dir):
-    proc = multirun(tmp_path, afqmc_dir, "optim.lr=1e-5,3e-5")
+def test_grid_jobs_nest_under_one_parent_that_summarises_them(tmp_path, afqmc_dir):
+    proc = multirun(tmp_path, afqmc_dir, "optim.lr=1e-5,3e-5", "tracking.register_as=afqmc-sweep")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _, runs = mlflow_runs(tmp_path, "afqmc")
+    client, runs = mlflow_runs(tmp_path, "afqmc")
     parent, children = split_runs(runs)
-    assert parent.info.status == "FINISHED" and parent.info.run_name.startswith("sweep ")
+    assert parent.info.status == "FINISHED" and parent.info.run_name.startswith("sweep 20")
+    assert parent.info.run_name.endswith("· optim.lr×2")
     assert sorted(c.data.params["optim.lr"] for c in children) == ["1e-05", "3e-05"]
     assert all(c.info.status == "FINISHED" for c in children)
     assert sorted(c.data.tags["hydra.output_dir"] for c in children) == [
@@ -47,6 +48,23 @@ def test_grid_jobs_nest_under_one_parent_with_the_best_child(tmp_path, afqmc_dir
     assert parent.data.metrics["best/dev_f1"] == best.data.metrics["best/dev_f1"]
     assert parent.data.tags["sweep.best_run_id"] in {c.info.run_id for c in children}
     assert parent.data.tags["sweep.jobs"] == "2" and "optim.lr=1e-5,3e-5" in parent.data.tags["sweep.overrides"]
+
+    # the parent explains the sweep: its best job linked, the report and the sweep's config as artifacts
+    best_id = parent.data.tags["sweep.best_run_id"]
+    assert f"/runs/{best_id})" in parent.data.tags["mlflow.note.content"]
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"report", "multirun.yaml"} <= artifacts
+    assert {"report/report.md", "report/runs.csv", "report/by_config.csv"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id, "report")
+    }
+    last = proc.stderr.strip().splitlines()[-1] + proc.stdout.strip().splitlines()[-1]
+    assert "best job:" in proc.stdout + proc.stderr and f"afqmc-report parent={parent.info.run_id}" in last
+    # the best job's registered version is the champion, and the parent's id fetches its weights
+    champion = client.get_model_version_by_alias("afqmc-sweep", "champion")
+    assert champion.run_id == best_id
+    answer = run_command([sys.executable, str(REPO / "predict.py"), f"ckpt=runs:/{parent.info.run_id}/best_model",
+                          "sentence1=how do I repay", "sentence2=how to repay"], cwd=tmp_path)  # fmt: skip
+    assert answer.returncode == 0 and '"label"' in answer.stdout, answer.stderr[-2000:]
 
 
 def test_a_crashing_sweep_still_closes_its_parent_failed(tmp_path, afqmc_dir):

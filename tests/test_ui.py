@@ -97,10 +97,14 @@ def test_chromium_shows_the_sweep_and_its_runs_with_their_metric(ui):
         "--virtual-time-budget=30000",
     ]
 
-    def visit(page: str, shot: Path) -> str:
+    def visit(page: str, shot: Path, rendered: str = "</table>|About this run") -> str:
         subprocess.run(flags + [f"--screenshot={shot}", page], capture_output=True, timeout=180)
         assert shot.exists() and shot.read_bytes()[:4] == b"\x89PNG"
-        return subprocess.run(flags + ["--dump-dom", page], capture_output=True, text=True, timeout=180).stdout
+        for _ in range(3):  # the page's scripts may not have drawn it by the end of the first time budget
+            dom = subprocess.run(flags + ["--dump-dom", page], capture_output=True, text=True, timeout=180).stdout
+            if re.search(rendered, dom):
+                break
+        return dom
 
     # the experiment's runs: the sweep is one (expandable) row
     runs_page = visit(f"{url}/#/experiments/{experiment_id}/runs", tmp / "experiment_runs.png")
@@ -110,6 +114,11 @@ def test_chromium_shows_the_sweep_and_its_runs_with_their_metric(ui):
     sweep_page = visit(f"{url}/#/experiments/{experiment_id}/runs/{parent}", tmp / "sweep_run.png")
     assert "minilm-lr1e-05-bs16-s42" in sweep_page and "minilm-lr3e-05-bs16-s42" in sweep_page
     assert "best/dev_f1" in sweep_page
+    # a job's page says where it came from and what it trained on; the sweep's row too, in the runs table
+    child = re.search(r'href="#/experiments/\d+/runs/([0-9a-f]{32})"[^>]*>minilm-lr1e-05', sweep_page).group(1)
+    child_page = visit(f"{url}/#/experiments/{experiment_id}/runs/{child}", tmp / "job_run.png")
+    assert "train.py" in child_page and "afqmc/train.json (" in child_page  # the dataset with its digest
+    assert "afqmc/train.json" in runs_page and "train.py" in runs_page
     if os.environ.get("AFQMC_SCREENSHOT_DIR"):  # keep the screenshots past the test's tmp folder
-        for name in ("experiment_runs.png", "sweep_run.png"):
+        for name in ("experiment_runs.png", "sweep_run.png", "job_run.png"):
             shutil.copy(tmp / name, Path(os.environ["AFQMC_SCREENSHOT_DIR"]) / name)
