@@ -77,7 +77,7 @@ def run(
         mlflow_run = open_mlflow_run(tracking, output_dir, params, tags, parent_run_id, resume, accelerator, masker)
         if not resume:
             mlflow_run.log_datasets(dataset_inputs(data, {split: len(rows) for split, rows in examples.items()}))
-        with closed_with_status(mlflow_run, output_dir, accelerator):
+        with closed_with_status(mlflow_run, output_dir, accelerator, tracking.system_metrics_seconds):
             pretrained = prepare_for_device(load_model(), accelerator.device.type)
             check_max_length(data.max_length, pretrained)
             # train and dev only: the test file is scored with the best weights at the end
@@ -160,12 +160,12 @@ def shared_output_dir(output_dir: Path, accelerator) -> Path:
 
 
 @contextlib.contextmanager
-def closed_with_status(mlflow_run: Run, output_dir: Path, accelerator):
+def closed_with_status(mlflow_run: Run, output_dir: Path, accelerator, system_metrics_seconds: float | None = None):
     """Close the run FINISHED, KILLED on Ctrl-C/SIGTERM, FAILED on any other exception, with its logs."""
     status, sampler = "FAILED", None
-    if mlflow_run.active:  # the MLflow UI's System metrics tab
+    if mlflow_run.active and system_metrics_seconds:  # the MLflow UI's System metrics tab
         first = max((s for k, s in mlflow_run.logged_through.items() if k.startswith("system/")), default=-1) + 1
-        sampler = SystemMetrics(mlflow_run.log_metrics, first_step=first).start()
+        sampler = SystemMetrics(mlflow_run.log_metrics, system_metrics_seconds, first).start()
     try:
         yield
         status = "FINISHED"

