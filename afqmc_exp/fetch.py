@@ -89,10 +89,9 @@ def _cached(uri: str, key: str, tracking_uri: str) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".download-"))
-    try:
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
-        downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staging)))
+    try:  # the store is named on the call: the process's global MLflow URIs are left alone
+        downloaded = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=uri, dst_path=str(staging), tracking_uri=tracking_uri, registry_uri=tracking_uri))  # fmt: skip
         folder = _flatten_flavour(downloaded)
         os.replace(folder, target)  # complete or absent: a cut download is never taken for a cached one
     finally:

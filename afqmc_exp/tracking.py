@@ -222,8 +222,8 @@ class MlflowTracking:
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no upload bars in the log
         uri = resolve_uri(self.uri)
-        with _store_lock(uri):
-            return MlflowClient(tracking_uri=uri)
+        with _store_lock(uri):  # the registry named too: never a process-wide default left by another store
+            return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
     def reopen(self, run_id: str, folder: Path, masker: Masker | None = None) -> Run:
         """Log into an earlier run again (resuming): what the earlier process left in the outbox is sent first,
@@ -519,16 +519,16 @@ def _log_flavour(tracking_uri: str, run_id: str, folder: str, register_as: str |
         f"torch=={torch.__version__.split('+')[0]}",
         f"accelerate=={accelerate.__version__}",
     ]
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):  # the flavour logs into the active run (it ends the run on leaving)
-        mlflow.transformers.log_model(
-            pipe,
-            name="model",
-            task="text-classification",
-            signature=signature,
-            input_example=example,
-            pip_requirements=requirements,
-            registered_model_name=register_as,
-        )
-    mlflow.MlflowClient(tracking_uri).update_run(run_id, status="RUNNING")  # the "end" record closes it
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri  # the fluent API's store, put back after
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    with _use_tracking_uri(tracking_uri):  # registering a logged model looks it up through the fluent API too
+        with mlflow.start_run(run_id=run_id):  # the flavour logs into the active run
+            info = mlflow.transformers.log_model(pipe, name="model", task="text-classification", signature=signature,
+                                                 input_example=example, pip_requirements=requirements)  # fmt: skip
+        if register_as:
+            with contextlib.suppress(mlflow.exceptions.MlflowException):  # it exists already
+                client.create_registered_model(register_as)
+            version = client.create_model_version(register_as, info.model_uri, run_id=run_id, model_id=info.model_id)
+            client.set_tag(run_id, "registered_model_version", f"{register_as}/{version.version}")
+    client.update_run(run_id, status="RUNNING")  # leaving the fluent run ended it; the "end" record closes it

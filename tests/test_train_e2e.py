@@ -98,10 +98,10 @@ def test_the_run_explains_itself_in_mlflow(cli_run):
     assert len(train.dataset.digest) == 8 and json.loads(train.dataset.profile)["num_rows"] == 3316
     assert [t.value for t in train.tags if t.key == "mlflow.data.context"] == ["training"]
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
-    import mlflow
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-    mlflow.set_tracking_uri(client.tracking_uri)  # load_table searches through the global store
-    table = client.load_table(run.info.experiment_id, "dev_predictions_table.json", run_ids=[run.info.run_id])
+    with _use_tracking_uri(client.tracking_uri):  # load_table searches through the fluent API's store
+        table = client.load_table(run.info.experiment_id, "dev_predictions_table.json", run_ids=[run.info.run_id])
     assert len(table) == 500 and {"sentence1", "sentence2", "prob", "gold"} <= set(table.columns)
 
 
@@ -315,7 +315,8 @@ def test_register_as_makes_a_model_version_that_evaluate_and_predict_take(afqmc_
     )
     from mlflow import MlflowClient
 
-    versions = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_model_versions("name='afqmc-minilm'")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    versions = MlflowClient(tracking_uri=store, registry_uri=store).search_model_versions("name='afqmc-minilm'")
     assert [str(v.version) for v in versions] == ["1"]
     (tmp_path / "dev60.json").write_text(
         "".join((afqmc_dir / "dev.json").read_text(encoding="utf-8").splitlines(True)[:60]), encoding="utf-8"
@@ -345,8 +346,14 @@ def test_log_model_gives_a_pyfunc_that_scores_pairs_without_this_project(afqmc_d
         ],
         tmp_path,
     )
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    model = mlflow.pyfunc.load_model("models:/afqmc-pyfunc/1")
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    source = mlflow.MlflowClient(tracking_uri=store, registry_uri=store).get_model_version_download_uri(
+        "afqmc-pyfunc", "1"
+    )  # the registered version's model, loaded through the fluent API's store (put back after)
+    with _use_tracking_uri(store):
+        model = mlflow.pyfunc.load_model(source)
     assert [c.name for c in model.metadata.get_input_schema().inputs] == ["text", "text_pair"]
     scored = model.predict(
         pd.DataFrame({"text": ["花呗怎么还款", "借呗额度"], "text_pair": ["花呗如何还钱", "花呗怎么开通"]})

@@ -65,7 +65,8 @@ def train(overrides: list[str], tmp_path: Path) -> float:
 def mlflow_runs(tmp_path: Path, experiment: str):
     from mlflow import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
     exp = client.get_experiment_by_name(experiment)
     return client, (client.search_runs([exp.experiment_id]) if exp else [])
 
