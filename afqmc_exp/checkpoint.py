@@ -52,6 +52,7 @@ BEST_MODEL = "best_model"
 META_FILE = "afqmc_exp.json"  # beside saved weights: how they were trained and how to feed them
 TRAINER_STATE = "trainer_state.pt"
 WEIGHTS = "model.safetensors"
+EXTRA_WEIGHTS = "extra.safetensors"  # tensors kept beside the model, e.g. the EMA of the weights
 
 
 @dataclass
@@ -184,7 +185,7 @@ class CheckpointWriter:
         self._buffers: dict[str, torch.Tensor] = {}  # host copies, reused from one checkpoint to the next
         self._copying_from_gpu = False
 
-    def save(self, model, optimizer, scheduler, state: TrainState, accelerator) -> None:
+    def save(self, model, optimizer, scheduler, state: TrainState, accelerator, extra: dict | None = None) -> None:
         from accelerate.utils import gather_object
 
         rng = gather_object([capture_rng()])
@@ -194,9 +195,10 @@ class CheckpointWriter:
         weights, optimizer_state = accelerator.unwrap_model(model).state_dict(), optimizer.state_dict()
         if not self.background:  # written before training goes on: the live tensors can be written as they are
             self._write({"weights": weights, "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
-                         "rng": rng, "state": asdict(state)})  # fmt: skip
+                         "rng": rng, "state": asdict(state), "extra": extra or {}})  # fmt: skip
             return
         snapshot = {
+            "extra": self._host_copy(extra or {}, "extra"),
             "weights": self._host_copy(weights, "weights"),
             "optimizer": self._host_copy(optimizer_state, "optimizer"),
             "scheduler": copy.deepcopy(scheduler.state_dict()),
@@ -225,9 +227,11 @@ class CheckpointWriter:
     def _write(self, snapshot: dict) -> None:
         from safetensors.torch import save_file
 
-        rest = {k: v for k, v in snapshot.items() if k != "weights"}
+        rest = {k: v for k, v in snapshot.items() if k not in ("weights", "extra")}
         with atomic_dir(self.folder) as staging:
             save_file({k: v.contiguous() for k, v in snapshot["weights"].items()}, staging / WEIGHTS)
+            if snapshot["extra"]:
+                save_file({k: v.contiguous() for k, v in snapshot["extra"].items()}, staging / EXTRA_WEIGHTS)
             torch.save(rest, staging / TRAINER_STATE)
 
     def _host_copy(self, value, key: str):
@@ -247,9 +251,9 @@ class CheckpointWriter:
         return copy.deepcopy(value)
 
 
-def load_last_checkpoint(folder: Path, model, optimizer, scheduler, accelerator) -> tuple[TrainState, dict]:
-    """Restore weights, optimizer and scheduler; return the state and this process's RNG states to apply at
-    the next step."""
+def load_last_checkpoint(folder: Path, model, optimizer, scheduler, accelerator) -> tuple[TrainState, dict, dict]:
+    """Restore weights, optimizer and scheduler; return the state, this process's RNG states to apply at the
+    next step, and the extra tensors saved beside the model ({} when there were none)."""
     from safetensors.torch import load_file
 
     recover(folder)
@@ -258,7 +262,8 @@ def load_last_checkpoint(folder: Path, model, optimizer, scheduler, accelerator)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     rng = saved["rng"]  # one per process of the interrupted run
-    return TrainState(**saved["state"]), rng[accelerator.process_index % len(rng)]
+    extra = load_file(folder / EXTRA_WEIGHTS) if (folder / EXTRA_WEIGHTS).exists() else {}
+    return TrainState(**saved["state"]), rng[accelerator.process_index % len(rng)], extra
 
 
 # ------------------------------------------------------------------------------------------ best model
@@ -270,6 +275,12 @@ def save_best_model(pretrained, folder: Path, meta: dict, accelerator) -> None:
         accelerator.unwrap_model(pretrained.model).save_pretrained(staging, safe_serialization=True)
         pretrained.tokenizer.save_pretrained(staging)
         (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def update_meta(folder: Path, **facts) -> None:
+    """Add facts learnt after saving (e.g. the tuned threshold) to the best weights' meta."""
+    path = Path(folder) / META_FILE
+    path.write_text(json.dumps({**read_meta(folder), **facts}, indent=2) + "\n")
 
 
 def read_meta(folder: str | Path) -> dict:

@@ -196,6 +196,7 @@ def _train(
     from hydra.utils import instantiate
 
     from .experiment import run
+    from .pruning import trial_reporter
     from .sweep import parent_run_id
     from .tracking import context_tags, flatten
 
@@ -228,4 +229,8 @@ def _train(
         resume=bool(resume),
         parent_run_id=parent_run_id(hydra_cfg.sweep.dir) if in_sweep else None,
         masker=masker,
+        regularizer=instantiate(cfg.regularizer),
+        on_evaluate=trial_reporter(OmegaConf.to_container(cfg.optuna), cfg.trainer.metric)
+        if cfg.get("optuna")
+        else None,
     )

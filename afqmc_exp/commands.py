@@ -1,5 +1,9 @@
 """``evaluate`` and ``predict``: saved weights (a folder, ``runs:/...`` or ``models:/...``) scored on a file or
-one pair, in the same ``key=value`` style as training (see ``arguments``)."""
+one pair, in the same ``key=value`` style as training (see ``arguments``).
+
+``ckpt=A,B,C`` is an ensemble: each member scores the pairs with its own max_length, and the mean of their
+probabilities is the answer, predicted at the mean of their thresholds (``threshold=`` overrides it).
+"""
 
 from __future__ import annotations
 
@@ -21,11 +25,13 @@ class EvaluateArgs:
 
     ckpt: str = field(default=MISSING, metadata=help_of(
         "a best_model folder, runs:/<run id>/best_model (a sweep's parent id: its best job) or models:/NAME/VERSION "
-        "(also NAME@alias, NAME/latest)"))  # fmt: skip
+        "(also NAME@alias, NAME/latest); several, comma-separated: an ensemble (their mean probability)"))  # fmt: skip
     file: str = field(default=MISSING, metadata=help_of("a labelled AFQMC JSON-lines file"))
     batch_size: int | None = field(default=None, metadata=help_of("default: what the weights were evaluated with"))
     max_length: int | None = field(default=None, metadata=help_of("default: what the weights were trained with"))
     device: str = field(default="auto", metadata=help_of("auto (a GPU when there is one) or cpu"))
+    threshold: float | None = field(default=None, metadata=help_of(
+        "predict same when prob >= threshold (default: the one saved with the weights, else 0.5)"))  # fmt: skip
     tracking_uri: str | None = field(default=None, metadata=help_of(
         "the store of runs:/ and models:/ (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"))  # fmt: skip
 
@@ -40,10 +46,8 @@ class PredictArgs(EvaluateArgs):
     sentence2: str | None = field(default=None, metadata=help_of("the pair's second question"))
 
 
-def _load_for_scoring(args: EvaluateArgs) -> dict:
-    """The classifier of ``args.ckpt`` with the max_length and batch size it was trained with."""
-    from accelerate import Accelerator
-
+def _load_member(ckpt_uri: str, args: EvaluateArgs, accelerator) -> dict:
+    """One model of ``ckpt`` with the max_length, batch size and threshold it was trained with."""
     from .checkpoint import read_meta, recover
     from .data import auto_eval_batch_size, auto_pad_to_multiple_of
     from .fetch import FetchError, local_weights
@@ -51,37 +55,58 @@ def _load_for_scoring(args: EvaluateArgs) -> dict:
     from .tracking import default_uri, resolve_uri
 
     try:
-        ckpt = local_weights(args.ckpt, resolve_uri(args.tracking_uri or default_uri()))
+        ckpt = local_weights(ckpt_uri, resolve_uri(args.tracking_uri or default_uri()))
     except FetchError as error:
         raise SystemExit(f"error: {error}") from None
     recover(ckpt)  # a training run killed between the two renames of a best_model swap
     if not (ckpt / "config.json").exists():
         raise SystemExit(
-            f"error: ckpt={args.ckpt}: no config.json there; ckpt is a best_model folder written by training"
+            f"error: ckpt={ckpt_uri}: no config.json there; ckpt is a best_model folder written by training"
         )
-    meta, accelerator = read_meta(ckpt), Accelerator(cpu=args.device == "cpu")
-    device_type = accelerator.device.type
+    meta, device_type = read_meta(ckpt), accelerator.device.type
     return dict(
         pretrained=prepare_for_device(load_pair_classifier(str(ckpt)), device_type),
         max_length=args.max_length or meta.get("max_length", 128),
         batch_size=args.batch_size or meta.get("eval_batch_size") or auto_eval_batch_size(device_type),
         pad_to_multiple_of=auto_pad_to_multiple_of(device_type),
-        accelerator=accelerator,
+        threshold=meta.get("threshold", 0.5),
     )
+
+
+def score_with(args: EvaluateArgs, examples: list) -> tuple:
+    """Probabilities (an ensemble's mean), the threshold, and the metrics when the pairs are labelled."""
+    import numpy as np
+    from accelerate import Accelerator
+
+    from .inference import score
+    from .metrics import classification_metrics
+
+    accelerator = Accelerator(cpu=args.device == "cpu")
+    members = [_load_member(c.strip(), args, accelerator) for c in args.ckpt.split(",") if c.strip()]
+    threshold = args.threshold if args.threshold is not None else float(np.mean([m.pop("threshold") for m in members]))
+    scored = [score(examples=examples, accelerator=accelerator, threshold=threshold,
+                    **{k: v for k, v in m.items() if k != "threshold"}) for m in members]  # fmt: skip
+    if len(scored) == 1:
+        return scored[0][0], threshold, scored[0][1]
+    prob = np.mean([p for p, _ in scored], axis=0)
+    if examples[0].label is None:
+        return prob, threshold, None
+    labels = np.array([e.label for e in examples])
+    loss = float(-np.mean(np.log(np.clip(np.where(labels == 1, prob, 1 - prob), 1e-12, 1.0))))
+    return prob, threshold, classification_metrics(labels, prob, loss, threshold)
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, float]:
     """``afqmc-evaluate`` / ``python evaluate.py``."""
     from .data import read_pairs
-    from .inference import score
 
     args = parse_args(EvaluateArgs, sys.argv[1:] if argv is None else argv, "afqmc-evaluate")
     try:
         examples = read_pairs(args.file)
     except DataError as err:
         raise SystemExit(f"error: {err}") from None
-    _, metrics = score(examples=examples, **_load_for_scoring(args))
-    metrics["n"] = len(examples)
+    _, threshold, metrics = score_with(args, examples)
+    metrics.update(n=len(examples), threshold=threshold)
     print(json.dumps(metrics))
     return metrics
 
@@ -89,7 +114,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, float]:
 def predict_main(argv: Sequence[str] | None = None) -> Path | dict:
     """``afqmc-predict`` / ``python predict.py``."""
     from .data import PairExample, read_pairs
-    from .inference import score, write_predictions
+    from .inference import write_predictions
 
     args = parse_args(PredictArgs, sys.argv[1:] if argv is None else argv, "afqmc-predict")
     one_pair = args.sentence1 is not None or args.sentence2 is not None
@@ -105,13 +130,13 @@ def predict_main(argv: Sequence[str] | None = None) -> Path | dict:
         )
     except DataError as err:
         raise SystemExit(f"error: {err}") from None
-    prob_same, _ = score(examples=examples, **_load_for_scoring(args))
+    prob_same, threshold, _ = score_with(args, examples)
     if one_pair:
-        answer = {"label": str(int(prob_same[0] >= 0.5)), "prob": round(float(prob_same[0]), 6)}
+        answer = {"label": str(int(prob_same[0] >= threshold)), "prob": round(float(prob_same[0]), 6)}
         print(json.dumps(answer))
         return answer
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_predictions(out, examples, prob_same)
+    write_predictions(out, examples, prob_same, threshold=threshold)
     print(f"wrote {len(examples)} predictions to {out}", file=sys.stderr)
     return out

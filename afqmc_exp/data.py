@@ -409,6 +409,9 @@ class AfqmcData:
     train_limit: int | None = None  # use only the first N training pairs (debugging)
     dev_limit: int | None = None  # use only the first N dev pairs (debugging)
     download: bool = True  # fetch the official zip when dir lacks the files
+    folds: int | None = None  # k-fold: train on the other folds of train+dev, evaluate on fold `fold`
+    fold: int = 0
+    fold_seed: int = 0  # which pairs go to which fold (stratified by label): fixed while the run's seed varies
     score_test: bool = True  # at the end: metrics on a labelled test file, CLUE predictions for an unlabelled one
 
     def path(self, name: str) -> Path:
@@ -439,8 +442,29 @@ class AfqmcData:
                 raise DataError(_missing_message(Path(self.dir), f"{', '.join(missing)} is missing"))
             download_official(Path(self.dir).expanduser())
         splits = {split: read_pairs(self.path(name), require_labels=split != "test") for split, name in wanted.items()}
+        if self.folds:
+            splits["train"], splits["dev"] = self.fold_split(splits["train"], splits["dev"])
         splits["train"], splits["dev"] = splits["train"][: self.train_limit], splits["dev"][: self.dev_limit]
         return splits
+
+    def fold_split(self, train: list[PairExample], dev: list[PairExample]) -> tuple[list, list]:
+        """Train and dev pooled (ids ``train:<i>``/``dev:<i>``), dealt into ``folds`` folds per label in a
+        seeded order; fold ``fold`` is evaluated on, the others trained on. Over ``fold=0..folds-1`` every
+        pair is evaluated on exactly once (its out-of-fold prediction)."""
+        pool = [
+            replace(e, id=f"{split}:{i}")
+            for split, rows in (("train", train), ("dev", dev))
+            for i, e in enumerate(rows)
+        ]
+        generator = torch.Generator().manual_seed(self.fold_seed)
+        fold_of = {}
+        for label in sorted({e.label for e in pool}):
+            members = [i for i, e in enumerate(pool) if e.label == label]
+            order = [members[j] for j in torch.randperm(len(members), generator=generator).tolist()]
+            offset = len(fold_of)  # continue the deal where the last label stopped: fold sizes stay even
+            fold_of.update({i: (offset + k) % self.folds for k, i in enumerate(order)})
+        held_out = [e for i, e in enumerate(pool) if fold_of[i] == self.fold]
+        return [e for i, e in enumerate(pool) if fold_of[i] != self.fold], held_out
 
     def loader(
         self,

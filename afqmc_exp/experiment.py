@@ -20,13 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import has_last_checkpoint, remove_last_checkpoint
+from .checkpoint import has_last_checkpoint, remove_last_checkpoint, update_meta
 from .data import AfqmcData, DataError, encode_pairs
 from .hardware import build_accelerator, eval_in_bf16, system_tags
 from .inference import score, write_predictions
 from .masking import Masker, mask_uri
+from .metrics import best_threshold, classification_metrics
 from .model import Pretrained, load_pair_classifier, prepare_for_device
 from .plots import save_dev_plots
+from .pruning import is_pruned
 from .system_metrics import SystemMetrics
 from .tracking import MlflowTracking, Run
 from .trainer import FitResult, Trainer, TrainerConfig
@@ -57,6 +59,8 @@ def run(
     parent_run_id: str | None = None,
     resume: bool = False,
     masker: Masker | None = None,
+    regularizer: Callable | None = None,
+    on_evaluate: Callable[[int, float], None] | None = None,
 ) -> float:
     """Train, evaluate, track; return the best dev value of ``trainer.metric`` (what sweepers optimise).
 
@@ -88,6 +92,7 @@ def run(
                 pretrained=pretrained, data=data, splits=splits, make_optimizer=make_optimizer,
                 make_scheduler=make_scheduler, config=trainer, seed=seed, output_dir=output_dir,
                 accelerator=accelerator, log_metrics=mlflow_run.log_metrics, flush_metrics=mlflow_run.flush,
+                regularizer=regularizer, on_evaluate=on_evaluate,
             )  # fmt: skip
             result = trainer_of_run.fit(resume=resume and has_last_checkpoint(output_dir))
             finish_run(result, examples, data, trainer, tracking, mlflow_run, output_dir, accelerator)
@@ -172,6 +177,11 @@ def closed_with_status(mlflow_run: Run, output_dir: Path, accelerator, system_me
     except KeyboardInterrupt:
         status = "KILLED"
         raise
+    except Exception as error:
+        if is_pruned(error):  # an Optuna search stopped this trial early: not a failure
+            status = "KILLED"
+            mlflow_run.set_tags({"optuna.state": "PRUNED", "optuna.pruned": str(error)})
+        raise
     finally:
         if sampler is not None:
             sampler.stop()
@@ -223,7 +233,7 @@ def finish_run(
     accelerator,
 ) -> None:
     """Score the saved best weights, write the outputs, log them, and drop the resume state."""
-    final, prob_dev, prob_test = score_best(result.best_dir, examples, data, accelerator)
+    final, prob_dev, prob_test, threshold = score_best(result.best_dir, examples, data, trainer.threshold, accelerator)
     mlflow_run.log_metrics({**final, **{f"speed/{k}": v for k, v in result.speed.items()}}, step=result.steps)
     if not accelerator.is_main_process:
         return
@@ -240,6 +250,7 @@ def finish_run(
         trainer.metric,
         mlflow_run.run_id,
         tracking.run_name or output_dir.name,
+        threshold,
     )
     log_outputs(mlflow_run, tracking, output_dir, result.best_dir)
     if not trainer.keep_last_checkpoint:
@@ -263,8 +274,9 @@ def log_summary(result: FitResult, final: dict, metric: str, output_dir: Path, t
         log.info("MLflow run %r in experiment %r: %s", tracking.run_name, tracking.experiment, browse)
 
 
-def score_best(best_dir: Path, examples: dict, data: AfqmcData, accelerator):
-    """Metrics of the saved best weights on dev (and a labelled test file), and their probabilities.
+def score_best(best_dir: Path, examples: dict, data: AfqmcData, threshold: float | str, accelerator):
+    """Metrics of the saved best weights on dev (and a labelled test file), their probabilities, and the
+    threshold they predict with (``tune``: the one that maximises dev F1, saved in the weights' meta).
     The saved folder, reloaded, is what users get: it is scored, not the in-memory model."""
     scored = f"dev ({len(examples['dev'])} pairs)"
     if examples.get("test") and data.score_test:
@@ -273,12 +285,30 @@ def score_best(best_dir: Path, examples: dict, data: AfqmcData, accelerator):
     best = prepare_for_device(load_pair_classifier(str(best_dir)), accelerator.device.type)
     batching = dict(batch_size=data.eval_batch_size, pad_to_multiple_of=data.pad_to_multiple_of)
     prob_dev, dev_metrics = score(best, examples["dev"], data.max_length, accelerator=accelerator, **batching)
-    final = {f"final/dev_{k}": v for k, v in dev_metrics.items()}
+    if threshold == "tune":
+        threshold = tune_threshold(examples["dev"], prob_dev, best_dir)
+        dev_metrics = classification_metrics(
+            [e.label for e in examples["dev"]], prob_dev, dev_metrics["loss"], threshold
+        )
+    final = {f"final/dev_{k}": v for k, v in dev_metrics.items()} | {"final/threshold": threshold}
     prob_test = None
     if examples.get("test") and data.score_test:
-        prob_test, test_metrics = score(best, examples["test"], data.max_length, accelerator=accelerator, **batching)
+        prob_test, test_metrics = score(best, examples["test"], data.max_length, accelerator=accelerator,
+                                        threshold=threshold, **batching)  # fmt: skip
         final.update({f"final/test_{k}": v for k, v in (test_metrics or {}).items()})
-    return final, prob_dev, prob_test
+    return final, prob_dev, prob_test, threshold
+
+
+def tune_threshold(dev: list, prob_dev, best_dir: Path) -> float:
+    """The dev-F1-best threshold for the best weights, written into their meta (evaluate/predict use it)."""
+    threshold, f1 = best_threshold([e.label for e in dev], prob_dev)
+    update_meta(best_dir, threshold=threshold)
+    log.warning(
+        "threshold %.4f maximises dev F1 (%.4f) and is saved with the best weights; dev metrics at it are "
+        "optimistic, as it was chosen on the same dev set: for a clean threshold, sweep data.folds=K "
+        "data.fold=0..K-1 (the sweep's parent gets the out-of-fold one)", threshold, f1,
+    )  # fmt: skip
+    return threshold
 
 
 def json_dumps(value, **kwargs) -> str:
@@ -304,11 +334,13 @@ def write_outputs(
     metric: str,
     run_id: str | None,
     run_name: str,
+    threshold: float = 0.5,
 ) -> None:
     """Predictions, result.json and the dev plots in the run's output folder."""
-    write_predictions(output_dir / "dev_predictions.jsonl", examples["dev"], prob_dev, with_sentences=True)
+    dev_file = output_dir / "dev_predictions.jsonl"
+    write_predictions(dev_file, examples["dev"], prob_dev, with_sentences=True, threshold=threshold)
     if prob_test is not None:
-        write_predictions(output_dir / "test_predictions.jsonl", examples["test"], prob_test)
+        write_predictions(output_dir / "test_predictions.jsonl", examples["test"], prob_test, threshold=threshold)
     (output_dir / "result.json").write_text(
         json_dumps(
             {
@@ -324,7 +356,8 @@ def write_outputs(
         )
         + "\n"
     )
-    save_dev_plots(np.array([e.label for e in examples["dev"]]), prob_dev, output_dir / "plots", title=run_name)
+    labels = np.array([e.label for e in examples["dev"]])
+    save_dev_plots(labels, prob_dev, output_dir / "plots", title=run_name, threshold=threshold)
 
 
 def log_outputs(mlflow_run: Run, tracking: MlflowTracking, output_dir: Path, best_dir: Path) -> None:

@@ -44,11 +44,11 @@ def predict(model: torch.nn.Module, loader, accelerator, bf16: bool = False) -> 
 
 
 def evaluate(
-    model: torch.nn.Module, loader, split: EncodedPairs, accelerator, bf16: bool = False
+    model: torch.nn.Module, loader, split: EncodedPairs, accelerator, bf16: bool = False, threshold: float = 0.5
 ) -> tuple[dict[str, float], np.ndarray]:
     """Loss, accuracy, F1 and AUC of ``model`` on a labelled split, and the probabilities in file order."""
     prob_same, loss = predict(model, loader, accelerator, bf16)
-    return classification_metrics(split.labels.numpy(), prob_same, loss), prob_same
+    return classification_metrics(split.labels.numpy(), prob_same, loss, threshold), prob_same
 
 
 def score(
@@ -58,6 +58,7 @@ def score(
     batch_size: int,
     accelerator,
     pad_to_multiple_of: int = 1,
+    threshold: float = 0.5,
 ) -> tuple[np.ndarray, dict[str, float] | None]:
     """Probabilities of "same meaning" for ``examples`` (file order) and, if labelled, their metrics."""
     split = encode_pairs(examples, pretrained.tokenizer, max_length)
@@ -66,17 +67,19 @@ def score(
     )
     model, loader = accelerator.prepare(pretrained.model, loader)
     prob_same, loss = predict(model, loader, accelerator)
-    metrics = classification_metrics(split.labels.numpy(), prob_same, loss) if split.labels is not None else None
+    labels = split.labels
+    metrics = classification_metrics(labels.numpy(), prob_same, loss, threshold) if labels is not None else None
     return prob_same, metrics
 
 
 def write_predictions(
-    path: Path, examples: list[PairExample], prob_same: np.ndarray, with_sentences: bool = False
-) -> None:
+    path: Path, examples: list[PairExample], prob_same: np.ndarray, with_sentences: bool = False,
+    threshold: float = 0.5,
+) -> None:  # fmt: skip
     """CLUE submission lines ``{"id", "label": "0"|"1"}`` plus the probability (and optionally the pair)."""
     with open(path, "w", encoding="utf-8") as out:
         for example, prob in zip(examples, prob_same, strict=True):
-            row = {"id": example.id, "label": str(int(prob >= 0.5)), "prob": round(float(prob), 6)}
+            row = {"id": example.id, "label": str(int(prob >= threshold)), "prob": round(float(prob), 6)}
             if with_sentences:
                 row.update(sentence1=example.sentence1, sentence2=example.sentence2, gold=example.label)
             out.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -34,10 +34,12 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def classification_metrics(labels: np.ndarray, prob_same: np.ndarray, loss: float) -> dict[str, float]:
-    """Metrics of probabilities of label 1 against labels; the prediction is ``prob >= 0.5``."""
+def classification_metrics(
+    labels: np.ndarray, prob_same: np.ndarray, loss: float, threshold: float = 0.5
+) -> dict[str, float]:
+    """Metrics of probabilities of label 1 against labels; the prediction is ``prob >= threshold``."""
     labels = np.asarray(labels).astype(int)
-    predicted = (np.asarray(prob_same) >= 0.5).astype(int)
+    predicted = (np.asarray(prob_same) >= threshold).astype(int)
     true_pos = int(((predicted == 1) & (labels == 1)).sum())
     precision_den, recall_den = int(predicted.sum()), int(labels.sum())
     f1 = 2 * true_pos / (precision_den + recall_den) if precision_den + recall_den else 0.0
@@ -47,3 +49,17 @@ def classification_metrics(labels: np.ndarray, prob_same: np.ndarray, loss: floa
         "f1": float(f1),
         "auc": roc_auc(labels, prob_same),
     }
+
+
+def best_threshold(labels: np.ndarray, prob_same: np.ndarray) -> tuple[float, float]:
+    """The threshold (one of the probabilities: predict 1 when ``prob >= threshold``) that maximises F1, and
+    that F1; among equal F1s the one closest to 0.5."""
+    labels, prob_same = np.asarray(labels).astype(int), np.asarray(prob_same, dtype=np.float64)
+    order = np.argsort(-prob_same, kind="mergesort")
+    scores, hits = prob_same[order], labels[order]
+    last_of_run = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]  # everything >= that score predicted 1
+    true_pos, predicted = np.cumsum(hits)[last_of_run], last_of_run + 1
+    f1 = 2 * true_pos / (predicted + max(1, hits.sum()))
+    candidates = np.flatnonzero(np.isclose(f1, f1.max()))
+    best = candidates[np.argmin(np.abs(scores[last_of_run][candidates] - 0.5))]
+    return float(scores[last_of_run][best]), float(f1[best])

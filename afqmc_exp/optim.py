@@ -4,14 +4,19 @@ Both are instantiated with ``_partial_: true``: the optimizer needs the model's 
 schedule needs the number of optimizer steps, neither of which exists when the config is composed.
 
 AdamW is torch's (``transformers.AdamW`` is gone). Biases and LayerNorm weights get no weight decay, as in
-BERT's recipe. ``implementation="auto"`` picks torch's fused kernel when every parameter lives on a
-device that has one (CPU and CUDA in torch >= 2.4): one kernel for the whole update instead of a Python
-loop over ~100 tensors, each a kernel launch. Results equal the loop's to float rounding.
+BERT's recipe. ``layer_decay`` (layer-wise learning-rate decay): the top encoder layer learns at ``lr``,
+each layer below at ``layer_decay`` times the one above, the embeddings lowest; ``head_lr`` is the rate of
+what sits above the encoder (pooler, classifier: new weights often want more), ``lr`` if unset. Both off
+by default, which gives today's two groups. ``implementation="auto"`` picks torch's fused kernel when
+every parameter lives on a device that has one (CPU and CUDA in torch >= 2.4): one kernel for the whole
+update instead of a Python loop over ~100 tensors, each a kernel launch. Results equal the loop's to
+float rounding.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Literal
 
 import torch
@@ -25,12 +30,35 @@ DECAYS = {  # the schedule after warm-up, as a function of progress in [0, 1]
 }
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+def parameter_groups(
+    model: torch.nn.Module, weight_decay: float, lr: float, layer_decay: float | None = None,
+    head_lr: float | None = None,
+) -> list[dict]:  # fmt: skip
+    """One group per (learning rate, weight decay); biases and norms get no weight decay."""
+    layers = getattr(getattr(model, "config", None), "num_hidden_layers", 0)
+    groups: dict[tuple[float, float], list] = {}
     for name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if any(marker in name for marker in NO_DECAY_MARKERS) else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if not param.requires_grad:
+            continue
+        no_decay = any(marker in name for marker in NO_DECAY_MARKERS)
+        key = (lr_of(name, lr, layers, layer_decay, head_lr), 0.0 if no_decay else weight_decay)
+        groups.setdefault(key, []).append(param)
+    if layer_decay is None and head_lr is None:  # today's order: decayed weights first
+        groups = dict(sorted(groups.items(), key=lambda item: item[0][1] == 0.0))
+    return [{"params": params, "lr": group_lr, "weight_decay": wd} for (group_lr, wd), params in groups.items()]
+
+
+def lr_of(name: str, lr: float, layers: int, layer_decay: float | None, head_lr: float | None) -> float:
+    """Encoder layer i (of ``layers``) learns at ``lr * layer_decay ** (layers - 1 - i)``, the embeddings one
+    step lower, anything above the encoder at ``head_lr``."""
+    match = re.search(r"\.layer\.(\d+)\.", name)
+    if match:
+        depth = int(match.group(1)) + 1
+    elif "embeddings" in name:
+        depth = 0
+    else:
+        return head_lr or lr
+    return lr * (layer_decay or 1.0) ** (layers - depth)
 
 
 def adamw(
@@ -40,13 +68,16 @@ def adamw(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     implementation: Literal["auto", "fused", "foreach", "loop"] = "auto",
+    layer_decay: float | None = None,
+    head_lr: float | None = None,
 ) -> torch.optim.AdamW:
     """``implementation``: "auto" (fused where available), "fused", "foreach" or "loop" (torch's default)."""
     kwargs = IMPLEMENTATIONS[implementation]
     if implementation == "auto":
         devices = {p.device.type for p in model.parameters()}
         kwargs = {"fused": True} if devices <= {"cpu", "cuda"} else {}
-    return torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps, **kwargs)
+    groups = parameter_groups(model, weight_decay, lr, layer_decay, head_lr)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, **kwargs)
 
 
 def schedule(

@@ -37,7 +37,9 @@ def confusion(labels: np.ndarray, prob_same: np.ndarray, threshold: float = 0.5)
     return matrix
 
 
-def save_dev_plots(labels: np.ndarray, prob_same: np.ndarray, folder: Path, title: str = "") -> list[Path]:
+def save_dev_plots(
+    labels: np.ndarray, prob_same: np.ndarray, folder: Path, title: str = "", threshold: float = 0.5
+) -> list[Path]:
     """confusion_matrix.png, pr_curve.png, roc_curve.png in ``folder``; returns their paths."""
     import matplotlib
 
@@ -52,7 +54,7 @@ def save_dev_plots(labels: np.ndarray, prob_same: np.ndarray, folder: Path, titl
         ("roc_curve.png", _draw_roc, (4.6, 3.8)),
     ):
         figure, ax = plt.subplots(figsize=size)
-        draw(ax, np.asarray(labels), np.asarray(prob_same), title)
+        draw(ax, np.asarray(labels), np.asarray(prob_same), title, threshold)
         figure.tight_layout()
         figure.savefig(folder / name, dpi=110)
         plt.close(figure)
@@ -60,17 +62,17 @@ def save_dev_plots(labels: np.ndarray, prob_same: np.ndarray, folder: Path, titl
     return paths
 
 
-def _draw_confusion(ax, labels: np.ndarray, prob_same: np.ndarray, title: str) -> None:
-    matrix = confusion(labels, prob_same)
+def _draw_confusion(ax, labels: np.ndarray, prob_same: np.ndarray, title: str, threshold: float) -> None:
+    matrix = confusion(labels, prob_same, threshold)
     ax.imshow(matrix, cmap="Blues")
     for (i, j), n in np.ndenumerate(matrix):
         ax.text(j, i, str(n), ha="center", va="center", color="white" if n > matrix.max() / 2 else "black")
     names = [LABELS[0], LABELS[1]]
     ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=names, yticklabels=names, xlabel="predicted", ylabel="gold")
-    ax.set_title(f"dev confusion matrix\n{title}".strip())
+    ax.set_title(f"dev confusion matrix (threshold {threshold:.3g})\n{title}".strip())
 
 
-def _draw_precision_recall(ax, labels: np.ndarray, prob_same: np.ndarray, title: str) -> None:
+def _draw_precision_recall(ax, labels: np.ndarray, prob_same: np.ndarray, title: str, threshold: float) -> None:
     c = curves(labels, prob_same)
     ax.plot(c["recall"], c["precision"])
     ax.axhline(np.mean(labels), ls="--", c="grey", lw=1, label="always 'same'")
@@ -79,7 +81,7 @@ def _draw_precision_recall(ax, labels: np.ndarray, prob_same: np.ndarray, title:
     ax.legend(loc="lower left")
 
 
-def _draw_roc(ax, labels: np.ndarray, prob_same: np.ndarray, title: str) -> None:
+def _draw_roc(ax, labels: np.ndarray, prob_same: np.ndarray, title: str, threshold: float) -> None:
     c = curves(labels, prob_same)
     ax.plot(c["fpr"], c["tpr"], label=f"AUC {roc_auc(labels, prob_same):.3f}")
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)

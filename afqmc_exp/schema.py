@@ -49,6 +49,13 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.patience": (_at_least_one_or_null, "must be >= 1, or null for no early stopping"),
     "trainer.log_every": (lambda v: v >= 1, "must be >= 1"),
     "trainer.checkpoint_every": (_at_least_one_or_null, "must be >= 1, or null"),
+    "trainer.ema_decay": (lambda v: v is None or 0 < v < 1, "must be in (0, 1), e.g. 0.999, or null for no EMA"),
+    "trainer.threshold": (lambda v: v == "tune" or 0 < v < 1, "must be in (0, 1), or tune"),
+    "regularizer.epsilon": (lambda v: v is None or v > 0, "must be > 0, e.g. regularizer.epsilon=1.0"),
+    "regularizer.alpha": (lambda v: v is None or v >= 0, "must be >= 0"),
+    "regularizer.steps": (lambda v: v is None or v >= 1, "must be >= 1"),
+    "optim.layer_decay": (lambda v: v is None or 0 < v <= 1, "must be in (0, 1], e.g. 0.9, or null"),
+    "optim.head_lr": (lambda v: v is None or v > 0, "must be > 0, or null for optim.lr"),
     "model.name_or_path": (
         lambda v: isinstance(v, str) and v.strip() not in ("", "???"),
         "must name a Hub id or a local folder, e.g. model.name_or_path=bert-base-chinese",
@@ -62,9 +69,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.eval_batch_size": (lambda v: v == "auto" or v >= 1, "must be >= 1, or auto"),
     "data.pad_to_multiple_of": (lambda v: v == "auto" or v >= 1, "must be >= 1 (1: no rounding), or auto"),
     "data.group_batches": (lambda v: v >= 1, "must be >= 1 (1 = plain shuffling)"),
+    "data.folds": (lambda v: v is None or v >= 2, "must be >= 2, or null for the given train/dev split"),
     "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "must be an integer"),
 }
-GROUPS = ("data", "model", "optim", "scheduler", "trainer", "tracking")
+GROUPS = ("data", "model", "optim", "scheduler", "regularizer", "trainer", "tracking")
 
 
 def _fits(value: Any, annotation: Any) -> bool:
@@ -162,6 +170,9 @@ def validate(cfg: DictConfig) -> None:
     problems += local_model_problems(str(OmegaConf.select(cfg, "model.name_or_path", default="") or ""))
     if OmegaConf.select(cfg, "tracking.enabled", default=False):
         problems += store_problems(str(OmegaConf.select(cfg, "tracking.uri", default="")))
+    folds, fold = OmegaConf.select(cfg, "data.folds", default=None), OmegaConf.select(cfg, "data.fold", default=0)
+    if folds and not 0 <= fold < folds:
+        problems.append(f"data.fold={fold}: must be in 0..{folds - 1} (data.folds={folds})")
     if not problems:
         limit = model_max_positions(str(OmegaConf.select(cfg, "model.name_or_path", default="")))
         max_length = OmegaConf.select(cfg, "data.max_length", default=None)

@@ -12,6 +12,11 @@ last line names the best job and the report command. The parent is closed FINISH
 failed; when a job raises, Hydra's basic sweeper stops and skips its end-of-sweep callback, and an
 ``atexit`` hook closes the parent FAILED instead. The best job is the report's first row: the best
 objective, ties broken by the lower final dev loss, then the earlier start.
+
+A sweep over ``data.fold`` (with ``data.folds=K``) gives every pair of train+dev one out-of-fold prediction:
+the parent pools the jobs' dev predictions into ``oof_predictions.jsonl`` and logs their metrics (``oof/*``),
+the threshold that maximises out-of-fold F1 (``oof/threshold``: a clean one, not tuned on the pairs it is
+judged on), and the folds' objective as mean and standard deviation (``folds/*``).
 """
 
 from __future__ import annotations
@@ -97,6 +102,7 @@ class MlflowSweepCallback(Callback):
             tags["mlflow.note.content"] = describe(best, key, len(children), len(failed), experiment_id, run.run_id)
             crown_champion(run.client, best)
             self._attach_report(run, children)
+            self._pool_folds(run, children)
         run.log_masked_file(self.sweep_dir / "multirun.yaml")
         run.set_tags(tags)
         status = "FINISHED" if children and not failed and not crashed else "FAILED"
@@ -106,6 +112,34 @@ class MlflowSweepCallback(Callback):
             log.info("best job: %s (%s %.4f) in %s; report: afqmc-report parent=%s", best.info.run_name,
                      f"dev {self.metric}", best.data.metrics[f"best/dev_{self.metric}"],
                      best.data.tags.get("hydra.output_dir"), run.run_id)  # fmt: skip
+
+    def _pool_folds(self, run, children) -> None:
+        """For a k-fold sweep: out-of-fold metrics and threshold, and the folds' objective pooled."""
+        import json
+
+        import numpy as np
+
+        from .metrics import best_threshold, classification_metrics
+
+        rows = out_of_fold(children)
+        if rows is None:
+            return
+        labels, probs = np.array([r["gold"] for r in rows]), np.array([r["prob"] for r in rows])
+        loss = float(-np.mean(np.log(np.clip(np.where(labels == 1, probs, 1 - probs), 1e-12, 1.0))))
+        threshold, f1_at_threshold = best_threshold(labels, probs)
+        objectives = [
+            c.data.metrics[f"best/dev_{self.metric}"] for c in children if f"best/dev_{self.metric}" in c.data.metrics
+        ]
+        run.log_metrics({**{f"oof/{k}": v for k, v in classification_metrics(labels, probs, loss).items()},
+                         "oof/threshold": threshold, "oof/f1_at_threshold": f1_at_threshold, "oof/pairs": len(rows),
+                         f"folds/best_dev_{self.metric}_mean": float(np.mean(objectives)),
+                         f"folds/best_dev_{self.metric}_std": float(np.std(objectives, ddof=1)) if len(objectives) > 1
+                         else None}, step=0)  # fmt: skip
+        path = self.sweep_dir / "oof_predictions.jsonl"
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        run.log_artifact(path)
+        log.info("out-of-fold over %d pairs: F1 %.4f at 0.5, %.4f at threshold %.4f", len(rows),
+                 classification_metrics(labels, probs, loss)["f1"], f1_at_threshold, threshold)  # fmt: skip
 
     def _attach_report(self, run, children) -> None:
         from .report import rows_of, write_report
@@ -132,6 +166,23 @@ def sweep_datasets(config: DictConfig) -> list[dict]:
                                      for s, f in files.items() if data.path(f).is_file()})  # fmt: skip
     except Exception:  # noqa: BLE001  (the jobs report bad data themselves)
         return []
+
+
+def out_of_fold(children: list) -> list[dict] | None:
+    """The dev predictions of a k-fold sweep's jobs, one per pair; None when the sweep is not one."""
+    import json
+
+    folds = {c.data.params.get("data.folds") for c in children}
+    if len(folds) != 1 or folds == {"null"} or None in folds:
+        return None
+    rows: dict = {}
+    for child in children:
+        path = Path(child.data.tags.get("hydra.output_dir", "")) / "dev_predictions.jsonl"
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                row = json.loads(line)
+                rows[row["id"]] = row
+    return list(rows.values()) or None
 
 
 def what_is_swept(config: DictConfig) -> str:

@@ -55,11 +55,13 @@ from .checkpoint import (
     save_best_model,
 )
 from .data import AfqmcData, EncodedPairs
+from .ema import WeightAverage
 from .hardware import eval_in_bf16, seconds_since_process_start
 from .inference import MODEL_INPUTS, evaluate
 from .metrics import GREATER_IS_BETTER, Metric
 from .model import Pretrained
 from .profiling import profiled
+from .regularizers import NoRegularizer
 from .signals import GracefulStop
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,8 @@ class TrainerConfig:
     eval_every: int | None = None  # evaluate every N optimizer steps; null: at the end of each epoch
     patience: int | None = None  # stop after this many evaluations without improvement; null: never
     metric: Metric = "f1"  # dev metric that picks the best weights
+    threshold: float | Literal["tune"] = 0.5  # prob >= threshold predicts "same"; tune: chosen on dev at the end
+    ema_decay: float | None = None  # evaluate and keep an exponential moving average of the weights (see ema)
     log_every: int = 10  # optimizer steps between logged train loss/lr/speed
     checkpoint_minutes: float | None = 10.0  # wall-clock minutes between last-checkpoint saves (checked at log steps)
     checkpoint_every: int | None = None  # or every N optimizer steps; either way also at each epoch's end
@@ -193,11 +197,15 @@ class Trainer:
         accelerator,
         log_metrics: Callable[[dict, int], None],
         flush_metrics: Callable[[], None] = lambda: None,
+        regularizer: Callable | None = None,
+        on_evaluate: Callable[[int, float], None] | None = None,
     ):
         self.pretrained, self.splits, self.config, self.seed = pretrained, splits, config, seed
         self.data = data.for_device(accelerator.device.type)  # the "auto" batch settings decided
         self.make_optimizer, self.make_scheduler = make_optimizer, make_scheduler
         self.accelerator, self.log_metrics, self.flush_metrics = accelerator, log_metrics, flush_metrics
+        self.regularizer = regularizer or NoRegularizer()  # what one slice's forward and backward passes are
+        self.on_evaluate = on_evaluate  # (step, dev metric) after each evaluation: an Optuna trial's pruning
         self.best_dir, self.last_dir = Path(output_dir) / BEST_MODEL, Path(output_dir) / LAST_CHECKPOINT
         self.output_dir, self.speed = Path(output_dir), {}
         self.eval_bf16 = eval_in_bf16(config.eval_precision, accelerator.device)
@@ -258,6 +266,7 @@ class Trainer:
             model.compile(mode=None if self.config.compile == "default" else self.config.compile, dynamic=False)
         optimizer = self.make_optimizer(model.to(self.accelerator.device))
         self.model, self.optimizer, self.dev_loader = self.accelerator.prepare(model, optimizer, self.dev_loader)
+        self.ema = WeightAverage(self.model, self.config.ema_decay) if self.config.ema_decay else None
         steps_per_epoch = math.ceil(len(self.sampler) / self.config.grad_accumulation)
         self.total_steps = self.config.epochs * steps_per_epoch
         if self.config.max_steps:
@@ -272,9 +281,11 @@ class Trainer:
         self.state, self.pending_rng = TrainState(), None
         recover(self.best_dir)  # a kill between the two renames of its last swap
         if resume:
-            self.state, self.pending_rng = load_last_checkpoint(
+            self.state, self.pending_rng, extra = load_last_checkpoint(
                 self.last_dir, self.model, self.optimizer, self.scheduler, self.accelerator
             )
+            if self.ema is not None:
+                self.ema.load_state_dict(extra)
             log.info(
                 "resuming at step %d (epoch %d, batch %d)", self.state.step, self.state.epoch, self.state.batch_in_epoch
             )
@@ -315,11 +326,14 @@ class Trainer:
         accelerator, model = self.accelerator, self.model
         step_pairs, steps_now = self.plan[self.state.batch_in_epoch]
         batch = {k: v.to(accelerator.device, non_blocking=self.pin) for k, v in batch.items()}
+        scale = accelerator.num_processes / step_pairs  # DDP averages over processes: the mean over the step's pairs
+
+        def backward(summed: torch.Tensor) -> None:
+            accelerator.backward(summed * scale)
+
         with contextlib.nullcontext() if steps_now else accelerator.no_sync(model):
-            logits = model(**{k: batch[k] for k in MODEL_INPUTS}).logits
-            loss_sum = torch.nn.functional.cross_entropy(logits.float(), batch["labels"], reduction="sum")
-            # DDP averages gradients over processes: this makes the result the mean over the step's pairs
-            accelerator.backward(loss_sum * (accelerator.num_processes / step_pairs))
+            inputs = {k: batch[k] for k in MODEL_INPUTS}
+            loss_sum = self.regularizer(model, inputs, batch["labels"], backward, lambda: accelerator.no_sync(model))
         if steps_now:
             self._optimizer_step()
         self.window.add(loss_sum, self.batch_pairs[self.state.batch_in_epoch])
@@ -332,6 +346,8 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update()
         self.state.step += 1
 
     # ------------------------------------------------------------------------------------ after a step or epoch
@@ -397,10 +413,11 @@ class Trainer:
     def _evaluate(self) -> bool:
         """Evaluate on dev and keep the best weights; True when early stopping says stop."""
         state, config = self.state, self.config
-        with self.window.paused():
+        threshold = 0.5 if config.threshold == "tune" else config.threshold  # "tune" is decided at the end
+        with self.window.paused(), self.ema.applied() if self.ema else contextlib.nullcontext():
             started = time.perf_counter()
             metrics, _ = evaluate(
-                self.model, self.dev_loader, self.splits["dev"], self.accelerator, bf16=self.eval_bf16
+                self.model, self.dev_loader, self.splits["dev"], self.accelerator, self.eval_bf16, threshold
             )
             self.speed["eval_samples_per_s"] = len(self.splits["dev"]) / (time.perf_counter() - started)
             improved = config.better(metrics[config.metric], state.best)
@@ -422,6 +439,8 @@ class Trainer:
             if self.accelerator.is_main_process:  # through logging: it lands in train.log (and SLURM logs) too
                 shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
                 log.info("step %d/%d: dev %s%s", state.step, self.total_steps, shown, " (best)" if improved else "")
+        if self.on_evaluate is not None:
+            self.on_evaluate(state.step, metrics[config.metric])
         return config.patience is not None and state.evals_since_best >= config.patience
 
     # ------------------------------------------------------------------------------------ saving
@@ -442,7 +461,8 @@ class Trainer:
     def _save_checkpoint(self) -> None:
         self.flush_metrics()  # metrics first: a kill between the two leaves steps a resumed run knows to skip
         self.state.window_loss, self.state.window_pairs = self.window.summed_loss(self.accelerator), self.window.pairs
-        self.checkpoints.save(self.model, self.optimizer, self.scheduler, self.state, self.accelerator)
+        extra = self.ema.state_dict() if self.ema is not None else None
+        self.checkpoints.save(self.model, self.optimizer, self.scheduler, self.state, self.accelerator, extra)
         self.last_checkpoint_time = time.monotonic()
 
     # ------------------------------------------------------------------------------------ finish

@@ -20,6 +20,7 @@ def options(group: str) -> list[str]:
 
 
 def test_groups_have_the_promised_options():
+    assert {"none", "fgm", "pgd", "rdrop"} <= set(options("regularizer"))
     assert {"bert", "roberta", "minilm", "pretrained"} <= set(options("model"))
     assert {"linear", "cosine", "constant"} <= set(options("scheduler"))
     assert "adamw" in options("optim") and "afqmc" in options("data") and "quickstart" in options("experiment")
@@ -67,6 +68,18 @@ def test_model_options(option):
             0,
             0.2,
         )
+
+
+@pytest.mark.parametrize("option", options("regularizer"))
+def test_regularizer_options(option):
+    from afqmc_exp import regularizers
+    from afqmc_exp.schema import validate
+
+    cfg = compose([f"regularizer={option}", "model=minilm", "data.dir=/tmp"])
+    validate(cfg)
+    kinds = {"none": regularizers.NoRegularizer, "fgm": regularizers.FGM, "pgd": regularizers.PGD,
+             "rdrop": regularizers.RDrop}  # fmt: skip
+    assert type(instantiate(cfg.regularizer)) is kinds[option]
 
 
 @pytest.mark.parametrize("option", options("optim"))

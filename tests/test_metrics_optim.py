@@ -43,7 +43,7 @@ def tiny_bert():
 
 def test_no_weight_decay_on_bias_and_layernorm():
     model = tiny_bert()
-    decay, no_decay = parameter_groups(model, 0.01)
+    decay, no_decay = parameter_groups(model, 0.01, lr=2e-5)
     names = {id(p): n for n, p in model.named_parameters()}
     assert all(not n.endswith("bias") and "LayerNorm" not in n for n in (names[id(p)] for p in decay["params"]))
     assert {names[id(p)] for p in no_decay["params"]} >= {"classifier.bias", "bert.embeddings.LayerNorm.weight"}

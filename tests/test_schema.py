@@ -21,6 +21,10 @@ BAD = [
     ("missing data.dir", ["data.dir=null"], r"data.dir=None: must name the folder"),
     ("warmup ratio", ["scheduler.warmup_ratio=1.5"], r"scheduler.warmup_ratio=1.5: must be in \[0, 1\)"),
     ("unknown key", ["+optim.lrr=1e-5"], r"optim.lrr: unknown key for afqmc_exp.optim.adamw; known keys: .*lr"),
+    ("fgm epsilon", ["regularizer=fgm", "regularizer.epsilon=0"], r"regularizer.epsilon=0: must be > 0"),
+    ("ema decay", ["trainer.ema_decay=1.5"], r"trainer.ema_decay=1.5: must be in \(0, 1\)"),
+    ("threshold", ["trainer.threshold=best"], r"trainer.threshold='best': expected float, or one of tune"),
+    ("fold out of range", ["data.folds=5", "data.fold=5"], r"data.fold=5: must be in 0..4"),
     ("auto or a number", ["data.eval_batch_size=big"], r"data.eval_batch_size='big': expected int, or one of auto"),
     ("model named nowhere", ["model=pretrained"], r"model.name_or_path='\?\?\?': must name a Hub id or a local folder"),
 ]

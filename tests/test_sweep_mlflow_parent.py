@@ -1,6 +1,7 @@
 """--multirun: every job its own MLflow run, nested under one parent run per sweep."""
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +80,24 @@ def test_a_crashing_sweep_still_closes_its_parent_failed(tmp_path, afqmc_dir):
     assert parent.info.status == "FAILED"
     assert sorted(c.info.status for c in children) == ["FAILED", "FINISHED"]
     assert parent.data.tags["sweep.failed_jobs"] == "1"
+
+
+def test_a_k_fold_sweep_pools_out_of_fold_predictions_for_every_pair_once(tmp_path):
+    from afqmc_exp.resolvers import SAMPLE_DIR
+
+    cmd = [sys.executable, str(REPO / "train.py"), "--multirun", *SHORT_RUN, f"data.dir={SAMPLE_DIR}",
+           "data.folds=3", "data.fold=0,1,2", "trainer.max_steps=3", "trainer.threshold=tune",
+           f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
+    proc = run_command(cmd, cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client, runs = mlflow_runs(tmp_path, "afqmc")
+    parent, children = split_runs(runs)
+    pool = sum(1 for f in ("train.json", "dev.json") for line in (SAMPLE_DIR / f).read_text().splitlines() if line)
+    assert parent.data.metrics["oof/pairs"] == pool  # every pair of train+dev predicted once, out of its fold
+    assert 0 < parent.data.metrics["oof/threshold"] < 1 and "oof/f1" in parent.data.metrics
+    assert parent.data.metrics["oof/f1_at_threshold"] >= parent.data.metrics["oof/f1"]
+    assert {"folds/best_dev_f1_mean", "folds/best_dev_f1_std"} <= set(parent.data.metrics)
+    assert "oof_predictions.jsonl" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    for child in children:  # each job tuned its threshold and keeps it with its weights
+        meta = (Path(child.data.tags["hydra.output_dir"]) / "best_model" / "afqmc_exp.json").read_text()
+        assert '"threshold"' in meta and "final/threshold" in child.data.metrics

@@ -112,3 +112,25 @@ def test_joblib_runs_jobs_in_parallel_into_one_store(tmp_path, afqmc_dir):
     assert sorted(r.data.params["seed"] for r in children) == ["1", "2"]
     assert all(r.info.status == "FINISHED" and "dev/f1" in r.data.metrics for r in runs if r in children)
     assert len({r.data.tags["mlflow.parentRunId"] for r in children}) == 1
+
+
+@pytest.mark.slow
+def test_trials_the_pruner_stops_are_pruned_in_optuna_and_killed_with_a_tag_in_mlflow(tmp_path, afqmc_dir):
+    """A threshold pruner that no F1 can pass prunes every trial at its first evaluation: deterministic."""
+    extra = tmp_path / "extra" / "hparams_search"
+    extra.mkdir(parents=True)
+    (extra / "prune_all.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - afqmc_optuna\nhydra:\n  sweeper:\n    n_trials: 2\n    study_name: p\n"
+        "    pruner:\n      type: threshold\n      lower: 1.1\n"
+    )
+    cmd = train_cmd(tmp_path, afqmc_dir, f"hydra.searchpath=[file://{tmp_path / 'extra'}]", "hparams_search=prune_all",
+                    "trainer.eval_every=1", f"hydra.sweep.dir={tmp_path / 'sweep'}")  # fmt: skip
+    proc = run_command(cmd, cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = study(tmp_path, "p").trials
+    assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
+    assert all(list(t.intermediate_values) == [1] for t in trials)  # reported at step 1, pruned there
+    _, runs = mlflow_runs(tmp_path, "afqmc")
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 2
+    assert all(r.info.status == "KILLED" and r.data.tags["optuna.state"] == "PRUNED" for r in children)

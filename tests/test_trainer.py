@@ -255,3 +255,49 @@ def test_a_best_model_left_between_two_renames_is_put_back_when_the_run_goes_on(
     again, _ = make_trainer(tmp_path, epochs=1, checkpoint_every=4)
     again.fit(resume=True)
     assert read_meta(best)["step"] >= 1 and (best / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "regularizer",
+    ["fgm", "pgd", "rdrop"],
+)
+def test_each_regularizer_trains_with_gradient_accumulation(tmp_path, regularizer):
+    from afqmc_exp.regularizers import FGM, PGD, RDrop
+
+    chosen = {"fgm": FGM(epsilon=0.5), "pgd": PGD(epsilon=0.5, alpha=0.2, steps=2), "rdrop": RDrop(alpha=1.0)}
+    trainer, logged = make_trainer(tmp_path, epochs=1, grad_accumulation=2, log_every=1)
+    trainer.regularizer = chosen[regularizer]
+    before = trainer.pretrained.model.bert.embeddings.word_embeddings.weight.detach().clone()
+    result = trainer.fit()
+    assert result.steps == 5 and all(0 < loss < 5 for _, loss in logged.values("train/loss"))
+    after = trainer.pretrained.model.bert.embeddings.word_embeddings.weight.detach()
+    assert not torch.equal(before, after)  # trained (and not left moved: the test for that is in test_tricks)
+
+
+def test_ema_is_evaluated_saved_and_resumed_exactly(tmp_path):
+    from safetensors.torch import load_file
+
+    whole, whole_log = make_trainer(tmp_path / "whole", epochs=2, ema_decay=0.9, log_every=2, eval_every=5,
+                                    checkpoint_every=4)  # fmt: skip
+    expected = whole.fit()
+    best = load_file(expected.best_dir / "model.safetensors")
+    raw = whole.pretrained.model.state_dict()
+    name = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(best[name], raw[name])  # the saved best weights are the average's, not the raw ones
+
+    def stop_at_step_7(metrics, step):
+        if step == 7:
+            killed.signals.requested = True
+
+    killed, _ = make_trainer(
+        tmp_path / "killed", epochs=2, ema_decay=0.9, log_every=1, eval_every=5, checkpoint_every=4
+    )
+    killed.log_metrics = stop_at_step_7
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    resumed, resumed_log = make_trainer(tmp_path / "killed", epochs=2, ema_decay=0.9, log_every=2, eval_every=5,
+                                        checkpoint_every=4)  # fmt: skip
+    resumed.fit(resume=True)
+    assert resumed_log.values("dev/loss") == whole_log.values("dev/loss")[1:]  # evaluated on the averages: equal
+    for (key, a), b in zip(whole.ema.state_dict().items(), resumed.ema.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=key)

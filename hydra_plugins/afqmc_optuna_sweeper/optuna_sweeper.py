@@ -10,6 +10,9 @@ installs cleanly with a current Optuna.
   command again after a stop runs only the trials still missing (trials left RUNNING by a killed search
   are marked FAIL first).
 * A trial whose job raises or returns NaN is told to Optuna as FAIL and the search goes on.
+* Pruning (``pruner``: median, hyperband, threshold or none; see ``afqmc_exp.pruning``): each job is told
+  its trial (``+optuna.storage/study/trial/pruner``), reports its dev metric at every evaluation and stops
+  when the pruner says so; the trial is told PRUNED.
 * The direction follows ``trainer.metric`` (maximise f1/accuracy/auc, minimise loss) unless set.
 * Hydra's launcher runs the trials, ``n_jobs`` at a time (``hydra/launcher=joblib`` to run them in
   parallel); each is a normal training run, nested under the sweep's MLflow parent run.
@@ -41,6 +44,8 @@ class AfqmcOptunaSweeperConf:
     study_name: str = "afqmc"
     direction: str | None = None  # maximize | minimize; null: from trainer.metric
     seed: int = 0  # TPE sampler seed
+    # the jobs report each evaluation; {type: median|hyperband|threshold|none, ...the pruner's arguments}
+    pruner: dict[str, Any] = field(default_factory=lambda: {"type": "none"})
     # dotted config key -> {type: float|int|categorical, low, high, log, step, choices}
     params: dict[str, Any] = field(default_factory=dict)
 
@@ -71,10 +76,12 @@ class AfqmcOptunaSweeper(Sweeper):
         direction: str | None,
         seed: int,
         params: dict,
+        pruner: dict | None = None,
     ):
         self.n_trials, self.n_jobs, self.storage, self.study_name = n_trials, max(1, n_jobs), storage, study_name
         self.direction, self.seed = direction, seed
         self.params = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else dict(params)
+        self.pruner = OmegaConf.to_container(pruner, resolve=True) if isinstance(pruner, DictConfig) else pruner
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
@@ -99,7 +106,9 @@ class AfqmcOptunaSweeper(Sweeper):
         while done < self.n_trials:
             trials = [study.ask() for _ in range(min(self.n_jobs, self.n_trials - done))]
             batch = [
-                list(arguments) + [f"{name}={suggest(trial, name, spec)}" for name, spec in self.params.items()]
+                list(arguments)
+                + [f"{name}={suggest(trial, name, spec)}" for name, spec in self.params.items()]
+                + self._trial_overrides(trial)
                 for trial in trials
             ]
             results = self.launcher.launch(batch, initial_job_idx=job_idx)
@@ -136,11 +145,27 @@ class AfqmcOptunaSweeper(Sweeper):
         study.sampler = optuna.samplers.TPESampler(seed=self.seed + len(study.trials))
         return study
 
+    def _trial_overrides(self, trial) -> list:
+        """What a job needs to report to its trial: where the study is, which trial, and the pruner."""
+        if not self.pruner or self.pruner.get("type", "none") == "none":
+            return []
+        from afqmc_exp.tracking import resolve_uri
+
+        pruner = ",".join(f"{k}:{v}" for k, v in self.pruner.items())
+        return [f"+optuna.storage='{resolve_uri(self.storage)}'", f"+optuna.study='{self.study_name}'",
+                f"+optuna.trial={trial.number}", f"+optuna.pruner={{{pruner}}}"]  # fmt: skip
+
     @staticmethod
     def _tell(study, trial, result) -> None:
-        """The job's objective, or FAIL when it raised or returned NaN (the search goes on)."""
+        """The job's objective; PRUNED when its pruner stopped it; FAIL when it raised or returned NaN (the
+        search goes on)."""
+        import optuna
         from optuna.trial import TrialState
 
+        if result.status == JobStatus.FAILED and isinstance(result._return_value, optuna.TrialPruned):
+            log.info("trial %d pruned: %s", trial.number, result._return_value)
+            study.tell(trial, state=TrialState.PRUNED)
+            return
         value = result.return_value if result.status == JobStatus.COMPLETED else None
         if value is None or not math.isfinite(float(value)):
             reason = result._return_value if result.status == JobStatus.FAILED else f"objective {value}"
