@@ -92,11 +92,13 @@ def train_from_config(cfg: DictConfig) -> float:
     from hydra.types import RunMode
     from hydra.utils import instantiate
 
-    hydra_cfg = HydraConfig.get()
-    masker = mask_logs(cfg)
+    from .experiment import RunInProgress
+    from .model import ModelError
+    from .tracking import TrackingUnavailable
+
+    hydra_cfg, masker = HydraConfig.get(), mask_logs(cfg)
     output_dir, resume, rerun = Path(hydra_cfg.runtime.output_dir), cfg.get("resume"), cfg.get("rerun")
-    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
-    extra_tags, run_name = {}, None
+    in_sweep, extra_tags, run_name = hydra_cfg.mode == RunMode.MULTIRUN, {}, None
     if resume and rerun:
         raise SystemExit(
             "error: resume= and rerun= together: resume continues a killed run in its folder, rerun starts a "
@@ -105,23 +107,14 @@ def train_from_config(cfg: DictConfig) -> float:
     if resume:
         output_dir = find_run_dir(str(resume), instantiate(cfg.tracking))
         cfg = OmegaConf.load(output_dir / ".hydra" / "config.yaml")
-        masker = mask_logs(cfg)  # the run's own config: its secrets
         if (output_dir / RESULT_FILE).exists():
             return report_finished(output_dir, instantiate(cfg.tracking))
+    elif rerun:
+        cfg, extra_tags, run_name = rerun_config(str(rerun), instantiate(cfg.tracking), hydra_cfg, output_dir)
+    masker = mask_logs(cfg)  # from here on: the run's own config, its own secrets
+    if resume:
         append_log_to(output_dir, masker)
         log.info("resuming %s with its saved config", output_dir)
-    elif rerun:
-        cfg, original = config_of_run(str(rerun), instantiate(cfg.tracking))
-        OmegaConf.save(cfg, output_dir / ".hydra" / "config.yaml")  # what this run really is
-        run_name = original.info.run_name
-        extra_tags.update({"rerun_of": str(rerun), "hydra.choices": original.data.tags.get("hydra.choices", "{}")})
-        ignored = [o for o in hydra_cfg.overrides.task if not o.startswith("rerun=")]
-        if ignored:
-            log.warning("rerun uses the run's own config; ignoring %s", " ".join(ignored))
-    from .experiment import RunInProgress
-    from .model import ModelError
-    from .tracking import TrackingUnavailable
-
     try:
         return _train(cfg, hydra_cfg, output_dir, resume, in_sweep, extra_tags, run_name, masker)
     except (ConfigError, DataError, ModelError, TrackingUnavailable, RunInProgress) as err:
@@ -130,6 +123,17 @@ def train_from_config(cfg: DictConfig) -> float:
         if not resume:
             discard_if_unused(output_dir)
         raise SystemExit(f"error: {masker(str(err))}") from None  # a clear message, not a traceback
+
+
+def rerun_config(run_id: str, tracking, hydra_cfg, output_dir: Path) -> tuple[DictConfig, dict, str]:
+    """A logged run's config, saved as this run's own; the tags and name that say what it reruns."""
+    cfg, original = config_of_run(run_id, tracking)
+    OmegaConf.save(cfg, output_dir / ".hydra" / "config.yaml")  # what this run really is
+    ignored = [o for o in hydra_cfg.overrides.task if not o.startswith("rerun=")]
+    if ignored:
+        log.warning("rerun uses the run's own config; ignoring %s", " ".join(ignored))
+    tags = {"rerun_of": run_id, "hydra.choices": original.data.tags.get("hydra.choices", "{}")}
+    return cfg, tags, original.info.run_name
 
 
 def discard_if_unused(output_dir: Path) -> None:
@@ -183,54 +187,44 @@ def report_finished(output_dir: Path, tracking) -> float:
     return result.get("best_metric")
 
 
-def _train(
-    cfg: DictConfig,
-    hydra_cfg,
-    output_dir: Path,
-    resume,
-    in_sweep: bool,
-    extra_tags: dict,
-    run_name: str | None,
-    masker: Masker,
-) -> float:
+def _train(cfg: DictConfig, hydra_cfg, output_dir: Path, resume, in_sweep: bool, extra_tags: dict,
+           run_name: str | None, masker: Masker) -> float:  # fmt: skip
     from hydra.utils import instantiate
 
     from .experiment import run
     from .pruning import trial_reporter
     from .sweep import parent_run_id
-    from .tracking import context_tags, flatten
+    from .tracking import flatten
 
     validate(cfg)  # before any model is loaded or run opened
     tracking = instantiate(cfg.tracking)
     if not tracking.run_name:
         tracking.run_name = run_name or default_run_name(cfg, hydra_cfg.runtime.choices.get("model"))
-    command = " ".join([Path(sys.argv[0]).name, *(masker.override(o) for o in hydra_cfg.overrides.task)])
+    optuna = OmegaConf.to_container(cfg.optuna) if cfg.get("optuna") else None  # a trial of a search (pruning)
+    return run(
+        data=instantiate(cfg.data), load_model=instantiate(cfg.model), make_optimizer=instantiate(cfg.optim),
+        make_scheduler=instantiate(cfg.scheduler), trainer=instantiate(cfg.trainer), tracking=tracking,
+        seed=cfg.seed, output_dir=output_dir, params=flatten(OmegaConf.to_container(cfg, resolve=True)),
+        tags={**run_tags(hydra_cfg, output_dir, masker, in_sweep), **extra_tags}, resume=bool(resume),
+        parent_run_id=parent_run_id(hydra_cfg.sweep.dir) if in_sweep else None, masker=masker,
+        regularizer=instantiate(cfg.regularizer),
+        on_evaluate=trial_reporter(optuna, cfg.trainer.metric) if optuna else None,
+    )  # fmt: skip
+
+
+def run_tags(hydra_cfg, output_dir: Path, masker: Masker, in_sweep: bool) -> dict[str, str]:
+    """What the command was, where its folder is, MLflow's context tags and, in a sweep, its place in it."""
+    from .tracking import context_tags
+
+    overrides = [masker.override(o) for o in hydra_cfg.overrides.task]
+    command = " ".join([Path(sys.argv[0]).name, *overrides])
     tags = {
-        "hydra.overrides": " ".join(masker.override(o) for o in hydra_cfg.overrides.task) or "(none)",
+        "hydra.overrides": " ".join(overrides) or "(none)",
         "hydra.output_dir": str(output_dir),
         "hydra.choices": json.dumps(dict(hydra_cfg.runtime.choices)),
         "mlflow.note.content": f"`{command}`\n\nRun folder: `{output_dir}`",  # the run page's description
         **context_tags(REPO_DIR if (REPO_DIR / ".git").exists() else Path.cwd()),  # the code's commit, else the cwd's
-        **extra_tags,
     }
     if in_sweep:
         tags.update({"sweep.dir": str(Path(hydra_cfg.sweep.dir).resolve()), "sweep.job_num": str(hydra_cfg.job.num)})
-    return run(
-        data=instantiate(cfg.data),
-        load_model=instantiate(cfg.model),
-        make_optimizer=instantiate(cfg.optim),
-        make_scheduler=instantiate(cfg.scheduler),
-        trainer=instantiate(cfg.trainer),
-        tracking=tracking,
-        seed=cfg.seed,
-        output_dir=output_dir,
-        params=flatten(OmegaConf.to_container(cfg, resolve=True)),
-        tags=tags,
-        resume=bool(resume),
-        parent_run_id=parent_run_id(hydra_cfg.sweep.dir) if in_sweep else None,
-        masker=masker,
-        regularizer=instantiate(cfg.regularizer),
-        on_evaluate=trial_reporter(OmegaConf.to_container(cfg.optuna), cfg.trainer.metric)
-        if cfg.get("optuna")
-        else None,
-    )
+    return tags

@@ -45,23 +45,11 @@ def seed_everything(seed: int) -> None:
 
 
 def run(
-    *,
-    data: AfqmcData,
-    load_model: Callable[[], Pretrained],
-    make_optimizer: Callable,
-    make_scheduler: Callable,
-    trainer: TrainerConfig,
-    tracking: MlflowTracking,
-    seed: int,
-    output_dir: Path,
-    params: Mapping[str, str],
-    tags: Mapping[str, str],
-    parent_run_id: str | None = None,
-    resume: bool = False,
-    masker: Masker | None = None,
-    regularizer: Callable | None = None,
-    on_evaluate: Callable[[int, float], None] | None = None,
-) -> float:
+    *, data: AfqmcData, load_model: Callable[[], Pretrained], make_optimizer: Callable, make_scheduler: Callable,
+    trainer: TrainerConfig, tracking: MlflowTracking, seed: int, output_dir: Path, params: Mapping[str, str],
+    tags: Mapping[str, str], parent_run_id: str | None = None, resume: bool = False, masker: Masker | None = None,
+    regularizer: Callable | None = None, on_evaluate: Callable[[int, float], None] | None = None,
+) -> float:  # fmt: skip
     """Train, evaluate, track; return the best dev value of ``trainer.metric`` (what sweepers optimise).
 
     ``resume=True``: ``output_dir`` is an earlier run's folder; training continues from its last checkpoint

@@ -135,7 +135,11 @@ def rows_of(runs, metric: str):
         }
         row.update({name: params.get(key) for name, key in KEY_PARAMS.items()})
         row["model"] = json.loads(run.data.tags.get("hydra.choices", "{}")).get("model") or model
-        row["_params"] = params
+        choices = json.loads(run.data.tags.get("hydra.choices", "{}"))  # which option of each group: a design param
+        row["_params"] = {
+            **params,
+            **{group: option for group, option in choices.items() if "/" not in group and option},
+        }
         rows.append(row)
     frame = pd.DataFrame(rows)
     ascending = [not GREATER_IS_BETTER[metric], True, True]

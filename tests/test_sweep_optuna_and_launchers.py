@@ -37,6 +37,14 @@ def train_cmd(tmp_path, afqmc_dir, *overrides):
     ]
 
 
+def search_preset(tmp_path, name: str, yaml: str) -> list[str]:
+    """A search preset of the test's own (``hparams_search=<name>``): the overrides that pick it."""
+    extra = tmp_path / "extra" / "hparams_search"
+    extra.mkdir(parents=True, exist_ok=True)
+    (extra / f"{name}.yaml").write_text("# @package _global_\n" + yaml)
+    return [f"hydra.searchpath=[file://{tmp_path / 'extra'}]", f"hparams_search={name}"]
+
+
 def study(tmp_path, name):
     import optuna
 
@@ -74,20 +82,10 @@ def test_optuna_search_then_resumed_in_the_same_study(tmp_path, afqmc_dir):
 
 @pytest.mark.slow
 def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path, afqmc_dir):
-    extra = tmp_path / "extra" / "hparams_search"
-    extra.mkdir(parents=True)
-    (extra / "failing.yaml").write_text(
-        "# @package _global_\ndefaults:\n  - override /hydra/sweeper: afqmc_optuna\nhydra:\n  mode: MULTIRUN\n"
-        "  sweeper:\n    n_trials: 2\n    study_name: f\n    params:\n"
-        "      data.max_length: {type: categorical, choices: [1000]}\n"
-    )
-    cmd = train_cmd(
-        tmp_path,
-        afqmc_dir,
-        f"hydra.searchpath=[file://{tmp_path / 'extra'}]",
-        "hparams_search=failing",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
-    )
+    preset = search_preset(tmp_path, "failing", "defaults:\n  - override /hydra/sweeper: afqmc_optuna\nhydra:\n"
+                           "  mode: MULTIRUN\n  sweeper:\n    n_trials: 2\n    study_name: f\n    params:\n"
+                           "      data.max_length: {type: categorical, choices: [1000]}\n")  # fmt: skip
+    cmd = train_cmd(tmp_path, afqmc_dir, *preset, f"hydra.sweep.dir={tmp_path / 'sweep'}")
     proc = run_command(cmd, cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [t.state.name for t in study(tmp_path, "f").trials] == ["FAIL", "FAIL"]
@@ -117,14 +115,9 @@ def test_joblib_runs_jobs_in_parallel_into_one_store(tmp_path, afqmc_dir):
 @pytest.mark.slow
 def test_trials_the_pruner_stops_are_pruned_in_optuna_and_killed_with_a_tag_in_mlflow(tmp_path, afqmc_dir):
     """A threshold pruner that no F1 can pass prunes every trial at its first evaluation: deterministic."""
-    extra = tmp_path / "extra" / "hparams_search"
-    extra.mkdir(parents=True)
-    (extra / "prune_all.yaml").write_text(
-        "# @package _global_\ndefaults:\n  - afqmc_optuna\nhydra:\n  sweeper:\n    n_trials: 2\n    study_name: p\n"
-        "    pruner:\n      type: threshold\n      lower: 1.1\n"
-    )
-    cmd = train_cmd(tmp_path, afqmc_dir, f"hydra.searchpath=[file://{tmp_path / 'extra'}]", "hparams_search=prune_all",
-                    "trainer.eval_every=1", f"hydra.sweep.dir={tmp_path / 'sweep'}")  # fmt: skip
+    preset = search_preset(tmp_path, "prune_all", "defaults:\n  - afqmc_optuna\nhydra:\n  sweeper:\n    n_trials: 2\n"
+                           "    study_name: p\n    pruner:\n      type: threshold\n      lower: 1.1\n")  # fmt: skip
+    cmd = train_cmd(tmp_path, afqmc_dir, *preset, "trainer.eval_every=1", f"hydra.sweep.dir={tmp_path / 'sweep'}")
     proc = run_command(cmd, cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = study(tmp_path, "p").trials
