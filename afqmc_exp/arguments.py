@@ -12,6 +12,7 @@ import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import MISSING, fields
 
+from omegaconf import MISSING as REQUIRED
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -25,7 +26,7 @@ def closest(key: str, known: Iterable[str]) -> str:
 def usage(schema: type, prog: str) -> str:
     lines = [f"usage: {prog} key=value ...", "", (schema.__doc__ or "").strip(), "", "arguments:"]
     for f in fields(schema):
-        required = f.default is MISSING and f.default_factory is MISSING
+        required = f.default == REQUIRED or (f.default is MISSING and f.default_factory is MISSING)
         default = "required" if required else f"default {f.default!r}"
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         lines.append(f"  {f.name}=<{kind}>  ({default})  {f.metadata.get('help', '')}")
@@ -51,7 +52,9 @@ def parse_args(schema: type, argv: Sequence[str], prog: str):
             raise ValueError(f"missing {', '.join(m + '=...' for m in missing)}")
         return OmegaConf.to_object(args)
     except (ValueError, OmegaConfBaseException) as err:
-        raise SystemExit(f"error: {str(err).splitlines()[0]}; see {prog} --help") from None
+        key = getattr(err, "full_key", None)
+        where = f"{key}: " if key else ""
+        raise SystemExit(f"error: {where}{str(err).splitlines()[0]}; see {prog} --help") from None
 
 
 def help_of(text: str) -> dict:
