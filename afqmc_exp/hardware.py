@@ -48,7 +48,7 @@ def build_accelerator(device: str = "auto", mixed_precision: str = "no", tf32: b
     if tf32 and torch.cuda.is_available():  # TF32 matmuls: ~fp32 accuracy on tensor cores (Ampere+)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if torch.cuda.is_available() and device != "cpu":
+    if torch.cuda.is_available() and device != "cpu" and hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
         # cuDNN's attention builds an execution plan for every new sequence length (length-grouped batches
         # bring dozens), costing more CPU time per step than the GPU spends computing; the flash and
         # memory-efficient kernels SDPA falls back to need no plans
