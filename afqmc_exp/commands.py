@@ -79,7 +79,7 @@ def score_with(args: EvaluateArgs, examples: list) -> tuple:
     from accelerate import Accelerator
 
     from .inference import score
-    from .metrics import classification_metrics
+    from .metrics import classification_metrics, log_loss
 
     accelerator = Accelerator(cpu=args.device == "cpu")
     members = [_load_member(c.strip(), args, accelerator) for c in args.ckpt.split(",") if c.strip()]
@@ -92,8 +92,7 @@ def score_with(args: EvaluateArgs, examples: list) -> tuple:
     if examples[0].label is None:
         return prob, threshold, None
     labels = np.array([e.label for e in examples])
-    loss = float(-np.mean(np.log(np.clip(np.where(labels == 1, prob, 1 - prob), 1e-12, 1.0))))
-    return prob, threshold, classification_metrics(labels, prob, loss, threshold)
+    return prob, threshold, classification_metrics(labels, prob, log_loss(labels, prob), threshold)
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, float]:

@@ -63,3 +63,9 @@ def best_threshold(labels: np.ndarray, prob_same: np.ndarray) -> tuple[float, fl
     candidates = np.flatnonzero(np.isclose(f1, f1.max()))
     best = candidates[np.argmin(np.abs(scores[last_of_run][candidates] - 0.5))]
     return float(scores[last_of_run][best]), float(f1[best])
+
+
+def log_loss(labels: np.ndarray, prob_same: np.ndarray) -> float:
+    """Mean cross-entropy of probabilities of label 1 (for predictions without logits: ensembles, pooled folds)."""
+    labels, prob_same = np.asarray(labels), np.asarray(prob_same, dtype=np.float64)
+    return float(-np.mean(np.log(np.clip(np.where(labels == 1, prob_same, 1 - prob_same), 1e-12, 1.0))))

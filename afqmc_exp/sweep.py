@@ -119,13 +119,13 @@ class MlflowSweepCallback(Callback):
 
         import numpy as np
 
-        from .metrics import best_threshold, classification_metrics
+        from .metrics import best_threshold, classification_metrics, log_loss
 
         rows = out_of_fold(children)
         if rows is None:
             return
         labels, probs = np.array([r["gold"] for r in rows]), np.array([r["prob"] for r in rows])
-        loss = float(-np.mean(np.log(np.clip(np.where(labels == 1, probs, 1 - probs), 1e-12, 1.0))))
+        loss = log_loss(labels, probs)
         threshold, f1_at_threshold = best_threshold(labels, probs)
         objectives = [
             c.data.metrics[f"best/dev_{self.metric}"] for c in children if f"best/dev_{self.metric}" in c.data.metrics
