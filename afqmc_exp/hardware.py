@@ -54,11 +54,12 @@ def build_accelerator(device: str = "auto", mixed_precision: str = "no", tf32: b
         # memory-efficient kernels SDPA falls back to need no plans
         torch.backends.cuda.enable_cudnn_sdp(False)
     # split_batches: data.eval_batch_size is global, each of N processes evaluates 1/N of every batch
-    # (training batches are sharded by our own sampler: see afqmc_exp.trainer)
+    # (training batches are sharded by our own sampler: see afqmc_exp.trainer). non_blocking: evaluation
+    # batches (pinned on a GPU) are copied without making the host wait for the kernels queued before them
     accelerator = Accelerator(
         cpu=device == "cpu",
         mixed_precision=mixed_precision,
-        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        dataloader_config=DataLoaderConfiguration(split_batches=True, non_blocking=True),
     )
     warn_about_wasted_precision(accelerator.device, mixed_precision)
     return accelerator

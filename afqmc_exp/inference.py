@@ -19,6 +19,19 @@ from .metrics import classification_metrics
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 
 
+def model_inputs(batch: dict, model) -> dict:
+    """What the model is called with. Under SDPA attention the padding mask goes in ready-made, as a
+    (batch, 1, 1, width) boolean mask: given the usual 2-D mask, transformers asks the host whether any
+    position is padded (``mask.all()``), which makes the CPU wait for the GPU once per forward pass and so
+    keeps it from queueing the next kernels. A 4-D mask is used as it is; the attention and the logits are
+    the same (tested), and a training step then makes no host sync at all (tested)."""
+    inputs = {k: batch[k] for k in MODEL_INPUTS}
+    config = getattr(getattr(model, "module", model), "config", None)  # DDP wraps the model
+    if getattr(config, "_attn_implementation", None) == "sdpa":
+        inputs["attention_mask"] = inputs["attention_mask"][:, None, None, :].bool()
+    return inputs
+
+
 def predict(model: torch.nn.Module, loader, accelerator, bf16: bool = False) -> tuple[np.ndarray, float]:
     """Probabilities of label 1 for every pair of ``loader``'s split, in file order, and the mean loss
     (NaN when the split is unlabelled), computed under bf16 autocast if ``bf16``. Gathers across processes."""
@@ -26,16 +39,16 @@ def predict(model: torch.nn.Module, loader, accelerator, bf16: bool = False) -> 
     indices, probs, losses = [], [], []
     with torch.inference_mode(), torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=bf16):
         for batch in loader:
-            logits = model(**{k: batch[k] for k in MODEL_INPUTS}).logits.float()
+            logits = model(**model_inputs(batch, model)).logits.float()
             if "labels" in batch:
                 losses.append(torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none"))
             gathered = accelerator.gather_for_metrics((batch["index"], logits.softmax(-1)[:, 1]))
-            indices.append(gathered[0].cpu())
-            probs.append(gathered[1].cpu())
+            indices.append(gathered[0])  # kept on the device: copying each batch out would wait for it
+            probs.append(gathered[1])
     model.train()
-    order = torch.cat(indices).numpy()
+    order = torch.cat(indices).cpu().numpy()
     prob_same = np.empty(len(order), dtype=np.float64)
-    prob_same[order] = torch.cat(probs).double().numpy()
+    prob_same[order] = torch.cat(probs).double().cpu().numpy()
     if losses:
         loss = accelerator.gather_for_metrics(torch.cat(losses)).double().mean().item()
     else:

@@ -75,8 +75,10 @@ def _backward_keeping_own_grad(weight, loss: torch.Tensor, backward: Backward) -
 
 
 def _step_along(grad: torch.Tensor, size: float) -> torch.Tensor:
+    """A step of length ``size`` along ``grad``; none if the gradient is zero or not finite. Decided on the
+    device (``torch.where``), so a GPU step makes no host sync."""
     norm = grad.norm()
-    return size * grad / norm if norm > 0 and torch.isfinite(norm) else torch.zeros_like(grad)
+    return torch.where((norm > 0) & torch.isfinite(norm), grad * (size / norm), 0.0)
 
 
 @dataclass
@@ -123,8 +125,7 @@ class PGD:
         return loss.detach()
 
     def _project(self, delta: torch.Tensor) -> torch.Tensor:
-        norm = delta.norm()
-        return delta * (self.epsilon / norm) if norm > self.epsilon else delta
+        return delta * (self.epsilon / delta.norm()).clamp(max=1.0)  # into the ball, without a host sync
 
 
 @dataclass

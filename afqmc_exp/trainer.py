@@ -57,9 +57,9 @@ from .checkpoint import (
 from .data import AfqmcData, EncodedPairs
 from .ema import WeightAverage
 from .hardware import eval_in_bf16, seconds_since_process_start
-from .inference import MODEL_INPUTS, evaluate
+from .inference import evaluate, model_inputs
 from .metrics import GREATER_IS_BETTER, Metric
-from .model import Pretrained
+from .model import Pretrained, compile_in_place
 from .profiling import profiled
 from .regularizers import NoRegularizer
 from .signals import GracefulStop
@@ -93,7 +93,8 @@ class TrainerConfig:
     checkpoint_every: int | None = None  # or every N optimizer steps; either way also at each epoch's end
     checkpoint_in_background: bool | Literal["auto"] = "auto"  # copy to host memory, write in a thread; auto: on GPUs
     keep_last_checkpoint: bool = False  # keep last_checkpoint/ after a run finishes (weights + 2x optimizer state)
-    compile: Literal["no", "default", "reduce-overhead", "max-autotune"] = "no"  # torch.compile mode (see _setup_model)
+    compile: Literal["no", "default", "reduce-overhead", "max-autotune"] = "no"  # torch.compile mode (see model)
+    compile_scope: Literal["layers", "model"] = "layers"  # the repeated encoder layers, or the whole model
     profile_steps: int = 0  # profile this many optimizer steps (after 2 of warm-up) into <output>/profile/
     profile_skip: int = 0  # optimizer steps before the profiler starts (to see a warm loop, not the first shapes)
     progress_bar: bool = True
@@ -258,12 +259,8 @@ class Trainer:
 
     def _setup_model(self) -> None:
         model = self.pretrained.model
-        if self.config.compile != "no":
-            # One compiled graph per batch shape (dynamic=False: "reduce-overhead" then replays each as a CUDA
-            # graph, one launch instead of hundreds); data.pad_to_multiple_of keeps the shapes few. In place,
-            # so saved weights keep their names. The first steps of each shape pay the compile time.
-            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-            model.compile(mode=None if self.config.compile == "default" else self.config.compile, dynamic=False)
+        if self.config.compile != "no":  # the first step pays the compile time (see model.compile_in_place)
+            compile_in_place(model, self.config.compile, self.config.compile_scope)
         optimizer = self.make_optimizer(model.to(self.accelerator.device))
         self.model, self.optimizer, self.dev_loader = self.accelerator.prepare(model, optimizer, self.dev_loader)
         self.ema = WeightAverage(self.model, self.config.ema_decay) if self.config.ema_decay else None
@@ -332,7 +329,7 @@ class Trainer:
             accelerator.backward(summed * scale)
 
         with contextlib.nullcontext() if steps_now else accelerator.no_sync(model):
-            inputs = {k: batch[k] for k in MODEL_INPUTS}
+            inputs = model_inputs(batch, model)
             loss_sum = self.regularizer(model, inputs, batch["labels"], backward, lambda: accelerator.no_sync(model))
         if steps_now:
             self._optimizer_step()

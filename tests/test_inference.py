@@ -1,9 +1,12 @@
-"""Scoring: bf16 evaluation really runs in bf16 and stays close to fp32."""
+"""Scoring: bf16 evaluation really runs in bf16 and stays close to fp32; the model's inputs."""
 
+import pytest
 import torch
 
 from afqmc_exp.hardware import build_accelerator
-from afqmc_exp.inference import predict
+from afqmc_exp.inference import model_inputs, predict
+from afqmc_exp.model import enable_cls_only_last_layer
+from helpers import tiny_bert_config
 
 
 def test_bf16_evaluation_really_runs_in_bf16_and_stays_close(fresh_accelerate_state):
@@ -32,3 +35,41 @@ def test_bf16_evaluation_really_runs_in_bf16_and_stays_close(fresh_accelerate_st
     fast, _ = predict(model, loader, accelerator, bf16=True)
     assert not (exact == fast).all() and abs(exact - fast).max() < 0.02  # bf16 really ran, and stayed close
     assert ((exact >= 0.5) == (fast >= 0.5)).all()
+
+
+@pytest.mark.parametrize("cls_only", [False, True])
+def test_the_ready_made_attention_mask_gives_the_same_logits_and_gradients(cls_only):
+    """model_inputs hands SDPA a 4-D mask (no host sync in transformers' mask building): the same
+    attention as the 2-D mask, padding masked, for the full and the [CLS]-only last layer."""
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    models = [BertForSequenceClassification(tiny_bert_config(60, dropout=0.0)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    if cls_only:
+        for model in models:
+            enable_cls_only_last_layer(model)
+    assert models[0].config._attn_implementation == "sdpa"
+    ids = torch.randint(5, 60, (4, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:], mask[3, 3:] = 0, 0
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    ready = model_inputs(batch, models[1])
+    assert ready["attention_mask"].shape == (4, 1, 1, 9) and ready["attention_mask"].dtype == torch.bool
+    logits = [model(**inputs).logits for model, inputs in zip(models, (batch, ready), strict=True)]
+    torch.testing.assert_close(logits[1], logits[0])
+    for out in logits:
+        out.sum().backward()
+    for (name, a), (_, b) in zip(models[0].named_parameters(), models[1].named_parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, msg=name)
+    shorter = {k: v[3:4, :3] for k, v in batch.items()}  # padding changes nothing
+    torch.testing.assert_close(models[1](**model_inputs(shorter, models[1])).logits, logits[1][3:4])
+
+
+def test_other_attention_implementations_get_the_usual_mask():
+    from transformers import BertForSequenceClassification
+
+    model = BertForSequenceClassification(tiny_bert_config(60, attn_implementation="eager"))
+    batch = {"input_ids": torch.ones(2, 3, dtype=torch.long), "attention_mask": torch.ones(2, 3, dtype=torch.long),
+             "token_type_ids": torch.zeros(2, 3, dtype=torch.long)}  # fmt: skip
+    assert model_inputs(batch, model)["attention_mask"].shape == (2, 3)

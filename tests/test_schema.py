@@ -37,6 +37,8 @@ CHOICES = [
     ("scheduler.name", "step", "linear, cosine, constant"),
     ("optim.implementation", "apex", "auto, fused, foreach, loop"),
     ("model.architecture", "roberta", "auto, bert"),
+    ("trainer.compile", "yes", "no, default, reduce-overhead, max-autotune"),
+    ("trainer.compile_scope", "encoder", "layers, model"),
 ]
 
 

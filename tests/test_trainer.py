@@ -13,7 +13,7 @@ from afqmc_exp.data import AfqmcData, LengthGroupedBatchSampler, encode_pairs
 from afqmc_exp.hardware import build_accelerator
 from afqmc_exp.optim import adamw, schedule
 from afqmc_exp.trainer import NonFiniteLossError, Trainer, TrainerConfig, TrainingWindow, optimizer_steps
-from helpers import tiny_pairs, tiny_pretrained
+from helpers import REPO, HostSyncs, tiny_pairs, tiny_pretrained
 
 
 def test_optimizer_steps_group_batches_within_an_epoch():
@@ -224,23 +224,59 @@ def test_profiling_a_few_steps_leaves_a_trace_an_operator_table_and_a_summary(tm
 
 
 @pytest.mark.slow  # compiling takes a minute on a CPU
-def test_a_compiled_model_trains_like_the_eager_one(tmp_path):
+@pytest.mark.parametrize("scope", ["layers", "model"])
+def test_a_compiled_model_trains_like_the_eager_one_with_one_compilation_for_every_width(tmp_path, scope):
     """trainer.compile: the same losses and weights as eager over a few steps, up to rounding (dropout off:
-    compiled code draws its own random masks). Widths padded to 32: one shape to compile."""
+    compiled code draws its own random masks), in place (parameter names unchanged). Batches of many
+    widths (no padding to a multiple), yet each compiled module is compiled once for training."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
     runs = {}
     for mode in ("no", "default"):
-        trainer, logged = make_trainer(
-            tmp_path / mode, n_train=36, dropout=0.0, pad_to_multiple_of=32, max_steps=4, log_every=1, compile=mode
-        )
+        trainer, logged = make_trainer(tmp_path / mode, dropout=0.0, max_steps=6, log_every=1, compile=mode,
+                                       compile_scope=scope)  # fmt: skip
         trainer.fit()
         runs[mode] = (trainer, logged.values("train/loss"))
-    assert runs["default"][0].pretrained.model._compiled_call_impl is not None  # it really ran compiled
-    assert [step for step, _ in runs["default"][1]] == [1, 2, 3, 4]
-    for (_, eager), (_, compiled) in zip(runs["no"][1], runs["default"][1], strict=True):
-        assert compiled == pytest.approx(eager, rel=1e-4)
+    model = runs["default"][0].pretrained.model
+    layers = list(model.bert.encoder.layer)
+    compiled = [m for m in [model, *layers] if m._compiled_call_impl is not None]
+    assert compiled == (layers if scope == "layers" else [model])
+    widths = {len(batch["input_ids"][0]) for batch in runs["default"][0].train_loader}
+    assert len(widths) > 3  # the batches really came in several widths...
+    assert counters["stats"]["unique_graphs"] <= 2  # ...and were compiled once (training), plus evaluation
+    assert [step for step, _ in runs["default"][1]] == [1, 2, 3, 4, 5, 6]
+    for (_, eager), (_, compiled_loss) in zip(runs["no"][1], runs["default"][1], strict=True):
+        assert compiled_loss == pytest.approx(eager, rel=1e-4)
     eager_weights = runs["no"][0].pretrained.model.state_dict()
-    for name, value in runs["default"][0].pretrained.model.state_dict().items():  # names unchanged: compiled in place
+    for name, value in model.state_dict().items():
         torch.testing.assert_close(value, eager_weights[name], atol=1e-4, rtol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("regularizer", ["none", "fgm", "pgd", "rdrop"])
+def test_a_training_step_makes_no_host_sync(tmp_path, regularizer):
+    """On a GPU, every read of a tensor's value on the host waits for all queued kernels; between two logged
+    steps the loop, the model's forward (see inference.model_inputs), the regularizers, clipping, the
+    optimizer and the weight average read none, so the CPU can queue ahead of the GPU."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    trainer, _ = make_trainer(
+        tmp_path, max_steps=4, log_every=100, checkpoint_minutes=None, eval_every=100, ema_decay=0.9
+    )
+    trainer.regularizer = instantiate(OmegaConf.load(REPO / "conf" / "regularizer" / f"{regularizer}.yaml"))
+    steps, train_batch = [], trainer._train_batch
+
+    def watched(batch):
+        with HostSyncs() as syncs:
+            took_step = train_batch(batch)
+        steps.append(syncs.calls)
+        return took_step
+
+    trainer._train_batch = watched
+    trainer.fit()
+    assert len(steps) == 4 and steps == [[]] * 4, steps
 
 
 def test_a_best_model_left_between_two_renames_is_put_back_when_the_run_goes_on(tmp_path):

@@ -187,3 +187,34 @@ def broken_model(folder: Path) -> Path:
     shutil.copytree(packaged_minilm_path(), folder)
     (folder / "model.safetensors").write_bytes(b"not a safetensors file")
     return folder
+
+
+class HostSyncs:
+    """Counts the operations that make the host read a tensor's value (``.item()``, ``bool(t)``, ``nonzero``):
+    on a GPU each one makes the CPU wait for every queued kernel. Seen on CPU through a dispatch mode, so a
+    test can assert that a code path has none. Use: ``with HostSyncs() as syncs: ...; syncs.calls``."""
+
+    NAMES = ("aten._local_scalar_dense", "aten.is_nonzero", "aten.item", "aten.nonzero")
+
+    def __enter__(self):
+        import traceback
+
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        calls = self.calls = []
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if str(func).rsplit(".", 1)[0] in HostSyncs.NAMES:
+                    calls.append(
+                        f"{func} at "
+                        + " <- ".join(f"{f.filename}:{f.lineno}" for f in traceback.extract_stack()[-6:-1])
+                    )
+                return func(*args, **(kwargs or {}))
+
+        self._mode = Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._mode.__exit__(*exc)
