@@ -30,7 +30,8 @@ from .model import Pretrained, load_pair_classifier, prepare_for_device
 from .plots import save_dev_plots
 from .pruning import is_pruned
 from .system_metrics import SystemMetrics
-from .tracking import MlflowTracking, Run
+from .tracked_run import Run
+from .tracking import MlflowTracking
 from .trainer import FitResult, Trainer, TrainerConfig
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ the next process that opens the run folder (``resume``, which for a finished run
 
 ``.tracking/sent`` counts the records already delivered. A record can be delivered twice only if the
 process dies between delivering it and counting it; metrics are then filtered against what the store
-holds (see ``tracking.Run``), and params, tags and artifacts are idempotent.
+holds (see ``tracked_run.Run``), and params, tags and artifacts are idempotent.
 """
 
 from __future__ import annotations

@@ -10,12 +10,7 @@
   checks a store before anything runs (a misspelt scheme, a folder that cannot be written, a damaged
   SQLite file), so a bad one costs one line.
 * Training never waits for the store: the run is created synchronously (it needs an id), and every later
-  write goes through an :class:`~afqmc_exp.outbox.Outbox` in the run folder, delivered by a background
-  thread and kept on disk while the store does not answer. Metrics are buffered and written in batches
-  (``log_batch``, at most 1000 per call, as the API allows) at every evaluation, before every
-  checkpoint, when the buffer fills and at the end. A reopened (resumed) run drops values for steps it
-  has already logged: the trainer recomputes exactly those steps after a kill that fell between a
-  flush and its checkpoint, so every step is logged once.
+  write goes through the run's outbox (see ``tracked_run``).
 * Secrets: params come from ``flatten`` (secret-looking keys and passwords inside URIs masked); config
   files are uploaded as masked copies (``log_masked_artifacts``); see ``masking``.
 * The client API (not the fluent ``mlflow.start_run``) is used so that several runs in one process
@@ -25,20 +20,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sqlite3
 import subprocess
-import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .masking import MASK, SECRET_KEY, Masker, mask_uri
-from .outbox import Outbox, first_line
+from .outbox import first_line
+from .tracked_run import Run
 
 log = logging.getLogger(__name__)
 
@@ -269,266 +262,3 @@ class _store_lock:
     def __exit__(self, *exc):
         if self.path:
             self.lock.release()
-
-
-class Run:
-    """An open MLflow run (or a no-op stand-in when tracking is disabled or on non-main processes).
-
-    Writes are queued in the outbox in ``folder`` (see the module docstring); ``client`` is for reads."""
-
-    def __init__(
-        self,
-        client,
-        run_id: str | None,
-        folder: Path | None = None,
-        flush_every: int = 1000,
-        masker: Masker | None = None,
-        drain_seconds: float = 60.0,
-    ):
-        self.client, self.run_id, self.flush_every = client, run_id, flush_every
-        self.folder, self.masker, self.drain_seconds = folder, masker or Masker(), drain_seconds
-        self.logged_through: dict[str, int] = {}  # key -> last step already logged (a resumed run)
-        self._metrics: list = []
-        self._buffer_lock = threading.Lock()  # the system-metrics sampler logs from its own thread
-        self.tags: dict[str, str] = {}  # every tag this run has set, the last value of each
-        self.outbox = Outbox(folder, self._deliver) if client is not None else None
-        self._store_through: dict[str, int] | None = None  # filled when replaying a backlog (see _deliver)
-
-    @property
-    def active(self) -> bool:
-        return self.client is not None
-
-    # ------------------------------------------------------------------------------------ queued writes
-    def log_params(self, params: Mapping[str, str]) -> None:
-        if self.active:
-            self.outbox.put({"op": "params", "params": dict(params)})
-
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        if self.active:
-            tags = {k: str(v)[:5000] for k, v in tags.items()}
-            self.tags.update(tags)
-            self.outbox.put({"op": "tags", "tags": tags})
-
-    def log_metrics(self, metrics: Mapping[str, float | None], step: int) -> None:
-        """Buffer metric values (None values are skipped); written in batches, see module docstring."""
-        if not self.active:
-            return
-        now = int(time.time() * 1000)
-        values = [[k, float(v), now, step] for k, v in metrics.items()
-                  if v is not None and step > self.logged_through.get(k, -1)]  # fmt: skip
-        with self._buffer_lock:
-            self._metrics += values
-            full = len(self._metrics) >= self.flush_every
-        if full:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.active:
-            return
-        with self._buffer_lock:
-            pending, self._metrics = self._metrics, []
-        if pending:
-            self.outbox.put({"op": "metrics", "metrics": pending})
-
-    def log_artifacts(self, local_dir: str | os.PathLike, artifact_path: str | None = None) -> None:
-        if self.active and Path(local_dir).exists():
-            self.outbox.put({"op": "artifacts", "path": str(local_dir), "artifact_path": artifact_path})
-
-    def log_datasets(self, datasets: list[dict]) -> None:
-        """Data files as dataset inputs (``{"name", "path", "digest", "rows", "context"}``): the runs table's
-        Dataset column names them, and the digest tells apart two runs on different data."""
-        if self.active:
-            self.outbox.put({"op": "inputs", "datasets": datasets})
-
-    def log_table(self, jsonl: Path, artifact_file: str) -> None:
-        """A JSON-lines file as an MLflow table: sortable and filterable in the UI."""
-        if self.active and Path(jsonl).exists():
-            self.outbox.put({"op": "table", "path": str(jsonl), "artifact_file": artifact_file})
-
-    def log_artifact(self, local_file: str | os.PathLike, artifact_path: str | None = None) -> None:
-        if self.active and Path(local_file).exists():
-            self.outbox.put({"op": "artifact", "path": str(local_file), "artifact_path": artifact_path})
-
-    def log_masked_artifacts(self, local_dir: Path, artifact_path: str) -> None:
-        """Text files (config) with the run's secrets masked: copies staged in the outbox folder are uploaded."""
-        if not (self.active and Path(local_dir).exists()):
-            return
-        staged = self.outbox.folder / "masked" / artifact_path
-        staged.mkdir(parents=True, exist_ok=True)
-        for item in Path(local_dir).iterdir():
-            if item.is_file():
-                (staged / item.name).write_text(self.masker(item.read_text(encoding="utf-8")), encoding="utf-8")
-        self.log_artifacts(staged, artifact_path)
-
-    def log_masked_file(self, path: Path, artifact_path: str | None = None) -> None:
-        """One text file with the run's secrets masked (a staged copy is uploaded)."""
-        if not (self.active and Path(path).exists()):
-            return
-        staged = self.outbox.folder / "masked" / Path(path).name
-        staged.parent.mkdir(parents=True, exist_ok=True)
-        staged.write_text(self.masker(Path(path).read_text(encoding="utf-8")), encoding="utf-8")
-        self.log_artifact(staged, artifact_path)
-
-    def register(self, name: str, artifact_path: str) -> None:
-        """A new version of registered model ``name`` whose source is this run's ``artifact_path``;
-        ``models:/NAME/VERSION`` then downloads that folder (predict.py and evaluate.py take it)."""
-        if self.active:
-            self.outbox.put({"op": "register", "name": name, "artifact_path": artifact_path})
-
-    def log_transformers_model(self, folder: str | os.PathLike, register_as: str | None = None) -> None:
-        """The saved classifier as an ``mlflow.transformers`` text-classification model (see ``_log_flavour``)."""
-        if self.active:
-            self.outbox.put({"op": "transformers_model", "folder": str(folder), "register_as": register_as})
-
-    def end(self, status: str = "FINISHED") -> None:
-        """Flush what is buffered, close the run as FINISHED, FAILED or KILLED, and wait (a bounded time) for
-        the outbox to be delivered."""
-        if not self.active:
-            return
-        self.flush()
-        self.outbox.put({"op": "end", "status": status})
-        self.outbox.close()
-        if self.outbox.drain(self.drain_seconds):
-            self._log_link()
-        else:
-            log.warning(
-                "tracking is behind: %d record(s) for MLflow run %s wait in %s; they are sent when the store "
-                "answers: python train.py resume=%s",
-                self.outbox.pending,
-                self.run_id,
-                self.outbox.journal,
-                self.folder,
-            )
-
-    def _log_link(self) -> None:
-        """Where to see the run, for a server store (credentials masked)."""
-        uri = self.client.tracking_uri
-        if uri.startswith(("http://", "https://")):
-            with contextlib.suppress(Exception):
-                experiment_id = self.client.get_run(self.run_id).info.experiment_id
-                log.info(
-                    "MLflow run: %s/#/experiments/%s/runs/%s", mask_uri(uri.rstrip("/")), experiment_id, self.run_id
-                )
-
-    # ------------------------------------------------------------------------------------ reads
-    def journal_steps(self) -> dict[str, int]:
-        """Per metric, the last step this run's journal holds (everything it ever logged)."""
-        through: dict[str, int] = {}
-        for record in self.outbox.records:
-            for key, _, _, step in record.get("metrics", []):
-                through[key] = max(step, through.get(key, -1))
-        return through
-
-    def journal_tags(self) -> dict[str, str]:
-        """The tags this run's journal set, the last value of each."""
-        tags: dict[str, str] = {}
-        for record in self.outbox.records:
-            tags.update(record.get("tags", {}))
-        return tags
-
-    def store_steps(self) -> dict[str, int]:
-        """Per metric, the last step the store holds (for runs logged before the journal existed)."""
-        try:
-            keys = self.client.get_run(self.run_id).data.metrics
-            return {key: max(m.step for m in self.client.get_metric_history(self.run_id, key)) for key in keys}
-        except Exception as error:  # noqa: BLE001
-            log.warning("could not read the logged steps of run %s (%s)", self.run_id, first_line(error))
-            return {}
-
-    # ------------------------------------------------------------------------------------ delivery (outbox thread)
-    def _deliver(self, record: dict, replayed: bool = False) -> None:
-        from mlflow.entities import Metric, Param, RunTag
-
-        op, client, run_id = record["op"], self.client, self.run_id
-        if op == "metrics":
-            values = record["metrics"]
-            if replayed:  # possibly delivered already by a process that died before counting it
-                self._store_through = self._store_through if self._store_through is not None else self.store_steps()
-                values = [v for v in values if v[3] > self._store_through.get(v[0], -1)]
-            for start in range(0, len(values), 1000):
-                client.log_batch(run_id, metrics=[Metric(*v) for v in values[start : start + 1000]], synchronous=True)
-        elif op in ("params", "tags"):
-            kind, items = (Param, record["params"]) if op == "params" else (RunTag, record["tags"])
-            entries = [kind(k, v) for k, v in items.items()]
-            for start in range(0, len(entries), 100):
-                client.log_batch(run_id, **{op: entries[start : start + 100]}, synchronous=True)
-        elif op in ("artifact", "artifacts") and Path(record["path"]).exists():
-            upload = client.log_artifact if op == "artifact" else client.log_artifacts
-            upload(run_id, record["path"], record["artifact_path"])
-        elif op == "inputs":
-            _log_inputs(client, run_id, record["datasets"])
-        elif op == "table" and Path(record["path"]).exists():
-            import pandas as pd
-
-            client.log_table(
-                run_id, data=pd.read_json(record["path"], lines=True), artifact_file=record["artifact_file"]
-            )
-        elif op == "register":
-            self._register(record["name"], record["artifact_path"])
-        elif op == "transformers_model":
-            _log_flavour(client.tracking_uri, run_id, record["folder"], record["register_as"])
-        elif op == "status":
-            client.update_run(run_id, status=record["status"])
-        elif op == "end":
-            client.set_terminated(run_id, status=record["status"])
-
-    def _register(self, name: str, artifact_path: str) -> None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            self.client.create_registered_model(name)
-        except MlflowException:  # it exists already
-            pass
-        source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{artifact_path}"
-        version = self.client.create_model_version(name, source=source, run_id=self.run_id)
-        self.client.set_tag(self.run_id, "registered_model_version", f"{name}/{version.version}")
-        log.info("registered %s as models:/%s/%s", artifact_path, name, version.version)
-
-
-def _log_inputs(client, run_id: str, datasets: list[dict]) -> None:
-    import json
-
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-
-    client.log_inputs(run_id, datasets=[
-        DatasetInput(
-            Dataset(name=d["name"], digest=d["digest"], source_type="local", source=json.dumps({"uri": d["path"]}),
-                    profile=json.dumps({"num_rows": d["rows"]})),
-            tags=[InputTag("mlflow.data.context", d["context"])],
-        ) for d in datasets
-    ])  # fmt: skip
-
-
-def _log_flavour(tracking_uri: str, run_id: str, folder: str, register_as: str | None) -> None:
-    """The classifier as an ``mlflow.transformers`` text-classification model, usable without this project:
-    ``mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"text": [...], "text_pair": [...]}))``.
-    Requirements are explicit: the flavour's inferred ones pull in torchvision, which need not exist."""
-    import accelerate
-    import mlflow
-    import pandas as pd
-    import torch
-    import transformers
-    from mlflow.models import infer_signature
-
-    pipe = transformers.pipeline("text-classification", model=folder, tokenizer=folder)
-    example = pd.DataFrame({"text": ["花呗怎么还款"], "text_pair": ["花呗如何还钱"]})
-    signature = infer_signature(example, pd.DataFrame({"label": ["same"], "score": [0.9]}))
-    requirements = [
-        f"mlflow=={mlflow.__version__}",
-        f"transformers=={transformers.__version__}",
-        f"torch=={torch.__version__.split('+')[0]}",
-        f"accelerate=={accelerate.__version__}",
-    ]
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri  # the fluent API's store, put back after
-
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    with _use_tracking_uri(tracking_uri):  # registering a logged model looks it up through the fluent API too
-        with mlflow.start_run(run_id=run_id):  # the flavour logs into the active run
-            info = mlflow.transformers.log_model(pipe, name="model", task="text-classification", signature=signature,
-                                                 input_example=example, pip_requirements=requirements)  # fmt: skip
-        if register_as:
-            with contextlib.suppress(mlflow.exceptions.MlflowException):  # it exists already
-                client.create_registered_model(register_as)
-            version = client.create_model_version(register_as, info.model_uri, run_id=run_id, model_id=info.model_id)
-            client.set_tag(run_id, "registered_model_version", f"{register_as}/{version.version}")
-    client.update_run(run_id, status="RUNNING")  # leaving the fluent run ended it; the "end" record closes it
