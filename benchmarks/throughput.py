@@ -493,7 +493,9 @@ def print_table(batch_size: int, figures: dict) -> None:
 def trial(args, kind: str, store: str, batch_size: int, busy: bool = False) -> dict:
     """One measured trial of ``kind`` in its own process."""
     forwarded = {
-        k: v for k, v in vars(args).items() if k not in ("trial", "store", "pairs", "variant", "batch_sizes", "hf")
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("trial", "store", "pairs", "variant", "batch_sizes", "hf", "gpu_busy")
     }
     forwarded.update(batch_size=batch_size, busy=busy)
     cmd = [sys.executable, __file__, "--trial", kind, "--store", store]
@@ -533,6 +535,9 @@ def parse_args():
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--pairs", type=int, default=3, help="rounds of alternated trials")
     parser.add_argument("--hf", action=argparse.BooleanOptionalAction, help="the HF Trainer arm (default: on cuda)")
+    parser.add_argument(
+        "--gpu-busy", action=argparse.BooleanOptionalAction, help="measure GPU busy per arm (default: on cuda)"
+    )
     parser.add_argument("--busy-steps", type=int, default=10, help="profiled steps per arm for GPU busy (cuda)")
     parser.add_argument("--busy-skip", type=int, default=50, help="warm steps before those")
     parser.add_argument(
@@ -552,6 +557,7 @@ def parse_args():
     args.steps = args.steps or (300 if cuda else 40)
     args.batch_sizes = [int(b) for b in (args.batch_sizes or ("16,64" if cuda else "16")).split(",")]
     args.hf = cuda if args.hf is None else args.hf
+    args.gpu_busy = cuda if args.gpu_busy is None else args.gpu_busy and cuda
     return args
 
 
@@ -591,7 +597,7 @@ def main() -> None:
                     )
             busy = (
                 {kind: trial(args, kind, store, batch_size, busy=True)["gpu_busy"] for kind in kinds}
-                if args.device == "cuda"
+                if args.gpu_busy
                 else {}
             )
             results[batch_size] = (trials, busy)
