@@ -18,10 +18,10 @@ kernels (and an attention call the fused kernels take less well) cost more than 
 
 ``compile_in_place`` (``trainer.compile``) compiles the *repeated blocks* (BERT's 12 encoder layers) rather
 than the whole model by default: the layers share one code object, so one compilation serves all 12, and
-with dynamic shapes it serves every batch width too. On the 2-core CPU, compiling MiniLM's forward and
-backward took 16 s once this way, against 27 s for the first width and ~20 s for each new width with the
-whole model compiled for static shapes (``benchmarks`` has the figures; the GPU's are not measured yet).
-With ``reduce-overhead`` each block then replays as a CUDA graph, one per distinct shape (the padding in
+with dynamic shapes it serves every batch width too (static shapes would compile again for each new
+width). ``compile_scope=model`` compiles the whole model as one larger graph, which takes longer (the
+README's performance section has the compile times). With
+``reduce-overhead`` each block then replays as a CUDA graph, one per distinct shape (the padding in
 ``data`` keeps those few), which is what a launch-bound GPU step needs.
 
 ``architecture="bert"`` forces the BERT classes. ``hfl/chinese-roberta-wwm-ext`` needs it: it is a BERT
