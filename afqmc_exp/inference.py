@@ -20,15 +20,17 @@ MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 
 
 def model_inputs(batch: dict, model) -> dict:
-    """What the model is called with. Under SDPA attention the padding mask goes in ready-made, as a
-    (batch, 1, 1, width) boolean mask: given the usual 2-D mask, transformers asks the host whether any
-    position is padded (``mask.all()``), which makes the CPU wait for the GPU once per forward pass and so
-    keeps it from queueing the next kernels. A 4-D mask is used as it is; the attention and the logits are
-    the same (tested), and a training step then makes no host sync at all (tested)."""
+    """What the model is called with. Under SDPA attention the padding mask goes in ready-made: given the
+    usual 2-D mask, transformers first asks the host whether any position is padded (``mask.all()``), which
+    makes the CPU wait for the GPU once per forward pass and so keeps it from queueing the next kernels. A
+    4-D mask is used as it is; this one is the (batch, 1, width, width) boolean mask transformers builds for
+    a padded batch, so the attention kernels and the logits are the same (tested), and a training step
+    makes no host sync at all (tested)."""
     inputs = {k: batch[k] for k in MODEL_INPUTS}
     config = getattr(getattr(model, "module", model), "config", None)  # DDP wraps the model
     if getattr(config, "_attn_implementation", None) == "sdpa":
-        inputs["attention_mask"] = inputs["attention_mask"][:, None, None, :].bool()
+        mask, width = inputs["attention_mask"].bool(), inputs["attention_mask"].shape[-1]
+        inputs["attention_mask"] = mask[:, None, None, :].expand(-1, 1, width, width).contiguous()
     return inputs
 
 

@@ -42,6 +42,7 @@ def test_the_ready_made_attention_mask_gives_the_same_logits_and_gradients(cls_o
     """model_inputs hands SDPA a 4-D mask (no host sync in transformers' mask building): the same
     attention as the 2-D mask, padding masked, for the full and the [CLS]-only last layer."""
     from transformers import BertForSequenceClassification
+    from transformers.masking_utils import create_bidirectional_mask
 
     torch.manual_seed(0)
     models = [BertForSequenceClassification(tiny_bert_config(60, dropout=0.0)) for _ in range(2)]
@@ -55,7 +56,10 @@ def test_the_ready_made_attention_mask_gives_the_same_logits_and_gradients(cls_o
     mask[1, 6:], mask[3, 3:] = 0, 0
     batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
     ready = model_inputs(batch, models[1])
-    assert ready["attention_mask"].shape == (4, 1, 1, 9) and ready["attention_mask"].dtype == torch.bool
+    built = create_bidirectional_mask(  # what transformers itself builds from the 2-D mask
+        config=models[0].config, inputs_embeds=torch.zeros(4, 9, 32), attention_mask=mask
+    )
+    assert torch.equal(ready["attention_mask"], built) and ready["attention_mask"].is_contiguous()
     logits = [model(**inputs).logits for model, inputs in zip(models, (batch, ready), strict=True)]
     torch.testing.assert_close(logits[1], logits[0])
     for out in logits:
