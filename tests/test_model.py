@@ -68,3 +68,13 @@ def test_the_cls_only_layer_is_applied_where_it_pays_unless_told(tmp_path, setti
     pretrained.cls_only_last_layer = setting
     prepare_for_device(pretrained, device)
     assert ("forward" in vars(pretrained.model.bert.encoder.layer[-1])) is applied  # patched on the instance
+
+
+def test_the_repeated_blocks_are_the_encoder_layers():
+    """What compile_scope=layers compiles (once for all of them); a model without repeated blocks has none,
+    and compile_in_place then compiles the whole model."""
+    from afqmc_exp.model import repeated_blocks
+
+    model, _ = pair()
+    assert repeated_blocks(model) == list(model.bert.encoder.layer)
+    assert repeated_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())) == []
