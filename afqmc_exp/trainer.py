@@ -324,6 +324,8 @@ class Trainer:
         step_pairs, steps_now = self.plan[self.state.batch_in_epoch]
         batch = {k: v.to(accelerator.device, non_blocking=self.pin) for k, v in batch.items()}
         scale = accelerator.num_processes / step_pairs  # DDP averages over processes: the mean over the step's pairs
+        if self.config.compile == "reduce-overhead":  # a new iteration: CUDA graphs may reuse the last one's memory
+            torch.compiler.cudagraph_mark_step_begin()
 
         def backward(summed: torch.Tensor) -> None:
             accelerator.backward(summed * scale)
