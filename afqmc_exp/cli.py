@@ -201,11 +201,13 @@ def _train(cfg: DictConfig, hydra_cfg, output_dir: Path, resume, in_sweep: bool,
     if not tracking.run_name:
         tracking.run_name = run_name or default_run_name(cfg, hydra_cfg.runtime.choices.get("model"))
     optuna = OmegaConf.to_container(cfg.optuna) if cfg.get("optuna") else None  # a trial of a search (pruning)
+    # tags only feed the MLflow run: without one, MLflow is never imported (it takes a while to import)
+    tags = {**run_tags(hydra_cfg, output_dir, masker, in_sweep), **extra_tags} if tracking.enabled else {}
     return run(
         data=instantiate(cfg.data), load_model=instantiate(cfg.model), make_optimizer=instantiate(cfg.optim),
         make_scheduler=instantiate(cfg.scheduler), trainer=instantiate(cfg.trainer), tracking=tracking,
         seed=cfg.seed, output_dir=output_dir, params=flatten(OmegaConf.to_container(cfg, resolve=True)),
-        tags={**run_tags(hydra_cfg, output_dir, masker, in_sweep), **extra_tags}, resume=bool(resume),
+        tags=tags, resume=bool(resume),
         parent_run_id=parent_run_id(hydra_cfg.sweep.dir) if in_sweep else None, masker=masker,
         regularizer=instantiate(cfg.regularizer),
         on_evaluate=trial_reporter(optuna, cfg.trainer.metric) if optuna else None,

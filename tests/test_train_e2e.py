@@ -404,3 +404,18 @@ def test_early_stopping_and_gradient_accumulation(afqmc_dir, tmp_path):
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")] == [1, 2, 3]
     result = json.loads((tmp_path / "accum" / "run" / "result.json").read_text())
     assert result["steps"] == 3
+
+
+def test_without_tracking_mlflow_is_never_imported(tmp_path):
+    """tracking.enabled=false means no MLflow at all, not even its import (which costs startup time)."""
+    code = (
+        "import sys, pathlib\n"
+        f"sys.path.insert(0, {str(REPO / 'tests')!r})\n"
+        "from helpers import SHORT_RUN, train\n"
+        f"train(SHORT_RUN + ['trainer.max_steps=2', 'tracking.enabled=false'], pathlib.Path({str(tmp_path)!r}))\n"
+        "print('mlflow imported' if 'mlflow' in sys.modules else 'no mlflow')\n"
+    )
+    proc = run_command([sys.executable, "-c", code], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "no mlflow"
+    assert (tmp_path / "run" / "result.json").exists() and not (tmp_path / "mlflow.db").exists()
