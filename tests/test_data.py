@@ -4,8 +4,18 @@ import json
 from collections import Counter
 
 import pytest
+import torch
 
-from afqmc_exp.data import AfqmcData, DataError, LengthGroupedBatchSampler, PairCollator, encode_pairs, read_pairs
+from afqmc_exp.data import (
+    AfqmcData,
+    DataError,
+    EncodedPairs,
+    LengthGroupedBatchSampler,
+    PairCollator,
+    PairExample,
+    encode_pairs,
+    read_pairs,
+)
 
 GOOD = '{"sentence1": "花呗怎么还款", "sentence2": "花呗如何还钱", "label": "1"}'
 
@@ -217,6 +227,30 @@ def test_collate_pads_to_the_longest_pair_with_masks_and_labels(tmp_path):
     assert batch["token_type_ids"][0].tolist() == [0, 0, 0, 0, 1, 1, 0, 0]
     assert batch["labels"].tolist() == [1, 0]
     assert batch["index"].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("multiple", [1, 8])
+def test_batches_gathered_from_the_padded_table_are_each_pair_padded(multiple):
+    """PairCollator pads the split once and gathers rows per batch: every batch holds each pair's own ids and
+    token types, then padding (pad id, type 0, mask 0) up to the longest pair rounded up to ``multiple``."""
+    import random
+
+    random.seed(multiple)
+    ids = [[2] + [random.randint(5, 99) for _ in range(random.randint(1, 20))] + [3] for _ in range(50)]
+    types = [[0] * (len(x) // 2) + [1] * (len(x) - len(x) // 2) for x in ids]
+    examples = [PairExample("a", "b", i % 2) for i in range(50)]
+    split = EncodedPairs(examples, ids, types, torch.tensor([e.label for e in examples]))
+    collate = PairCollator(split, pad_token_id=7, pad_to_multiple_of=multiple)
+    for indices in [random.sample(range(50), 16) for _ in range(20)] + [[ids.index(max(ids, key=len))]]:
+        batch = collate(indices)
+        width = -(-max(len(ids[i]) for i in indices) // multiple) * multiple
+        assert batch["input_ids"].shape == (len(indices), width)
+        for row, i in enumerate(indices):
+            pad = width - len(ids[i])
+            assert batch["input_ids"][row].tolist() == ids[i] + [7] * pad
+            assert batch["token_type_ids"][row].tolist() == types[i] + [0] * pad
+            assert batch["attention_mask"][row].tolist() == [1] * len(ids[i]) + [0] * pad
+        assert batch["labels"].tolist() == [i % 2 for i in indices] and batch["index"].tolist() == indices
 
 
 def test_shipped_quickstart_sample_is_what_the_generator_writes(tmp_path):
