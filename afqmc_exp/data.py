@@ -295,8 +295,8 @@ class PairCollator:
     multiple of ``pad_to_multiple_of`` (the padding is masked: the model's answer does not change).
 
     The split is padded once, into one table per input; a batch is then a few whole-tensor operations
-    (gather rows, cut to the width) instead of a Python loop over its pairs. That loop cost more than the
-    kernels of a compiled GPU step for a training batch, and dominated evaluation's 256-pair batches (the
+    (gather rows, cut to the width) instead of a Python loop over its pairs, whose cost is small beside a
+    CPU step but not beside a GPU step of a few milliseconds, nor for evaluation's 256-pair batches (the
     README's performance section has the figures)."""
 
     def __init__(self, split: EncodedPairs, pad_token_id: int, pad_to_multiple_of: int = 1):
