@@ -20,9 +20,9 @@ kernels (and an attention call the fused kernels take less well) cost more than 
 than the whole model by default: the layers share one code object, so one compilation serves all 12, and
 with dynamic shapes it serves every batch width too (static shapes would compile again for each new
 width). ``compile_scope=model`` compiles the whole model as one larger graph, which takes longer (the
-README's performance section has the compile times). With
-``reduce-overhead`` each block then replays as a CUDA graph, one per distinct shape (the padding in
-``data`` keeps those few), which is what a launch-bound GPU step needs.
+README's performance section has the compile times). With ``reduce-overhead`` each block then replays as
+a CUDA graph, one per distinct shape (the padding in ``data`` keeps those few), which is what a
+launch-bound GPU step needs.
 
 ``architecture="bert"`` forces the BERT classes. ``hfl/chinese-roberta-wwm-ext`` needs it: it is a BERT
 (WordPiece vocab, BERT weights) whose config.json has no ``model_type``, so the Auto classes guess
@@ -213,9 +213,9 @@ def repeated_blocks(model) -> list:
 
 
 def compile_in_place(model, mode: str, scope: Literal["layers", "model"] = "layers") -> list:
-    """``torch.compile`` the repeated blocks (``scope="layers"``, or the whole model where it has none) or the
-    whole model, in place so that parameter names and saved weights are unchanged; the modules compiled.
-    Shapes are dynamic: one compilation for every batch width and size (see the module docstring)."""
+    """``torch.compile`` the model's repeated blocks (``scope="layers"``; the whole model if it has none) or
+    the whole model (``scope="model"``), in place, so parameter names and saved weights are unchanged; returns
+    the modules compiled. Shapes are dynamic: one compilation for every batch width (see the module docstring)."""
     import torch
 
     # each width is its own CUDA graph under reduce-overhead; data.pad_to_multiple_of bounds them (<= 16 at 128)

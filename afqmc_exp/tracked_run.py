@@ -6,7 +6,7 @@ while the store does not answer. Metrics are buffered and written in batches (``
 per call, as the API allows) at every evaluation, before every checkpoint, when the buffer fills and at
 the end. A reopened (resumed) run drops values for steps it has already logged: the trainer recomputes
 exactly those steps after a kill that fell between a flush and its checkpoint, so every step is logged
-once. ``mlflow`` is imported only in the delivering thread.
+once.
 """
 
 from __future__ import annotations
