@@ -201,15 +201,13 @@ class HostSyncs:
 
         from torch.utils._python_dispatch import TorchDispatchMode
 
-        calls = self.calls = []
+        probe, self.calls = self, []
 
         class Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 if str(func).rsplit(".", 1)[0] in HostSyncs.NAMES:
-                    calls.append(
-                        f"{func} at "
-                        + " <- ".join(f"{f.filename}:{f.lineno}" for f in traceback.extract_stack()[-6:-1])
-                    )
+                    stack = traceback.extract_stack()[-6:-1]
+                    probe.calls.append(f"{func} at " + " <- ".join(f"{f.filename}:{f.lineno}" for f in stack))
                 return func(*args, **(kwargs or {}))
 
         self._mode = Mode()

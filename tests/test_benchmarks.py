@@ -1,0 +1,79 @@
+"""The GPU tools in benchmarks/ run where a GPU session needs them to, checked here on CPU so they cannot rot."""
+
+import json
+import sys
+import warnings
+
+import pytest
+import torch
+
+from helpers import AFQMC, REPO, HostSyncs, tiny_pretrained
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+
+class FakeSyncDebugMode:
+    """``torch.cuda.set_sync_debug_mode`` for a CPU: "warn" warns, as CUDA's does, at each host read of a
+    tensor (seen by the same probe as the trainer's test), "default" stops."""
+
+    def __init__(self):
+        self.probe = None
+
+    def __call__(self, mode: str) -> None:
+        if mode == "warn":
+            self.probe = HostSyncs().__enter__()
+            self.probe.calls = WarningList()
+        elif self.probe is not None:
+            self.probe.__exit__(None, None, None)
+            self.probe = None
+
+
+class WarningList(list):
+    def append(self, call):
+        warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=2)
+        super().append(call)
+
+
+@pytest.mark.parametrize("two_d_mask", [False, True])
+def test_host_syncs_counts_what_a_step_reads_on_the_host(tmp_path, monkeypatch, capsys, two_d_mask):
+    """benchmarks/host_syncs.py: none with the trainer as it is; one per batch when the model gets the 2-D
+    mask (transformers' ``mask.all()``)."""
+    import host_syncs
+
+    from afqmc_exp import trainer as trainer_module
+
+    pretrained = tiny_pretrained(tmp_path / "tiny")
+    pretrained.model.save_pretrained(tmp_path / "tiny")
+    pretrained.tokenizer.save_pretrained(tmp_path / "tiny")
+    availability = iter([True])  # the script's own check sees a GPU; the accelerator then picks the CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: next(availability, False))
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", FakeSyncDebugMode())
+    if two_d_mask:
+        monkeypatch.setattr(trainer_module, "model_inputs", lambda batch, model: {
+            k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")})  # fmt: skip
+    argv = ["host_syncs.py", "--model", str(tmp_path / "tiny"), "--data", str(AFQMC), "--steps", "6", "--warm", "2"]
+    monkeypatch.setattr(sys, "argv", argv)
+    host_syncs.main()
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["batches_watched"] == 4
+    assert report["host_syncs"] == (4 if two_d_mask else 0), report
+
+
+@pytest.mark.slow  # four short trainings in fresh processes
+def test_throughput_runs_every_arm_and_reports_ratios(tmp_path):
+    """benchmarks/throughput.py end to end on a tiny model: the tutorial loop, HF Trainer, train.py and a
+    variant, each in its own process, and the last line's JSON with every arm's ratios to both peers."""
+    from helpers import run_command
+
+    pretrained = tiny_pretrained(tmp_path / "tiny")
+    pretrained.model.save_pretrained(tmp_path / "tiny")
+    pretrained.tokenizer.save_pretrained(tmp_path / "tiny")
+    proc = run_command([sys.executable, REPO / "benchmarks" / "throughput.py", "--model", tmp_path / "tiny",
+                        "--data", AFQMC, "--steps", "4", "--pairs", "1", "--hf", "--variant", "trainer.log_every=2"],
+                       cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    arms = report["batches"]["16"]
+    assert set(arms) == {"tutorial", "hf", "ours", "ours:trainer.log_every=2"}
+    for name in ("ours", "ours:trainer.log_every=2"):
+        assert arms[name]["train_x_tutorial"] > 0 and arms[name]["train_x_hf"] > 0 and arms[name]["train_mfu"] > 0
