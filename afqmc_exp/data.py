@@ -38,6 +38,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from .cache import cache_root
+
 log = logging.getLogger(__name__)
 
 OFFICIAL_ZIP_URL = "https://storage.googleapis.com/cluebenchmark/tasks/afqmc_public.zip"
@@ -169,10 +171,6 @@ def _parse_line(line: str, where: str, require_labels: bool, default_id: int) ->
 
 
 # ------------------------------------------------------------------------------------- official data
-def _cache_dir() -> Path:
-    return Path(os.environ.get("AFQMC_EXP_CACHE", Path.home() / ".cache" / "afqmc_exp"))
-
-
 def download_official(target: Path, url: str = OFFICIAL_ZIP_URL, timeout_s: float = 30.0) -> None:
     """Fetch CLUE's ``afqmc_public.zip`` into a cache, verify it and unpack the three splits into ``target``.
 
@@ -180,7 +178,7 @@ def download_official(target: Path, url: str = OFFICIAL_ZIP_URL, timeout_s: floa
     line of which parses) plus a SHA-256 recorded beside the cached zip on first download and checked
     on every later use, so a corrupted or swapped cache is noticed instead of silently trained on.
     """
-    cache = _cache_dir()
+    cache = cache_root()
     zip_path, digest_path = cache / "afqmc_public.zip", cache / "afqmc_public.zip.sha256"
     if not zip_path.exists():
         _fetch(url, zip_path, digest_path, target, timeout_s)

@@ -16,15 +16,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .cache import cache_root
+
 log = logging.getLogger(__name__)
 
 
 class FetchError(ValueError):
     """A ``runs:/`` or ``models:/`` URI that cannot be turned into weights; the message is one line."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("AFQMC_EXP_CACHE", Path.home() / ".cache" / "afqmc_exp")) / "models"
 
 
 def local_weights(ckpt: str, tracking_uri: str) -> Path:
@@ -83,7 +81,7 @@ def _on_this_disk(client, uri: str) -> Path | None:
 def _cached(uri: str, key: str, tracking_uri: str) -> Path:
     import mlflow
 
-    target = cache_dir() / key
+    target = cache_root() / "models" / key
     if (target / "config.json").exists():
         log.info("%s: cached in %s", uri, target)
         return target

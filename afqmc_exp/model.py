@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from .cache import keep_compiled_kernels
+
 log = logging.getLogger(__name__)
 
 LABELS = {0: "different", 1: "same"}
@@ -218,6 +220,7 @@ def compile_in_place(model, mode: str, scope: Literal["layers", "model"] = "laye
     the modules compiled. Shapes are dynamic: one compilation for every batch width (see the module docstring)."""
     import torch
 
+    keep_compiled_kernels()  # so the next run, or the next job of a sweep, reuses them (see cache)
     # each width is its own CUDA graph under reduce-overhead; data.pad_to_multiple_of bounds them (<= 16 at 128)
     triton = torch._inductor.config.triton
     if hasattr(triton, "cudagraph_dynamic_shape_warn_limit"):  # torch >= 2.6

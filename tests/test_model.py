@@ -1,5 +1,7 @@
 """The [CLS]-only last layer gives the same logits and gradients as the full layer."""
 
+import os
+
 import pytest
 import torch
 from transformers import BertForSequenceClassification
@@ -78,3 +80,19 @@ def test_the_repeated_blocks_are_the_encoder_layers():
     model, _ = pair()
     assert repeated_blocks(model) == list(model.bert.encoder.layer)
     assert repeated_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())) == []
+
+
+@pytest.mark.parametrize("chosen,kept", [(None, False), ("torch's default", False), ("/somewhere/of/my/own", True)])
+def test_compiled_kernels_go_to_the_project_cache_unless_the_user_chose_a_folder(tmp_path, monkeypatch, chosen, kept):
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from afqmc_exp.cache import keep_compiled_kernels
+
+    monkeypatch.setenv("AFQMC_EXP_CACHE", str(tmp_path))
+    if chosen is None:
+        monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    else:
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir() if chosen == "torch's default" else chosen)
+    keep_compiled_kernels()
+    expected = chosen if kept else str(tmp_path / "inductor")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == expected

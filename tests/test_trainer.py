@@ -225,13 +225,17 @@ def test_profiling_a_few_steps_leaves_a_trace_an_operator_table_and_a_summary(tm
 
 @pytest.mark.slow  # compiling takes a minute on a CPU
 @pytest.mark.parametrize("scope,mode", [("layers", "reduce-overhead"), ("model", "default")])
-def test_a_compiled_model_trains_like_the_eager_one_with_one_compilation_for_every_width(tmp_path, scope, mode):
+def test_a_compiled_model_trains_like_the_eager_one_with_one_compilation_for_every_width(
+    tmp_path, monkeypatch, scope, mode
+):
     """trainer.compile: the same losses and weights as eager over a few steps, up to rounding (dropout off:
     compiled code draws its own random masks), in place (parameter names unchanged). Batches of many
     widths (no padding to a multiple), yet each compiled module is compiled once for training. (On a CPU
     reduce-overhead compiles without CUDA graphs; the loop's marks between iterations still run.)"""
     from torch._dynamo.utils import counters
 
+    monkeypatch.setenv("AFQMC_EXP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     torch._dynamo.reset()
     counters.clear()
     runs = {}
@@ -247,6 +251,7 @@ def test_a_compiled_model_trains_like_the_eager_one_with_one_compilation_for_eve
     widths = {len(batch["input_ids"][0]) for batch in runs["compiled"][0].train_loader}
     assert len(widths) > 3  # the batches really came in several widths...
     assert counters["stats"]["unique_graphs"] <= 2  # ...and were compiled once (training), plus evaluation
+    assert any((tmp_path / "cache" / "inductor").iterdir())  # the kernels are kept for the next run (see cache)
     assert [step for step, _ in runs["compiled"][1]] == [1, 2, 3, 4, 5, 6]
     for (_, eager), (_, compiled_loss) in zip(runs["no"][1], runs["compiled"][1], strict=True):
         assert compiled_loss == pytest.approx(eager, rel=1e-4)

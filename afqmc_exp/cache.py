@@ -1,0 +1,30 @@
+"""Where afqmc-exp keeps what it fetches or builds once and reuses from run to run: ``$AFQMC_EXP_CACHE``,
+else ``~/.cache/afqmc_exp``. It holds the official AFQMC zip (``data``), weights fetched from an MLflow store
+(``fetch``, under ``models/``) and torch.compile's kernels (``model.compile_in_place``, under ``inductor/``).
+
+Compiled kernels live here rather than in inductor's default ``/tmp/torchinductor_<user>``: a cluster
+job's ``/tmp`` is often the node's own and wiped after the job, and then every job of a sweep compiles from
+scratch. In a folder under the home directory the first job compiles and the others read its kernels (the
+README's performance section has the times). A ``TORCHINDUCTOR_CACHE_DIR`` the user sets is kept.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("AFQMC_EXP_CACHE", Path.home() / ".cache" / "afqmc_exp"))
+
+
+def keep_compiled_kernels() -> None:
+    """Point torch.compile's on-disk cache (inductor, and Triton's under it) into :func:`cache_root`, unless
+    the user chose a folder; call before anything is compiled."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:  # an older torch: its default stays
+        return
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_root() / "inductor")
