@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from .checkpoint import has_last_checkpoint, remove_last_checkpoint, update_meta
-from .data import AfqmcData, DataError, encode_pairs
-from .hardware import build_accelerator, eval_in_bf16, system_tags
+from .data import AfqmcData, DataError, EncodedPairs, encode_pairs
+from .hardware import build_accelerator, eval_in_bf16, seconds_since_process_start, system_tags
 from .inference import score, write_predictions
 from .masking import Masker, mask_uri
 from .metrics import best_threshold, classification_metrics
@@ -66,17 +66,15 @@ def run(
     output_dir = shared_output_dir(output_dir, accelerator)
     log.info("run folder: %s", output_dir)
     tags = {**tags, **system_tags(accelerator, eval_in_bf16(trainer.eval_precision, accelerator.device))}
+    startup = {"startup_data_s": seconds_since_process_start()}  # where the wait before the first step goes
     with run_folder_lock(output_dir, accelerator):
         mlflow_run = open_mlflow_run(tracking, output_dir, params, tags, parent_run_id, resume, accelerator, masker)
         if not resume:
             mlflow_run.log_datasets(dataset_inputs(data, {split: len(rows) for split, rows in examples.items()}))
         with closed_with_status(mlflow_run, output_dir, accelerator, tracking.system_metrics_seconds):
-            pretrained = prepare_for_device(load_model(), accelerator.device.type)
-            check_max_length(data.max_length, pretrained)
-            # train and dev only: the test file is scored with the best weights at the end
-            splits = {
-                name: encode_pairs(examples[name], pretrained.tokenizer, data.max_length) for name in ("train", "dev")
-            }
+            startup["startup_tracking_s"] = seconds_since_process_start()
+            pretrained, splits = load_for_training(load_model, accelerator.device.type, data, examples)
+            startup["startup_model_s"] = seconds_since_process_start()
             trainer_of_run = Trainer(
                 pretrained=pretrained, data=data, splits=splits, make_optimizer=make_optimizer,
                 make_scheduler=make_scheduler, config=trainer, seed=seed, output_dir=output_dir,
@@ -84,8 +82,20 @@ def run(
                 regularizer=regularizer, on_evaluate=on_evaluate,
             )  # fmt: skip
             result = trainer_of_run.fit(resume=resume and has_last_checkpoint(output_dir))
+            result.speed.update(startup)
             finish_run(result, examples, data, trainer, tracking, mlflow_run, output_dir, accelerator)
     return result.best_metric
+
+
+def load_for_training(
+    load_model: Callable[[], Pretrained], device_type: str, data: AfqmcData, examples: dict
+) -> tuple[Pretrained, dict[str, EncodedPairs]]:
+    """The model, prepared for the device, and the train and dev splits tokenized (the test file is scored
+    with the best weights at the end)."""
+    pretrained = prepare_for_device(load_model(), device_type)
+    check_max_length(data.max_length, pretrained)
+    return pretrained, {name: encode_pairs(examples[name], pretrained.tokenizer, data.max_length)
+                        for name in ("train", "dev")}  # fmt: skip
 
 
 class RunInProgress(RuntimeError):

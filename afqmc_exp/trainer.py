@@ -113,7 +113,8 @@ class FitResult:
     best_step: int
     best_dir: Path
     steps: int
-    speed: dict[str, float] = field(default_factory=dict)  # train/eval samples per second, time to first step
+    # train/eval samples per second, time to first step (and, from the experiment, the startup before it)
+    speed: dict[str, float] = field(default_factory=dict)
 
 
 def optimizer_steps(batch_sizes: list[int], accumulation: int) -> list[tuple[int, bool]]:

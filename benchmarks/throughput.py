@@ -342,6 +342,7 @@ def ours(args, store: str, overrides: list[str]) -> dict:
             "train_samples_per_s": speed["train_samples_per_s"],
             "eval_samples_per_s": speed["eval_samples_per_s"],
             "time_to_first_step_s": speed["time_to_first_step_s"],
+            **{k: v for k, v in speed.items() if k.startswith("startup_")},  # where that wait went
             "dev_accuracy": result["final/dev_accuracy"],
             "dev_f1": result["final/dev_f1"],
             "peak_rss_mb": rss,
@@ -462,6 +463,7 @@ def summarise(trials: dict, busy: dict, peaks: dict, shape: dict) -> dict:
             "peak_rss_mb": max(t.get("peak_rss_mb", 0) for t in runs),
             "peak_gpu_memory_gb": max(t.get("peak_gpu_memory_gb", 0) for t in runs),
             "gpu_busy": busy.get(kind),
+            **{k: median(kind, k) for k in runs[-1] if k.startswith("startup_")},
         }
         for base in ("tutorial", "hf"):
             if base in trials and kind != base:
@@ -488,6 +490,11 @@ def print_table(batch_size: int, figures: dict) -> None:
             f"{r['train_mfu']:8.1%}{r['eval_mfu']:8.1%}{busy}{r['time_to_first_step_s']:7.1f}"
             f"{r['dev_accuracy']:7.3f}{r['dev_f1']:7.3f}{memory}"
         )
+    for kind, r in figures.items():  # seconds since the process started, at each milestone before the first step
+        if "startup_model_s" in r:
+            print(f"{kind[:34]:34s} startup: data read {r['startup_data_s']:.1f} s, tracking open "
+                  f"{r['startup_tracking_s']:.1f} s, model and tokens {r['startup_model_s']:.1f} s, first step "
+                  f"{r['time_to_first_step_s']:.1f} s")  # fmt: skip
 
 
 def trial(args, kind: str, store: str, batch_size: int, busy: bool = False) -> dict:

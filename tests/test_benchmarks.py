@@ -77,3 +77,5 @@ def test_throughput_runs_every_arm_and_reports_ratios(tmp_path):
     assert set(arms) == {"tutorial", "hf", "ours", "ours:trainer.log_every=2"}
     for name in ("ours", "ours:trainer.log_every=2"):
         assert arms[name]["train_x_tutorial"] > 0 and arms[name]["train_x_hf"] > 0 and arms[name]["train_mfu"] > 0
+        assert 0 < arms[name]["startup_data_s"] <= arms[name]["startup_model_s"] <= arms[name]["time_to_first_step_s"]
+    assert "ours                               startup: data read" in proc.stdout

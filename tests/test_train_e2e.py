@@ -76,6 +76,10 @@ def test_cli_run_leaves_a_complete_mlflow_run(cli_run):
     result = json.loads((out / "result.json").read_text())
     assert result["mlflow_run_id"] == run.info.run_id
     assert result["best_metric"] == pytest.approx(run.data.metrics["best/dev_f1"])
+    # where the wait before the first step went: seconds since the process started, at each milestone
+    startup = [run.data.metrics[f"speed/{k}"] for k in ("startup_data_s", "startup_tracking_s", "startup_model_s",
+                                                        "time_to_first_step_s")]  # fmt: skip
+    assert 0 < startup[0] <= startup[1] <= startup[2] <= startup[3] and result["speed"]["startup_model_s"] > 0
 
 
 def test_the_run_explains_itself_in_mlflow(cli_run):
