@@ -79,3 +79,12 @@ def test_throughput_runs_every_arm_and_reports_ratios(tmp_path):
         assert arms[name]["train_x_tutorial"] > 0 and arms[name]["train_x_hf"] > 0 and arms[name]["train_mfu"] > 0
         assert 0 < arms[name]["startup_data_s"] <= arms[name]["startup_model_s"] <= arms[name]["time_to_first_step_s"]
     assert "ours                               startup: data read" in proc.stdout
+
+
+@pytest.mark.slow  # loads a tokenizer and the AFQMC split in a fresh process
+def test_collate_benchmark_compares_both_collators():
+    from helpers import run_command
+
+    proc = run_command([sys.executable, REPO / "benchmarks" / "collate.py", "--data", AFQMC, "--rounds", "1"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [line.split(":")[0] for line in proc.stdout.splitlines()[-2:]] == ["batch  16", "batch 256"]
