@@ -35,14 +35,16 @@ def trainer_for(args, output_dir: Path):
     from afqmc_exp.trainer import Trainer, TrainerConfig
 
     options = {"max_steps": args.steps, "log_every": args.steps, "checkpoint_minutes": None, "progress_bar": False}
-    for item in args.set:  # trainer.<key>=<value>
-        key, value = item.removeprefix("trainer.").split("=", 1)
-        options[key] = yaml.safe_load(value)  # as Hydra would read it: numbers, true/false, null
+    model_options = {}
+    for item in args.set:  # trainer.<key>=<value> or model.<key>=<value>
+        key, value = item.split("=", 1)
+        group, key = key.split(".", 1)
+        (model_options if group == "model" else options)[key] = yaml.safe_load(value)  # as Hydra reads it
     config = TrainerConfig(**options)
     data = AfqmcData(dir=args.data, batch_size=args.batch_size, score_test=False)
     examples = data.load()
     accelerator = build_accelerator("auto", config.mixed_precision, config.tf32)
-    pretrained = prepare_for_device(load_pair_classifier(args.model), accelerator.device.type)
+    pretrained = prepare_for_device(load_pair_classifier(args.model, **model_options), accelerator.device.type)
     splits = {name: encode_pairs(examples[name], pretrained.tokenizer, data.max_length) for name in ("train", "dev")}
     return Trainer(
         pretrained=pretrained, data=data, splits=splits, make_optimizer=partial(adamw),
@@ -58,7 +60,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warm", type=int, default=5, help="steps before counting (first shapes, compiling)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--set", action="append", default=[], metavar="trainer.KEY=VALUE")
+    parser.add_argument("--set", action="append", default=[], metavar="trainer.KEY=VALUE|model.KEY=VALUE")
     args = parser.parse_args()
 
     import torch

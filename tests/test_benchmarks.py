@@ -88,3 +88,19 @@ def test_collate_benchmark_compares_both_collators():
     proc = run_command([sys.executable, REPO / "benchmarks" / "collate.py", "--data", AFQMC, "--rounds", "1"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [line.split(":")[0] for line in proc.stdout.splitlines()[-2:]] == ["batch  16", "batch 256"]
+
+
+@pytest.mark.slow  # two short trainings in fresh processes
+def test_ops_per_step_counts_what_bf16_autocast_adds():
+    """benchmarks/ops_per_step.py: per-step operation counts for the defaults and bf16, where autocast adds a
+    cast per weight and per matmul input in the forward pass and again in the backward; no host reads."""
+    from helpers import run_command
+
+    proc = run_command([sys.executable, REPO / "benchmarks" / "ops_per_step.py", "--data", AFQMC,
+                        "--steps", "3", "--warm", "2"])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    arms = json.loads(proc.stdout.strip().splitlines()[-1])
+    fp32, bf16 = arms["defaults"], arms["trainer.mixed_precision=bf16"]
+    assert fp32["host_reads"] == bf16["host_reads"] == 0
+    assert fp32["casts"] <= 2 < 400 < bf16["casts"]  # 12 layers: ~200 weights and biases, each cast twice
+    assert bf16["ops_per_step"] - fp32["ops_per_step"] == bf16["casts"] - fp32["casts"]
