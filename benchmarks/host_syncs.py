@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import sys
 import tempfile
@@ -53,6 +54,22 @@ def trainer_for(args, output_dir: Path):
     )  # fmt: skip
 
 
+def fit_watching(args, watch) -> None:
+    """Trains ``args.steps`` steps, each batch after the first ``args.warm`` steps inside ``with watch():``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = trainer_for(args, Path(tmp))
+        train_batch = trainer._train_batch
+
+        def watched(batch):
+            if trainer.state.step < args.warm:
+                return train_batch(batch)
+            with watch():
+                return train_batch(batch)
+
+        trainer._train_batch = watched
+        trainer.fit()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="/tmp/bert-base")
@@ -68,28 +85,22 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("host_syncs.py needs a GPU; on CPU, run tests/test_trainer.py -k host_sync")
     sites, counted = collections.Counter(), [0]
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = trainer_for(args, Path(tmp))
-        train_batch = trainer._train_batch
 
-        def watched(batch):
-            if trainer.state.step < args.warm:
-                return train_batch(batch)
-            counted[0] += 1
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    took_step = train_batch(batch)
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-            for warning in caught:
-                if "synchroniz" in str(warning.message):
-                    sites[f"{warning.filename}:{warning.lineno}"] += 1
-            return took_step
+    @contextlib.contextmanager
+    def syncs_reported():
+        counted[0] += 1
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                yield
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        for warning in caught:
+            if "synchroniz" in str(warning.message):
+                sites[f"{warning.filename}:{warning.lineno}"] += 1
 
-        trainer._train_batch = watched
-        trainer.fit()
+    fit_watching(args, syncs_reported)
     for site, count in sites.most_common():
         print(f"{count:5d}  {site}")
     print(json.dumps({"batches_watched": counted[0], "host_syncs": sum(sites.values()), "sites": dict(sites),

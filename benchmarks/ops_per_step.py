@@ -48,7 +48,7 @@ def write_model(folder: Path) -> None:
 
 def count_arm(args) -> dict:
     """Counts in this process: the trainer's steps after ``args.warm``, one Counter per step."""
-    from host_syncs import trainer_for
+    from host_syncs import fit_watching
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Counting(TorchDispatchMode):
@@ -62,20 +62,13 @@ def count_arm(args) -> dict:
             return func(*args, **(kwargs or {}))
 
     steps = []
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = trainer_for(args, Path(tmp))
-        train_batch = trainer._train_batch
 
-        def counted(batch):
-            if trainer.state.step < args.warm:
-                return train_batch(batch)
-            with Counting() as mode:
-                took_step = train_batch(batch)
-            steps.append(mode.ops)
-            return took_step
+    def counting():
+        mode = Counting()
+        steps.append(mode.ops)
+        return mode
 
-        trainer._train_batch = counted
-        trainer.fit()
+    fit_watching(args, counting)
     per_step = [sum(ops.values()) for ops in steps]
     last = steps[-1]
     return {
