@@ -38,8 +38,10 @@ def trainer_for(args, output_dir: Path):
     options = {"max_steps": args.steps, "log_every": args.steps, "checkpoint_minutes": None, "progress_bar": False}
     model_options = {}
     for item in args.set:  # trainer.<key>=<value> or model.<key>=<value>
-        key, value = item.split("=", 1)
-        group, key = key.split(".", 1)
+        group, _, key = item.partition("=")[0].partition(".")
+        if group not in ("trainer", "model") or not key or "=" not in item:
+            raise SystemExit(f"--set {item}: expected trainer.KEY=VALUE or model.KEY=VALUE")
+        value = item.split("=", 1)[1]
         (model_options if group == "model" else options)[key] = yaml.safe_load(value)  # as Hydra reads it
     config = TrainerConfig(**options)
     data = AfqmcData(dir=args.data, batch_size=args.batch_size, score_test=False)
