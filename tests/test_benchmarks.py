@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from helpers import AFQMC, REPO, HostSyncs, tiny_pretrained
+from helpers import REPO, HostSyncs, tiny_pretrained
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -35,7 +35,7 @@ class WarningList(list):
 
 
 @pytest.mark.parametrize("two_d_mask", [False, True])
-def test_host_syncs_counts_what_a_step_reads_on_the_host(tmp_path, monkeypatch, capsys, two_d_mask):
+def test_host_syncs_counts_what_a_step_reads_on_the_host(tmp_path, monkeypatch, capsys, two_d_mask, afqmc_dir):
     """benchmarks/host_syncs.py: none with the trainer as it is; one per batch when the model gets the 2-D
     mask (transformers' ``mask.all()``)."""
     import host_syncs
@@ -51,7 +51,7 @@ def test_host_syncs_counts_what_a_step_reads_on_the_host(tmp_path, monkeypatch, 
     if two_d_mask:
         monkeypatch.setattr(trainer_module, "model_inputs", lambda batch, model: {
             k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")})  # fmt: skip
-    argv = ["host_syncs.py", "--model", str(tmp_path / "tiny"), "--data", str(AFQMC), "--steps", "6", "--warm", "2"]
+    argv = ["host_syncs.py", "--model", str(tmp_path / "tiny"), "--data", str(afqmc_dir), "--steps", "6", "--warm", "2"]
     monkeypatch.setattr(sys, "argv", argv)
     host_syncs.main()
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -60,7 +60,7 @@ def test_host_syncs_counts_what_a_step_reads_on_the_host(tmp_path, monkeypatch, 
 
 
 @pytest.mark.slow  # four short trainings in fresh processes
-def test_throughput_runs_every_arm_and_reports_ratios(tmp_path):
+def test_throughput_runs_every_arm_and_reports_ratios(tmp_path, afqmc_dir):
     """benchmarks/throughput.py end to end on a tiny model: the tutorial loop, HF Trainer, train.py and a
     variant, each in its own process, and the last line's JSON with every arm's ratios to both peers."""
     from helpers import run_command
@@ -69,8 +69,8 @@ def test_throughput_runs_every_arm_and_reports_ratios(tmp_path):
     pretrained.model.save_pretrained(tmp_path / "tiny")
     pretrained.tokenizer.save_pretrained(tmp_path / "tiny")
     proc = run_command([sys.executable, REPO / "benchmarks" / "throughput.py", "--model", tmp_path / "tiny",
-                        "--data", AFQMC, "--steps", "4", "--pairs", "1", "--hf", "--variant", "trainer.log_every=2"],
-                       cwd=tmp_path)  # fmt: skip
+                        "--data", afqmc_dir, "--steps", "4", "--pairs", "1", "--hf",
+                        "--variant", "trainer.log_every=2"], cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     arms = report["batches"]["16"]
@@ -82,21 +82,21 @@ def test_throughput_runs_every_arm_and_reports_ratios(tmp_path):
 
 
 @pytest.mark.slow  # loads a tokenizer and the AFQMC split in a fresh process
-def test_collate_benchmark_compares_both_collators():
+def test_collate_benchmark_compares_both_collators(afqmc_dir):
     from helpers import run_command
 
-    proc = run_command([sys.executable, REPO / "benchmarks" / "collate.py", "--data", AFQMC, "--rounds", "1"])
+    proc = run_command([sys.executable, REPO / "benchmarks" / "collate.py", "--data", afqmc_dir, "--rounds", "1"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [line.split(":")[0] for line in proc.stdout.splitlines()[-2:]] == ["batch  16", "batch 256"]
 
 
 @pytest.mark.slow  # two short trainings in fresh processes
-def test_ops_per_step_counts_what_bf16_autocast_adds():
+def test_ops_per_step_counts_what_bf16_autocast_adds(afqmc_dir):
     """benchmarks/ops_per_step.py: per-step operation counts for the defaults and bf16, where autocast adds a
     cast per weight and per matmul input in the forward pass and again in the backward; no host reads."""
     from helpers import run_command
 
-    proc = run_command([sys.executable, REPO / "benchmarks" / "ops_per_step.py", "--data", AFQMC,
+    proc = run_command([sys.executable, REPO / "benchmarks" / "ops_per_step.py", "--data", afqmc_dir,
                         "--steps", "3", "--warm", "2"])  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     arms = json.loads(proc.stdout.strip().splitlines()[-1])
