@@ -95,11 +95,21 @@ def score_with(args: EvaluateArgs, examples: list) -> tuple:
     return prob, threshold, classification_metrics(labels, prob, log_loss(labels, prob), threshold)
 
 
-def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, float]:
-    """``afqmc-evaluate`` / ``python evaluate.py``."""
+def evaluate_main(argv: Sequence[str] | None = None) -> None:
+    """``afqmc-evaluate`` / ``python evaluate.py``. Returns None: an installed script exits with what its
+    entry point returns (``sys.exit(main())``), so anything else would read as a failure."""
+    evaluate(parse_args(EvaluateArgs, sys.argv[1:] if argv is None else argv, "afqmc-evaluate"))
+
+
+def predict_main(argv: Sequence[str] | None = None) -> None:
+    """``afqmc-predict`` / ``python predict.py``. Returns None (see ``evaluate_main``)."""
+    predict(parse_args(PredictArgs, sys.argv[1:] if argv is None else argv, "afqmc-predict"))
+
+
+def evaluate(args: EvaluateArgs) -> dict[str, float]:
+    """The metrics of ``args.ckpt`` on ``args.file``, printed as one JSON line and returned."""
     from .data import read_pairs
 
-    args = parse_args(EvaluateArgs, sys.argv[1:] if argv is None else argv, "afqmc-evaluate")
     try:
         examples = read_pairs(args.file)
     except DataError as err:
@@ -110,12 +120,11 @@ def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, float]:
     return metrics
 
 
-def predict_main(argv: Sequence[str] | None = None) -> Path | dict:
-    """``afqmc-predict`` / ``python predict.py``."""
+def predict(args: PredictArgs) -> Path | dict:
+    """The answer for one pair (printed as JSON) or the predictions file written for ``args.file``."""
     from .data import PairExample, read_pairs
     from .inference import write_predictions
 
-    args = parse_args(PredictArgs, sys.argv[1:] if argv is None else argv, "afqmc-predict")
     one_pair = args.sentence1 is not None or args.sentence2 is not None
     if one_pair and not (args.sentence1 and args.sentence2):
         raise SystemExit("error: give both sentence1=... and sentence2=...")

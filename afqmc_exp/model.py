@@ -51,11 +51,14 @@ class ModelError(ValueError):
     """The model cannot be used as given; one line names the folder or id and what to do."""
 
 
-def local_model_problems(name_or_path: str) -> list[str]:
-    """What a local model folder lacks (checked before anything runs); a Hub id is not checked here."""
+def model_problems(name_or_path: str) -> list[str]:
+    """Why the model cannot be loaded, found before anything runs: what a local folder lacks, or a Hub id that
+    is neither cached nor to be had from the Hub (see ``hub``)."""
     path = Path(name_or_path).expanduser()
     if not (path.exists() or name_or_path.startswith(("/", "./", "../", "~"))):
-        return []  # a Hub id, e.g. bert-base-chinese
+        from .hub import hub_problems
+
+        return hub_problems(name_or_path)  # a Hub id, e.g. bert-base-chinese
     key = f"model.name_or_path={name_or_path}"
     if not path.is_dir():
         return [f"{key}: no such folder" + ("" if not path.exists() else " (it is a file)")]

@@ -228,13 +228,18 @@ def write_report(frame, metric: str, title: str, out: Path) -> str:
     return text
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    """``afqmc-report`` / ``python -m afqmc_exp report``."""
+def main(argv: Sequence[str] | None = None) -> None:
+    """``afqmc-report`` / ``python -m afqmc_exp report``. Returns None: an installed script exits with what its
+    entry point returns (``sys.exit(main())``), so anything else would read as a failure."""
+    report(parse_args(ReportArgs, sys.argv[1:] if argv is None else argv, "afqmc-report"))
+
+
+def report(args: ReportArgs) -> Path:
+    """Print the report of ``args`` and write its files; returns their folder."""
     from mlflow import MlflowClient
 
     from .tracking import default_uri, resolve_uri
 
-    args = parse_args(ReportArgs, sys.argv[1:] if argv is None else argv, "afqmc-report")
     frame, metric, title = collect(MlflowClient(resolve_uri(args.uri or default_uri())), args.experiment, args.parent)
     out = Path(args.out or Path("reports") / (args.parent or title.split(" ", 1)[1]))
     print(write_report(frame, metric, title, out))

@@ -20,7 +20,7 @@ from typing import Any
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from .model import local_model_problems
+from .model import model_problems
 from .tracking import store_problems
 
 
@@ -167,7 +167,7 @@ def validate(cfg: DictConfig) -> None:
             good = False
         if not good:
             problems.append(f"{key}={value!r}: {requirement}")
-    problems += local_model_problems(str(OmegaConf.select(cfg, "model.name_or_path", default="") or ""))
+    problems += model_problems(str(OmegaConf.select(cfg, "model.name_or_path", default="") or ""))
     if OmegaConf.select(cfg, "tracking.enabled", default=False):
         problems += store_problems(str(OmegaConf.select(cfg, "tracking.uri", default="")))
     folds, fold = OmegaConf.select(cfg, "data.folds", default=None), OmegaConf.select(cfg, "data.fold", default=0)
@@ -181,4 +181,4 @@ def validate(cfg: DictConfig) -> None:
                 f"data.max_length={max_length}: the model takes at most {limit} positions; set data.max_length<={limit}"
             )
     if problems:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+        raise ConfigError("invalid config: " + (problems[0] if len(problems) == 1 else "\n  " + "\n  ".join(problems)))

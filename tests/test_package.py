@@ -38,6 +38,14 @@ def test_the_wheel_installs_and_trains_outside_the_checkout(tmp_path):
     for command in ("afqmc-evaluate", "afqmc-predict", "afqmc-report"):
         helped = run_command([env_dir / "bin" / command, "--help"], cwd=work)
         assert helped.returncode == 0 and ("ckpt=" in helped.stdout or "experiment=" in helped.stdout), command
+    # each installed script exits 0 on success (scripts exit with what their entry point returns) and 1 on a typo
+    best, dev = next(work.glob("outputs/*/*/best_model")), REPO / "afqmc_exp" / "sample_data" / "dev.json"
+    for command, args in (("afqmc-predict", [f"ckpt={best}", "sentence1=how do i repay", "sentence2=can i repay"]),
+                          ("afqmc-evaluate", [f"ckpt={best}", f"file={dev}"]), ("afqmc-report", [])):  # fmt: skip
+        done = run_command([env_dir / "bin" / command, *args], cwd=work)
+        assert done.returncode == 0 and done.stdout.strip(), f"{command}: {done.stderr[-2000:]}"
+        refused = run_command([env_dir / "bin" / command, "nosuchkey=1"], cwd=work)
+        assert refused.returncode == 1 and refused.stderr.startswith("error: nosuchkey"), refused.stderr[-2000:]
     module = run_command([python, "-m", "afqmc_exp", "report"], cwd=work)
     assert module.returncode == 0 and "reporting experiment 'quickstart'" in module.stdout, module.stderr[-2000:]
 

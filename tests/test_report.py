@@ -46,7 +46,8 @@ def store(tmp_path):
 
 def test_report_sorts_by_the_objective_and_pools_seeds(store, tmp_path, capsys):
     uri, parent = store
-    out = main([f"uri={uri}", f"parent={parent}", f"out={tmp_path / 'r'}"])
+    out = tmp_path / "r"
+    assert main([f"uri={uri}", f"parent={parent}", f"out={out}"]) is None  # an installed script's exit status 0
     runs = (out / "runs.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in runs[1:]] == [
         "minilm-lr3e-05-s1",
@@ -67,7 +68,8 @@ def test_report_sorts_by_the_objective_and_pools_seeds(store, tmp_path, capsys):
 
 def test_experiment_report_leaves_out_sweep_parents(store, tmp_path):
     uri, _ = store
-    out = main([f"uri={uri}", "experiment=afqmc", f"out={tmp_path / 'e'}"])
+    out = tmp_path / "e"
+    main([f"uri={uri}", "experiment=afqmc", f"out={out}"])
     assert len((out / "runs.csv").read_text().splitlines()) == 5
 
 
@@ -80,7 +82,8 @@ def test_without_an_experiment_the_latest_one_is_reported_and_the_others_named(s
     )
     later.log_metrics({"best/dev_f1": 0.9, "final/dev_loss": 0.3}, 5)
     later.end()
-    out = main([f"uri={uri}", f"out={tmp_path / 'q'}"])
+    out = tmp_path / "q"
+    main([f"uri={uri}", f"out={out}"])
     printed = capsys.readouterr().out
     assert "reporting experiment 'quickstart' (also here: afqmc" in printed
     assert len((out / "runs.csv").read_text().splitlines()) == 2

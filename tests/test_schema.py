@@ -55,7 +55,7 @@ def test_a_bad_choice_exits_with_one_line_and_leaves_no_run(tmp_path, key, value
 
     with pytest.raises(SystemExit) as stop:
         train_from_config(compose(BASE + [f"{key}={value}"], tmp_path))
-    assert str(stop.value) == f"error: invalid config:\n  {key}={value!r}: must be one of {choices}"
+    assert str(stop.value) == f"error: invalid config: {key}={value!r}: must be one of {choices}"
     assert not (tmp_path / "mlflow.db").exists()
 
 
@@ -152,3 +152,92 @@ def test_resume_and_rerun_together_are_refused(tmp_path):
 
     with pytest.raises(SystemExit, match="resume= and rerun= together"):
         train_from_config(compose(BASE + ["resume=somewhere", "rerun=abc123"], tmp_path))
+
+
+# ------------------------------------------------------------------------------------ Hub ids
+@pytest.fixture
+def empty_hub_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return tmp_path / "hub"
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """A loopback stand-in for the Hub: HEAD of an existing model's config.json redirects, others are 404."""
+    import http.server
+    import threading
+
+    import huggingface_hub.constants
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(302 if self.path.startswith("/known/model/") else 404)
+            self.send_header("Location", "http://127.0.0.1:1/elsewhere")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    yield
+    server.shutdown()
+
+
+def test_a_hub_id_neither_cached_nor_allowed_online_is_one_line_with_the_ways_out(empty_hub_cache, monkeypatch):
+    from afqmc_exp.hub import hub_problems
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (problem,) = hub_problems("bert-base-chinese")
+    assert problem.startswith(f"model.name_or_path=bert-base-chinese: not in the Hugging Face cache ({empty_hub_cache})")
+    assert "HF_HUB_OFFLINE=1" in problem and "model=minilm" in problem and "local folder" in problem
+
+
+def test_a_cached_hub_id_is_accepted_offline(empty_hub_cache, monkeypatch):
+    from afqmc_exp.hub import hub_problems
+
+    snapshot = empty_hub_cache / "models--org--cached" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (empty_hub_cache / "models--org--cached" / "refs").mkdir()
+    (empty_hub_cache / "models--org--cached" / "refs" / "main").write_text("abc")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub_problems("org/cached") == []
+
+
+def test_online_the_hub_is_asked_once_without_retries(empty_hub_cache, hub):
+    from afqmc_exp.hub import hub_problems
+
+    assert hub_problems("known/model") == []
+    (problem,) = hub_problems("bert-base-chinesee")
+    assert "bert-base-chinesee: the Hub (http://127.0.0.1:" in problem and "has no such model" in problem
+
+
+def test_an_unreachable_hub_is_one_line_at_once(empty_hub_cache, monkeypatch):
+    import time
+
+    import huggingface_hub.constants
+
+    from afqmc_exp.hub import hub_problems
+    from helpers import free_port
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nobody listens
+    started = time.monotonic()
+    (problem,) = hub_problems("bert-base-chinese")
+    assert "cannot be reached (" in problem and "model=minilm" in problem
+    assert time.monotonic() - started < 20  # one attempt, not huggingface_hub's five retries with back-off
+
+
+def test_the_default_model_offline_and_uncached_leaves_no_folder_and_no_run(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    proc = run_command([sys.executable, str(REPO / "train.py"), f"data.dir={AFQMC}", "debug=fast"], cwd=tmp_path,
+                       env=env, timeout=300)  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("error: invalid config: model.name_or_path=bert-base-chinese: not in the Hugging Face")
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "mlflow.db").exists()

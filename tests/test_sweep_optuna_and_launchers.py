@@ -53,12 +53,13 @@ def study(tmp_path, name):
 
 @pytest.mark.slow
 def test_optuna_search_then_resumed_in_the_same_study(tmp_path, afqmc_dir):
+    """The preset as shipped (only the trials and steps made small): its study is named <data>_<model>."""
+
     def search(n_trials, sweep):
         cmd = train_cmd(
             tmp_path,
             afqmc_dir,
             "hparams_search=afqmc_optuna",
-            "hydra.sweeper.study_name=s",
             f"hydra.sweeper.n_trials={n_trials}",
             f"hydra.sweep.dir={tmp_path / sweep}",
         )
@@ -66,10 +67,10 @@ def test_optuna_search_then_resumed_in_the_same_study(tmp_path, afqmc_dir):
         assert proc.returncode == 0, proc.stderr[-3000:]
 
     search(3, "first")
-    first = [(t.number, t.params, t.value) for t in study(tmp_path, "s").trials]
+    first = [(t.number, t.params, t.value) for t in study(tmp_path, "afqmc_minilm").trials]
     assert len(first) == 3 and all(t[2] is not None for t in first)
     search(5, "resumed")  # the study now wants 5: only 2 more run
-    trials = study(tmp_path, "s").trials
+    trials = study(tmp_path, "afqmc_minilm").trials
     assert [(t.number, t.params, t.value) for t in trials[:3]] == first
     assert len(trials) == 5 and all(t.state.name == "COMPLETE" for t in trials)
     assert len({t.params["optim.lr"] for t in trials}) == 5

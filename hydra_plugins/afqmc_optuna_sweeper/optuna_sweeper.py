@@ -41,7 +41,7 @@ class AfqmcOptunaSweeperConf:
     n_trials: int = 20  # total trials in the study (a resumed search runs only the missing ones)
     n_jobs: int = 1  # trials launched together
     storage: str = "sqlite:///optuna.db"
-    study_name: str = "afqmc"
+    study_name: str | None = None  # null: <data option>_<model option>, e.g. afqmc_bert
     direction: str | None = None  # maximize | minimize; null: from trainer.metric
     seed: int = 0  # TPE sampler seed
     # the jobs report each evaluation; {type: median|hyperband|threshold|none, ...the pruner's arguments}
@@ -72,7 +72,7 @@ class AfqmcOptunaSweeper(Sweeper):
         n_trials: int,
         n_jobs: int,
         storage: str,
-        study_name: str,
+        study_name: str | None,
         direction: str | None,
         seed: int,
         params: dict,
@@ -87,6 +87,9 @@ class AfqmcOptunaSweeper(Sweeper):
         from hydra.core.plugins import Plugins
 
         self.config = config
+        if not self.study_name:  # named here: ${hydra:...} cannot be resolved before the sweep starts
+            choices = config.hydra.runtime.choices
+            self.study_name = f"{choices.get('data') or 'data'}_{choices.get('model') or 'model'}"
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )

@@ -1,0 +1,78 @@
+"""The installed commands exit as scripts must: 0 on success, 1 with one line on a bad argument.
+
+The scripts pip generates call ``sys.exit(main())``, so a ``main`` that returns anything but None (a dict, a
+path) exits 1 after printing it on stderr; ``python predict.py`` ignores the return value, so only the
+scripts themselves show it. Each script is loaded here from the installed distribution's entry points.
+"""
+
+import json
+import sys
+from importlib.metadata import entry_points
+
+import pytest
+
+from afqmc_exp.tracking import MlflowTracking
+from helpers import REPO, tiny_pretrained
+
+SCRIPTS = {ep.name: ep for ep in entry_points(group="console_scripts") if ep.name.startswith("afqmc-")}
+SAMPLE_DEV = REPO / "afqmc_exp" / "sample_data" / "dev.json"
+
+
+def exit_status(name: str, argv: list[str], monkeypatch) -> int:
+    """What the generated script ``name`` exits with (a message, which Python prints on stderr, exits 1)."""
+    return exit_of(name, argv, monkeypatch)[0]
+
+
+def exit_of(name: str, argv: list[str], monkeypatch) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", [name, *argv])
+    with pytest.raises(SystemExit) as exited:
+        sys.exit(SCRIPTS[name].load()())
+    code = exited.value.code
+    return (0, "") if code is None else (code, "") if isinstance(code, int) else (1, str(code))
+
+
+@pytest.fixture
+def weights(tmp_path):
+    pretrained = tiny_pretrained(tmp_path / "best_model")
+    pretrained.model.save_pretrained(tmp_path / "best_model")
+    pretrained.tokenizer.save_pretrained(tmp_path / "best_model")
+    return tmp_path / "best_model"
+
+
+def test_every_command_is_installed():
+    assert set(SCRIPTS) == {"afqmc-train", "afqmc-evaluate", "afqmc-predict", "afqmc-report"}
+
+
+def test_predict_and_evaluate_exit_0_on_success(weights, tmp_path, monkeypatch, capsys):
+    pair = ["sentence1=how do i repay", "sentence2=can i pay back early", "device=cpu"]
+    assert exit_status("afqmc-predict", [f"ckpt={weights}", *pair], monkeypatch) == 0
+    printed = capsys.readouterr()
+    assert set(json.loads(printed.out)) >= {"label", "prob"} and not printed.err.strip()
+    out = tmp_path / "predictions.jsonl"
+    assert exit_status("afqmc-predict", [f"ckpt={weights}", f"file={SAMPLE_DEV}", f"out={out}"], monkeypatch) == 0
+    assert len(out.read_text().splitlines()) == 160
+    assert exit_status("afqmc-evaluate", [f"ckpt={weights}", f"file={SAMPLE_DEV}"], monkeypatch) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 160
+
+
+def test_report_exits_0_on_success(tmp_path, monkeypatch, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = MlflowTracking(uri=uri, experiment="afqmc", run_name="r").start({"trainer.metric": "f1"}, {}, tmp_path)
+    run.log_metrics({"best/dev_f1": 0.5, "final/dev_loss": 0.6}, 1)
+    run.end()
+    assert exit_status("afqmc-report", [f"uri={uri}", f"out={tmp_path / 'report'}"], monkeypatch) == 0
+    assert "wrote" in capsys.readouterr().out and (tmp_path / "report" / "report.md").exists()
+
+
+@pytest.mark.parametrize(
+    "name,argv",
+    [
+        ("afqmc-train", ["optim.lrr=1"]),
+        ("afqmc-evaluate", ["ckpt=x", "fille=y"]),
+        ("afqmc-predict", ["ckpt=x"]),
+        ("afqmc-report", ["experimnt=afqmc"]),
+    ],
+)
+def test_a_bad_argument_exits_1_with_one_line(name, argv, monkeypatch):
+    status, message = exit_of(name, argv, monkeypatch)
+    assert status == 1 and message.startswith("error: ") and len(message.splitlines()) == 1, message
