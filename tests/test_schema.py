@@ -193,7 +193,9 @@ def test_a_hub_id_neither_cached_nor_allowed_online_is_one_line_with_the_ways_ou
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (problem,) = hub_problems("bert-base-chinese")
-    assert problem.startswith(f"model.name_or_path=bert-base-chinese: not in the Hugging Face cache ({empty_hub_cache})")
+    assert problem.startswith(
+        f"model.name_or_path=bert-base-chinese: not in the Hugging Face cache ({empty_hub_cache})"
+    )
     assert "HF_HUB_OFFLINE=1" in problem and "model=minilm" in problem and "local folder" in problem
 
 
