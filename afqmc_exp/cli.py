@@ -41,9 +41,10 @@ def train_main() -> None:
 
 
 def default_run_name(cfg: DictConfig, model_choice: str | None) -> str:
-    """Readable run names such as ``minilm-lr2e-05-bs16-s42``."""
+    """Readable run names such as ``minilm-afqmc-lr2e-05-bs16-s42``: the model, the task, lr, batch, seed."""
     model = model_choice or Path(str(cfg.model.name_or_path)).name
-    return f"{model}-lr{cfg.optim.lr:g}-bs{cfg.data.batch_size}-s{cfg.seed}"
+    task = cfg.data.get("name", "afqmc")  # configs saved before there were tasks were AFQMC's
+    return f"{model}-{task}-lr{cfg.optim.lr:g}-bs{cfg.data.batch_size}-s{cfg.seed}"
 
 
 def find_run_dir(resume: str, tracking) -> Path:

@@ -1,98 +1,69 @@
 """``evaluate`` and ``predict``: saved weights (a folder, ``runs:/...`` or ``models:/...``) scored on a file or
 one pair, in the same ``key=value`` style as training (see ``arguments``).
 
+A file is read, scored and written in chunks of ``CHUNK`` pairs, so memory stays flat whatever its size and
+the predictions file grows as the pairs are scored. It is read the way the weights' task reads its files
+(the format and fields saved with them, ``afqmc_exp.json``), unless ``format=``/``text_a=``... say otherwise,
+and its labels must be the weights' own. Answers are in the one format every way of predicting uses
+(``inference.answer``).
+
 ``ckpt=A,B,C`` is an ensemble: each member scores the pairs with its own max_length, and the mean of their
-probabilities is the answer, predicted at the mean of their thresholds (``threshold=`` overrides it).
+probabilities is the answer, predicted at the mean of their thresholds (``threshold=`` overrides it). Its
+members must answer with the same labels.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from omegaconf import MISSING
 
 from .arguments import help_of, parse_args
-from .data import DataError
+from .data import DataError, Pair, PairReader, ReadSpec
+
+CHUNK = 4096  # pairs read, scored and written at a time
 
 
 @dataclass
 class EvaluateArgs:
-    """Metrics (loss, accuracy, F1, AUC) of saved weights on a labelled AFQMC JSON-lines file, as one JSON line."""
+    """Metrics (loss, accuracy, macro-F1, per-label F1; binary tasks also F1 and AUC) of saved weights on a
+    labelled file, as one JSON line."""
 
     ckpt: str = field(default=MISSING, metadata=help_of(
         "a best_model folder, runs:/<run id>/best_model (a sweep's parent id: its best job) or models:/NAME/VERSION "
         "(also NAME@alias, NAME/latest); several, comma-separated: an ensemble (their mean probability)"))  # fmt: skip
-    file: str = field(default=MISSING, metadata=help_of("a labelled AFQMC JSON-lines file"))
+    file: str = field(default=MISSING, metadata=help_of("a labelled file of the weights' task"))
     batch_size: int | None = field(default=None, metadata=help_of("default: what the weights were evaluated with"))
     max_length: int | None = field(default=None, metadata=help_of("default: what the weights were trained with"))
     device: str = field(default="auto", metadata=help_of("auto (a GPU when there is one) or cpu"))
     threshold: float | None = field(default=None, metadata=help_of(
-        "predict same when prob >= threshold (default: the one saved with the weights, else 0.5)"))  # fmt: skip
+        "binary tasks: predict the positive label when its prob >= threshold (default: the one saved with the "
+        "weights, else 0.5)"))  # fmt: skip
     tracking_uri: str | None = field(default=None, metadata=help_of(
         "the store of runs:/ and models:/ (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"))  # fmt: skip
+    format: str | None = field(default=None, metadata=help_of(
+        "jsonl, tsv, csv, json_array or parquet (default: how the weights' task reads its files)"))  # fmt: skip
+    text_a: str | None = field(default=None, metadata=help_of("the first sentence's column (name, or TSV position)"))
+    text_b: str | None = field(default=None, metadata=help_of("the second sentence's column"))
+    label_column: str | None = field(default=None, metadata=help_of("the label's column"))
+    id_column: str | None = field(default=None, metadata=help_of("the id's column"))
 
 
 @dataclass
 class PredictArgs(EvaluateArgs):
-    """CLUE-format predictions ({"id", "label", "prob"} per line) for a file, or the answer for one pair."""
+    """Predictions ({"id", "label", "prob", "probs"} per line, CLUE's fields first) for a file, or the answer for
+    one pair."""
 
-    file: str | None = field(default=None, metadata=help_of("an AFQMC JSON-lines file, labelled or not (with out=)"))
+    file: str | None = field(default=None, metadata=help_of("a file of the weights' task, labelled or not (with out=)"))
     out: str | None = field(default=None, metadata=help_of("where to write one prediction line per pair"))
     sentence1: str | None = field(default=None, metadata=help_of("or one pair, answered on stdout (with sentence2=)"))
-    sentence2: str | None = field(default=None, metadata=help_of("the pair's second question"))
-
-
-def _load_member(ckpt_uri: str, args: EvaluateArgs, accelerator) -> dict:
-    """One model of ``ckpt`` with the max_length, batch size and threshold it was trained with."""
-    from .checkpoint import read_meta, recover
-    from .data import auto_eval_batch_size, auto_pad_to_multiple_of
-    from .fetch import FetchError, local_weights
-    from .model import load_pair_classifier, prepare_for_device
-    from .tracking import default_uri, resolve_uri
-
-    try:
-        ckpt = local_weights(ckpt_uri, resolve_uri(args.tracking_uri or default_uri()))
-    except FetchError as error:
-        raise SystemExit(f"error: {error}") from None
-    recover(ckpt)  # a training run killed between the two renames of a best_model swap
-    if not (ckpt / "config.json").exists():
-        raise SystemExit(
-            f"error: ckpt={ckpt_uri}: no config.json there; ckpt is a best_model folder written by training"
-        )
-    meta, device_type = read_meta(ckpt), accelerator.device.type
-    return dict(
-        pretrained=prepare_for_device(load_pair_classifier(str(ckpt)), device_type),
-        max_length=args.max_length or meta.get("max_length", 128),
-        batch_size=args.batch_size or meta.get("eval_batch_size") or auto_eval_batch_size(device_type),
-        pad_to_multiple_of=auto_pad_to_multiple_of(device_type),
-        threshold=meta.get("threshold", 0.5),
-    )
-
-
-def score_with(args: EvaluateArgs, examples: list) -> tuple:
-    """Probabilities (an ensemble's mean), the threshold, and the metrics when the pairs are labelled."""
-    import numpy as np
-    from accelerate import Accelerator
-
-    from .inference import score
-    from .metrics import classification_metrics, log_loss
-
-    accelerator = Accelerator(cpu=args.device == "cpu")
-    members = [_load_member(c.strip(), args, accelerator) for c in args.ckpt.split(",") if c.strip()]
-    threshold = args.threshold if args.threshold is not None else float(np.mean([m.pop("threshold") for m in members]))
-    scored = [score(examples=examples, accelerator=accelerator, threshold=threshold,
-                    **{k: v for k, v in m.items() if k != "threshold"}) for m in members]  # fmt: skip
-    if len(scored) == 1:
-        return scored[0][0], threshold, scored[0][1]
-    prob = np.mean([p for p, _ in scored], axis=0)
-    if examples[0].label is None:
-        return prob, threshold, None
-    labels = np.array([e.label for e in examples])
-    return prob, threshold, classification_metrics(labels, prob, log_loss(labels, prob), threshold)
+    sentence2: str | None = field(default=None, metadata=help_of("the pair's second sentence"))
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> None:
@@ -106,45 +77,179 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
     predict(parse_args(PredictArgs, sys.argv[1:] if argv is None else argv, "afqmc-predict"))
 
 
-def evaluate(args: EvaluateArgs) -> dict[str, float]:
-    """The metrics of ``args.ckpt`` on ``args.file``, printed as one JSON line and returned."""
-    from .data import read_pairs
+# ------------------------------------------------------------------------------------------ the weights
+@dataclass
+class Member:
+    """One model of ``ckpt``, with how it was trained: its max length, batch size, threshold, labels, files."""
+
+    model: object
+    tokenizer: object
+    max_length: int
+    batch_size: int
+    pad_to_multiple_of: int
+    threshold: float
+    labels: list[str]
+    meta: dict
+
+
+def weights_folder(ckpt_uri: str, args: EvaluateArgs) -> Path:
+    """The local folder ``ckpt`` names, or one line saying why it is not one."""
+    from .checkpoint import BEST_MODEL, recover
+    from .fetch import FetchError, local_weights
+    from .tracking import default_uri, resolve_uri
 
     try:
-        examples = read_pairs(args.file)
+        ckpt = local_weights(ckpt_uri, resolve_uri(args.tracking_uri or default_uri()))
+    except FetchError as error:
+        raise SystemExit(f"error: {error}") from None
+    recover(ckpt)  # a training run killed between the two renames of a best_model swap
+    if not ckpt.is_dir():
+        raise SystemExit(f"error: ckpt={ckpt_uri}: no such folder")
+    if not (ckpt / "config.json").exists():
+        inside = ckpt / BEST_MODEL
+        hint = f"it is a run folder: its weights are ckpt={inside}" if (inside / "config.json").exists() else \
+            "ckpt is a best_model folder written by training"  # fmt: skip
+        raise SystemExit(f"error: ckpt={ckpt_uri}: no config.json there; {hint}")
+    return ckpt
+
+
+def load_member(ckpt_uri: str, args: EvaluateArgs, accelerator) -> Member:
+    from .checkpoint import read_meta
+    from .data import auto_eval_batch_size, auto_pad_to_multiple_of
+    from .model import label_names, load_pair_classifier, prepare_for_device
+
+    ckpt = weights_folder(ckpt_uri, args)
+    meta, device_type = read_meta(ckpt), accelerator.device.type
+    pretrained = prepare_for_device(load_pair_classifier(str(ckpt)), device_type)
+    return Member(
+        model=accelerator.prepare(pretrained.model),
+        tokenizer=pretrained.tokenizer,
+        max_length=args.max_length or meta.get("max_length", 128),
+        batch_size=args.batch_size or meta.get("eval_batch_size") or auto_eval_batch_size(device_type),
+        pad_to_multiple_of=auto_pad_to_multiple_of(device_type),
+        threshold=meta.get("threshold", 0.5),
+        labels=[str(label) for label in meta.get("labels") or label_names(pretrained.model.config)],
+        meta=meta,
+    )
+
+
+class Scorer:
+    """The members of ``args.ckpt``, scoring chunks of pairs: the mean of their class probabilities."""
+
+    def __init__(self, args: EvaluateArgs):
+        from accelerate import Accelerator
+
+        self.args, self.accelerator = args, Accelerator(cpu=args.device == "cpu")
+        self.members = [load_member(c.strip(), args, self.accelerator) for c in args.ckpt.split(",") if c.strip()]
+        self.labels = self.members[0].labels
+        if any(m.labels != self.labels for m in self.members):
+            shown = "; ".join(", ".join(m.labels) for m in self.members)
+            raise SystemExit(f"error: ckpt={args.ckpt}: the members answer with different labels ({shown})")
+        saved = float(np.mean([m.threshold for m in self.members]))
+        self.threshold = args.threshold if args.threshold is not None else saved
+
+    def spec(self) -> ReadSpec:
+        """How a file is read: as the first member's task reads its files, with the arguments' changes."""
+        from .data.formats import fields_tuple
+        from .data.task import AFQMC_FIELDS
+
+        meta, args = self.members[0].meta, self.args
+        given = {"text_a": args.text_a, "text_b": args.text_b, "label": args.label_column, "id": args.id_column}
+        fields = {**meta.get("fields", AFQMC_FIELDS), **{k: _column(v) for k, v in given.items() if v is not None}}
+        return ReadSpec(args.format or meta.get("format", "jsonl"), fields_tuple(fields), tuple(self.labels),
+                        tuple(meta.get("drop_labels", ())))  # fmt: skip
+
+    def __call__(self, pairs: list[Pair]) -> tuple[np.ndarray, float]:
+        """Class probabilities of ``pairs`` (the members' mean) and the mean loss (NaN when unlabelled)."""
+        from .data import Split, encode_pairs, make_loader
+        from .inference import predict
+
+        scored = []
+        for m in self.members:
+            split = Split.of_pairs(pairs, encode_pairs(pairs, m.tokenizer, m.max_length))
+            loader = make_loader(split, m.tokenizer.pad_token_id, m.batch_size, train=False,
+                                 pad_to_multiple_of=m.pad_to_multiple_of)  # fmt: skip
+            scored.append(predict(m.model, self.accelerator.prepare(loader), self.accelerator))
+        if len(scored) == 1:
+            return scored[0]
+        probs = np.mean([p for p, _ in scored], axis=0)
+        if pairs[0].label is None:
+            return probs, float("nan")
+        from .metrics import log_loss
+
+        return probs, log_loss([p.label for p in pairs], probs)
+
+
+def _column(value: str) -> str | int:
+    """A column named on the command line: a TSV position is a number."""
+    return int(value) if value.isdigit() else value
+
+
+# ------------------------------------------------------------------------------------------ the commands
+def evaluate(args: EvaluateArgs) -> dict[str, float]:
+    """The metrics of ``args.ckpt`` on ``args.file``, printed as one JSON line and returned."""
+    from .data.token_cache import chunks
+    from .metrics import classification_metrics
+
+    scorer = Scorer(args)
+    labels, probs, loss_sum = [], [], 0.0
+    try:
+        for chunk in chunks(PairReader(args.file, scorer.spec(), require_labels=True), CHUNK):
+            chunk_probs, loss = scorer(chunk)
+            labels.append(np.array([p.label for p in chunk], dtype=np.int64))
+            probs.append(chunk_probs)
+            loss_sum += loss * len(chunk)
     except DataError as err:
         raise SystemExit(f"error: {err}") from None
-    _, threshold, metrics = score_with(args, examples)
-    metrics.update(n=len(examples), threshold=threshold)
+    labels, probs = np.concatenate(labels), np.concatenate(probs)
+    metrics = classification_metrics(labels, probs, loss_sum / len(labels), scorer.threshold, scorer.labels)
+    metrics["n"] = len(labels)
+    if len(scorer.labels) == 2:
+        metrics["threshold"] = scorer.threshold
     print(json.dumps(metrics))
     return metrics
 
 
 def predict(args: PredictArgs) -> Path | dict:
     """The answer for one pair (printed as JSON) or the predictions file written for ``args.file``."""
-    from .data import PairExample, read_pairs
-    from .inference import write_predictions
+    from .inference import answer
 
     one_pair = args.sentence1 is not None or args.sentence2 is not None
     if one_pair and not (args.sentence1 and args.sentence2):
         raise SystemExit("error: give both sentence1=... and sentence2=...")
     if not one_pair and not (args.file and args.out):
         raise SystemExit("error: give file=... and out=..., or sentence1=... sentence2=...; see afqmc-predict --help")
-    try:
-        examples = (
-            [PairExample(args.sentence1, args.sentence2, None, 0)]
-            if one_pair
-            else read_pairs(args.file, require_labels=False)
-        )
-    except DataError as err:
-        raise SystemExit(f"error: {err}") from None
-    prob_same, threshold, _ = score_with(args, examples)
+    if not one_pair and Path(args.out).resolve() == Path(args.file).resolve():
+        raise SystemExit(f"error: out={args.out} is the input file itself; write the predictions elsewhere")
+    scorer = Scorer(args)
     if one_pair:
-        answer = {"label": str(int(prob_same[0] >= threshold)), "prob": round(float(prob_same[0]), 6)}
-        print(json.dumps(answer))
-        return answer
-    out = Path(args.out)
+        probs, _ = scorer([Pair(args.sentence1, args.sentence2)])
+        reply = answer(probs[0], scorer.labels, scorer.threshold)
+        print(json.dumps(reply, ensure_ascii=False))
+        return reply
+    return predict_file(args, scorer)
+
+
+def predict_file(args: PredictArgs, scorer: Scorer) -> Path:
+    """Predictions for ``args.file`` written chunk by chunk into ``<out>.part``, which replaces ``out`` once
+    every pair is scored: a bad line or a kill halfway leaves an earlier ``out`` as it was."""
+    from .data.token_cache import chunks
+    from .inference import prediction_lines
+
+    out, written = Path(args.out), 0
+    partial = out.with_name(out.name + ".part")
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_predictions(out, examples, prob_same, threshold=threshold)
-    print(f"wrote {len(examples)} predictions to {out}", file=sys.stderr)
+    try:
+        reader = PairReader(args.file, scorer.spec(), require_labels=False)
+        with open(partial, "w", encoding="utf-8") as lines:
+            for chunk in chunks(reader, CHUNK):
+                probs, _ = scorer(chunk)
+                lines.writelines(prediction_lines(chunk, probs, scorer.labels, scorer.threshold))
+                lines.flush()
+                written += len(chunk)
+        os.replace(partial, out)
+    except DataError as err:
+        partial.unlink(missing_ok=True)
+        raise SystemExit(f"error: {err}") from None
+    print(f"wrote {written} predictions to {out}", file=sys.stderr)
     return out

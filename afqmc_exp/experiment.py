@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import random
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from .checkpoint import has_last_checkpoint, remove_last_checkpoint, update_meta
-from .data import AfqmcData, DataError, EncodedPairs, encode_pairs
+from .data import CheckedFile, DataError, PairData, Split
 from .hardware import build_accelerator, eval_in_bf16, seconds_since_process_start, system_tags
 from .inference import score, write_predictions
 from .masking import Masker, mask_uri
@@ -46,7 +47,7 @@ def seed_everything(seed: int) -> None:
 
 
 def run(
-    *, data: AfqmcData, load_model: Callable[[], Pretrained], make_optimizer: Callable, make_scheduler: Callable,
+    *, data: PairData, load_model: Callable[[], Pretrained], make_optimizer: Callable, make_scheduler: Callable,
     trainer: TrainerConfig, tracking: MlflowTracking, seed: int, output_dir: Path, params: Mapping[str, str],
     tags: Mapping[str, str], parent_run_id: str | None = None, resume: bool = False, masker: Masker | None = None,
     regularizer: Callable | None = None, on_evaluate: Callable[[int, float], None] | None = None,
@@ -58,22 +59,26 @@ def run(
     what is uploaded (see ``masking``)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    examples = data.load()  # validated before anything heavy happens
-    check_dev_labels(examples["dev"], trainer.metric)
+    started = time.perf_counter()
+    checked = data.check()  # every line checked before anything heavy happens
+    startup = {"data_check_s": time.perf_counter() - started}  # where the wait before the first step goes
+    check_dev_labels(checked["dev"], trainer.metric, data.labels)
     seed_everything(seed)
     accelerator = build_accelerator(trainer.device, trainer.mixed_precision, trainer.tf32)
     data = data.for_device(accelerator.device.type)  # the "auto" batch settings
     output_dir = shared_output_dir(output_dir, accelerator)
     log.info("run folder: %s", output_dir)
+    for line in data.summary(checked):
+        log.info("%s", line)
     tags = {**tags, **system_tags(accelerator, eval_in_bf16(trainer.eval_precision, accelerator.device))}
-    startup = {"startup_data_s": seconds_since_process_start()}  # where the wait before the first step goes
+    startup["startup_data_s"] = seconds_since_process_start()
     with run_folder_lock(output_dir, accelerator):
         mlflow_run = open_mlflow_run(tracking, output_dir, params, tags, parent_run_id, resume, accelerator, masker)
         if not resume:
-            mlflow_run.log_datasets(dataset_inputs(data, {split: len(rows) for split, rows in examples.items()}))
+            mlflow_run.log_datasets(data.dataset_inputs(checked))
         with closed_with_status(mlflow_run, output_dir, accelerator, tracking.system_metrics_seconds):
             startup["startup_tracking_s"] = seconds_since_process_start()
-            pretrained, splits = load_for_training(load_model, accelerator.device.type, data, examples)
+            pretrained, splits = load_for_training(load_model, accelerator.device.type, data, checked, startup)
             startup["startup_model_s"] = seconds_since_process_start()
             trainer_of_run = Trainer(
                 pretrained=pretrained, data=data, splits=splits, make_optimizer=make_optimizer,
@@ -83,19 +88,25 @@ def run(
             )  # fmt: skip
             result = trainer_of_run.fit(resume=resume and has_last_checkpoint(output_dir))
             result.speed.update(startup)
-            finish_run(result, examples, data, trainer, tracking, mlflow_run, output_dir, accelerator)
+            finish_run(result, splits, data, trainer, tracking, mlflow_run, output_dir, accelerator)
     return result.best_metric
 
 
 def load_for_training(
-    load_model: Callable[[], Pretrained], device_type: str, data: AfqmcData, examples: dict
-) -> tuple[Pretrained, dict[str, EncodedPairs]]:
-    """The model, prepared for the device, and the train and dev splits tokenized (the test file is scored
-    with the best weights at the end)."""
-    pretrained = prepare_for_device(load_model(), device_type)
+    load_model: Callable[..., Pretrained],
+    device_type: str,
+    data: PairData,
+    checked: dict[str, CheckedFile],
+    startup: dict[str, float],
+) -> tuple[Pretrained, dict[str, Split]]:
+    """The model with one output per label, prepared for the device, and every split tokenized with its
+    tokenizer (from the token cache after the first run on these files; ``startup`` gets how long that took)."""
+    pretrained = prepare_for_device(load_model(labels=data.labels), device_type)
     check_max_length(data.max_length, pretrained)
-    return pretrained, {name: encode_pairs(examples[name], pretrained.tokenizer, data.max_length)
-                        for name in ("train", "dev")}  # fmt: skip
+    started = time.perf_counter()
+    splits = data.tokenize(pretrained.tokenizer, checked)
+    startup["data_tokenize_s"] = time.perf_counter() - started
+    return pretrained, splits
 
 
 class RunInProgress(RuntimeError):
@@ -125,33 +136,19 @@ def run_folder_lock(output_dir: Path, accelerator):
         lock.release()
 
 
-def dataset_inputs(data: AfqmcData, rows: dict[str, int]) -> list[dict]:
-    """The data files (``rows``: split -> pairs used) as MLflow dataset inputs: name, path, digest of the
-    file's bytes, rows, and their role."""
-    import hashlib
-
-    names = {"train": data.train_file, "dev": data.dev_file, "test": data.test_file}
-    contexts = {"train": "training", "dev": "validation", "test": "test"}
-    inputs = []
-    for split, count in rows.items():
-        path = data.path(names[split]).resolve()
-        if path.is_file():
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
-            inputs.append({"name": f"{path.parent.name}/{path.name}", "path": str(path), "digest": digest,
-                           "rows": count, "context": contexts[split]})  # fmt: skip
-    return inputs
-
-
-def check_dev_labels(dev: list, metric: str) -> None:
+def check_dev_labels(dev: CheckedFile, metric: str, labels: list[str]) -> None:
     """AUC needs both classes; with one, it is undefined, and as the metric it could pick no best weights."""
-    if len({example.label for example in dev}) > 1:
+    absent = [name for name, count in zip(labels, dev.stats.label_counts, strict=True) if not count]
+    if not absent:
         return
     if metric == "auc":
         raise DataError(
-            f"the dev set holds only label {dev[0].label}: AUC is undefined on it, so trainer.metric=auc cannot "
-            "pick the best weights; use a dev set with both labels or another trainer.metric"
+            f"{dev.path}: the dev set holds no pair labelled {absent[0]!r}: AUC is undefined on it, so "
+            "trainer.metric=auc cannot pick the best weights; use a dev set with both labels or another trainer.metric"
         )
-    log.warning("the dev set holds only one label: dev AUC is undefined (logged as NaN, null in result.json)")
+    log.warning("the dev set holds no pair labelled %s: %s", ", ".join(map(repr, absent)),
+                "dev AUC is undefined (logged as NaN, null in result.json)" if len(labels) == 2
+                else "macro-F1 counts them only where they are predicted (with F1 0)")  # fmt: skip
 
 
 def shared_output_dir(output_dir: Path, accelerator) -> Path:
@@ -223,8 +220,8 @@ def check_max_length(max_length: int, pretrained: Pretrained) -> None:
 
 def finish_run(
     result: FitResult,
-    examples: dict,
-    data: AfqmcData,
+    splits: dict[str, Split],
+    data: PairData,
     trainer: TrainerConfig,
     tracking: MlflowTracking,
     mlflow_run: Run,
@@ -232,32 +229,26 @@ def finish_run(
     accelerator,
 ) -> None:
     """Score the saved best weights, write the outputs, log them, and drop the resume state."""
-    final, prob_dev, prob_test, threshold = score_best(result.best_dir, examples, data, trainer.threshold, accelerator)
+    final, probs, threshold = score_best(result.best_dir, splits, data, trainer.threshold, accelerator)
     mlflow_run.log_metrics({**final, **{f"speed/{k}": v for k, v in result.speed.items()}}, step=result.steps)
     if not accelerator.is_main_process:
         return
     log_summary(result, final, trainer.metric, output_dir, tracking)
     note = mlflow_run.tags.get("mlflow.note.content", "").split("\n\nBest dev")[0]  # a resumed run: not twice
     mlflow_run.set_tags({"mlflow.note.content": f"{note}\n\n{result_line(result, final, trainer.metric)}".strip()})
-    write_outputs(
-        output_dir,
-        examples,
-        prob_dev,
-        prob_test,
-        result,
-        final,
-        trainer.metric,
-        mlflow_run.run_id,
-        tracking.run_name or output_dir.name,
-        threshold,
-    )
+    write_outputs(output_dir, splits, probs, data.labels, result, final, trainer.metric, mlflow_run.run_id,
+                  tracking.run_name or output_dir.name, threshold)  # fmt: skip
     log_outputs(mlflow_run, tracking, output_dir, result.best_dir)
     if not trainer.keep_last_checkpoint:
         remove_last_checkpoint(output_dir)
 
 
+SUMMARY = ("accuracy", "macro_f1", "f1", "auc")  # the final metrics the summary line shows
+
+
 def result_line(result: FitResult, final: dict, metric: str) -> str:
-    scores = " ".join(f"{k.removeprefix('final/')}={v:.4f}" for k, v in final.items() if not k.endswith("_loss"))
+    scores = " ".join(f"{k.removeprefix('final/')}={v:.4f}" for k, v in final.items()
+                      if k.rsplit("_", 1)[-1] in SUMMARY or k.endswith("macro_f1"))  # fmt: skip
     return f"Best dev {metric} {result.best_metric:.4f} at step {result.best_step} of {result.steps}; the best " \
         f"weights scored again from disk: {scores}"  # fmt: skip
 
@@ -273,34 +264,39 @@ def log_summary(result: FitResult, final: dict, metric: str, output_dir: Path, t
         log.info("MLflow run %r in experiment %r: %s", tracking.run_name, tracking.experiment, browse)
 
 
-def score_best(best_dir: Path, examples: dict, data: AfqmcData, threshold: float | str, accelerator):
-    """Metrics of the saved best weights on dev (and a labelled test file), their probabilities, and the
-    threshold they predict with (``tune``: the one that maximises dev F1, saved in the weights' meta).
-    The saved folder, reloaded, is what users get: it is scored, not the in-memory model."""
-    scored = f"dev ({len(examples['dev'])} pairs)"
-    if examples.get("test") and data.score_test:
-        scored += f" and test ({len(examples['test'])} pairs)"
-    log.info("scoring the best weights (%s) on %s", best_dir, scored)
+def scored_splits(splits: dict[str, Split]) -> list[str]:
+    """What the best weights are scored on, dev first (a tuned threshold is chosen there): dev, the extra dev
+    sets, the test file."""
+    return ["dev", *(name for name in splits if name.startswith("dev_")), *(["test"] if "test" in splits else [])]
+
+
+def score_best(best_dir: Path, splits: dict[str, Split], data: PairData, threshold: float | str, accelerator):
+    """Metrics of the saved best weights on every split but train (those with labels), their class
+    probabilities, and the threshold they predict with (``tune``, binary tasks: the one that maximises dev F1,
+    saved in the weights' meta). The saved folder, reloaded, is what users get: it is scored, not the
+    in-memory model."""
+    names = scored_splits(splits)
+    log.info("scoring the best weights (%s) on %s", best_dir, ", ".join(f"{n} ({len(splits[n])} pairs)" for n in names))
     best = prepare_for_device(load_pair_classifier(str(best_dir)), accelerator.device.type)
-    batching = dict(batch_size=data.eval_batch_size, pad_to_multiple_of=data.pad_to_multiple_of)
-    prob_dev, dev_metrics = score(best, examples["dev"], data.max_length, accelerator=accelerator, **batching)
-    if threshold == "tune":
-        threshold = tune_threshold(examples["dev"], prob_dev, best_dir)
-        dev_metrics = classification_metrics(
-            [e.label for e in examples["dev"]], prob_dev, dev_metrics["loss"], threshold
-        )
-    final = {f"final/dev_{k}": v for k, v in dev_metrics.items()} | {"final/threshold": threshold}
-    prob_test = None
-    if examples.get("test") and data.score_test:
-        prob_test, test_metrics = score(best, examples["test"], data.max_length, accelerator=accelerator,
-                                        threshold=threshold, **batching)  # fmt: skip
-        final.update({f"final/test_{k}": v for k, v in (test_metrics or {}).items()})
-    return final, prob_dev, prob_test, threshold
+    batching = dict(batch_size=data.eval_batch_size, pad_to_multiple_of=data.pad_to_multiple_of, names=data.labels)
+    final, probs = {}, {}
+    for name in names:
+        probs[name], loss, metrics = score(best, splits[name], accelerator=accelerator,
+                                           threshold=0.5 if threshold == "tune" else threshold, **batching)  # fmt: skip
+        if name == "dev" and threshold == "tune":
+            threshold = tune_threshold(splits["dev"].labels, probs["dev"], best_dir)
+            metrics = classification_metrics(splits["dev"].labels, probs["dev"], loss, threshold, data.labels)
+        elif name != "dev" and threshold != 0.5 and metrics is not None:  # the tuned threshold everywhere
+            metrics = classification_metrics(splits[name].labels, probs[name], loss, threshold, data.labels)
+        final.update({f"final/{name}_{k}": v for k, v in (metrics or {}).items()})
+    if len(data.labels) == 2:
+        final["final/threshold"] = threshold
+    return final, probs, threshold
 
 
-def tune_threshold(dev: list, prob_dev, best_dir: Path) -> float:
+def tune_threshold(labels: np.ndarray, probs: np.ndarray, best_dir: Path) -> float:
     """The dev-F1-best threshold for the best weights, written into their meta (evaluate/predict use it)."""
-    threshold, f1 = best_threshold([e.label for e in dev], prob_dev)
+    threshold, f1 = best_threshold(labels, probs[:, 1])
     update_meta(best_dir, threshold=threshold)
     log.warning(
         "threshold %.4f maximises dev F1 (%.4f) and is saved with the best weights; dev metrics at it are "
@@ -325,9 +321,9 @@ def json_dumps(value, **kwargs) -> str:
 
 def write_outputs(
     output_dir: Path,
-    examples: dict,
-    prob_dev,
-    prob_test,
+    splits: dict[str, Split],
+    probs: dict,
+    names: list[str],
     result: FitResult,
     final: dict,
     metric: str,
@@ -336,10 +332,10 @@ def write_outputs(
     threshold: float = 0.5,
 ) -> None:
     """Predictions, result.json and the dev plots in the run's output folder."""
-    dev_file = output_dir / "dev_predictions.jsonl"
-    write_predictions(dev_file, examples["dev"], prob_dev, with_sentences=True, threshold=threshold)
-    if prob_test is not None:
-        write_predictions(output_dir / "test_predictions.jsonl", examples["test"], prob_test, threshold=threshold)
+    for split, split_probs in probs.items():  # dev (with sentences and gold labels), extra dev sets, test
+        scored = split != "test"
+        path = output_dir / f"{split}_predictions.jsonl"
+        write_predictions(path, splits[split].pairs(), split_probs, names, threshold, with_sentences=scored)
     (output_dir / "result.json").write_text(
         json_dumps(
             {
@@ -355,14 +351,13 @@ def write_outputs(
         )
         + "\n"
     )
-    labels = np.array([e.label for e in examples["dev"]])
-    save_dev_plots(labels, prob_dev, output_dir / "plots", title=run_name, threshold=threshold)
+    save_dev_plots(splits["dev"].labels, probs["dev"], names, output_dir / "plots", title=run_name, threshold=threshold)
 
 
 def log_outputs(mlflow_run: Run, tracking: MlflowTracking, output_dir: Path, best_dir: Path) -> None:
     """The run's files as MLflow artifacts; the best weights as artifacts, a flavour model, a registry version."""
-    for name in ("dev_predictions.jsonl", "test_predictions.jsonl", "result.json"):
-        mlflow_run.log_artifact(output_dir / name)
+    for path in (*sorted(output_dir.glob("*_predictions.jsonl")), output_dir / "result.json"):
+        mlflow_run.log_artifact(path)
     mlflow_run.log_table(output_dir / "dev_predictions.jsonl", "dev_predictions_table.json")  # sortable in the UI
     for folder in ("plots", "profile"):  # profile/: when trainer.profile_steps > 0
         mlflow_run.log_artifacts(output_dir / folder, folder)

@@ -1,20 +1,25 @@
-"""Scoring pairs with a classifier: probabilities, metrics and CLUE prediction files.
+"""Scoring pairs with a classifier: class probabilities, metrics, answers and prediction files.
 
 It serves the trainer's evaluations as much as ``evaluate.py`` and ``predict.py``. Evaluation runs under
-``torch.inference_mode`` over length-sorted batches (see ``data.make_loader``) and maps the answers back
-to file order; with several processes each scores a slice and the results are gathered.
+``torch.inference_mode`` over length-sorted batches (see ``data.batching``) and maps the answers back to the
+split's order; with several processes each scores a slice and the results are gathered.
+
+Every way of predicting answers in one format (:func:`answer`): the label as the data writes it (AFQMC's
+``"1"``, CMNLI's ``"entailment"``), the probability of every label (``probs``), and for a binary task
+``prob``, the probability of its positive label (AFQMC: same meaning), which the threshold is applied to.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .data import EncodedPairs, PairExample, encode_pairs, make_loader
-from .metrics import classification_metrics
+from .data import Pair, Split, make_loader
+from .metrics import classification_metrics, predicted
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 
@@ -35,8 +40,9 @@ def model_inputs(batch: dict, model) -> dict:
 
 
 def predict(model: torch.nn.Module, loader, accelerator, bf16: bool = False) -> tuple[np.ndarray, float]:
-    """Probabilities of label 1 for every pair of ``loader``'s split, in file order, and the mean loss
-    (NaN when the split is unlabelled), computed under bf16 autocast if ``bf16``. Gathers across processes."""
+    """Class probabilities ``(pairs, classes)`` for every pair of ``loader``'s split, in the split's order, and
+    the mean loss (NaN when the split is unlabelled), computed under bf16 autocast if ``bf16``. Gathers
+    across processes."""
     model.eval()
     indices, probs, losses = [], [], []
     with torch.inference_mode(), torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -44,57 +50,62 @@ def predict(model: torch.nn.Module, loader, accelerator, bf16: bool = False) -> 
             logits = model(**model_inputs(batch, model)).logits.float()
             if "labels" in batch:
                 losses.append(torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none"))
-            gathered = accelerator.gather_for_metrics((batch["index"], logits.softmax(-1)[:, 1]))
+            gathered = accelerator.gather_for_metrics((batch["index"], logits.softmax(-1)))
             indices.append(gathered[0])  # kept on the device: copying each batch out would wait for it
             probs.append(gathered[1])
     model.train()
     order = torch.cat(indices).cpu().numpy()
-    prob_same = np.empty(len(order), dtype=np.float64)
-    prob_same[order] = torch.cat(probs).double().cpu().numpy()
+    stacked = torch.cat(probs).double().cpu().numpy()
+    in_order = np.empty_like(stacked)
+    in_order[order] = stacked
     if losses:
         loss = accelerator.gather_for_metrics(torch.cat(losses)).double().mean().item()
     else:
         loss = float("nan")
-    return prob_same, loss
+    return in_order, loss
 
 
-def evaluate(
-    model: torch.nn.Module, loader, split: EncodedPairs, accelerator, bf16: bool = False, threshold: float = 0.5
-) -> tuple[dict[str, float], np.ndarray]:
-    """Loss, accuracy, F1 and AUC of ``model`` on a labelled split, and the probabilities in file order."""
-    prob_same, loss = predict(model, loader, accelerator, bf16)
-    return classification_metrics(split.labels.numpy(), prob_same, loss, threshold), prob_same
+def evaluate(model: torch.nn.Module, loader, split: Split, accelerator, names: Sequence[str], bf16: bool = False,
+             threshold: float = 0.5) -> tuple[dict[str, float], np.ndarray]:  # fmt: skip
+    """The metrics of ``model`` on a labelled split, and its class probabilities in the split's order."""
+    probs, loss = predict(model, loader, accelerator, bf16)
+    return classification_metrics(split.labels, probs, loss, threshold, names), probs
 
 
-def score(
-    pretrained,
-    examples: list[PairExample],
-    max_length: int,
-    batch_size: int,
-    accelerator,
-    pad_to_multiple_of: int = 1,
-    threshold: float = 0.5,
-) -> tuple[np.ndarray, dict[str, float] | None]:
-    """Probabilities of "same meaning" for ``examples`` (file order) and, if labelled, their metrics."""
-    split = encode_pairs(examples, pretrained.tokenizer, max_length)
+def score(pretrained, split: Split, batch_size: int, accelerator, names: Sequence[str], pad_to_multiple_of: int = 1,
+          threshold: float = 0.5) -> tuple[np.ndarray, float, dict[str, float] | None]:  # fmt: skip
+    """Class probabilities for a tokenized split, the mean loss and, if it is labelled, its metrics."""
     loader = make_loader(
         split, pretrained.tokenizer.pad_token_id, batch_size, train=False, pad_to_multiple_of=pad_to_multiple_of
     )
     model, loader = accelerator.prepare(pretrained.model, loader)
-    prob_same, loss = predict(model, loader, accelerator)
+    probs, loss = predict(model, loader, accelerator)
     labels = split.labels
-    metrics = classification_metrics(labels.numpy(), prob_same, loss, threshold) if labels is not None else None
-    return prob_same, metrics
+    metrics = classification_metrics(labels, probs, loss, threshold, names) if labels is not None else None
+    return probs, loss, metrics
 
 
-def write_predictions(
-    path: Path, examples: list[PairExample], prob_same: np.ndarray, with_sentences: bool = False,
-    threshold: float = 0.5,
-) -> None:  # fmt: skip
-    """CLUE submission lines ``{"id", "label": "0"|"1"}`` plus the probability (and optionally the pair)."""
+def answer(probs: np.ndarray, names: Sequence[str], threshold: float = 0.5) -> dict:
+    """One pair's answer from its class probabilities (see the module docstring)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    label = names[int(predicted(probs[None, :], threshold)[0])]
+    shown = {name: round(float(p), 6) for name, p in zip(names, probs, strict=True)}
+    return {"label": label, **({"prob": shown[names[1]]} if len(names) == 2 else {}), "probs": shown}
+
+
+def prediction_lines(pairs: Iterable[Pair], probs: np.ndarray, names: Sequence[str], threshold: float = 0.5,
+                     with_sentences: bool = False) -> Iterable[str]:  # fmt: skip
+    """JSON lines ``{"id", "label", "prob", "probs"}`` (CLUE's submission fields first), optionally with the
+    pair and its gold label."""
+    for pair, row in zip(pairs, probs, strict=True):
+        line = {"id": pair.id, **answer(row, names, threshold)}
+        if with_sentences:
+            gold = names[pair.label] if pair.label is not None else None
+            line.update(sentence1=pair.text_a, sentence2=pair.text_b, gold=gold)
+        yield json.dumps(line, ensure_ascii=False) + "\n"
+
+
+def write_predictions(path: Path, pairs: Iterable[Pair], probs: np.ndarray, names: Sequence[str],
+                      threshold: float = 0.5, with_sentences: bool = False) -> None:  # fmt: skip
     with open(path, "w", encoding="utf-8") as out:
-        for example, prob in zip(examples, prob_same, strict=True):
-            row = {"id": example.id, "label": str(int(prob >= threshold)), "prob": round(float(prob), 6)}
-            if with_sentences:
-                row.update(sentence1=example.sentence1, sentence2=example.sentence2, gold=example.label)
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        out.writelines(prediction_lines(pairs, probs, names, threshold, with_sentences))

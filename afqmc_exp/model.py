@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -42,7 +43,7 @@ from .cache import keep_compiled_kernels
 
 log = logging.getLogger(__name__)
 
-LABELS = {0: "different", 1: "same"}
+LEGACY_AFQMC_NAMES = ["different", "same"]  # what weights saved before the labels were the data's own call them
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model",
                    "vocab.json")  # fmt: skip
 
@@ -163,17 +164,22 @@ def load_pair_classifier(
     dropout: float | None = None,
     trust_remote_code: bool = False,
     cls_only_last_layer: bool | Literal["auto"] = "auto",
+    labels: Sequence[str] | None = None,
 ) -> Pretrained:
-    """Load tokenizer and 2-way classifier from a Hub id or a local folder (ours or anyone's).
-    ``dropout`` replaces the encoder's hidden and attention dropout, ``classifier_dropout`` the head's
-    (None: the checkpoint's own)."""
+    """Load tokenizer and classifier from a Hub id or a local folder (ours or anyone's). ``labels`` (the
+    task's, in class-id order) gives a pretrained encoder its head: one output per label, named by it in
+    ``id2label``; without them the folder's own head is kept (saved weights being scored). ``dropout``
+    replaces the encoder's hidden and attention dropout, ``classifier_dropout`` the head's (None: the
+    checkpoint's own)."""
     import transformers
 
     config_cls, model_cls, tokenizer_cls = (getattr(transformers, name) for name in CLASSES[architecture])
     kwargs = {"trust_remote_code": trust_remote_code} if architecture == "auto" else {}
-    config = config_cls.from_pretrained(
-        name_or_path, num_labels=len(LABELS), id2label=LABELS, label2id={v: k for k, v in LABELS.items()}, **kwargs
-    )
+    head = {}
+    if labels is not None:
+        id2label = dict(enumerate(map(str, labels)))
+        head = {"num_labels": len(id2label), "id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
+    config = config_cls.from_pretrained(name_or_path, **head, **kwargs)
     if classifier_dropout is not None:
         config.classifier_dropout = classifier_dropout
     if dropout is not None:
@@ -191,6 +197,13 @@ def load_pair_classifier(
             "%s: weights missing from the checkpoint: %s", name_or_path, ", ".join(sorted(loading["missing_keys"]))
         )
     return Pretrained(model, tokenizer, str(name_or_path), cls_only_last_layer)
+
+
+def label_names(config) -> list[str]:
+    """The labels a classifier answers with, in class-id order (its ``id2label``). Weights saved before the
+    labels were the data's own named AFQMC's two classes different/same: they answer "0"/"1" as AFQMC does."""
+    names = [str(config.id2label[i]) for i in range(config.num_labels)]
+    return ["0", "1"] if names == LEGACY_AFQMC_NAMES else names
 
 
 def check_vocabulary(tokenizer, config, name_or_path: str) -> None:

@@ -1,7 +1,9 @@
 """Figures of one run's best weights on the dev set, saved as PNG artifacts for the MLflow UI.
 
-Curves are computed here with numpy (the same threshold sweep for PR and ROC); matplotlib is imported
-only when figures are drawn, with the non-interactive Agg backend so runs on servers need no display.
+Every task gets its confusion matrix (K x K, labelled with the task's labels); a binary task also gets the
+precision-recall and ROC curves of its positive label's probability. Curves are computed here with numpy
+(the same threshold sweep for PR and ROC); matplotlib is imported only when figures are drawn, with the
+non-interactive Agg backend so runs on servers need no display.
 """
 
 from __future__ import annotations
@@ -10,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import roc_auc
-from .model import LABELS
+from .metrics import predicted, roc_auc
 
 
 def curves(labels: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
@@ -30,31 +31,31 @@ def curves(labels: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def confusion(labels: np.ndarray, prob_same: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    predicted = (np.asarray(prob_same) >= threshold).astype(int)
-    matrix = np.zeros((2, 2), dtype=int)
-    np.add.at(matrix, (np.asarray(labels).astype(int), predicted), 1)
+def confusion(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Counts of (gold, predicted) class pairs: rows are gold labels."""
+    classes = np.asarray(probs).shape[1]
+    matrix = np.zeros((classes, classes), dtype=int)
+    np.add.at(matrix, (np.asarray(labels).astype(int), predicted(probs, threshold)), 1)
     return matrix
 
 
-def save_dev_plots(
-    labels: np.ndarray, prob_same: np.ndarray, folder: Path, title: str = "", threshold: float = 0.5
-) -> list[Path]:
-    """confusion_matrix.png, pr_curve.png, roc_curve.png in ``folder``; returns their paths."""
+def save_dev_plots(labels: np.ndarray, probs: np.ndarray, names: list[str], folder: Path, title: str = "",
+                   threshold: float = 0.5) -> list[Path]:  # fmt: skip
+    """confusion_matrix.png (and, for two labels, pr_curve.png and roc_curve.png) in ``folder``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
+    side = 3.2 + 0.5 * len(names)
+    drawings = [("confusion_matrix.png", _draw_confusion, (side + 0.4, side))]
+    if len(names) == 2:
+        drawings += [("pr_curve.png", _draw_precision_recall, (4.6, 3.8)), ("roc_curve.png", _draw_roc, (4.6, 3.8))]
     paths = []
-    for name, draw, size in (
-        ("confusion_matrix.png", _draw_confusion, (4.2, 3.8)),
-        ("pr_curve.png", _draw_precision_recall, (4.6, 3.8)),
-        ("roc_curve.png", _draw_roc, (4.6, 3.8)),
-    ):
+    for name, draw, size in drawings:
         figure, ax = plt.subplots(figsize=size)
-        draw(ax, np.asarray(labels), np.asarray(prob_same), title, threshold)
+        draw(ax, np.asarray(labels), np.asarray(probs), names, title, threshold)
         figure.tight_layout()
         figure.savefig(folder / name, dpi=110)
         plt.close(figure)
@@ -62,29 +63,30 @@ def save_dev_plots(
     return paths
 
 
-def _draw_confusion(ax, labels: np.ndarray, prob_same: np.ndarray, title: str, threshold: float) -> None:
-    matrix = confusion(labels, prob_same, threshold)
+def _draw_confusion(ax, labels: np.ndarray, probs: np.ndarray, names: list[str], title: str, threshold: float):
+    matrix = confusion(labels, probs, threshold)
     ax.imshow(matrix, cmap="Blues")
     for (i, j), n in np.ndenumerate(matrix):
         ax.text(j, i, str(n), ha="center", va="center", color="white" if n > matrix.max() / 2 else "black")
-    names = [LABELS[0], LABELS[1]]
-    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=names, yticklabels=names, xlabel="predicted", ylabel="gold")
-    ax.set_title(f"dev confusion matrix (threshold {threshold:.3g})\n{title}".strip())
+    ticks = list(range(len(names)))
+    ax.set(xticks=ticks, yticks=ticks, xticklabels=names, yticklabels=names, xlabel="predicted", ylabel="gold")
+    rule = f"threshold {threshold:.3g}" if len(names) == 2 else "most probable label"
+    ax.set_title(f"dev confusion matrix ({rule})\n{title}".strip())
 
 
-def _draw_precision_recall(ax, labels: np.ndarray, prob_same: np.ndarray, title: str, threshold: float) -> None:
-    c = curves(labels, prob_same)
+def _draw_precision_recall(ax, labels: np.ndarray, probs: np.ndarray, names: list[str], title: str, threshold):
+    c = curves(labels, probs[:, 1])
     ax.plot(c["recall"], c["precision"])
-    ax.axhline(np.mean(labels), ls="--", c="grey", lw=1, label="always 'same'")
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+    ax.axhline(np.mean(labels), ls="--", c="grey", lw=1, label=f"always {names[1]!r}")
+    ax.set(xlabel=f"recall of {names[1]!r}", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
     ax.set_title(f"dev precision-recall\n{title}".strip())
     ax.legend(loc="lower left")
 
 
-def _draw_roc(ax, labels: np.ndarray, prob_same: np.ndarray, title: str, threshold: float) -> None:
-    c = curves(labels, prob_same)
-    ax.plot(c["fpr"], c["tpr"], label=f"AUC {roc_auc(labels, prob_same):.3f}")
+def _draw_roc(ax, labels: np.ndarray, probs: np.ndarray, names: list[str], title: str, threshold: float):
+    c = curves(labels, probs[:, 1])
+    ax.plot(c["fpr"], c["tpr"], label=f"AUC {roc_auc(labels, probs[:, 1]):.3f}")
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate")
+    ax.set(xlabel="false positive rate", ylabel=f"true positive rate of {names[1]!r}")
     ax.set_title(f"dev ROC\n{title}".strip())
     ax.legend(loc="lower right")

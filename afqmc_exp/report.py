@@ -108,7 +108,7 @@ def collect(client, experiment: str | None, parent: str | None):
     runs, title = runs_to_report(client, experiment, parent)
     if not runs:
         raise SystemExit(f"error: no runs to report in {title}")
-    metric = runs[0].data.params.get("trainer.metric", "f1")
+    metric = runs[0].data.params.get("trainer.metric", "f1")  # runs logged before there were tasks: AFQMC's F1
     return rows_of(runs, metric), metric, title
 
 
@@ -120,36 +120,48 @@ def rows_of(runs, metric: str):
     for run in runs:
         params, metrics = run.data.params, run.data.metrics
         model = Path(params.get(KEY_PARAMS["model"], "")).name
+        choices = json.loads(run.data.tags.get("hydra.choices", "{}"))  # which option of each group: a design param
+        own_metric = params.get("trainer.metric", metric)  # a sweep over tasks: each its own
         row = {
             "run": run.info.run_name,
             "run_id": run.info.run_id,
             "status": run.info.status,
-            "objective": metrics.get(f"best/dev_{metric}"),
+            "task": choices.get("data") or params.get("data.name", "afqmc"),
+            "metric": own_metric,
+            "objective": metrics.get(f"best/dev_{own_metric}"),
             "dev_loss": metrics.get("final/dev_loss"),
             "started": run.info.start_time,
             "best_step": metrics.get("best/step"),
-            "f1": metrics.get("final/dev_f1"),
             "accuracy": metrics.get("final/dev_accuracy"),
+            "macro_f1": metrics.get("final/dev_macro_f1"),
+            "f1": metrics.get("final/dev_f1"),
             "auc": metrics.get("final/dev_auc"),
             "samples_per_s": metrics.get("speed/train_samples_per_s"),
         }
         row.update({name: params.get(key) for name, key in KEY_PARAMS.items()})
-        row["model"] = json.loads(run.data.tags.get("hydra.choices", "{}")).get("model") or model
-        choices = json.loads(run.data.tags.get("hydra.choices", "{}"))  # which option of each group: a design param
+        row["model"] = choices.get("model") or model
         row["_params"] = {
             **params,
             **{group: option for group, option in choices.items() if "/" not in group and option},
         }
         rows.append(row)
     frame = pd.DataFrame(rows)
-    ascending = [not GREATER_IS_BETTER[metric], True, True]
-    return frame.sort_values(["objective", "dev_loss", "started"], ascending=ascending, na_position="last")
+    ascending = [True, not GREATER_IS_BETTER[metric], True, True]  # tasks apart: objectives compare within one
+    return frame.sort_values(["task", "objective", "dev_loss", "started"], ascending=ascending, na_position="last")
 
 
 def varying_params(frame) -> list[str]:
-    """Design params (dotted config keys) whose value differs between the runs."""
-    keys = set.intersection(*(set(p) for p in frame["_params"]))  # keys newer versions added do not count
-    return sorted(k for k in keys if not k.startswith(NOT_DESIGN) and len({p.get(k) for p in frame["_params"]}) > 1)
+    """Design params (dotted config keys) whose value differs between the runs. Between tasks, a ``data.*`` key
+    counts only where it varies within one task (the task itself is the ``data`` option)."""
+    params = list(frame["_params"])
+    keys = set.intersection(*(set(p) for p in params))  # keys newer versions added do not count
+
+    def varies(key: str) -> bool:
+        if key.startswith("data.") and "data" in keys:
+            return any(len({p.get(key) for p in params if p.get("data") == task}) > 1 for task in frame["task"])
+        return len({p.get(key) for p in params}) > 1
+
+    return sorted(k for k in keys if not k.startswith(NOT_DESIGN) and varies(k))
 
 
 def by_config(frame, varying: list[str]):
@@ -165,8 +177,9 @@ def by_config(frame, varying: list[str]):
             "seeds": grouped["seed"].apply(lambda s: ",".join(sorted(map(str, s)))),
             "objective_mean": grouped["objective"].mean(),
             "objective_std": grouped["objective"].std(ddof=1),  # sample std: NaN ("—") for a single seed
-            "f1_mean": grouped["f1"].mean(),
             "accuracy_mean": grouped["accuracy"].mean(),
+            "macro_f1_mean": grouped["macro_f1"].mean(),
+            "f1_mean": grouped["f1"].mean(),
             "auc_mean": grouped["auc"].mean(),
         }
     ).reset_index()
@@ -206,8 +219,9 @@ def fmt(frame) -> str:
     return frame.to_markdown(index=False, floatfmt=".4g", missingval="—")
 
 
-RUN_COLUMNS = ["run", "status", "objective", "best_step", "f1", "accuracy", "auc", "dev_loss", "samples_per_s",
-               "model", "lr", "batch", "seed", "epochs", "max_steps", "run_id"]  # fmt: skip
+RUN_COLUMNS = ["run", "status", "task", "metric", "objective", "best_step", "accuracy", "macro_f1", "f1", "auc",
+               "dev_loss", "samples_per_s", "model", "lr", "batch", "seed", "epochs", "max_steps",
+               "run_id"]  # fmt: skip
 
 
 def write_report(frame, metric: str, title: str, out: Path) -> str:

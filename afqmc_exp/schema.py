@@ -12,6 +12,7 @@ limit is read from its config.json alone (no weights) where that is available lo
 from __future__ import annotations
 
 import inspect
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from typing import Any
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
+from .metrics import BINARY_ONLY
 from .model import model_problems
 from .tracking import store_problems
 
@@ -62,8 +64,15 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "data.dir": (
         lambda v: isinstance(v, str) and v.strip() not in ("", "???"),
-        "must name the folder with train.json and dev.json, e.g. data.dir=../shared/data/afqmc",
+        "must name the folder with the task's files, e.g. data.dir=../shared/data/afqmc",
     ),
+    "data.labels": (
+        lambda v: isinstance(v, list) and len(v) >= 2 and len({str(x) for x in v}) == len(v),
+        "must list at least two different labels, as the files write them, in class-id order, e.g. "
+        "data.labels=[different,same]",
+    ),
+    "data.train_limit": (_at_least_one_or_null, "must be >= 1, or null for every pair"),
+    "data.dev_limit": (_at_least_one_or_null, "must be >= 1, or null for every pair"),
     "data.max_length": (lambda v: v >= 8, "must be >= 8"),
     "data.batch_size": (lambda v: v >= 1, "must be >= 1"),
     "data.eval_batch_size": (lambda v: v == "auto" or v >= 1, "must be >= 1, or auto"),
@@ -144,6 +153,33 @@ def model_max_positions(name_or_path: str) -> int | None:
         return None
 
 
+def task_problems(container: dict) -> list[str]:
+    """What the task's labels rule out: the binary-only metrics and threshold on more labels, columns that are
+    not named, dropped labels that are also classes, extra dev sets without a file."""
+    data, trainer = container.get("data") or {}, container.get("trainer") or {}
+    labels = [str(x) for x in data.get("labels") or []] if isinstance(data.get("labels"), list) else []
+    problems = []
+    if len(labels) > 2:
+        for key, value in (("data.metric", data.get("metric")), ("trainer.metric", trainer.get("metric"))):
+            if value in BINARY_ONLY:
+                problems.append(f"{key}={value}: needs two labels, and the task has {len(labels)} "
+                                f"({', '.join(labels)}); use accuracy or macro_f1")  # fmt: skip
+        if trainer.get("threshold", 0.5) != 0.5:
+            problems.append(f"trainer.threshold={trainer.get('threshold')}: a threshold applies to two labels only; "
+                            f"this task has {len(labels)} and predicts the most probable one")  # fmt: skip
+    fields = data.get("fields") if isinstance(data.get("fields"), dict) else {}  # none: an older config's default
+    problems += [f"data.fields.{role}: must name the column of the {what} sentence"
+                 for role, what in (("text_a", "first"), ("text_b", "second"))
+                 if "fields" in data and fields.get(role) in (None, "")]  # fmt: skip
+    problems += [f"data.drop_labels: {label!r} is also one of data.labels; a label is kept or dropped"
+                 for label in map(str, data.get("drop_labels") or []) if label in labels]  # fmt: skip
+    for name, entry in (data.get("extra_dev") or {}).items():
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", str(name)) or not isinstance(entry, dict) or not entry.get("file"):
+            problems.append(f"data.extra_dev.{name}: must be {{file: ..., format?: ..., fields?: {{...}}}} under a "
+                            "name of letters, digits, _ or -")  # fmt: skip
+    return problems
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` listing every problem of ``cfg``; return quietly if there is none."""
     problems: list[str] = []
@@ -156,10 +192,11 @@ def validate(cfg: DictConfig) -> None:
         problems += check_group(group, node)
     type_errors = {p.split("=")[0].split(":")[0] for p in problems}
     for key, (ok, requirement) in RULES.items():
-        value = container
+        value, present = container, True
         for part in key.split("."):
+            present = present and isinstance(value, dict) and part in value
             value = value.get(part) if isinstance(value, dict) else None
-        if key in type_errors:
+        if key in type_errors or (not present and key.startswith("data.")):  # an older config: the default applies
             continue
         try:
             good = ok(value)
@@ -170,6 +207,7 @@ def validate(cfg: DictConfig) -> None:
     problems += model_problems(str(OmegaConf.select(cfg, "model.name_or_path", default="") or ""))
     if OmegaConf.select(cfg, "tracking.enabled", default=False):
         problems += store_problems(str(OmegaConf.select(cfg, "tracking.uri", default="")))
+    problems += task_problems(container)
     folds, fold = OmegaConf.select(cfg, "data.folds", default=None), OmegaConf.select(cfg, "data.fold", default=0)
     if folds and not 0 <= fold < folds:
         problems.append(f"data.fold={fold}: must be in 0..{folds - 1} (data.folds={folds})")

@@ -45,7 +45,7 @@ def parent_run_id(sweep_dir: str | Path) -> str | None:
 class MlflowSweepCallback(Callback):
     def __init__(self) -> None:
         self.run = None
-        self.metric = "f1"
+        self.metric = "accuracy"
 
     def __getstate__(self) -> dict:
         """Launchers such as joblib send the callbacks to their job processes; the jobs do not need the parent
@@ -124,22 +124,28 @@ class MlflowSweepCallback(Callback):
         rows = out_of_fold(children)
         if rows is None:
             return
-        labels, probs = np.array([r["gold"] for r in rows]), np.array([r["prob"] for r in rows])
-        loss = log_loss(labels, probs)
-        threshold, f1_at_threshold = best_threshold(labels, probs)
+        names = list(rows[0]["probs"])  # the task's labels, in class-id order
+        labels = np.array([names.index(r["gold"]) for r in rows])
+        probs = np.array([[r["probs"][name] for name in names] for r in rows])
+        pooled = classification_metrics(labels, probs, log_loss(labels, probs), names=names)
         objectives = [
             c.data.metrics[f"best/dev_{self.metric}"] for c in children if f"best/dev_{self.metric}" in c.data.metrics
         ]
-        run.log_metrics({**{f"oof/{k}": v for k, v in classification_metrics(labels, probs, loss).items()},
-                         "oof/threshold": threshold, "oof/f1_at_threshold": f1_at_threshold, "oof/pairs": len(rows),
+        run.log_metrics({**{f"oof/{k}": v for k, v in pooled.items()}, "oof/pairs": len(rows),
                          f"folds/best_dev_{self.metric}_mean": float(np.mean(objectives)),
                          f"folds/best_dev_{self.metric}_std": float(np.std(objectives, ddof=1)) if len(objectives) > 1
                          else None}, step=0)  # fmt: skip
         path = self.sweep_dir / "oof_predictions.jsonl"
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         run.log_artifact(path)
-        log.info("out-of-fold over %d pairs: F1 %.4f at 0.5, %.4f at threshold %.4f", len(rows),
-                 classification_metrics(labels, probs, loss)["f1"], f1_at_threshold, threshold)  # fmt: skip
+        if len(names) == 2:  # a clean threshold: chosen on predictions of pairs no model trained on
+            threshold, f1_at_threshold = best_threshold(labels, probs[:, 1])
+            run.log_metrics({"oof/threshold": threshold, "oof/f1_at_threshold": f1_at_threshold}, step=0)
+            log.info("out-of-fold over %d pairs: F1 %.4f at 0.5, %.4f at threshold %.4f", len(rows), pooled["f1"],
+                     f1_at_threshold, threshold)  # fmt: skip
+        else:
+            log.info("out-of-fold over %d pairs: accuracy %.4f, macro-F1 %.4f", len(rows), pooled["accuracy"],
+                     pooled["macro_f1"])  # fmt: skip
 
     def _attach_report(self, run, children) -> None:
         from .report import rows_of, write_report
@@ -154,16 +160,13 @@ class MlflowSweepCallback(Callback):
 
 
 def sweep_datasets(config: DictConfig) -> list[dict]:
-    """The data files of the sweep's base config, so its row in the runs table names them too."""
+    """The data files of the sweep's base config, so its row in the runs table names them too (checked here
+    once: the jobs then find them checked)."""
     from hydra.utils import instantiate
-
-    from .experiment import dataset_inputs
 
     try:
         data = instantiate(config.data)
-        files = {"train": data.train_file, "dev": data.dev_file}
-        return dataset_inputs(data, {s: sum(1 for line in open(data.path(f), encoding="utf-8") if line.strip())
-                                     for s, f in files.items() if data.path(f).is_file()})  # fmt: skip
+        return data.dataset_inputs(data.check())
     except Exception:  # noqa: BLE001  (the jobs report bad data themselves)
         return []
 

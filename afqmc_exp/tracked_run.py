@@ -212,11 +212,7 @@ class Run:
         elif op == "inputs":
             _log_inputs(client, run_id, record["datasets"])
         elif op == "table" and Path(record["path"]).exists():
-            import pandas as pd
-
-            client.log_table(
-                run_id, data=pd.read_json(record["path"], lines=True), artifact_file=record["artifact_file"]
-            )
+            client.log_table(run_id, data=_table(record["path"]), artifact_file=record["artifact_file"])
         elif op == "register":
             self._register(record["name"], record["artifact_path"])
         elif op == "transformers_model":
@@ -237,6 +233,16 @@ class Run:
         version = self.client.create_model_version(name, source=source, run_id=self.run_id)
         self.client.set_tag(self.run_id, "registered_model_version", f"{name}/{version.version}")
         log.info("registered %s as models:/%s/%s", artifact_path, name, version.version)
+
+
+def _table(jsonl: str):
+    """A predictions file as a flat table: each label's probability in its own column (``prob_<label>``)."""
+    import pandas as pd
+
+    frame = pd.read_json(jsonl, lines=True, dtype=False)  # labels stay as the data writes them ("0", not 0)
+    if "probs" in frame:
+        frame = pd.concat([frame.drop(columns="probs"), pd.DataFrame(list(frame["probs"])).add_prefix("prob_")], axis=1)
+    return frame
 
 
 def _log_inputs(client, run_id: str, datasets: list[dict]) -> None:
@@ -266,7 +272,7 @@ def _log_flavour(tracking_uri: str, run_id: str, folder: str, register_as: str |
 
     pipe = transformers.pipeline("text-classification", model=folder, tokenizer=folder)
     example = pd.DataFrame({"text": ["花呗怎么还款"], "text_pair": ["花呗如何还钱"]})
-    signature = infer_signature(example, pd.DataFrame({"label": ["same"], "score": [0.9]}))
+    signature = infer_signature(example, pd.DataFrame({"label": ["1"], "score": [0.9]}))
     requirements = [
         f"mlflow=={mlflow.__version__}",
         f"transformers=={transformers.__version__}",

@@ -54,7 +54,7 @@ from .checkpoint import (
     restore_rng,
     save_best_model,
 )
-from .data import AfqmcData, EncodedPairs
+from .data import PairData, Split
 from .ema import WeightAverage
 from .hardware import eval_in_bf16, seconds_since_process_start
 from .inference import evaluate, model_inputs
@@ -65,6 +65,7 @@ from .regularizers import NoRegularizer
 from .signals import GracefulStop
 
 log = logging.getLogger(__name__)
+SHOWN = ("loss", "accuracy", "macro_f1", "f1", "auc")  # the metrics an evaluation's log line shows
 
 
 class NonFiniteLossError(RuntimeError):
@@ -85,8 +86,8 @@ class TrainerConfig:
     max_grad_norm: float | None = 1.0  # null: no clipping
     eval_every: int | None = None  # evaluate every N optimizer steps; null: at the end of each epoch
     patience: int | None = None  # stop after this many evaluations without improvement; null: never
-    metric: Metric = "f1"  # dev metric that picks the best weights
-    threshold: float | Literal["tune"] = 0.5  # prob >= threshold predicts "same"; tune: chosen on dev at the end
+    metric: Metric = "accuracy"  # dev metric that picks the best weights (the configs: the task's, data.metric)
+    threshold: float | Literal["tune"] = 0.5  # binary tasks: P(positive) >= threshold predicts it; tune: on dev
     ema_decay: float | None = None  # evaluate and keep an exponential moving average of the weights (see ema)
     log_every: int = 10  # optimizer steps between logged train loss/lr/speed
     checkpoint_minutes: float | None = 10.0  # wall-clock minutes between last-checkpoint saves (checked at log steps)
@@ -180,8 +181,9 @@ class TrainingWindow:
 
 
 class Trainer:
-    """Fine-tune ``pretrained.model`` on ``splits["train"]``, evaluating on ``splits["dev"]`` and keeping the
-    best weights (by ``config.metric``) in ``output_dir/best_model``. ``fit(resume=True)`` continues from
+    """Fine-tune ``pretrained.model`` on ``splits["train"]``, evaluating on ``splits["dev"]`` (and every
+    ``dev_<name>`` split, the extra dev sets) and keeping the best weights (by ``config.metric`` on ``dev``) in
+    ``output_dir/best_model``. ``fit(resume=True)`` continues from
     ``output_dir/last_checkpoint``; ``flush_metrics`` is called after each evaluation and before each
     checkpoint, so what the store holds is never behind the checkpoint."""
 
@@ -189,8 +191,8 @@ class Trainer:
         self,
         *,
         pretrained: Pretrained,
-        data: AfqmcData,
-        splits: dict[str, EncodedPairs],
+        data: PairData,
+        splits: dict[str, Split],
         make_optimizer: Callable,
         make_scheduler: Callable,
         config: TrainerConfig,
@@ -255,7 +257,9 @@ class Trainer:
             num_shards=processes,
             shard=self.accelerator.process_index,
         )
-        self.dev_loader = self.data.loader(self.splits["dev"], pad_id, train=False, pin_memory=self.pin)
+        evaluated = [name for name in self.splits if name == "dev" or name.startswith("dev_")]
+        self.eval_loaders = {name: self.data.loader(self.splits[name], pad_id, train=False, pin_memory=self.pin)
+                             for name in evaluated}  # fmt: skip
         self.sampler = self.train_loader.batch_sampler
 
     def _setup_model(self) -> None:
@@ -263,7 +267,8 @@ class Trainer:
         if self.config.compile != "no":  # the first step pays the compile time (see model.compile_in_place)
             compile_in_place(model, self.config.compile, self.config.compile_scope)
         optimizer = self.make_optimizer(model.to(self.accelerator.device))
-        self.model, self.optimizer, self.dev_loader = self.accelerator.prepare(model, optimizer, self.dev_loader)
+        self.model, self.optimizer, *loaders = self.accelerator.prepare(model, optimizer, *self.eval_loaders.values())
+        self.eval_loaders = dict(zip(self.eval_loaders, loaders, strict=True))
         self.ema = WeightAverage(self.model, self.config.ema_decay) if self.config.ema_decay else None
         steps_per_epoch = math.ceil(len(self.sampler) / self.config.grad_accumulation)
         self.total_steps = self.config.epochs * steps_per_epoch
@@ -411,15 +416,12 @@ class Trainer:
         self.bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
 
     def _evaluate(self) -> bool:
-        """Evaluate on dev and keep the best weights; True when early stopping says stop."""
+        """Evaluate on dev (and the extra dev sets) and keep the best weights; True when early stopping says stop."""
         state, config = self.state, self.config
         threshold = 0.5 if config.threshold == "tune" else config.threshold  # "tune" is decided at the end
         with self.window.paused(), self.ema.applied() if self.ema else contextlib.nullcontext():
-            started = time.perf_counter()
-            metrics, _ = evaluate(
-                self.model, self.dev_loader, self.splits["dev"], self.accelerator, self.eval_bf16, threshold
-            )
-            self.speed["eval_samples_per_s"] = len(self.splits["dev"]) / (time.perf_counter() - started)
+            scores = {name: self._scores(name, threshold) for name in self.eval_loaders}
+            metrics = scores["dev"]
             improved = config.better(metrics[config.metric], state.best)
             if improved:
                 state.best, state.best_step, state.evals_since_best = metrics[config.metric], state.step, 0
@@ -427,27 +429,36 @@ class Trainer:
             else:
                 state.evals_since_best += 1
             state.evaluated_at = state.step
-            self.log_metrics(
-                {
-                    **{f"dev/{k}": v for k, v in metrics.items()},
-                    f"best/dev_{config.metric}": state.best,
-                    "best/step": state.best_step,
-                },
-                state.step,
-            )
+            logged = {f"{name}/{k}": v for name, values in scores.items() for k, v in values.items()}
+            self.log_metrics({**logged, f"best/dev_{config.metric}": state.best, "best/step": state.best_step},
+                             state.step)  # fmt: skip
             self.flush_metrics()  # dev curves show up as they are computed
             if self.accelerator.is_main_process:  # through logging: it lands in train.log (and SLURM logs) too
-                shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+                shown = " ".join(f"{k}={metrics[k]:.4f}" for k in SHOWN if k in metrics)
                 log.info("step %d/%d: dev %s%s", state.step, self.total_steps, shown, " (best)" if improved else "")
         if self.on_evaluate is not None:
             self.on_evaluate(state.step, metrics[config.metric])
         return config.patience is not None and state.evals_since_best >= config.patience
+
+    def _scores(self, name: str, threshold: float) -> dict[str, float]:
+        """The metrics of the model now on one evaluation set (dev's speed is recorded)."""
+        started = time.perf_counter()
+        metrics, _ = evaluate(self.model, self.eval_loaders[name], self.splits[name], self.accelerator,
+                              self.data.labels, self.eval_bf16, threshold)  # fmt: skip
+        if name == "dev":
+            self.speed["eval_samples_per_s"] = len(self.splits[name]) / (time.perf_counter() - started)
+        return metrics
 
     # ------------------------------------------------------------------------------------ saving
     def _save_best_model(self) -> None:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             meta = {
+                "task": self.data.name,
+                "labels": self.data.labels,  # the data's label values, in class-id order (id2label too)
+                "format": self.data.format,  # how predict.py and evaluate.py read a file by default
+                "fields": self.data.fields,
+                "drop_labels": self.data.drop_labels,
                 "max_length": self.data.max_length,
                 "eval_batch_size": self.data.eval_batch_size,
                 "metric": self.config.metric,

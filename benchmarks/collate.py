@@ -1,5 +1,6 @@
-"""Time to build a batch from pre-tokenized pairs: afqmc-exp's ``PairCollator`` (split padded once, rows gathered)
-against ``transformers.DataCollatorWithPadding`` (what HF's Trainer pads with), alternating arms, medians.
+"""Time to build a batch from pre-tokenized pairs: afqmc-exp's ``PairCollator`` (rows gathered from the token
+cache's flat arrays) against ``transformers.DataCollatorWithPadding`` (what HF's Trainer pads with), alternating
+arms, medians.
 
     python benchmarks/collate.py [--data ../shared/data/afqmc] [--rounds 5]
 
@@ -28,21 +29,22 @@ def main() -> None:
 
     from transformers import AutoTokenizer, DataCollatorWithPadding
 
-    from afqmc_exp.data import AfqmcData, PairCollator, encode_pairs
+    from afqmc_exp.data import PairCollator, PairData
     from afqmc_exp.model import packaged_minilm_path
 
     tokenizer = AutoTokenizer.from_pretrained(packaged_minilm_path())
-    examples = AfqmcData(dir=args.data, score_test=False).load()["train"]
-    split = encode_pairs(examples, tokenizer, 128)
+    split = PairData(dir=args.data, score_test=False).load(tokenizer)["train"]
     started = time.perf_counter()
     ours = PairCollator(split, tokenizer.pad_token_id, pad_to_multiple_of=8)
-    table_ms = (time.perf_counter() - started) * 1000
+    setup_ms = (time.perf_counter() - started) * 1000
     hf = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
-    rows = zip(split.input_ids, split.token_type_ids, split.labels.tolist(), strict=True)
-    features = [{"input_ids": ids, "token_type_ids": types, "labels": label} for ids, types, label in rows]
+    tokens, labels = split.sources[0].tokens, split.labels.tolist()
+    bounds = zip(tokens.offsets[:-1], tokens.offsets[1:], strict=True)
+    features = [{"input_ids": tokens.ids[a:b].tolist(), "token_type_ids": tokens.type_ids[a:b].tolist(),
+                 "labels": label} for (a, b), label in zip(bounds, labels, strict=True)]  # fmt: skip
     arms = {"hf": lambda batch: hf([features[i] for i in batch]), "ours": ours}
     rng = random.Random(0)
-    print(f"{len(split)} pairs; PairCollator's table built in {table_ms:.1f} ms")
+    print(f"{len(split)} pairs; PairCollator set up in {setup_ms:.1f} ms")
     for size, count in ((16, 500), (256, 50)):
         batches = [rng.sample(range(len(split)), size) for _ in range(count)]
         times = {name: [] for name in arms}

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 def trainer_for(args, output_dir: Path):
     import yaml
 
-    from afqmc_exp.data import AfqmcData, encode_pairs
+    from afqmc_exp.data import PairData
     from afqmc_exp.hardware import build_accelerator
     from afqmc_exp.model import load_pair_classifier, prepare_for_device
     from afqmc_exp.optim import adamw, schedule
@@ -44,11 +44,12 @@ def trainer_for(args, output_dir: Path):
         value = item.split("=", 1)[1]
         (model_options if group == "model" else options)[key] = yaml.safe_load(value)  # as Hydra reads it
     config = TrainerConfig(**options)
-    data = AfqmcData(dir=args.data, batch_size=args.batch_size, score_test=False)
-    examples = data.load()
+    data = PairData(dir=args.data, batch_size=args.batch_size, score_test=False)
+    checked = data.check()
     accelerator = build_accelerator("auto", config.mixed_precision, config.tf32)
-    pretrained = prepare_for_device(load_pair_classifier(args.model, **model_options), accelerator.device.type)
-    splits = {name: encode_pairs(examples[name], pretrained.tokenizer, data.max_length) for name in ("train", "dev")}
+    pretrained = load_pair_classifier(args.model, labels=data.labels, **model_options)
+    pretrained = prepare_for_device(pretrained, accelerator.device.type)
+    splits = data.tokenize(pretrained.tokenizer, checked)
     return Trainer(
         pretrained=pretrained, data=data, splits=splits, make_optimizer=partial(adamw),
         make_scheduler=partial(schedule), config=config, seed=0, output_dir=output_dir,

@@ -1,13 +1,17 @@
-"""pytest set-up: offline, no inherited tracking store, the --slow switch, shared fixtures.
+"""pytest set-up: offline, no inherited tracking store, a cache of the session's own, the --slow switch, shared
+fixtures.
 Helpers the tests import live in ``tests/helpers``."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach a hub
+# the token cache, downloads and compiled kernels of the tests' runs stay out of the user's ~/.cache/afqmc_exp
+os.environ.setdefault("AFQMC_EXP_CACHE", tempfile.mkdtemp(prefix="afqmc-exp-tests-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # every test names its own store
 

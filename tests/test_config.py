@@ -8,7 +8,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from afqmc_exp.data import AfqmcData
+from afqmc_exp.data import PairData
 from afqmc_exp.model import packaged_minilm_path
 from afqmc_exp.tracking import MlflowTracking
 from afqmc_exp.trainer import TrainerConfig
@@ -97,10 +97,42 @@ def test_scheduler_options(option):
     assert scheduler.get_last_lr()[0] > 0
 
 
+TASKS = {  # option: the official files, their format, the labels, the metric (issue 19's table)
+    "afqmc": (("train.json", "dev.json", "test.json"), "jsonl", ["0", "1"], "accuracy"),
+    "cmnli": (("train.json", "dev.json", "test.json"), "jsonl", ["entailment", "neutral", "contradiction"], "accuracy"),
+    "ocnli": (("train.50k.json", "dev.json", "test.json"), "jsonl", ["entailment", "neutral", "contradiction"],
+              "accuracy"),
+    "lcqmc": (("train.tsv", "dev.tsv", "test.tsv"), "tsv", ["0", "1"], "accuracy"),
+    "bq": (("train.tsv", "dev.tsv", "test.tsv"), "tsv", ["0", "1"], "accuracy"),
+    "pawsx": (("translated_train.tsv", "dev_2k.tsv", "test_2k.tsv"), "tsv", ["0", "1"], "accuracy"),
+    "chip_sts": (("CHIP-STS_train.json", "CHIP-STS_dev.json", "CHIP-STS_test.json"), "json_array", ["0", "1"],
+                 "macro_f1"),
+}  # fmt: skip
+
+
 @pytest.mark.parametrize("option", options("data"))
 def test_data_options(option):
-    data = instantiate(compose([f"data={option}", "data.batch_size=8"]).data)
-    assert isinstance(data, AfqmcData) and data.batch_size == 8
+    extra = ["data.dir=/data/mine", "data.labels=[a,b,c,d]"] if option == "pairs" else []
+    cfg = compose([f"data={option}", "data.batch_size=8", *extra])
+    data = instantiate(cfg.data)
+    assert isinstance(data, PairData) and data.batch_size == 8 and data.name == option
+    assert cfg.trainer.metric == data.metric  # the task's official metric picks the best weights by default
+    if option in TASKS:
+        assert ((data.train_file, data.dev_file, data.test_file), data.format, data.labels, data.metric) == TASKS[
+            option
+        ]
+    assert set(options("data")) == {*TASKS, "pairs"}
+
+
+def test_a_data_config_saved_before_there_were_tasks_still_instantiates():
+    """Saved .hydra/config.yaml files of earlier runs name afqmc_exp.data.AfqmcData with the old keys only."""
+    old = {"_target_": "afqmc_exp.data.AfqmcData", "dir": "/data/afqmc", "train_file": "train.json",
+           "dev_file": "dev.json", "test_file": "test.json", "score_test": True, "max_length": 128, "batch_size": 16,
+           "eval_batch_size": "auto", "pad_to_multiple_of": "auto", "num_workers": 0, "group_batches": 50,
+           "train_limit": None, "dev_limit": None, "download": True, "folds": None, "fold": 0,
+           "fold_seed": 0}  # fmt: skip
+    data = instantiate(OmegaConf.create(old))
+    assert isinstance(data, PairData) and (data.name, data.labels, data.format) == ("afqmc", ["0", "1"], "jsonl")
 
 
 @pytest.mark.parametrize("option", options("trainer"))

@@ -1,23 +1,16 @@
-"""Reading, validating and batching AFQMC files."""
+"""Reading and checking sentence-pair files in every format: good variants are read, bad lines are refused with
+file:line and the fix, labels map to class ids in the task's order."""
 
 import json
-from collections import Counter
+import os
 
 import pytest
-import torch
 
-from afqmc_exp.data import (
-    AfqmcData,
-    DataError,
-    EncodedPairs,
-    LengthGroupedBatchSampler,
-    PairCollator,
-    PairExample,
-    encode_pairs,
-    read_pairs,
-)
+from afqmc_exp.data import DataError, PairData, PairReader, ReadSpec, read_pairs
 
 GOOD = '{"sentence1": "花呗怎么还款", "sentence2": "花呗如何还钱", "label": "1"}'
+NLI = ReadSpec(labels=("entailment", "neutral", "contradiction"), drop_labels=("-",))
+TSV = ReadSpec(format="tsv", fields=(0, 1, 2, None))
 
 
 def write(tmp_path, content, name="train.json", encoding="utf-8"):
@@ -29,7 +22,7 @@ def write(tmp_path, content, name="train.json", encoding="utf-8"):
 def test_accepts_the_official_format_and_its_variants(tmp_path):
     content = "\ufeff" + GOOD + "\r\n\r\n" + '{"sentence1": "a", "sentence2": "b", "label": 0}\r\n'
     rows = read_pairs(write(tmp_path, content))
-    assert [(r.sentence1, r.label) for r in rows] == [("花呗怎么还款", 1), ("a", 0)]
+    assert [(r.text_a, r.label) for r in rows] == [("花呗怎么还款", 1), ("a", 0)]
 
 
 def test_unlabelled_test_file_keeps_ids(tmp_path):
@@ -44,15 +37,28 @@ def test_unlabelled_test_file_keeps_ids(tmp_path):
 BAD_FILES = [
     ("empty", "", r"train.json: the file is empty"),
     ("only blanks", "\n \r\n", r"train.json: the file is empty"),
+    ("only a BOM", "\ufeff", r"train.json: the file is empty"),
+    ("only wide spaces", "\u3000\n\u00a0\u00a0\n", r"train.json: the file is empty"),
+    ("only separators", "\x1c\n\x1d\x1e\x1f\n", r"train.json: the file is empty"),
     ("gbk", GOOD.encode("gbk"), r"train.json:1: bytes that are not UTF-8.*iconv -f GBK"),
     ("not json", GOOD + "\n{oops\n", r"train.json:2: not valid JSON"),
-    ("array", "[" + GOOD + "]", r"train.json:1: the file is one JSON array; .*JSON lines"),
+    ("array", "[" + GOOD + "]", r"train.json:1: the file is one JSON array, not JSON lines.*data.format=json_array"),
     ("json list line", GOOD + "\n[1, 2]\n", r"train.json:2: a JSON list"),
-    ("missing sentence2", '{"sentence1": "a", "label": "0"}', r"train.json:1: sentence2 is missing"),
-    ("null sentence1", '{"sentence1": null, "sentence2": "a", "label": "0"}', r"train.json:1: sentence1 is null"),
-    ("empty sentence1", '{"sentence1": "  ", "sentence2": "a", "label": "0"}', r"train.json:1: sentence1 is \"  \""),
-    ("label 2", GOOD + '\n{"sentence1": "a", "sentence2": "b", "label": "2"}', r"train.json:2: label is \"2\""),
+    ("missing sentence2", '{"sentence1": "a", "label": "0"}', r"train.json:1: sentence2 \(text_b\) is missing"),
+    ("null sentence1", '{"sentence1": null, "sentence2": "a", "label": "0"}',
+     r"train.json:1: sentence1 \(text_a\) is null"),
+    ("empty sentence1", '{"sentence1": "  ", "sentence2": "a", "label": "0"}',
+     r'train.json:1: sentence1 \(text_a\) is "  "'),
+    ("zero-width only", '{"sentence1": "\\u200b\\u200d", "sentence2": "a", "label": "0"}', r"train.json:1: sentence1 "),
+    ("escaped NULs only", '{"sentence1": "\\u0000\\u0000", "sentence2": "a", "label": "0"}',
+     r"train.json:1: sentence1 "),
+    ("label 2", GOOD + '\n{"sentence1": "a", "sentence2": "b", "label": "2"}',
+     r'train.json:2: label is "2"; the labels are "0", "1"'),
     ("label true", '{"sentence1": "a", "sentence2": "b", "label": true}', r"train.json:1: label is true"),
+    ("label of 5001 digits", '{"sentence1": "a", "sentence2": "b", "label": 1' + "0" * 5000 + "}", r"train.json:1: "),
+    ("label twice", '{"sentence1": "a", "sentence2": "b", "label": "0", "label": "1"}',
+     r"train.json:1: the key 'label' appears twice"),
+    ("nested deeply", '{"sentence1": ' + "[" * 100000 + "]" * 100000 + "}", r"train.json:1: "),
     ("lone surrogate", '{"sentence1": "a\\ud800", "sentence2": "b", "label": "0"}',
      r"train.json:1: sentence1 holds an unpaired surrogate escape"),
 ]  # fmt: skip
@@ -68,8 +74,9 @@ UNLABELLED_FILES = [  # read as a test file (labels optional)
 
 @pytest.mark.parametrize("content,message", [b[1:] for b in BAD_FILES], ids=[b[0] for b in BAD_FILES])
 def test_rejects_bad_files_with_file_line_and_fix(tmp_path, content, message):
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(DataError, match=message) as refused:
         read_pairs(write(tmp_path, content))
+    assert len(str(refused.value).splitlines()) == 1
 
 
 @pytest.mark.parametrize("content,message", [b[1:] for b in UNLABELLED_FILES], ids=[b[0] for b in UNLABELLED_FILES])
@@ -79,14 +86,28 @@ def test_rejects_bad_test_files_with_file_line_and_fix(tmp_path, content, messag
 
 
 def test_line_and_paragraph_separators_inside_a_sentence_are_text(tmp_path):
-    """Raw U+2028 and U+0085 are valid inside JSON strings; only "\\n" ends a line."""
+    """Raw U+2028 and U+0085 are valid inside JSON strings; only "\\n", "\\r\\n" and "\\r" end a line."""
     rows = read_pairs(write(tmp_path, '{"sentence1": "a\u2028b", "sentence2": "c\u0085d", "label": "1"}\r\n' + GOOD))
-    assert [(r.sentence1, r.sentence2) for r in rows] == [("a\u2028b", "c\u0085d"), ("花呗怎么还款", "花呗如何还钱")]
+    assert [(r.text_a, r.text_b) for r in rows] == [("a\u2028b", "c\u0085d"), ("花呗怎么还款", "花呗如何还钱")]
+
+
+def test_old_mac_line_ends_are_lines(tmp_path):
+    bad = write(tmp_path, GOOD + "\r" + GOOD + "\r" + '{"oops"\r', name="mac.json")
+    with pytest.raises(DataError, match=r"mac.json:3: not valid JSON"):
+        read_pairs(bad)
+    assert len(read_pairs(write(tmp_path, GOOD + "\r" + GOOD + "\r"))) == 2
+
+
+def test_a_named_pipe_is_refused_without_hanging(tmp_path):
+    pipe = tmp_path / "train.json"
+    os.mkfifo(pipe)
+    with pytest.raises(DataError, match=r"train.json: not a regular file"):
+        read_pairs(pipe)
 
 
 def test_data_dir_pointing_at_a_file_says_so(tmp_path):
     with pytest.raises(DataError, match=r"data.dir=.*train.json: is a file; data.dir is the folder"):
-        AfqmcData(dir=str(write(tmp_path, GOOD))).load()
+        PairData(dir=str(write(tmp_path, GOOD))).check()
 
 
 def test_missing_file_names_the_fix(tmp_path):
@@ -94,11 +115,110 @@ def test_missing_file_names_the_fix(tmp_path):
         read_pairs(tmp_path / "nope.json")
 
 
+# ------------------------------------------------------------------------------------ labels
+def test_labels_map_to_class_ids_in_the_tasks_order_and_dropped_ones_are_counted(tmp_path):
+    lines = [{"sentence1": "a", "sentence2": "b", "label": label} for label in
+             ("neutral", "-", "contradiction", "entailment", "-", "neutral")]  # fmt: skip
+    path = write(tmp_path, "".join(json.dumps(line) + "\n" for line in lines))
+    reader = PairReader(path, NLI)
+    assert [p.label for p in reader] == [1, 2, 0, 1]
+    assert (reader.stats.pairs, reader.stats.label_counts, reader.stats.dropped) == (4, [1, 2, 1], {"-": 2})
+    with pytest.raises(DataError, match=r'train.json:1: label is "maybe"; the labels are "entailment", "neutral", '
+                       r'"contradiction" \(data.labels, data.drop_labels\)'):  # fmt: skip
+        read_pairs(write(tmp_path, '{"sentence1": "a", "sentence2": "b", "label": "maybe"}\n'), NLI)
+
+
+def test_a_file_of_only_dropped_lines_says_so(tmp_path):
+    path = write(tmp_path, '{"sentence1": "a", "sentence2": "b", "label": "-"}\n' * 3)
+    with pytest.raises(DataError, match=r"holds no pairs to use: every line was dropped \(3 labelled '-'"):
+        read_pairs(path, NLI)
+
+
+def test_integer_labels_are_their_digits(tmp_path):
+    path = write(tmp_path, '{"sentence1": "a", "sentence2": "b", "label": 1}\n{"sentence1": "a", "sentence2": "b", '
+                 '"label": "0"}\n')  # fmt: skip
+    assert [p.label for p in read_pairs(path)] == [1, 0]
+
+
+# ------------------------------------------------------------------------------------ formats
+def test_tsv_without_header_with_header_and_unlabelled_two_columns(tmp_path):
+    plain = write(tmp_path, 'how "do" i pay\thow to pay\t1\nwhere is it\twhat is it\t0\n', name="train.tsv")
+    assert [(p.text_a, p.label) for p in read_pairs(plain, TSV)] == [('how "do" i pay', 1), ("where is it", 0)]
+    headed = write(tmp_path, "text_a\ttext_b\tlabel\nx\ty\t1\n", name="dev.tsv")
+    assert [(p.text_a, p.label, p.id) for p in read_pairs(headed, TSV)] == [("x", 1, 0)]
+    test = write(tmp_path, "x\ty\nz\tw\n", name="test.tsv")
+    assert [(p.text_b, p.label) for p in read_pairs(test, TSV, require_labels=False)] == [("y", None), ("w", None)]
+    with pytest.raises(DataError, match=r"train.tsv:2: label is \"yes\""):
+        read_pairs(write(tmp_path, "x\ty\t1\nx\ty\tyes\n", name="train.tsv"), TSV)
+    with pytest.raises(DataError, match=r"train.tsv:1: 1 tab-separated column\(s\).*data.format=csv"):
+        read_pairs(write(tmp_path, "x,y,1\n", name="train.tsv"), TSV)
+
+
+def test_tsv_and_csv_with_named_columns(tmp_path):
+    pawsx = ReadSpec(format="tsv", fields=("sentence1", "sentence2", "label", "id"))
+    path = write(tmp_path, "id\tsentence1\tsentence2\tlabel\n7\ta b\tb a\t1\n8\tc\td\t0\n", name="dev_2k.tsv")
+    assert [(p.id, p.text_a, p.label) for p in read_pairs(path, pawsx)] == [("7", "a b", 1), ("8", "c", 0)]
+    mine = ReadSpec(format="csv", fields=("q1", "q2", "answer", None), labels=("different", "same"))
+    csv_file = write(tmp_path, 'q1,q2,answer\n"hi, there","hello, there",same\nbye,hello,different\n', name="x.csv")
+    assert [(p.text_a, p.label) for p in read_pairs(csv_file, mine)] == [("hi, there", 1), ("bye", 0)]
+    with pytest.raises(DataError, match=r"x.csv:1: the header names the columns q1, q2, answer; "
+                       r"data.fields.text_a=question is not one of them"):  # fmt: skip
+        read_pairs(csv_file, ReadSpec(format="csv", fields=("question", "q2", "answer", None)))
+
+
+def test_one_json_array_is_read_item_by_item(tmp_path, monkeypatch):
+    import afqmc_exp.data.formats as formats
+
+    monkeypatch.setattr(formats, "ARRAY_BLOCK", 64)  # items cut across reads
+    chip = ReadSpec(format="json_array", fields=("text1", "text2", "label", "id"))
+    items = [{"id": f"s{i}", "text1": f"问题{i}" * 5, "text2": "回答", "label": str(i % 2), "category": "diabetes"}
+             for i in range(30)]  # fmt: skip
+    path = write(tmp_path, json.dumps(items, ensure_ascii=False, indent=2), name="CHIP-STS_train.json")
+    pairs = read_pairs(path, chip)
+    assert [p.id for p in pairs] == [f"s{i}" for i in range(30)] and [p.label for p in pairs] == [
+        i % 2 for i in range(30)
+    ]
+    broken = write(tmp_path, json.dumps(items[:3], indent=2)[:-2] + ",\n  {oops}\n]", name="broken.json")
+    with pytest.raises(DataError, match=r"broken.json:\d+: not valid JSON"):
+        read_pairs(broken, chip)
+    with pytest.raises(DataError, match=r"lines.json:1: the file is not one JSON array \(set data.format=jsonl\)"):
+        read_pairs(write(tmp_path, GOOD + "\n", name="lines.json"), chip)
+    unlabelled = write(tmp_path, json.dumps([{"id": "a", "text1": "x", "text2": "y", "label": ""}]), name="test.json")
+    assert read_pairs(unlabelled, chip, require_labels=False)[0].label is None
+
+
+def test_parquet_rows(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.table({"a": ["x", "y"], "b": ["z", "w"], "y": [1, 0]}), path)
+    spec = ReadSpec(format="parquet", fields=("a", "b", "y", None))
+    assert [(p.text_a, p.label, p.id) for p in read_pairs(path, spec)] == [("x", 1, 0), ("y", 0, 1)]
+    with pytest.raises(DataError, match=r"train.parquet: no column 'q' \(data.fields.text_a\)"):
+        read_pairs(path, ReadSpec(format="parquet", fields=("q", "b", "y", None)))
+
+
+# ------------------------------------------------------------------------------------ official archives
 def test_missing_official_files_offline_fail_at_once_with_where_to_put_them(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("AFQMC_EXP_CACHE", str(tmp_path / "cache"))
     with pytest.raises(DataError, match=r"afqmc_public.zip.*unzip it into .*data.dir="):
-        AfqmcData(dir=str(tmp_path / "afqmc")).load()
+        PairData(dir=str(tmp_path / "afqmc")).check()
+
+
+@pytest.mark.parametrize(
+    "task,where", [("lcqmc", "icrc.hitsz.edu.cn"), ("bq", "icrc.hitsz.edu.cn"), ("chip_sts", "tianchi.aliyun.com")]
+)
+def test_licensed_tasks_say_where_to_obtain_their_files(tmp_path, task, where):
+    from hydra.utils import instantiate
+
+    from helpers import compose
+
+    data = instantiate(compose(["model=minilm", f"data={task}", f"data.dir={tmp_path / task}"]).data)
+    with pytest.raises(DataError, match=rf"{task}: .* not there; .*{where}") as refused:
+        data.check()
+    assert len(str(refused.value).splitlines()) == 1
 
 
 def test_official_zip_is_unpacked_from_the_cache_and_checked(tmp_path, monkeypatch):
@@ -114,204 +234,88 @@ def test_official_zip_is_unpacked_from_the_cache_and_checked(tmp_path, monkeypat
     digest = hashlib.sha256((cache / "afqmc_public.zip").read_bytes()).hexdigest()
     (cache / "afqmc_public.zip.sha256").write_text(digest)
     monkeypatch.setenv("AFQMC_EXP_CACHE", str(cache))
-    splits = AfqmcData(dir=str(tmp_path / "afqmc")).load()
-    assert {k: len(v) for k, v in splits.items()} == {"train": 1, "dev": 1, "test": 1}
+    checked = PairData(dir=str(tmp_path / "afqmc")).check()
+    assert {k: v.stats.pairs for k, v in checked.items()} == {"train": 1, "dev": 1, "test": 1}
     (cache / "afqmc_public.zip.sha256").write_text("0" * 64)
     (tmp_path / "afqmc" / "train.json").unlink()
     with pytest.raises(DataError, match="checksum differs"):
-        AfqmcData(dir=str(tmp_path / "afqmc")).load()
+        PairData(dir=str(tmp_path / "afqmc")).check()
 
 
-def test_grouped_sampler_visits_every_pair_once_per_epoch_in_a_seeded_order():
-    lengths = [(i * 37) % 61 + 5 for i in range(1000)]
-    sampler = LengthGroupedBatchSampler(lengths, batch_size=16, seed=3)
-    epochs = []
-    for epoch in range(3):
-        sampler.set_epoch(epoch)
-        batches = list(sampler)
-        assert Counter(i for b in batches for i in b) == Counter(range(1000))
-        assert len(batches) == len(sampler) == 63
-        epochs.append(batches)
-    assert epochs[0] != epochs[1] != epochs[2]
-    again = LengthGroupedBatchSampler(lengths, batch_size=16, seed=3)
-    again.set_epoch(1)
-    assert list(again) == epochs[1]
-    other_seed = LengthGroupedBatchSampler(lengths, batch_size=16, seed=4)
-    assert list(other_seed) != epochs[0]
+@pytest.fixture
+def archive_server(tmp_path):
+    """Serves the files of ``tmp_path/served`` on loopback, as the tasks' origins serve their archives."""
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield served, f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
 
 
-def test_skip_next_drops_the_first_batches_of_one_iteration_only():
-    sampler = LengthGroupedBatchSampler(list(range(100)), batch_size=10, seed=0)
-    sampler.set_epoch(2)
-    full = list(sampler)
-    sampler.skip_next(3)
-    assert list(sampler) == full[3:]
-    assert list(sampler) == full
+def test_an_archive_is_downloaded_once_trusted_on_first_use_and_unpacked(tmp_path, monkeypatch, archive_server):
+    import io
+    import tarfile
+
+    served, url = archive_server
+    monkeypatch.setenv("AFQMC_EXP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with tarfile.open(served / "x-final.tar.gz", "w:gz") as tar:
+        for name in ("translated_train.tsv", "dev_2k.tsv", "test_2k.tsv"):
+            data = b"id\tsentence1\tsentence2\tlabel\n1\ta\tb\t1\n2\tc\td\t0\n"
+            info = tarfile.TarInfo(f"x-final/zh/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+            info = tarfile.TarInfo(f"x-final/en/{name}")  # another language's file of the same name: not taken
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"bad"))
+    data = PairData(dir=str(tmp_path / "pawsx"), name="pawsx", format="tsv", train_file="translated_train.tsv",
+                    dev_file="dev_2k.tsv", test_file="test_2k.tsv", archive_url=f"{url}/x-final.tar.gz",
+                    fields={"text_a": "sentence1", "text_b": "sentence2", "label": "label", "id": "id"})  # fmt: skip
+    checked = data.check()
+    assert {k: v.stats.pairs for k, v in checked.items()} == {"train": 2, "dev": 2, "test": 2}
+    assert (tmp_path / "cache" / "x-final.tar.gz.sha256").exists()
+    (served / "x-final.tar.gz").unlink()  # from now on only the cached copy exists
+    (tmp_path / "pawsx" / "dev_2k.tsv").unlink()
+    assert data.check()["dev"].stats.pairs == 2
+    (tmp_path / "cache" / "x-final.tar.gz").write_bytes(b"swapped")
+    (tmp_path / "pawsx" / "dev_2k.tsv").unlink()
+    with pytest.raises(DataError, match="checksum differs from the one recorded at download"):
+        data.check()
 
 
-@pytest.mark.parametrize("n,batch_size,processes", [(203, 16, 2), (97, 8, 2), (96, 8, 2), (50, 7, 3), (5, 4, 4)])
-def test_processes_share_every_global_batch_and_see_each_pair_once(n, batch_size, processes):
-    lengths = [(i * 37) % 61 + 5 for i in range(n)]
-    shards = [
-        LengthGroupedBatchSampler(lengths, batch_size, seed=1, num_shards=processes, shard=rank)
-        for rank in range(processes)
-    ]
-    for sampler in shards:
-        sampler.set_epoch(4)
-    global_batches = shards[0].batches()
-    assert [len(b) for b in global_batches] == shards[0].batch_sizes()
-    slices = [list(sampler) for sampler in shards]
-    assert all(len(s) == len(global_batches) == len(sampler) for s, sampler in zip(slices, shards, strict=True))
-    for position, batch in enumerate(global_batches):
-        parts = [s[position] for s in slices]
-        assert sum(parts, []) == batch and all(parts)  # the batch, split among processes, none left empty
-        assert max(map(len, parts)) - min(map(len, parts)) <= 1
-    assert sorted(i for batch in global_batches for i in batch) == list(range(n))
-    single = LengthGroupedBatchSampler(lengths, batch_size, seed=1)
-    single.set_epoch(4)
-    alone = list(single)  # the same batches as one process, except a remainder too short to share...
-    if len(alone[-1]) < processes:  # ...which is merged into the batch before it
-        alone[-2:] = [alone[-2] + alone[-1]]
-    assert global_batches == alone
+def test_a_failed_download_is_one_line_with_where_to_get_the_files(tmp_path, monkeypatch, archive_server):
+    _, url = archive_server
+    monkeypatch.setenv("AFQMC_EXP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    data = PairData(dir=str(tmp_path / "cmnli"), name="cmnli", archive_url=f"{url}/cmnli_public.zip")
+    with pytest.raises(DataError, match=r"cmnli files train.json, dev.json, test.json are not there and download of "
+                       r"http://127.0.0.1:\d+/cmnli_public.zip failed: HTTP Error 404") as refused:  # fmt: skip
+        data.check()
+    assert len(str(refused.value).splitlines()) == 1 and not (tmp_path / "cache" / "cmnli_public.zip").exists()
 
 
-def test_a_batch_smaller_than_the_process_count_is_refused():
-    with pytest.raises(ValueError, match="data.batch_size>=4"):
-        LengthGroupedBatchSampler([5] * 100, batch_size=2, seed=0, num_shards=4, shard=0)
+def test_checked_files_are_remembered_by_their_bytes(tmp_path, monkeypatch):
+    import afqmc_exp.data.token_cache as token_cache
 
-
-def padding_share(batches, lengths):
-    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
-    return 1 - sum(lengths) / padded
-
-
-def test_grouping_removes_most_padding_and_still_mixes_lengths_across_batches():
-    lengths = [(i * 37) % 61 + 5 for i in range(2000)]
-    grouped = list(LengthGroupedBatchSampler(lengths, 16, seed=0))
-    plain = list(LengthGroupedBatchSampler(lengths, 16, seed=0, group_batches=1))
-    assert padding_share(plain, lengths) > 0.3
-    assert padding_share(grouped, lengths) < 0.05
-    first_lengths = [lengths[b[0]] for b in grouped[:20]]
-    assert first_lengths != sorted(first_lengths)  # batch order is shuffled, not short-to-long
-
-
-def test_evaluation_order_sorts_by_length_and_covers_everything():
-    lengths = [3, 9, 1, 7, 5]
-    batches = list(LengthGroupedBatchSampler(lengths, batch_size=2, seed=0, shuffle=False))
-    assert batches == [[1, 3], [4, 0], [2]]
-
-
-class FakeTokenizer:
-    pad_token_id = 0
-
-    def __call__(self, first, second, truncation, max_length, **_):
-        ids = [[101] + [len(a)] * len(a) + [102] + [7] * len(b) + [102] for a, b in zip(first, second, strict=True)]
-        types = [[0] * (len(a) + 2) + [1] * (len(b) + 1) for a, b in zip(first, second, strict=True)]
-        return {"input_ids": [i[:max_length] for i in ids], "token_type_ids": [t[:max_length] for t in types]}
-
-
-def test_collate_pads_to_the_longest_pair_with_masks_and_labels(tmp_path):
-    rows = read_pairs(
-        write(
-            tmp_path,
-            '{"sentence1": "ab", "sentence2": "c", "label": "1"}\n'
-            '{"sentence1": "abcd", "sentence2": "efg", "label": 0}\n',
-        )
-    )
-    split = encode_pairs(rows, FakeTokenizer(), max_length=8)
-    assert split.lengths == [6, 8]
-    batch = PairCollator(split, pad_token_id=0)([0, 1])
-    assert batch["input_ids"].shape == (2, 8)
-    assert batch["attention_mask"].tolist() == [[1] * 6 + [0, 0], [1] * 8]
-    assert batch["input_ids"][0, 6:].tolist() == [0, 0]
-    assert batch["token_type_ids"][0].tolist() == [0, 0, 0, 0, 1, 1, 0, 0]
-    assert batch["labels"].tolist() == [1, 0]
-    assert batch["index"].tolist() == [0, 1]
-
-
-@pytest.mark.parametrize("multiple", [1, 8])
-def test_batches_gathered_from_the_padded_table_are_each_pair_padded(multiple):
-    """PairCollator pads the split once and gathers rows per batch: every batch holds each pair's own ids and
-    token types, then padding (pad id, type 0, mask 0) up to the longest pair rounded up to ``multiple``."""
-    import random
-
-    random.seed(multiple)
-    ids = [[2] + [random.randint(5, 99) for _ in range(random.randint(1, 20))] + [3] for _ in range(50)]
-    types = [[0] * (len(x) // 2) + [1] * (len(x) - len(x) // 2) for x in ids]
-    examples = [PairExample("a", "b", i % 2) for i in range(50)]
-    split = EncodedPairs(examples, ids, types, torch.tensor([e.label for e in examples]))
-    collate = PairCollator(split, pad_token_id=7, pad_to_multiple_of=multiple)
-    for indices in [random.sample(range(50), 16) for _ in range(20)] + [[ids.index(max(ids, key=len))]]:
-        batch = collate(indices)
-        width = -(-max(len(ids[i]) for i in indices) // multiple) * multiple
-        assert batch["input_ids"].shape == (len(indices), width)
-        for row, i in enumerate(indices):
-            pad = width - len(ids[i])
-            assert batch["input_ids"][row].tolist() == ids[i] + [7] * pad
-            assert batch["token_type_ids"][row].tolist() == types[i] + [0] * pad
-            assert batch["attention_mask"][row].tolist() == [1] * len(ids[i]) + [0] * pad
-        assert batch["labels"].tolist() == [i % 2 for i in indices] and batch["index"].tolist() == indices
-
-
-def test_shipped_quickstart_sample_is_what_the_generator_writes(tmp_path):
-    from afqmc_exp.resolvers import SAMPLE_DIR
-    from afqmc_exp.sample import write_sample
-
-    write_sample(tmp_path)
-    for name in ("train.json", "dev.json", "test.json"):
-        assert (SAMPLE_DIR / name).read_text(encoding="utf-8") == (tmp_path / name).read_text(encoding="utf-8")
-    labels = [json.loads(line)["label"] for line in (SAMPLE_DIR / "train.json").read_text().splitlines()]
-    assert 0.2 < labels.count("1") / len(labels) < 0.45
-
-
-def test_limits_take_the_first_pairs_for_debugging(tmp_path):
+    monkeypatch.setenv("AFQMC_EXP_CACHE", str(tmp_path / "cache"))
     for name in ("train.json", "dev.json"):
-        write(tmp_path, "".join(GOOD + "\n" for _ in range(10)), name=name)
-    splits = AfqmcData(dir=str(tmp_path), test_file=None, train_limit=4, dev_limit=2).load()
-    assert (len(splits["train"]), len(splits["dev"])) == (4, 2)
+        write(tmp_path, GOOD + "\n" + GOOD + "\n", name=name)
+    data = PairData(dir=str(tmp_path), test_file=None)
+    assert data.check()["train"].stats.pairs == 2
 
+    class NotAgain(PairReader):
+        def __iter__(self):
+            raise AssertionError("read again")
 
-@pytest.mark.parametrize("main,extra", [("evaluate_main", []), ("predict_main", ["out=/tmp/never.json"])])
-def test_evaluate_and_predict_check_their_input_the_same_way(tmp_path, main, extra):
-    import afqmc_exp.commands as cli
-
-    bad = write(tmp_path, GOOD + "\n" + '{"sentence1": "a", "sentence2": null}\n', name="pairs.json")
-    with pytest.raises(SystemExit, match=r"error: .*pairs.json:2: sentence2 is null"):
-        getattr(cli, main)([f"ckpt={tmp_path}", f"file={bad}", *extra])
-
-
-# ------------------------------------------------------------------------------------ device-dependent batching
-@pytest.mark.parametrize("cls_only", [False, True])
-def test_widths_rounded_up_to_a_multiple_give_the_same_logits(tmp_path, cls_only):
-    """data.pad_to_multiple_of (8 on a GPU) only adds masked padding: every pair's logits stay the same."""
-    import torch
-
-    from afqmc_exp.model import enable_cls_only_last_layer
-    from helpers import tiny_pairs, tiny_pretrained
-
-    pretrained = tiny_pretrained(tmp_path, dropout=0.0)
-    if cls_only:
-        enable_cls_only_last_layer(pretrained.model)
-    pretrained.model.eval()
-    split = encode_pairs(tiny_pairs(24, seed=4), pretrained.tokenizer, 32)
-    indices = list(range(24))
-    logits = {}
-    for multiple in (1, 8, 16):
-        batch = PairCollator(split, pretrained.tokenizer.pad_token_id, multiple)(indices)
-        assert batch["input_ids"].shape[1] % multiple == 0
-        inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
-        with torch.no_grad():
-            logits[multiple] = pretrained.model(**inputs).logits
-    assert logits[16].shape == logits[1].shape
-    for multiple in (8, 16):
-        torch.testing.assert_close(logits[multiple], logits[1], atol=1e-5, rtol=1e-5)
-
-
-def test_auto_batch_settings_are_decided_by_the_device(tmp_path):
-    data = AfqmcData(dir=str(tmp_path))
-    assert (data.eval_batch_size, data.pad_to_multiple_of) == ("auto", "auto")
-    cpu, gpu = data.for_device("cpu"), data.for_device("cuda")
-    assert (cpu.eval_batch_size, cpu.pad_to_multiple_of) == (32, 1)
-    assert (gpu.eval_batch_size, gpu.pad_to_multiple_of) == (256, 8)
-    chosen = AfqmcData(dir=str(tmp_path), eval_batch_size=64, pad_to_multiple_of=16).for_device("cuda")
-    assert (chosen.eval_batch_size, chosen.pad_to_multiple_of) == (64, 16)
+    monkeypatch.setattr(token_cache, "PairReader", NotAgain)
+    assert data.check()["train"].stats.pairs == 2  # the same bytes: remembered
+    write(tmp_path, GOOD + "\n", name="train.json")
+    with pytest.raises(AssertionError, match="read again"):  # other bytes: checked again
+        data.check()

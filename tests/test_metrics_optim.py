@@ -10,22 +10,53 @@ from afqmc_exp.metrics import classification_metrics, roc_auc
 from afqmc_exp.optim import adamw, parameter_groups, schedule
 
 
-def test_metrics_match_scikit_learn():
+def binary(prob_positive) -> np.ndarray:
+    prob_positive = np.asarray(prob_positive, dtype=np.float64)
+    return np.stack([1 - prob_positive, prob_positive], axis=1)
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.37])
+def test_binary_metrics_match_scikit_learn(threshold):
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 500)
     probs = np.round(np.clip(labels * 0.3 + rng.random(500) * 0.7, 0, 1), 2)  # rounding makes ties
-    got = classification_metrics(labels, probs, loss=0.5)
-    assert got["accuracy"] == pytest.approx(accuracy_score(labels, probs >= 0.5))
-    assert got["f1"] == pytest.approx(f1_score(labels, probs >= 0.5))
+    got = classification_metrics(labels, binary(probs), loss=0.5, threshold=threshold)
+    guess = probs >= threshold
+    assert got["accuracy"] == pytest.approx(accuracy_score(labels, guess))
+    assert got["f1"] == pytest.approx(f1_score(labels, guess)) == got["f1_1"]
+    assert got["f1_0"] == pytest.approx(f1_score(labels, guess, pos_label=0))
+    assert got["macro_f1"] == pytest.approx(f1_score(labels, guess, average="macro"))
     assert got["auc"] == pytest.approx(roc_auc_score(labels, probs))
     assert got["loss"] == 0.5
 
 
+def test_three_class_metrics_match_scikit_learn():
+    from sklearn.metrics import accuracy_score, f1_score, log_loss
+
+    from afqmc_exp.metrics import log_loss as our_log_loss
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 3, 400)
+    probs = rng.dirichlet(np.ones(3), size=400) + np.eye(3)[labels] * rng.random((400, 1))
+    probs /= probs.sum(axis=1, keepdims=True)
+    names = ["entailment", "neutral", "contradiction"]
+    got = classification_metrics(labels, probs, loss=0.9, names=names)
+    guess = probs.argmax(axis=1)
+    assert got["accuracy"] == pytest.approx(accuracy_score(labels, guess))
+    assert got["macro_f1"] == pytest.approx(f1_score(labels, guess, average="macro"))
+    per_class = f1_score(labels, guess, average=None)
+    assert [got[f"f1_{name}"] for name in names] == pytest.approx(list(per_class))
+    assert "f1" not in got and "auc" not in got  # binary only
+    assert our_log_loss(labels, probs) == pytest.approx(log_loss(labels, probs))
+    never_predicted = classification_metrics(np.array([0, 1, 2, 2]), np.eye(3)[[0, 1, 1, 1]], 0.0)
+    assert never_predicted["macro_f1"] == pytest.approx(f1_score([0, 1, 2, 2], [0, 1, 1, 1], average="macro"))
+
+
 def test_majority_answer_scores_accuracy_but_zero_f1():
     labels = np.array([0] * 69 + [1] * 31)
-    got = classification_metrics(labels, np.zeros(100), loss=0.6)
+    got = classification_metrics(labels, binary(np.zeros(100)), loss=0.6)
     assert got["accuracy"] == pytest.approx(0.69) and got["f1"] == 0.0 and got["auc"] == 0.5
 
 
@@ -103,15 +134,20 @@ def test_result_json_writes_undefined_metrics_as_null():
     assert json.loads(text) == {"auc": None, "speed": {"x": None}, "values": [1.0, None]}
 
 
-def test_a_dev_set_with_one_label_refuses_auc_and_warns_otherwise(caplog):
-    from afqmc_exp.data import DataError, PairExample
+def test_a_dev_set_with_one_label_refuses_auc_and_warns_otherwise(caplog, tmp_path):
+    from afqmc_exp.data import CheckedFile, DataError, ReadSpec
+    from afqmc_exp.data.formats import FileStats
     from afqmc_exp.experiment import check_dev_labels
 
-    dev = [PairExample("a", "b", 0), PairExample("c", "d", 0)]
-    with pytest.raises(DataError, match="only label 0: AUC is undefined"):
-        check_dev_labels(dev, "auc")
-    check_dev_labels(dev, "f1")
+    def dev(counts):
+        return CheckedFile(tmp_path / "dev.json", "0", FileStats(sum(counts), True, counts), ReadSpec(), True)
+
+    with pytest.raises(DataError, match="dev set holds no pair labelled '1': AUC is undefined"):
+        check_dev_labels(dev([2, 0]), "auc", ["0", "1"])
+    check_dev_labels(dev([2, 0]), "f1", ["0", "1"])
     assert "dev AUC is undefined" in caplog.text
     caplog.clear()
-    check_dev_labels(dev + [PairExample("e", "f", 1)], "auc")
+    check_dev_labels(dev([2, 1]), "auc", ["0", "1"])
     assert caplog.text == ""
+    check_dev_labels(dev([2, 1, 0]), "accuracy", ["entailment", "neutral", "contradiction"])
+    assert "'contradiction'" in caplog.text and "macro-F1 counts them only where they are predicted" in caplog.text

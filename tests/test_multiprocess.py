@@ -19,7 +19,7 @@ def test_each_pair_once_per_epoch_across_processes(n, batch_size):
     proc = run_command(
         TORCHRUN + [str(REPO / "tests" / "helpers" / "shard_check.py"), str(n), str(batch_size)],
         cwd=REPO,
-        env={**ENV, "PYTHONPATH": str(REPO)},
+        env={**ENV, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])},
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

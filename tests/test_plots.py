@@ -1,8 +1,14 @@
-"""Dev-set figures: curves agree with scikit-learn, and the PNGs are written."""
+"""Dev-set figures: curves agree with scikit-learn, the confusion matrix counts (gold, predicted), PNGs are
+written: three for a binary task, the K x K confusion matrix for more labels."""
 
 import numpy as np
 
 from afqmc_exp.plots import confusion, curves, save_dev_plots
+
+
+def binary(prob_positive) -> np.ndarray:
+    prob_positive = np.asarray(prob_positive)
+    return np.stack([1 - prob_positive, prob_positive], axis=1)
 
 
 def test_curves_match_scikit_learn():
@@ -21,10 +27,17 @@ def test_curves_match_scikit_learn():
 
 
 def test_confusion_rows_are_gold_columns_predicted():
-    assert confusion(np.array([0, 0, 1, 1, 1]), np.array([0.1, 0.9, 0.2, 0.8, 0.7])).tolist() == [[1, 1], [1, 2]]
+    assert confusion(np.array([0, 0, 1, 1, 1]), binary([0.1, 0.9, 0.2, 0.8, 0.7])).tolist() == [[1, 1], [1, 2]]
+    assert confusion(np.array([0, 1, 1]), binary([0.5, 0.6, 0.4]), threshold=0.55).tolist() == [[1, 0], [1, 1]]
+    three = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])
+    assert confusion(np.array([0, 1, 1, 2]), three).tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
 
 
 def test_pngs_are_written(tmp_path):
-    paths = save_dev_plots(np.array([0, 1, 0, 1, 1]), np.array([0.2, 0.7, 0.4, 0.9, 0.3]), tmp_path, "run")
+    paths = save_dev_plots(np.array([0, 1, 0, 1, 1]), binary([0.2, 0.7, 0.4, 0.9, 0.3]), ["0", "1"], tmp_path, "run")
     assert [p.name for p in paths] == ["confusion_matrix.png", "pr_curve.png", "roc_curve.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+    three = np.random.default_rng(0).dirichlet(np.ones(3), size=12)
+    names = ["entailment", "neutral", "contradiction"]
+    paths = save_dev_plots(np.arange(12) % 3, three, names, tmp_path / "nli", "run")
+    assert [p.name for p in paths] == ["confusion_matrix.png"] and paths[0].read_bytes()[:4] == b"\x89PNG"

@@ -27,10 +27,22 @@ BAD = [
     ("fold out of range", ["data.folds=5", "data.fold=5"], r"data.fold=5: must be in 0..4"),
     ("auto or a number", ["data.eval_batch_size=big"], r"data.eval_batch_size='big': expected int, or one of auto"),
     ("model named nowhere", ["model=pretrained"], r"model.name_or_path='\?\?\?': must name a Hub id or a local folder"),
-]
+    ("f1 of three labels", ["data=cmnli", "trainer.metric=f1"],
+     r"trainer.metric=f1: needs two labels, and the task has 3"),
+    ("threshold of three labels", ["data=cmnli", "trainer.threshold=tune"],
+     r"trainer.threshold=tune: a threshold applies to two labels only"),
+    ("a label kept and dropped", ["data.drop_labels=[1]"], r"data.drop_labels: '1' is also one of data.labels"),
+    ("one label", ["data.labels=[0]"], r"data.labels=\[0\]: must list at least two different labels"),
+    ("no first column", ["data.fields.text_a=null"], r"data.fields.text_a: must name the column of the first sentence"),
+    ("train limit zero", ["data.train_limit=0"], r"data.train_limit=0: must be >= 1, or null"),
+    ("train limit negative", ["data.train_limit=-40"], r"data.train_limit=-40: must be >= 1, or null"),
+    ("extra dev without a file", ["data.extra_dev={x: {format: tsv}}"], r"data.extra_dev.x: must be \{file: "),
+    ("unknown format", ["data.format=xlsx"],
+     r"data.format='xlsx': must be one of jsonl, tsv, csv, json_array, parquet"),
+]  # fmt: skip
 # options with a fixed set of values (a Literal annotation on their _target_): a bad value is named with the choices
 CHOICES = [
-    ("trainer.metric", "acc", "accuracy, f1, auc, loss"),
+    ("trainer.metric", "acc", "accuracy, macro_f1, f1, auc, loss"),
     ("trainer.device", "gpu0", "auto, cpu"),
     ("trainer.mixed_precision", "fp8", "no, bf16, fp16"),
     ("trainer.eval_precision", "int8", "auto, fp32, bf16"),
@@ -102,7 +114,7 @@ def test_cli_prints_one_error_block_without_traceback_and_opens_no_run(tmp_path)
             ["--multirun", "optim.lr=1e-5,2e-5", "trainer.epoch=2"],
             ["error: trainer.epoch: no such key (did you mean trainer.epochs?)"],
         ),
-        (["data.dir=/nonexistent"], ["error: /nonexistent: AFQMC files"]),  # refused once Hydra ran: its folder goes
+        (["data.dir=/nonexistent"], ["error: /nonexistent: afqmc files"]),  # refused once Hydra ran: its folder goes
     ],
     ids=["typo", "typo in a sweep", "missing data"],
 )

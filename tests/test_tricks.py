@@ -177,9 +177,10 @@ def test_the_tuned_threshold_maximises_f1():
     labels = rng.integers(0, 2, 300)
     probs = np.clip(labels * 0.3 + rng.random(300) * 0.7, 0, 1)
     threshold, f1 = best_threshold(labels, probs)
-    candidates = [classification_metrics(labels, probs, 0.0, t)["f1"] for t in np.unique(probs)]
-    assert f1 == pytest.approx(max(candidates)) and f1 > classification_metrics(labels, probs, 0.0)["f1"]
-    assert classification_metrics(labels, probs, 0.0, threshold)["f1"] == pytest.approx(f1)
+    both = np.stack([1 - probs, probs], axis=1)
+    candidates = [classification_metrics(labels, both, 0.0, t)["f1"] for t in np.unique(probs)]
+    assert f1 == pytest.approx(max(candidates)) and f1 > classification_metrics(labels, both, 0.0)["f1"]
+    assert classification_metrics(labels, both, 0.0, threshold)["f1"] == pytest.approx(f1)
 
 
 # ------------------------------------------------------------------------------------ pruning
@@ -207,26 +208,34 @@ def test_a_trial_clearly_worse_than_the_others_is_pruned(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ k folds
-def test_k_folds_cover_each_pair_once_stratified_and_fixed_by_their_seed(tmp_path):
+@pytest.mark.parametrize("labels", [["0", "1"], ["entailment", "neutral", "contradiction"]])
+def test_k_folds_cover_each_pair_once_stratified_and_fixed_by_their_seed(tmp_path, monkeypatch, labels):
     import json
 
-    from afqmc_exp.data import AfqmcData
+    from afqmc_exp.data import PairData
+    from helpers import tiny_pretrained
 
-    rows = [{"sentence1": f"a{i}", "sentence2": f"b{i}", "label": str(int(i % 3 == 0))} for i in range(50)]
+    monkeypatch.setenv("AFQMC_EXP_CACHE", str(tmp_path / "cache"))
+    tokenizer = tiny_pretrained(tmp_path / "tiny").tokenizer
+    classes = [int(i % 3 == 0) + int(i % 7 == 0 and len(labels) == 3) for i in range(50)]
+    rows = [{"sentence1": f"a{i}", "sentence2": f"b{i}", "label": labels[k]} for i, k in enumerate(classes)]
     for name, part in (("train.json", rows[:40]), ("dev.json", rows[40:])):
         (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in part))
-    seen, positives = [], []
+
+    def fold_splits(fold):
+        return PairData(dir=str(tmp_path), test_file=None, labels=labels, folds=4, fold=fold).load(tokenizer)
+
+    seen, per_class = [], []
     for fold in range(4):
-        splits = AfqmcData(dir=str(tmp_path), test_file=None, folds=4, fold=fold).load()
-        assert {e.id for e in splits["train"]}.isdisjoint({e.id for e in splits["dev"]})
-        assert len(splits["train"]) + len(splits["dev"]) == 50
-        seen += [e.id for e in splits["dev"]]
-        positives.append(sum(e.label for e in splits["dev"]))
+        splits = fold_splits(fold)
+        train_ids, dev_ids = {p.id for p in splits["train"].pairs()}, [p.id for p in splits["dev"].pairs()]
+        assert train_ids.isdisjoint(dev_ids) and len(splits["train"]) + len(splits["dev"]) == 50
+        seen += dev_ids
+        per_class.append(np.bincount(splits["dev"].labels, minlength=len(labels)))
+        assert [p.label for p in splits["dev"].pairs()] == splits["dev"].labels.tolist()
     assert sorted(seen) == sorted([f"train:{i}" for i in range(40)] + [f"dev:{i}" for i in range(10)])
-    assert max(positives) - min(positives) <= 1  # stratified: each fold gets its share of positives
-    again = AfqmcData(dir=str(tmp_path), test_file=None, folds=4, fold=2).load()
-    assert [e.id for e in again["dev"]] == [e.id for e in AfqmcData(dir=str(tmp_path), test_file=None, folds=4,
-                                                                    fold=2).load()["dev"]]  # fmt: skip
+    assert (np.ptp(np.array(per_class), axis=0) <= 1).all()  # stratified: each fold gets its share of each label
+    assert [p.id for p in fold_splits(2)["dev"].pairs()] == [p.id for p in fold_splits(2)["dev"].pairs()]
 
 
 # ------------------------------------------------------------------------------------ ensembles

@@ -63,7 +63,7 @@ def test_rest_api_shows_the_sweep_its_runs_metrics_and_plots(ui):
     parent_id = parents[0]["info"]["run_id"]
     children = [r for r, t in zip(runs, tags, strict=True) if t.get("mlflow.parentRunId") == parent_id]
     assert len(children) == 2
-    assert "best/dev_f1" in {m["key"] for m in parents[0]["data"]["metrics"]}
+    assert "best/dev_accuracy" in {m["key"] for m in parents[0]["data"]["metrics"]}
     for child in children:
         metrics = {m["key"] for m in child["data"]["metrics"]}
         assert {"dev/f1", "dev/accuracy", "dev/auc", "train/loss", "final/dev_f1"} <= metrics
@@ -112,10 +112,10 @@ def test_chromium_shows_the_sweep_and_its_runs_with_their_metric(ui):
     # the sweep's own page: its jobs by name, and its objective
     parent = re.search(r'href="#/experiments/\d+/runs/([0-9a-f]{32})"><span[^>]*>sweep ', runs_page).group(1)
     sweep_page = visit(f"{url}/#/experiments/{experiment_id}/runs/{parent}", tmp / "sweep_run.png")
-    assert "minilm-lr1e-05-bs16-s42" in sweep_page and "minilm-lr3e-05-bs16-s42" in sweep_page
-    assert "best/dev_f1" in sweep_page
+    assert "minilm-afqmc-lr1e-05-bs16-s42" in sweep_page and "minilm-afqmc-lr3e-05-bs16-s42" in sweep_page
+    assert "best/dev_accuracy" in sweep_page
     # a job's page says where it came from and what it trained on; the sweep's row too, in the runs table
-    child = re.search(r'href="#/experiments/\d+/runs/([0-9a-f]{32})"[^>]*>minilm-lr1e-05', sweep_page).group(1)
+    child = re.search(r'href="#/experiments/\d+/runs/([0-9a-f]{32})"[^>]*>minilm-afqmc-lr1e-05', sweep_page).group(1)
     child_page = visit(f"{url}/#/experiments/{experiment_id}/runs/{child}", tmp / "job_run.png")
     assert "train.py" in child_page and "afqmc/train.json (" in child_page  # the dataset with its digest
     assert "afqmc/train.json" in runs_page and "train.py" in runs_page

@@ -134,13 +134,13 @@ def tiny_pretrained(folder: Path, seed: int = 0, dropout: float = 0.1):
     import torch
     from transformers import BertForSequenceClassification, BertTokenizerFast
 
-    from afqmc_exp.model import LABELS, Pretrained
+    from afqmc_exp.model import Pretrained
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
     tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
     torch.manual_seed(seed)
-    config = tiny_bert_config(len(tokenizer), dropout, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+    config = tiny_bert_config(len(tokenizer), dropout, id2label={0: "0", 1: "1"}, label2id={"0": 0, "1": 1})
     return Pretrained(model=BertForSequenceClassification(config), tokenizer=tokenizer, name_or_path=str(folder))
 
 
@@ -165,7 +165,7 @@ def tiny_pairs(n: int, seed: int = 0):
     """``n`` labelled pairs over ``WORDS``: label 1 when both sentences are the same words."""
     import random
 
-    from afqmc_exp.data import PairExample
+    from afqmc_exp.data import Pair
 
     rng = random.Random(seed)
     pairs = []
@@ -173,8 +173,32 @@ def tiny_pairs(n: int, seed: int = 0):
         first = " ".join(rng.choices(WORDS, k=rng.randint(2, 9)))
         same = rng.random() < 0.4
         second = first if same else " ".join(rng.choices(WORDS, k=rng.randint(2, 9)))
-        pairs.append(PairExample(first, second, int(same), i))
+        pairs.append(Pair(first, second, int(same), i))
     return pairs
+
+
+def pairs_split(pairs, tokenizer, max_length: int):
+    """A split of pairs held in memory, tokenized."""
+    from afqmc_exp.data import Split, encode_pairs
+
+    return Split.of_pairs(pairs, encode_pairs(pairs, tokenizer, max_length))
+
+
+def token_split(ids: list[list[int]], types: list[list[int]] | None = None, labels: list[int] | None = None):
+    """A split of pairs given as token ids (types 0 and labels alternating 0/1 unless given)."""
+    import numpy as np
+
+    from afqmc_exp.data import Pair, Split, TokenArrays
+
+    types = types or [[0] * len(x) for x in ids]
+    labels = labels if labels is not None else [i % 2 for i in range(len(ids))]
+    tokens = TokenArrays(
+        ids=np.array([t for row in ids for t in row], dtype=np.int32),
+        type_ids=np.array([t for row in types for t in row], dtype=np.uint8),
+        offsets=np.concatenate([[0], np.cumsum([len(x) for x in ids])]).astype(np.int64),
+        labels=np.array(labels, dtype=np.int16),
+    )
+    return Split.of_pairs([Pair("a", "b", label, i) for i, label in enumerate(labels)], tokens)
 
 
 def broken_model(folder: Path) -> Path:

@@ -3,20 +3,14 @@
 import json
 import sys
 
-import torch
 from accelerate.utils import gather_object
 
-from afqmc_exp.data import EncodedPairs, PairExample, make_loader
+from afqmc_exp.data import make_loader
 from afqmc_exp.hardware import build_accelerator
+from helpers import token_split
 
 n, batch_size = int(sys.argv[1]), int(sys.argv[2])
-examples = [PairExample("a", "b", i % 2) for i in range(n)]
-split = EncodedPairs(
-    examples,
-    [[1] * (3 + i % 17) for i in range(n)],
-    [[0] * (3 + i % 17) for i in range(n)],
-    torch.tensor([e.label for e in examples]),
-)
+split = token_split([[1] * (3 + i % 17) for i in range(n)])
 accelerator = build_accelerator(device="cpu")
 loader = make_loader(
     split, 0, batch_size, train=True, seed=3, num_shards=accelerator.num_processes, shard=accelerator.process_index

@@ -1,0 +1,163 @@
+"""The token cache: the same ids as calling the tokenizer; a key of exactly the parts that decide the ids (one test
+per part); an entry complete or absent after a kill mid-write; one build shared by several processes."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import afqmc_exp.data.token_cache as token_cache
+from afqmc_exp.data import Pair, ReadSpec, encode_pairs
+from afqmc_exp.data.token_cache import cache_key, file_digest, token_key, tokenized_file, tokenizer_digest
+from afqmc_exp.model import packaged_minilm_path
+from helpers import REPO, run_command, tiny_pairs, tiny_pretrained
+
+
+@pytest.fixture(scope="module")
+def minilm_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(packaged_minilm_path())
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("AFQMC_EXP_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def afqmc_file(tmp_path, n=100, name="train.json"):
+    rows = [{"sentence1": f"how do i repay my loan number {i} " * (1 + i % 4), "sentence2": f"pay back {i}",
+             "label": str(i % 2)} for i in range(n)]  # fmt: skip
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("max_length", [12, 64])
+def test_the_backend_gives_the_ids_the_tokenizer_gives(minilm_tokenizer, tmp_path, max_length):
+    pairs = [Pair(p.text_a * 3, p.text_b, p.label) for p in tiny_pairs(40)] + [Pair("花呗怎么还款", "花呗如何还钱", 1)]
+    before = json.dumps(minilm_tokenizer.backend_tokenizer.truncation)
+    tokens = encode_pairs(pairs, minilm_tokenizer, max_length)
+    assert json.dumps(minilm_tokenizer.backend_tokenizer.truncation) == before  # the caller's tokenizer untouched
+    called = minilm_tokenizer([p.text_a for p in pairs], [p.text_b for p in pairs], truncation=True,
+                              max_length=max_length, return_token_type_ids=True)  # fmt: skip
+    assert [tokens.ids[a:b].tolist() for a, b in zip(tokens.offsets[:-1], tokens.offsets[1:], strict=True)] == called[
+        "input_ids"
+    ]
+    assert tokens.type_ids.tolist() == [t for row in called["token_type_ids"] for t in row]
+    assert tokens.ids.dtype == np.uint16 and tokens.labels.tolist() == [p.label for p in pairs]
+
+
+def test_the_tokenizer_digest_ignores_truncation_state_and_is_stable_across_processes(minilm_tokenizer):
+    """HF datasets' cache keys changed when a tokenizer had merely been called with truncation (datasets #3847,
+    #5985, #6179): ours does not."""
+    digest = tokenizer_digest(minilm_tokenizer)
+    minilm_tokenizer(["a b c d e f"], ["g h"], truncation=True, max_length=5)
+    assert tokenizer_digest(minilm_tokenizer) == digest
+    code = (
+        "from transformers import AutoTokenizer; from afqmc_exp.data.token_cache import tokenizer_digest; "
+        f"print(tokenizer_digest(AutoTokenizer.from_pretrained({packaged_minilm_path()!r})))"
+    )
+    other = run_command([sys.executable, "-c", code])
+    assert other.stdout.strip() == digest, other.stderr[-2000:]
+
+
+def other_vocabulary(tmp_path):
+    return tiny_pretrained(tmp_path / "other", seed=0).tokenizer
+
+
+KEY_PARTS = {  # each changes one part of the key
+    "file bytes": lambda key, tmp_path: {**key, "file_sha256": "0" * 64},
+    "read format": lambda key, tmp_path: {**key, "read": ReadSpec(format="tsv", fields=(0, 1, 2, None)).describe()},
+    "fields": lambda key, tmp_path: {**key, "read": ReadSpec(fields=("q1", "q2", "label", "id")).describe()},
+    "labels": lambda key, tmp_path: {**key, "read": ReadSpec(labels=("1", "0")).describe()},
+    "dropped labels": lambda key, tmp_path: {**key, "read": ReadSpec(drop_labels=("-",)).describe()},
+    "tokenizer": lambda key, tmp_path: {**key, "tokenizer": tokenizer_digest(other_vocabulary(tmp_path))},
+    "max_length": lambda key, tmp_path: {**key, "max_length": 64},
+    "code version": lambda key, tmp_path: {**key, "code_version": key["code_version"] + 1},
+}
+
+
+@pytest.mark.parametrize("part", KEY_PARTS)
+def test_each_part_of_the_key_changes_the_entry(part, minilm_tokenizer, tmp_path):
+    key = token_key("a" * 64, ReadSpec(), minilm_tokenizer, 128)
+    assert cache_key(key) == cache_key(token_key("a" * 64, ReadSpec(), minilm_tokenizer, 128))
+    assert cache_key(KEY_PARTS[part](key, tmp_path)) != cache_key(key)
+    assert set(key) == {"file_sha256", "read", "tokenizer", "max_length", "truncation", "code_version"}
+
+
+def test_the_truncation_side_is_part_of_the_tokenizer(minilm_tokenizer):
+    import copy
+
+    left = copy.deepcopy(minilm_tokenizer)
+    left.truncation_side = "left"
+    assert tokenizer_digest(left) != tokenizer_digest(minilm_tokenizer)
+
+
+def test_a_cached_file_is_mapped_not_tokenized_again_and_a_changed_one_is(minilm_tokenizer, tmp_path, cache,
+                                                                           monkeypatch):  # fmt: skip
+    path = afqmc_file(tmp_path)
+    first = tokenized_file(path, ReadSpec(), minilm_tokenizer, 32, True)
+    assert isinstance(first.ids, np.memmap) and len(first) == 100
+    reference = encode_pairs(list(__import__("afqmc_exp.data", fromlist=["PairReader"]).PairReader(path, ReadSpec())),
+                             minilm_tokenizer, 32)  # fmt: skip
+    for name in ("ids", "type_ids", "offsets", "labels"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(reference, name))
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("tokenized again")
+
+    monkeypatch.setattr(token_cache, "_build", no_build)
+    again = tokenized_file(path, ReadSpec(), minilm_tokenizer, 32, True)
+    np.testing.assert_array_equal(again.ids, first.ids)
+    path.write_text(path.read_text().replace("number 7 ", "number seven "))
+    with pytest.raises(AssertionError, match="tokenized again"):
+        tokenized_file(path, ReadSpec(), minilm_tokenizer, 32, True)
+
+
+def build_command(path, max_length=32, *kill):
+    return [sys.executable, str(REPO / "tests" / "helpers" / "cache_build.py"), path, packaged_minilm_path(),
+            str(max_length), *map(str, kill)]  # fmt: skip
+
+
+def test_a_kill_while_the_cache_is_written_leaves_no_entry_and_the_next_run_builds_it(tmp_path, cache):
+    path = afqmc_file(tmp_path)
+    env = {**os.environ, "AFQMC_EXP_CACHE": str(cache), "PYTHONPATH": str(REPO)}
+    killed = run_command(build_command(path, 32, 2), env=env, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    tokens_dir = cache / "tokens"
+    assert not [p for p in tokens_dir.iterdir() if (p / "meta.json").exists()]  # nothing taken for complete
+    assert [p.name for p in tokens_dir.iterdir() if p.name.endswith(".tmp")]  # the cut write is there
+    rebuilt = run_command(build_command(path), env=env, timeout=300)
+    assert rebuilt.returncode == 0 and "pairs=100" in rebuilt.stdout and "tokenized in" in rebuilt.stdout
+    assert not [p for p in tokens_dir.iterdir() if p.name.endswith(".tmp")]  # the stale staging folder is gone
+
+
+def test_two_processes_share_one_build(tmp_path, cache):
+    """Both start while the entry's lock is held (here by the test): one builds it, the other waits and maps it."""
+    import subprocess
+
+    from filelock import FileLock
+    from transformers import AutoTokenizer
+
+    path = afqmc_file(tmp_path)
+    key = cache_key(token_key(file_digest(path), ReadSpec(), AutoTokenizer.from_pretrained(packaged_minilm_path()), 32))
+    (cache / "tokens").mkdir(parents=True)
+    env = {**os.environ, "AFQMC_EXP_CACHE": str(cache), "PYTHONPATH": str(REPO)}
+    with FileLock(cache / "tokens" / f"{key}.lock"):
+        procs = [subprocess.Popen(build_command(path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True) for _ in range(2)]  # fmt: skip
+        outputs = []
+        for proc in procs:  # each waits for the lock (it says so) before anything is written
+            for line in proc.stdout:
+                outputs.append(line)
+                if "waiting for another process" in line:
+                    break
+    outputs += [proc.communicate(timeout=300)[0] for proc in procs]
+    text = "".join(outputs)
+    assert all(proc.returncode == 0 for proc in procs), text[-3000:]
+    assert text.count("tokenized in") == 1 and text.count("pairs=100") == 2, text
+    assert [p.name for p in (cache / "tokens").iterdir() if p.is_dir()] == [key]
