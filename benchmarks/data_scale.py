@@ -7,7 +7,9 @@ empty token cache) and warm (the cache the cold run left), beside the bare fast 
 For each size it writes a synthetic AFQMC-format training file (pairs of real AFQMC questions, drawn at random,
 with random labels: real lengths and characters), then runs ``train.py`` on it with the shared dev file, once
 with an empty cache and once more with the cache the first run wrote, each in a fresh process whose peak
-resident memory is read from the kernel (``wait4``). From each run's ``result.json``: how long the files
+resident memory is read from the kernel (``wait4``); the warm run is repeated (``--repeats``, median of each
+figure), and a first run on the smallest file, not counted, warms the disk cache and Python's bytecode for
+all. From each run's ``result.json``: how long the files
 took to check (``data_check_s``) and to tokenize (``data_tokenize_s``; warm: to map from the cache), when the
 model was loaded (``startup_model_s``) and when the first step came (``time_to_first_step_s``), counted from
 the process's start. The bare tokenizer is the fast tokenizer's batch call (``tokenizer(a, b,
@@ -23,6 +25,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -107,30 +110,37 @@ def main() -> None:
     parser.add_argument("--sizes", default="48,30000,300000,1000000")
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "afqmc"))
     parser.add_argument("--work", default="/tmp/afqmc-data-scale")
+    parser.add_argument("--repeats", type=int, default=3, help="warm runs per size (their medians are reported)")
     parser.add_argument("--keep", action="store_true", help="keep the synthetic files and caches")
     args = parser.parse_args()
     data, work = Path(args.data).resolve(), Path(args.work)
     sentences = afqmc_sentences(data)
-    results = {}
-    for size in (int(s) for s in args.sizes.split(",")):
-        size_dir, cache = work / str(size), work / str(size) / "cache"
-        shutil.rmtree(size_dir, ignore_errors=True)
-        size_dir.mkdir(parents=True)
-        started = time.perf_counter()
-        write_pairs(size_dir / "train.json", size, sentences, seed=size)
-        print(f"{size:>10,} pairs: written in {time.perf_counter() - started:.1f} s "
-              f"({(size_dir / 'train.json').stat().st_size / 2**20:.0f} MB)", flush=True)  # fmt: skip
-        row = {"cold": train_once(size_dir, data / "dev.json", cache, "cold")}
-        row["warm"] = train_once(size_dir, data / "dev.json", cache, "warm")
-        row["bare_tokenizer_s"] = round(bare_tokenizer(size_dir / "train.json", data / "dev.json"), 2)
-        cold_data = row["cold"]["data_check_s"] + row["cold"]["data_tokenize_s"]
-        row["cold_data_x_bare"] = round(cold_data / max(row["bare_tokenizer_s"], 1e-9), 2)
-        results[size] = row
-        print(f"{size:>10,} pairs: {json.dumps(row)}", flush=True)
-        if not args.keep:
-            shutil.rmtree(size_dir, ignore_errors=True)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    measure(min(sizes), data, work, sentences, repeats=1, keep=False)  # a warm-up, not reported
+    results = {size: measure(size, data, work, sentences, args.repeats, args.keep) for size in sizes}
     print_table(results)
     print(json.dumps({"sizes": results}))
+
+
+def measure(size: int, data: Path, work: Path, sentences: list[str], repeats: int, keep: bool) -> dict:
+    """One size: the synthetic file written, a cold run, ``repeats`` warm runs (medians), the bare tokenizer."""
+    size_dir, cache = work / str(size), work / str(size) / "cache"
+    shutil.rmtree(size_dir, ignore_errors=True)
+    size_dir.mkdir(parents=True)
+    started = time.perf_counter()
+    write_pairs(size_dir / "train.json", size, sentences, seed=size)
+    print(f"{size:>10,} pairs: written in {time.perf_counter() - started:.1f} s "
+          f"({(size_dir / 'train.json').stat().st_size / 2**20:.0f} MB)", flush=True)  # fmt: skip
+    row = {"cold": train_once(size_dir, data / "dev.json", cache, "cold")}
+    warm = [train_once(size_dir, data / "dev.json", cache, "warm") for _ in range(repeats)]
+    row["warm"] = {key: statistics.median(run[key] for run in warm) for key in warm[0]}
+    row["bare_tokenizer_s"] = round(bare_tokenizer(size_dir / "train.json", data / "dev.json"), 2)
+    cold_data = row["cold"]["data_check_s"] + row["cold"]["data_tokenize_s"]
+    row["cold_data_x_bare"] = round(cold_data / max(row["bare_tokenizer_s"], 1e-9), 2)
+    print(f"{size:>10,} pairs: {json.dumps(row)}", flush=True)
+    if not keep:
+        shutil.rmtree(size_dir, ignore_errors=True)
+    return row
 
 
 def print_table(results: dict) -> None:

@@ -83,8 +83,8 @@ KEY_PARTS = {  # each changes one part of the key
 
 @pytest.mark.parametrize("part", KEY_PARTS)
 def test_each_part_of_the_key_changes_the_entry(part, minilm_tokenizer, tmp_path):
-    key = token_key("a" * 64, ReadSpec(), minilm_tokenizer, 128)
-    assert cache_key(key) == cache_key(token_key("a" * 64, ReadSpec(), minilm_tokenizer, 128))
+    key = token_key("a" * 64, ReadSpec(), tokenizer_digest(minilm_tokenizer), 128)
+    assert cache_key(key) == cache_key(token_key("a" * 64, ReadSpec(), tokenizer_digest(minilm_tokenizer), 128))
     assert cache_key(KEY_PARTS[part](key, tmp_path)) != cache_key(key)
     assert set(key) == {"file_sha256", "read", "tokenizer", "max_length", "truncation", "code_version"}
 
@@ -144,7 +144,8 @@ def test_two_processes_share_one_build(tmp_path, cache):
     from transformers import AutoTokenizer
 
     path = afqmc_file(tmp_path)
-    key = cache_key(token_key(file_digest(path), ReadSpec(), AutoTokenizer.from_pretrained(packaged_minilm_path()), 32))
+    tokenizer = AutoTokenizer.from_pretrained(packaged_minilm_path())
+    key = cache_key(token_key(file_digest(path), ReadSpec(), tokenizer_digest(tokenizer), 32))
     (cache / "tokens").mkdir(parents=True)
     env = {**os.environ, "AFQMC_EXP_CACHE": str(cache), "PYTHONPATH": str(REPO)}
     with FileLock(cache / "tokens" / f"{key}.lock"):

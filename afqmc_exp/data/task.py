@@ -33,7 +33,7 @@ from .batching import auto_eval_batch_size, auto_pad_to_multiple_of, make_loader
 from .download import fetch_into
 from .formats import FIELDS, DataError, FileStats, Format, PairReader, ReadSpec, fields_tuple
 from .split import Source, Split
-from .token_cache import checked_stats, file_digest, tokenized_file
+from .token_cache import checked_stats, file_digest, tokenized_file, tokenizer_digest
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +142,10 @@ class PairData:
     # ------------------------------------------------------------------------------------ tokens and splits
     def tokenize(self, tokenizer, checked: dict[str, CheckedFile]) -> dict[str, Split]:
         """The checked files as tokenized splits (from the cache), then the folds and limits."""
-        splits = {}
+        splits, tokenizer_sha = {}, tokenizer_digest(tokenizer)
         for split, file in checked.items():
             tokens = tokenized_file(file.path, file.spec, tokenizer, self.max_length, file.require_labels,
-                                    file.digest)  # fmt: skip
+                                    file.digest, tokenizer_sha)  # fmt: skip
             read_again = lambda f=file: PairReader(f.path, f.spec, f.require_labels)  # noqa: E731
             splits[split] = Split([Source(tokens, read_again)])
         if self.folds:

@@ -175,10 +175,11 @@ def cache_key(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def token_key(digest: str, spec: ReadSpec, tokenizer, max_length: int) -> dict:
-    """Everything a tokenized file depends on (see the module docstring)."""
-    return {"file_sha256": digest, "read": spec.describe(), "tokenizer": tokenizer_digest(tokenizer),
-            "max_length": max_length, "truncation": TRUNCATION, "code_version": CODE_VERSION}  # fmt: skip
+def token_key(digest: str, spec: ReadSpec, tokenizer_sha: str, max_length: int) -> dict:
+    """Everything a tokenized file depends on (see the module docstring); ``tokenizer_sha`` is
+    :func:`tokenizer_digest`'s (computed once for all of a run's files: it serialises the whole vocabulary)."""
+    return {"file_sha256": digest, "read": spec.describe(), "tokenizer": tokenizer_sha, "max_length": max_length,
+            "truncation": TRUNCATION, "code_version": CODE_VERSION}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ the cache
@@ -220,9 +221,10 @@ class _Entry:
 
 
 def tokenized_file(path: Path, spec: ReadSpec, tokenizer, max_length: int, require_labels: bool,
-                   digest: str | None = None) -> TokenArrays:  # fmt: skip
-    """``path``'s pairs, tokenized: from the cache, or read, checked, tokenized and cached now."""
-    key = token_key(digest or file_digest(path), spec, tokenizer, max_length)
+                   digest: str | None = None, tokenizer_sha: str | None = None) -> TokenArrays:  # fmt: skip
+    """``path``'s pairs, tokenized: from the cache, or read, checked, tokenized and cached now (``digest`` and
+    ``tokenizer_sha``: the file's and the tokenizer's digests, where the caller has them already)."""
+    key = token_key(digest or file_digest(path), spec, tokenizer_sha or tokenizer_digest(tokenizer), max_length)
     entry = _Entry(tokens_root(), cache_key(key))
     if entry.complete():
         log.info("%s: tokens from the cache (%s)", path.name, entry.folder)
