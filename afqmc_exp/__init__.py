@@ -4,6 +4,10 @@ Importing the package registers the OmegaConf resolvers the configs use (see ``r
 nothing heavy, so ``python train.py --help`` stays fast.
 """
 
-from . import resolvers  # noqa: F401  (registers ${afqmc.minilm:} and ${afqmc.sample:})
+import time
+
+STARTED_AT = time.time()  # this interpreter's start, near enough: see hardware.seconds_since_start
+
+from . import resolvers  # noqa: E402, F401  (registers ${afqmc.minilm:} and ${afqmc.sample:})
 
 __version__ = "0.1.0"

@@ -40,11 +40,20 @@ def train_main() -> None:
     hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(train_from_config)()
 
 
-def default_run_name(cfg: DictConfig, model_choice: str | None) -> str:
-    """Readable run names such as ``minilm-afqmc-lr2e-05-bs16-s42``: the model, the task, lr, batch, seed."""
-    model = model_choice or Path(str(cfg.model.name_or_path)).name
+IN_THE_NAME = ("model", "data", "optim.lr", "data.batch_size", "seed")
+
+
+def default_run_name(cfg: DictConfig, choices: dict, swept: list[str] = ()) -> str:
+    """Readable run names such as ``minilm-afqmc-lr2e-05-bs16-s42``: the model, the task, lr, batch, seed, and in a
+    sweep every other value it varies (``...-s42-epochs2``), so no two of its jobs share a name."""
+    model = choices.get("model") or Path(str(cfg.model.name_or_path)).name
     task = cfg.data.get("name", "afqmc")  # configs saved before there were tasks were AFQMC's
-    return f"{model}-{task}-lr{cfg.optim.lr:g}-bs{cfg.data.batch_size}-s{cfg.seed}"
+    name = f"{model}-{task}-lr{cfg.optim.lr:g}-bs{cfg.data.batch_size}-s{cfg.seed}"
+    for key in (k for k in swept if k not in IN_THE_NAME):
+        value = choices.get(key) if key in choices else OmegaConf.select(cfg, key, default=None)
+        shown = f"{value:.3g}" if isinstance(value, float) else str(value)
+        name += f"-{key.rsplit('.', 1)[-1]}{shown}" if "." in key else f"-{shown}"
+    return name
 
 
 def find_run_dir(resume: str, tracking) -> Path:
@@ -194,16 +203,22 @@ def _train(cfg: DictConfig, hydra_cfg, output_dir: Path, resume, in_sweep: bool,
 
     from .experiment import run
     from .pruning import trial_reporter
-    from .sweep import parent_run_id
+    from .sweep import parent_run_id, swept_in
     from .tracking import flatten
 
     validate(cfg)  # before any model is loaded or run opened
     tracking = instantiate(cfg.tracking)
+    choices = saved_choices(output_dir) if resume else dict(hydra_cfg.runtime.choices)  # the run's own options
     if not tracking.run_name:
-        tracking.run_name = run_name or default_run_name(cfg, hydra_cfg.runtime.choices.get("model"))
+        swept = swept_in(hydra_cfg.sweep.dir) if in_sweep else []
+        tracking.run_name = run_name or default_run_name(cfg, choices, swept)
+    if in_sweep and hydra_cfg.runtime.choices.get("hydra/launcher") == "joblib":  # jobs side by side: a GPU each
+        from .hardware import pin_parallel_job
+
+        pin_parallel_job(hydra_cfg.job.num)
     optuna = OmegaConf.to_container(cfg.optuna) if cfg.get("optuna") else None  # a trial of a search (pruning)
     # tags only feed the MLflow run: without one, MLflow is never imported (it takes a while to import)
-    tags = {**run_tags(hydra_cfg, output_dir, masker, in_sweep), **extra_tags} if tracking.enabled else {}
+    tags = {**run_tags(hydra_cfg, choices, output_dir, masker, in_sweep), **extra_tags} if tracking.enabled else {}
     return run(
         data=instantiate(cfg.data), load_model=instantiate(cfg.model), make_optimizer=instantiate(cfg.optim),
         make_scheduler=instantiate(cfg.scheduler), trainer=instantiate(cfg.trainer), tracking=tracking,
@@ -215,7 +230,16 @@ def _train(cfg: DictConfig, hydra_cfg, output_dir: Path, resume, in_sweep: bool,
     )  # fmt: skip
 
 
-def run_tags(hydra_cfg, output_dir: Path, masker: Masker, in_sweep: bool) -> dict[str, str]:
+def saved_choices(output_dir: Path) -> dict:
+    """The group options a run folder's run was started with (its ``.hydra/hydra.yaml``): a resumed run is named
+    and tagged after them, not after the resuming command's defaults."""
+    path = output_dir / ".hydra" / "hydra.yaml"
+    if not path.exists():
+        return {}
+    return dict(OmegaConf.select(OmegaConf.load(path), "hydra.runtime.choices", default={}) or {})
+
+
+def run_tags(hydra_cfg, choices: dict, output_dir: Path, masker: Masker, in_sweep: bool) -> dict[str, str]:
     """What the command was, where its folder is, MLflow's context tags and, in a sweep, its place in it."""
     from .tracking import context_tags
 
@@ -224,7 +248,7 @@ def run_tags(hydra_cfg, output_dir: Path, masker: Masker, in_sweep: bool) -> dic
     tags = {
         "hydra.overrides": " ".join(overrides) or "(none)",
         "hydra.output_dir": str(output_dir),
-        "hydra.choices": json.dumps(dict(hydra_cfg.runtime.choices)),
+        "hydra.choices": json.dumps(choices),
         "mlflow.note.content": f"`{command}`\n\nRun folder: `{output_dir}`",  # the run page's description
         **context_tags(REPO_DIR if (REPO_DIR / ".git").exists() else Path.cwd()),  # the code's commit, else the cwd's
     }

@@ -212,7 +212,7 @@ def evaluate(args: EvaluateArgs) -> dict[str, float]:
 
 def predict(args: PredictArgs) -> Path | dict:
     """The answer for one pair (printed as JSON) or the predictions file written for ``args.file``."""
-    from .inference import answer
+    from .answers import answer
 
     one_pair = args.sentence1 is not None or args.sentence2 is not None
     if one_pair and not (args.sentence1 and args.sentence2):

@@ -23,7 +23,7 @@ import torch
 
 from .checkpoint import has_last_checkpoint, remove_last_checkpoint, update_meta
 from .data import CheckedFile, DataError, PairData, Split
-from .hardware import build_accelerator, eval_in_bf16, seconds_since_process_start, system_tags
+from .hardware import build_accelerator, eval_in_bf16, seconds_since_start, system_tags
 from .inference import score, write_predictions
 from .masking import Masker, mask_uri
 from .metrics import best_threshold, classification_metrics
@@ -71,15 +71,15 @@ def run(
     for line in data.summary(checked):
         log.info("%s", line)
     tags = {**tags, **system_tags(accelerator, eval_in_bf16(trainer.eval_precision, accelerator.device))}
-    startup["startup_data_s"] = seconds_since_process_start()
+    startup["startup_data_s"] = seconds_since_start()
     with run_folder_lock(output_dir, accelerator):
         mlflow_run = open_mlflow_run(tracking, output_dir, params, tags, parent_run_id, resume, accelerator, masker)
         if not resume:
             mlflow_run.log_datasets(data.dataset_inputs(checked))
         with closed_with_status(mlflow_run, output_dir, accelerator, tracking.system_metrics_seconds):
-            startup["startup_tracking_s"] = seconds_since_process_start()
+            startup["startup_tracking_s"] = seconds_since_start()
             pretrained, splits = load_for_training(load_model, accelerator.device.type, data, checked, startup)
-            startup["startup_model_s"] = seconds_since_process_start()
+            startup["startup_model_s"] = seconds_since_start()
             trainer_of_run = Trainer(
                 pretrained=pretrained, data=data, splits=splits, make_optimizer=make_optimizer,
                 make_scheduler=make_scheduler, config=trainer, seed=seed, output_dir=output_dir,
@@ -364,7 +364,7 @@ def log_outputs(mlflow_run: Run, tracking: MlflowTracking, output_dir: Path, bes
     mlflow_run.log_masked_artifacts(output_dir / ".hydra", "hydra")  # the config, its secrets masked
     if tracking.log_weights or tracking.register_as:
         mlflow_run.log_artifacts(best_dir, "best_model")
-    if tracking.log_model:  # registered (if asked) as the flavour model, usable without this project
-        mlflow_run.log_transformers_model(best_dir, register_as=tracking.register_as)
+    if tracking.log_model:  # registered (if asked) as the model to serve, usable without this project
+        mlflow_run.log_served_model(best_dir, register_as=tracking.register_as)
     elif tracking.register_as:
         mlflow_run.register(tracking.register_as, "best_model")

@@ -98,7 +98,11 @@ def _cached(uri: str, key: str, tracking_uri: str) -> Path:
 
 
 def _flatten_flavour(folder: Path) -> Path:
-    """An ``mlflow.transformers`` model keeps its weights in model/ and its tokenizer apart: put them together."""
+    """A logged model's weights folder: the served model's ``artifacts/weights`` (see ``served_model``); a model
+    logged as ``mlflow.transformers`` by earlier versions keeps them in model/ and its tokenizer apart: they are
+    put together."""
+    if (folder / "artifacts" / "weights" / "config.json").exists():
+        return folder / "artifacts" / "weights"
     if (folder / "MLmodel").exists():
         for part in ("model", "components/tokenizer"):
             for item in (folder / part).iterdir():

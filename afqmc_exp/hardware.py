@@ -103,8 +103,22 @@ def system_tags(accelerator, eval_bf16: bool) -> dict[str, str]:
     }
 
 
-def seconds_since_process_start() -> float:
-    """Wall time since this process started (what a user waits before training begins)."""
-    import psutil  # an Accelerate dependency
+def pin_parallel_job(job_num: int) -> int | None:
+    """A job of a sweep that runs its jobs side by side on one machine (``hydra/launcher=joblib``) trains on GPU
+    ``job_num`` modulo the GPUs it sees (``CUDA_VISIBLE_DEVICES`` chooses them), not every job on GPU 0;
+    returns that GPU, or None with fewer than two. Accelerate's single-process device is the current one."""
+    if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+        return None
+    gpu = job_num % torch.cuda.device_count()
+    torch.cuda.set_device(gpu)
+    log.info("sweep job %d trains on GPU %d of %d", job_num, gpu, torch.cuda.device_count())
+    return gpu
 
-    return time.time() - psutil.Process().create_time()
+
+def seconds_since_start() -> float:
+    """Wall time since this interpreter started (what a user waits before training begins), counted from the
+    first import of this package, a few milliseconds after. Not the process's start: ``bash -c 'pip install
+    ... && python train.py'`` runs python in the shell's own process, whose start would count the install."""
+    from . import STARTED_AT
+
+    return time.time() - STARTED_AT

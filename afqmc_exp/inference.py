@@ -4,9 +4,8 @@ It serves the trainer's evaluations as much as ``evaluate.py`` and ``predict.py`
 ``torch.inference_mode`` over length-sorted batches (see ``data.batching``) and maps the answers back to the
 split's order; with several processes each scores a slice and the results are gathered.
 
-Every way of predicting answers in one format (:func:`answer`): the label as the data writes it (AFQMC's
-``"1"``, CMNLI's ``"entailment"``), the probability of every label (``probs``), and for a binary task
-``prob``, the probability of its positive label (AFQMC: same meaning), which the threshold is applied to.
+Every way of predicting answers in one format (``answers.answer``): the label as the data writes it, every
+label's probability and, for a binary task, its positive label's.
 """
 
 from __future__ import annotations
@@ -18,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .answers import answer
 from .data import Pair, Split, make_loader
-from .metrics import classification_metrics, predicted
+from .metrics import classification_metrics
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 
@@ -83,14 +83,6 @@ def score(pretrained, split: Split, batch_size: int, accelerator, names: Sequenc
     labels = split.labels
     metrics = classification_metrics(labels, probs, loss, threshold, names) if labels is not None else None
     return probs, loss, metrics
-
-
-def answer(probs: np.ndarray, names: Sequence[str], threshold: float = 0.5) -> dict:
-    """One pair's answer from its class probabilities (see the module docstring)."""
-    probs = np.asarray(probs, dtype=np.float64)
-    label = names[int(predicted(probs[None, :], threshold)[0])]
-    shown = {name: round(float(p), 6) for name, p in zip(names, probs, strict=True)}
-    return {"label": label, **({"prob": shown[names[1]]} if len(names) == 2 else {}), "probs": shown}
 
 
 def prediction_lines(pairs: Iterable[Pair], probs: np.ndarray, names: Sequence[str], threshold: float = 0.5,

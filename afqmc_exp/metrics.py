@@ -16,6 +16,8 @@ from typing import Literal
 
 import numpy as np
 
+from .answers import predicted
+
 Metric = Literal["accuracy", "macro_f1", "f1", "auc", "loss"]  # what trainer.metric may name
 GREATER_IS_BETTER: dict[str, bool] = {"accuracy": True, "macro_f1": True, "f1": True, "auc": True, "loss": False}
 BINARY_ONLY = ("f1", "auc")
@@ -43,14 +45,6 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     for start, end in zip(starts, ends, strict=True):
         ranks[order[start:end]] = (start + end + 1) / 2.0
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def predicted(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Class ids from probabilities ``(pairs, classes)``: see the module docstring."""
-    probs = np.asarray(probs)
-    if probs.shape[1] == 2:
-        return (probs[:, 1] >= threshold).astype(np.int64)
-    return probs.argmax(axis=1)
 
 
 def classification_metrics(

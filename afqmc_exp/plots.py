@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import predicted, roc_auc
+from .answers import predicted
+from .metrics import roc_auc
 
 
 def curves(labels: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:

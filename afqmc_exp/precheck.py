@@ -20,6 +20,7 @@ from .schema import ConfigError, validate
 
 PREFIX = {"ADD": "+", "FORCE_ADD": "++", "DEL": "~", "CHANGE": ""}
 NOT_OURS = re.compile(r"Could not override '([^']+)'")
+NO_OPTION = re.compile(r"Could not find '([^'/]+)/([^']+)'")
 
 
 def check_command_line(argv: Sequence[str], conf_dir: Path, config_name: str = "train") -> None:
@@ -33,6 +34,8 @@ def check_command_line(argv: Sequence[str], conf_dir: Path, config_name: str = "
     if overrides is None:
         return
     cfg, unknown = _compose(conf_dir, config_name, overrides)
+    if isinstance(cfg, str):  # an option that does not exist
+        raise SystemExit(f"error: {cfg}")
     if cfg is None:
         return
     if unknown:
@@ -68,15 +71,19 @@ def _first_of_each_sweep(overrides: list[str]) -> list[str] | None:
 
 
 def _compose(conf_dir: Path, config_name: str, overrides: list[str]):
-    """The composed config and one message per key no config has; (None, []) when composing fails otherwise."""
+    """The composed config and one message per key no config has; a message instead of the config for an option
+    no group has; (None, []) when composing fails otherwise."""
     from hydra import compose, initialize_config_dir
-    from hydra.errors import ConfigCompositionException
+    from hydra.errors import ConfigCompositionException, MissingConfigException
 
     unknown = []
     for _ in range(len(overrides) + 1):
         try:
             with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
                 return compose(config_name, overrides=overrides), unknown
+        except MissingConfigException as error:
+            match = NO_OPTION.search(str(error))
+            return (missing_option(conf_dir, *match.groups()) if match else None), []
         except ConfigCompositionException as error:
             match = NOT_OURS.search(str(error))
             if not match:
@@ -84,9 +91,19 @@ def _compose(conf_dir: Path, config_name: str, overrides: list[str]):
             key = match.group(1)
             overrides = [o for o in overrides if o.split("=", 1)[0] != key]
             unknown.append(key)
-        except Exception:  # noqa: BLE001  (a missing option, a bad value...: Hydra's message is good)
+        except Exception:  # noqa: BLE001  (a bad value...: Hydra's message is good)
             return None, []
     return None, []
+
+
+def missing_option(conf_dir: Path, group: str, option: str) -> str:
+    """``model=robreta: no such option (did you mean model=roberta?); the options of model: bert, ...``."""
+    import difflib
+
+    options = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+    match = difflib.get_close_matches(option, options, n=1, cutoff=0.6)
+    guess = f" (did you mean {group}={match[0]}?)" if match else ""
+    return f"{group}={option}: no such option{guess}; the options of {group}: {', '.join(options)}"
 
 
 def describe_unknown(unknown: list[str], cfg) -> list[str]:

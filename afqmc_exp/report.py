@@ -216,7 +216,8 @@ def plot_params(frame, varying: list[str], metric: str, out: Path) -> list[Path]
 
 
 def fmt(frame) -> str:
-    return frame.to_markdown(index=False, floatfmt=".4g", missingval="—")
+    """A Markdown table; a missing value (NaN too: one seed's standard deviation) is "—"."""
+    return frame.astype(object).where(frame.notna(), None).to_markdown(index=False, floatfmt=".4g", missingval="—")
 
 
 RUN_COLUMNS = ["run", "status", "task", "metric", "objective", "best_step", "accuracy", "macro_f1", "f1", "auc",

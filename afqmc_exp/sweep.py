@@ -22,6 +22,7 @@ judged on), and the folds' objective as mean and standard deviation (``folds/*``
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import math
 from datetime import datetime
@@ -35,6 +36,7 @@ from .tracking import context_tags
 
 log = logging.getLogger(__name__)
 PARENT_RUN_FILE = "mlflow_parent_run_id"
+SWEPT_FILE = "swept_keys.json"  # in the sweep folder: what the sweep varies, for its jobs' run names
 
 
 def parent_run_id(sweep_dir: str | Path) -> str | None:
@@ -62,7 +64,8 @@ class MlflowSweepCallback(Callback):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         self.metric = config.trainer.metric
         masker = Masker.from_config(OmegaConf.to_container(config, resolve=False))
-        overrides = " ".join(masker.override(o) for o in config.hydra.overrides.task)
+        given = [*config.hydra.overrides.hydra, *config.hydra.overrides.task]  # hydra.sweeper.n_trials=... included
+        overrides = " ".join(masker.override(o) for o in given if not o.startswith("hydra.mode="))
         self.sweep_dir, self.masker = sweep_dir, masker
         tracking.run_name = f"sweep {datetime.now():%Y-%m-%d %H:%M} · {what_is_swept(config)}"
         self.run = tracking.start(
@@ -78,6 +81,7 @@ class MlflowSweepCallback(Callback):
         self.run.set_tags(context_tags(Path.cwd()))  # the runs table's Source and User for the sweep's row
         self.run.log_datasets(sweep_datasets(config))
         (sweep_dir / PARENT_RUN_FILE).write_text(self.run.run_id + "\n")
+        (sweep_dir / SWEPT_FILE).write_text(json.dumps(list(swept_keys(config))) + "\n")
         atexit.register(self.close, crashed=True)  # Hydra skips on_multirun_end when a job raises
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
@@ -188,17 +192,31 @@ def out_of_fold(children: list) -> list[dict] | None:
     return list(rows.values()) or None
 
 
-def what_is_swept(config: DictConfig) -> str:
-    """``optim.lr×3 seed×3`` for a grid; ``optuna: optim.lr, ...`` for a search."""
+def swept_keys(config: DictConfig) -> dict[str, int | None]:
+    """The keys a sweep varies: a grid's, with their number of values; a search's, with None."""
     searched = OmegaConf.select(config, "hydra.sweeper.params", default=None)
     if OmegaConf.select(config, "hydra.runtime.choices.hydra/sweeper", default="basic") != "basic" and searched:
-        return "optuna: " + ", ".join(searched)
-    swept = []
+        return dict.fromkeys(searched)
+    swept = {}
     for override in config.hydra.overrides.task:
         key, _, value = override.partition("=")
         if "," in value and not value.startswith(("[", "{", "'", '"')):
-            swept.append(f"{key}×{len(value.split(','))}")
-    return " ".join(swept) or "one job"
+            swept[key.lstrip("+~")] = len(value.split(","))
+    return swept
+
+
+def what_is_swept(config: DictConfig) -> str:
+    """``optim.lr×3 seed×3`` for a grid; ``optuna: optim.lr, ...`` for a search."""
+    swept = swept_keys(config)
+    if swept and all(count is None for count in swept.values()):
+        return "optuna: " + ", ".join(swept)
+    return " ".join(f"{key}×{count}" for key, count in swept.items()) or "one job"
+
+
+def swept_in(sweep_dir: str | Path) -> list[str]:
+    """The keys the sweep of ``sweep_dir`` varies (its jobs' run names show them)."""
+    path = Path(sweep_dir) / SWEPT_FILE
+    return json.loads(path.read_text()) if path.exists() else []
 
 
 def best_child(children: list, metric: str):

@@ -129,10 +129,10 @@ class Run:
         if self.active:
             self.outbox.put({"op": "register", "name": name, "artifact_path": artifact_path})
 
-    def log_transformers_model(self, folder: str | os.PathLike, register_as: str | None = None) -> None:
-        """The saved classifier as an ``mlflow.transformers`` text-classification model (see ``_log_flavour``)."""
+    def log_served_model(self, folder: str | os.PathLike, register_as: str | None = None) -> None:
+        """The saved classifier as a model to serve, answering as ``afqmc-predict`` (see ``_log_served_model``)."""
         if self.active:
-            self.outbox.put({"op": "transformers_model", "folder": str(folder), "register_as": register_as})
+            self.outbox.put({"op": "served_model", "folder": str(folder), "register_as": register_as})
 
     def end(self, status: str = "FINISHED") -> None:
         """Flush what is buffered, close the run as FINISHED, FAILED or KILLED, and wait (a bounded time) for
@@ -215,8 +215,8 @@ class Run:
             client.log_table(run_id, data=_table(record["path"]), artifact_file=record["artifact_file"])
         elif op == "register":
             self._register(record["name"], record["artifact_path"])
-        elif op == "transformers_model":
-            _log_flavour(client.tracking_uri, run_id, record["folder"], record["register_as"])
+        elif op in ("served_model", "transformers_model"):  # the second: journals written before it was renamed
+            _log_served_model(client.tracking_uri, run_id, record["folder"], record["register_as"])
         elif op == "status":
             client.update_run(run_id, status=record["status"])
         elif op == "end":
@@ -259,36 +259,38 @@ def _log_inputs(client, run_id: str, datasets: list[dict]) -> None:
     ])  # fmt: skip
 
 
-def _log_flavour(tracking_uri: str, run_id: str, folder: str, register_as: str | None) -> None:
-    """The classifier as an ``mlflow.transformers`` text-classification model, usable without this project:
-    ``mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"text": [...], "text_pair": [...]}))``.
-    Requirements are explicit: the flavour's inferred ones pull in torchvision, which need not exist."""
-    import accelerate
+def _log_served_model(tracking_uri: str, run_id: str, folder: str, register_as: str | None) -> None:
+    """The best weights as a pyfunc model that answers as ``afqmc-predict`` does, logged as code (see
+    ``served_model``), registered as ``register_as`` if given; its URIs and the command that serves it are the
+    log's last lines. Requirements are explicit: inferred ones would name this project, which the model does
+    not need."""
     import mlflow
     import pandas as pd
     import torch
     import transformers
-    from mlflow.models import infer_signature
-
-    pipe = transformers.pipeline("text-classification", model=folder, tokenizer=folder)
-    example = pd.DataFrame({"text": ["花呗怎么还款"], "text_pair": ["花呗如何还钱"]})
-    signature = infer_signature(example, pd.DataFrame({"label": ["1"], "score": [0.9]}))
-    requirements = [
-        f"mlflow=={mlflow.__version__}",
-        f"transformers=={transformers.__version__}",
-        f"torch=={torch.__version__.split('+')[0]}",
-        f"accelerate=={accelerate.__version__}",
-    ]
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri  # the fluent API's store, put back after
 
+    from . import answers, served_model
+    from .masking import mask_uri
+    from .model import quiet_transformers
+
+    example = pd.DataFrame({"text": ["花呗怎么还款"], "text_pair": ["花呗如何还钱"]})
+    requirements = [f"mlflow=={mlflow.__version__}", f"transformers=={transformers.__version__}",
+                    f"torch=={torch.__version__.split('+')[0]}", "pandas", "numpy"]  # fmt: skip
     client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    with _use_tracking_uri(tracking_uri):  # registering a logged model looks it up through the fluent API too
-        with mlflow.start_run(run_id=run_id):  # the flavour logs into the active run
-            info = mlflow.transformers.log_model(pipe, name="model", task="text-classification", signature=signature,
-                                                 input_example=example, pip_requirements=requirements)  # fmt: skip
+    with _use_tracking_uri(tracking_uri), quiet_transformers():  # registering looks it up through the fluent API
+        with mlflow.start_run(run_id=run_id):  # the model is logged into the active run
+            info = mlflow.pyfunc.log_model(name="model", python_model=served_model.__file__,
+                                           artifacts={"weights": str(folder)}, code_paths=[answers.__file__],
+                                           input_example=example, pip_requirements=requirements)  # fmt: skip
+        served = info.model_uri
         if register_as:
             with contextlib.suppress(mlflow.exceptions.MlflowException):  # it exists already
                 client.create_registered_model(register_as)
             version = client.create_model_version(register_as, info.model_uri, run_id=run_id, model_id=info.model_id)
             client.set_tag(run_id, "registered_model_version", f"{register_as}/{version.version}")
+            served = f"models:/{register_as}/{version.version}"
     client.update_run(run_id, status="RUNNING")  # leaving the fluent run ended it; the "end" record closes it
+    log.info("logged model %s%s", info.model_uri, f" (registered as {served})" if served != info.model_uri else "")
+    log.info("serve it: MLFLOW_TRACKING_URI=%s mlflow models serve -m %s --env-manager local --port 5001",
+             mask_uri(tracking_uri), served)  # fmt: skip

@@ -156,7 +156,7 @@ class MlflowTracking:
     flush_every: int = 1000  # buffered metric values before a write (evaluations and checkpoints flush too)
     log_weights: bool = True  # upload the best weights folder as artifacts (a second copy of the weights)
     register_as: str | None = None  # register the best model in the Model Registry under this name (a new version)
-    log_model: bool = False  # also log it as an mlflow.transformers model (pyfunc: scores text/text_pair pairs)
+    log_model: bool = False  # also log a model to serve (pyfunc: text/text_pair in, afqmc-predict's answers out)
     drain_seconds: float = 60.0  # at the end, how long to wait for a store that does not answer (then: on resume)
     system_metrics_seconds: float | None = 10.0  # system/* metrics every N seconds (null: none)
 

@@ -56,11 +56,12 @@ from .checkpoint import (
 )
 from .data import PairData, Split
 from .ema import WeightAverage
-from .hardware import eval_in_bf16, seconds_since_process_start
+from .hardware import eval_in_bf16, seconds_since_start
 from .inference import evaluate, model_inputs
 from .metrics import GREATER_IS_BETTER, Metric
 from .model import Pretrained, compile_in_place
 from .profiling import profiled
+from .progress import Progress
 from .regularizers import NoRegularizer
 from .signals import GracefulStop
 
@@ -237,6 +238,7 @@ class Trainer:
                         break
         finally:
             self.checkpoints.wait()  # a checkpoint being written is completed, whatever stopped training
+            self.progress.close()
         return self._finish()
 
     # ------------------------------------------------------------------------------------ setup
@@ -279,8 +281,6 @@ class Trainer:
     def _restore(self, resume: bool) -> None:
         """A fresh state, or the last checkpoint's. Its RNG states are applied once the loader has started,
         exactly when an uninterrupted run would be in that state."""
-        from tqdm.auto import tqdm
-
         self.state, self.pending_rng = TrainState(), None
         recover(self.best_dir)  # a kill between the two renames of its last swap
         if resume:
@@ -298,15 +298,8 @@ class Trainer:
         self.window = TrainingWindow(
             self.accelerator.device, self.state.window_loss if main else 0.0, self.state.window_pairs
         )
-        self.bar = tqdm(
-            total=self.total_steps,
-            initial=self.state.step,
-            desc="train",
-            unit="step",
-            dynamic_ncols=True,
-            # None: shown on a terminal only, so redirected logs (files, SLURM) get no \r-redrawn bar
-            disable=None if self.config.progress_bar and self.accelerator.is_local_main_process else True,
-        )
+        shown = self.config.progress_bar and self.accelerator.is_local_main_process
+        self.progress = Progress(self.total_steps, self.state.step, show_bar=shown)
 
     # ------------------------------------------------------------------------------------ epochs and batches
     def _train_epoch(self) -> bool:
@@ -359,11 +352,11 @@ class Trainer:
     def _after_step(self) -> bool:
         """Log, evaluate, checkpoint and answer signals after an optimizer step; True when training should stop."""
         config, step = self.config, self.state.step
-        self.bar.update(1)
+        self.progress.step()
         if self.profiler is not None:
             self.profiler.step()
         if "time_to_first_step_s" not in self.speed:
-            self.speed["time_to_first_step_s"] = seconds_since_process_start()
+            self.speed["time_to_first_step_s"] = seconds_since_start()
         logged = step % config.log_every == 0 or step == self.total_steps
         if logged:
             self._log_training()
@@ -413,7 +406,8 @@ class Trainer:
             },
             self.state.step,
         )
-        self.bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+        if self.accelerator.is_main_process:
+            self.progress.report(self.state.step, mean_loss, lr, samples_per_s)
 
     def _evaluate(self) -> bool:
         """Evaluate on dev (and the extra dev sets) and keep the best weights; True when early stopping says stop."""
@@ -482,7 +476,6 @@ class Trainer:
         train_seconds = self.window.train_seconds()
         if self.state.evaluated_at != self.state.step:
             self._evaluate()
-        self.bar.close()
         self.speed["train_samples_per_s"] = self.window.total_samples / max(train_seconds, 1e-9)
         if self.accelerator.device.type == "cuda":
             self.speed["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(self.accelerator.device) / 2**30

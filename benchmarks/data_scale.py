@@ -2,7 +2,7 @@
 empty token cache) and warm (the cache the cold run left), beside the bare fast tokenizer on the same pairs.
 
     python benchmarks/data_scale.py [--sizes 48,30000,300000,1000000] [--data ../shared/data/afqmc]
-        [--work /tmp/afqmc-data-scale] [--keep]
+        [--work /tmp/afqmc-data-scale] [--repeats 3] [--keep] [--predict-sizes 10000,100000]
 
 For each size it writes a synthetic AFQMC-format training file (pairs of real AFQMC questions, drawn at random,
 with random labels: real lengths and characters), then runs ``train.py`` on it with the shared dev file, once
@@ -14,8 +14,9 @@ took to check (``data_check_s``) and to tokenize (``data_tokenize_s``; warm: to 
 model was loaded (``startup_model_s``) and when the first step came (``time_to_first_step_s``), counted from
 the process's start. The bare tokenizer is the fast tokenizer's batch call (``tokenizer(a, b,
 truncation=True, max_length=128)``, what HF examples and ``datasets.map`` call) on the same training and dev
-pairs, in chunks of 10,000 (read beforehand, not timed), in a separate process. The last line printed is one
-JSON object with every figure.
+pairs, in chunks of 10,000 (read beforehand, not timed), in a separate process. ``--predict-sizes`` also runs
+``predict.py`` on files of those sizes (MiniLM trained for 2 steps) and reads its peak resident memory: it
+streams, so that stays flat. The last line printed is one JSON object with every figure.
 """
 
 from __future__ import annotations
@@ -97,6 +98,29 @@ def train_once(size_dir: Path, dev_file: Path, cache: Path, label: str) -> dict:
     return {"peak_rss_gb": round(peak_gb, 3), **{k: round(speed[k], 2) for k in keys}}
 
 
+def predict_memory(sizes: list[int], data: Path, work: Path, sentences: list[str]) -> dict:
+    """Peak RSS and seconds of ``predict.py`` on files of each size, with MiniLM trained 2 steps on 48 pairs."""
+    folder = work / "predict"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    write_pairs(folder / "train.json", 48, sentences, seed=0)
+    train_once(folder, data / "dev.json", folder / "cache", "model")
+    results = {}
+    for size in sizes:
+        pairs = folder / f"pairs-{size}.json"
+        write_pairs(pairs, size, sentences, seed=size)
+        command = [sys.executable, str(REPO / "predict.py"), f"ckpt={folder / 'run-model' / 'best_model'}",
+                   f"file={pairs}", f"out={folder / f'predictions-{size}.jsonl'}", "device=cpu"]  # fmt: skip
+        started = time.perf_counter()
+        status, peak_gb, stderr = run_and_measure(command, {**os.environ, "HF_HUB_OFFLINE": "1"}, folder)
+        if status != 0:
+            raise SystemExit(f"predict.py failed ({size}):\n{stderr[-3000:]}")
+        results[size] = {"peak_rss_gb": round(peak_gb, 3), "seconds": round(time.perf_counter() - started, 1)}
+        print(f"predict.py on {size:,} pairs: {json.dumps(results[size])}", flush=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    return results
+
+
 def bare_tokenizer(train_file: Path, dev_file: Path) -> float:
     proc = subprocess.run([sys.executable, "-c", BARE, str(train_file), str(dev_file), str(REPO)],
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
@@ -112,14 +136,20 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/afqmc-data-scale")
     parser.add_argument("--repeats", type=int, default=3, help="warm runs per size (their medians are reported)")
     parser.add_argument("--keep", action="store_true", help="keep the synthetic files and caches")
+    parser.add_argument("--predict-sizes", default="", help="also predict.py's peak RSS on files of these sizes")
     args = parser.parse_args()
     data, work = Path(args.data).resolve(), Path(args.work)
     sentences = afqmc_sentences(data)
-    sizes = [int(s) for s in args.sizes.split(",")]
-    measure(min(sizes), data, work, sentences, repeats=1, keep=False)  # a warm-up, not reported
-    results = {size: measure(size, data, work, sentences, args.repeats, args.keep) for size in sizes}
-    print_table(results)
-    print(json.dumps({"sizes": results}))
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    predicted = {}
+    if args.predict_sizes:
+        predicted = predict_memory([int(s) for s in args.predict_sizes.split(",")], data, work, sentences)
+    results = {}
+    if sizes:
+        measure(min(sizes), data, work, sentences, repeats=1, keep=False)  # a warm-up, not reported
+        results = {size: measure(size, data, work, sentences, args.repeats, args.keep) for size in sizes}
+        print_table(results)
+    print(json.dumps({"sizes": results, "predict": predicted}))
 
 
 def measure(size: int, data: Path, work: Path, sentences: list[str], repeats: int, keep: bool) -> dict:

@@ -76,3 +76,26 @@ def test_report_exits_0_on_success(tmp_path, monkeypatch, capsys):
 def test_a_bad_argument_exits_1_with_one_line(name, argv, monkeypatch):
     status, message = exit_of(name, argv, monkeypatch)
     assert status == 1 and message.startswith("error: ") and len(message.splitlines()) == 1, message
+
+
+def test_a_ckpt_that_is_not_weights_says_what_it_is(weights, tmp_path, monkeypatch):
+    pair = ["sentence1=a", "sentence2=b"]
+    status, message = exit_of("afqmc-predict", [f"ckpt={tmp_path / 'nowhere'}", *pair], monkeypatch)
+    assert (status, message) == (1, f"error: ckpt={tmp_path / 'nowhere'}: no such folder")
+    status, message = exit_of("afqmc-predict", [f"ckpt={tmp_path}", *pair], monkeypatch)  # a run folder
+    assert status == 1 and message.endswith(f"it is a run folder: its weights are ckpt={tmp_path / 'best_model'}")
+
+
+@pytest.mark.parametrize("value", ["results/preds #2.jsonl", "a: b", "${oops}", "how do I repay #urgent"])
+def test_a_text_argument_is_taken_as_written(value):
+    from afqmc_exp.arguments import parse_args
+    from afqmc_exp.commands import PredictArgs
+
+    args = parse_args(PredictArgs, ["ckpt=x", f"sentence1={value}", f"out={value}", "batch_size=4"], "afqmc-predict")
+    assert (args.sentence1, args.out, args.batch_size) == (value, value, 4)
+
+
+def test_out_naming_the_input_file_is_refused(weights, tmp_path, monkeypatch):
+    status, message = exit_of("afqmc-predict", [f"ckpt={weights}", f"file={SAMPLE_DEV}", f"out={SAMPLE_DEV}"],
+                              monkeypatch)  # fmt: skip
+    assert status == 1 and "is the input file itself" in message

@@ -25,3 +25,19 @@ def test_eval_precision_auto_uses_bf16_only_where_the_hardware_has_it(monkeypatc
         assert hardware.eval_in_bf16("auto", cpu) is native
         assert hardware.eval_in_bf16("fp32", cpu) is False
         assert hardware.eval_in_bf16("bf16", cpu) is True
+
+
+def test_parallel_sweep_jobs_are_spread_over_the_gpus(monkeypatch):
+    """hydra/launcher=joblib on a machine with 4 GPUs: job k trains on GPU k mod 4 (checked on CPU: the device
+    count and set_device are stated, as CUDA would answer them)."""
+    import torch
+
+    from afqmc_exp.hardware import pin_parallel_job
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    assert [pin_parallel_job(job) for job in range(6)] == [0, 1, 2, 3, 0, 1] == chosen
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert pin_parallel_job(3) is None and len(chosen) == 6  # one GPU: nothing to spread

@@ -89,6 +89,8 @@ def test_without_an_experiment_the_latest_one_is_reported_and_the_others_named(s
     assert len((out / "runs.csv").read_text().splitlines()) == 2
     pooled = (out / "by_config.csv").read_text().splitlines()
     assert pooled[1].split(",")[4] == "—"  # one seed: no standard deviation, not a made-up 0
+    report = (out / "report.md").read_text()
+    assert "nan" not in report and "| —" in report and "nan" not in printed  # the same in the Markdown and console
 
 
 def test_the_sample_standard_deviation_and_a_stated_tie_rule(tmp_path):

@@ -255,3 +255,20 @@ def test_the_default_model_offline_and_uncached_leaves_no_folder_and_no_run(tmp_
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
     assert lines[0].startswith("error: invalid config: model.name_or_path=bert-base-chinese: not in the Hugging Face")
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_an_option_no_group_has_gets_the_closest_one_and_no_folder(tmp_path):
+    proc = run_command([sys.executable, str(REPO / "train.py"), "model=robreta"], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        "error: model=robreta: no such option (did you mean model=roberta?); the options of model: bert, minilm, "
+        "pretrained, roberta"
+    ), proc.stderr[-2000:]
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_help_leads_with_a_short_usage_the_groups_and_the_keys_most_changed(tmp_path):
+    proc = run_command([sys.executable, str(REPO / "train.py"), "--help"], cwd=tmp_path, timeout=300)
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0 and lines[0].startswith("usage: python train.py [group=option ...]")
+    assert "data: afqmc, bq, chip_sts, cmnli, lcqmc, ocnli, pairs, pawsx" in lines and len(lines) < 40
+    assert any(line.strip().startswith("optim.lr ") for line in lines) and "--cfg job" in proc.stdout

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from helpers import REPO, SHORT_RUN, broken_model, mlflow_runs, run_command, train
+from helpers import OFFLINE, REPO, SHORT_RUN, broken_model, mlflow_runs, run_command, train
 
 pytestmark = pytest.mark.slow
 
@@ -343,50 +343,38 @@ def test_register_as_makes_a_model_version_that_evaluate_and_predict_take(afqmc_
     assert metrics["n"] == 60 and metrics["accuracy"] == pytest.approx(runs[0].data.metrics["final/dev_accuracy"])
 
 
-def test_log_model_gives_a_pyfunc_that_scores_pairs_without_this_project(afqmc_dir, tmp_path):
+def test_the_logged_model_answers_as_predict_does_with_the_tuned_threshold_without_this_project(afqmc_dir, tmp_path):
     import mlflow
     import pandas as pd
 
-    train(
-        [
-            *SHORT_RUN,
-            "data.dev_limit=60",
-            "trainer.max_steps=2",
-            "tracking.log_model=true",
-            "tracking.register_as=afqmc-pyfunc",
-        ],
-        tmp_path,
-    )
+    train([*SHORT_RUN, "data.dev_limit=60", "trainer.max_steps=2", "trainer.threshold=tune", "tracking.log_model=true",
+           "tracking.register_as=afqmc-pyfunc"], tmp_path)  # fmt: skip
+    last = (tmp_path / "run" / "train.log").read_text().splitlines()[-2:]  # the model's URIs and how to serve it
+    assert "logged model models:/m-" in last[0] and "(registered as models:/afqmc-pyfunc/1)" in last[0], last
+    assert "mlflow models serve -m models:/afqmc-pyfunc/1 --env-manager local" in last[1], last
+    threshold = json.loads((tmp_path / "run" / "best_model" / "afqmc_exp.json").read_text())["threshold"]
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    source = mlflow.MlflowClient(tracking_uri=store, registry_uri=store).get_model_version_download_uri(
-        "afqmc-pyfunc", "1"
-    )  # the registered version's model, loaded through the fluent API's store (put back after)
-    with _use_tracking_uri(store):
-        model = mlflow.pyfunc.load_model(source)
+    with _use_tracking_uri(store):  # the registered version, loaded through the fluent API's store (put back after)
+        model = mlflow.pyfunc.load_model("models:/afqmc-pyfunc/1")
     assert [c.name for c in model.metadata.get_input_schema().inputs] == ["text", "text_pair"]
-    scored = model.predict(
-        pd.DataFrame({"text": ["花呗怎么还款", "借呗额度"], "text_pair": ["花呗如何还钱", "花呗怎么开通"]})
-    )
-    assert list(scored["label"].isin(["0", "1"])) == [True, True] and len(scored) == 2  # AFQMC's own labels
-    _, runs = mlflow_runs(tmp_path, "afqmc")
-    assert runs[0].info.status == "FINISHED"
-    proc = run_command(
-        [
-            sys.executable,
-            str(REPO / "predict.py"),
-            "ckpt=models:/afqmc-pyfunc/1",
-            "sentence1=花呗怎么还款",
-            "sentence2=花呗如何还钱",
-        ],
-        cwd=tmp_path,
-        timeout=600,
-    )
+    pairs = [("花呗怎么还款", "花呗如何还钱"), ("借呗额度", "花呗怎么开通")]
+    served = model.predict(pd.DataFrame({"text": [a for a, _ in pairs], "text_pair": [b for _, b in pairs]}))
+    for (first, second), row in zip(pairs, served.to_dict(orient="records"), strict=True):
+        proc = run_command([sys.executable, str(REPO / "predict.py"), "ckpt=models:/afqmc-pyfunc/1",
+                            f"sentence1={first}", f"sentence2={second}"], cwd=tmp_path, timeout=600)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        said = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert row["label"] == said["label"] == ("1" if said["prob"] >= threshold else "0")
+        assert row["prob"] == pytest.approx(said["prob"], abs=1e-5) and row["probs"]["1"] == row["prob"]
+    alone = ("import sys, json; sys.modules['afqmc_exp'] = None; import mlflow, pandas as pd; "  # no afqmc_exp here
+             "m = mlflow.pyfunc.load_model('models:/afqmc-pyfunc/1'); "
+             "pair = pd.DataFrame({'text': ['花呗怎么还款'], 'text_pair': ['花呗如何还钱']}); "
+             "print(m.predict(pair).to_json(orient='records'))")  # fmt: skip
+    proc = run_command([sys.executable, "-c", alone], cwd=tmp_path, env={**OFFLINE, "MLFLOW_TRACKING_URI": store})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    prob = json.loads(proc.stdout.strip().splitlines()[-1])["prob"]
-    first = scored.iloc[0]
-    assert (first["score"] if first["label"] == "1" else 1 - first["score"]) == pytest.approx(prob, abs=1e-4)
+    assert json.loads(proc.stdout.strip().splitlines()[-1])[0]["label"] == served.iloc[0]["label"]
 
 
 def test_early_stopping_and_gradient_accumulation(afqmc_dir, tmp_path):

@@ -2,6 +2,7 @@
 random BERT (fast: no pretrained model, no MLflow)."""
 
 import json
+import re
 from functools import partial
 
 import pytest
@@ -100,9 +101,13 @@ def make_trainer(tmp_path, lr=1e-3, n_train=37, dropout=0.1, pad_to_multiple_of=
     return trainer, logged
 
 
-def test_fit_logs_evaluates_once_per_epoch_and_keeps_the_best_weights(tmp_path):
+def test_fit_logs_evaluates_once_per_epoch_and_keeps_the_best_weights(tmp_path, caplog):
+    caplog.set_level("INFO", logger="afqmc_exp.progress")
     trainer, logged = make_trainer(tmp_path, epochs=2, log_every=3)
     result = trainer.fit()
+    lines = [r.getMessage() for r in caplog.records if r.name == "afqmc_exp.progress"]  # a redirected log's progress
+    assert [line.split(" (")[0] for line in lines] == [f"step {s}/20" for s in (3, 6, 9, 12, 15, 18, 20)]
+    assert re.fullmatch(r"step 3/20 \(15%\) loss \d+\.\d{4} lr \d\.\d\de-\d\d \d+ pairs/s eta \dm\d\ds", lines[0])
     assert result.steps == 20 and trainer.total_steps == 20
     assert logged.steps("train/loss") == [3, 6, 9, 12, 15, 18, 20]  # and always the last step
     assert logged.steps("dev/f1") == [10, 20]  # eval_every=null: at each epoch's end
@@ -347,3 +352,33 @@ def test_ema_is_evaluated_saved_and_resumed_exactly(tmp_path):
     assert resumed_log.values("dev/loss") == whole_log.values("dev/loss")[1:]  # evaluated on the averages: equal
     for (key, a), b in zip(whole.ema.state_dict().items(), resumed.ema.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=key)
+
+
+def test_the_progress_line_stays_off_a_terminal_that_draws_the_bar(caplog):
+    import io
+    import logging
+
+    from afqmc_exp.progress import Progress, duration, terminal_handlers
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    caplog.set_level("INFO", logger="afqmc_exp.progress")
+    terminal, file = logging.StreamHandler(Terminal()), logging.StreamHandler(io.StringIO())
+    root = logging.getLogger()
+    root.addHandler(terminal), root.addHandler(file)
+    try:
+        assert terminal in terminal_handlers() and file not in terminal_handlers()
+        progress = Progress(10, 0, show_bar=False)  # no bar: the line goes everywhere
+        progress.report(1, 0.5, 1e-5, 40.0)
+        progress.close()
+        progress = Progress(10, 0, show_bar=False)
+        progress.quieted = [terminal]  # what a bar drawn on that terminal makes Progress do
+        terminal.addFilter(progress.filter)
+        progress.report(2, 0.4, 1e-5, 40.0)
+        progress.close()
+    finally:
+        root.removeHandler(terminal), root.removeHandler(file)
+    assert terminal.stream.getvalue().count("step ") == 1 and file.stream.getvalue().count("step ") == 2
+    assert (duration(70), duration(3 * 3600 + 120)) == ("1m10s", "3h02m")

@@ -123,9 +123,12 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
             return np.argsort(-self.lengths, kind="stable")
         self.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(n, generator=self.generator).numpy()
-        if self.group_batches > 1:  # a stable sort by (chunk, length): each chunk sorted by length, in place
-            chunk = np.arange(n) // (self.group_batches * self.batch_size)
-            order = order[np.lexsort((self.lengths[order], chunk))]
+        if self.group_batches > 1:  # each chunk sorted by length, stably, in place: the chunks as rows of a table
+            size = self.group_batches * self.batch_size
+            whole, keys = n // size * size, self.lengths[order]
+            within = np.argsort(keys[:whole].reshape(-1, size), axis=1, kind="stable")
+            head = np.take_along_axis(order[:whole].reshape(-1, size), within, axis=1).ravel()
+            order = np.concatenate([head, order[whole:][np.argsort(keys[whole:], kind="stable")]])
         return order
 
     def batches(self) -> list[np.ndarray]:

@@ -188,69 +188,82 @@ def read_json_lines(path: Path, fields: tuple) -> Iterator[Row]:
         yield number, _cells(json_object(line, f"{path}:{number}", fields), fields)
 
 
-def read_json_array(path: Path, fields: tuple) -> Iterator[Row]:
-    """The items of one JSON array (``[{...}, {...}]``), decoded as they are reached, not all at once."""
-    decoder, lines = json.JSONDecoder(), text_lines(path)
-    text, pos, line_at_0, done = "", 0, 1, False
+class _ArrayText:
+    """The text of a JSON array file, held one block at a time, and the line number of any position in it."""
 
-    def more() -> bool:  # append about ARRAY_BLOCK more characters; False at the end of the file
-        nonlocal text, pos, line_at_0, done
-        line_at_0 += text.count("\n", 0, pos)
-        text, pos, added = text[pos:], 0, []
-        for _, line in lines:
+    SPACE = re.compile(r"\s*")
+
+    def __init__(self, path: Path):
+        self.path, self.lines = path, text_lines(path)
+        self.text, self.pos, self.done = "", 0, False
+        self.line, self.counted_to = 1, 0  # the line number at ``counted_to``
+
+    def more(self) -> bool:
+        """Drop what was read and append about ``ARRAY_BLOCK`` more characters; False at the end of the file."""
+        self.where()
+        self.text, self.pos, self.counted_to = self.text[self.pos :], 0, 0
+        added, size = [], 0
+        for _, line in self.lines:
             added.append(line)
-            if sum(map(len, added)) > ARRAY_BLOCK:
+            size += len(line)
+            if size > ARRAY_BLOCK:
                 break
         else:
-            done = True
-        text += "".join(f"{line}\n" for line in added)
+            self.done = True
+        self.text += "".join(f"{line}\n" for line in added)
         return bool(added)
 
-    def skip_space() -> str:  # the next character that is not whitespace ("" at the end)
-        nonlocal pos
+    def next_char(self) -> str:
+        """The next character that is not whitespace ("" at the end of the file), where ``pos`` now is."""
         while True:
-            match = re.compile(r"\s*").match(text, pos)
-            pos = match.end()
-            if pos < len(text) or done or not more():
-                return text[pos : pos + 1]
+            self.pos = self.SPACE.match(self.text, self.pos).end()
+            if self.pos < len(self.text) or self.done or not self.more():
+                return self.text[self.pos : self.pos + 1]
 
-    def where() -> str:
-        return f"{path}:{line_at_0 + text.count(chr(10), 0, pos)}"
+    def where(self) -> str:
+        self.line += self.text.count("\n", self.counted_to, self.pos)
+        self.counted_to = self.pos
+        return f"{self.path}:{self.line}"
 
-    start = skip_space()
+    def item(self, decoder: json.JSONDecoder) -> tuple[int, object]:
+        """The line and value of the item at ``pos`` (more text is read while it is cut off)."""
+        line = int(self.where().rsplit(":", 1)[1])
+        while True:
+            try:
+                value, self.pos = decoder.raw_decode(self.text, self.pos)
+                return line, value
+            except json.JSONDecodeError as err:
+                if self.done or len(self.text) - self.pos > ARRAY_ITEM_LIMIT or not self.more():
+                    raise DataError(f"{self.where()}: not valid JSON ({err.msg}); each item is one object") from None
+            except RecursionError:
+                raise DataError(f"{self.where()}: JSON nested too deeply to be a sentence pair") from None
+
+
+def read_json_array(path: Path, fields: tuple) -> Iterator[Row]:
+    """The items of one JSON array (``[{...}, {...}]``), decoded as they are reached, not all at once."""
+    decoder, text = json.JSONDecoder(), _ArrayText(path)
+    start = text.next_char()
     if not start:
         raise DataError(f"{path}: the file is empty (or only blank lines); it must hold one JSON array of pairs")
     if start != "[":
         hint = "set data.format=jsonl" if start == "{" else "the file must hold one JSON array of objects"
-        raise DataError(f"{where()}: the file is not one JSON array ({hint})")
-    pos += 1
-    while True:
-        char = skip_space()
-        if char == "]":
-            pos += 1
-            if skip_space():
-                raise DataError(f"{where()}: text after the array's closing ']'; remove it")
-            return
+        raise DataError(f"{text.where()}: the file is not one JSON array ({hint})")
+    text.pos += 1
+    while (char := text.next_char()) != "]":
         if not char:
-            raise DataError(f"{where()}: the array is not closed with ']' (a cut file?)")
-        while True:
-            try:
-                obj, end = decoder.raw_decode(text, pos)
-                break
-            except json.JSONDecodeError as err:
-                if done or len(text) - pos > ARRAY_ITEM_LIMIT or not more():
-                    raise DataError(f"{where()}: not valid JSON ({err.msg}); each item is one object") from None
-            except RecursionError:
-                raise DataError(f"{where()}: JSON nested too deeply to be a sentence pair") from None
+            raise DataError(f"{text.where()}: the array is not closed with ']' (a cut file?)")
+        line, obj = text.item(decoder)
         if not isinstance(obj, dict):
-            raise DataError(f"{where()}: a JSON {type(obj).__name__} in the array; each item is one object")
-        yield int(where().rsplit(":", 1)[1]), _cells(obj, fields)
-        pos = end
-        char = skip_space()
+            raise DataError(f"{path}:{line}: a JSON {type(obj).__name__} in the array; each item is one object")
+        yield line, _cells(obj, fields)
+        char = text.next_char()
         if char == ",":
-            pos += 1
+            text.pos += 1
         elif char != "]":
-            raise DataError(f"{where()}: expected ',' or ']' after an item")
+            raise DataError(f"{text.where()}: expected ',' or ']' after an item")
+    text.pos += 1
+    if text.next_char():
+        raise DataError(f"{text.where()}: text after the array's closing ']'; remove it")
 
 
 def read_delimited(path: Path, fields: tuple, delimiter: str, is_label: Callable[[str], bool]) -> Iterator[Row]:

@@ -104,7 +104,9 @@ class AfqmcOptunaSweeper(Sweeper):
             done,
             self.n_trials,
         )
-        Path(self.config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")  # as Hydra's basic sweeper does: the sweep's config
         returns, job_idx = [], 0
         while done < self.n_trials:
             trials = [study.ask() for _ in range(min(self.n_jobs, self.n_trials - done))]
@@ -119,15 +121,21 @@ class AfqmcOptunaSweeper(Sweeper):
                 self._tell(study, trial, result)
             returns.append(results)
             job_idx, done = job_idx + len(batch), done + len(batch)
-        if any(t.state.name == "COMPLETE" for t in study.trials):
-            log.info(
-                "best trial %d: %s = %.4f with %s",
-                study.best_trial.number,
-                self.config.trainer.metric,
-                study.best_value,
-                study.best_params,
-            )
+        self._log_best(study)
         return returns
+
+    def _log_best(self, study) -> None:
+        """The best value and every trial that reached it: Optuna's ``best_trial`` is the first of a tie, while the
+        sweep's best job (named next) breaks ties by the lower dev loss, so a tie is said as one."""
+        complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+        if not complete:
+            return
+        tied = [t.number for t in complete if math.isclose(t.value, study.best_value)]
+        if len(tied) == 1:
+            who = f"trial {tied[0]} with {study.best_params}"
+        else:
+            who = f"trials {', '.join(map(str, tied))} tie (the best job named below breaks the tie by dev loss)"
+        log.info("best %s = %.4f: %s", self.config.trainer.metric, study.best_value, who)
 
     def _load_study(self):
         """The study in ``storage`` (created if new); trials a killed search left RUNNING are marked failed."""

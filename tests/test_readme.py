@@ -1,0 +1,184 @@
+"""Every command the README shows works as written: each is run here, in one folder as a user's session would
+run them, with only local paths and sizes substituted (the data folder, a weights folder, a run id, the offline
+model, a few steps and trials); each must exit 0. A command the README gains is either run here or named in
+``NOT_RUN`` with the reason, or this test fails."""
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import AFQMC, OFFLINE, REPO
+from helpers.tasks import write_task_files
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+LOCAL = ["model=minilm", "trainer.max_steps=2", "data.dev_limit=50"]  # the offline model, a few steps, a small dev
+# README command -> what is appended to run it here (None: nothing)
+RUN = {
+    "python train.py data.dir=../shared/data/afqmc model=minilm debug=fast": None,
+    "python train.py model.name_or_path=/models/my-bert data.dir=/data/afqmc": ["trainer.max_steps=2",
+                                                                                "data.dev_limit=50"],
+    "python train.py data=pairs data.dir=/data/mine data.format=csv data.train_file=train.csv data.dev_file=dev.csv "
+    "data.test_file=null data.fields.text_a=q1 data.fields.text_b=q2 data.fields.label=answer "
+    "data.labels=[different,same]": LOCAL,
+    "python train.py data=ocnli data.dir=/data/ocnli 'data.extra_dev={diagnostics: {file: diagnostics_test.json, "
+    "fields: {text_a: premise, text_b: hypothesis, id: index}}}'": LOCAL,
+    "python train.py --multirun data=afqmc,lcqmc,bq 'data.dir=/data/${data.name}'": LOCAL,
+    "python evaluate.py ckpt=outputs/.../best_model file=../shared/data/afqmc/dev.json": None,
+    "python predict.py ckpt=outputs/.../best_model file=../shared/data/afqmc/test.json out=afqmc_predict.json": None,
+    'python predict.py ckpt=runs:/<run id>/best_model sentence1="花呗怎么还款" sentence2="花呗如何还钱"': None,
+    "python predict.py ckpt=models:/afqmc-bert/3 file=pairs.json out=scored.json": None,
+    "afqmc-report": None,
+    "afqmc-report experiment=afqmc": None,
+    "afqmc-report parent=<sweep run id>": None,
+    "python train.py rerun=<run id>": None,
+    "python train.py --multirun optim.lr=1e-5,2e-5,3e-5 seed=1,2,3": [*LOCAL, "data.test_file=null"],
+    "python train.py --multirun hydra/launcher=joblib hydra.launcher.n_jobs=2 seed=1,2,3": [*LOCAL,
+                                                                                            "data.test_file=null"],
+    "python train.py hparams_search=afqmc_optuna hydra.sweeper.n_trials=30": [*LOCAL, "data.test_file=null"],
+    "python train.py resume=outputs/2026-11-25/10-00-00.123456": None,
+}  # fmt: skip
+NOT_RUN = {  # README command -> why this test does not run it (and which test covers it, if any)
+    'python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 -e ".[test]" && '
+    "HF_HUB_OFFLINE=1 python train.py experiment=quickstart": "the set-up itself: CI (.ci/run) runs it",
+    ". .venv/bin/activate && python -m pytest --slow": "the test command: CI runs it",
+    "python train.py": "bert-base-chinese from the Hub (no internet here)",
+    "python train.py model=roberta optim.lr=1e-5": "a Hub model (no internet here)",
+    "export MLFLOW_TRACKING_URI=http://mlflow.internal:5000": "a team's server (test_team_server.py)",
+    "export MLFLOW_TRACKING_URI=http://mlflow-host:5000": "a team's server (test_team_server.py)",
+    "python train.py --multirun hydra/launcher=slurm hydra.launcher.partition=gpu hydra.launcher.gpus_per_node=1 "
+    "hydra.launcher.timeout_min=240 model=roberta optim.lr=1e-5,2e-5,3e-5": "a SLURM cluster (its config composes: "
+    "test_sweep_optuna_and_launchers.py)",
+    "for variant in regularizer=none regularizer=fgm regularizer=rdrop trainer.ema_decay=0.999; do": "a GPU recipe",
+    "python train.py --multirun experiment=clue_bert data.dir=/path/to/afqmc seed=1,2,3,4,5 "
+    "tracking.experiment=tricks-afqmc $variant": "a GPU recipe with bert-base-chinese from the Hub",
+    "done": "the loop above",
+    "afqmc-report experiment=tricks-afqmc": "the report of that GPU recipe",
+    "accelerate launch --multi_gpu --num_processes 4 train.py model=roberta data.batch_size=64": "4 GPUs",
+    "torchrun --nproc_per_node 4 train.py model=roberta": "4 GPUs (2 CPU processes: test_multiprocess.py)",
+    "accelerate launch --multi_gpu --num_processes 2 train.py trainer.device=cpu ...": "test_multiprocess.py",
+    "mlflow server --backend-store-uri postgresql://mlflow:PASSWORD@db-host:5432/mlflow --artifacts-destination "
+    "s3://bucket/mlflow --host 0.0.0.0 --port 5000": "a team's server (test_team_server.py)",
+    "python train.py ...": "a placeholder for any command",
+    "python benchmarks/throughput.py --data ../shared/data/afqmc --pairs 3 --hf "
+    "--variant trainer.mixed_precision=bf16": "a benchmark (test_benchmarks.py runs it small)",
+    "python benchmarks/throughput.py --device cuda --model /path/to/bert-base-chinese "
+    "--variant trainer.compile=reduce-overhead": "a GPU",
+    "python benchmarks/host_syncs.py --model /path/to/bert-base-chinese": "a GPU (test_benchmarks.py on CPU)",
+    "python benchmarks/ops_per_step.py --variant trainer.max_grad_norm=null": "test_benchmarks.py runs it small",
+    "mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --workers 1": "test_ui.py runs it",
+}  # fmt: skip
+
+
+def readme_commands() -> list[str]:
+    """Every command line of the README's bash blocks: continuations joined, comments and spacing dropped."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = " ".join(line.split("  #")[0].split())
+            if line and not line.startswith("#"):
+                commands.append(line)
+    return commands
+
+
+def test_every_readme_command_is_run_here_or_says_why_not():
+    commands = readme_commands()
+    assert set(commands) == set(RUN) | set(NOT_RUN), set(commands) ^ (set(RUN) | set(NOT_RUN))
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    """The folders a user would have: the shared AFQMC data, their own CSV pairs, OCNLI with the diagnostics, a
+    data root with three tasks, and a pairs.json to predict."""
+    work = tmp_path_factory.mktemp("readme")
+    root = work / "data"
+    for task in ("afqmc", "lcqmc", "bq"):
+        write_task_files(task, root / task)
+    ocnli = write_task_files("ocnli", work / "ocnli")
+    diagnostics = [{"index": i, "premise": "how do i close my wallet", "hypothesis": "i want to cancel my wallet",
+                    "label": "entailment"} for i in range(6)]  # fmt: skip
+    (ocnli / "diagnostics_test.json").write_text("".join(json.dumps(r) + "\n" for r in diagnostics))
+    mine = work / "mine"
+    mine.mkdir()
+    rows = [f'"how do i pay, {i}",can i pay {i},{"same" if i % 3 else "different"}' for i in range(30)]
+    for name in ("train.csv", "dev.csv"):
+        (mine / name).write_text("q1,q2,answer\n" + "\n".join(rows) + "\n")
+    (work / "pairs.json").write_text('{"sentence1": "花呗怎么还款", "sentence2": "花呗如何还钱"}\n')
+    return {"work": work, "/data/afqmc": str(AFQMC), "/data/mine": str(mine), "/data/ocnli": str(ocnli),
+            "/data/": f"{root}/", "../shared/data/afqmc": str(AFQMC)}  # fmt: skip
+
+
+def run(command: str, session: dict, extra: list[str] | None = None, **replace) -> subprocess.CompletedProcess:
+    """The README's ``command`` in the session's folder, its local paths (and ``replace``) substituted."""
+    assert command in RUN
+    swaps = {**{k: v for k, v in session.items() if k != "work"}, **replace}
+    pattern = "|".join(re.escape(k) for k in sorted(swaps, key=len, reverse=True))  # one pass: nothing twice
+    command = re.sub(pattern, lambda m: swaps[m.group(0)], command)
+    if command.startswith("python "):
+        command = f"{sys.executable} {command[len('python ') :]}"
+    args = shlex.split(command)
+    if args[0].startswith("afqmc-"):
+        args[0] = str(BIN / args[0])
+    elif args[1] in ("train.py", "evaluate.py", "predict.py"):
+        args[1] = str(REPO / args[1])
+    proc = subprocess.run(args + (extra or []), cwd=session["work"], env=OFFLINE, capture_output=True, text=True,
+                          timeout=1800)  # fmt: skip
+    assert proc.returncode == 0, f"{command}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def latest_run(work: Path, experiment: str):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    found = client.get_experiment_by_name(experiment)
+    return client, client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"])
+
+
+def test_the_readme_commands_work_as_written(session):
+    from mlflow import MlflowClient
+
+    from afqmc_exp.model import packaged_minilm_path
+
+    work = session["work"]
+    run("python train.py data.dir=../shared/data/afqmc model=minilm debug=fast", session)
+    fast = next((work / "outputs").glob("*/*/best_model")).parent
+    run("python train.py model.name_or_path=/models/my-bert data.dir=/data/afqmc", session,
+        RUN["python train.py model.name_or_path=/models/my-bert data.dir=/data/afqmc"],
+        **{"/models/my-bert": packaged_minilm_path()})  # fmt: skip
+    for command in [c for c in RUN if c.startswith(("python train.py data=", "python train.py --multirun data="))]:
+        run(command, session, RUN[command])
+    sweep_parent = latest_run(work, "afqmc")[1]
+    parent_id = next(r.info.run_id for r in sweep_parent if "sweep.dir" in r.data.tags and
+                     "mlflow.parentRunId" not in r.data.tags)  # fmt: skip
+    with_weights = next(r.info.run_id for r in sweep_parent if "mlflow.parentRunId" in r.data.tags)
+    best = {"outputs/.../best_model": str(fast / "best_model")}
+    run("python evaluate.py ckpt=outputs/.../best_model file=../shared/data/afqmc/dev.json", session, **best)
+    run("python predict.py ckpt=outputs/.../best_model file=../shared/data/afqmc/test.json out=afqmc_predict.json",
+        session, **best)  # fmt: skip
+    assert len((work / "afqmc_predict.json").read_text().splitlines()) == 3861
+    said = run('python predict.py ckpt=runs:/<run id>/best_model sentence1="花呗怎么还款" sentence2="花呗如何还钱"',
+               session, **{"<run id>": with_weights})  # fmt: skip
+    assert set(json.loads(said.stdout)) == {"label", "prob", "probs"}
+    store = f"sqlite:///{work / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    client.create_registered_model("afqmc-bert")
+    for _ in range(3):  # the README's version 3
+        client.create_model_version("afqmc-bert", f"runs:/{with_weights}/best_model", run_id=with_weights)
+    run("python predict.py ckpt=models:/afqmc-bert/3 file=pairs.json out=scored.json", session)
+    assert json.loads((work / "scored.json").read_text())["label"] in ("0", "1")
+    for command in ("afqmc-report", "afqmc-report experiment=afqmc"):
+        run(command, session)
+    run("afqmc-report parent=<sweep run id>", session, **{"<sweep run id>": parent_id})
+    debug_run = (fast / "mlflow_run_id").read_text().strip()
+    run("python train.py rerun=<run id>", session, **{"<run id>": debug_run})
+    run("python train.py resume=outputs/2026-11-25/10-00-00.123456", session,
+        **{"outputs/2026-11-25/10-00-00.123456": str(fast)})  # a finished run: it says so  # fmt: skip
+    for command in [c for c in RUN if "seed=1,2,3" in c or "hparams_search" in c]:
+        run(command, session, [*RUN[command], f"data.dir={AFQMC}"], **{"n_trials=30": "n_trials=2"})
