@@ -10,12 +10,23 @@ README's performance section has the times). A ``TORCHINDUCTOR_CACHE_DIR`` the u
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("AFQMC_EXP_CACHE", Path.home() / ".cache" / "afqmc_exp"))
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MB blocks: what names a cached file (a data file's tokens, an
+    archive trusted on first use)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def keep_compiled_kernels() -> None:

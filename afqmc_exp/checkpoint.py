@@ -257,13 +257,23 @@ def load_last_checkpoint(folder: Path, model, optimizer, scheduler, accelerator)
     from safetensors.torch import load_file
 
     recover(folder)
-    accelerator.unwrap_model(model).load_state_dict(load_file(folder / WEIGHTS))
-    saved = torch.load(folder / TRAINER_STATE, weights_only=True)
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    rng = saved["rng"]  # one per process of the interrupted run
-    extra = load_file(folder / EXTRA_WEIGHTS) if (folder / EXTRA_WEIGHTS).exists() else {}
-    return TrainState(**saved["state"]), rng[accelerator.process_index % len(rng)], extra
+    try:
+        accelerator.unwrap_model(model).load_state_dict(load_file(folder / WEIGHTS))
+        saved = torch.load(folder / TRAINER_STATE, weights_only=True)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        rng = saved["rng"]  # one per process of the interrupted run
+        extra = load_file(folder / EXTRA_WEIGHTS) if (folder / EXTRA_WEIGHTS).exists() else {}
+        return TrainState(**saved["state"]), rng[accelerator.process_index % len(rng)], extra
+    except Exception as error:  # noqa: BLE001  (safetensors, torch and pickle raise many kinds for a cut file)
+        raise CheckpointDamaged(
+            f"{folder}: the last checkpoint is damaged ({str(error).splitlines()[0][:200]}); to start over in the "
+            f"same run, move it aside (mv '{folder}' '{folder}.damaged') and resume again"
+        ) from None
+
+
+class CheckpointDamaged(RuntimeError):
+    """The last checkpoint cannot be read; the message says what to do (move it aside: the run starts over)."""
 
 
 # ------------------------------------------------------------------------------------------ best model
@@ -287,4 +297,17 @@ def read_meta(folder: str | Path) -> dict:
     """Training facts saved beside our weights (max_length, eval batch size...); {} for foreign folders."""
     recover(Path(folder))
     path = Path(folder) / META_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise MetaError(f"{path}: damaged ({error}); delete it to use the weights with the defaults "
+                        "(max_length 128, threshold 0.5, labels from config.json)") from None  # fmt: skip
+    if not isinstance(meta, dict):
+        raise MetaError(f"{path}: not a JSON object; delete it to use the weights with the defaults")
+    return meta
+
+
+class MetaError(ValueError):
+    """The facts saved beside weights cannot be read; the message says which file and what to do."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .data import DataError
-from .masking import Masker, install_log_filter
+from .masking import Masker, hide_run_config, install_log_filter
 from .schema import ConfigError, validate
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ def train_from_config(cfg: DictConfig) -> float:
     from hydra.types import RunMode
     from hydra.utils import instantiate
 
+    from .checkpoint import CheckpointDamaged
     from .experiment import RunInProgress
     from .model import ModelError
     from .tracking import TrackingUnavailable
@@ -122,12 +123,13 @@ def train_from_config(cfg: DictConfig) -> float:
     elif rerun:
         cfg, extra_tags, run_name = rerun_config(str(rerun), instantiate(cfg.tracking), hydra_cfg, output_dir)
     masker = mask_logs(cfg)  # from here on: the run's own config, its own secrets
+    hide_run_config(Path(hydra_cfg.runtime.output_dir), masker)
     if resume:
         append_log_to(output_dir, masker)
         log.info("resuming %s with its saved config", output_dir)
     try:
         return _train(cfg, hydra_cfg, output_dir, resume, in_sweep, extra_tags, run_name, masker)
-    except (ConfigError, DataError, ModelError, TrackingUnavailable, RunInProgress) as err:
+    except (ConfigError, DataError, ModelError, TrackingUnavailable, RunInProgress, CheckpointDamaged) as err:
         if in_sweep:  # the sweep records this job as failed and goes on
             raise
         if not resume:
@@ -222,7 +224,7 @@ def _train(cfg: DictConfig, hydra_cfg, output_dir: Path, resume, in_sweep: bool,
     return run(
         data=instantiate(cfg.data), load_model=instantiate(cfg.model), make_optimizer=instantiate(cfg.optim),
         make_scheduler=instantiate(cfg.scheduler), trainer=instantiate(cfg.trainer), tracking=tracking,
-        seed=cfg.seed, output_dir=output_dir, params=flatten(OmegaConf.to_container(cfg, resolve=True)),
+        seed=cfg.seed, output_dir=output_dir, params=masker.values(flatten(OmegaConf.to_container(cfg, resolve=True))),
         tags=tags, resume=bool(resume),
         parent_run_id=parent_run_id(hydra_cfg.sweep.dir) if in_sweep else None, masker=masker,
         regularizer=instantiate(cfg.regularizer),

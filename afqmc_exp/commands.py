@@ -105,6 +105,11 @@ def weights_folder(ckpt_uri: str, args: EvaluateArgs) -> Path:
     recover(ckpt)  # a training run killed between the two renames of a best_model swap
     if not ckpt.is_dir():
         raise SystemExit(f"error: ckpt={ckpt_uri}: no such folder")
+    from .model import PICKLES, pickle_only
+
+    if pickle_only(ckpt):
+        raise SystemExit(f"error: ckpt={ckpt_uri}: its weights are only pickles ({', '.join(PICKLES)}), which can "
+                         "run code when loaded; convert them to safetensors")  # fmt: skip
     if not (ckpt / "config.json").exists():
         inside = ckpt / BEST_MODEL
         hint = f"it is a run folder: its weights are ckpt={inside}" if (inside / "config.json").exists() else \
@@ -114,12 +119,15 @@ def weights_folder(ckpt_uri: str, args: EvaluateArgs) -> Path:
 
 
 def load_member(ckpt_uri: str, args: EvaluateArgs, accelerator) -> Member:
-    from .checkpoint import read_meta
+    from .checkpoint import MetaError, read_meta
     from .data import auto_eval_batch_size, auto_pad_to_multiple_of
     from .model import label_names, load_pair_classifier, prepare_for_device
 
     ckpt = weights_folder(ckpt_uri, args)
-    meta, device_type = read_meta(ckpt), accelerator.device.type
+    try:
+        meta, device_type = read_meta(ckpt), accelerator.device.type
+    except MetaError as error:
+        raise SystemExit(f"error: {error}") from None
     pretrained = prepare_for_device(load_pair_classifier(str(ckpt)), device_type)
     return Member(
         model=accelerator.prepare(pretrained.model),
@@ -139,6 +147,10 @@ class Scorer:
     def __init__(self, args: EvaluateArgs):
         from accelerate import Accelerator
 
+        for key, least in (("batch_size", 1), ("max_length", 8)):
+            value = getattr(args, key)
+            if value is not None and value < least:
+                raise SystemExit(f"error: {key}={value}: must be >= {least}")
         self.args, self.accelerator = args, Accelerator(cpu=args.device == "cpu")
         self.members = [load_member(c.strip(), args, self.accelerator) for c in args.ckpt.split(",") if c.strip()]
         self.labels = self.members[0].labels

@@ -86,7 +86,11 @@ def run(
                 accelerator=accelerator, log_metrics=mlflow_run.log_metrics, flush_metrics=mlflow_run.flush,
                 regularizer=regularizer, on_evaluate=on_evaluate,
             )  # fmt: skip
-            result = trainer_of_run.fit(resume=resume and has_last_checkpoint(output_dir))
+            restarted = resume and not has_last_checkpoint(output_dir)
+            if restarted:  # killed before its first checkpoint, or one moved aside: said, not silent
+                log.warning("%s has no last checkpoint: training starts again from step 0, in the same run", output_dir)
+                mlflow_run.set_tags({"resume.restarted_from_step_0": "true"})
+            result = trainer_of_run.fit(resume=resume and not restarted)
             result.speed.update(startup)
             finish_run(result, splits, data, trainer, tracking, mlflow_run, output_dir, accelerator)
     return result.best_metric

@@ -42,7 +42,11 @@ def local_weights(ckpt: str, tracking_uri: str) -> Path:
 
 
 def _pinned(client, ckpt: str) -> tuple[str, str]:
-    """The URI with a fixed run id or version number, and its cache key."""
+    """The URI with a fixed run id or version number, and its cache key. A path that climbs out of the run's
+    artifacts (``..``) or names an absolute one is refused: it would be read, or cached, outside them."""
+    parts = ckpt.split(":/", 1)[1].split("/")
+    if ".." in parts or ckpt.split(":/", 1)[1].startswith("/") or "" in parts[1:-1]:
+        raise FetchError(f"ckpt={ckpt}: a path inside the run or model may not hold '..' or start at '/'")
     if ckpt.startswith("runs:/"):
         run_id, _, path = ckpt[len("runs:/") :].partition("/")
         best = client.get_run(run_id).data.tags.get("sweep.best_run_id")  # a sweep's parent: its best job

@@ -1,11 +1,14 @@
 """Secrets stay out of everything a run writes for others to see: MLflow params, tags and artifacts, the log
 file and the console.
 
-A secret is the value of a config key that looks like one (``api_token``, ``password``, ``secret``...) or a
+A secret is the value of a config key that looks like one (``api_token``, ``password``, ``secret``...), a
 password inside a URI (``http://alice:PASSWORD@host``, ``postgresql://user:PASSWORD@db``), in the config or
-in ``MLFLOW_TRACKING_URI``. :class:`Masker` knows the run's secrets and replaces them with ``***`` in any
-text; ``install_log_filter`` applies it to every log record before any handler writes it. The run folder's
-own ``.hydra/config.yaml`` keeps the real values: ``resume`` needs them, and the folder is the user's.
+in ``MLFLOW_TRACKING_URI``, or the value of an environment variable named like one (``MLFLOW_TRACKING_PASSWORD``,
+``HF_TOKEN``). Secrets are masked by value, wherever they appear: a key that copies one by interpolation
+(``copy=${db_password}``, ``x=${oc.env:MLFLOW_TRACKING_PASSWORD}``) shows ``***`` too. :class:`Masker` knows the
+run's secrets and replaces them with ``***`` in any text; ``install_log_filter`` applies it to every log record
+before any handler writes it. The run folder's own ``.hydra/*.yaml`` keep the real values (``resume`` needs
+them), readable by their owner only (``hide_run_config``).
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 SECRET_KEY = re.compile(r"(token|password|passwd|secret|api[_-]?key|credential)", re.IGNORECASE)
+SECRET_ENV = re.compile(r"(PASSWORD|PASSWD|SECRET|_TOKEN$|^TOKEN$|API_?KEY|CREDENTIAL)")  # not TOKENIZERS_...
 URI_PASSWORD = re.compile(r"(://[^/:@\s]+:)([^@/\s]+)@")
 MASK = "***"
 SHORTEST = 4  # shorter values are not searched for in free text (they would mask ordinary words)
@@ -38,7 +43,15 @@ class Masker:
         found: list[str] = []
         _collect(tree, found)
         found += [m.group(2) for m in URI_PASSWORD.finditer(environ.get("MLFLOW_TRACKING_URI", ""))]
+        found += [value for name, value in environ.items() if SECRET_ENV.search(name.upper()) and value]
         return cls(found)
+
+    def __bool__(self) -> bool:
+        return bool(self.secrets)
+
+    def values(self, mapping: Mapping[str, str]) -> dict[str, str]:
+        """``mapping`` with every value masked (params: a key may hold a secret it copied by interpolation)."""
+        return {key: self(value) for key, value in mapping.items()}
 
     def __call__(self, text: str) -> str:
         text = mask_uri(text)
@@ -78,6 +91,14 @@ class _MaskingFilter(logging.Filter):
         if masked != message:
             record.msg, record.args = masked, None
         return True
+
+
+def hide_run_config(folder: Path, masker: Masker) -> None:
+    """A run folder's config files (``.hydra/*.yaml``, a sweep's ``multirun.yaml``), which keep the real values of
+    its secrets, made readable by their owner only."""
+    if masker:
+        for path in [*Path(folder).glob(".hydra/*.yaml"), *Path(folder).glob("multirun.yaml")]:
+            path.chmod(0o600)
 
 
 def install_log_filter(masker: Masker) -> None:

@@ -65,12 +65,26 @@ def model_problems(name_or_path: str) -> list[str]:
         return [f"{key}: no such folder" + ("" if not path.exists() else " (it is a file)")]
     if not (path / "config.json").exists():
         return [f"{key}: {path} has no config.json; point at a save_pretrained folder (e.g. a run's best_model)"]
+    if pickle_only(path):
+        return [
+            f"{key}: {path} holds its weights only as a pickle ({', '.join(PICKLES)}), which can run code when "
+            "loaded; convert them to safetensors (model.save_pretrained(folder, safe_serialization=True))"
+        ]
     if not any((path / name).exists() for name in TOKENIZER_FILES):
         return [
             f"{key}: {path} has weights but no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}...); copy them from "
             "the model it was fine-tuned from (tokenizer.save_pretrained)"
         ]
     return []
+
+
+PICKLES = ("pytorch_model.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def pickle_only(folder: Path) -> bool:
+    """Weights as pickles (which can run code) and none as safetensors: refused, never loaded."""
+    has_pickles = any(any(folder.glob(pattern)) for pattern in (*PICKLES, "pytorch_model-*.bin"))
+    return has_pickles and not any(folder.glob("*.safetensors"))
 
 
 def packaged_minilm_path() -> str:

@@ -47,7 +47,7 @@ def check_command_line(argv: Sequence[str], conf_dir: Path, config_name: str = "
     try:
         validate(cfg)
     except ConfigError as err:
-        masker = Masker.from_config(OmegaConf.to_container(cfg, resolve=False))
+        masker = Masker.from_config(OmegaConf.to_container(cfg, resolve=False))  # the environment's secrets too
         raise SystemExit(f"error: {masker(str(err))}") from None
 
 

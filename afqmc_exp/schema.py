@@ -12,6 +12,7 @@ limit is read from its config.json alone (no weights) where that is available lo
 from __future__ import annotations
 
 import inspect
+import math
 import re
 import types
 import typing
@@ -20,6 +21,7 @@ from typing import Any
 
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from .metrics import BINARY_ONLY
 from .model import model_problems
@@ -31,7 +33,7 @@ class ConfigError(ValueError):
 
 
 def _positive(v):
-    return v is not None and v > 0
+    return v is not None and math.isfinite(v) and v > 0
 
 
 def _at_least_one_or_null(v):
@@ -41,7 +43,11 @@ def _at_least_one_or_null(v):
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.lr": (_positive, "must be > 0, e.g. optim.lr=2e-5"),
     "optim.eps": (_positive, "must be > 0"),
-    "optim.weight_decay": (lambda v: v >= 0, "must be >= 0"),
+    "optim.weight_decay": (lambda v: math.isfinite(v) and v >= 0, "must be >= 0 and finite, e.g. 0.01"),
+    "optim.betas": (
+        lambda v: isinstance(v, list) and len(v) == 2 and all(0 <= b < 1 for b in v),
+        "must be two numbers in [0, 1), e.g. optim.betas=[0.9,0.999]",
+    ),
     "scheduler.warmup_ratio": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     "trainer.epochs": (lambda v: v >= 1, "must be >= 1"),
     "trainer.max_steps": (_at_least_one_or_null, "must be >= 1, or null for no cap"),
@@ -79,7 +85,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.pad_to_multiple_of": (lambda v: v == "auto" or v >= 1, "must be >= 1 (1: no rounding), or auto"),
     "data.group_batches": (lambda v: v >= 1, "must be >= 1 (1 = plain shuffling)"),
     "data.folds": (lambda v: v is None or v >= 2, "must be >= 2, or null for the given train/dev split"),
-    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "must be an integer"),
+    "seed": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32,
+        "must be an integer in [0, 2**32) (NumPy's seeds), e.g. seed=42",
+    ),
 }
 GROUPS = ("data", "model", "optim", "scheduler", "regularizer", "trainer", "tracking")
 
@@ -183,7 +192,11 @@ def task_problems(container: dict) -> list[str]:
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` listing every problem of ``cfg``; return quietly if there is none."""
     problems: list[str] = []
-    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    except OmegaConfBaseException as error:  # an interpolation that cannot be resolved, e.g. an unset ${oc.env:X}
+        where = f"{error.full_key}: " if getattr(error, "full_key", None) else ""
+        raise ConfigError(f"invalid config: {where}{str(error).splitlines()[0]}") from None
     for group in GROUPS:
         node = container.get(group)
         if not isinstance(node, dict) or "_target_" not in node:

@@ -31,7 +31,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .masking import Masker
+from .masking import Masker, hide_run_config
 from .tracking import context_tags
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,7 @@ class MlflowSweepCallback(Callback):
             crown_champion(run.client, best)
             self._attach_report(run, children)
             self._pool_folds(run, children)
+        hide_run_config(self.sweep_dir, self.masker)  # the sweep's multirun.yaml keeps the real secrets
         run.log_masked_file(self.sweep_dir / "multirun.yaml")
         run.set_tags(tags)
         status = "FINISHED" if children and not failed and not crashed else "FAILED"

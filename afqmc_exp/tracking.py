@@ -36,6 +36,7 @@ from .tracked_run import Run
 log = logging.getLogger(__name__)
 
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+BUSY_WAIT_S = 300.0  # how long a run waits for a SQLite store another process holds locked
 DEFAULT_STORE = "sqlite:///mlflow.db"  # where the command runs (see resolve_uri)
 SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc")
 
@@ -86,14 +87,34 @@ def _sqlite_problems(path: Path, shown: str) -> list[str]:
             f"tracking.uri={shown}: {path if path.exists() else folder} cannot be written; pick a store you can write"
         ]
     if path.exists() and path.stat().st_size:
-        try:
-            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-                verdict = db.execute("PRAGMA quick_check").fetchone()[0]
-        except sqlite3.DatabaseError as error:
-            verdict = str(error)
+        verdict = _sqlite_verdict(path, shown)
+        if verdict == "busy":
+            return [f"tracking.uri={shown}: {path} stayed locked by another process for {BUSY_WAIT_S:.0f} s; "
+                    "try again when it is done (the store is not damaged)"]  # fmt: skip
         if verdict != "ok":
             return [f"tracking.uri={shown}: {path} is damaged ({verdict}); move it aside to start a new store"]
     return []
+
+
+def _sqlite_verdict(path: Path, shown: str) -> str:
+    """SQLite's own check of the file: "ok", what is damaged, or "busy" when another process held its lock for
+    ``BUSY_WAIT_S`` (a healthy store that is busy is waited for, said once, never called damaged)."""
+    waited, said = 0.0, False
+    while True:
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0) as db:
+                return db.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) and "busy" not in str(error):
+                return str(error)
+        except sqlite3.DatabaseError as error:
+            return str(error)
+        if not said:
+            log.warning("tracking.uri=%s: the store is busy (another process holds its lock); waiting", shown)
+            said = True
+        waited += 1.0
+        if waited >= BUSY_WAIT_S:
+            return "busy"
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

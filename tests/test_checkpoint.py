@@ -29,8 +29,11 @@ def test_resume_never_unpickles_code(tmp_path):
         def unwrap_model(self, m):
             return m
 
-    with pytest.raises(pickle.UnpicklingError):
+    from afqmc_exp.checkpoint import CheckpointDamaged
+
+    with pytest.raises(CheckpointDamaged, match="the last checkpoint is damaged .*Weights only load failed") as refused:
         load_last_checkpoint(folder, model, None, None, Plain())
+    assert isinstance(refused.value.__context__, pickle.UnpicklingError)
     assert not (tmp_path / "pwned").exists()
 
 

@@ -99,3 +99,36 @@ def test_out_naming_the_input_file_is_refused(weights, tmp_path, monkeypatch):
     status, message = exit_of("afqmc-predict", [f"ckpt={weights}", f"file={SAMPLE_DEV}", f"out={SAMPLE_DEV}"],
                               monkeypatch)  # fmt: skip
     assert status == 1 and "is the input file itself" in message
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["batch_size=-4"], "error: batch_size=-4: must be >= 1"),
+        (["max_length=0"], "error: max_length=0: must be >= 8"),
+    ],
+)
+def test_bad_sizes_are_named_as_the_command_knows_them(weights, monkeypatch, argv, message):
+    status, said = exit_of("afqmc-evaluate", [f"ckpt={weights}", f"file={SAMPLE_DEV}", *argv], monkeypatch)
+    assert (status, said) == (1, message)
+
+
+@pytest.mark.parametrize("ckpt", ["runs:/abc/../../../x", "runs:/abc//etc/passwd", "models:/../../x/1"])
+def test_an_artifact_path_out_of_the_store_is_refused(ckpt, monkeypatch, tmp_path):
+    status, said = exit_of("afqmc-predict", [f"ckpt={ckpt}", "sentence1=a", "sentence2=b",
+                                             f"tracking_uri=sqlite:///{tmp_path / 'm.db'}"], monkeypatch)  # fmt: skip
+    assert status == 1 and "may not hold '..' or start at '/'" in said and len(said.splitlines()) == 1
+
+
+def test_pickled_weights_and_a_damaged_meta_file_are_one_line(weights, tmp_path, monkeypatch):
+    import shutil
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(weights, pickled)
+    (pickled / "model.safetensors").unlink()
+    (pickled / "pytorch_model.bin").write_bytes(b"a pickle")
+    status, said = exit_of("afqmc-predict", [f"ckpt={pickled}", "sentence1=a", "sentence2=b"], monkeypatch)
+    assert status == 1 and "only pickles" in said and "run code" in said
+    (weights / "afqmc_exp.json").write_text('{"max_length": 6')  # cut short
+    status, said = exit_of("afqmc-predict", [f"ckpt={weights}", "sentence1=a", "sentence2=b"], monkeypatch)
+    assert status == 1 and said.startswith(f"error: {weights / 'afqmc_exp.json'}: damaged") and "delete it" in said

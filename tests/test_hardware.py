@@ -41,3 +41,15 @@ def test_parallel_sweep_jobs_are_spread_over_the_gpus(monkeypatch):
     assert [pin_parallel_job(job) for job in range(6)] == [0, 1, 2, 3, 0, 1] == chosen
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert pin_parallel_job(3) is None and len(chosen) == 6  # one GPU: nothing to spread
+
+
+def test_the_time_to_the_first_step_counts_from_the_interpreter_not_the_shell_it_replaced():
+    """``bash -c '... && python train.py'`` runs python in the shell's process: its start time would count
+    what the shell did first (a pip install of minutes)."""
+    import subprocess
+    import sys
+
+    code = "from afqmc_exp.hardware import seconds_since_start; print(seconds_since_start())"
+    shown = subprocess.run(["bash", "-c", f"sleep 3 && exec {sys.executable} -c '{code}'"], capture_output=True,
+                           text=True, timeout=60)  # fmt: skip
+    assert 0 < float(shown.stdout) < 2.5, shown.stderr  # the shell's 3 s before python are not counted

@@ -157,7 +157,8 @@ def test_the_readme_commands_work_as_written(session):
     sweep_parent = latest_run(work, "afqmc")[1]
     parent_id = next(r.info.run_id for r in sweep_parent if "sweep.dir" in r.data.tags and
                      "mlflow.parentRunId" not in r.data.tags)  # fmt: skip
-    with_weights = next(r.info.run_id for r in sweep_parent if "mlflow.parentRunId" in r.data.tags)
+    jobs = [r for r in sweep_parent if "mlflow.parentRunId" in r.data.tags]
+    with_weights = next(r.info.run_id for r in jobs if r.data.params.get("data.name") == "afqmc")  # an AFQMC job
     best = {"outputs/.../best_model": str(fast / "best_model")}
     run("python evaluate.py ckpt=outputs/.../best_model file=../shared/data/afqmc/dev.json", session, **best)
     run("python predict.py ckpt=outputs/.../best_model file=../shared/data/afqmc/test.json out=afqmc_predict.json",

@@ -46,7 +46,7 @@ def histories(cwd):
     client, runs = mlflow_runs(cwd, "afqmc")
     assert len(runs) == 1
     run = runs[0]
-    keys = ("train/loss", "train/lr", "dev/loss", "dev/accuracy", "dev/auc", "best/dev_f1")
+    keys = ("train/loss", "train/lr", "dev/loss", "dev/accuracy", "dev/auc", "best/dev_accuracy")
     return run, {k: [(m.step, round(m.value, 9)) for m in client.get_metric_history(run.info.run_id, k)] for k in keys}
 
 
@@ -224,3 +224,29 @@ def test_resume_of_a_finished_run_says_so_and_touches_nothing(uninterrupted):
     run_after, metrics_after = histories(uninterrupted)
     assert metrics_after == metrics_before and run_after.info.status == "FINISHED"
     assert run_after.info.end_time == run_before.info.end_time
+
+
+def test_a_damaged_checkpoint_is_one_line_and_moved_aside_the_run_starts_over_in_itself(tmp_path):
+    """A checkpoint cut short by a crash of the machine: resume says what is damaged and how to go on; with the
+    checkpoint moved aside it starts again from step 0 in the same folder and MLflow run, and says so."""
+    out = tmp_path / "run"
+    command = [sys.executable, str(REPO / "train.py"), *COMMON, "trainer.max_steps=4", f"hydra.run.dir={out}"]
+    done = run_command([*command, "trainer.keep_last_checkpoint=true"], cwd=tmp_path, env=ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (out / "result.json").unlink()  # as if killed after its last checkpoint
+    weights = out / "last_checkpoint" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    refused = run_command([sys.executable, str(REPO / "train.py"), f"resume={out}"], cwd=tmp_path, env=ENV)
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    assert lines[-1].startswith(f"error: {out / 'last_checkpoint'}: the last checkpoint is damaged")
+    assert "move it aside (mv " in lines[-1] and "and resume again" in lines[-1]
+    (out / "last_checkpoint").rename(out / "last_checkpoint.damaged")
+    again = run_command([sys.executable, str(REPO / "train.py"), f"resume={out}"], cwd=tmp_path, env=ENV)
+    assert again.returncode == 0 and (out / "result.json").exists(), again.stderr[-3000:]
+    assert (
+        "has no last checkpoint: training starts again from step 0, in the same run" in (out / "train.log").read_text()
+    )
+    _, runs = mlflow_runs(tmp_path, "afqmc")
+    assert len(runs) == 1 and runs[0].data.tags["resume.restarted_from_step_0"] == "true"
+    assert runs[0].info.status == "FINISHED"

@@ -37,6 +37,13 @@ BAD = [
     ("train limit zero", ["data.train_limit=0"], r"data.train_limit=0: must be >= 1, or null"),
     ("train limit negative", ["data.train_limit=-40"], r"data.train_limit=-40: must be >= 1, or null"),
     ("extra dev without a file", ["data.extra_dev={x: {format: tsv}}"], r"data.extra_dev.x: must be \{file: "),
+    ("lr infinite", ["optim.lr=inf"], r"optim.lr=inf: must be > 0"),
+    ("weight decay infinite", ["optim.weight_decay=inf"], r"optim.weight_decay=inf: must be >= 0 and finite"),
+    ("seed negative", ["seed=-1"], r"seed=-1: must be an integer in \[0, 2\*\*32\)"),
+    ("seed too large", ["seed=8589934592"], r"seed=8589934592: must be an integer in \[0, 2\*\*32\)"),
+    ("betas out of range", ["optim.betas=[2,0.5]"], r"optim.betas=\[2, 0.5\]: must be two numbers in \[0, 1\)"),
+    ("an unset variable", ["optim.lr=${oc.env:AFQMC_TEST_UNSET}"],
+     r"invalid config: optim.lr: .*Environment variable 'AFQMC_TEST_UNSET' not found"),
     ("unknown format", ["data.format=xlsx"],
      r"data.format='xlsx': must be one of jsonl, tsv, csv, json_array, parquet"),
 ]  # fmt: skip
@@ -272,3 +279,23 @@ def test_help_leads_with_a_short_usage_the_groups_and_the_keys_most_changed(tmp_
     assert proc.returncode == 0 and lines[0].startswith("usage: python train.py [group=option ...]")
     assert "data: afqmc, bq, chip_sts, cmnli, lcqmc, ocnli, pairs, pawsx" in lines and len(lines) < 40
     assert any(line.strip().startswith("optim.lr ") for line in lines) and "--cfg job" in proc.stdout
+
+
+def test_a_model_folder_of_pickled_weights_is_refused_before_anything_loads(tmp_path):
+    import shutil
+
+    from afqmc_exp.model import packaged_minilm_path
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(packaged_minilm_path(), folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    (folder / "pytorch_model.bin").write_bytes(b"a pickle")
+    with pytest.raises(ConfigError, match=rf"model.name_or_path={folder}: .* only as a pickle .* can run code"):
+        validate(compose(BASE + [f"model.name_or_path={folder}"]))
+
+
+def test_a_secret_in_a_refused_value_is_masked(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MY_SECRET": "notafloat-hush"}
+    proc = run_command([sys.executable, str(REPO / "train.py"), *BASE, "optim.lr=${oc.env:MY_SECRET}"], cwd=tmp_path,
+                       env=env, timeout=300)  # fmt: skip
+    assert proc.returncode == 1 and "optim.lr='***': expected float" in proc.stderr, proc.stderr[-2000:]
+    assert "hush" not in proc.stderr

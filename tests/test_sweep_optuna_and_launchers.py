@@ -79,6 +79,32 @@ def test_optuna_search_then_resumed_in_the_same_study(tmp_path, afqmc_dir):
     assert len(parents) == 2 and len(runs) == 7
     lrs = sorted(float(r.data.params["optim.lr"]) for r in runs if r not in parents)
     assert lrs == sorted(t.params["optim.lr"] for t in trials)
+    # the parent says how the search was run, and each trial's name shows what it tried
+    client, _ = mlflow_runs(tmp_path, "afqmc")
+    for parent in parents:
+        assert "hydra.sweeper.n_trials=" in parent.data.tags["sweep.overrides"]
+        assert "multirun.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    names = [r.info.run_name for r in runs if r not in parents]
+    assert len(set(names)) == len(names) and all("-warmup_ratio" in n and "-weight_decay" in n for n in names)
+
+
+def test_a_tie_is_said_as_one(caplog):
+    """Optuna's best_trial is the first of a tie; the sweep's best job breaks ties by dev loss: the log says so."""
+    import optuna
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.afqmc_optuna_sweeper.optuna_sweeper import AfqmcOptunaSweeper
+
+    study = optuna.create_study(direction="maximize")
+    for value in (0.8, 0.9, 0.9):
+        study.tell(study.ask(), value)
+    sweeper = AfqmcOptunaSweeper(1, 1, "sqlite://", "s", None, 0, {})
+    sweeper.config = OmegaConf.create({"trainer": {"metric": "accuracy"}})
+    caplog.set_level("INFO")
+    sweeper._log_best(study)
+    assert (
+        "best accuracy = 0.9000: trials 1, 2 tie (the best job named below breaks the tie by dev loss)" in caplog.text
+    )
 
 
 @pytest.mark.slow
@@ -128,3 +154,32 @@ def test_trials_the_pruner_stops_are_pruned_in_optuna_and_killed_with_a_tag_in_m
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 2
     assert all(r.info.status == "KILLED" and r.data.tags["optuna.state"] == "PRUNED" for r in children)
+
+
+def test_a_second_search_fails_only_trials_whose_search_stopped_beating(tmp_path):
+    """Two searches on one optuna.db: a RUNNING trial whose heartbeat is fresh (its search is alive) is left
+    alone and counted as taken; one whose heartbeat stopped (a killed search) is failed."""
+    import sqlite3
+
+    import optuna
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.afqmc_optuna_sweeper.optuna_sweeper import GRACE_S, AfqmcOptunaSweeper, beating
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    sweeper = AfqmcOptunaSweeper(3, 1, storage, "s", "maximize", 0, {})
+    sweeper.config = OmegaConf.create({"trainer": {"metric": "accuracy"}})
+    study = sweeper._load_study()
+    alive, dead = study.ask(), study.ask()
+    with beating(study, [alive, dead]):
+        pass
+    with sqlite3.connect(tmp_path / "optuna.db") as db:  # the dead search's last beat: long ago
+        db.execute(f"UPDATE trial_heartbeats SET heartbeat = datetime('now', '-{3 * GRACE_S} seconds') "
+                   f"WHERE trial_id = {dead._trial_id}")  # fmt: skip
+    with beating(study, [alive]):  # the first search goes on beating while the second loads the study
+        again = AfqmcOptunaSweeper(3, 1, storage, "s", "maximize", 0, {})
+        again.config = sweeper.config
+        states = {t.number: t.state.name for t in again._load_study().trials}
+    assert states == {alive.number: "RUNNING", dead.number: "FAIL"}
+    study.tell(alive, 0.7)  # the first search's result is not lost
+    assert optuna.load_study(study_name="s", storage=storage).trials[alive.number].value == 0.7

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import afqmc_exp.data.token_cache as token_cache
+from afqmc_exp.cache import file_digest
 from afqmc_exp.data import Pair, ReadSpec, encode_pairs
-from afqmc_exp.data.token_cache import cache_key, file_digest, token_key, tokenized_file, tokenizer_digest
+from afqmc_exp.data.token_cache import cache_key, token_key, tokenized_file, tokenizer_digest
 from afqmc_exp.model import packaged_minilm_path
 from helpers import REPO, run_command, tiny_pairs, tiny_pretrained
 

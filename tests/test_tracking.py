@@ -104,3 +104,27 @@ def test_a_reopened_run_skips_steps_already_in_the_store(tmp_path):
     history = again.client.get_metric_history(run.run_id, "train/loss")
     assert [(m.step, m.value) for m in history] == [(2, 1.0), (4, 0.9), (6, 0.8)]
     assert [m.step for m in again.client.get_metric_history(run.run_id, "final/test_f1")] == [4]
+
+
+def test_a_busy_store_is_waited_for_and_never_called_damaged(tmp_path, monkeypatch, caplog):
+    """Another process holds the SQLite store's lock: the check waits (saying so once) and succeeds when the
+    lock is let go; one that stays locked is called busy, not damaged."""
+    import sqlite3
+    import threading
+
+    from afqmc_exp import tracking
+
+    path = tmp_path / "mlflow.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE t (x)")
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    threading.Timer(2.5, holder.rollback).start()  # the other process lets go while the check waits
+    caplog.set_level("WARNING")
+    assert tracking.store_problems(f"sqlite:///{path}") == []
+    assert caplog.text.count("the store is busy") == 1
+    holder.execute("BEGIN EXCLUSIVE")
+    monkeypatch.setattr(tracking, "BUSY_WAIT_S", 2.0)
+    (problem,) = tracking.store_problems(f"sqlite:///{path}")
+    assert "stayed locked by another process for 2 s" in problem and "is damaged" not in problem
+    holder.rollback()

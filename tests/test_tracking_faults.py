@@ -60,15 +60,18 @@ def test_a_store_that_dies_mid_run_costs_no_training_and_catches_up_on_resume(tm
 
 
 def test_secrets_reach_no_tag_param_artifact_log_or_console(tmp_path):
-    password, token = "s3cr3tPW42", "tok-9f8e7d6c5b"
+    """Secrets by key, inside a URI, copied by interpolation, and from the environment: masked by value
+    everywhere the run writes for others; the run folder's own config files are its owner's only."""
+    password, token, db, env = "s3cr3tPW42", "tok-9f8e7d6c5b", "hunter2xyz", "envPW-77aa"
     port = free_port()
     server = start_mlflow("server", *server_store(tmp_path)[:1], tmp_path, port, *server_store(tmp_path)[1:])
     try:
         uri = f"http://alice:{password}@127.0.0.1:{port}"
         out = tmp_path / "run"
         proc = run_command(
-            [sys.executable, str(REPO / "train.py"), *RUN, f"+api_token={token}", f"hydra.run.dir={out}"],
-            cwd=tmp_path, env={**OFFLINE, "MLFLOW_TRACKING_URI": uri}, timeout=600,
+            [sys.executable, str(REPO / "train.py"), *RUN, f"+api_token={token}", f"+db_password={db}",
+             "+copy_of_pw=${db_password}", "+mlpw=${oc.env:MLFLOW_TRACKING_PASSWORD}", f"hydra.run.dir={out}"],
+            cwd=tmp_path, env={**OFFLINE, "MLFLOW_TRACKING_URI": uri, "MLFLOW_TRACKING_PASSWORD": env}, timeout=600,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert token in (out / ".hydra" / "config.yaml").read_text()  # the folder keeps it: resume needs it
@@ -84,8 +87,10 @@ def test_secrets_reach_no_tag_param_artifact_log_or_console(tmp_path):
                 if path.is_file() and path.suffix in (".yaml", ".json", ".jsonl", ".log", ".txt"):
                     texts[f"artifact {path.name}"] = path.read_text(errors="replace")
         assert "artifact config.yaml" in texts and "artifact overrides.yaml" in texts and "artifact hydra.yaml" in texts
-        leaks = [where for where, text in texts.items() if password in text or token in text]
+        leaks = [where for where, text in texts.items() if any(s in text for s in (password, token, db, env))]
         assert leaks == []
+        assert run.data.params["copy_of_pw"] == run.data.params["mlpw"] == "***"
+        assert {oct(p.stat().st_mode & 0o777) for p in (out / ".hydra").glob("*.yaml")} == {"0o600"}
         assert "***" in run.data.params["api_token"] and "***" in run.data.tags["hydra.overrides"]
     finally:
         stop_mlflow(server)

@@ -12,7 +12,6 @@ at once, naming the archive and where to put its files.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -22,7 +21,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cache import cache_root
+from ..cache import cache_root, file_digest
 from .formats import DataError
 
 log = logging.getLogger(__name__)
@@ -105,7 +104,7 @@ def _cached_archive(archive: Archive, task: str, target: Path, names: list[str],
             raise DataError(missing_message(task, target, names, reason, archive))
         _download(archive, path, digest_path, lambda why: DataError(missing_message(task, target, names, why, archive)),
                   timeout_s)  # fmt: skip
-    digest = _sha256(path)
+    digest = file_digest(path)
     if digest_path.exists() and digest_path.read_text().strip() != digest:
         raise DataError(f"{path}: checksum differs from the one recorded at download; delete the file and its "
                         ".sha256 to fetch it again")  # fmt: skip
@@ -122,16 +121,8 @@ def _download(archive: Archive, path: Path, digest_path: Path, failed, timeout_s
     except OSError as err:
         partial.unlink(missing_ok=True)
         raise failed(f"download of {archive.url} failed: {err}") from None
-    digest_path.write_text(_sha256(partial) + "\n")
+    digest_path.write_text(file_digest(partial) + "\n")
     os.replace(partial, path)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _unpack(path: Path, archive: Archive, target: Path, names: list[str]) -> None:

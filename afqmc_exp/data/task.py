@@ -29,11 +29,12 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ..cache import file_digest
 from .batching import auto_eval_batch_size, auto_pad_to_multiple_of, make_loader
 from .download import fetch_into
 from .formats import FIELDS, DataError, FileStats, Format, PairReader, ReadSpec, fields_tuple
 from .split import Source, Split
-from .token_cache import checked_stats, file_digest, tokenized_file, tokenizer_digest
+from .token_cache import checked_stats, tokenized_file, tokenizer_digest
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import cache_root
+from ..cache import cache_root, file_digest
 from .formats import FileStats, Pair, PairReader, ReadSpec
 
 log = logging.getLogger(__name__)
@@ -146,15 +146,6 @@ def encode_pairs(pairs: Iterable[Pair], tokenizer, max_length: int) -> TokenArra
 
 
 # ------------------------------------------------------------------------------------------ keys
-def file_digest(path: Path) -> str:
-    """SHA-256 of the file's bytes (read in 1 MB blocks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def tokenizer_digest(tokenizer) -> str:
     """What decides a tokenizer's ids: its full serialisation (vocabulary, normalisation, pre-tokenisation, the
     template adding [CLS]/[SEP]) without the truncation and padding state calls change; else (a tokenizer with

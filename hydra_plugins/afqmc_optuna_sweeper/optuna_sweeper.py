@@ -7,8 +7,9 @@ installs cleanly with a current Optuna.
 
 * The study lives in a storage (default ``sqlite:///optuna.db`` beside where you start), loaded if it
   exists: a stopped search resumes where it was. ``n_trials`` is the study's total, so running the same
-  command again after a stop runs only the trials still missing (trials left RUNNING by a killed search
-  are marked FAIL first).
+  command again after a stop runs only the trials still missing. A trial left RUNNING is failed only when
+  its search's heartbeat has stopped for a minute (a killed search); two searches on one storage (a second
+  terminal, a requeued job) leave each other's trials alone, each counting the other's as taken.
 * A trial whose job raises or returns NaN is told to Optuna as FAIL and the search goes on.
 * Pruning (``pruner``: median, hyperband, threshold or none; see ``afqmc_exp.pruning``): each job is told
   its trial (``+optuna.storage/study/trial/pruner``), reports its dev metric at every evaluation and stops
@@ -20,8 +21,10 @@ installs cleanly with a current Optuna.
 
 # No `from __future__ import annotations` here: Hydra's plugin scanner executes this module outside
 # sys.modules, where dataclasses cannot resolve string annotations.
+import contextlib
 import logging
 import math
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +51,33 @@ class AfqmcOptunaSweeperConf:
     pruner: dict[str, Any] = field(default_factory=lambda: {"type": "none"})
     # dotted config key -> {type: float|int|categorical, low, high, log, step, choices}
     params: dict[str, Any] = field(default_factory=dict)
+
+
+HEARTBEAT_S, GRACE_S = 10, 60  # a running trial beats every 10 s; one silent for 60 s is its dead search's
+
+
+@contextlib.contextmanager
+def beating(study, trials):
+    """Record the trials' heartbeats while their jobs run (the jobs may be other processes): the proof of life
+    another search checks before it fails a RUNNING trial."""
+    storage, stop = study._storage, threading.Event()
+
+    def beat():
+        for trial in trials:
+            storage.record_heartbeat(trial._trial_id)
+
+    def keep_beating():
+        while not stop.wait(HEARTBEAT_S):
+            beat()
+
+    beat()
+    thread = threading.Thread(target=keep_beating, name="optuna-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 ConfigStore.instance().store(
@@ -95,14 +125,18 @@ class AfqmcOptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> list:
+        from optuna.trial import TrialState
+
         study = self._load_study()
-        done = len([t for t in study.trials if t.state.is_finished()])
+        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))  # another search's, alive
+        done = len([t for t in study.trials if t.state.is_finished()]) + running
         log.info(
-            "Optuna study %r (%s): %d of %d trials done",
+            "Optuna study %r (%s): %d of %d trials done%s",
             self.study_name,
             study.direction.name.lower(),
-            done,
+            done - running,
             self.n_trials,
+            f", {running} running in another search" if running else "",
         )
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -116,7 +150,8 @@ class AfqmcOptunaSweeper(Sweeper):
                 + self._trial_overrides(trial)
                 for trial in trials
             ]
-            results = self.launcher.launch(batch, initial_job_idx=job_idx)
+            with beating(study, trials):
+                results = self.launcher.launch(batch, initial_job_idx=job_idx)
             for trial, result in zip(trials, results, strict=True):
                 self._tell(study, trial, result)
             returns.append(results)
@@ -138,19 +173,20 @@ class AfqmcOptunaSweeper(Sweeper):
         log.info("best %s = %.4f: %s", self.config.trainer.metric, study.best_value, who)
 
     def _load_study(self):
-        """The study in ``storage`` (created if new); trials a killed search left RUNNING are marked failed."""
+        """The study in ``storage`` (created if new). A trial still RUNNING is failed only when its search has
+        stopped beating (Optuna's heartbeat, see ``beating``): a search killed, not one still running elsewhere
+        (a second terminal, a requeued job), whose trials it leaves alone and counts as taken."""
         import optuna
-        from optuna.trial import TrialState
 
         from afqmc_exp.metrics import GREATER_IS_BETTER
         from afqmc_exp.tracking import resolve_uri  # a relative sqlite:/// path means where you started
 
         direction = self.direction or ("maximize" if GREATER_IS_BETTER[self.config.trainer.metric] else "minimize")
-        study = optuna.create_study(
-            study_name=self.study_name, storage=resolve_uri(self.storage), direction=direction, load_if_exists=True
-        )
-        for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            study.tell(stale.number, state=TrialState.FAIL)
+        storage = optuna.storages.RDBStorage(resolve_uri(self.storage), heartbeat_interval=HEARTBEAT_S,
+                                             grace_period=GRACE_S)  # fmt: skip
+        study = optuna.create_study(study_name=self.study_name, storage=storage, direction=direction,
+                                    load_if_exists=True)  # fmt: skip
+        optuna.storages.fail_stale_trials(study)
         # Seeded by how far the study is, so a resumed search is reproducible but does not redraw the
         # points its first part already tried (TPE samples at random for its first trials).
         study.sampler = optuna.samplers.TPESampler(seed=self.seed + len(study.trials))
@@ -168,6 +204,13 @@ class AfqmcOptunaSweeper(Sweeper):
 
     @staticmethod
     def _tell(study, trial, result) -> None:
+        try:
+            AfqmcOptunaSweeper._tell_result(study, trial, result)
+        except (RuntimeError, ValueError) as error:  # failed meanwhile by a search that took it for dead
+            log.warning("trial %d: its result could not be told (%s)", trial.number, error)
+
+    @staticmethod
+    def _tell_result(study, trial, result) -> None:
         """The job's objective; PRUNED when its pruner stopped it; FAIL when it raised or returned NaN (the
         search goes on)."""
         import optuna
