@@ -102,11 +102,12 @@ def _cached(uri: str, key: str, tracking_uri: str) -> Path:
 
 
 def _flatten_flavour(folder: Path) -> Path:
-    """A logged model's weights folder: the served model's ``artifacts/weights`` (see ``served_model``); a model
-    logged as ``mlflow.transformers`` by earlier versions keeps them in model/ and its tokenizer apart: they are
-    put together."""
-    if (folder / "artifacts" / "weights" / "config.json").exists():
-        return folder / "artifacts" / "weights"
+    """A logged model's weights folder: the served model keeps them as its artifact (``artifacts/<folder>``, see
+    ``served_model``); a model logged as ``mlflow.transformers`` by earlier versions keeps them in model/ and its
+    tokenizer apart: they are put together."""
+    served = sorted(p.parent for p in folder.glob("artifacts/*/config.json"))
+    if served:
+        return served[0]
     if (folder / "MLmodel").exists():
         for part in ("model", "components/tokenizer"):
             for item in (folder / part).iterdir():

@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -278,7 +279,9 @@ def _log_served_model(tracking_uri: str, run_id: str, folder: str, register_as: 
     requirements = [f"mlflow=={mlflow.__version__}", f"transformers=={transformers.__version__}",
                     f"torch=={torch.__version__.split('+')[0]}", "pandas", "numpy"]  # fmt: skip
     client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    with _use_tracking_uri(tracking_uri), quiet_transformers():  # registering looks it up through the fluent API
+    quiet = warnings.catch_warnings()  # MLflow's advice on type hints: the signature comes from the example
+    with _use_tracking_uri(tracking_uri), quiet_transformers(), quiet:  # registering looks it up through the fluent API
+        warnings.simplefilter("ignore", UserWarning)
         with mlflow.start_run(run_id=run_id):  # the model is logged into the active run
             info = mlflow.pyfunc.log_model(name="model", python_model=served_model.__file__,
                                            artifacts={"weights": str(folder)}, code_paths=[answers.__file__],

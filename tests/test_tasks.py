@@ -121,6 +121,13 @@ def test_a_run_saved_with_the_old_data_target_resumes_with_its_saved_config(tmp_
     folder = tmp_path / "earlier"
     (folder / ".hydra").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create(old), folder / ".hydra" / "config.yaml")
-    train([f"resume={folder}"], tmp_path)  # killed before its first checkpoint: it starts over, in its folder
+    OmegaConf.save(OmegaConf.create({"hydra": {"runtime": {"choices": {"model": "minilm", "data": "afqmc"}}}}),
+                   folder / ".hydra" / "hydra.yaml")  # fmt: skip
+    train([f"resume={folder}"], tmp_path)  # killed before its MLflow run opened: it starts over, in its folder
     result = json.loads((folder / "result.json").read_text())
     assert result["metric"] == "f1" and "final/dev_f1" in result and result["steps"] == 2
+    _, (run,) = mlflow_runs(tmp_path, "afqmc")  # named and tagged after its own options, not the command's defaults
+    assert (
+        run.info.run_name.startswith("minilm-afqmc-")
+        and json.loads(run.data.tags["hydra.choices"])["model"] == "minilm"
+    )

@@ -343,13 +343,16 @@ def test_register_as_makes_a_model_version_that_evaluate_and_predict_take(afqmc_
     assert metrics["n"] == 60 and metrics["accuracy"] == pytest.approx(runs[0].data.metrics["final/dev_accuracy"])
 
 
-def test_the_logged_model_answers_as_predict_does_with_the_tuned_threshold_without_this_project(afqmc_dir, tmp_path):
+def test_the_logged_model_answers_as_predict_does_with_the_tuned_threshold_without_this_project(
+    afqmc_dir, tmp_path, caplog
+):
     import mlflow
     import pandas as pd
 
+    caplog.set_level("INFO")
     train([*SHORT_RUN, "data.dev_limit=60", "trainer.max_steps=2", "trainer.threshold=tune", "tracking.log_model=true",
            "tracking.register_as=afqmc-pyfunc"], tmp_path)  # fmt: skip
-    last = (tmp_path / "run" / "train.log").read_text().splitlines()[-2:]  # the model's URIs and how to serve it
+    last = [r.getMessage() for r in caplog.records][-2:]  # the run's last lines: the model's URIs, how to serve it
     assert "logged model models:/m-" in last[0] and "(registered as models:/afqmc-pyfunc/1)" in last[0], last
     assert "mlflow models serve -m models:/afqmc-pyfunc/1 --env-manager local" in last[1], last
     threshold = json.loads((tmp_path / "run" / "best_model" / "afqmc_exp.json").read_text())["threshold"]
