@@ -3,11 +3,13 @@
 Every task gets its confusion matrix (K x K, labelled with the task's labels); a binary task also gets the
 precision-recall and ROC curves of its positive label's probability. Curves are computed here with numpy
 (the same threshold sweep for PR and ROC); matplotlib is imported only when figures are drawn, with the
-non-interactive Agg backend so runs on servers need no display.
+non-interactive Agg backend so runs on servers need no display, and with its INFO logging off (on a new
+machine it announces the font cache it builds, after the run's summary).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +42,21 @@ def confusion(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> 
     return matrix
 
 
-def save_dev_plots(labels: np.ndarray, probs: np.ndarray, names: list[str], folder: Path, title: str = "",
-                   threshold: float = 0.5) -> list[Path]:  # fmt: skip
-    """confusion_matrix.png (and, for two labels, pr_curve.png and roc_curve.png) in ``folder``."""
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, its INFO lines off."""
     import matplotlib
 
     matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_dev_plots(labels: np.ndarray, probs: np.ndarray, names: list[str], folder: Path, title: str = "",
+                   threshold: float = 0.5) -> list[Path]:  # fmt: skip
+    """confusion_matrix.png (and, for two labels, pr_curve.png and roc_curve.png) in ``folder``."""
+    plt = pyplot()
 
     folder.mkdir(parents=True, exist_ok=True)
     side = 3.2 + 0.5 * len(names)

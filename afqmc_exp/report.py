@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .arguments import help_of, parse_args
 from .metrics import GREATER_IS_BETTER
+from .plots import pyplot
 
 KEY_PARAMS = {
     "model": "model.name_or_path",
@@ -187,10 +188,7 @@ def by_config(frame, varying: list[str]):
 
 
 def plot_params(frame, varying: list[str], metric: str, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     paths = []
     for key in [k for k in varying if k != "seed"]:
