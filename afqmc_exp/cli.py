@@ -119,7 +119,7 @@ def train_from_config(cfg: DictConfig) -> float:
         output_dir = find_run_dir(str(resume), instantiate(cfg.tracking))
         cfg = OmegaConf.load(output_dir / ".hydra" / "config.yaml")
         if (output_dir / RESULT_FILE).exists():
-            return report_finished(output_dir, instantiate(cfg.tracking))
+            return report_finished(output_dir, instantiate(cfg.tracking), mask_logs(cfg))
     elif rerun:
         cfg, extra_tags, run_name = rerun_config(str(rerun), instantiate(cfg.tracking), hydra_cfg, output_dir)
     masker = mask_logs(cfg)  # from here on: the run's own config, its own secrets
@@ -179,12 +179,13 @@ def append_log_to(output_dir: Path, masker: Masker) -> None:
     install_log_filter(masker)
 
 
-def report_finished(output_dir: Path, tracking) -> float:
+def report_finished(output_dir: Path, tracking, masker: Masker) -> float:
     """``resume=`` on a run that finished: nothing is trained or rewritten; tracking records its process could
-    not deliver (the store was down) are sent now."""
-    result = json.loads((output_dir / RESULT_FILE).read_text())
+    not deliver (the store was down, or it was killed before closing its MLflow run) are sent now."""
+    from .experiment import complete_record
+
+    result, pending = complete_record(output_dir, tracking, masker)
     run_id = result.get("mlflow_run_id")
-    pending = tracking.catch_up(run_id, output_dir) if run_id else 0
     behind = f"; {pending} tracking record(s) still wait for the store" if pending else ""
     log.info(
         "%s: this run finished (best dev %s %s at step %s): its results are in that folder and MLflow run %s; "

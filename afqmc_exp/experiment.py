@@ -186,8 +186,7 @@ def closed_with_status(mlflow_run: Run, output_dir: Path, accelerator, system_me
         if sampler is not None:
             sampler.stop()
         if accelerator.is_main_process:
-            for logfile in output_dir.glob("*.log"):
-                mlflow_run.log_artifact(logfile)
+            log_log_files(mlflow_run, output_dir)
         mlflow_run.end(status)
         if accelerator.num_processes > 1:
             accelerator.end_training()  # destroys the process group: exiting with it alive can abort (SIGABRT)
@@ -234,17 +233,55 @@ def finish_run(
 ) -> None:
     """Score the saved best weights, write the outputs, log them, and drop the resume state."""
     final, probs, threshold = score_best(result.best_dir, splits, data, trainer.threshold, accelerator)
-    mlflow_run.log_metrics({**final, **{f"speed/{k}": v for k, v in result.speed.items()}}, step=result.steps)
     if not accelerator.is_main_process:
         return
     log_summary(result, final, trainer.metric, output_dir, tracking)
-    note = mlflow_run.tags.get("mlflow.note.content", "").split("\n\nBest dev")[0]  # a resumed run: not twice
-    mlflow_run.set_tags({"mlflow.note.content": f"{note}\n\n{result_line(result, final, trainer.metric)}".strip()})
     write_outputs(output_dir, splits, probs, data.labels, result, final, trainer.metric, mlflow_run.run_id,
                   tracking.run_name or output_dir.name, threshold)  # fmt: skip
-    log_outputs(mlflow_run, tracking, output_dir, result.best_dir)
+    record_finish(mlflow_run, result, final, trainer.metric, tracking, output_dir)
     if not trainer.keep_last_checkpoint:
         remove_last_checkpoint(output_dir)
+
+
+def record_finish(mlflow_run: Run, result: FitResult, final: dict, metric: str, tracking: MlflowTracking,
+                  output_dir: Path) -> None:  # fmt: skip
+    """What a finished run adds to its MLflow run: the final metrics and speed, the result in its description,
+    its files and weights."""
+    mlflow_run.log_metrics({**final, **{f"speed/{k}": v for k, v in result.speed.items()}}, step=result.steps)
+    note = mlflow_run.tags.get("mlflow.note.content", "").split("\n\nBest dev")[0]  # a resumed run: not twice
+    mlflow_run.set_tags({"mlflow.note.content": f"{note}\n\n{result_line(result, final, metric)}".strip()})
+    log_outputs(mlflow_run, tracking, output_dir, result.best_dir)
+
+
+def complete_record(output_dir: Path, tracking: MlflowTracking, masker: Masker) -> tuple[dict, int]:
+    """``resume=`` on a run that finished on disk: its result.json and MLflow run id, and how many tracking
+    records still wait for the store.
+
+    What its process journaled is delivered. If it was killed after writing result.json but before its MLflow
+    run was closed, the finish is recorded from the run folder (what the journal already holds is not queued
+    again) and the run closed FINISHED; nothing in the folder is rewritten."""
+    saved = json.loads((output_dir / "result.json").read_text())
+    run_id = saved.get("mlflow_run_id")
+    mlflow_run = tracking.attach(run_id, output_dir, masker) if run_id else Run(None, None)
+    if mlflow_run.active and not mlflow_run.ended:
+        log.info("%s finished, but its MLflow run %s was never closed: recording its finish from the folder",
+                 output_dir, run_id)  # fmt: skip
+        result = FitResult(saved["best_metric"], saved["best_step"], output_dir / "best_model", saved["steps"],
+                           saved.get("speed", {}))  # fmt: skip
+        final = {k: v for k, v in saved.items() if k.startswith("final/")}
+        mlflow_run.completing = True
+        record_finish(mlflow_run, result, final, saved["metric"], tracking, output_dir)
+        log_log_files(mlflow_run, output_dir)
+        mlflow_run.end("FINISHED")
+    elif mlflow_run.active:
+        mlflow_run.outbox.start()
+        mlflow_run.outbox.drain(tracking.drain_seconds)
+    return saved, mlflow_run.outbox.pending if mlflow_run.active else 0
+
+
+def log_log_files(mlflow_run: Run, output_dir: Path) -> None:
+    for logfile in output_dir.glob("*.log"):
+        mlflow_run.log_artifact(logfile)
 
 
 SUMMARY = ("accuracy", "macro_f1", "f1", "auc")  # the final metrics the summary line shows

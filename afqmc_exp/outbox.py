@@ -10,6 +10,12 @@ the next process that opens the run folder (``resume``, which for a finished run
 ``.tracking/sent`` counts the records already delivered. A record can be delivered twice only if the
 process dies between delivering it and counting it; metrics are then filtered against what the store
 holds (see ``tracked_run.Run``), and params, tags and artifacts are idempotent.
+
+The journal is not trusted blindly. A last line cut short by a kill was never acknowledged: it is cut off.
+A journal that does not add up (a line that cannot be read, or fewer records than were counted delivered,
+as a crash of the machine rather than of the process can leave) is *doubted*: the damaged file is kept
+beside it, the readable records are written back as the journal, and all of them are delivered again with
+the same filtering, so the store ends with every step once whatever was lost.
 """
 
 from __future__ import annotations
@@ -35,16 +41,30 @@ class Outbox:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.journal, self.counter = self.folder / "journal.jsonl", self.folder / "sent"
         self.deliver, self.retry_seconds = deliver, retry_seconds
-        self.records = read_journal(self.journal)
-        if self.journal.exists() and not self.journal.read_bytes().endswith(b"\n") and self.journal.stat().st_size:
-            with open(self.journal, "a", encoding="utf-8") as out:  # a line cut short by a kill stays apart
-                out.write("\n")
+        self.records, unreadable = read_journal(self.journal)
         self.sent = int(self.counter.read_text()) if self.counter.exists() else 0
+        self.doubted = bool(unreadable) or self.sent > len(self.records)
+        if self.doubted:
+            self._start_again(unreadable)
         self.first_new = len(self.records)  # records before it were left by an earlier process
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closing = False
         self.behind_since: float | None = None
+
+    def _start_again(self, unreadable: list[int]) -> None:
+        """A journal that does not add up: kept aside, rewritten from its readable records, all sent again."""
+        kept = self.journal.with_name("journal.damaged.jsonl")
+        os.replace(self.journal, kept)
+        tmp = self.journal.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records), encoding="utf-8")
+        os.replace(tmp, self.journal)
+        why = f"line(s) {', '.join(map(str, unreadable))} cannot be read" if unreadable else \
+            f"it holds {len(self.records)} record(s) but {self.sent} were counted as delivered"  # fmt: skip
+        log.warning("%s: %s; its readable records are sent again (the store keeps each step once); the damaged "
+                    "file is kept as %s", self.journal, why, kept)  # fmt: skip
+        self.sent = 0
+        self._write_counter()
 
     @property
     def pending(self) -> int:
@@ -106,9 +126,7 @@ class Outbox:
     def _count_one(self) -> None:
         with self._changed:
             self.sent += 1
-            tmp = self.counter.with_suffix(".tmp")
-            tmp.write_text(str(self.sent))
-            os.replace(tmp, self.counter)
+            self._write_counter()
             if self.behind_since is not None and not self.pending:
                 log.warning(
                     "tracking caught up after %.0f s: every record is in the store",
@@ -116,6 +134,11 @@ class Outbox:
                 )
                 self.behind_since = None
             self._changed.notify_all()
+
+    def _write_counter(self) -> None:
+        tmp = self.counter.with_suffix(".tmp")
+        tmp.write_text(str(self.sent))
+        os.replace(tmp, self.counter)
 
     def _behind(self, error: Exception) -> None:
         if self.behind_since is None:
@@ -129,17 +152,27 @@ class Outbox:
             )
 
 
-def read_journal(path: Path) -> list[dict]:
-    """The journal's records; a last line cut short by a kill is dropped (it was never acknowledged)."""
+def read_journal(path: Path) -> tuple[list[dict], list[int]]:
+    """The journal's records and the numbers of the lines that cannot be read. A last line cut short by a kill
+    (no newline after it) was never acknowledged: it is cut off the file, so later records start a line."""
     if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").split("\n"):
+        return [], []
+    data = path.read_bytes()
+    complete = data.rfind(b"\n") + 1
+    if complete < len(data):
+        with open(path, "r+b") as journal:
+            journal.truncate(complete)
+    records, unreadable = [], []
+    for number, line in enumerate(data[:complete].split(b"\n")[:-1], start=1):
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            record = None
+        if isinstance(record, dict) and "op" in record:
+            records.append(record)
+        else:
+            unreadable.append(number)
+    return records, unreadable
 
 
 def permanent(error: Exception) -> bool:

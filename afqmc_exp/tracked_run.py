@@ -48,21 +48,33 @@ class Run:
         self.tags: dict[str, str] = {}  # every tag this run has set, the last value of each
         self.outbox = Outbox(folder, self._deliver) if client is not None else None
         self._store_through: dict[str, int] | None = None  # filled when replaying a backlog (see _deliver)
+        self.completing = False  # True: recording a finish that a killed process left unjournaled (see _put)
 
     @property
     def active(self) -> bool:
         return self.client is not None
 
+    @property
+    def ended(self) -> bool:
+        """Whether the journal holds the run's end (its last process got as far as closing it)."""
+        return self.active and any(r["op"] == "end" for r in self.outbox.records)
+
+    def _put(self, record: dict) -> None:
+        """Queue one write; while ``completing``, one the journal already holds is not queued again (a register
+        or a served model journaled twice would make two versions)."""
+        if not (self.completing and record in self.outbox.records):
+            self.outbox.put(record)
+
     # ------------------------------------------------------------------------------------ queued writes
     def log_params(self, params: Mapping[str, str]) -> None:
         if self.active:
-            self.outbox.put({"op": "params", "params": dict(params)})
+            self._put({"op": "params", "params": dict(params)})
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         if self.active:
             tags = {k: str(v)[:5000] for k, v in tags.items()}
             self.tags.update(tags)
-            self.outbox.put({"op": "tags", "tags": tags})
+            self._put({"op": "tags", "tags": tags})
 
     def log_metrics(self, metrics: Mapping[str, float | None], step: int) -> None:
         """Buffer metric values (None values are skipped); written in batches, see module docstring."""
@@ -83,26 +95,26 @@ class Run:
         with self._buffer_lock:
             pending, self._metrics = self._metrics, []
         if pending:
-            self.outbox.put({"op": "metrics", "metrics": pending})
+            self._put({"op": "metrics", "metrics": pending})
 
     def log_artifacts(self, local_dir: str | os.PathLike, artifact_path: str | None = None) -> None:
         if self.active and Path(local_dir).exists():
-            self.outbox.put({"op": "artifacts", "path": str(local_dir), "artifact_path": artifact_path})
+            self._put({"op": "artifacts", "path": str(local_dir), "artifact_path": artifact_path})
 
     def log_datasets(self, datasets: list[dict]) -> None:
         """Data files as dataset inputs (``{"name", "path", "digest", "rows", "context"}``): the runs table's
         Dataset column names them, and the digest tells apart two runs on different data."""
         if self.active:
-            self.outbox.put({"op": "inputs", "datasets": datasets})
+            self._put({"op": "inputs", "datasets": datasets})
 
     def log_table(self, jsonl: Path, artifact_file: str) -> None:
         """A JSON-lines file as an MLflow table: sortable and filterable in the UI."""
         if self.active and Path(jsonl).exists():
-            self.outbox.put({"op": "table", "path": str(jsonl), "artifact_file": artifact_file})
+            self._put({"op": "table", "path": str(jsonl), "artifact_file": artifact_file})
 
     def log_artifact(self, local_file: str | os.PathLike, artifact_path: str | None = None) -> None:
         if self.active and Path(local_file).exists():
-            self.outbox.put({"op": "artifact", "path": str(local_file), "artifact_path": artifact_path})
+            self._put({"op": "artifact", "path": str(local_file), "artifact_path": artifact_path})
 
     def log_masked_artifacts(self, local_dir: Path, artifact_path: str) -> None:
         """Text files (config) with the run's secrets masked: copies staged in the outbox folder are uploaded."""
@@ -128,12 +140,12 @@ class Run:
         """A new version of registered model ``name`` whose source is this run's ``artifact_path``;
         ``models:/NAME/VERSION`` then downloads that folder (predict.py and evaluate.py take it)."""
         if self.active:
-            self.outbox.put({"op": "register", "name": name, "artifact_path": artifact_path})
+            self._put({"op": "register", "name": name, "artifact_path": artifact_path})
 
     def log_served_model(self, folder: str | os.PathLike, register_as: str | None = None) -> None:
         """The saved classifier as a model to serve, answering as ``afqmc-predict`` (see ``_log_served_model``)."""
         if self.active:
-            self.outbox.put({"op": "served_model", "folder": str(folder), "register_as": register_as})
+            self._put({"op": "served_model", "folder": str(folder), "register_as": register_as})
 
     def end(self, status: str = "FINISHED") -> None:
         """Flush what is buffered, close the run as FINISHED, FAILED or KILLED, and wait (a bounded time) for
@@ -141,7 +153,7 @@ class Run:
         if not self.active:
             return
         self.flush()
-        self.outbox.put({"op": "end", "status": status})
+        self._put({"op": "end", "status": status})
         self.outbox.close()
         if self.outbox.drain(self.drain_seconds):
             self._log_link()

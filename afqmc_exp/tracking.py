@@ -239,30 +239,28 @@ class MlflowTracking:
         with _store_lock(uri):  # the registry named too: never a process-wide default left by another store
             return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
-    def reopen(self, run_id: str, folder: Path, masker: Masker | None = None) -> Run:
-        """Log into an earlier run again (resuming): what the earlier process left in the outbox is sent first,
-        the run is marked RUNNING, and steps already logged are not logged again."""
+    def attach(self, run_id: str, folder: Path, masker: Masker | None = None) -> Run:
+        """An earlier run over its folder's outbox, knowing what it has logged (the journal's steps, and the
+        store's where the journal is doubted or was never kept) and its tags; nothing is written yet."""
         if not self.enabled:
             return Run(None, None)
         run = Run(self.client(), run_id, folder, self.flush_every, masker=masker, drain_seconds=self.drain_seconds)
-        run.logged_through = run.journal_steps() or run.store_steps()
-        run.tags = run.journal_tags()
-        run.outbox.put({"op": "status", "status": "RUNNING"})
-        log.info(
-            "MLflow run %s reopened (metrics logged through step %s)",
-            run_id,
-            max(run.logged_through.values(), default=None),
-        )
+        journaled = run.journal_steps()
+        if run.outbox.doubted or not journaled:
+            stored = run.store_steps()
+            journaled = {k: max(journaled.get(k, -1), stored.get(k, -1)) for k in {*journaled, *stored}}
+        run.logged_through, run.tags = journaled, run.journal_tags()
         return run
 
-    def catch_up(self, run_id: str, folder: Path) -> int:
-        """Deliver what a finished run's outbox still holds; return how many records are still pending."""
-        if not self.enabled:
-            return 0
-        run = Run(self.client(), run_id, folder, drain_seconds=self.drain_seconds)
-        run.outbox.start()
-        run.outbox.drain(self.drain_seconds)
-        return run.outbox.pending
+    def reopen(self, run_id: str, folder: Path, masker: Masker | None = None) -> Run:
+        """Log into an earlier run again (resuming): what the earlier process left in the outbox is sent first,
+        the run is marked RUNNING, and steps already logged are not logged again."""
+        run = self.attach(run_id, folder, masker)
+        if run.active:
+            run.outbox.put({"op": "status", "status": "RUNNING"})
+            log.info("MLflow run %s reopened (metrics logged through step %s)", run_id,
+                     max(run.logged_through.values(), default=None))  # fmt: skip
+        return run
 
 
 class _store_lock:

@@ -250,3 +250,31 @@ def test_a_damaged_checkpoint_is_one_line_and_moved_aside_the_run_starts_over_in
     _, runs = mlflow_runs(tmp_path, "afqmc")
     assert len(runs) == 1 and runs[0].data.tags["resume.restarted_from_step_0"] == "true"
     assert runs[0].info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("journaled", [0, 4])
+def test_a_run_killed_after_its_result_before_its_mlflow_run_closed_is_completed_by_resume(tmp_path, journaled):
+    """Killed once result.json is on disk, with none or some of the finishing records journaled: resume records
+    the finish from the run folder (final metrics, files, weights, one registered version) and closes it
+    FINISHED, rewriting nothing in the folder."""
+    out = tmp_path / "run"
+    killed = run_command([sys.executable, REPO / "tests" / "helpers" / "faulty_train.py", "unrecorded", journaled,
+                          *COMMON, "trainer.max_steps=4", "tracking.log_weights=true", "tracking.register_as=pairs",
+                          f"hydra.run.dir={out}"], cwd=tmp_path, env=ENV)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL and (out / "result.json").exists(), killed.stderr[-3000:]
+    client, runs = mlflow_runs(tmp_path, "afqmc")
+    assert runs[0].info.status == "RUNNING" and "final/dev_accuracy" not in runs[0].data.metrics
+    files = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and ".tracking" not in p.parts}
+    resumed = run_command([sys.executable, REPO / "train.py", f"resume={out}"], cwd=tmp_path, env=ENV)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "was never closed: recording its finish from the folder" in resumed.stderr + resumed.stdout
+    run = client.get_run(runs[0].info.run_id)
+    result = json.loads((out / "result.json").read_text())
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["final/dev_accuracy"] == pytest.approx(result["final/dev_accuracy"])
+    assert "Best dev accuracy" in run.data.tags["mlflow.note.content"]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"result.json", "dev_predictions.jsonl", "train.log", "best_model", "hydra", "plots"} <= artifacts
+    assert len(client.search_model_versions("name='pairs'")) == 1  # not registered twice
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "final/dev_accuracy")] == [4]
+    assert {p: p.stat().st_mtime_ns for p in files} == files

@@ -128,3 +128,52 @@ def test_a_busy_store_is_waited_for_and_never_called_damaged(tmp_path, monkeypat
     (problem,) = tracking.store_problems(f"sqlite:///{path}")
     assert "stayed locked by another process for 2 s" in problem and "is damaged" not in problem
     holder.rollback()
+
+
+def _logged_then_killed(tmp_path):
+    """A run that logged train/loss at steps 1..8 (each its own record) and was killed before closing."""
+    tracking = MlflowTracking(uri=f"sqlite:///{tmp_path}/m.db", experiment="e")
+    run = tracking.start({}, {}, tmp_path)
+    for step in range(1, 9):
+        run.log_metrics({"train/loss": 1.0 / step}, step)
+        run.flush()
+    assert run.outbox.drain(30)
+    return tracking, run, tmp_path / ".tracking" / "journal.jsonl"
+
+
+def _resumed_to_the_end(tracking, run, tmp_path, last_step=10):
+    again = tracking.reopen(run.run_id, tmp_path)
+    for step in range(again.logged_through["train/loss"] + 1, last_step + 1):  # the trainer logs what follows
+        again.log_metrics({"train/loss": 1.0 / step}, step)
+    again.end()
+    assert again.client.get_run(run.run_id).info.status == "FINISHED"
+    return [m.step for m in again.client.get_metric_history(run.run_id, "train/loss")]
+
+
+def test_a_journal_shorter_than_its_delivered_count_is_sent_again_each_step_once(tmp_path, caplog):
+    """What a crash of the machine can leave: the counter says 9 records were delivered, the journal keeps 5."""
+    tracking, run, journal = _logged_then_killed(tmp_path)
+    journal.write_text("".join(journal.read_text().splitlines(keepends=True)[:5]))
+    assert sorted(_resumed_to_the_end(tracking, run, tmp_path)) == list(range(1, 11))  # none lost, none twice
+    assert "were counted as delivered" in caplog.text and (journal.parent / "journal.damaged.jsonl").exists()
+
+
+def test_an_unreadable_journal_line_is_skipped_with_a_warning_naming_it(tmp_path, caplog):
+    tracking, run, journal = _logged_then_killed(tmp_path)
+    lines = journal.read_bytes().split(b"\n")
+    lines[3] = lines[3][:10] + b"\xff" + lines[3][11:]  # one byte that is not UTF-8
+    journal.write_bytes(b"\n".join(lines))
+    assert sorted(_resumed_to_the_end(tracking, run, tmp_path)) == list(range(1, 11))
+    assert f"{journal}: line(s) 4 cannot be read" in caplog.text
+    caplog.clear()
+    tracking.attach(run.run_id, tmp_path)  # the journal was written back whole: no warning the next time
+    assert "cannot be read" not in caplog.text
+
+
+def test_a_journal_line_cut_short_by_a_kill_is_cut_off_without_doubting_the_journal(tmp_path, caplog):
+    tracking, run, journal = _logged_then_killed(tmp_path)
+    with open(journal, "a") as out:
+        out.write('{"op": "metrics", "metr')
+    again = tracking.attach(run.run_id, tmp_path)
+    assert not again.outbox.doubted and journal.read_text().endswith("\n") and "cannot be read" not in caplog.text
+    assert sorted(_resumed_to_the_end(tracking, run, tmp_path)) == list(range(1, 11))

@@ -8,7 +8,9 @@ rather than by timing luck:
 * ``kill-group``: at optimizer step N, SIGKILL the process group ``$AFQMC_TEST_PGID`` (a tracking server)
   and go on training;
 * ``gate``: at optimizer step N, wait until the file ``$AFQMC_TEST_GATE`` exists (``$AFQMC_TEST_GATE.waiting``
-  says it is waiting), so a test can act while this run holds its folder.
+  says it is waiting), so a test can act while this run holds its folder;
+* ``unrecorded``: killed once result.json is written and N more tracking records are journaled (its MLflow
+  run never closed).
 """
 
 import os
@@ -18,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from afqmc_exp import checkpoint, trainer
+from afqmc_exp import checkpoint, tracked_run, trainer
 
 FAULT, AT = sys.argv[1], int(sys.argv[2])
 sys.argv = [sys.argv[0], *sys.argv[3:]]
@@ -61,7 +63,22 @@ def after_step(self):
     return real_after_step(self)
 
 
+real_put = tracked_run.Run._put
+journaled_after_result = 0
+
+
+def put(self, record):
+    global journaled_after_result
+    if FAULT == "unrecorded" and self.folder is not None and (Path(self.folder) / "result.json").exists():
+        if journaled_after_result == AT:
+            self.outbox.close()
+            die()
+        journaled_after_result += 1
+    real_put(self, record)
+
+
 checkpoint.CheckpointWriter._write = write
+tracked_run.Run._put = put
 trainer.Trainer._after_step = after_step
 if FAULT == "between-renames":
     checkpoint._exchange = lambda a, b: False
