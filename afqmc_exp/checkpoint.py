@@ -13,7 +13,9 @@ On Linux the two folders are exchanged by one ``renameat2(RENAME_EXCHANGE)`` cal
 leaves the old complete folder or the new one. Where that call is missing (other systems, some network
 file systems) the swap is two renames; a kill between them leaves the folder missing with both copies
 beside it, and :func:`recover` (run before every read and write here) puts the newer one back. A resumed
-run therefore never restarts from zero when a checkpoint existed.
+run therefore never restarts from zero when a checkpoint existed. A write that fails (a full disk) removes
+its staging folder and leaves the old version in place: :class:`NoSpaceLeft` says so in one line. A folder
+that is a symlink (weights kept on another disk) is swapped where it points; the link stays.
 
 **On a GPU the last checkpoint is written in the background** (:class:`CheckpointWriter`): the training
 thread only copies the state into pinned host memory (training then changes those tensors in place) and a
@@ -33,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
+import errno
 import json
 import logging
 import os
@@ -103,7 +106,7 @@ def recover(target: Path) -> None:
     version waits in ``.NAME.old`` and the complete new one in ``.NAME.tmp`` (the first rename only happens
     after the new version is written). The newer one is restored. Nothing to do in any other state: a
     missing target without ``.old`` means the first version was never finished."""
-    target = Path(target)
+    target = Path(target).resolve() if Path(target).is_symlink() else Path(target)
     staging, retired = _companions(target)
     if target.exists() or not retired.exists():
         return
@@ -114,16 +117,28 @@ def recover(target: Path) -> None:
         pass
 
 
+class NoSpaceLeft(RuntimeError):
+    """The disk filled while a checkpoint or the best weights were written; the previous version is intact."""
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path):
     """Yield a staging folder; on success it replaces ``target`` atomically (see the module docstring)."""
-    target = Path(target)
+    target = Path(target).resolve() if Path(target).is_symlink() else Path(target)
     recover(target)
     staging, retired = _companions(target)
     shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(retired, ignore_errors=True)
     staging.mkdir(parents=True)
-    yield staging
+    try:
+        yield staging
+    except BaseException as error:
+        shutil.rmtree(staging, ignore_errors=True)  # a partial copy would only fill the disk further
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            kept = f"the previous {target.name} is intact" if target.exists() else f"no earlier {target.name} existed"
+            raise NoSpaceLeft(f"no space left on the device of {target} while writing it; {kept}. Free some space, "
+                              "then resume the run") from None  # fmt: skip
+        raise
     if not target.exists():
         os.replace(staging, target)
     elif _exchange(staging, target):
@@ -216,6 +231,8 @@ class CheckpointWriter:
             self._thread = None
         if self._error is not None:
             error, self._error = self._error, None
+            if isinstance(error, NoSpaceLeft):
+                raise error
             raise RuntimeError(f"writing the checkpoint in {self.folder} failed: {error}") from error
 
     def _write_catching(self, snapshot: dict) -> None:

@@ -102,7 +102,7 @@ def train_from_config(cfg: DictConfig) -> float:
     from hydra.types import RunMode
     from hydra.utils import instantiate
 
-    from .checkpoint import CheckpointDamaged
+    from .checkpoint import CheckpointDamaged, NoSpaceLeft
     from .experiment import RunInProgress
     from .model import ModelError
     from .tracking import TrackingUnavailable
@@ -129,12 +129,14 @@ def train_from_config(cfg: DictConfig) -> float:
         log.info("resuming %s with its saved config", output_dir)
     try:
         return _train(cfg, hydra_cfg, output_dir, resume, in_sweep, extra_tags, run_name, masker)
-    except (ConfigError, DataError, ModelError, TrackingUnavailable, RunInProgress, CheckpointDamaged) as err:
+    except (ConfigError, DataError, ModelError, TrackingUnavailable, RunInProgress, CheckpointDamaged,
+            NoSpaceLeft) as err:  # fmt: skip
         if in_sweep:  # the sweep records this job as failed and goes on
             raise
         if not resume:
             discard_if_unused(output_dir)
-        raise SystemExit(f"error: {masker(str(err))}") from None  # a clear message, not a traceback
+        how = f": python train.py resume={output_dir}" if isinstance(err, NoSpaceLeft) else ""
+        raise SystemExit(f"error: {masker(str(err))}{how}") from None  # a clear message, not a traceback
 
 
 def rerun_config(run_id: str, tracking, hydra_cfg, output_dir: Path) -> tuple[DictConfig, dict, str]:

@@ -1,5 +1,6 @@
 """Checkpoint files: atomic swaps (and their repair), background writes, nothing in them ever executed."""
 
+import errno
 import os
 import pickle
 
@@ -49,6 +50,29 @@ def test_a_swap_replaces_the_folder_and_leaves_nothing_beside_it(tmp_path):
     write_version(target, "2")
     assert (target / "version.txt").read_text() == "2"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model"]
+
+
+def test_a_full_disk_mid_write_keeps_the_previous_version_and_says_so(tmp_path):
+    target = tmp_path / "best_model"
+    write_version(target, "1")
+    with pytest.raises(checkpoint.NoSpaceLeft, match="no space left on the device of .*best_model while writing "
+                       "it; the previous best_model is intact"):  # fmt: skip
+        with checkpoint.atomic_dir(target) as staging:
+            (staging / "version.txt").write_text("2, half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert (target / "version.txt").read_text() == "1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model"]  # the partial copy is gone
+
+
+def test_a_symlinked_folder_is_swapped_where_it_points_and_stays_a_link(tmp_path):
+    elsewhere, link = tmp_path / "big_disk" / "best_model", tmp_path / "run" / "best_model"
+    elsewhere.parent.mkdir()
+    link.parent.mkdir()
+    write_version(elsewhere, "1")
+    link.symlink_to(elsewhere)
+    write_version(link, "2")
+    assert link.is_symlink() and (elsewhere / "version.txt").read_text() == "2"
+    assert sorted(p.name for p in elsewhere.parent.iterdir()) == ["best_model"]
 
 
 def test_on_linux_a_swap_is_one_atomic_exchange(tmp_path, monkeypatch):

@@ -278,3 +278,18 @@ def test_a_run_killed_after_its_result_before_its_mlflow_run_closed_is_completed
     assert len(client.search_model_versions("name='pairs'")) == 1  # not registered twice
     assert [m.step for m in client.get_metric_history(run.info.run_id, "final/dev_accuracy")] == [4]
     assert {p: p.stat().st_mtime_ns for p in files} == files
+
+
+def test_a_full_disk_while_writing_better_weights_is_one_line_and_the_run_resumes(tmp_path):
+    out = tmp_path / "run"
+    full = run_command([sys.executable, REPO / "tests" / "helpers" / "faulty_train.py", "disk-full", 2, *COMMON,
+                        "trainer.eval_every=2", f"hydra.run.dir={out}"], cwd=tmp_path, env=ENV)  # fmt: skip
+    last = full.stderr.strip().splitlines()[-1]
+    assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr[-3000:]
+    said = f"error: no space left on the device of {out / 'best_model'} while writing it; the previous best_model"
+    assert last.startswith(f"{said} is intact") and last.endswith(f"python train.py resume={out}")
+    assert (out / "best_model" / "config.json").exists() and not (out / ".best_model.tmp").exists()
+    _, runs = mlflow_runs(tmp_path, "afqmc")
+    assert runs[0].info.status == "FAILED"
+    resumed = run_command([sys.executable, REPO / "train.py", f"resume={out}"], cwd=tmp_path, env=ENV)
+    assert resumed.returncode == 0 and (out / "result.json").exists(), resumed.stderr[-3000:]

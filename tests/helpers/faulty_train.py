@@ -9,10 +9,12 @@ rather than by timing luck:
   and go on training;
 * ``gate``: at optimizer step N, wait until the file ``$AFQMC_TEST_GATE`` exists (``$AFQMC_TEST_GATE.waiting``
   says it is waiting), so a test can act while this run holds its folder;
+* ``disk-full``: the Nth write of the best weights finds the disk full (ENOSPC) halfway through;
 * ``unrecorded``: killed once result.json is written and N more tracking records are journaled (its MLflow
   run never closed).
 """
 
+import errno
 import os
 import runpy
 import signal
@@ -63,6 +65,19 @@ def after_step(self):
     return real_after_step(self)
 
 
+real_save_best, best_writes = trainer.save_best_model, 0
+
+
+def save_best(pretrained, folder, meta, accelerator):
+    global best_writes
+    best_writes += 1
+    if FAULT == "disk-full" and best_writes == AT:
+        with checkpoint.atomic_dir(folder) as staging:
+            (staging / checkpoint.WEIGHTS).write_bytes(b"\0" * 4096)
+            raise OSError(errno.ENOSPC, "No space left on device")
+    real_save_best(pretrained, folder, meta, accelerator)
+
+
 real_put = tracked_run.Run._put
 journaled_after_result = 0
 
@@ -79,6 +94,7 @@ def put(self, record):
 
 checkpoint.CheckpointWriter._write = write
 tracked_run.Run._put = put
+trainer.save_best_model = save_best
 trainer.Trainer._after_step = after_step
 if FAULT == "between-renames":
     checkpoint._exchange = lambda a, b: False
