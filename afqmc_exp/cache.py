@@ -1,6 +1,9 @@
 """Where afqmc-exp keeps what it fetches or builds once and reuses from run to run: ``$AFQMC_EXP_CACHE``,
-else ``~/.cache/afqmc_exp``. It holds the official AFQMC zip (``data``), weights fetched from an MLflow store
-(``fetch``, under ``models/``) and torch.compile's kernels (``model.compile_in_place``, under ``inductor/``).
+else ``~/.cache/afqmc_exp``. It holds the tasks' official archives (``data.download``), the files already
+checked and their tokens (``data.token_cache``, under ``checked/`` and ``tokens/``), weights
+fetched from an MLflow store (``fetch``, under ``models/``) and torch.compile's kernels
+(``model.compile_in_place``, under ``inductor/``). :func:`file_digest` is the one digest of a file's bytes
+that their keys use.
 
 Compiled kernels live here rather than in inductor's default ``/tmp/torchinductor_<user>``: a cluster
 job's ``/tmp`` is often the node's own and wiped after the job, and then every job of a sweep compiles from
