@@ -10,7 +10,10 @@
   checks a store before anything runs (a misspelt scheme, a folder that cannot be written, a damaged
   SQLite file), so a bad one costs one line.
 * Training never waits for the store: the run is created synchronously (it needs an id), and every later
-  write goes through the run's outbox (see ``tracked_run``).
+  write goes through the run's outbox (see ``tracked_run``). A store that is locked or down is then one
+  line from the outbox ("tracking is behind", "caught up"); MLflow's own ERROR line with two SQLAlchemy
+  tracebacks for each failed call (``mlflow.store.db.utils``) is dropped, as the error reaches the caller
+  anyway.
 * Secrets: params come from ``flatten`` (secret-looking keys and passwords inside URIs masked); config
   files are uploaded as masked copies (``log_masked_artifacts``); see ``masking``.
 * The client API (not the fluent ``mlflow.start_run``) is used so that several runs in one process
@@ -231,6 +234,8 @@ class MlflowTracking:
     def client(self):
         from mlflow import MlflowClient
 
+        logging.getLogger("mlflow.store.db.utils").addFilter(_raised_anyway)
+
         # MLflow would print the run's URL straight to stdout when a run ends, credentials included; the run
         # logs its own masked link instead (Run.end)
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -261,6 +266,11 @@ class MlflowTracking:
             log.info("MLflow run %s reopened (metrics logged through step %s)", run_id,
                      max(run.logged_through.values(), default=None))  # fmt: skip
         return run
+
+
+def _raised_anyway(record: logging.LogRecord) -> bool:
+    """Keep MLflow's store log lines except its report of a database error it then raises to its caller."""
+    return not record.getMessage().startswith("SQLAlchemy database error")
 
 
 class _store_lock:

@@ -177,3 +177,22 @@ def test_a_journal_line_cut_short_by_a_kill_is_cut_off_without_doubting_the_jour
     again = tracking.attach(run.run_id, tmp_path)
     assert not again.outbox.doubted and journal.read_text().endswith("\n") and "cannot be read" not in caplog.text
     assert sorted(_resumed_to_the_end(tracking, run, tmp_path)) == list(range(1, 11))
+
+
+def test_mlflows_traceback_for_a_store_error_is_left_to_the_outboxs_one_line(tmp_path):
+    """A store locked mid-run: MLflow logs an ERROR with two SQLAlchemy tracebacks per failed call, then raises
+    to the outbox, which says once that tracking is behind; only MLflow's report of the raised error is dropped."""
+    import logging
+
+    MlflowTracking(uri=f"sqlite:///{tmp_path}/m.db", experiment="e").client()
+    store_log, seen = logging.getLogger("mlflow.store.db.utils"), []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    store_log.addHandler(handler)
+    try:
+        store_log.error("SQLAlchemy database error. The following exception is caught.\n(sqlite3.OperationalError) "
+                        "database is locked", exc_info=(RuntimeError, RuntimeError("locked"), None))  # fmt: skip
+        store_log.warning("Updating database tables")
+    finally:
+        store_log.removeHandler(handler)
+    assert seen == ["Updating database tables"]
