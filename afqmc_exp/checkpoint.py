@@ -121,6 +121,18 @@ class NoSpaceLeft(RuntimeError):
     """The disk filled while a checkpoint or the best weights were written; the previous version is intact."""
 
 
+def disk_full(error: BaseException | None) -> bool:
+    """Whether ``error`` (or what caused it) is a full disk or quota: safetensors and torch.save re-raise the
+    OSError as their own error types, with its text."""
+    while error is not None:
+        if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(error) for text in ("No space left on device", "os error 28", "Disk quota exceeded")):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path):
     """Yield a staging folder; on success it replaces ``target`` atomically (see the module docstring)."""
@@ -134,7 +146,7 @@ def atomic_dir(target: Path):
         yield staging
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)  # a partial copy would only fill the disk further
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        if disk_full(error):
             kept = f"the previous {target.name} is intact" if target.exists() else f"no earlier {target.name} existed"
             raise NoSpaceLeft(f"no space left on the device of {target} while writing it; {kept}. Free some space, "
                               "then resume the run") from None  # fmt: skip
@@ -159,8 +171,11 @@ def has_last_checkpoint(output_dir: Path) -> bool:
 def remove_last_checkpoint(output_dir: Path) -> None:
     """A finished run needs no resume state (it is weights plus twice their size in optimizer state)."""
     folder = Path(output_dir) / LAST_CHECKPOINT
+    link, folder = (folder, folder.resolve()) if folder.is_symlink() else (None, folder)
     for path in (folder, *_companions(folder)):
         shutil.rmtree(path, ignore_errors=True)
+    if link is not None:
+        link.unlink()
 
 
 # ------------------------------------------------------------------------------------------ RNG

@@ -184,9 +184,12 @@ def append_log_to(output_dir: Path, masker: Masker) -> None:
 def report_finished(output_dir: Path, tracking, masker: Masker) -> float:
     """``resume=`` on a run that finished: nothing is trained or rewritten; tracking records its process could
     not deliver (the store was down, or it was killed before closing its MLflow run) are sent now."""
-    from .experiment import complete_record
+    from .experiment import RunInProgress, complete_record
 
-    result, pending = complete_record(output_dir, tracking, masker)
+    try:
+        result, pending = complete_record(output_dir, tracking, masker)
+    except RunInProgress as err:
+        raise SystemExit(f"error: {err}") from None
     run_id = result.get("mlflow_run_id")
     behind = f"; {pending} tracking record(s) still wait for the store" if pending else ""
     log.info(

@@ -118,10 +118,11 @@ class RunInProgress(RuntimeError):
 
 
 @contextlib.contextmanager
-def run_folder_lock(output_dir: Path, accelerator):
+def run_folder_lock(output_dir: Path, accelerator=None):
     """One process per run folder for the run's whole life; a second one is refused before it touches anything.
-    The lock is the operating system's (``flock``): a killed process releases it."""
-    if not accelerator.is_main_process:
+    The lock is the operating system's (``flock``): a killed process releases it. Without ``accelerator``:
+    a single process (completing a finished run's record)."""
+    if accelerator is not None and not accelerator.is_main_process:
         yield
         return
     from filelock import FileLock, Timeout
@@ -260,22 +261,24 @@ def complete_record(output_dir: Path, tracking: MlflowTracking, masker: Masker) 
     What its process journaled is delivered. If it was killed after writing result.json but before its MLflow
     run was closed, the finish is recorded from the run folder (what the journal already holds is not queued
     again) and the run closed FINISHED; nothing in the folder is rewritten."""
+    output_dir = output_dir.absolute()  # as the run's own process wrote its paths into the journal
     saved = json.loads((output_dir / "result.json").read_text())
     run_id = saved.get("mlflow_run_id")
-    mlflow_run = tracking.attach(run_id, output_dir, masker) if run_id else Run(None, None)
-    if mlflow_run.active and not mlflow_run.ended:
-        log.info("%s finished, but its MLflow run %s was never closed: recording its finish from the folder",
-                 output_dir, run_id)  # fmt: skip
-        result = FitResult(saved["best_metric"], saved["best_step"], output_dir / "best_model", saved["steps"],
-                           saved.get("speed", {}))  # fmt: skip
-        final = {k: v for k, v in saved.items() if k.startswith("final/")}
-        mlflow_run.completing = True
-        record_finish(mlflow_run, result, final, saved["metric"], tracking, output_dir)
-        log_log_files(mlflow_run, output_dir)
-        mlflow_run.end("FINISHED")
-    elif mlflow_run.active:
-        mlflow_run.outbox.start()
-        mlflow_run.outbox.drain(tracking.drain_seconds)
+    with run_folder_lock(output_dir):  # not while a process still delivers (or completes) this run
+        mlflow_run = tracking.attach(run_id, output_dir, masker) if run_id else Run(None, None)
+        if mlflow_run.active and not mlflow_run.ended:
+            log.info("%s finished, but its MLflow run %s was never closed: recording its finish from the folder",
+                     output_dir, run_id)  # fmt: skip
+            result = FitResult(saved["best_metric"], saved["best_step"], output_dir / "best_model", saved["steps"],
+                               saved.get("speed", {}))  # fmt: skip
+            final = {k: math.nan if v is None else v for k, v in saved.items() if k.startswith("final/")}  # null: NaN
+            mlflow_run.completing = True
+            record_finish(mlflow_run, result, final, saved["metric"], tracking, output_dir)
+            log_log_files(mlflow_run, output_dir)
+            mlflow_run.end("FINISHED")
+        elif mlflow_run.active:
+            mlflow_run.outbox.start()
+            mlflow_run.outbox.drain(tracking.drain_seconds)
     return saved, mlflow_run.outbox.pending if mlflow_run.active else 0
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -42,7 +43,8 @@ class Outbox:
         self.journal, self.counter = self.folder / "journal.jsonl", self.folder / "sent"
         self.deliver, self.retry_seconds = deliver, retry_seconds
         self.records, unreadable = read_journal(self.journal)
-        self.sent = int(self.counter.read_text()) if self.counter.exists() else 0
+        counted = self.counter.read_text().strip() if self.counter.exists() else "0"
+        self.sent = int(counted) if counted.isdigit() else len(self.records) + 1  # unreadable: doubted
         self.doubted = bool(unreadable) or self.sent > len(self.records)
         if self.doubted:
             self._start_again(unreadable)
@@ -54,17 +56,17 @@ class Outbox:
 
     def _start_again(self, unreadable: list[int]) -> None:
         """A journal that does not add up: kept aside, rewritten from its readable records, all sent again."""
+        why = f"line(s) {', '.join(map(str, unreadable))} cannot be read" if unreadable else \
+            f"it holds {len(self.records)} record(s) but {self.sent} were counted as delivered"  # fmt: skip
+        self.sent = 0
+        self._write_counter()  # first: a kill from here on finds a journal that is sent again whole
         kept = self.journal.with_name("journal.damaged.jsonl")
-        os.replace(self.journal, kept)
+        shutil.copyfile(self.journal, kept)
         tmp = self.journal.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records), encoding="utf-8")
         os.replace(tmp, self.journal)
-        why = f"line(s) {', '.join(map(str, unreadable))} cannot be read" if unreadable else \
-            f"it holds {len(self.records)} record(s) but {self.sent} were counted as delivered"  # fmt: skip
         log.warning("%s: %s; its readable records are sent again (the store keeps each step once); the damaged "
                     "file is kept as %s", self.journal, why, kept)  # fmt: skip
-        self.sent = 0
-        self._write_counter()
 
     @property
     def pending(self) -> int:

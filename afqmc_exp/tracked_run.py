@@ -56,8 +56,9 @@ class Run:
 
     @property
     def ended(self) -> bool:
-        """Whether the journal holds the run's end (its last process got as far as closing it)."""
-        return self.active and any(r["op"] == "end" for r in self.outbox.records)
+        """Whether the journal ends the run: its last status record is an end, not a resume's RUNNING."""
+        states = [r["op"] for r in self.outbox.records if r["op"] in ("end", "status")] if self.active else []
+        return bool(states) and states[-1] == "end"
 
     def _put(self, record: dict) -> None:
         """Queue one write; while ``completing``, one the journal already holds is not queued again (a register
@@ -196,11 +197,14 @@ class Run:
     def store_steps(self) -> dict[str, int]:
         """Per metric, the last step the store holds (for runs logged before the journal existed)."""
         try:
-            keys = self.client.get_run(self.run_id).data.metrics
-            return {key: max(m.step for m in self.client.get_metric_history(self.run_id, key)) for key in keys}
+            return self._read_store_steps()
         except Exception as error:  # noqa: BLE001
             log.warning("could not read the logged steps of run %s (%s)", self.run_id, first_line(error))
             return {}
+
+    def _read_store_steps(self) -> dict[str, int]:
+        keys = self.client.get_run(self.run_id).data.metrics
+        return {key: max(m.step for m in self.client.get_metric_history(self.run_id, key)) for key in keys}
 
     # ------------------------------------------------------------------------------------ delivery (outbox thread)
     def _deliver(self, record: dict, replayed: bool = False) -> None:
@@ -209,8 +213,10 @@ class Run:
         op, client, run_id = record["op"], self.client, self.run_id
         if op == "metrics":
             values = record["metrics"]
-            if replayed:  # possibly delivered already by a process that died before counting it
-                self._store_through = self._store_through if self._store_through is not None else self.store_steps()
+            if replayed:  # possibly delivered already by a process that died before counting it (a store that
+                # does not answer raises here, and the outbox retries)
+                self._store_through = self._store_through if self._store_through is not None else \
+                    self._read_store_steps()  # fmt: skip
                 values = [v for v in values if v[3] > self._store_through.get(v[0], -1)]
             for start in range(0, len(values), 1000):
                 client.log_batch(run_id, metrics=[Metric(*v) for v in values[start : start + 1000]], synchronous=True)
@@ -226,6 +232,8 @@ class Run:
             _log_inputs(client, run_id, record["datasets"])
         elif op == "table" and Path(record["path"]).exists():
             client.log_table(run_id, data=_table(record["path"]), artifact_file=record["artifact_file"])
+        elif op in ("register", "served_model", "transformers_model") and replayed and self._has_model_tag(op):
+            return  # delivered by an earlier process that died before counting it: not a second version
         elif op == "register":
             self._register(record["name"], record["artifact_path"])
         elif op in ("served_model", "transformers_model"):  # the second: journals written before it was renamed
@@ -234,6 +242,11 @@ class Run:
             client.update_run(run_id, status=record["status"])
         elif op == "end":
             client.set_terminated(run_id, status=record["status"])
+
+    def _has_model_tag(self, op: str) -> bool:
+        """Whether the run already carries the tag delivering ``op`` ends with (see _register, _log_served_model)."""
+        tag = "registered_model_version" if op == "register" else "served_model_uri"
+        return tag in self.client.get_run(self.run_id).data.tags
 
     def _register(self, name: str, artifact_path: str) -> None:
         from mlflow.exceptions import MlflowException
@@ -306,6 +319,7 @@ def _log_served_model(tracking_uri: str, run_id: str, folder: str, register_as: 
             client.set_tag(run_id, "registered_model_version", f"{register_as}/{version.version}")
             served = f"models:/{register_as}/{version.version}"
     client.update_run(run_id, status="RUNNING")  # leaving the fluent run ended it; the "end" record closes it
+    client.set_tag(run_id, "served_model_uri", served)  # last: a replay of this record finds it and logs no twin
     log.info("logged model %s%s", info.model_uri, f" (registered as {served})" if served != info.model_uri else "")
     log.info("serve it: MLFLOW_TRACKING_URI=%s mlflow models serve -m %s --env-manager local --port 5001",
              mask_uri(tracking_uri), served)  # fmt: skip

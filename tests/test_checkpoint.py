@@ -64,6 +64,19 @@ def test_a_full_disk_mid_write_keeps_the_previous_version_and_says_so(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model"]  # the partial copy is gone
 
 
+def test_a_full_disk_is_recognised_through_the_errors_safetensors_and_torch_raise():
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as cause:
+            raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0") from cause
+    except RuntimeError as wrapped:
+        assert checkpoint.disk_full(wrapped)
+    assert checkpoint.disk_full(Exception("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                                          'message: "No space left on device" })'))  # fmt: skip
+    assert not checkpoint.disk_full(RuntimeError("CUDA out of memory"))
+
+
 def test_a_symlinked_folder_is_swapped_where_it_points_and_stays_a_link(tmp_path):
     elsewhere, link = tmp_path / "big_disk" / "best_model", tmp_path / "run" / "best_model"
     elsewhere.parent.mkdir()
@@ -73,6 +86,16 @@ def test_a_symlinked_folder_is_swapped_where_it_points_and_stays_a_link(tmp_path
     write_version(link, "2")
     assert link.is_symlink() and (elsewhere / "version.txt").read_text() == "2"
     assert sorted(p.name for p in elsewhere.parent.iterdir()) == ["best_model"]
+
+
+def test_a_finished_run_removes_a_symlinked_last_checkpoint_where_it_points(tmp_path):
+    elsewhere, link = tmp_path / "big_disk" / "last_checkpoint", tmp_path / "run" / "last_checkpoint"
+    elsewhere.parent.mkdir()
+    link.parent.mkdir()
+    write_version(elsewhere, "1")
+    link.symlink_to(elsewhere)
+    checkpoint.remove_last_checkpoint(link.parent)
+    assert not elsewhere.exists() and not link.is_symlink() and not checkpoint.has_last_checkpoint(link.parent)
 
 
 def test_on_linux_a_swap_is_one_atomic_exchange(tmp_path, monkeypatch):

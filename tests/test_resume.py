@@ -252,7 +252,7 @@ def test_a_damaged_checkpoint_is_one_line_and_moved_aside_the_run_starts_over_in
     assert runs[0].info.status == "FINISHED"
 
 
-@pytest.mark.parametrize("journaled", [0, 4])
+@pytest.mark.parametrize("journaled", [0, 4, 8])  # 8: the registry version journaled (and maybe delivered)
 def test_a_run_killed_after_its_result_before_its_mlflow_run_closed_is_completed_by_resume(tmp_path, journaled):
     """Killed once result.json is on disk, with none or some of the finishing records journaled: resume records
     the finish from the run folder (final metrics, files, weights, one registered version) and closes it
@@ -264,6 +264,7 @@ def test_a_run_killed_after_its_result_before_its_mlflow_run_closed_is_completed
     assert killed.returncode == -signal.SIGKILL and (out / "result.json").exists(), killed.stderr[-3000:]
     client, runs = mlflow_runs(tmp_path, "afqmc")
     assert runs[0].info.status == "RUNNING" and "final/dev_accuracy" not in runs[0].data.metrics
+    assert ('"op": "register"' in (out / ".tracking" / "journal.jsonl").read_text()) == (journaled == 8)
     files = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and ".tracking" not in p.parts}
     resumed = run_command([sys.executable, REPO / "train.py", f"resume={out}"], cwd=tmp_path, env=ENV)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
