@@ -161,15 +161,20 @@ def test_checkpoints_by_the_clock_are_taken_at_logged_steps(tmp_path, monkeypatc
     assert steps == [6]
 
 
-def test_a_background_write_that_fails_is_raised_in_training(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("raised", "said"),
+    [(OSError(5, "Input/output error"), "writing the checkpoint in .* failed: .*Input/output error"),
+     (OSError(28, "No space left on device"), "no space left on the device of .*last_checkpoint while writing it")],
+)  # fmt: skip
+def test_a_background_write_that_fails_is_raised_in_training(tmp_path, monkeypatch, raised, said):
     from afqmc_exp import checkpoint
 
     def broken(*args, **kwargs):
-        raise OSError("No space left on device")
+        raise raised
 
     monkeypatch.setattr(checkpoint.torch, "save", broken)
     trainer, _ = make_trainer(tmp_path, epochs=1, checkpoint_every=2, checkpoint_in_background=True)
-    with pytest.raises(RuntimeError, match="No space left on device"):
+    with pytest.raises(RuntimeError, match=said):
         trainer.fit()
 
 
