@@ -5,7 +5,7 @@ the groups and README.md for recipes. Returns the best dev value of trainer.metr
 optimise.
 """
 
-from afqmc_exp.cli import train_main
+from afqmc_exp.commands.train import train_main
 
 if __name__ == "__main__":
     train_main()

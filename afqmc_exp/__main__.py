@@ -4,10 +4,10 @@
 import sys
 
 COMMANDS = {
-    "train": ("afqmc_exp.cli", "train_main"),
-    "evaluate": ("afqmc_exp.commands", "evaluate_main"),
-    "predict": ("afqmc_exp.commands", "predict_main"),
-    "report": ("afqmc_exp.report", "main"),
+    "train": ("afqmc_exp.commands.train", "train_main"),
+    "evaluate": ("afqmc_exp.commands.score", "evaluate_main"),
+    "predict": ("afqmc_exp.commands.score", "predict_main"),
+    "report": ("afqmc_exp.commands.report", "main"),
 }
 
 

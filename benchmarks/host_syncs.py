@@ -30,10 +30,10 @@ def trainer_for(args, output_dir: Path):
     import yaml
 
     from afqmc_exp.data import PairData
-    from afqmc_exp.hardware import build_accelerator
     from afqmc_exp.model import load_pair_classifier, prepare_for_device
-    from afqmc_exp.optim import adamw, schedule
-    from afqmc_exp.trainer import Trainer, TrainerConfig
+    from afqmc_exp.training.hardware import build_accelerator
+    from afqmc_exp.training.optim import adamw, schedule
+    from afqmc_exp.training.trainer import Trainer, TrainerConfig
 
     options = {"max_steps": args.steps, "log_every": args.steps, "checkpoint_minutes": None, "progress_bar": False}
     model_options = {}

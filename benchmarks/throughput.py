@@ -87,7 +87,7 @@ def gpu_busy(step, steps: int) -> float:
     from torch.profiler import ProfilerActivity, profile
 
     sys.path.insert(0, str(REPO))
-    from afqmc_exp.profiling import device_seconds
+    from afqmc_exp.training.profiling import device_seconds
 
     synchronize("cuda" if torch.cuda.is_available() else "cpu")
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -281,7 +281,7 @@ def hf_trainer(args) -> dict:
     trainer.train()
     if args.busy:
         sys.path.insert(0, str(REPO))
-        from afqmc_exp.profiling import device_seconds
+        from afqmc_exp.training.profiling import device_seconds
 
         clock.profiler.stop()
         return {"gpu_busy": device_seconds(clock.profiler) / (clock.ended - clock.profile_started)}
@@ -586,7 +586,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = f"sqlite:///{tmp}/mlflow.db"
         sys.path.insert(0, str(REPO))
-        from afqmc_exp.tracking import MlflowTracking
+        from afqmc_exp.tracking.config import MlflowTracking
 
         MlflowTracking(uri=store, experiment="benchmark").start({}, {}, Path(tmp)).end()  # create the store once
         results = {}

@@ -3,9 +3,9 @@ typo gets the closest argument; a wrong value is one line."""
 
 import pytest
 
-from afqmc_exp.arguments import parse_args
-from afqmc_exp.commands import EvaluateArgs, PredictArgs
-from afqmc_exp.report import ReportArgs
+from afqmc_exp.commands.arguments import parse_args
+from afqmc_exp.commands.report import ReportArgs
+from afqmc_exp.commands.score import EvaluateArgs, PredictArgs
 
 
 @pytest.mark.parametrize("schema", [EvaluateArgs, PredictArgs, ReportArgs])

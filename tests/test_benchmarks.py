@@ -40,7 +40,7 @@ def test_host_syncs_counts_what_a_step_reads_on_the_host(tmp_path, monkeypatch, 
     mask (transformers' ``mask.all()``)."""
     import host_syncs
 
-    from afqmc_exp import trainer as trainer_module
+    from afqmc_exp.training import trainer as trainer_module
 
     pretrained = tiny_pretrained(tmp_path / "tiny")
     pretrained.model.save_pretrained(tmp_path / "tiny")

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from afqmc_exp import checkpoint
-from afqmc_exp.checkpoint import load_last_checkpoint
+from afqmc_exp.training import checkpoint
+from afqmc_exp.training.checkpoint import load_last_checkpoint
 
 
 def test_resume_never_unpickles_code(tmp_path):
@@ -30,7 +30,7 @@ def test_resume_never_unpickles_code(tmp_path):
         def unwrap_model(self, m):
             return m
 
-    from afqmc_exp.checkpoint import CheckpointDamaged
+    from afqmc_exp.training.checkpoint import CheckpointDamaged
 
     with pytest.raises(CheckpointDamaged, match="the last checkpoint is damaged .*Weights only load failed") as refused:
         load_last_checkpoint(folder, model, None, None, Plain())
@@ -182,7 +182,7 @@ def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path):
 
     from accelerate import Accelerator
 
-    from afqmc_exp.experiment import RunInProgress, run_folder_lock
+    from afqmc_exp.training.run import RunInProgress, run_folder_lock
 
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); "

@@ -11,11 +11,11 @@ from importlib.metadata import entry_points
 
 import pytest
 
-from afqmc_exp.tracking import MlflowTracking
+from afqmc_exp.tracking.config import MlflowTracking
 from helpers import REPO, tiny_pretrained
 
 SCRIPTS = {ep.name: ep for ep in entry_points(group="console_scripts") if ep.name.startswith("afqmc-")}
-SAMPLE_DEV = REPO / "afqmc_exp" / "sample_data" / "dev.json"
+SAMPLE_DEV = REPO / "afqmc_exp" / "data" / "quickstart" / "dev.json"
 
 
 def exit_status(name: str, argv: list[str], monkeypatch) -> int:
@@ -88,8 +88,8 @@ def test_a_ckpt_that_is_not_weights_says_what_it_is(weights, tmp_path, monkeypat
 
 @pytest.mark.parametrize("value", ["results/preds #2.jsonl", "a: b", "${oops}", "how do I repay #urgent"])
 def test_a_text_argument_is_taken_as_written(value):
-    from afqmc_exp.arguments import parse_args
-    from afqmc_exp.commands import PredictArgs
+    from afqmc_exp.commands.arguments import parse_args
+    from afqmc_exp.commands.score import PredictArgs
 
     args = parse_args(PredictArgs, ["ckpt=x", f"sentence1={value}", f"out={value}", "batch_size=4"], "afqmc-predict")
     assert (args.sentence1, args.out, args.batch_size) == (value, value, 4)

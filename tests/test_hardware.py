@@ -2,7 +2,7 @@
 
 import torch
 
-from afqmc_exp import hardware
+from afqmc_exp.training import hardware
 
 
 def test_mixed_precision_that_would_not_pay_on_this_cpu_is_named(fresh_accelerate_state, caplog, monkeypatch):
@@ -32,7 +32,7 @@ def test_parallel_sweep_jobs_are_spread_over_the_gpus(monkeypatch):
     count and set_device are stated, as CUDA would answer them)."""
     import torch
 
-    from afqmc_exp.hardware import pin_parallel_job
+    from afqmc_exp.training.hardware import pin_parallel_job
 
     chosen = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -49,7 +49,7 @@ def test_the_time_to_the_first_step_counts_from_the_interpreter_not_the_shell_it
     import subprocess
     import sys
 
-    code = "from afqmc_exp.hardware import seconds_since_start; print(seconds_since_start())"
+    code = "from afqmc_exp.training.hardware import seconds_since_start; print(seconds_since_start())"
     shown = subprocess.run(["bash", "-c", f"sleep 3 && exec {sys.executable} -c '{code}'"], capture_output=True,
                            text=True, timeout=60)  # fmt: skip
     assert 0 < float(shown.stdout) < 2.5, shown.stderr  # the shell's 3 s before python are not counted

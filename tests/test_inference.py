@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from afqmc_exp.hardware import build_accelerator
-from afqmc_exp.inference import model_inputs, predict
 from afqmc_exp.model import enable_cls_only_last_layer
+from afqmc_exp.training.hardware import build_accelerator
+from afqmc_exp.training.inference import model_inputs, predict
 from helpers import tiny_bert_config
 
 

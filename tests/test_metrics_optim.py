@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from afqmc_exp.metrics import classification_metrics, roc_auc
-from afqmc_exp.optim import adamw, parameter_groups, schedule
+from afqmc_exp.training.optim import adamw, parameter_groups, schedule
 
 
 def binary(prob_positive) -> np.ndarray:
@@ -128,7 +128,7 @@ def test_result_json_writes_undefined_metrics_as_null():
     import json
     import math
 
-    from afqmc_exp.experiment import json_dumps
+    from afqmc_exp.training.run import json_dumps
 
     text = json_dumps({"auc": float("nan"), "speed": {"x": math.inf}, "values": [1.0, float("nan")]})
     assert json.loads(text) == {"auc": None, "speed": {"x": None}, "values": [1.0, None]}
@@ -137,7 +137,7 @@ def test_result_json_writes_undefined_metrics_as_null():
 def test_a_dev_set_with_one_label_refuses_auc_and_warns_otherwise(caplog, tmp_path):
     from afqmc_exp.data import CheckedFile, DataError, ReadSpec
     from afqmc_exp.data.formats import FileStats
-    from afqmc_exp.experiment import check_dev_labels
+    from afqmc_exp.training.run import check_dev_labels
 
     def dev(counts):
         return CheckedFile(tmp_path / "dev.json", "0", FileStats(sum(counts), True, counts), ReadSpec(), True)

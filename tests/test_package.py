@@ -28,7 +28,9 @@ def test_the_wheel_installs_and_trains_outside_the_checkout(tmp_path):
     assert installed.returncode == 0, installed.stderr[-3000:]
     work = tmp_path / "elsewhere"
     work.mkdir()
-    where = run_command([python, "-c", "import afqmc_exp.cli as c; print(c.__file__, c.config_dir())"], cwd=work)
+    where = run_command(
+        [python, "-c", "import afqmc_exp.commands.train as c; print(c.__file__, c.config_dir())"], cwd=work
+    )
     assert str(env_dir) in where.stdout and str(REPO) not in where.stdout, where.stdout + where.stderr
     trained = run_command([env_dir / "bin" / "afqmc-train", "experiment=quickstart", "trainer.max_steps=4",
                            "tracking.log_weights=false"], cwd=work, timeout=900)  # fmt: skip
@@ -39,7 +41,7 @@ def test_the_wheel_installs_and_trains_outside_the_checkout(tmp_path):
         helped = run_command([env_dir / "bin" / command, "--help"], cwd=work)
         assert helped.returncode == 0 and ("ckpt=" in helped.stdout or "experiment=" in helped.stdout), command
     # each installed script exits 0 on success (scripts exit with what their entry point returns) and 1 on a typo
-    best, dev = next(work.glob("outputs/*/*/best_model")), REPO / "afqmc_exp" / "sample_data" / "dev.json"
+    best, dev = next(work.glob("outputs/*/*/best_model")), REPO / "afqmc_exp" / "data" / "quickstart" / "dev.json"
     for command, args in (("afqmc-predict", [f"ckpt={best}", "sentence1=how do i repay", "sentence2=can i repay"]),
                           ("afqmc-evaluate", [f"ckpt={best}", f"file={dev}"]), ("afqmc-report", [])):  # fmt: skip
         done = run_command([env_dir / "bin" / command, *args], cwd=work)
@@ -51,6 +53,8 @@ def test_the_wheel_installs_and_trains_outside_the_checkout(tmp_path):
 
 
 def test_weights_logged_to_a_server_are_downloaded_once_then_cached(tmp_path, monkeypatch):
+    from afqmc_exp.tracking import stored_weights
+
     port = free_port()
     store = [f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts")]
     server = start_mlflow("server", store[0], tmp_path, port, *store[1:])
@@ -63,9 +67,8 @@ def test_weights_logged_to_a_server_are_downloaded_once_then_cached(tmp_path, mo
         assert trained.returncode == 0, trained.stderr[-3000:]
         run_id = (out / "mlflow_run_id").read_text().strip()
         monkeypatch.setenv("AFQMC_EXP_CACHE", str(tmp_path / "cache"))
-        from afqmc_exp import fetch
 
-        first = fetch.local_weights(f"runs:/{run_id}/best_model", url)
+        first = stored_weights.local_weights(f"runs:/{run_id}/best_model", url)
         assert first == tmp_path / "cache" / "models" / "runs" / run_id / "best_model"
         assert (first / "model.safetensors").exists()
 
@@ -73,9 +76,9 @@ def test_weights_logged_to_a_server_are_downloaded_once_then_cached(tmp_path, mo
             raise AssertionError("downloaded again")
 
         monkeypatch.setattr("mlflow.artifacts.download_artifacts", no_download)
-        assert fetch.local_weights(f"runs:/{run_id}/best_model", url) == first
-        with pytest.raises(fetch.FetchError, match=r"^ckpt=runs:/deadbeef/best_model: .*\(store: http"):
-            fetch.local_weights("runs:/deadbeef/best_model", url)
+        assert stored_weights.local_weights(f"runs:/{run_id}/best_model", url) == first
+        with pytest.raises(stored_weights.FetchError, match=r"^ckpt=runs:/deadbeef/best_model: .*\(store: http"):
+            stored_weights.local_weights("runs:/deadbeef/best_model", url)
         said = run_command([sys.executable, str(REPO / "predict.py"), "ckpt=models:/nothing/1", "sentence1=a",
                             "sentence2=b", f"tracking_uri={url}"], cwd=tmp_path, env=OFFLINE)  # fmt: skip
         assert said.returncode == 1 and said.stderr.startswith("error: ckpt=models:/nothing/1")

@@ -1,11 +1,11 @@
-"""python -m afqmc_exp.report on a store with a small sweep: ordering, seed pooling, files and plots."""
+"""python -m afqmc_exp.commands.report on a store with a small sweep: ordering, seed pooling, files and plots."""
 
 import json
 
 import pytest
 
-from afqmc_exp.report import main
-from afqmc_exp.tracking import MlflowTracking
+from afqmc_exp.commands.report import main
+from afqmc_exp.tracking.config import MlflowTracking
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def test_experiment_report_leaves_out_sweep_parents(store, tmp_path):
 
 
 def test_without_an_experiment_the_latest_one_is_reported_and_the_others_named(store, tmp_path, capsys):
-    from afqmc_exp.tracking import MlflowTracking
+    from afqmc_exp.tracking.config import MlflowTracking
 
     uri, _ = store
     later = MlflowTracking(uri=uri, experiment="quickstart", run_name="q").start(
@@ -94,7 +94,7 @@ def test_without_an_experiment_the_latest_one_is_reported_and_the_others_named(s
 
 
 def test_the_sample_standard_deviation_and_a_stated_tie_rule(tmp_path):
-    from afqmc_exp.report import by_config, rows_of, varying_params
+    from afqmc_exp.tracking.comparison import by_config, rows_of, varying_params
 
     def run(name, lr, seed, objective, loss, started):
         info = type("Info", (), {"run_name": name, "run_id": name, "status": "FINISHED", "start_time": started})

@@ -294,3 +294,41 @@ def test_a_full_disk_while_writing_better_weights_is_one_line_and_the_run_resume
     assert runs[0].info.status == "FAILED"
     resumed = run_command([sys.executable, REPO / "train.py", f"resume={out}"], cwd=tmp_path, env=ENV)
     assert resumed.returncode == 0 and (out / "result.json").exists(), resumed.stderr[-3000:]
+
+
+OLD_TARGETS = {  # as configs saved before afqmc_exp's modules moved into folders name them
+    "afqmc_exp.training.optim.": "afqmc_exp.optim.",
+    "afqmc_exp.training.trainer.": "afqmc_exp.trainer.",
+    "afqmc_exp.training.regularizers.": "afqmc_exp.regularizers.",
+    "afqmc_exp.tracking.config.": "afqmc_exp.tracking.",
+}
+
+
+def test_a_run_saved_before_the_modules_moved_resumes_and_reruns(tmp_path):
+    out = tmp_path / "run"
+    proc = start(tmp_path, *COMMON, "trainer.max_steps=4", "trainer.eval_every=null", f"hydra.run.dir={out}")
+    wait_for(out / "last_checkpoint" / "trainer_state.pt", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    saved = out / ".hydra" / "config.yaml"
+    text = saved.read_text()
+    for new, old in OLD_TARGETS.items():
+        assert f"_target_: {new}" in text, new
+        text = text.replace(f"_target_: {new}", f"_target_: {old}")
+    saved.write_text(text)
+    resume = [sys.executable, str(REPO / "train.py"), f"resume={out}", f"hydra.run.dir={tmp_path / 'logs'}"]
+    resumed = subprocess.run(resume, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "a config saved before afqmc_exp's modules moved: afqmc_exp.optim.adamw -> afqmc_exp.training.optim.adamw" \
+        in (out / "train.log").read_text()  # fmt: skip
+    client, runs = mlflow_runs(tmp_path, "afqmc")
+    (run,) = runs
+    assert run.info.status == "FINISHED"
+    logged = client.download_artifacts(run.info.run_id, "hydra/config.yaml", str(tmp_path))
+    assert "_target_: afqmc_exp.optim.adamw" in open(logged).read()  # the run's config as it was saved
+    again = subprocess.run([sys.executable, str(REPO / "train.py"), f"rerun={run.info.run_id}",
+                            f"hydra.run.dir={tmp_path / 'rerun'}"], cwd=tmp_path, env=ENV, capture_output=True,
+                           text=True, timeout=600)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    rerun = [r for r in mlflow_runs(tmp_path, "afqmc")[1] if r.data.tags.get("rerun_of") == run.info.run_id]
+    assert len(rerun) == 1 and rerun[0].info.status == "FINISHED"

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from afqmc_exp.schema import ConfigError, validate
+from afqmc_exp.commands.schema import ConfigError, validate
 from helpers import AFQMC, REPO, compose, run_command
 
 BASE = ["model=minilm", f"data.dir={AFQMC}"]
@@ -20,7 +20,7 @@ BAD = [
     ("max_length over the model", ["data.max_length=1024"], r"data.max_length=1024: the model takes at most 512"),
     ("missing data.dir", ["data.dir=null"], r"data.dir=None: must name the folder"),
     ("warmup ratio", ["scheduler.warmup_ratio=1.5"], r"scheduler.warmup_ratio=1.5: must be in \[0, 1\)"),
-    ("unknown key", ["+optim.lrr=1e-5"], r"optim.lrr: unknown key for afqmc_exp.optim.adamw; known keys: .*lr"),
+    ("unknown key", ["+optim.lrr=1e-5"], r"optim.lrr: unknown key for afqmc_exp.training.optim.adamw; known keys: .*lr"),  # noqa: E501
     ("fgm epsilon", ["regularizer=fgm", "regularizer.epsilon=0"], r"regularizer.epsilon=0: must be > 0"),
     ("ema decay", ["trainer.ema_decay=1.5"], r"trainer.ema_decay=1.5: must be in \(0, 1\)"),
     ("threshold", ["trainer.threshold=best"], r"trainer.threshold='best': expected float, or one of tune"),
@@ -70,7 +70,7 @@ def test_bad_overrides_are_named_with_the_fix(overrides, message):
 @pytest.mark.parametrize("key,value,choices", CHOICES, ids=[c[0] for c in CHOICES])
 def test_a_bad_choice_exits_with_one_line_and_leaves_no_run(tmp_path, key, value, choices):
     """Checked before any model loads or MLflow run opens (these used to fail only inside their factory)."""
-    from afqmc_exp.cli import train_from_config
+    from afqmc_exp.commands.train import train_from_config
 
     with pytest.raises(SystemExit) as stop:
         train_from_config(compose(BASE + [f"{key}={value}"], tmp_path))
@@ -167,7 +167,7 @@ def test_a_tokenizer_that_does_not_belong_to_the_model_is_refused(tmp_path):
 
 
 def test_resume_and_rerun_together_are_refused(tmp_path):
-    from afqmc_exp.cli import train_from_config
+    from afqmc_exp.commands.train import train_from_config
 
     with pytest.raises(SystemExit, match="resume= and rerun= together"):
         train_from_config(compose(BASE + ["resume=somewhere", "rerun=abc123"], tmp_path))

@@ -83,7 +83,7 @@ def test_a_crashing_sweep_still_closes_its_parent_failed(tmp_path, afqmc_dir):
 
 
 def test_a_k_fold_sweep_pools_out_of_fold_predictions_for_every_pair_once(tmp_path):
-    from afqmc_exp.resolvers import SAMPLE_DIR
+    from afqmc_exp.data.quickstart_sample import SAMPLE_DIR
 
     cmd = [sys.executable, str(REPO / "train.py"), "--multirun", *SHORT_RUN, f"data.dir={SAMPLE_DIR}",
            "data.folds=3", "data.fold=0,1,2", "trainer.max_steps=3", "trainer.threshold=tune",

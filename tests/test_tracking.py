@@ -3,7 +3,8 @@
 import subprocess
 import sys
 
-from afqmc_exp.tracking import MlflowTracking, flatten, resolve_uri
+from afqmc_exp.tracking.config import MlflowTracking, flatten
+from afqmc_exp.tracking.store import resolve_uri
 
 
 def test_relative_sqlite_store_resolves_against_the_launch_dir(tmp_path, monkeypatch):
@@ -14,7 +15,8 @@ def test_relative_sqlite_store_resolves_against_the_launch_dir(tmp_path, monkeyp
 
 
 def test_one_default_store_for_every_command(monkeypatch):
-    from afqmc_exp.tracking import MlflowTracking, default_uri
+    from afqmc_exp.tracking.config import MlflowTracking
+    from afqmc_exp.tracking.store import default_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert default_uri() == MlflowTracking().uri == "sqlite:///mlflow.db"
@@ -24,7 +26,7 @@ def test_one_default_store_for_every_command(monkeypatch):
 
 def test_flatten_uses_dotted_keys_yaml_values_no_plumbing_and_masks_secrets():
     tree = {
-        "optim": {"_target_": "afqmc_exp.optim.adamw", "_partial_": True, "lr": 2e-5, "betas": [0.9, 0.99]},
+        "optim": {"_target_": "afqmc_exp.training.optim.adamw", "_partial_": True, "lr": 2e-5, "betas": [0.9, 0.99]},
         "tracking": {"api_token": "abc", "password": None, "uri": "postgresql://team:s3cret@db:5432/mlflow"},
         "data": {"test_file": None, "download": True},
         "hub_password": "x",
@@ -59,7 +61,7 @@ def test_run_logs_params_tags_metrics_and_status(tmp_path):
 WRITER = """
 import sys, tempfile
 from pathlib import Path
-from afqmc_exp.tracking import MlflowTracking
+from afqmc_exp.tracking.config import MlflowTracking
 run = MlflowTracking(uri=sys.argv[1], experiment="race", flush_every=50).start(
     {"worker": sys.argv[2], **{f"p{i}": str(i) for i in range(120)}}, {}, Path(tempfile.mkdtemp()))
 for step in range(300):
@@ -112,7 +114,7 @@ def test_a_busy_store_is_waited_for_and_never_called_damaged(tmp_path, monkeypat
     import sqlite3
     import threading
 
-    from afqmc_exp import tracking
+    from afqmc_exp.tracking import store as tracking_store
 
     path = tmp_path / "mlflow.db"
     with sqlite3.connect(path) as db:
@@ -121,11 +123,11 @@ def test_a_busy_store_is_waited_for_and_never_called_damaged(tmp_path, monkeypat
     holder.execute("BEGIN EXCLUSIVE")
     threading.Timer(2.5, holder.rollback).start()  # the other process lets go while the check waits
     caplog.set_level("WARNING")
-    assert tracking.store_problems(f"sqlite:///{path}") == []
+    assert tracking_store.store_problems(f"sqlite:///{path}") == []
     assert caplog.text.count("the store is busy") == 1
     holder.execute("BEGIN EXCLUSIVE")
-    monkeypatch.setattr(tracking, "BUSY_WAIT_S", 2.0)
-    (problem,) = tracking.store_problems(f"sqlite:///{path}")
+    monkeypatch.setattr(tracking_store, "BUSY_WAIT_S", 2.0)
+    (problem,) = tracking_store.store_problems(f"sqlite:///{path}")
     assert "stayed locked by another process for 2 s" in problem and "is damaged" not in problem
     holder.rollback()
 

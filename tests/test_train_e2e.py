@@ -184,7 +184,7 @@ def test_predict_py_writes_one_line_per_pair_with_the_ids(cli_run, afqmc_dir, tm
 
 def write_easy_set(folder, seed=0):
     """Identical questions (label 1) vs two unrelated questions (label 0)."""
-    from afqmc_exp.sample import INTENTS, PRODUCTS
+    from afqmc_exp.data.quickstart_sample import INTENTS, PRODUCTS
 
     sentences = sorted({t.format(p=p) for ts in INTENTS.values() for t in ts for p in PRODUCTS})
     rng = random.Random(seed)
@@ -203,7 +203,7 @@ def write_easy_set(folder, seed=0):
 def test_learns_an_easy_set(tmp_path, precision, fresh_accelerate_state):
     from safetensors import safe_open
 
-    from afqmc_exp.hardware import cpu_has_native_bf16
+    from afqmc_exp.training.hardware import cpu_has_native_bf16
 
     if precision == "bf16" and not cpu_has_native_bf16():
         pytest.skip("this CPU has no native bf16 (AVX512-BF16/AMX): emulated bf16 would take far too long")

@@ -8,12 +8,12 @@ from functools import partial
 import pytest
 import torch
 
-from afqmc_exp import trainer as trainer_module
-from afqmc_exp.checkpoint import has_last_checkpoint, read_meta
 from afqmc_exp.data import LengthGroupedBatchSampler, PairData
-from afqmc_exp.hardware import build_accelerator
-from afqmc_exp.optim import adamw, schedule
-from afqmc_exp.trainer import NonFiniteLossError, Trainer, TrainerConfig, TrainingWindow, optimizer_steps
+from afqmc_exp.training import trainer as trainer_module
+from afqmc_exp.training.checkpoint import has_last_checkpoint, read_meta
+from afqmc_exp.training.hardware import build_accelerator
+from afqmc_exp.training.optim import adamw, schedule
+from afqmc_exp.training.trainer import NonFiniteLossError, Trainer, TrainerConfig, TrainingWindow, optimizer_steps
 from helpers import REPO, HostSyncs, pairs_split, tiny_pairs, tiny_pretrained
 
 
@@ -102,10 +102,12 @@ def make_trainer(tmp_path, lr=1e-3, n_train=37, dropout=0.1, pad_to_multiple_of=
 
 
 def test_fit_logs_evaluates_once_per_epoch_and_keeps_the_best_weights(tmp_path, caplog):
-    caplog.set_level("INFO", logger="afqmc_exp.progress")
+    caplog.set_level("INFO", logger="afqmc_exp.training.progress")
     trainer, logged = make_trainer(tmp_path, epochs=2, log_every=3)
     result = trainer.fit()
-    lines = [r.getMessage() for r in caplog.records if r.name == "afqmc_exp.progress"]  # a redirected log's progress
+    lines = [
+        r.getMessage() for r in caplog.records if r.name == "afqmc_exp.training.progress"
+    ]  # a redirected log's progress
     assert [line.split(" (")[0] for line in lines] == [f"step {s}/20" for s in (3, 6, 9, 12, 15, 18, 20)]
     assert re.fullmatch(r"step 3/20 \(15%\) loss \d+\.\d{4} lr \d\.\d\de-\d\d \d+ pairs/s eta \dm\d\ds", lines[0])
     assert result.steps == 20 and trainer.total_steps == 20
@@ -167,7 +169,7 @@ def test_checkpoints_by_the_clock_are_taken_at_logged_steps(tmp_path, monkeypatc
      (OSError(28, "No space left on device"), "no space left on the device of .*last_checkpoint while writing it")],
 )  # fmt: skip
 def test_a_background_write_that_fails_is_raised_in_training(tmp_path, monkeypatch, raised, said):
-    from afqmc_exp import checkpoint
+    from afqmc_exp.training import checkpoint
 
     def broken(*args, **kwargs):
         raise raised
@@ -318,7 +320,7 @@ def test_a_best_model_left_between_two_renames_is_put_back_when_the_run_goes_on(
     ["fgm", "pgd", "rdrop"],
 )
 def test_each_regularizer_trains_with_gradient_accumulation(tmp_path, regularizer):
-    from afqmc_exp.regularizers import FGM, PGD, RDrop
+    from afqmc_exp.training.regularizers import FGM, PGD, RDrop
 
     chosen = {"fgm": FGM(epsilon=0.5), "pgd": PGD(epsilon=0.5, alpha=0.2, steps=2), "rdrop": RDrop(alpha=1.0)}
     trainer, logged = make_trainer(tmp_path, epochs=1, grad_accumulation=2, log_every=1)
@@ -363,13 +365,13 @@ def test_the_progress_line_stays_off_a_terminal_that_draws_the_bar(caplog):
     import io
     import logging
 
-    from afqmc_exp.progress import Progress, duration, terminal_handlers
+    from afqmc_exp.training.progress import Progress, duration, terminal_handlers
 
     class Terminal(io.StringIO):
         def isatty(self):
             return True
 
-    caplog.set_level("INFO", logger="afqmc_exp.progress")
+    caplog.set_level("INFO", logger="afqmc_exp.training.progress")
     terminal, file = logging.StreamHandler(Terminal()), logging.StreamHandler(io.StringIO())
     root = logging.getLogger()
     root.addHandler(terminal), root.addHandler(file)

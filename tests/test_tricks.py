@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from afqmc_exp.regularizers import FGM, PGD, NoRegularizer, RDrop, rdrop_terms
+from afqmc_exp.training.regularizers import FGM, PGD, NoRegularizer, RDrop, rdrop_terms
 
 
 class Tiny(torch.nn.Module):
@@ -125,7 +125,7 @@ def test_rdrop_loss_is_its_formula():
 
 # ------------------------------------------------------------------------------------ EMA
 def test_ema_after_k_steps_is_its_closed_form():
-    from afqmc_exp.ema import WeightAverage
+    from afqmc_exp.training.ema import WeightAverage
 
     weight = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
     model = torch.nn.Module()
@@ -149,7 +149,7 @@ def test_ema_after_k_steps_is_its_closed_form():
 def test_layer_wise_rates_decay_downwards_and_the_head_has_its_own():
     from transformers import BertForSequenceClassification
 
-    from afqmc_exp.optim import adamw
+    from afqmc_exp.training.optim import adamw
     from helpers import tiny_bert_config
 
     model = BertForSequenceClassification(tiny_bert_config(40))  # 2 layers
@@ -187,7 +187,7 @@ def test_the_tuned_threshold_maximises_f1():
 def test_a_trial_clearly_worse_than_the_others_is_pruned(tmp_path):
     import optuna
 
-    from afqmc_exp.pruning import trial_reporter
+    from afqmc_exp.tracking.pruning import trial_reporter
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
@@ -242,7 +242,7 @@ def test_k_folds_cover_each_pair_once_stratified_and_fixed_by_their_seed(tmp_pat
 def test_an_ensemble_scores_the_mean_of_its_members(tmp_path, capsys):
     import json
 
-    from afqmc_exp.commands import predict_main
+    from afqmc_exp.commands.score import predict_main
     from helpers import tiny_pretrained
 
     members = []

@@ -11,7 +11,7 @@ installs cleanly with a current Optuna.
   its search's heartbeat has stopped for a minute (a killed search); two searches on one storage (a second
   terminal, a requeued job) leave each other's trials alone, each counting the other's as taken.
 * A trial whose job raises or returns NaN is told to Optuna as FAIL and the search goes on.
-* Pruning (``pruner``: median, hyperband, threshold or none; see ``afqmc_exp.pruning``): each job is told
+* Pruning (``pruner``: median, hyperband, threshold or none; see ``afqmc_exp.tracking.pruning``): each job is told
   its trial (``+optuna.storage/study/trial/pruner``), reports its dev metric at every evaluation and stops
   when the pruner says so; the trial is told PRUNED.
 * The direction follows ``trainer.metric`` (maximise f1/accuracy/auc, minimise loss) unless set.
@@ -179,7 +179,7 @@ class AfqmcOptunaSweeper(Sweeper):
         import optuna
 
         from afqmc_exp.metrics import GREATER_IS_BETTER
-        from afqmc_exp.tracking import resolve_uri  # a relative sqlite:/// path means where you started
+        from afqmc_exp.tracking.store import resolve_uri  # a relative sqlite:/// path means where you started
 
         direction = self.direction or ("maximize" if GREATER_IS_BETTER[self.config.trainer.metric] else "minimize")
         storage = optuna.storages.RDBStorage(resolve_uri(self.storage), heartbeat_interval=HEARTBEAT_S,
@@ -196,7 +196,7 @@ class AfqmcOptunaSweeper(Sweeper):
         """What a job needs to report to its trial: where the study is, which trial, and the pruner."""
         if not self.pruner or self.pruner.get("type", "none") == "none":
             return []
-        from afqmc_exp.tracking import resolve_uri
+        from afqmc_exp.tracking.store import resolve_uri
 
         pruner = ",".join(f"{k}:{v}" for k, v in self.pruner.items())
         return [f"+optuna.storage='{resolve_uri(self.storage)}'", f"+optuna.study='{self.study_name}'",

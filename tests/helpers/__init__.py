@@ -57,7 +57,7 @@ def compose(overrides: list[str], tmp_path: Path | None = None):
 
 def train(overrides: list[str], tmp_path: Path) -> float:
     """A real training run, in-process, as `python train.py <overrides>` would do it."""
-    from afqmc_exp.cli import train_from_config
+    from afqmc_exp.commands.train import train_from_config
 
     return train_from_config(compose(overrides, tmp_path))
 

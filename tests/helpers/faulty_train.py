@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from afqmc_exp import checkpoint, tracked_run, trainer
+from afqmc_exp.tracking import mlflow_run
+from afqmc_exp.training import checkpoint, trainer
 
 FAULT, AT = sys.argv[1], int(sys.argv[2])
 sys.argv = [sys.argv[0], *sys.argv[3:]]
@@ -78,7 +79,7 @@ def save_best(pretrained, folder, meta, accelerator):
     real_save_best(pretrained, folder, meta, accelerator)
 
 
-real_put = tracked_run.Run._put
+real_put = mlflow_run.Run._put
 journaled_after_result = 0
 
 
@@ -93,7 +94,7 @@ def put(self, record):
 
 
 checkpoint.CheckpointWriter._write = write
-tracked_run.Run._put = put
+mlflow_run.Run._put = put
 trainer.save_best_model = save_best
 trainer.Trainer._after_step = after_step
 if FAULT == "between-renames":

@@ -6,7 +6,7 @@ import sys
 from accelerate.utils import gather_object
 
 from afqmc_exp.data import make_loader
-from afqmc_exp.hardware import build_accelerator
+from afqmc_exp.training.hardware import build_accelerator
 from helpers import token_split
 
 n, batch_size = int(sys.argv[1]), int(sys.argv[2])

@@ -1,8 +1,8 @@
 """Small samples of every task, written by the tests in the task's official format with its pitfalls: "-" labels,
 header lines, unlabelled 2-column test lines, ids, extra fields, one JSON array per file.
 
-The sentences are English questions about a payments app (``afqmc_exp.sample``'s intents and products), so the
-offline MiniLM can read them; :func:`nli_pairs` makes a three-class task of them that it can learn.
+The sentences are English questions about a payments app (``afqmc_exp.data.quickstart_sample``'s intents and
+products), so the offline MiniLM can read them; :func:`nli_pairs` makes a three-class task of them that it can learn.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import random
 from pathlib import Path
 
-from afqmc_exp.sample import INTENTS, PRODUCTS
+from afqmc_exp.data.quickstart_sample import INTENTS, PRODUCTS
 
 NLI = ["entailment", "neutral", "contradiction"]
 

@@ -21,18 +21,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data import CheckedFile, DataError, PairData, Split
+from ..metrics import best_threshold, classification_metrics
+from ..model import Pretrained, load_pair_classifier, prepare_for_device
+from ..plots import save_dev_plots
+from ..tracking.config import MlflowTracking
+from ..tracking.masking import Masker, mask_uri
+from ..tracking.mlflow_run import Run
+from ..tracking.pruning import is_pruned
+from ..tracking.system_metrics import SystemMetrics
 from .checkpoint import has_last_checkpoint, remove_last_checkpoint, update_meta
-from .data import CheckedFile, DataError, PairData, Split
 from .hardware import build_accelerator, eval_in_bf16, seconds_since_start, system_tags
 from .inference import score, write_predictions
-from .masking import Masker, mask_uri
-from .metrics import best_threshold, classification_metrics
-from .model import Pretrained, load_pair_classifier, prepare_for_device
-from .plots import save_dev_plots
-from .pruning import is_pruned
-from .system_metrics import SystemMetrics
-from .tracked_run import Run
-from .tracking import MlflowTracking
 from .trainer import FitResult, Trainer, TrainerConfig
 
 log = logging.getLogger(__name__)

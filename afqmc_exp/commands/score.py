@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import MISSING
 
+from ..data import DataError, Pair, PairReader, ReadSpec
 from .arguments import help_of, parse_args
-from .data import DataError, Pair, PairReader, ReadSpec
 
 CHUNK = 4096  # pairs read, scored and written at a time
 
@@ -94,18 +94,17 @@ class Member:
 
 def weights_folder(ckpt_uri: str, args: EvaluateArgs) -> Path:
     """The local folder ``ckpt`` names, or one line saying why it is not one."""
-    from .checkpoint import BEST_MODEL, recover
-    from .fetch import FetchError, local_weights
-    from .tracking import default_uri, resolve_uri
+    from ..tracking.stored_weights import FetchError, local_weights
+    from ..training.checkpoint import BEST_MODEL, recover
 
     try:
-        ckpt = local_weights(ckpt_uri, resolve_uri(args.tracking_uri or default_uri()))
+        ckpt = local_weights(ckpt_uri, args.tracking_uri)
     except FetchError as error:
         raise SystemExit(f"error: {error}") from None
     recover(ckpt)  # a training run killed between the two renames of a best_model swap
     if not ckpt.is_dir():
         raise SystemExit(f"error: ckpt={ckpt_uri}: no such folder")
-    from .model import PICKLES, pickle_only
+    from ..model import PICKLES, pickle_only
 
     if pickle_only(ckpt):
         raise SystemExit(f"error: ckpt={ckpt_uri}: its weights are only pickles ({', '.join(PICKLES)}), which can "
@@ -119,9 +118,9 @@ def weights_folder(ckpt_uri: str, args: EvaluateArgs) -> Path:
 
 
 def load_member(ckpt_uri: str, args: EvaluateArgs, accelerator) -> Member:
-    from .checkpoint import MetaError, read_meta
-    from .data import auto_eval_batch_size, auto_pad_to_multiple_of
-    from .model import label_names, load_pair_classifier, prepare_for_device
+    from ..data import auto_eval_batch_size, auto_pad_to_multiple_of
+    from ..model import label_names, load_pair_classifier, prepare_for_device
+    from ..training.checkpoint import MetaError, read_meta
 
     ckpt = weights_folder(ckpt_uri, args)
     try:
@@ -162,8 +161,8 @@ class Scorer:
 
     def spec(self) -> ReadSpec:
         """How a file is read: as the first member's task reads its files, with the arguments' changes."""
-        from .data.formats import fields_tuple
-        from .data.task import AFQMC_FIELDS
+        from ..data.formats import fields_tuple
+        from ..data.task import AFQMC_FIELDS
 
         meta, args = self.members[0].meta, self.args
         given = {"text_a": args.text_a, "text_b": args.text_b, "label": args.label_column, "id": args.id_column}
@@ -173,8 +172,8 @@ class Scorer:
 
     def __call__(self, pairs: list[Pair]) -> tuple[np.ndarray, float]:
         """Class probabilities of ``pairs`` (the members' mean) and the mean loss (NaN when unlabelled)."""
-        from .data import Split, encode_pairs, make_loader
-        from .inference import predict
+        from ..data import Split, encode_pairs, make_loader
+        from ..training.inference import predict
 
         scored = []
         for m in self.members:
@@ -187,7 +186,7 @@ class Scorer:
         probs = np.mean([p for p, _ in scored], axis=0)
         if pairs[0].label is None:
             return probs, float("nan")
-        from .metrics import log_loss
+        from ..metrics import log_loss
 
         return probs, log_loss([p.label for p in pairs], probs)
 
@@ -200,8 +199,8 @@ def _column(value: str) -> str | int:
 # ------------------------------------------------------------------------------------------ the commands
 def evaluate(args: EvaluateArgs) -> dict[str, float]:
     """The metrics of ``args.ckpt`` on ``args.file``, printed as one JSON line and returned."""
-    from .data.token_cache import chunks
-    from .metrics import classification_metrics
+    from ..data.token_cache import chunks
+    from ..metrics import classification_metrics
 
     scorer = Scorer(args)
     labels, probs, loss_sum = [], [], 0.0
@@ -224,7 +223,7 @@ def evaluate(args: EvaluateArgs) -> dict[str, float]:
 
 def predict(args: PredictArgs) -> Path | dict:
     """The answer for one pair (printed as JSON) or the predictions file written for ``args.file``."""
-    from .answers import answer
+    from ..answers import answer
 
     one_pair = args.sentence1 is not None or args.sentence2 is not None
     if one_pair and not (args.sentence1 and args.sentence2):
@@ -245,8 +244,8 @@ def predict(args: PredictArgs) -> Path | dict:
 def predict_file(args: PredictArgs, scorer: Scorer) -> Path:
     """Predictions for ``args.file`` written chunk by chunk into ``<out>.part``, which replaces ``out`` once
     every pair is scored: a bad line or a kill halfway leaves an earlier ``out`` as it was."""
-    from .data.token_cache import chunks
-    from .inference import prediction_lines
+    from ..data.token_cache import chunks
+    from ..training.inference import prediction_lines
 
     out, written = Path(args.out), 0
     partial = out.with_name(out.name + ".part")

@@ -15,18 +15,20 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .data import DataError
-from .masking import Masker, hide_run_config, install_log_filter
+from ..data import DataError
+from ..moved_targets import upgrade
+from ..tracking.masking import Masker, hide_run_config, install_log_filter
 from .schema import ConfigError, validate
 
 log = logging.getLogger(__name__)
-REPO_DIR = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # afqmc_exp/
+REPO_DIR = PACKAGE_DIR.parent
 RESULT_FILE = "result.json"  # written when a run finishes
 
 
 def config_dir() -> Path:
     """``conf/`` of the checkout this package runs from, else the copy inside the installed package."""
-    packaged = Path(__file__).resolve().parent / "conf"
+    packaged = PACKAGE_DIR / "conf"
     return packaged if packaged.is_dir() else REPO_DIR / "conf"
 
 
@@ -83,7 +85,7 @@ def config_of_run(run_id: str, tracking):
     try:
         with tempfile.TemporaryDirectory() as tmp:
             original = client.get_run(run_id)
-            cfg = OmegaConf.load(client.download_artifacts(run_id, "hydra/config.yaml", tmp))
+            cfg = upgrade(OmegaConf.load(client.download_artifacts(run_id, "hydra/config.yaml", tmp)))
     except (MlflowException, OSError) as err:
         raise SystemExit(
             f"error: rerun={run_id}: no hydra/config.yaml for that run in {tracking.uri} ({str(err).splitlines()[0]})"
@@ -102,10 +104,10 @@ def train_from_config(cfg: DictConfig) -> float:
     from hydra.types import RunMode
     from hydra.utils import instantiate
 
-    from .checkpoint import CheckpointDamaged, NoSpaceLeft
-    from .experiment import RunInProgress
-    from .model import ModelError
-    from .tracking import TrackingUnavailable
+    from ..model import ModelError
+    from ..tracking.config import TrackingUnavailable
+    from ..training.checkpoint import CheckpointDamaged, NoSpaceLeft
+    from ..training.run import RunInProgress
 
     hydra_cfg, masker = HydraConfig.get(), mask_logs(cfg)
     output_dir, resume, rerun = Path(hydra_cfg.runtime.output_dir), cfg.get("resume"), cfg.get("rerun")
@@ -117,7 +119,7 @@ def train_from_config(cfg: DictConfig) -> float:
         )
     if resume:
         output_dir = find_run_dir(str(resume), instantiate(cfg.tracking))
-        cfg = OmegaConf.load(output_dir / ".hydra" / "config.yaml")
+        cfg = upgrade(OmegaConf.load(output_dir / ".hydra" / "config.yaml"))  # saved before a move: mapped
         if (output_dir / RESULT_FILE).exists():
             return report_finished(output_dir, instantiate(cfg.tracking), mask_logs(cfg))
     elif rerun:
@@ -184,7 +186,7 @@ def append_log_to(output_dir: Path, masker: Masker) -> None:
 def report_finished(output_dir: Path, tracking, masker: Masker) -> float:
     """``resume=`` on a run that finished: nothing is trained or rewritten; tracking records its process could
     not deliver (the store was down, or it was killed before closing its MLflow run) are sent now."""
-    from .experiment import RunInProgress, complete_record
+    from ..training.run import RunInProgress, complete_record
 
     try:
         result, pending = complete_record(output_dir, tracking, masker)
@@ -209,10 +211,10 @@ def _train(cfg: DictConfig, hydra_cfg, output_dir: Path, resume, in_sweep: bool,
            run_name: str | None, masker: Masker) -> float:  # fmt: skip
     from hydra.utils import instantiate
 
-    from .experiment import run
-    from .pruning import trial_reporter
-    from .sweep import parent_run_id, swept_in
-    from .tracking import flatten
+    from ..tracking.config import flatten
+    from ..tracking.pruning import trial_reporter
+    from ..tracking.sweep import parent_run_id, swept_in
+    from ..training.run import run
 
     validate(cfg)  # before any model is loaded or run opened
     tracking = instantiate(cfg.tracking)
@@ -221,7 +223,7 @@ def _train(cfg: DictConfig, hydra_cfg, output_dir: Path, resume, in_sweep: bool,
         swept = swept_in(hydra_cfg.sweep.dir) if in_sweep else []
         tracking.run_name = run_name or default_run_name(cfg, choices, swept)
     if in_sweep and hydra_cfg.runtime.choices.get("hydra/launcher") == "joblib":  # jobs side by side: a GPU each
-        from .hardware import pin_parallel_job
+        from ..training.hardware import pin_parallel_job
 
         pin_parallel_job(hydra_cfg.job.num)
     optuna = OmegaConf.to_container(cfg.optuna) if cfg.get("optuna") else None  # a trial of a search (pruning)
@@ -249,7 +251,7 @@ def saved_choices(output_dir: Path) -> dict:
 
 def run_tags(hydra_cfg, choices: dict, output_dir: Path, masker: Masker, in_sweep: bool) -> dict[str, str]:
     """What the command was, where its folder is, MLflow's context tags and, in a sweep, its place in it."""
-    from .tracking import context_tags
+    from ..tracking.config import context_tags
 
     overrides = [masker.override(o) for o in hydra_cfg.overrides.task]
     command = " ".join([Path(sys.argv[0]).name, *overrides])

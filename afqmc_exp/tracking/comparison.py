@@ -1,25 +1,21 @@
-"""Compare runs: ``afqmc-report [experiment=NAME | parent=RUN_ID] [out=DIR] [uri=STORE]``.
+"""Runs compared: the runs of an MLflow experiment (by default the one with the most recent run) or the jobs of a
+sweep (its parent run's id), as tables and figures.
 
-Prints the runs of an experiment (by default the one with the most recent run; the others are listed) or
-the jobs of a sweep (its parent run's id), sorted by the objective (``best/dev_<trainer.metric>``), ties
-broken by the lower final dev loss, then the earlier start: with their key params, best step, final dev
-F1/accuracy/AUC and training speed; then the same configs with their seeds pooled (mean and sample
-standard deviation, "—" for a single seed). Writes both tables as Markdown and CSV, and
-``objective_vs_<param>.png`` for every param that varies between the runs. A sweep's parent run gets
-the same report as artifacts when the sweep ends (see ``sweep``).
+Rows are sorted by the objective (``best/dev_<trainer.metric>``), ties broken by the lower final dev loss, then
+the earlier start: with their key params, best step, final dev F1/accuracy/AUC and training speed; then the same
+configs with their seeds pooled (mean and sample standard deviation, "—" for a single seed). Both tables are
+written as Markdown and CSV, with ``objective_vs_<param>.png`` for every param that varies between the runs.
+Two callers: ``afqmc-report`` (``commands.report``) and a sweep's parent run, which gets the same report as
+artifacts when the sweep ends (``sweep``); it lives here, beside the store it reads, so the sweep needs no command.
 """
 
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from .arguments import help_of, parse_args
-from .metrics import GREATER_IS_BETTER
-from .plots import pyplot
+from ..metrics import GREATER_IS_BETTER
+from ..plots import pyplot
 
 KEY_PARAMS = {
     "model": "model.name_or_path",
@@ -47,29 +43,6 @@ NOT_DESIGN = (
     "trainer.keep_last_checkpoint",
     "data.num_workers",
 )
-
-
-@dataclass
-class ReportArgs:
-    """Compare runs of an MLflow experiment, or the jobs of a sweep, sorted by the objective; seeds pooled."""
-
-    experiment: str | None = field(
-        default=None,
-        metadata=help_of(
-            "an MLflow experiment name (default: the experiment with the most recent run; the others are listed)"
-        ),
-    )
-    parent: str | None = field(default=None, metadata=help_of("a sweep's parent run id: report its jobs"))
-    uri: str | None = field(
-        default=None, metadata=help_of("the tracking store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    )
-    out: str | None = field(
-        default=None,
-        metadata=help_of(
-            "folder for report.md, runs.csv, by_config.csv and plots (default: reports/<experiment or parent id>)"
-        ),
-    )
-    # fmt: skip
 
 
 def runs_to_report(client, experiment: str | None, parent: str | None) -> tuple[list, str]:
@@ -239,26 +212,3 @@ def write_report(frame, metric: str, title: str, out: Path) -> str:
     )
     (out / "report.md").write_text(text)
     return text
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``afqmc-report`` / ``python -m afqmc_exp report``. Returns None: an installed script exits with what its
-    entry point returns (``sys.exit(main())``), so anything else would read as a failure."""
-    report(parse_args(ReportArgs, sys.argv[1:] if argv is None else argv, "afqmc-report"))
-
-
-def report(args: ReportArgs) -> Path:
-    """Print the report of ``args`` and write its files; returns their folder."""
-    from mlflow import MlflowClient
-
-    from .tracking import default_uri, resolve_uri
-
-    frame, metric, title = collect(MlflowClient(resolve_uri(args.uri or default_uri())), args.experiment, args.parent)
-    out = Path(args.out or Path("reports") / (args.parent or title.split(" ", 1)[1]))
-    print(write_report(frame, metric, title, out))
-    print(f"wrote {out / 'report.md'}, runs.csv, by_config.csv and plots in {out}")
-    return out
-
-
-if __name__ == "__main__":
-    main()

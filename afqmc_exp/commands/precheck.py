@@ -14,8 +14,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..tracking.masking import Masker
 from .arguments import closest
-from .masking import Masker
 from .schema import ConfigError, validate
 
 PREFIX = {"ADD": "+", "FORCE_ADD": "++", "DEL": "~", "CHANGE": ""}
@@ -110,7 +110,7 @@ def describe_unknown(unknown: list[str], cfg) -> list[str]:
     """``optim.lrr: no such key (did you mean optim.lr?)`` for each unknown key."""
     from omegaconf import OmegaConf
 
-    from .tracking import flatten
+    from ..tracking.config import flatten
 
     known = list(flatten(OmegaConf.to_container(cfg, resolve=False)))
     return [f"{key}: no such key{closest(key, known)}" for key in unknown]

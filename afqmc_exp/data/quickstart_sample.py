@@ -5,7 +5,7 @@ into [UNK]; it cannot show learning there. The sample is therefore English quest
 app in AFQMC's exact format: a pair is labelled "1" when both questions ask the same thing (two
 phrasings of one intent about one product) and "0" otherwise (a different intent about the *same*
 product, so word overlap alone does not give the answer). About 31% of the pairs are positive, as in
-AFQMC. The files are deterministic; ``python -m afqmc_exp.sample DIR`` rewrites them, and a test checks
+AFQMC. The files are deterministic; ``python -m afqmc_exp.data.quickstart_sample DIR`` rewrites them, and a test checks
 that the shipped files equal the generator's output.
 """
 
@@ -16,6 +16,7 @@ import random
 import sys
 from pathlib import Path
 
+SAMPLE_DIR = Path(__file__).resolve().parent / "quickstart"  # shipped in the package: ${afqmc.sample:}
 PRODUCTS = [
     "credit line",
     "pay later plan",
@@ -124,6 +125,4 @@ def write_sample(
 
 
 if __name__ == "__main__":
-    from .resolvers import SAMPLE_DIR
-
     print(write_sample(sys.argv[1] if len(sys.argv) > 1 else SAMPLE_DIR))

@@ -44,6 +44,9 @@ from typing import Literal
 
 import torch
 
+from ..data import PairData, Split
+from ..metrics import GREATER_IS_BETTER, Metric
+from ..model import Pretrained, compile_in_place
 from .checkpoint import (
     BEST_MODEL,
     LAST_CHECKPOINT,
@@ -54,12 +57,9 @@ from .checkpoint import (
     restore_rng,
     save_best_model,
 )
-from .data import PairData, Split
 from .ema import WeightAverage
 from .hardware import eval_in_bf16, seconds_since_start
 from .inference import evaluate, model_inputs
-from .metrics import GREATER_IS_BETTER, Metric
-from .model import Pretrained, compile_in_place
 from .profiling import profiled
 from .progress import Progress
 from .regularizers import NoRegularizer

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .answers import answer
-from .data import Pair, Split, make_loader
-from .metrics import classification_metrics
+from ..answers import answer
+from ..data import Pair, Split, make_loader
+from ..metrics import classification_metrics
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 

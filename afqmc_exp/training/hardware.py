@@ -54,7 +54,7 @@ def build_accelerator(device: str = "auto", mixed_precision: str = "no", tf32: b
         # memory-efficient kernels SDPA falls back to need no plans
         torch.backends.cuda.enable_cudnn_sdp(False)
     # split_batches: data.eval_batch_size is global, each of N processes evaluates 1/N of every batch
-    # (training batches are sharded by our own sampler: see afqmc_exp.trainer). non_blocking: evaluation
+    # (training batches are sharded by our own sampler: see afqmc_exp.training.trainer). non_blocking: evaluation
     # batches (pinned on a GPU) are copied without making the host wait for the kernels queued before them
     accelerator = Accelerator(
         cpu=device == "cpu",
@@ -119,6 +119,6 @@ def seconds_since_start() -> float:
     """Wall time since this interpreter started (what a user waits before training begins), counted from the
     first import of this package, a few milliseconds after. Not the process's start: ``bash -c 'pip install
     ... && python train.py'`` runs python in the shell's own process, whose start would count the install."""
-    from . import STARTED_AT
+    from .. import STARTED_AT
 
     return time.time() - STARTED_AT

@@ -6,7 +6,7 @@ launching process and before any job: that also creates a new SQLite store befor
 where every job (in this process or another) finds it and nests its own run under it
 (``mlflow.parentRunId``). Its name says when and what was swept (``sweep 2026-11-26 14:02 · optim.lr×3
 seed×3``). When the sweep ends the parent gets the best child's objective and run id, a description
-linking it, the report of its jobs (``report``: Markdown, CSV, plots) and the sweep's ``multirun.yaml``
+linking it, the report of its jobs (``comparison``: Markdown, CSV, plots) and the sweep's ``multirun.yaml``
 as artifacts; a registered model version of the best job gets the alias ``champion``; the console's
 last line names the best job and the report command. The parent is closed FINISHED, or FAILED if a job
 failed; when a job raises, Hydra's basic sweeper stops and skips its end-of-sweep callback, and an
@@ -31,8 +31,8 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from .config import context_tags
 from .masking import Masker, hide_run_config
-from .tracking import context_tags
 
 log = logging.getLogger(__name__)
 PARENT_RUN_FILE = "mlflow_parent_run_id"
@@ -124,7 +124,7 @@ class MlflowSweepCallback(Callback):
 
         import numpy as np
 
-        from .metrics import best_threshold, classification_metrics, log_loss
+        from ..metrics import best_threshold, classification_metrics, log_loss
 
         rows = out_of_fold(children)
         if rows is None:
@@ -153,7 +153,7 @@ class MlflowSweepCallback(Callback):
                      pooled["macro_f1"])  # fmt: skip
 
     def _attach_report(self, run, children) -> None:
-        from .report import rows_of, write_report
+        from .comparison import rows_of, write_report
 
         folder = self.sweep_dir / "report"
         try:
@@ -222,7 +222,7 @@ def swept_in(sweep_dir: str | Path) -> list[str]:
 
 def best_child(children: list, metric: str):
     """The report's first row among the children with an objective: see the module docstring."""
-    from .report import rows_of
+    from .comparison import rows_of
 
     key = f"best/dev_{metric}"
     scored = [c for c in children if key in c.data.metrics and not math.isnan(c.data.metrics[key])]

@@ -23,9 +23,9 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .metrics import BINARY_ONLY
-from .model import model_problems
-from .tracking import store_problems
+from ..metrics import BINARY_ONLY
+from ..model import model_problems
+from ..tracking.store import store_problems
 
 
 class ConfigError(ValueError):

@@ -311,7 +311,7 @@ class CheckpointDamaged(RuntimeError):
 # ------------------------------------------------------------------------------------------ best model
 def save_best_model(pretrained, folder: Path, meta: dict, accelerator) -> None:
     """Weights (safetensors), config, tokenizer and our meta, as one ``save_pretrained`` folder."""
-    from .model import quiet_transformers
+    from ..model import quiet_transformers
 
     with atomic_dir(folder) as staging, quiet_transformers():
         accelerator.unwrap_model(pretrained.model).save_pretrained(staging, safe_serialization=True)

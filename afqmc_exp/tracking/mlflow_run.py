@@ -1,7 +1,7 @@
 """An open MLflow run, as the trainer and the experiment write to it.
 
 Training never waits for the store: every write after the run's creation goes through an
-:class:`~afqmc_exp.outbox.Outbox` in the run folder, delivered by a background thread and kept on disk
+:class:`~afqmc_exp.tracking.outbox.Outbox` in the run folder, delivered by a background thread and kept on disk
 while the store does not answer. Metrics are buffered and written in batches (``log_batch``, at most 1000
 per call, as the API allows) at every evaluation, before every checkpoint, when the buffer fills and at
 the end. A reopened (resumed) run drops values for steps it has already logged: the trainer recomputes
@@ -237,7 +237,7 @@ class Run:
         elif op == "register":
             self._register(record["name"], record["artifact_path"])
         elif op in ("served_model", "transformers_model"):  # the second: journals written before it was renamed
-            _log_served_model(client.tracking_uri, run_id, record["folder"], record["register_as"])
+            _log_served_model(client, run_id, record["folder"], record["register_as"])
         elif op == "status":
             client.update_run(run_id, status=record["status"])
         elif op == "end":
@@ -285,7 +285,7 @@ def _log_inputs(client, run_id: str, datasets: list[dict]) -> None:
     ])  # fmt: skip
 
 
-def _log_served_model(tracking_uri: str, run_id: str, folder: str, register_as: str | None) -> None:
+def _log_served_model(client, run_id: str, folder: str, register_as: str | None) -> None:
     """The best weights as a pyfunc model that answers as ``afqmc-predict`` does, logged as code (see
     ``served_model``), registered as ``register_as`` if given; its URIs and the command that serves it are the
     log's last lines. Requirements are explicit: inferred ones would name this project, which the model does
@@ -296,14 +296,15 @@ def _log_served_model(tracking_uri: str, run_id: str, folder: str, register_as: 
     import transformers
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri  # the fluent API's store, put back after
 
-    from . import answers, served_model
+    from .. import answers
+    from ..model import quiet_transformers
+    from . import served_model
     from .masking import mask_uri
-    from .model import quiet_transformers
 
     example = pd.DataFrame({"text": ["花呗怎么还款"], "text_pair": ["花呗如何还钱"]})
     requirements = [f"mlflow=={mlflow.__version__}", f"transformers=={transformers.__version__}",
                     f"torch=={torch.__version__.split('+')[0]}", "pandas", "numpy"]  # fmt: skip
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    tracking_uri = client.tracking_uri
     quiet = warnings.catch_warnings()  # MLflow's advice on type hints: the signature comes from the example
     with _use_tracking_uri(tracking_uri), quiet_transformers(), quiet:  # registering looks it up through the fluent API
         warnings.simplefilter("ignore", UserWarning)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 
-log = logging.getLogger("afqmc_exp.progress")
+log = logging.getLogger("afqmc_exp.training.progress")
 
 
 class _NotOnTheTerminal(logging.Filter):

@@ -16,7 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .cache import cache_root
+from ..cache import cache_root
+from . import store
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +26,15 @@ class FetchError(ValueError):
     """A ``runs:/`` or ``models:/`` URI that cannot be turned into weights; the message is one line."""
 
 
-def local_weights(ckpt: str, tracking_uri: str) -> Path:
-    """A folder holding the weights ``ckpt`` names (a folder is returned as it is)."""
+def local_weights(ckpt: str, tracking_uri: str | None = None) -> Path:
+    """A folder holding the weights ``ckpt`` names (a folder is returned as it is); ``tracking_uri``: the store
+    (none: the default one)."""
     if not ckpt.startswith(("runs:/", "models:/")):
         return Path(ckpt)
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = store.client(tracking_uri)
+    tracking_uri = client.tracking_uri
     try:
         uri, key = _pinned(client, ckpt)
         return _on_this_disk(client, uri) or _cached(uri, key, tracking_uri)
