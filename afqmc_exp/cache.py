@@ -1,7 +1,7 @@
 """Where afqmc-exp keeps what it fetches or builds once and reuses from run to run: ``$AFQMC_EXP_CACHE``,
 else ``~/.cache/afqmc_exp``. It holds the tasks' official archives (``data.download``), the files already
 checked and their tokens (``data.token_cache``, under ``checked/`` and ``tokens/``), weights
-fetched from an MLflow store (``fetch``, under ``models/``) and torch.compile's kernels
+fetched from an MLflow store (``tracking.stored_weights``, under ``models/``) and torch.compile's kernels
 (``model.compile_in_place``, under ``inductor/``). :func:`file_digest` is the one digest of a file's bytes
 that their keys use.
 

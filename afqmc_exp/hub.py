@@ -1,10 +1,10 @@
 """Whether a Hugging Face Hub model id can be loaded now: from the local cache, or from the Hub itself.
 
-Asked before anything runs (``schema.validate``), so that a model that cannot be had is one line naming the
-id and the ways out, instead of transformers' answer: a traceback after the run folder and the MLflow run
-exist, and, online but with the Hub unreachable, half a minute of retries first (huggingface_hub backs off
-five times on a failed lookup). The check itself makes one request with a short timeout and no retries, and
-only when the id is not cached; an id the Hub does not know (a typo) is named as such.
+Asked before anything runs (``commands.config_checks.validate``), so that a model that cannot be had is one line
+naming the id and the ways out, instead of transformers' answer: a traceback after the run folder and the MLflow
+run exist, and, online but with the Hub unreachable, half a minute of retries first (huggingface_hub backs off five
+times on a failed lookup). The check itself makes one request with a short timeout and no retries, and only when
+the id is not cached; an id the Hub does not know (a typo) is named as such.
 """
 
 from __future__ import annotations

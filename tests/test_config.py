@@ -74,7 +74,7 @@ def test_model_options(option):
 
 @pytest.mark.parametrize("option", options("regularizer"))
 def test_regularizer_options(option):
-    from afqmc_exp.commands.schema import validate
+    from afqmc_exp.commands.config_checks import validate
     from afqmc_exp.training import regularizers
 
     cfg = compose([f"regularizer={option}", "model=minilm", "data.dir=/tmp"])

@@ -128,7 +128,7 @@ def test_result_json_writes_undefined_metrics_as_null():
     import json
     import math
 
-    from afqmc_exp.training.run import json_dumps
+    from afqmc_exp.training.outputs import json_dumps
 
     text = json_dumps({"auc": float("nan"), "speed": {"x": math.inf}, "values": [1.0, float("nan")]})
     assert json.loads(text) == {"auc": None, "speed": {"x": None}, "values": [1.0, None]}

@@ -320,7 +320,7 @@ def test_a_run_saved_before_the_modules_moved_resumes_and_reruns(tmp_path):
     resumed = subprocess.run(resume, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "a config saved before afqmc_exp's modules moved: afqmc_exp.optim.adamw -> afqmc_exp.training.optim.adamw" \
-        in (out / "train.log").read_text()  # fmt: skip
+        in (tmp_path / "logs" / "train.log").read_text()  # said in the resuming command's own log  # fmt: skip
     client, runs = mlflow_runs(tmp_path, "afqmc")
     (run,) = runs
     assert run.info.status == "FINISHED"

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from afqmc_exp.commands.schema import ConfigError, validate
+from afqmc_exp.commands.config_checks import ConfigError, validate
 from helpers import AFQMC, REPO, compose, run_command
 
 BASE = ["model=minilm", f"data.dir={AFQMC}"]

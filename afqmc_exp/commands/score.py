@@ -94,8 +94,9 @@ class Member:
 
 def weights_folder(ckpt_uri: str, args: EvaluateArgs) -> Path:
     """The local folder ``ckpt`` names, or one line saying why it is not one."""
+    from ..run_folder import RunFolder
     from ..tracking.stored_weights import FetchError, local_weights
-    from ..training.checkpoint import BEST_MODEL, recover
+    from ..training.checkpoint import recover
 
     try:
         ckpt = local_weights(ckpt_uri, args.tracking_uri)
@@ -110,7 +111,7 @@ def weights_folder(ckpt_uri: str, args: EvaluateArgs) -> Path:
         raise SystemExit(f"error: ckpt={ckpt_uri}: its weights are only pickles ({', '.join(PICKLES)}), which can "
                          "run code when loaded; convert them to safetensors")  # fmt: skip
     if not (ckpt / "config.json").exists():
-        inside = ckpt / BEST_MODEL
+        inside = RunFolder(ckpt).best_model
         hint = f"it is a run folder: its weights are ckpt={inside}" if (inside / "config.json").exists() else \
             "ckpt is a best_model folder written by training"  # fmt: skip
         raise SystemExit(f"error: ckpt={ckpt_uri}: no config.json there; {hint}")

@@ -1,9 +1,9 @@
 """The training command (``afqmc-train``, ``python train.py``, ``python -m afqmc_exp train``): Hydra's config
-becomes typed objects here, and ``experiment.run`` is called with them.
+becomes typed objects here, and ``training.run.run`` is called with them.
 
 The configs are the top-level ``conf/`` of a checkout, or the copy of it shipped inside the installed
 package (``afqmc_exp/conf`` in the wheel), so an installed package trains like a checkout. The command
-line is checked before Hydra runs it (``precheck``).
+line is checked before Hydra runs it (``config_checks``).
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..data import DataError
 from ..moved_targets import upgrade
+from ..run_folder import RunFolder
 from ..tracking.masking import Masker, hide_run_config, install_log_filter
-from .schema import ConfigError, validate
+from .config_checks import ConfigError, validate
 
 log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # afqmc_exp/
 REPO_DIR = PACKAGE_DIR.parent
-RESULT_FILE = "result.json"  # written when a run finishes
 
 
 def config_dir() -> Path:
@@ -36,7 +36,7 @@ def train_main() -> None:
     """The entry point: the command line is checked, then Hydra runs ``train_from_config``."""
     import hydra
 
-    from .precheck import check_command_line
+    from .config_checks import check_command_line
 
     check_command_line(sys.argv[1:], config_dir())
     hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(train_from_config)()
@@ -70,7 +70,7 @@ def find_run_dir(resume: str, tracking) -> Path:
             raise SystemExit(
                 f"error: resume={resume}: neither a run's output folder nor the id of an MLflow run in {tracking.uri}"
             ) from None
-    if not (folder / ".hydra" / "config.yaml").exists():
+    if not RunFolder(folder).config.exists():
         raise SystemExit(f"error: resume={resume}: {folder} has no .hydra/config.yaml; is it a train.py output folder?")
     return folder
 
@@ -119,8 +119,8 @@ def train_from_config(cfg: DictConfig) -> float:
         )
     if resume:
         output_dir = find_run_dir(str(resume), instantiate(cfg.tracking))
-        cfg = upgrade(OmegaConf.load(output_dir / ".hydra" / "config.yaml"))  # saved before a move: mapped
-        if (output_dir / RESULT_FILE).exists():
+        cfg = upgrade(OmegaConf.load(RunFolder(output_dir).config))  # saved before a move: mapped
+        if RunFolder(output_dir).finished:
             return report_finished(output_dir, instantiate(cfg.tracking), mask_logs(cfg))
     elif rerun:
         cfg, extra_tags, run_name = rerun_config(str(rerun), instantiate(cfg.tracking), hydra_cfg, output_dir)
@@ -144,7 +144,7 @@ def train_from_config(cfg: DictConfig) -> float:
 def rerun_config(run_id: str, tracking, hydra_cfg, output_dir: Path) -> tuple[DictConfig, dict, str]:
     """A logged run's config, saved as this run's own; the tags and name that say what it reruns."""
     cfg, original = config_of_run(run_id, tracking)
-    OmegaConf.save(cfg, output_dir / ".hydra" / "config.yaml")  # what this run really is
+    OmegaConf.save(cfg, RunFolder(output_dir).config)  # what this run really is
     ignored = [o for o in hydra_cfg.overrides.task if not o.startswith("rerun=")]
     if ignored:
         log.warning("rerun uses the run's own config; ignoring %s", " ".join(ignored))
@@ -156,7 +156,7 @@ def discard_if_unused(output_dir: Path) -> None:
     """A run refused before it opened leaves no folder behind (Hydra makes it before the data is read)."""
     import shutil
 
-    if output_dir.is_dir() and {p.name for p in output_dir.iterdir()} <= {".hydra", "train.log", ".run.lock"}:
+    if RunFolder(output_dir).unused():
         shutil.rmtree(output_dir, ignore_errors=True)
         for folder in (output_dir.parent, output_dir.parent.parent):  # outputs/<date>/ when nothing else is there
             if folder == Path.cwd() or any(folder.iterdir()):
@@ -243,7 +243,7 @@ def _train(cfg: DictConfig, hydra_cfg, output_dir: Path, resume, in_sweep: bool,
 def saved_choices(output_dir: Path) -> dict:
     """The group options a run folder's run was started with (its ``.hydra/hydra.yaml``): a resumed run is named
     and tagged after them, not after the resuming command's defaults."""
-    path = output_dir / ".hydra" / "hydra.yaml"
+    path = RunFolder(output_dir).hydra_settings
     if not path.exists():
         return {}
     return dict(OmegaConf.select(OmegaConf.load(path), "hydra.runtime.choices", default={}) or {})

@@ -5,7 +5,7 @@ bq, pawsx, chip_sts, and ``pairs`` for a user's own files) differ only in their 
 they are read (``format``, ``fields``), the labels in class-id order, the labels to drop, and the task's
 official ``metric``.
 
-A run uses it in three steps (``experiment.run``):
+A run uses it in three steps (``training.run``):
 
 1. :meth:`PairData.check`, before any model loads or MLflow run opens: the files are found (or fetched from
    the task's official archive, ``download``) and every line of every file is checked, or found checked

@@ -25,7 +25,7 @@ from typing import Any
 
 from . import store
 from .masking import MASK, SECRET_KEY, Masker, mask_uri
-from .mlflow_run import Run
+from .mlflow_run import NoRun, Run
 from .outbox import first_line
 from .store import default_uri
 
@@ -112,7 +112,7 @@ class MlflowTracking:
     ) -> Run:
         """Create the run (synchronously: it needs an id) and queue its params and tags."""
         if not self.enabled:
-            return Run(None, None)
+            return NoRun()
         try:
             client = self.client()  # builds (and, for a new SQLite file, migrates) the store, under the lock
             experiment_id = self._experiment_id(client)
@@ -156,7 +156,7 @@ class MlflowTracking:
         """An earlier run over its folder's outbox, knowing what it has logged (the journal's steps, and the
         store's where the journal is doubted or was never kept) and its tags; nothing is written yet."""
         if not self.enabled:
-            return Run(None, None)
+            return NoRun()
         run = Run(self.client(), run_id, folder, self.flush_every, masker=masker, drain_seconds=self.drain_seconds)
         journaled = run.journal_steps()
         if run.outbox.doubted or not journaled:

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..run_folder import RunFolder
+
 SECRET_KEY = re.compile(r"(token|password|passwd|secret|api[_-]?key|credential)", re.IGNORECASE)
 SECRET_ENV = re.compile(r"(PASSWORD|PASSWD|SECRET|_TOKEN$|^TOKEN$|API_?KEY|CREDENTIAL)")  # not TOKENIZERS_...
 URI_PASSWORD = re.compile(r"(://[^/:@\s]+:)([^@/\s]+)@")
@@ -97,7 +99,7 @@ def hide_run_config(folder: Path, masker: Masker) -> None:
     """A run folder's config files (``.hydra/*.yaml``, a sweep's ``multirun.yaml``), which keep the real values of
     its secrets, made readable by their owner only."""
     if masker:
-        for path in [*Path(folder).glob(".hydra/*.yaml"), *Path(folder).glob("multirun.yaml")]:
+        for path in [*RunFolder(folder).hydra.glob("*.yaml"), *Path(folder).glob("multirun.yaml")]:
             path.chmod(0o600)
 
 

@@ -9,7 +9,7 @@ the next process that opens the run folder (``resume``, which for a finished run
 
 ``.tracking/sent`` counts the records already delivered. A record can be delivered twice only if the
 process dies between delivering it and counting it; metrics are then filtered against what the store
-holds (see ``tracked_run.Run``), and params, tags and artifacts are idempotent.
+holds (see ``mlflow_run.Run``), and params, tags and artifacts are idempotent.
 
 The journal is not trusted blindly. A last line cut short by a kill was never acknowledged: it is cut off.
 A journal that does not add up (a line that cannot be read, or fewer records than were counted delivered,
@@ -29,8 +29,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..run_folder import RunFolder
+
 log = logging.getLogger(__name__)
-FOLDER = ".tracking"
 
 
 class Outbox:
@@ -38,7 +39,7 @@ class Outbox:
     (``replayed``: the record was left by an earlier process, which may have delivered it already)."""
 
     def __init__(self, folder: Path, deliver: Callable[[dict, bool], None], retry_seconds: float = 2.0):
-        self.folder = Path(folder) / FOLDER
+        self.folder = RunFolder(folder).journal
         self.folder.mkdir(parents=True, exist_ok=True)
         self.journal, self.counter = self.folder / "journal.jsonl", self.folder / "sent"
         self.deliver, self.retry_seconds = deliver, retry_seconds

@@ -31,6 +31,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from ..run_folder import RunFolder
 from .config import context_tags
 from .masking import Masker, hide_run_config
 
@@ -185,7 +186,7 @@ def out_of_fold(children: list) -> list[dict] | None:
         return None
     rows: dict = {}
     for child in children:
-        path = Path(child.data.tags.get("hydra.output_dir", "")) / "dev_predictions.jsonl"
+        path = RunFolder(child.data.tags.get("hydra.output_dir", "")).predictions("dev")
         if path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
                 row = json.loads(line)

@@ -48,10 +48,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..run_folder import RunFolder
+
 log = logging.getLogger(__name__)
 
-LAST_CHECKPOINT = "last_checkpoint"
-BEST_MODEL = "best_model"
 META_FILE = "afqmc_exp.json"  # beside saved weights: how they were trained and how to feed them
 TRAINER_STATE = "trainer_state.pt"
 WEIGHTS = "model.safetensors"
@@ -163,14 +163,14 @@ def atomic_dir(target: Path):
 
 
 def has_last_checkpoint(output_dir: Path) -> bool:
-    folder = Path(output_dir) / LAST_CHECKPOINT
+    folder = RunFolder(output_dir).last_checkpoint
     recover(folder)
     return (folder / TRAINER_STATE).exists()
 
 
 def remove_last_checkpoint(output_dir: Path) -> None:
     """A finished run needs no resume state (it is weights plus twice their size in optimizer state)."""
-    folder = Path(output_dir) / LAST_CHECKPOINT
+    folder = RunFolder(output_dir).last_checkpoint
     link, folder = (folder, folder.resolve()) if folder.is_symlink() else (None, folder)
     for path in (folder, *_companions(folder)):
         shutil.rmtree(path, ignore_errors=True)

@@ -47,9 +47,8 @@ import torch
 from ..data import PairData, Split
 from ..metrics import GREATER_IS_BETTER, Metric
 from ..model import Pretrained, compile_in_place
+from ..run_folder import RunFolder
 from .checkpoint import (
-    BEST_MODEL,
-    LAST_CHECKPOINT,
     CheckpointWriter,
     TrainState,
     load_last_checkpoint,
@@ -211,7 +210,7 @@ class Trainer:
         self.accelerator, self.log_metrics, self.flush_metrics = accelerator, log_metrics, flush_metrics
         self.regularizer = regularizer or NoRegularizer()  # what one slice's forward and backward passes are
         self.on_evaluate = on_evaluate  # (step, dev metric) after each evaluation: an Optuna trial's pruning
-        self.best_dir, self.last_dir = Path(output_dir) / BEST_MODEL, Path(output_dir) / LAST_CHECKPOINT
+        self.best_dir, self.last_dir = RunFolder(output_dir).best_model, RunFolder(output_dir).last_checkpoint
         self.output_dir, self.speed = Path(output_dir), {}
         self.eval_bf16 = eval_in_bf16(config.eval_precision, accelerator.device)
         background = config.checkpoint_in_background

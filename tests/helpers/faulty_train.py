@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from afqmc_exp.run_folder import RunFolder
 from afqmc_exp.tracking import mlflow_run
 from afqmc_exp.training import checkpoint, trainer
 
@@ -48,7 +49,7 @@ def write(self, snapshot):
 
 
 def between_renames(target: Path) -> None:
-    if target.name == checkpoint.LAST_CHECKPOINT and writes == AT:
+    if target.name == RunFolder(".").last_checkpoint.name and writes == AT:
         die()
 
 

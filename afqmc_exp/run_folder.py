@@ -1,0 +1,110 @@
+"""A run's output folder and every path in it: the one place that knows their names.
+
+Many parts read and write the same folder: the train command (is it finished? which MLflow run?), the training
+run (predictions, result.json, plots, the lock), the trainer (best weights, last checkpoint), the outbox (its
+journal), evaluate/predict (a run folder given as ``ckpt``) and the sweep parent (its jobs' dev predictions).
+Each asks a :class:`RunFolder` instead of spelling a file name, so a name changes in one line and a reader finds
+every file of a run folder here:
+
+=====================  ====================================================================================
+``best_model/``        the best weights, a ``save_pretrained`` folder (swapped atomically, see ``checkpoint``)
+``last_checkpoint/``   what ``resume=`` continues from; removed when the run finishes (unless kept)
+``result.json``        written when a run finishes: the best metric and step, final metrics, speed, run id
+``mlflow_run_id``      the MLflow run this folder belongs to (``resume=<folder>`` reopens it)
+``.run.lock``          one process per run folder (``flock``: a killed process lets go)
+``.tracking/``         the outbox's journal of MLflow writes not yet delivered
+``.hydra/``            Hydra's saved config (``config.yaml``) and its own settings (``hydra.yaml``)
+``<split>_predictions.jsonl``, ``plots/``, ``profile/``, ``*.log``   the outputs a finished run logs
+=====================  ====================================================================================
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+BEST_MODEL = "best_model"  # also the artifact path of the logged weights, and what ``runs:/<id>/best_model`` names
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The paths of the run folder ``root``; nothing is created by asking."""
+
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def best_model(self) -> Path:
+        return self.root / BEST_MODEL
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.root / "last_checkpoint"
+
+    @property
+    def result(self) -> Path:
+        return self.root / "result.json"
+
+    @property
+    def run_id_file(self) -> Path:
+        return self.root / "mlflow_run_id"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".run.lock"
+
+    @property
+    def journal(self) -> Path:
+        return self.root / ".tracking"
+
+    @property
+    def hydra(self) -> Path:
+        return self.root / ".hydra"
+
+    @property
+    def config(self) -> Path:
+        return self.hydra / "config.yaml"
+
+    @property
+    def hydra_settings(self) -> Path:
+        return self.hydra / "hydra.yaml"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def profile(self) -> Path:
+        return self.root / "profile"
+
+    def predictions(self, split: str) -> Path:
+        return self.root / f"{split}_predictions.jsonl"
+
+    def all_predictions(self) -> list[Path]:
+        return sorted(self.root.glob("*_predictions.jsonl"))
+
+    def logs(self) -> list[Path]:
+        return sorted(self.root.glob("*.log"))
+
+    @property
+    def finished(self) -> bool:
+        return self.result.exists()
+
+    def read_result(self) -> dict:
+        return json.loads(self.result.read_text())
+
+    def run_id(self) -> str | None:
+        """The MLflow run id written when the run opened; None without one (tracking off, or not opened yet)."""
+        text = self.run_id_file.read_text().strip() if self.run_id_file.exists() else ""
+        return text or None
+
+    def save_run_id(self, run_id: str | None) -> None:
+        self.run_id_file.write_text(f"{run_id or ''}\n")
+
+    def unused(self) -> bool:
+        """Only what Hydra and the lock make before a run opens: a refused run's folder, safe to delete."""
+        return self.root.is_dir() and {p.name for p in self.root.iterdir()} <= {self.hydra.name, "train.log",
+                                                                                 self.lock.name}  # fmt: skip

@@ -1,0 +1,198 @@
+"""What a finished run leaves: its best weights scored again from disk, the outputs written to the run folder
+(predictions, ``result.json``, plots) and logged to its MLflow run, and the summary a user reads last.
+
+The saved folder, reloaded, is what users get, so it is what is scored, not the model in memory. Outputs are
+written by the main process only; every process scores (each a slice of every split, gathered). A run killed
+after its ``result.json`` but before its MLflow run closed is completed from the folder by ``record_finish``
+(see ``run.complete_record``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..data import PairData, Split
+from ..metrics import best_threshold, classification_metrics
+from ..model import load_pair_classifier, prepare_for_device
+from ..plots import save_dev_plots
+from ..run_folder import BEST_MODEL, RunFolder
+from ..tracking.config import MlflowTracking
+from ..tracking.masking import mask_uri
+from ..tracking.mlflow_run import Run
+from .checkpoint import remove_last_checkpoint, update_meta
+from .inference import score, write_predictions
+from .trainer import FitResult, TrainerConfig
+
+log = logging.getLogger(__name__)
+
+
+def finish_run(
+    result: FitResult,
+    splits: dict[str, Split],
+    data: PairData,
+    trainer: TrainerConfig,
+    tracking: MlflowTracking,
+    mlflow_run: Run,
+    output_dir: Path,
+    accelerator,
+) -> None:
+    """Score the saved best weights, write the outputs, log them, and drop the resume state."""
+    final, probs, threshold = score_best(result.best_dir, splits, data, trainer.threshold, accelerator)
+    if not accelerator.is_main_process:
+        return
+    log_summary(result, final, trainer.metric, output_dir, tracking)
+    write_outputs(output_dir, splits, probs, data.labels, result, final, trainer.metric, mlflow_run.run_id,
+                  tracking.run_name or output_dir.name, threshold)  # fmt: skip
+    record_finish(mlflow_run, result, final, trainer.metric, tracking, output_dir)
+    if not trainer.keep_last_checkpoint:
+        remove_last_checkpoint(output_dir)
+
+
+def record_finish(mlflow_run: Run, result: FitResult, final: dict, metric: str, tracking: MlflowTracking,
+                  output_dir: Path) -> None:  # fmt: skip
+    """What a finished run adds to its MLflow run: the final metrics and speed, the result in its description,
+    its files and weights."""
+    mlflow_run.log_metrics({**final, **{f"speed/{k}": v for k, v in result.speed.items()}}, step=result.steps)
+    note = mlflow_run.tags.get("mlflow.note.content", "").split("\n\nBest dev")[0]  # a resumed run: not twice
+    mlflow_run.set_tags({"mlflow.note.content": f"{note}\n\n{result_line(result, final, metric)}".strip()})
+    log_outputs(mlflow_run, tracking, output_dir, result.best_dir)
+
+
+def log_log_files(mlflow_run: Run, output_dir: Path) -> None:
+    for logfile in RunFolder(output_dir).logs():
+        mlflow_run.log_artifact(logfile)
+
+
+SUMMARY = ("accuracy", "macro_f1", "f1", "auc")  # the final metrics the summary line shows
+
+
+def result_line(result: FitResult, final: dict, metric: str) -> str:
+    scores = " ".join(f"{k.removeprefix('final/')}={v:.4f}" for k, v in final.items()
+                      if k.rsplit("_", 1)[-1] in SUMMARY or k.endswith("macro_f1"))  # fmt: skip
+    return f"Best dev {metric} {result.best_metric:.4f} at step {result.best_step} of {result.steps}; the best " \
+        f"weights scored again from disk: {scores}"  # fmt: skip
+
+
+def log_summary(result: FitResult, final: dict, metric: str, output_dir: Path, tracking: MlflowTracking) -> None:
+    """What a user wants to read last: how good, where the weights are, how to browse the run."""
+    log.info("%s", result_line(result, final, metric))
+    log.info("best weights: %s", RunFolder(output_dir).best_model)
+    if tracking.enabled:
+        store = mask_uri(tracking.uri)
+        local = store.startswith("sqlite") or "://" not in store
+        browse = f"mlflow ui --backend-store-uri {store} --host 127.0.0.1 --workers 1" if local else store
+        log.info("MLflow run %r in experiment %r: %s", tracking.run_name, tracking.experiment, browse)
+
+
+def scored_splits(splits: dict[str, Split]) -> list[str]:
+    """What the best weights are scored on, dev first (a tuned threshold is chosen there): dev, the extra dev
+    sets, the test file."""
+    return ["dev", *(name for name in splits if name.startswith("dev_")), *(["test"] if "test" in splits else [])]
+
+
+def score_best(best_dir: Path, splits: dict[str, Split], data: PairData, threshold: float | str, accelerator):
+    """Metrics of the saved best weights on every split but train (those with labels), their class
+    probabilities, and the threshold they predict with (``tune``, binary tasks: the one that maximises dev F1,
+    saved in the weights' meta). The saved folder, reloaded, is what users get: it is scored, not the
+    in-memory model."""
+    names = scored_splits(splits)
+    log.info("scoring the best weights (%s) on %s", best_dir, ", ".join(f"{n} ({len(splits[n])} pairs)" for n in names))
+    best = prepare_for_device(load_pair_classifier(str(best_dir)), accelerator.device.type)
+    batching = dict(batch_size=data.eval_batch_size, pad_to_multiple_of=data.pad_to_multiple_of, names=data.labels)
+    final, probs = {}, {}
+    for name in names:
+        probs[name], loss, metrics = score(best, splits[name], accelerator=accelerator,
+                                           threshold=0.5 if threshold == "tune" else threshold, **batching)  # fmt: skip
+        if name == "dev" and threshold == "tune":
+            threshold = tune_threshold(splits["dev"].labels, probs["dev"], best_dir)
+            metrics = classification_metrics(splits["dev"].labels, probs["dev"], loss, threshold, data.labels)
+        elif name != "dev" and threshold != 0.5 and metrics is not None:  # the tuned threshold everywhere
+            metrics = classification_metrics(splits[name].labels, probs[name], loss, threshold, data.labels)
+        final.update({f"final/{name}_{k}": v for k, v in (metrics or {}).items()})
+    if len(data.labels) == 2:
+        final["final/threshold"] = threshold
+    return final, probs, threshold
+
+
+def tune_threshold(labels: np.ndarray, probs: np.ndarray, best_dir: Path) -> float:
+    """The dev-F1-best threshold for the best weights, written into their meta (evaluate/predict use it)."""
+    threshold, f1 = best_threshold(labels, probs[:, 1])
+    update_meta(best_dir, threshold=threshold)
+    log.warning(
+        "threshold %.4f maximises dev F1 (%.4f) and is saved with the best weights; dev metrics at it are "
+        "optimistic, as it was chosen on the same dev set: for a clean threshold, sweep data.folds=K "
+        "data.fold=0..K-1 (the sweep's parent gets the out-of-fold one)", threshold, f1,
+    )  # fmt: skip
+    return threshold
+
+
+def json_dumps(value, **kwargs) -> str:
+    """JSON with NaN and infinities as null (``json.dumps`` would write bare NaN, which is not JSON)."""
+
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        return [clean(x) for x in v] if isinstance(v, list) else v
+
+    return json.dumps(clean(value), allow_nan=False, **kwargs)
+
+
+def write_outputs(
+    output_dir: Path,
+    splits: dict[str, Split],
+    probs: dict,
+    names: list[str],
+    result: FitResult,
+    final: dict,
+    metric: str,
+    run_id: str | None,
+    run_name: str,
+    threshold: float = 0.5,
+) -> None:
+    """Predictions, result.json and the dev plots in the run's output folder."""
+    for split, split_probs in probs.items():  # dev (with sentences and gold labels), extra dev sets, test
+        scored = split != "test"
+        path = RunFolder(output_dir).predictions(split)
+        write_predictions(path, splits[split].pairs(), split_probs, names, threshold, with_sentences=scored)
+    RunFolder(output_dir).result.write_text(
+        json_dumps(
+            {
+                "best_metric": result.best_metric,
+                "metric": metric,
+                "best_step": result.best_step,
+                "steps": result.steps,
+                **final,
+                "speed": result.speed,
+                "mlflow_run_id": run_id,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    save_dev_plots(
+        splits["dev"].labels, probs["dev"], names, RunFolder(output_dir).plots, title=run_name, threshold=threshold
+    )
+
+
+def log_outputs(mlflow_run: Run, tracking: MlflowTracking, output_dir: Path, best_dir: Path) -> None:
+    """The run's files as MLflow artifacts; the best weights as artifacts, a flavour model, a registry version."""
+    folder = RunFolder(output_dir)
+    for path in (*folder.all_predictions(), folder.result):
+        mlflow_run.log_artifact(path)
+    mlflow_run.log_table(folder.predictions("dev"), "dev_predictions_table.json")  # sortable in the UI
+    for outputs in (folder.plots, folder.profile):  # profile/: when trainer.profile_steps > 0
+        mlflow_run.log_artifacts(outputs, outputs.name)
+    mlflow_run.log_masked_artifacts(folder.hydra, "hydra")  # the config, its secrets masked
+    if tracking.log_weights or tracking.register_as:
+        mlflow_run.log_artifacts(best_dir, BEST_MODEL)
+    if tracking.log_model:  # registered (if asked) as the model to serve, usable without this project
+        mlflow_run.log_served_model(best_dir, register_as=tracking.register_as)
+    elif tracking.register_as:
+        mlflow_run.register(tracking.register_as, BEST_MODEL)
