@@ -1,0 +1,74 @@
+"""The package's shape: four folders and a shared top level, imports only pointing down, and a map that lists
+every module (docs/architecture.md), so the layout cannot drift from its description unseen."""
+
+import ast
+from pathlib import Path
+
+from helpers import REPO
+
+PACKAGE = REPO / "afqmc_exp"
+LAYERS = ["commands", "training", "tracking", "data", ""]  # top to bottom; "": the shared top-level modules
+
+
+def layer(module: str) -> int:
+    parts = module.split(".")
+    inner = parts[1] if len(parts) > 2 or (len(parts) == 2 and (PACKAGE / parts[1]).is_dir()) else ""
+    return LAYERS.index(inner if inner in LAYERS else "")
+
+
+def imports_of(path: Path) -> set[str]:
+    """The afqmc_exp modules ``path`` imports (relative imports resolved), at any depth of its code."""
+    here = ".".join(path.relative_to(REPO).with_suffix("").parts)
+    package = here if path.name == "__init__.py" else here.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            found.update(f"{module}.{a.name}" if not node.module else module for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return {m.removesuffix(".__init__") for m in found if m.startswith("afqmc_exp.")}
+
+
+def modules() -> dict[str, Path]:
+    return {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p
+            for p in PACKAGE.rglob("*.py") if "conf" not in p.relative_to(PACKAGE).parts}  # fmt: skip
+
+
+def test_imports_point_down_between_the_folders():
+    upward = []
+    for name, path in modules().items():
+        if name.count(".") < 1 or name.split(".")[1] in ("__main__", "resolvers"):  # the entry and config glue
+            continue
+        for imported in imports_of(path):
+            if layer(imported) < layer(name):
+                upward.append(f"{name} -> {imported}")
+    assert not upward, "imports that point up a layer (commands > training > tracking > data > shared):\n" + \
+        "\n".join(sorted(upward))  # fmt: skip
+
+
+def test_the_top_level_holds_only_what_everything_shares():
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= 12, top
+    assert sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()) == [
+        "commands", "data", "tracking", "training"]  # fmt: skip
+
+
+def test_no_module_imports_itself_round_a_cycle():
+    graph = {name: {i for i in imports_of(path) if i != name} for name, path in modules().items()}
+    state, cycles = {}, []
+
+    def visit(name, path):
+        state[name] = "open"
+        for other in graph[name] & graph.keys():
+            if state.get(other) == "open":
+                cycles.append(" -> ".join([*path[path.index(other) :], other]))
+            elif other not in state:
+                visit(other, [*path, other])
+        state[name] = "done"
+
+    for name in graph:
+        if name not in state:
+            visit(name, [name])
+    assert not cycles, cycles
