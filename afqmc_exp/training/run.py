@@ -56,10 +56,7 @@ def run(
     what is uploaded (see ``masking``)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    checked = data.check()  # every line checked before anything heavy happens
-    startup = {"data_check_s": time.perf_counter() - started}  # where the wait before the first step goes
-    check_dev_labels(checked["dev"], trainer.metric, data.labels)
+    checked, startup = checked_data(data, trainer.metric)  # every line checked before anything heavy happens
     seed_everything(seed)
     accelerator = build_accelerator(trainer.device, trainer.mixed_precision, trainer.tf32)
     data = data.for_device(accelerator.device.type)  # the "auto" batch settings
@@ -69,28 +66,43 @@ def run(
         log.info("%s", line)
     tags = {**tags, **system_tags(accelerator, eval_in_bf16(trainer.eval_precision, accelerator.device))}
     startup["startup_data_s"] = seconds_since_start()
-    with run_folder_lock(output_dir, accelerator):
-        mlflow_run = open_mlflow_run(tracking, output_dir, params, tags, parent_run_id, resume, accelerator, masker)
-        if not resume:
-            mlflow_run.log_datasets(data.dataset_inputs(checked))
-        with closed_with_status(mlflow_run, output_dir, accelerator, tracking.system_metrics_seconds):
-            startup["startup_tracking_s"] = seconds_since_start()
-            pretrained, splits = load_for_training(load_model, accelerator.device.type, data, checked, startup)
-            startup["startup_model_s"] = seconds_since_start()
-            trainer_of_run = Trainer(
-                pretrained=pretrained, data=data, splits=splits, make_optimizer=make_optimizer,
-                make_scheduler=make_scheduler, config=trainer, seed=seed, output_dir=output_dir,
-                accelerator=accelerator, log_metrics=mlflow_run.log_metrics, flush_metrics=mlflow_run.flush,
-                regularizer=regularizer, on_evaluate=on_evaluate,
-            )  # fmt: skip
-            restarted = resume and not has_last_checkpoint(output_dir)
-            if restarted:  # killed before its first checkpoint, or one moved aside: said, not silent
-                log.warning("%s has no last checkpoint: training starts again from step 0, in the same run", output_dir)
-                mlflow_run.set_tags({"resume.restarted_from_step_0": "true"})
-            result = trainer_of_run.fit(resume=resume and not restarted)
-            result.speed.update(startup)
-            finish_run(result, splits, data, trainer, tracking, mlflow_run, output_dir, accelerator)
+    datasets = [] if resume else data.dataset_inputs(checked)  # a resumed run logged them when it began
+    with (
+        run_folder_lock(output_dir, accelerator),
+        opened_run(
+            tracking, output_dir, params, tags, parent_run_id, resume, accelerator, masker, datasets
+        ) as mlflow_run,
+    ):
+        startup["startup_tracking_s"] = seconds_since_start()
+        pretrained, splits = load_for_training(load_model, accelerator.device.type, data, checked, startup)
+        startup["startup_model_s"] = seconds_since_start()
+        result = Trainer(
+            pretrained=pretrained, data=data, splits=splits, make_optimizer=make_optimizer,
+            make_scheduler=make_scheduler, config=trainer, seed=seed, output_dir=output_dir,
+            accelerator=accelerator, log_metrics=mlflow_run.log_metrics, flush_metrics=mlflow_run.flush,
+            regularizer=regularizer, on_evaluate=on_evaluate,
+        ).fit(resume=resume and has_checkpoint_to_resume(output_dir, mlflow_run))  # fmt: skip
+        result.speed.update(startup)
+        finish_run(result, splits, data, trainer, tracking, mlflow_run, output_dir, accelerator)
     return result.best_metric
+
+
+def checked_data(data: PairData, metric: str) -> tuple[dict[str, CheckedFile], dict[str, float]]:
+    """Every file of the task checked (or its check read from the cache), and how long that took."""
+    started = time.perf_counter()
+    checked = data.check()
+    check_dev_labels(checked["dev"], metric, data.labels)
+    return checked, {"data_check_s": time.perf_counter() - started}  # where the wait before the first step goes
+
+
+def has_checkpoint_to_resume(output_dir: Path, mlflow_run: Run | NoRun) -> bool:
+    """Whether a resumed run has a last checkpoint; one killed before its first checkpoint (or whose checkpoint
+    was moved aside) starts again from step 0 in the same run, said, not silent."""
+    if has_last_checkpoint(output_dir):
+        return True
+    log.warning("%s has no last checkpoint: training starts again from step 0, in the same run", output_dir)
+    mlflow_run.set_tags({"resume.restarted_from_step_0": "true"})
+    return False
 
 
 def load_for_training(
@@ -188,6 +200,27 @@ def closed_with_status(mlflow_run: Run, output_dir: Path, accelerator, system_me
         mlflow_run.end(status)
         if accelerator.num_processes > 1:
             accelerator.end_training()  # destroys the process group: exiting with it alive can abort (SIGABRT)
+
+
+@contextlib.contextmanager
+def opened_run(
+    tracking: MlflowTracking,
+    output_dir: Path,
+    params: Mapping[str, str],
+    tags: Mapping[str, str],
+    parent_run_id: str | None,
+    resume: bool,
+    accelerator,
+    masker: Masker | None,
+    datasets: list[dict],
+):
+    """The run's MLflow run (a :class:`NoRun` where nothing is tracked), open for the block and closed with the
+    block's outcome as its status."""
+    mlflow_run = open_mlflow_run(tracking, output_dir, params, tags, parent_run_id, resume, accelerator, masker)
+    if datasets:
+        mlflow_run.log_datasets(datasets)
+    with closed_with_status(mlflow_run, output_dir, accelerator, tracking.system_metrics_seconds):
+        yield mlflow_run
 
 
 def open_mlflow_run(
