@@ -10,6 +10,7 @@ scikit-learn import on the start-up path); the tests check them against scikit-l
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from typing import Literal
@@ -21,6 +22,16 @@ from .answers import predicted
 Metric = Literal["accuracy", "macro_f1", "f1", "auc", "loss"]  # what trainer.metric may name
 GREATER_IS_BETTER: dict[str, bool] = {"accuracy": True, "macro_f1": True, "f1": True, "auc": True, "loss": False}
 BINARY_ONLY = ("f1", "auc")
+
+
+def improves(metric: Metric, value: float, best: float | None) -> bool:
+    """Whether ``value`` of ``metric`` beats ``best``: the first value always does (so a best always exists),
+    and any number beats NaN."""
+    if best is None:
+        return True
+    if math.isnan(best):
+        return not math.isnan(value)
+    return value > best if GREATER_IS_BETTER[metric] else value < best
 
 
 def metric_name(label: str) -> str:

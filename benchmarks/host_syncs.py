@@ -51,8 +51,9 @@ def trainer_for(args, output_dir: Path):
     pretrained = prepare_for_device(pretrained, accelerator.device.type)
     splits = data.tokenize(pretrained.tokenizer, checked)
     return Trainer(
-        pretrained=pretrained, data=data, splits=splits, make_optimizer=partial(adamw),
-        make_scheduler=partial(schedule), config=config, seed=0, output_dir=output_dir,
+        pretrained=pretrained, data=data.for_device(accelerator.device.type), splits=splits,
+        make_optimizer=partial(adamw), make_scheduler=partial(schedule), config=config.for_device(accelerator.device),
+        seed=0, output_dir=output_dir,
         accelerator=accelerator, log_metrics=lambda metrics, step: None,
     )  # fmt: skip
 

@@ -86,16 +86,17 @@ def make_trainer(tmp_path, lr=1e-3, n_train=37, dropout=0.1, pad_to_multiple_of=
     }
     logged = Logged()
     config = TrainerConfig(**{"device": "cpu", "progress_bar": False, "eval_precision": "fp32", **config})
+    accelerator = build_accelerator(device="cpu")
     trainer = Trainer(
         pretrained=pretrained,
-        data=data,
+        data=data.for_device("cpu"),
         splits=splits,
         make_optimizer=partial(adamw, lr=lr),
         make_scheduler=partial(schedule, warmup_ratio=0.1),
-        config=config,
+        config=config.for_device(accelerator.device),
         seed=3,
         output_dir=tmp_path / "run",
-        accelerator=build_accelerator(device="cpu"),
+        accelerator=accelerator,
         log_metrics=logged,
     )
     return trainer, logged
@@ -140,8 +141,8 @@ def test_evaluation_every_n_steps_and_early_stopping(tmp_path):
 
 def checkpointed_steps(trainer) -> list[int]:
     """Record the step of every checkpoint ``trainer`` saves."""
-    steps, save = [], trainer.checkpoints.save
-    trainer.checkpoints.save = lambda *args: (steps.append(trainer.state.step), save(*args))
+    steps, write = [], trainer.checkpointer.writer.save
+    trainer.checkpointer.writer.save = lambda *args: (steps.append(trainer.state.step), write(*args))
     return steps
 
 

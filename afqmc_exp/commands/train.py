@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -18,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from ..data import DataError
 from ..moved_targets import upgrade
 from ..run_folder import RunFolder
-from ..tracking.masking import Masker, hide_run_config, install_log_filter
+from ..tracking.config import flatten
+from ..tracking.masking import Masker, hide_run_config, install_log_filter, mask_uri
 from .config_checks import ConfigError, validate
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,8 @@ def find_run_dir(resume: str, tracking) -> Path:
             folder = Path(tracking.client().get_run(resume).data.tags["hydra.output_dir"])
         except (MlflowException, KeyError):
             raise SystemExit(
-                f"error: resume={resume}: neither a run's output folder nor the id of an MLflow run in {tracking.uri}"
+                f"error: resume={resume}: neither a run's output folder nor the id of an MLflow run in "
+                f"{mask_uri(tracking.uri)}"
             ) from None
     if not RunFolder(folder).config.exists():
         raise SystemExit(f"error: resume={resume}: {folder} has no .hydra/config.yaml; is it a train.py output folder?")
@@ -88,10 +91,23 @@ def config_of_run(run_id: str, tracking):
             cfg = upgrade(OmegaConf.load(client.download_artifacts(run_id, "hydra/config.yaml", tmp)))
     except (MlflowException, OSError) as err:
         raise SystemExit(
-            f"error: rerun={run_id}: no hydra/config.yaml for that run in {tracking.uri} ({str(err).splitlines()[0]})"
+            f"error: rerun={run_id}: no hydra/config.yaml for that run in {mask_uri(tracking.uri)} "
+            f"({str(err).splitlines()[0]})"
         ) from None
     cfg.rerun = None
     return cfg, original
+
+
+@dataclass
+class Start:
+    """Where a training starts from: the command line's config, a killed run's folder (``resume=``) or a logged
+    run's config (``rerun=``)."""
+
+    cfg: DictConfig  # the run's own config
+    output_dir: Path
+    resume: bool = False
+    tags: dict = field(default_factory=dict)  # what a rerun reruns
+    run_name: str | None = None  # a rerun keeps the run's name
 
 
 def train_from_config(cfg: DictConfig) -> float:
@@ -109,36 +125,47 @@ def train_from_config(cfg: DictConfig) -> float:
     from ..training.checkpoint import CheckpointDamaged, NoSpaceLeft
     from ..training.run import RunInProgress
 
-    hydra_cfg, masker = HydraConfig.get(), mask_logs(cfg)
+    hydra_cfg, masker = HydraConfig.get(), mask_logs(cfg)  # the command line's secrets, masked from the first line
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    start = starting_point(cfg, hydra_cfg)
+    if start.cfg is not cfg:
+        masker = mask_logs(start.cfg)  # from here on: the run's own config, its own secrets
+    if start.resume and RunFolder(start.output_dir).finished:
+        return report_finished(start.output_dir, instantiate(start.cfg.tracking), masker)
+    hide_run_config(Path(hydra_cfg.runtime.output_dir), masker)
+    if start.resume:
+        append_log_to(start.output_dir, masker)
+        log.info("resuming %s with its saved config", start.output_dir)
+    try:
+        return _train(start, hydra_cfg, masker, in_sweep)
+    except (ConfigError, DataError, ModelError, TrackingUnavailable, RunInProgress, CheckpointDamaged,
+            NoSpaceLeft) as err:  # fmt: skip
+        if in_sweep:  # the sweep records this job as failed and goes on
+            raise
+        if not start.resume:
+            discard_if_unused(start.output_dir)
+        how = f": python train.py resume={start.output_dir}" if isinstance(err, NoSpaceLeft) else ""
+        raise SystemExit(f"error: {masker(str(err))}{how}") from None  # a clear message, not a traceback
+
+
+def starting_point(cfg: DictConfig, hydra_cfg) -> Start:
+    """The run this command trains: ``resume=`` and ``rerun=`` are looked up in the command line's store."""
+    from hydra.utils import instantiate
+
     output_dir, resume, rerun = Path(hydra_cfg.runtime.output_dir), cfg.get("resume"), cfg.get("rerun")
-    in_sweep, extra_tags, run_name = hydra_cfg.mode == RunMode.MULTIRUN, {}, None
     if resume and rerun:
         raise SystemExit(
             "error: resume= and rerun= together: resume continues a killed run in its folder, rerun starts a "
             "logged run's config again as a new run; give one of them"
         )
+    if not (resume or rerun):
+        return Start(cfg, output_dir)
+    lookup = instantiate(cfg.tracking)
     if resume:
-        output_dir = find_run_dir(str(resume), instantiate(cfg.tracking))
-        cfg = upgrade(OmegaConf.load(RunFolder(output_dir).config))  # saved before a move: mapped
-        if RunFolder(output_dir).finished:
-            return report_finished(output_dir, instantiate(cfg.tracking), mask_logs(cfg))
-    elif rerun:
-        cfg, extra_tags, run_name = rerun_config(str(rerun), instantiate(cfg.tracking), hydra_cfg, output_dir)
-    masker = mask_logs(cfg)  # from here on: the run's own config, its own secrets
-    hide_run_config(Path(hydra_cfg.runtime.output_dir), masker)
-    if resume:
-        append_log_to(output_dir, masker)
-        log.info("resuming %s with its saved config", output_dir)
-    try:
-        return _train(cfg, hydra_cfg, output_dir, resume, in_sweep, extra_tags, run_name, masker)
-    except (ConfigError, DataError, ModelError, TrackingUnavailable, RunInProgress, CheckpointDamaged,
-            NoSpaceLeft) as err:  # fmt: skip
-        if in_sweep:  # the sweep records this job as failed and goes on
-            raise
-        if not resume:
-            discard_if_unused(output_dir)
-        how = f": python train.py resume={output_dir}" if isinstance(err, NoSpaceLeft) else ""
-        raise SystemExit(f"error: {masker(str(err))}{how}") from None  # a clear message, not a traceback
+        folder = find_run_dir(str(resume), lookup)
+        return Start(upgrade(OmegaConf.load(RunFolder(folder).config)), folder, resume=True)  # an old one: mapped
+    cfg, tags, run_name = rerun_config(str(rerun), lookup, hydra_cfg, output_dir)
+    return Start(cfg, output_dir, tags=tags, run_name=run_name)
 
 
 def rerun_config(run_id: str, tracking, hydra_cfg, output_dir: Path) -> tuple[DictConfig, dict, str]:
@@ -207,37 +234,39 @@ def report_finished(output_dir: Path, tracking, masker: Masker) -> float:
     return result.get("best_metric")
 
 
-def _train(cfg: DictConfig, hydra_cfg, output_dir: Path, resume, in_sweep: bool, extra_tags: dict,
-           run_name: str | None, masker: Masker) -> float:  # fmt: skip
+def _train(start: Start, hydra_cfg, masker: Masker, in_sweep: bool) -> float:
+    """The run's config checked, its groups instantiated, and the typed task called with them."""
     from hydra.utils import instantiate
 
-    from ..tracking.config import flatten
     from ..tracking.pruning import trial_reporter
     from ..tracking.sweep import parent_run_id, swept_in
-    from ..training.run import run
+    from ..training.run import Recipe, RunTracking, run
 
+    cfg, output_dir = start.cfg, start.output_dir
     validate(cfg)  # before any model is loaded or run opened
     tracking = instantiate(cfg.tracking)
-    choices = saved_choices(output_dir) if resume else dict(hydra_cfg.runtime.choices)  # the run's own options
+    choices = saved_choices(output_dir) if start.resume else dict(hydra_cfg.runtime.choices)  # the run's own options
     if not tracking.run_name:
         swept = swept_in(hydra_cfg.sweep.dir) if in_sweep else []
-        tracking.run_name = run_name or default_run_name(cfg, choices, swept)
+        tracking.run_name = start.run_name or default_run_name(cfg, choices, swept)
     if in_sweep and hydra_cfg.runtime.choices.get("hydra/launcher") == "joblib":  # jobs side by side: a GPU each
         from ..training.hardware import pin_parallel_job
 
         pin_parallel_job(hydra_cfg.job.num)
-    optuna = OmegaConf.to_container(cfg.optuna) if cfg.get("optuna") else None  # a trial of a search (pruning)
-    # tags only feed the MLflow run: without one, MLflow is never imported (it takes a while to import)
-    tags = {**run_tags(hydra_cfg, choices, output_dir, masker, in_sweep), **extra_tags} if tracking.enabled else {}
-    return run(
+    recipe = Recipe(
         data=instantiate(cfg.data), load_model=instantiate(cfg.model), make_optimizer=instantiate(cfg.optim),
-        make_scheduler=instantiate(cfg.scheduler), trainer=instantiate(cfg.trainer), tracking=tracking,
-        seed=cfg.seed, output_dir=output_dir, params=masker.values(flatten(OmegaConf.to_container(cfg, resolve=True))),
-        tags=tags, resume=bool(resume),
-        parent_run_id=parent_run_id(hydra_cfg.sweep.dir) if in_sweep else None, masker=masker,
+        make_scheduler=instantiate(cfg.scheduler), trainer=instantiate(cfg.trainer), seed=cfg.seed,
         regularizer=instantiate(cfg.regularizer),
-        on_evaluate=trial_reporter(optuna, cfg.trainer.metric) if optuna else None,
     )  # fmt: skip
+    # tags only feed the MLflow run: without one, MLflow is never imported (it takes a while to import)
+    tags = {**run_tags(hydra_cfg, choices, output_dir, masker, in_sweep), **start.tags} if tracking.enabled else {}
+    tracked = RunTracking(
+        tracking, params=masker.values(flatten(OmegaConf.to_container(cfg, resolve=True))), tags=tags,
+        parent_run_id=parent_run_id(hydra_cfg.sweep.dir) if in_sweep else None, masker=masker,
+    )  # fmt: skip
+    optuna = OmegaConf.to_container(cfg.optuna) if cfg.get("optuna") else None  # a trial of a search (pruning)
+    on_evaluate = trial_reporter(optuna, cfg.trainer.metric) if optuna else None
+    return run(recipe, tracked, output_dir, resume=start.resume, on_evaluate=on_evaluate)
 
 
 def saved_choices(output_dir: Path) -> dict:

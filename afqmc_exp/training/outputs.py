@@ -4,7 +4,8 @@
 The saved folder, reloaded, is what users get, so it is what is scored, not the model in memory. Outputs are
 written by the main process only; every process scores (each a slice of every split, gathered). A run killed
 after its ``result.json`` but before its MLflow run closed is completed from the folder by ``record_finish``
-(see ``run.complete_record``).
+(see ``run.complete_record``). :class:`RunOutputs` owns the two places they go to: the run folder and the
+MLflow run.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from ..plots import save_dev_plots
 from ..run_folder import BEST_MODEL, RunFolder
 from ..tracking.config import MlflowTracking
 from ..tracking.masking import mask_uri
-from ..tracking.mlflow_run import Run
+from ..tracking.mlflow_run import NoRun, Run
 from .checkpoint import remove_last_checkpoint, update_meta
 from .inference import score, write_predictions
 from .trainer import FitResult, TrainerConfig
@@ -31,36 +33,73 @@ from .trainer import FitResult, TrainerConfig
 log = logging.getLogger(__name__)
 
 
-def finish_run(
-    result: FitResult,
-    splits: dict[str, Split],
-    data: PairData,
-    trainer: TrainerConfig,
-    tracking: MlflowTracking,
-    mlflow_run: Run,
-    output_dir: Path,
-    accelerator,
-) -> None:
-    """Score the saved best weights, write the outputs, log them, and drop the resume state."""
-    final, probs, threshold = score_best(result.best_dir, splits, data, trainer.threshold, accelerator)
-    if not accelerator.is_main_process:
-        return
-    log_summary(result, final, trainer.metric, output_dir, tracking)
-    write_outputs(output_dir, splits, probs, data.labels, result, final, trainer.metric, mlflow_run.run_id,
-                  tracking.run_name or output_dir.name, threshold)  # fmt: skip
-    record_finish(mlflow_run, result, final, trainer.metric, tracking, output_dir)
-    if not trainer.keep_last_checkpoint:
-        remove_last_checkpoint(output_dir)
+@dataclass
+class Scored:
+    """The saved best weights' scores: the ``final/*`` metrics, each scored split's class probabilities, and the
+    threshold they predict with."""
+
+    final: dict[str, float]
+    probs: dict[str, np.ndarray]
+    threshold: float | str
 
 
-def record_finish(mlflow_run: Run, result: FitResult, final: dict, metric: str, tracking: MlflowTracking,
-                  output_dir: Path) -> None:  # fmt: skip
-    """What a finished run adds to its MLflow run: the final metrics and speed, the result in its description,
-    its files and weights."""
-    mlflow_run.log_metrics({**final, **{f"speed/{k}": v for k, v in result.speed.items()}}, step=result.steps)
-    note = mlflow_run.tags.get("mlflow.note.content", "").split("\n\nBest dev")[0]  # a resumed run: not twice
-    mlflow_run.set_tags({"mlflow.note.content": f"{note}\n\n{result_line(result, final, metric)}".strip()})
-    log_outputs(mlflow_run, tracking, output_dir, result.best_dir)
+class RunOutputs:
+    """What a finished run leaves in its run folder and its MLflow run. ``accelerator``: every process scores,
+    the main one writes and logs; without one, a single process (completing a finished run's record)."""
+
+    def __init__(self, output_dir: Path, mlflow_run: Run | NoRun, tracking: MlflowTracking, accelerator=None):
+        self.output_dir, self.folder = Path(output_dir), RunFolder(output_dir)
+        self.mlflow_run, self.tracking, self.accelerator = mlflow_run, tracking, accelerator
+
+    def finish(self, result: FitResult, splits: dict[str, Split], data: PairData, trainer: TrainerConfig) -> None:
+        """Score the saved best weights, write the outputs, log them, and drop the resume state."""
+        scored = score_best(result.best_dir, splits, data, trainer.threshold, self.accelerator)
+        if not self.accelerator.is_main_process:
+            return
+        log_summary(result, scored.final, trainer.metric, self.output_dir, self.tracking)
+        self.write(result, splits, scored, data.labels, trainer.metric)
+        self.record_finish(result, scored.final, trainer.metric)
+        if not trainer.keep_last_checkpoint:
+            remove_last_checkpoint(self.output_dir)
+
+    def record_finish(self, result: FitResult, final: dict, metric: str) -> None:
+        """What a finished run adds to its MLflow run: the final metrics and speed, the result in its description,
+        its files and weights."""
+        mlflow_run = self.mlflow_run
+        mlflow_run.log_metrics({**final, **{f"speed/{k}": v for k, v in result.speed.items()}}, step=result.steps)
+        note = mlflow_run.tags.get("mlflow.note.content", "").split("\n\nBest dev")[0]  # a resumed run: not twice
+        mlflow_run.set_tags({"mlflow.note.content": f"{note}\n\n{result_line(result, final, metric)}".strip()})
+        self._log_files(result.best_dir)
+
+    def write(self, result: FitResult, splits: dict[str, Split], scored: Scored, labels: list[str],
+              metric: str) -> None:  # fmt: skip
+        """Predictions, result.json and the dev plots in the run folder."""
+        threshold = scored.threshold
+        for split, probs in scored.probs.items():  # dev (with sentences and gold labels), extra dev sets, test
+            pairs, with_sentences = splits[split].pairs(), split != "test"
+            write_predictions(self.folder.predictions(split), pairs, probs, labels, threshold, with_sentences)
+        record = {"best_metric": result.best_metric, "metric": metric, "best_step": result.best_step,
+                  "steps": result.steps, **scored.final, "speed": result.speed,
+                  "mlflow_run_id": self.mlflow_run.run_id}  # fmt: skip
+        self.folder.result.write_text(json_dumps(record, indent=2) + "\n")
+        save_dev_plots(splits["dev"].labels, scored.probs["dev"], labels, self.folder.plots,
+                       title=self.tracking.run_name or self.output_dir.name, threshold=threshold)  # fmt: skip
+
+    def _log_files(self, best_dir: Path) -> None:
+        """The run's files as MLflow artifacts; the best weights as artifacts, a flavour model, a registry version."""
+        folder, mlflow_run, tracking = self.folder, self.mlflow_run, self.tracking
+        for path in (*folder.all_predictions(), folder.result):
+            mlflow_run.log_artifact(path)
+        mlflow_run.log_table(folder.predictions("dev"), "dev_predictions_table.json")  # sortable in the UI
+        for outputs in (folder.plots, folder.profile):  # profile/: when trainer.profile_steps > 0
+            mlflow_run.log_artifacts(outputs, outputs.name)
+        mlflow_run.log_masked_artifacts(folder.hydra, "hydra")  # the config, its secrets masked
+        if tracking.log_weights or tracking.register_as:
+            mlflow_run.log_artifacts(best_dir, BEST_MODEL)
+        if tracking.log_model:  # registered (if asked) as the model to serve, usable without this project
+            mlflow_run.log_served_model(best_dir, register_as=tracking.register_as)
+        elif tracking.register_as:
+            mlflow_run.register(tracking.register_as, BEST_MODEL)
 
 
 def log_log_files(mlflow_run: Run, output_dir: Path) -> None:
@@ -95,7 +134,8 @@ def scored_splits(splits: dict[str, Split]) -> list[str]:
     return ["dev", *(name for name in splits if name.startswith("dev_")), *(["test"] if "test" in splits else [])]
 
 
-def score_best(best_dir: Path, splits: dict[str, Split], data: PairData, threshold: float | str, accelerator):
+def score_best(best_dir: Path, splits: dict[str, Split], data: PairData, threshold: float | str,
+               accelerator) -> Scored:  # fmt: skip
     """Metrics of the saved best weights on every split but train (those with labels), their class
     probabilities, and the threshold they predict with (``tune``, binary tasks: the one that maximises dev F1,
     saved in the weights' meta). The saved folder, reloaded, is what users get: it is scored, not the
@@ -116,7 +156,7 @@ def score_best(best_dir: Path, splits: dict[str, Split], data: PairData, thresho
         final.update({f"final/{name}_{k}": v for k, v in (metrics or {}).items()})
     if len(data.labels) == 2:
         final["final/threshold"] = threshold
-    return final, probs, threshold
+    return Scored(final, probs, threshold)
 
 
 def tune_threshold(labels: np.ndarray, probs: np.ndarray, best_dir: Path) -> float:
@@ -142,57 +182,3 @@ def json_dumps(value, **kwargs) -> str:
         return [clean(x) for x in v] if isinstance(v, list) else v
 
     return json.dumps(clean(value), allow_nan=False, **kwargs)
-
-
-def write_outputs(
-    output_dir: Path,
-    splits: dict[str, Split],
-    probs: dict,
-    names: list[str],
-    result: FitResult,
-    final: dict,
-    metric: str,
-    run_id: str | None,
-    run_name: str,
-    threshold: float = 0.5,
-) -> None:
-    """Predictions, result.json and the dev plots in the run's output folder."""
-    for split, split_probs in probs.items():  # dev (with sentences and gold labels), extra dev sets, test
-        scored = split != "test"
-        path = RunFolder(output_dir).predictions(split)
-        write_predictions(path, splits[split].pairs(), split_probs, names, threshold, with_sentences=scored)
-    RunFolder(output_dir).result.write_text(
-        json_dumps(
-            {
-                "best_metric": result.best_metric,
-                "metric": metric,
-                "best_step": result.best_step,
-                "steps": result.steps,
-                **final,
-                "speed": result.speed,
-                "mlflow_run_id": run_id,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    save_dev_plots(
-        splits["dev"].labels, probs["dev"], names, RunFolder(output_dir).plots, title=run_name, threshold=threshold
-    )
-
-
-def log_outputs(mlflow_run: Run, tracking: MlflowTracking, output_dir: Path, best_dir: Path) -> None:
-    """The run's files as MLflow artifacts; the best weights as artifacts, a flavour model, a registry version."""
-    folder = RunFolder(output_dir)
-    for path in (*folder.all_predictions(), folder.result):
-        mlflow_run.log_artifact(path)
-    mlflow_run.log_table(folder.predictions("dev"), "dev_predictions_table.json")  # sortable in the UI
-    for outputs in (folder.plots, folder.profile):  # profile/: when trainer.profile_steps > 0
-        mlflow_run.log_artifacts(outputs, outputs.name)
-    mlflow_run.log_masked_artifacts(folder.hydra, "hydra")  # the config, its secrets masked
-    if tracking.log_weights or tracking.register_as:
-        mlflow_run.log_artifacts(best_dir, BEST_MODEL)
-    if tracking.log_model:  # registered (if asked) as the model to serve, usable without this project
-        mlflow_run.log_served_model(best_dir, register_as=tracking.register_as)
-    elif tracking.register_as:
-        mlflow_run.register(tracking.register_as, BEST_MODEL)

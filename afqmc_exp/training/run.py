@@ -15,6 +15,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,8 @@ from ..tracking.mlflow_run import NoRun, Run
 from ..tracking.pruning import is_pruned
 from ..tracking.system_metrics import SystemMetrics
 from .checkpoint import has_last_checkpoint
-from .hardware import build_accelerator, eval_in_bf16, seconds_since_start, system_tags
-from .outputs import finish_run, log_log_files, record_finish
+from .hardware import build_accelerator, seconds_since_start, system_tags
+from .outputs import RunOutputs, log_log_files
 from .trainer import FitResult, Trainer, TrainerConfig
 
 log = logging.getLogger(__name__)
@@ -43,48 +44,72 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run(
-    *, data: PairData, load_model: Callable[[], Pretrained], make_optimizer: Callable, make_scheduler: Callable,
-    trainer: TrainerConfig, tracking: MlflowTracking, seed: int, output_dir: Path, params: Mapping[str, str],
-    tags: Mapping[str, str], parent_run_id: str | None = None, resume: bool = False, masker: Masker | None = None,
-    regularizer: Callable | None = None, on_evaluate: Callable[[int, float], None] | None = None,
-) -> float:  # fmt: skip
+@dataclass
+class Recipe:
+    """What is trained, and how: the objects Hydra builds from the config groups."""
+
+    data: PairData
+    load_model: Callable[..., Pretrained]  # labels= -> the pretrained model with a head of that many outputs
+    make_optimizer: Callable
+    make_scheduler: Callable
+    trainer: TrainerConfig
+    seed: int
+    regularizer: Callable | None = None  # one slice's forward and backward passes (see regularizers)
+
+
+@dataclass
+class RunTracking:
+    """How the run is tracked: the store's settings, and what its MLflow run is opened with."""
+
+    tracking: MlflowTracking
+    params: Mapping[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)
+    parent_run_id: str | None = None  # a sweep's parent run
+    masker: Masker | None = None  # the run's secrets, hidden in what is uploaded (see masking)
+
+
+def run(recipe: Recipe, tracked: RunTracking, output_dir: Path, *, resume: bool = False,
+        on_evaluate: Callable[[int, float], None] | None = None) -> float:  # fmt: skip
     """Train, evaluate, track; return the best dev value of ``trainer.metric`` (what sweepers optimise).
 
     ``resume=True``: ``output_dir`` is an earlier run's folder; training continues from its last checkpoint
-    (or from the start if it had none) inside the same MLflow run. ``masker`` hides the run's secrets in
-    what is uploaded (see ``masking``)."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    checked, startup = checked_data(data, trainer.metric)  # every line checked before anything heavy happens
-    seed_everything(seed)
-    accelerator = build_accelerator(trainer.device, trainer.mixed_precision, trainer.tf32)
-    data = data.for_device(accelerator.device.type)  # the "auto" batch settings
-    output_dir = shared_output_dir(output_dir, accelerator)
+    (or from the start if it had none) inside the same MLflow run. ``on_evaluate(step, dev metric)`` is
+    called after each evaluation (an Optuna trial's pruning)."""
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    checked, startup = checked_data(recipe.data, recipe.trainer.metric)  # every line checked before anything heavy
+    seed_everything(recipe.seed)
+    accelerator = build_accelerator(recipe.trainer.device, recipe.trainer.mixed_precision, recipe.trainer.tf32)
+    recipe = for_device(recipe, accelerator.device)  # the "auto" settings, decided once
+    output_dir = shared_output_dir(Path(output_dir), accelerator)
     log.info("run folder: %s", output_dir)
-    for line in data.summary(checked):
+    for line in recipe.data.summary(checked):
         log.info("%s", line)
-    tags = {**tags, **system_tags(accelerator, eval_in_bf16(trainer.eval_precision, accelerator.device))}
     startup["startup_data_s"] = seconds_since_start()
-    datasets = [] if resume else data.dataset_inputs(checked)  # a resumed run logged them when it began
+    datasets = [] if resume else recipe.data.dataset_inputs(checked)  # a resumed run logged them when it began
+    hardware = system_tags(accelerator, eval_bf16=recipe.trainer.eval_precision == "bf16")
+    tracked = replace(tracked, tags={**tracked.tags, **hardware})
     with (
         run_folder_lock(output_dir, accelerator),
-        opened_run(
-            tracking, output_dir, params, tags, parent_run_id, resume, accelerator, masker, datasets
-        ) as mlflow_run,
+        opened_run(tracked, output_dir, resume, accelerator, datasets) as mlflow_run,
     ):
         startup["startup_tracking_s"] = seconds_since_start()
-        pretrained, splits = load_for_training(load_model, accelerator.device.type, data, checked, startup)
+        pretrained, splits = load_for_training(recipe, accelerator.device.type, checked, startup)
         startup["startup_model_s"] = seconds_since_start()
         result = Trainer(
-            pretrained=pretrained, data=data, splits=splits, make_optimizer=make_optimizer,
-            make_scheduler=make_scheduler, config=trainer, seed=seed, output_dir=output_dir,
+            pretrained=pretrained, data=recipe.data, splits=splits, make_optimizer=recipe.make_optimizer,
+            make_scheduler=recipe.make_scheduler, config=recipe.trainer, seed=recipe.seed, output_dir=output_dir,
             accelerator=accelerator, log_metrics=mlflow_run.log_metrics, flush_metrics=mlflow_run.flush,
-            regularizer=regularizer, on_evaluate=on_evaluate,
+            regularizer=recipe.regularizer, on_evaluate=on_evaluate,
         ).fit(resume=resume and has_checkpoint_to_resume(output_dir, mlflow_run))  # fmt: skip
         result.speed.update(startup)
-        finish_run(result, splits, data, trainer, tracking, mlflow_run, output_dir, accelerator)
+        RunOutputs(output_dir, mlflow_run, tracked.tracking, accelerator).finish(result, splits, recipe.data,
+                                                                                 recipe.trainer)  # fmt: skip
     return result.best_metric
+
+
+def for_device(recipe: Recipe, device: torch.device) -> Recipe:
+    """The recipe with the data's and the trainer's ``auto`` settings decided for ``device``."""
+    return replace(recipe, data=recipe.data.for_device(device.type), trainer=recipe.trainer.for_device(device))
 
 
 def checked_data(data: PairData, metric: str) -> tuple[dict[str, CheckedFile], dict[str, float]]:
@@ -105,16 +130,12 @@ def has_checkpoint_to_resume(output_dir: Path, mlflow_run: Run | NoRun) -> bool:
     return False
 
 
-def load_for_training(
-    load_model: Callable[..., Pretrained],
-    device_type: str,
-    data: PairData,
-    checked: dict[str, CheckedFile],
-    startup: dict[str, float],
-) -> tuple[Pretrained, dict[str, Split]]:
+def load_for_training(recipe: Recipe, device_type: str, checked: dict[str, CheckedFile],
+                      startup: dict[str, float]) -> tuple[Pretrained, dict[str, Split]]:  # fmt: skip
     """The model with one output per label, prepared for the device, and every split tokenized with its
     tokenizer (from the token cache after the first run on these files; ``startup`` gets how long that took)."""
-    pretrained = prepare_for_device(load_model(labels=data.labels), device_type)
+    data = recipe.data
+    pretrained = prepare_for_device(recipe.load_model(labels=data.labels), device_type)
     check_max_length(data.max_length, pretrained)
     started = time.perf_counter()
     splits = data.tokenize(pretrained.tokenizer, checked)
@@ -203,43 +224,25 @@ def closed_with_status(mlflow_run: Run, output_dir: Path, accelerator, system_me
 
 
 @contextlib.contextmanager
-def opened_run(
-    tracking: MlflowTracking,
-    output_dir: Path,
-    params: Mapping[str, str],
-    tags: Mapping[str, str],
-    parent_run_id: str | None,
-    resume: bool,
-    accelerator,
-    masker: Masker | None,
-    datasets: list[dict],
-):
+def opened_run(tracked: RunTracking, output_dir: Path, resume: bool, accelerator, datasets: list[dict]):
     """The run's MLflow run (a :class:`NoRun` where nothing is tracked), open for the block and closed with the
     block's outcome as its status."""
-    mlflow_run = open_mlflow_run(tracking, output_dir, params, tags, parent_run_id, resume, accelerator, masker)
+    mlflow_run = open_mlflow_run(tracked, output_dir, resume, accelerator)
     if datasets:
         mlflow_run.log_datasets(datasets)
-    with closed_with_status(mlflow_run, output_dir, accelerator, tracking.system_metrics_seconds):
+    with closed_with_status(mlflow_run, output_dir, accelerator, tracked.tracking.system_metrics_seconds):
         yield mlflow_run
 
 
-def open_mlflow_run(
-    tracking: MlflowTracking,
-    output_dir: Path,
-    params: Mapping[str, str],
-    tags: Mapping[str, str],
-    parent_run_id: str | None,
-    resume: bool,
-    accelerator,
-    masker: Masker | None = None,
-) -> Run:
+def open_mlflow_run(tracked: RunTracking, output_dir: Path, resume: bool, accelerator) -> Run | NoRun:
     """The main process opens (or, resuming, reopens) the run; the others log nowhere."""
-    folder = RunFolder(output_dir)
+    folder, tracking = RunFolder(output_dir), tracked.tracking
     if not accelerator.is_main_process:
         return NoRun()
     if resume and folder.run_id():
-        return tracking.reopen(folder.run_id(), output_dir, masker)
-    mlflow_run = tracking.start(params, tags, output_dir, parent_run_id=parent_run_id, masker=masker)
+        return tracking.reopen(folder.run_id(), output_dir, tracked.masker)
+    mlflow_run = tracking.start(tracked.params, tracked.tags, output_dir, parent_run_id=tracked.parent_run_id,
+                                masker=tracked.masker)  # fmt: skip
     folder.save_run_id(mlflow_run.run_id)
     return mlflow_run
 
@@ -271,7 +274,7 @@ def complete_record(output_dir: Path, tracking: MlflowTracking, masker: Masker) 
                                saved["steps"], saved.get("speed", {}))  # fmt: skip
             final = {k: math.nan if v is None else v for k, v in saved.items() if k.startswith("final/")}  # null: NaN
             mlflow_run.completing = True
-            record_finish(mlflow_run, result, final, saved["metric"], tracking, output_dir)
+            RunOutputs(output_dir, mlflow_run, tracking).record_finish(result, final, saved["metric"])
             log_log_files(mlflow_run, output_dir)
             mlflow_run.end("FINISHED")
         elif mlflow_run.active:

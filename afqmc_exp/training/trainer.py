@@ -6,11 +6,10 @@ or MLflow: it receives typed objects and a ``log(metrics, step)`` callback.
 
 :class:`Trainer` reads in phases: setup (data, model and optimizer, schedule, resume) -> epochs ->
 batches -> after each optimizer step (log, evaluate, checkpoint, signals) -> after each epoch -> finish.
+The loop says *when* it stands where; its two components decide what follows: the ``checkpointer`` whether a
+last checkpoint is due (every ``checkpoint_minutes`` and/or ``checkpoint_every`` steps, at every epoch's end,
+when a signal stops the run) and the ``evaluator`` what an evaluation scores, keeps and logs.
 
-Nothing is lost: a last checkpoint (see ``checkpoint``) is written every ``checkpoint_minutes`` (and/or
-every ``checkpoint_every`` steps), at the end of every epoch and when a signal stops the run (on a GPU in
-the background, so training does not wait for the disk). Time rather than steps by default: a step takes
-milliseconds on a GPU and seconds on a CPU, and what a kill may cost is minutes of work either way.
 Metrics reach MLflow at every evaluation and just before each checkpoint (``flush_metrics``); a resumed
 run skips the steps the store already holds, so each step is logged exactly once.
 SIGINT/SIGTERM stop the loop at the next step boundary, after a checkpoint (see ``signals``).
@@ -38,34 +37,28 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import torch
 
 from ..data import PairData, Split
-from ..metrics import GREATER_IS_BETTER, Metric
+from ..metrics import Metric
 from ..model import Pretrained, compile_in_place
 from ..run_folder import RunFolder
-from .checkpoint import (
-    CheckpointWriter,
-    TrainState,
-    load_last_checkpoint,
-    recover,
-    restore_rng,
-    save_best_model,
-)
+from .checkpoint import TrainState, recover, restore_rng, save_best_model
+from .checkpointer import CheckpointContents, Checkpointer
 from .ema import WeightAverage
+from .evaluator import Evaluator
 from .hardware import eval_in_bf16, seconds_since_start
-from .inference import evaluate, model_inputs
+from .inference import model_inputs
 from .profiling import profiled
 from .progress import Progress
 from .regularizers import NoRegularizer
 from .signals import GracefulStop
 
 log = logging.getLogger(__name__)
-SHOWN = ("loss", "accuracy", "macro_f1", "f1", "auc")  # the metrics an evaluation's log line shows
 
 
 class NonFiniteLossError(RuntimeError):
@@ -100,12 +93,17 @@ class TrainerConfig:
     profile_skip: int = 0  # optimizer steps before the profiler starts (to see a warm loop, not the first shapes)
     progress_bar: bool = True
 
-    def better(self, value: float, best: float | None) -> bool:
-        if best is None:  # the first evaluation always saves, so a best folder always exists
-            return True
-        if math.isnan(best):
-            return not math.isnan(value)
-        return value > best if GREATER_IS_BETTER[self.metric] else value < best
+    def for_device(self, device: torch.device) -> TrainerConfig:
+        """A copy with the ``auto`` settings decided for ``device``: the evaluations' precision (see
+        ``hardware.eval_in_bf16``) and a background checkpoint writer (pays on a GPU, costs on a CPU: see
+        ``checkpoint``)."""
+        precision = self.eval_precision
+        if precision == "auto":
+            precision = "bf16" if eval_in_bf16(precision, device) else "fp32"
+        background = self.checkpoint_in_background
+        if background == "auto":
+            background = device.type == "cuda"
+        return replace(self, eval_precision=precision, checkpoint_in_background=background)
 
 
 @dataclass
@@ -183,9 +181,10 @@ class TrainingWindow:
 class Trainer:
     """Fine-tune ``pretrained.model`` on ``splits["train"]``, evaluating on ``splits["dev"]`` (and every
     ``dev_<name>`` split, the extra dev sets) and keeping the best weights (by ``config.metric`` on ``dev``) in
-    ``output_dir/best_model``. ``fit(resume=True)`` continues from
-    ``output_dir/last_checkpoint``; ``flush_metrics`` is called after each evaluation and before each
-    checkpoint, so what the store holds is never behind the checkpoint."""
+    ``output_dir/best_model``. ``fit(resume=True)`` continues from ``output_dir/last_checkpoint``;
+    ``flush_metrics`` is called after each evaluation and before each checkpoint, so what the store holds is
+    never behind the checkpoint. ``data`` and ``config`` come with their ``auto`` settings decided for the
+    accelerator's device (their ``for_device``), as ``run`` decides them once for the whole run."""
 
     def __init__(
         self,
@@ -204,50 +203,73 @@ class Trainer:
         regularizer: Callable | None = None,
         on_evaluate: Callable[[int, float], None] | None = None,
     ):
-        self.pretrained, self.splits, self.config, self.seed = pretrained, splits, config, seed
-        self.data = data.for_device(accelerator.device.type)  # the "auto" batch settings decided
+        check_decided(data, config)
+        # what it is given
+        self.pretrained, self.data, self.splits, self.config, self.seed = pretrained, data, splits, config, seed
         self.make_optimizer, self.make_scheduler = make_optimizer, make_scheduler
         self.accelerator, self.log_metrics, self.flush_metrics = accelerator, log_metrics, flush_metrics
         self.regularizer = regularizer or NoRegularizer()  # what one slice's forward and backward passes are
         self.on_evaluate = on_evaluate  # (step, dev metric) after each evaluation: an Optuna trial's pruning
-        self.best_dir, self.last_dir = RunFolder(output_dir).best_model, RunFolder(output_dir).last_checkpoint
-        self.output_dir, self.speed = Path(output_dir), {}
-        self.eval_bf16 = eval_in_bf16(config.eval_precision, accelerator.device)
-        background = config.checkpoint_in_background
-        if background == "auto":  # pays on a GPU, costs on a CPU (see checkpoint)
-            background = accelerator.device.type == "cuda"
-        self.checkpoints = CheckpointWriter(self.last_dir, background=background)
+        self.output_dir = Path(output_dir)
+        self.best_dir = RunFolder(output_dir).best_model
+        self.pin = accelerator.device.type == "cuda"  # pinned host memory: the copy to the GPU runs asynchronously
+        self.checkpointer = Checkpointer(
+            RunFolder(output_dir).last_checkpoint, every=config.checkpoint_every, minutes=config.checkpoint_minutes,
+            background=config.checkpoint_in_background, accelerator=accelerator, contents=self._checkpoint_contents,
+        )  # fmt: skip
+        # built by _setup_data
+        self.train_loader: torch.utils.data.DataLoader | None = None
+        self.sampler = None  # the train loader's batch sampler: this process's slice of every global batch
+        self.eval_loaders: dict[str, torch.utils.data.DataLoader] = {}
+        # built by _setup_model
+        self.model: torch.nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler = None
+        self.ema: WeightAverage | None = None
+        self.total_steps = 0
+        self.evaluator: Evaluator | None = None
+        # set by _restore: where training stands, and the RNG states to apply once the loader has started
+        self.state = TrainState()
+        self.pending_rng: dict | None = None
+        self.window: TrainingWindow | None = None
+        # set by fit
+        self.progress: Progress | None = None
+        self.signals: GracefulStop | None = None
+        self.profiler = None  # a torch profiler while trainer.profile_steps are profiled
+        self.speed: dict[str, float] = {}
+        # set at each epoch's start: its global batches' sizes and, per batch, its optimizer step's pairs
+        self.batch_pairs: list[int] = []
+        self.plan: list[tuple[int, bool]] = []
 
     # ------------------------------------------------------------------------------------ the run
     def fit(self, resume: bool = False) -> FitResult:
         self._setup_data()
         self._setup_model()
         self._restore(resume)
+        shown = self.config.progress_bar and self.accelerator.is_local_main_process
+        self.progress = Progress(self.total_steps, self.state.step, show_bar=shown)
         self.model.train()
-        main = self.accelerator.is_main_process
+        profiled_steps = self.config.profile_steps if self.accelerator.is_main_process else 0
         try:
             with (
                 GracefulStop() as self.signals,
-                profiled(
-                    self.config.profile_steps if main else 0, self.output_dir / "profile", self.config.profile_skip
-                ) as self.profiler,
+                profiled(profiled_steps, self.output_dir / "profile", self.config.profile_skip) as self.profiler,
             ):
                 while self.state.epoch < self.config.epochs and self.state.step < self.total_steps:
                     if self._train_epoch():
                         break
         finally:
-            self.checkpoints.wait()  # a checkpoint being written is completed, whatever stopped training
+            self.checkpointer.wait()  # a checkpoint being written is completed, whatever stopped training
             self.progress.close()
         return self._finish()
 
     # ------------------------------------------------------------------------------------ setup
     def _setup_data(self) -> None:
-        processes, device = self.accelerator.num_processes, self.accelerator.device
+        processes = self.accelerator.num_processes
         if self.data.eval_batch_size % processes:
             raise ValueError(
                 f"data.eval_batch_size={self.data.eval_batch_size} must be a multiple of the {processes} processes"
             )
-        self.pin = device.type == "cuda"  # pinned host memory lets the copy to the GPU run asynchronously
         pad_id = self.pretrained.tokenizer.pad_token_id
         self.train_loader = self.data.loader(
             self.splits["train"],
@@ -264,41 +286,43 @@ class Trainer:
         self.sampler = self.train_loader.batch_sampler
 
     def _setup_model(self) -> None:
-        model = self.pretrained.model
-        if self.config.compile != "no":  # the first step pays the compile time (see model.compile_in_place)
-            compile_in_place(model, self.config.compile, self.config.compile_scope)
+        model, config = self.pretrained.model, self.config
+        if config.compile != "no":  # the first step pays the compile time (see model.compile_in_place)
+            compile_in_place(model, config.compile, config.compile_scope)
         optimizer = self.make_optimizer(model.to(self.accelerator.device))
         self.model, self.optimizer, *loaders = self.accelerator.prepare(model, optimizer, *self.eval_loaders.values())
         self.eval_loaders = dict(zip(self.eval_loaders, loaders, strict=True))
-        self.ema = WeightAverage(self.model, self.config.ema_decay) if self.config.ema_decay else None
-        steps_per_epoch = math.ceil(len(self.sampler) / self.config.grad_accumulation)
-        self.total_steps = self.config.epochs * steps_per_epoch
-        if self.config.max_steps:
-            self.total_steps = min(self.total_steps, self.config.max_steps)
+        self.ema = WeightAverage(self.model, config.ema_decay) if config.ema_decay else None
+        steps_per_epoch = math.ceil(len(self.sampler) / config.grad_accumulation)
+        self.total_steps = config.epochs * steps_per_epoch
+        if config.max_steps:
+            self.total_steps = min(self.total_steps, config.max_steps)
         self.scheduler = self.make_scheduler(self.optimizer, total_steps=self.total_steps)
+        self.evaluator = Evaluator(
+            model=self.model, loaders=self.eval_loaders, splits=self.splits, labels=self.data.labels,
+            accelerator=self.accelerator, bf16=config.eval_precision == "bf16", metric=config.metric,
+            patience=config.patience, threshold=0.5 if config.threshold == "tune" else config.threshold,  # evaluator
+            keep_best=self._save_best_model, log_metrics=self.log_metrics, flush_metrics=self.flush_metrics,
+            on_evaluate=self.on_evaluate,
+        )  # fmt: skip
 
     def _restore(self, resume: bool) -> None:
         """A fresh state, or the last checkpoint's. Its RNG states are applied once the loader has started,
         exactly when an uninterrupted run would be in that state."""
-        self.state, self.pending_rng = TrainState(), None
         recover(self.best_dir)  # a kill between the two renames of its last swap
         if resume:
-            self.state, self.pending_rng, extra = load_last_checkpoint(
-                self.last_dir, self.model, self.optimizer, self.scheduler, self.accelerator
-            )
+            self.state, self.pending_rng, extra = self.checkpointer.load(self.model, self.optimizer, self.scheduler)
             if self.ema is not None:
                 self.ema.load_state_dict(extra)
             log.info(
                 "resuming at step %d (epoch %d, batch %d)", self.state.step, self.state.epoch, self.state.batch_in_epoch
             )
-        self.last_checkpoint_time = time.monotonic()
+        self.checkpointer.restart_clock()
         # each process sums its own pairs' losses; the main process holds the resumed window's sum
         main = self.accelerator.is_main_process
         self.window = TrainingWindow(
             self.accelerator.device, self.state.window_loss if main else 0.0, self.state.window_pairs
         )
-        shown = self.config.progress_bar and self.accelerator.is_local_main_process
-        self.progress = Progress(self.total_steps, self.state.step, show_bar=shown)
 
     # ------------------------------------------------------------------------------------ epochs and batches
     def _train_epoch(self) -> bool:
@@ -360,32 +384,16 @@ class Trainer:
         if logged:
             self._log_training()
         stop = self._evaluate() if config.eval_every and step % config.eval_every == 0 else False
-        if self.signals.requested or self._checkpoint_due(step, logged):
-            self._save_checkpoint()
+        self.checkpointer.save(step, logged=logged, stopping=self.signals.requested)
         if self.signals.requested:
             raise KeyboardInterrupt(f"stopped by a signal at step {step}; resume with resume={self.output_dir}")
         return stop or step >= self.total_steps
-
-    def _checkpoint_due(self, step: int, logged: bool) -> bool:
-        """At the step cadence, or at a logged step once ``checkpoint_minutes`` have passed. Every process
-        must decide alike (saving gathers from all), so the clock is read where the loss is reduced anyway."""
-        config = self.config
-        if config.checkpoint_every and step % config.checkpoint_every == 0:
-            return True
-        if config.checkpoint_minutes is None or not logged:
-            return False
-        due = time.monotonic() - self.last_checkpoint_time >= 60 * config.checkpoint_minutes
-        if self.accelerator.num_processes > 1:
-            flag = torch.tensor(float(due), device=self.accelerator.device)
-            due = self.accelerator.reduce(flag, reduction="sum").item() > 0
-        return due
 
     def _after_epoch(self) -> bool:
         """Evaluate (unless ``eval_every`` does it) and checkpoint; True when early stopping says stop."""
         self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
         stop = False if self.config.eval_every else self._evaluate()
-        if self.config.checkpoint_every or self.config.checkpoint_minutes is not None:
-            self._save_checkpoint()
+        self.checkpointer.save(self.state.step, epoch_end=True)
         return stop
 
     def _log_training(self) -> None:
@@ -409,38 +417,10 @@ class Trainer:
             self.progress.report(self.state.step, mean_loss, lr, samples_per_s)
 
     def _evaluate(self) -> bool:
-        """Evaluate on dev (and the extra dev sets) and keep the best weights; True when early stopping says stop."""
-        state, config = self.state, self.config
-        threshold = 0.5 if config.threshold == "tune" else config.threshold  # "tune" is decided at the end
+        """The evaluator's turn (see ``evaluator``), on the weight average if there is one, off the training
+        clock; True when early stopping says stop."""
         with self.window.paused(), self.ema.applied() if self.ema else contextlib.nullcontext():
-            scores = {name: self._scores(name, threshold) for name in self.eval_loaders}
-            metrics = scores["dev"]
-            improved = config.better(metrics[config.metric], state.best)
-            if improved:
-                state.best, state.best_step, state.evals_since_best = metrics[config.metric], state.step, 0
-                self._save_best_model()
-            else:
-                state.evals_since_best += 1
-            state.evaluated_at = state.step
-            logged = {f"{name}/{k}": v for name, values in scores.items() for k, v in values.items()}
-            self.log_metrics({**logged, f"best/dev_{config.metric}": state.best, "best/step": state.best_step},
-                             state.step)  # fmt: skip
-            self.flush_metrics()  # dev curves show up as they are computed
-            if self.accelerator.is_main_process:  # through logging: it lands in train.log (and SLURM logs) too
-                shown = " ".join(f"{k}={metrics[k]:.4f}" for k in SHOWN if k in metrics)
-                log.info("step %d/%d: dev %s%s", state.step, self.total_steps, shown, " (best)" if improved else "")
-        if self.on_evaluate is not None:
-            self.on_evaluate(state.step, metrics[config.metric])
-        return config.patience is not None and state.evals_since_best >= config.patience
-
-    def _scores(self, name: str, threshold: float) -> dict[str, float]:
-        """The metrics of the model now on one evaluation set (dev's speed is recorded)."""
-        started = time.perf_counter()
-        metrics, _ = evaluate(self.model, self.eval_loaders[name], self.splits[name], self.accelerator,
-                              self.data.labels, self.eval_bf16, threshold)  # fmt: skip
-        if name == "dev":
-            self.speed["eval_samples_per_s"] = len(self.splits[name]) / (time.perf_counter() - started)
-        return metrics
+            return self.evaluator.evaluate(self.state, self.total_steps)
 
     # ------------------------------------------------------------------------------------ saving
     def _save_best_model(self) -> None:
@@ -462,12 +442,13 @@ class Trainer:
             }
             save_best_model(self.pretrained, self.best_dir, meta, self.accelerator)
 
-    def _save_checkpoint(self) -> None:
-        self.flush_metrics()  # metrics first: a kill between the two leaves steps a resumed run knows to skip
+    def _checkpoint_contents(self) -> CheckpointContents:
+        """What the last checkpoint holds now. Metrics are flushed first: a kill between the two leaves steps
+        the store holds and a resumed run knows to skip, never steps it lacks."""
+        self.flush_metrics()
         self.state.window_loss, self.state.window_pairs = self.window.summed_loss(self.accelerator), self.window.pairs
         extra = self.ema.state_dict() if self.ema is not None else None
-        self.checkpoints.save(self.model, self.optimizer, self.scheduler, self.state, self.accelerator, extra)
-        self.last_checkpoint_time = time.monotonic()
+        return CheckpointContents(self.model, self.optimizer, self.scheduler, self.state, extra)
 
     # ------------------------------------------------------------------------------------ finish
     def _finish(self) -> FitResult:
@@ -475,6 +456,7 @@ class Trainer:
         train_seconds = self.window.train_seconds()
         if self.state.evaluated_at != self.state.step:
             self._evaluate()
+        self.speed["eval_samples_per_s"] = self.evaluator.dev_samples_per_s
         self.speed["train_samples_per_s"] = self.window.total_samples / max(train_seconds, 1e-9)
         if self.accelerator.device.type == "cuda":
             self.speed["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(self.accelerator.device) / 2**30
@@ -486,3 +468,13 @@ class Trainer:
             steps=self.state.step,
             speed=self.speed,
         )
+
+
+def check_decided(data: PairData, config: TrainerConfig) -> None:
+    """The trainer runs on settings decided for its device; an ``auto`` left in them is a caller's slip."""
+    auto = {"data.eval_batch_size": data.eval_batch_size, "data.pad_to_multiple_of": data.pad_to_multiple_of,
+            "trainer.eval_precision": config.eval_precision,
+            "trainer.checkpoint_in_background": config.checkpoint_in_background}  # fmt: skip
+    undecided = [name for name, value in auto.items() if value == "auto"]
+    if undecided:
+        raise ValueError(f"{', '.join(undecided)}: still auto; pass data.for_device(...) and config.for_device(...)")
