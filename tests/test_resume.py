@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -115,12 +116,18 @@ def test_a_kill_inside_a_checkpoint_write_still_resumes_exactly(tmp_path, uninte
     resume_and_compare(tmp_path, out, uninterrupted)
 
 
-def test_resume_by_mlflow_run_id(tmp_path):
+def killed_after_its_first_checkpoint(tmp_path) -> Path:
+    """The folder of a 4-step run killed (SIGKILL) once its first last checkpoint is on disk."""
     out = tmp_path / "run"
     proc = start(tmp_path, *COMMON, "trainer.max_steps=4", "trainer.eval_every=null", f"hydra.run.dir={out}")
     wait_for(out / "last_checkpoint" / "trainer_state.pt", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
+    return out
+
+
+def test_resume_by_mlflow_run_id(tmp_path):
+    out = killed_after_its_first_checkpoint(tmp_path)
     run_id = (out / "mlflow_run_id").read_text().strip()
     resumed = start(tmp_path, f"resume={run_id}", f"hydra.run.dir={tmp_path / 'logs'}")
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
@@ -305,11 +312,7 @@ OLD_TARGETS = {  # as configs saved before afqmc_exp's modules moved into folder
 
 
 def test_a_run_saved_before_the_modules_moved_resumes_and_reruns(tmp_path):
-    out = tmp_path / "run"
-    proc = start(tmp_path, *COMMON, "trainer.max_steps=4", "trainer.eval_every=null", f"hydra.run.dir={out}")
-    wait_for(out / "last_checkpoint" / "trainer_state.pt", proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    out = killed_after_its_first_checkpoint(tmp_path)
     saved = out / ".hydra" / "config.yaml"
     text = saved.read_text()
     for new, old in OLD_TARGETS.items():

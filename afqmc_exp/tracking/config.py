@@ -26,8 +26,7 @@ from typing import Any
 from . import store
 from .masking import MASK, SECRET_KEY, Masker, mask_uri
 from .mlflow_run import NoRun, Run
-from .outbox import first_line
-from .store import default_uri
+from .store import default_uri, first_line
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .masking import Masker, mask_uri
-from .outbox import Outbox, first_line
+from .outbox import Outbox
+from .store import first_line
 
 log = logging.getLogger(__name__)
 

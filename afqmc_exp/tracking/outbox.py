@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..run_folder import RunFolder
+from .store import first_line
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,3 @@ def permanent(error: Exception) -> bool:
     """A refusal that retrying cannot change (a bad request, a deleted run), as opposed to an unreachable store."""
     status = getattr(error, "get_http_status_code", lambda: None)()
     return status in (400, 404)
-
-
-def first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]

@@ -146,3 +146,8 @@ class store_lock:
     def __exit__(self, *exc):
         if self.path:
             self.lock.release()
+
+
+def first_line(error: Exception) -> str:
+    """A store's error in one line: MLflow's messages run on with SQLAlchemy tracebacks and server pages."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
