@@ -72,3 +72,14 @@ def test_no_module_imports_itself_round_a_cycle():
         if name not in state:
             visit(name, [name])
     assert not cycles, cycles
+
+
+def test_the_architecture_page_names_every_module():
+    """docs/architecture.md names every .py file of the package (by its path inside afqmc_exp/, in backticks:
+    `training/run.py`, `model.py`) and of hydra_plugins/ (by its path in the repository)."""
+    text = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    files = [p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
+             if "conf" not in p.relative_to(PACKAGE).parts]  # fmt: skip
+    files += [p.relative_to(REPO).as_posix() for p in (REPO / "hydra_plugins").rglob("*.py")]
+    missing = sorted(f for f in files if f"`{f}`" not in text)
+    assert not missing, f"docs/architecture.md does not name: {missing}"
