@@ -2,6 +2,7 @@
 every module (docs/architecture.md), so the layout cannot drift from its description unseen."""
 
 import ast
+import re
 from pathlib import Path
 
 from helpers import REPO
@@ -83,3 +84,14 @@ def test_the_architecture_page_names_every_module():
     files += [p.relative_to(REPO).as_posix() for p in (REPO / "hydra_plugins").rglob("*.py")]
     missing = sorted(f for f in files if f"`{f}`" not in text)
     assert not missing, f"docs/architecture.md does not name: {missing}"
+
+
+def test_the_readme_starts_short_with_a_small_map():
+    """The README is short enough to read (the details live in docs/), and its map of the folders, its one
+    ```text block, is at most 10 lines."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 260, len(text.splitlines())
+    maps = re.findall(r"```text\n(.*?)```", text, re.S)
+    assert len(maps) == 1, len(maps)
+    assert len(maps[0].splitlines()) <= 10, maps[0]
+    assert "docs/architecture.md" in text

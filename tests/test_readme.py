@@ -1,6 +1,6 @@
-"""Every command the README shows works as written: each is run here, in one folder as a user's session would
-run them, with only local paths and sizes substituted (the data folder, a weights folder, a run id, the offline
-model, a few steps and trials); each must exit 0. A command the README gains is either run here or named in
+"""Every command the README and the docs/ pages show works as written: each is run here, in one folder as a user's
+session would run them, with only local paths and sizes substituted (the data folder, a weights folder, a run id,
+the offline model, a few steps and trials); each must exit 0. A command they gain is either run here or named in
 ``NOT_RUN`` with the reason, or this test fails."""
 
 import json
@@ -76,14 +76,15 @@ NOT_RUN = {  # README command -> why this test does not run it (and which test c
 
 
 def readme_commands() -> list[str]:
-    """Every command line of the README's bash blocks: continuations joined, comments and spacing dropped."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+    """Every command line of the bash blocks of the README and of every docs/*.md page (a command moved to a docs
+    page is still a promise): continuations joined, comments and spacing dropped."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            line = " ".join(line.split("  #")[0].split())
-            if line and not line.startswith("#"):
-                commands.append(line)
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(encoding="utf-8"), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = " ".join(line.split("  #")[0].split())
+                if line and not line.startswith("#"):
+                    commands.append(line)
     return commands
 
 
