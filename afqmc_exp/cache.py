@@ -7,8 +7,8 @@ that their keys use.
 
 Compiled kernels live here rather than in inductor's default ``/tmp/torchinductor_<user>``: a cluster
 job's ``/tmp`` is often the node's own and wiped after the job, and then every job of a sweep compiles from
-scratch. In a folder under the home directory the first job compiles and the others read its kernels (the
-README's performance section has the times). A ``TORCHINDUCTOR_CACHE_DIR`` the user sets is kept.
+scratch. In a folder under the home directory the first job compiles and the others read its kernels
+(docs/performance.md has the times). A ``TORCHINDUCTOR_CACHE_DIR`` the user sets is kept.
 """
 
 from __future__ import annotations

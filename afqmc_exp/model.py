@@ -8,7 +8,7 @@ transformers flavour load without this project.
 Only [CLS] reaches the head, so in the *last* encoder layer every other position's output is thrown
 away. ``cls_only_last_layer`` computes that layer for [CLS] alone: keys and values for
 all positions (the [CLS] query attends to them), but the query, attention output and feed-forward
-for one position. The [CLS] vector is mathematically identical (the README's performance section has the
+for one position. The [CLS] vector is mathematically identical (docs/performance.md has the
 measured gain). It is patched onto the layer instance, so the module tree and the saved weights are
 unchanged, and it is applied only where it is known to be exact: encoder-only BERT classifiers with
 absolute positions, on transformers 5 (whose layer returns a tensor). It pays where compute is the
@@ -19,8 +19,8 @@ kernels (and an attention call the fused kernels take less well) cost more than 
 ``compile_in_place`` (``trainer.compile``) compiles the *repeated blocks* (BERT's 12 encoder layers) rather
 than the whole model by default: the layers share one code object, so one compilation serves all 12, and
 with dynamic shapes it serves every batch width too (static shapes would compile again for each new
-width). ``compile_scope=model`` compiles the whole model as one larger graph, which takes longer (the
-README's performance section has the compile times). With ``reduce-overhead`` each block then replays as
+width). ``compile_scope=model`` compiles the whole model as one larger graph, which takes longer
+(docs/performance.md has the compile times). With ``reduce-overhead`` each block then replays as
 a CUDA graph, one per distinct shape (the padding in ``data`` keeps those few), which is what a
 launch-bound GPU step needs.
 

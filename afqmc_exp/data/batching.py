@@ -7,7 +7,7 @@ Why it looks like this:
   of similar length ("length-grouped batching"): the epoch's random permutation is cut into chunks of
   ``group_batches`` batches, each chunk is sorted by length and split into batches, and the batch order is
   shuffled again. Every pair is still seen exactly once per epoch in a random batch, but a batch carries
-  little padding instead of a large share (the README's performance section has the figures). Evaluation
+  little padding instead of a large share (docs/performance.md has the figures). Evaluation
   sorts the whole split by length (order does not matter there) and maps the predictions back.
 * The training order is a pure function of ``(seed, epoch)``, which makes runs reproducible and lets a
   resumed run skip exactly the batches it had already trained on. It is computed with whole-array

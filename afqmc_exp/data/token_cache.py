@@ -9,7 +9,7 @@ Why it looks like this:
   class id (``int16``, -1 unlabelled): about 3 bytes a token. A batch is gathered from them by index
   (``split``, ``batching``), so the operating system pages in what is read and N processes share one copy.
   A simpler alternative to HF ``datasets`` (Arrow files, memory-mapped, with a cached ``map``): it needs no
-  Arrow table per batch, and its key is ours to state (below). The README's data section has the figures.
+  Arrow table per batch, and its key is ours to state (below). docs/data.md has the figures.
 * **The key is explicit** (:func:`cache_key`): the file's bytes (SHA-256), how it is read (format, fields,
   labels, dropped labels), the tokenizer (:func:`tokenizer_digest`), ``max_length``, the truncation and this
   code's ``CODE_VERSION``. Changing any of them makes a new entry; nothing is looked up by path or time.

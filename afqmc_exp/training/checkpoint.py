@@ -22,7 +22,7 @@ thread only copies the state into pinned host memory (training then changes thos
 thread does the serialising and the disk writes, which for BERT-base mean about a gigabyte and would
 otherwise stall the GPU. One write runs at a time (the next copy waits for it); a kill mid-write leaves
 the previous checkpoint. On a CPU the copy and the writer thread compete with training for the same
-cores and memory bandwidth, and cost more than they save (README, Performance), so there the trainer
+cores and memory bandwidth, and cost more than they save (docs/performance.md), so there the trainer
 writes directly from the live tensors.
 
 Nothing here executes code from the files it reads: weights are safetensors and the rest is read with

@@ -5,7 +5,7 @@ trainer, inference and the command-line tools can all use it without importing e
 
 Why bf16 evaluation is decided here and not simply switched on: bf16 only pays where the hardware
 multiplies bf16 natively (GPUs with bf16; CPUs with AVX512-BF16 or AMX). Elsewhere it is emulated and
-far slower than fp32. The README's performance section has the figures.
+far slower than fp32. docs/performance.md has the figures.
 """
 
 from __future__ import annotations
