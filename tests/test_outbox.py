@@ -1,0 +1,233 @@
+"""The outbox (``tracking/outbox.py``): MLflow writes journaled in the run folder's ``.tracking`` and delivered in
+order, kept while the store does not answer and delivered once it does, a damaged journal kept aside and sent
+again whole; and the run's ``DELIVERY`` table (``tracking/mlflow_run.py``) against a real SQLite store."""
+
+import json
+import logging
+import threading
+import time
+
+import pytest
+
+from afqmc_exp.tracking.outbox import Outbox
+
+
+class Store:
+    """What the outbox delivers to: records in the order they arrived (with ``replayed``), refusing while down."""
+
+    def __init__(self, down: bool = False):
+        self.down, self.got, self.calls = down, [], 0
+        self.refused = threading.Event()
+
+    def __call__(self, record: dict, replayed: bool) -> None:
+        self.calls += 1
+        if self.down:
+            self.refused.set()
+            raise ConnectionError("store unreachable")
+        self.got.append((record, replayed))
+
+
+def metrics(step: int) -> dict:
+    return {"op": "metrics", "metrics": [["train/loss", 1.0 / step, 0, step]]}
+
+
+def left_behind(folder, lines: list[str], sent: int | str) -> None:
+    """What an earlier process leaves in ``.tracking``: the journal's lines and its count of delivered records."""
+    (folder / ".tracking").mkdir(parents=True, exist_ok=True)
+    text = "".join(f"{line}\n" for line in lines)
+    (folder / ".tracking" / "journal.jsonl").write_bytes(text.encode("utf-8", "surrogateescape"))
+    (folder / ".tracking" / "sent").write_text(str(sent))
+
+
+def delivered(outbox: Outbox, store: Store) -> list:
+    outbox.start()
+    outbox.close()
+    assert outbox.drain(10)
+    return store.got
+
+
+def test_records_are_delivered_in_journal_order_and_counted(tmp_path):
+    store = Store()
+    outbox = Outbox(tmp_path, store)
+    records = [metrics(step) for step in range(1, 31)] + [{"op": "end", "status": "FINISHED"}]
+    for record in records:
+        outbox.put(record)
+    assert delivered(outbox, store) == [(r, False) for r in records]
+    journal = (tmp_path / ".tracking" / "journal.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in journal] == records
+    assert (tmp_path / ".tracking" / "sent").read_text() == "31"
+
+
+def test_a_store_that_does_not_answer_keeps_every_record_until_it_does_then_delivers_each_once(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    store = Store(down=True)
+    outbox = Outbox(tmp_path, store, retry_seconds=0.01)
+    records = [metrics(step) for step in range(1, 6)]
+    for record in records:
+        outbox.put(record)
+    assert store.refused.wait(10) and not outbox.drain(0.2)
+    assert outbox.pending == 5 and not (tmp_path / ".tracking" / "sent").exists()  # nothing counted delivered
+    assert len((tmp_path / ".tracking" / "journal.jsonl").read_text().splitlines()) == 5
+    assert caplog.text.count("tracking is behind") == 1  # said once, however many retries
+    store.down = False
+    assert delivered(outbox, store) == [(r, False) for r in records]
+    assert store.calls > 6 and "tracking caught up" in caplog.text  # it retried, and said when it caught up
+
+
+def test_what_an_earlier_process_left_undelivered_is_delivered_by_the_next_one_as_replayed(tmp_path):
+    """Killed after delivering 2 of 4 records: the next process sends the other 2 (which may have reached the store
+    already: replayed), then its own."""
+    left_behind(tmp_path, [json.dumps(metrics(step)) for step in range(1, 5)], sent=2)
+    store = Store()
+    outbox = Outbox(tmp_path, store)
+    assert not outbox.doubted and outbox.pending == 2
+    outbox.put(metrics(5))
+    assert delivered(outbox, store) == [(metrics(3), True), (metrics(4), True), (metrics(5), False)]
+    assert Outbox(tmp_path, Store()).pending == 0  # the count reached the disk: nothing for a third process
+
+
+def test_a_permanent_refusal_skips_that_record_and_the_next_ones_are_delivered(tmp_path, caplog):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    def deliver(record, replayed):
+        if record["op"] == "params":
+            raise MlflowException("param changed value", error_code=INVALID_PARAMETER_VALUE)  # HTTP 400
+        store(record, replayed)
+
+    store = Store()
+    outbox = Outbox(tmp_path, deliver, retry_seconds=0.01)
+    for record in (metrics(1), {"op": "params", "params": {"a": "1"}}, metrics(2)):
+        outbox.put(record)
+    assert delivered(outbox, store) == [(metrics(1), False), (metrics(2), False)]
+    assert "MLflow refused a params record for good (param changed value)" in caplog.text
+
+
+CORRUPT = {
+    "not JSON": "@@ not json @@",
+    "truncated JSON": '{"op": "metrics", "metrics": [["train/loss", 0.5, 0, 2',
+    "JSON without an op": '{"metrics": []}',
+    "not UTF-8": '{"op": "metrics\udcff"}',
+}
+
+
+@pytest.mark.parametrize("line", CORRUPT.values(), ids=CORRUPT.keys())
+def test_a_corrupt_journal_line_keeps_the_damaged_journal_and_sends_every_readable_record_again(tmp_path, line, caplog):
+    # all three were counted delivered before the damage
+    left_behind(tmp_path, [json.dumps(metrics(1)), line, json.dumps(metrics(3))], sent=3)
+    journal = tmp_path / ".tracking" / "journal.jsonl"
+    damaged = journal.read_bytes()
+    store = Store()
+    outbox = Outbox(tmp_path, store)
+    assert outbox.doubted
+    assert (tmp_path / ".tracking" / "journal.damaged.jsonl").read_bytes() == damaged  # kept as it was
+    assert [json.loads(x) for x in journal.read_text().splitlines()] == [metrics(1), metrics(3)]  # rewritten
+    assert f"{journal}: line(s) 2 cannot be read" in caplog.text and "journal.damaged.jsonl" in caplog.text
+    # every readable record again, as replayed (the run filters what the store holds), none twice
+    assert delivered(outbox, store) == [(metrics(1), True), (metrics(3), True)]
+    caplog.clear()
+    again = Outbox(tmp_path, Store())  # the journal now adds up: not doubted again, nothing left to send
+    assert not again.doubted and again.pending == 0 and "cannot be read" not in caplog.text
+
+
+def test_an_unreadable_delivered_count_doubts_the_journal_and_sends_it_again(tmp_path, caplog):
+    left_behind(tmp_path, [json.dumps(metrics(1)), json.dumps(metrics(2))], sent="2\x00garbage")
+    store = Store()
+    outbox = Outbox(tmp_path, store)
+    assert outbox.doubted and "were counted as delivered" in caplog.text
+    assert delivered(outbox, store) == [(metrics(1), True), (metrics(2), True)]
+
+
+def test_a_last_line_cut_short_by_a_kill_is_cut_off_without_doubting_the_journal(tmp_path):
+    left_behind(tmp_path, [json.dumps(metrics(1))], sent=1)
+    journal = tmp_path / ".tracking" / "journal.jsonl"
+    with open(journal, "a") as out:
+        out.write('{"op": "metrics", "metr')  # never acknowledged: no newline after it
+    store = Store()
+    outbox = Outbox(tmp_path, store)
+    assert not outbox.doubted and not (tmp_path / ".tracking" / "journal.damaged.jsonl").exists()
+    assert journal.read_text() == json.dumps(metrics(1)) + "\n"
+    outbox.put(metrics(2))  # starts a line of its own
+    assert delivered(outbox, store) == [(metrics(2), False)]
+    assert [json.loads(x) for x in journal.read_text().splitlines()] == [metrics(1), metrics(2)]
+
+
+# ------------------------------------------------------------------------------------ the run's deliveries
+@pytest.fixture
+def sqlite_run(tmp_path):
+    """A real MLflow run in a SQLite store in tmp_path, and the client of that store."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run_id = client.create_run(client.create_experiment("outbox")).info.run_id
+    return client, run_id
+
+
+def test_an_unknown_op_is_warned_and_skipped_and_the_records_after_it_are_delivered(tmp_path, sqlite_run, caplog):
+    from afqmc_exp.tracking.mlflow_run import Run
+
+    client, run_id = sqlite_run
+    run = Run(client, run_id, tmp_path / "run")
+    run.outbox.put({"op": "from_a_newer_version", "payload": 1})
+    run.log_params({"optim.lr": "2e-05"})
+    run.end()
+    assert f"MLflow run {run_id}: a journaled 'from_a_newer_version' record this version cannot send" in caplog.text
+    stored = client.get_run(run_id)
+    assert stored.info.status == "FINISHED" and stored.data.params == {"optim.lr": "2e-05"}
+
+
+def test_a_store_that_goes_away_mid_run_gets_every_write_once_when_it_is_back(tmp_path, sqlite_run, monkeypatch):
+    """The run writes to a store nobody answers at (a real connection refused); the journal keeps everything; when
+    the store answers again (here: the run's client is the SQLite store's), params, each metric step, tags and the
+    final status reach it once, in order."""
+    from mlflow import MlflowClient
+
+    from afqmc_exp.tracking.mlflow_run import Run
+    from helpers import free_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # refused at once, not after MLflow's back-off
+    client, run_id = sqlite_run
+    run = Run(MlflowClient(f"http://127.0.0.1:{free_port()}"), run_id, tmp_path / "run", flush_every=2)
+    run.outbox.retry_seconds = 0.01
+    run.log_params({"optim.lr": "2e-05"})
+    for step in range(1, 8):
+        run.log_metrics({"train/loss": 1.0 / step}, step)
+    run.set_tags({"phase": "one"})
+    run.set_tags({"phase": "two"})  # the later value wins: order kept
+    run.drain_seconds = 0.2
+    run.end()
+    assert run.outbox.pending > 0 and client.get_run(run_id).info.status == "RUNNING"
+    deadline = time.monotonic() + 10
+    while run.outbox.behind_since is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    run.client = client  # the store answers again
+    assert run.outbox.drain(20)
+    stored = client.get_run(run_id)
+    assert stored.info.status == "FINISHED" and stored.data.params == {"optim.lr": "2e-05"}
+    assert stored.data.tags["phase"] == "two"
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == list(range(1, 8))
+
+
+def test_a_replayed_metric_record_already_in_the_store_is_not_logged_twice(tmp_path, monkeypatch):
+    """Killed between delivering two records and counting them: the next process sends them again, and only the
+    steps the store does not hold yet reach it. MLflow's file store keeps a metric value logged twice twice (SQLite
+    would drop the exact copy itself), so it shows what the run's own filter does."""
+    from mlflow import MlflowClient
+
+    from afqmc_exp.tracking.mlflow_run import Run
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(f"file://{tmp_path / 'mlruns'}")
+    run_id = client.create_run(client.create_experiment("outbox")).info.run_id
+    folder = tmp_path / "run"
+    run = Run(client, run_id, folder)
+    for step in (1, 2, 3):
+        run.log_metrics({"train/loss": 1.0 / step}, step)
+        run.flush()
+    assert run.outbox.drain(10)
+    (folder / ".tracking" / "sent").write_text("1")  # records 2 and 3 delivered, their count lost
+    again = Run(client, run_id, folder)
+    again.log_metrics({"train/loss": 0.25}, 4)
+    again.end()
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [1, 2, 3, 4]
