@@ -1,0 +1,192 @@
+"""The sweep's parent run (``tracking/sweep.py``), driven directly against a SQLite store in tmp_path: opened when the
+multirun starts, its id in the sweep folder, its children (runs started with ``parent_run_id``) summarised on it
+when the sweep ends, closed FAILED when a job failed or the sweep crashed. No training runs."""
+
+import json
+import pickle
+import types
+
+import pytest
+from omegaconf import OmegaConf
+
+from afqmc_exp.tracking import sweep
+from afqmc_exp.tracking.config import MlflowTracking
+from afqmc_exp.tracking.sweep import MlflowSweepCallback, best_child, parent_run_id, swept_in, swept_keys, what_is_swept
+
+
+def sweep_config(tmp_path, task=("optim.lr=1e-5,3e-5", "seed=1"), sweeper="basic", searched=None, enabled=True):
+    """What Hydra hands the callback when a multirun starts (only what the parent reads)."""
+    return OmegaConf.create({
+        "tracking": {"_target_": "afqmc_exp.tracking.config.MlflowTracking", "enabled": enabled,
+                     "uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "sweeps"},
+        "trainer": {"metric": "accuracy"},
+        "db_password": "hunter2xyz",
+        "data": {"_target_": "no.such.Data"},  # its files cannot be checked: the parent names no dataset
+        "hydra": {"sweep": {"dir": str(tmp_path / "sweep")},
+                  "overrides": {"hydra": ["hydra.mode=MULTIRUN"], "task": list(task)},
+                  "runtime": {"choices": {"hydra/sweeper": sweeper}}, "sweeper": {"params": searched}},
+    })  # fmt: skip
+
+
+@pytest.fixture
+def at_exit(monkeypatch):
+    """The hooks the sweep registers with ``atexit`` (kept here, not run when pytest exits)."""
+    hooks = []
+    register = lambda f, *args, **kwargs: hooks.append((f, args, kwargs))  # noqa: E731
+    monkeypatch.setattr(sweep, "atexit", types.SimpleNamespace(register=register))  # the sweep's only
+    return hooks
+
+
+def exit_hook(at_exit, callback):
+    """The callback's own exit hook, called as ``atexit`` would."""
+    ((hook, args, kwargs),) = at_exit
+    assert hook.__self__ is callback
+    return lambda: hook(*args, **kwargs)
+
+
+def started(tmp_path, at_exit, **options):
+    callback = MlflowSweepCallback()
+    callback.on_multirun_start(sweep_config(tmp_path, **options))
+    return callback, callback.run.client
+
+
+def job(tmp_path, parent_id, name, objective=None, status="FINISHED", dev_loss=0.5, params=None, tags=None):
+    """A job's run nested under the parent, as training.run leaves it."""
+    tracking = MlflowTracking(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="sweeps", run_name=name)
+    folder = tmp_path / "sweep" / name
+    run = tracking.start(params or {}, {"hydra.output_dir": str(folder), **(tags or {})}, folder, parent_id)
+    if objective is not None:
+        run.log_metrics({"best/dev_accuracy": objective, "final/dev_loss": dev_loss}, step=0)
+    run.end(status)
+    return run.run_id
+
+
+def test_a_sweep_opens_one_parent_named_for_what_it_varies_with_its_id_in_the_sweep_folder(tmp_path, at_exit):
+    callback, client = started(tmp_path, at_exit, task=("optim.lr=1e-5,3e-5", "seed=1", "+db_password=hunter2xyz"))
+    sweep_dir = tmp_path / "sweep"
+    parent = client.get_run(parent_run_id(sweep_dir))
+    assert parent.info.run_id == callback.run.run_id and "mlflow.parentRunId" not in parent.data.tags
+    assert parent.info.run_name.startswith("sweep 20") and parent.info.run_name.endswith(" · optim.lr×2")
+    assert swept_in(sweep_dir) == ["optim.lr"]  # the jobs' run names show it; seed=1 is not swept
+    assert parent.data.tags["sweep.dir"] == str(sweep_dir.resolve()) and parent.data.tags["sweep.sweeper"] == "basic"
+    assert parent.data.tags["sweep.overrides"] == "optim.lr=1e-5,3e-5 seed=1 +db_password=***"  # no hydra.mode
+    assert parent.data.params["sweep.objective"] == "dev_accuracy"
+    assert [(f.__self__, kwargs) for f, _, kwargs in at_exit] == [(callback, {"crashed": True})]
+    callback.close()
+
+
+def test_the_parent_summarises_its_jobs_links_the_best_crowns_its_model_and_closes_finished(tmp_path, at_exit):
+    callback, client = started(tmp_path, at_exit)
+    parent_id = callback.run.run_id
+    client.create_registered_model("afqmc")
+    version = client.create_model_version("afqmc", source=str(tmp_path), run_id=None).version
+    job(tmp_path, parent_id, "lr1e-05", 0.70, params={"optim.lr": "1e-05"})
+    best = job(tmp_path, parent_id, "lr3e-05", 0.80, params={"optim.lr": "3e-05"},
+               tags={"registered_model_version": f"afqmc/{version}"})  # fmt: skip
+    (tmp_path / "sweep" / "multirun.yaml").write_text("db_password: hunter2xyz\n")
+    callback.close()
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["best/dev_accuracy"] == 0.80
+    tags = parent.data.tags
+    assert (tags["sweep.jobs"], tags["sweep.failed_jobs"], tags["sweep.best_run_id"]) == ("2", "0", best)
+    note = tags["mlflow.note.content"]  # the run page's description: the best job linked, the weights' URI
+    assert (
+        tags["sweep.best_run_name"] == "lr3e-05" and f"(#/experiments/{parent.info.experiment_id}/runs/{best})" in note
+    )
+    assert f"runs:/{parent_id}/best_model" in note
+    artifacts = {a.path for a in client.list_artifacts(parent_id, "report")}
+    assert {"report/report.md", "report/runs.csv", "report/by_config.csv"} <= artifacts
+    shown = client.download_artifacts(parent_id, "multirun.yaml", str(tmp_path / "got"))
+    assert open(shown).read() == "db_password: ***\n"  # masked for others; the sweep folder's own copy: owner's only
+    assert oct((tmp_path / "sweep" / "multirun.yaml").stat().st_mode & 0o777) == "0o600"
+    assert client.get_model_version_by_alias("afqmc", "champion").version == version
+
+
+def test_a_failed_job_closes_the_parent_failed_and_a_second_close_does_nothing(tmp_path, at_exit):
+    callback, client = started(tmp_path, at_exit)
+    parent_id = callback.run.run_id
+    job(tmp_path, parent_id, "a", 0.7)
+    job(tmp_path, parent_id, "b", status="FAILED")
+    callback.close()
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FAILED" and parent.data.tags["sweep.failed_jobs"] == "1"
+    exit_hook(at_exit, callback)()  # the exit hook after a normal end: the parent stays as it was closed
+    assert client.get_run(parent_id).info.end_time == parent.info.end_time
+
+
+def test_a_sweep_that_crashed_is_closed_failed_by_its_exit_hook(tmp_path, at_exit):
+    callback, client = started(tmp_path, at_exit)
+    job(tmp_path, callback.run.run_id, "a", 0.7)  # every job that ran finished; then a job raised
+    exit_hook(at_exit, callback)()
+    assert client.get_run(parent_run_id(tmp_path / "sweep")).info.status == "FAILED"
+
+
+def test_a_sweep_without_jobs_is_closed_failed(tmp_path, at_exit):
+    callback, client = started(tmp_path, at_exit)
+    callback.close()
+    parent = client.get_run(parent_run_id(tmp_path / "sweep"))
+    assert parent.info.status == "FAILED" and parent.data.tags["sweep.jobs"] == "0"
+
+
+def test_the_callback_travels_to_job_processes_without_its_parent_run(tmp_path, at_exit):
+    callback, _ = started(tmp_path, at_exit)
+    copy = pickle.loads(pickle.dumps(callback))  # as joblib sends it; the run's outbox thread cannot travel
+    assert copy.run is None and copy.metric == "accuracy"
+    copy.close()  # a job's copy closes nothing
+    assert callback.run is not None
+    callback.close()
+
+
+def test_tracking_off_opens_no_parent(tmp_path, at_exit):
+    callback = MlflowSweepCallback()
+    callback.on_multirun_start(sweep_config(tmp_path, enabled=False))
+    assert callback.run is None and parent_run_id(tmp_path / "sweep") is None and not (tmp_path / "mlflow.db").exists()
+    callback.close()
+
+
+def test_a_k_fold_sweep_pools_each_pair_once_out_of_fold(tmp_path, at_exit):
+    callback, client = started(tmp_path, at_exit, task=("data.folds=2", "data.fold=0,1"))
+    parent_id = callback.run.run_id
+    for fold, (objective, rows) in enumerate([(0.5, [(0, "1", 0.9), (1, "0", 0.2)]), (1.0, [(2, "1", 0.6)])]):
+        folder = tmp_path / "sweep" / f"fold{fold}"
+        folder.mkdir(parents=True)
+        predictions = [{"id": i, "gold": gold, "probs": {"0": 1 - p, "1": p}} for i, gold, p in rows]
+        (folder / "dev_predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in predictions))
+        job(tmp_path, parent_id, f"fold{fold}", objective, params={"data.folds": "2", "data.fold": str(fold)})
+    callback.close()
+    metrics = client.get_run(parent_id).data.metrics
+    assert metrics["oof/pairs"] == 3 and metrics["oof/accuracy"] == 1.0
+    assert metrics["folds/best_dev_accuracy_mean"] == 0.75 and 0 < metrics["oof/threshold"] < 1
+    assert "oof_predictions.jsonl" in {a.path for a in client.list_artifacts(parent_id)}
+
+
+def test_the_best_job_is_the_best_objective_then_the_lower_dev_loss_then_the_earlier_start(tmp_path):
+    first = job(tmp_path, None, "first", 0.8, dev_loss=0.4)
+    job(tmp_path, None, "worse", 0.7, dev_loss=0.1)
+    lower_loss = job(tmp_path, None, "lower_loss", 0.8, dev_loss=0.3)
+    job(tmp_path, None, "same_later", 0.8, dev_loss=0.3)
+    job(tmp_path, None, "no_objective")
+    job(tmp_path, None, "nan", float("nan"))
+    client = MlflowTracking(uri=f"sqlite:///{tmp_path / 'mlflow.db'}").client()
+    runs = client.search_runs([client.get_experiment_by_name("sweeps").experiment_id])
+    assert best_child(runs, "accuracy").info.run_id == lower_loss
+    assert best_child([r for r in runs if r.info.run_id != lower_loss and r.info.run_name != "same_later"],
+                      "accuracy").info.run_id == first  # fmt: skip
+    assert best_child([r for r in runs if r.info.run_name in ("no_objective", "nan")], "accuracy") is None
+
+
+@pytest.mark.parametrize(
+    "task,sweeper,searched,keys,name",
+    [
+        (["optim.lr=1e-5,3e-5", "seed=1,2,3", "+extra=4,5"], "basic", None, {"optim.lr": 2, "seed": 3, "extra": 2},
+         "optim.lr×2 seed×3 extra×2"),
+        (["data.labels=[0,1]", "note='a,b'", "seed=1"], "basic", None, {}, "one job"),  # a list, a quoted string
+        (["seed=1"], "afqmc_optuna", {"optim.lr": "interval(1e-5, 1e-4)", "seed": "choice(1, 2)"}, None,
+         "optuna: optim.lr, seed"),
+    ],
+    ids=["grid", "no sweep", "search"],
+)  # fmt: skip
+def test_what_a_sweep_varies(tmp_path, task, sweeper, searched, keys, name):
+    config = sweep_config(tmp_path, task=task, sweeper=sweeper, searched=searched)
+    assert swept_keys(config) == (keys if keys is not None else dict.fromkeys(searched))
+    assert what_is_swept(config) == name
