@@ -1,0 +1,187 @@
+"""The train command's own decisions, called directly (``commands/train.py``, ``commands/config_checks.py``): the
+command line checked before Hydra runs it, the default run name, which folder ``resume=`` means, and a refused
+run's folder discarded. (Bad values, one per line: test_schema.py; the same through ``train.py``: test_schema.py.)"""
+
+import os
+
+import pytest
+from omegaconf import OmegaConf
+
+from afqmc_exp.commands.config_checks import check_command_line
+from afqmc_exp.commands.train import config_dir, default_run_name, discard_if_unused, find_run_dir, saved_choices
+from afqmc_exp.tracking.config import MlflowTracking
+from helpers import compose
+
+QUIET = ["model=minilm", "data.dir=/data/afqmc"]  # a model that needs no Hub; the data is read only when training
+
+
+def command_line(*argv):
+    """What ``afqmc-train ARGV`` answers before Hydra runs: None (Hydra goes on) or the error it exits with."""
+    try:
+        check_command_line([*argv], config_dir())
+    except SystemExit as stop:
+        return str(stop)
+    return None
+
+
+@pytest.mark.parametrize(
+    "argv,error",
+    [
+        ([*QUIET, "optim.lrr=1"], "error: optim.lrr: no such key (did you mean optim.lr?)"),
+        (["--multirun", *QUIET, "optim.lr=1e-5,2e-5", "trainer.epoch=1,2"],
+         "error: trainer.epoch: no such key (did you mean trainer.epochs?)"),
+        ([*QUIET, "optim.lrr=1", "data.batchsize=8"], "error: optim.lrr: no such key (did you mean optim.lr?)\n"
+         "       data.batchsize: no such key (did you mean data.batch_size?)"),
+        ([*QUIET, "zzzqqq=1"], "error: zzzqqq: no such key"),  # nothing close: no guess
+        (["model=minlm"], "error: model=minlm: no such option (did you mean model=minilm?); the options of model: "
+         "bert, minilm, pretrained, roberta"),
+    ],
+    ids=["typo", "typo in a sweep", "two typos", "nothing close", "an option no group has"],
+)  # fmt: skip
+def test_a_misspelt_key_or_option_is_one_line_with_the_closest_one(argv, error):
+    assert command_line(*argv) == error
+
+
+def test_a_key_added_with_plus_is_checked_against_its_groups_target():
+    error = command_line(*QUIET, "+optim.lrr=1")
+    assert error.startswith("error: invalid config: optim.lrr: unknown key for afqmc_exp.training.optim.adamw")
+
+
+def test_a_bad_value_is_refused_before_hydra_makes_a_folder_and_a_secret_in_it_masked(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AFQMC_TEST_SECRET_TOKEN", "hush-hush-42")
+    error = command_line(*QUIET, "optim.lr=${oc.env:AFQMC_TEST_SECRET_TOKEN}")
+    assert error == "error: invalid config: optim.lr='***': expected float"
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [*QUIET, "optim.lr=2e-5"],
+        [*QUIET, "resume=/some/run", "optim.lr=0"],  # its config is the run's own, checked when loaded
+        [*QUIET, "rerun=abc123", "optim.lr=0"],
+        ["--help"],
+        ["--cfg", "job", "optim.lrr=1"],  # Hydra's own business
+    ],
+    ids=["valid", "resume", "rerun", "help", "cfg"],
+)
+def test_what_the_check_leaves_to_hydra_passes(argv):
+    assert command_line(*argv) is None
+
+
+# ------------------------------------------------------------------------------------ the run's name
+@pytest.mark.parametrize(
+    "overrides,choices,swept,name",
+    [
+        ([], {"model": "minilm"}, [], "minilm-afqmc-lr2e-05-bs16-s42"),
+        (["optim.lr=3e-5", "data.batch_size=32", "seed=7"], {"model": "minilm"}, ["optim.lr", "seed"],
+         "minilm-afqmc-lr3e-05-bs32-s7"),  # what the name always shows is not repeated
+        (["trainer.epochs=2", "scheduler.warmup_ratio=0.123456"], {"model": "minilm", "regularizer": "fgm"},
+         ["trainer.epochs", "regularizer", "scheduler.warmup_ratio"],
+         "minilm-afqmc-lr2e-05-bs16-s42-epochs2-fgm-warmup_ratio0.123"),
+        (["data=cmnli", "model.name_or_path=/models/chinese-roberta"], {}, [],
+         "chinese-roberta-cmnli-lr2e-05-bs16-s42"),  # no group option: the model's folder
+    ],
+    ids=["defaults", "swept keys of the name", "other swept keys", "no choices"],
+)  # fmt: skip
+def test_the_default_run_name_says_model_task_lr_batch_seed_and_what_a_sweep_varies(overrides, choices, swept, name):
+    cfg = compose(QUIET + overrides)
+    assert default_run_name(cfg, choices, swept) == name
+
+
+def test_a_config_saved_before_there_were_tasks_is_named_as_afqmc():
+    cfg = OmegaConf.create({"model": {"name_or_path": "/models/bert"}, "data": {"batch_size": 8},
+                            "optim": {"lr": 1e-5}, "seed": 1})  # fmt: skip
+    assert default_run_name(cfg, {}) == "bert-afqmc-lr1e-05-bs8-s1"
+
+
+# ------------------------------------------------------------------------------------ resume= and refused runs
+def run_folder(path):
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    return path
+
+
+def test_resume_of_a_run_folder_is_that_folder(tmp_path):
+    tracking = MlflowTracking(uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert find_run_dir(str(run_folder(tmp_path / "run")), tracking) == tmp_path / "run"
+    assert not (tmp_path / "mlflow.db").exists()  # a folder is found without asking the store
+
+
+def test_resume_of_an_mlflow_run_id_is_the_folder_its_tag_names(tmp_path):
+    tracking = MlflowTracking(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="e")
+    folder = run_folder(tmp_path / "outputs" / "run")
+    run = tracking.start({}, {"hydra.output_dir": str(folder)}, folder)
+    run.end()
+    assert find_run_dir(run.run_id, tracking) == folder
+
+
+@pytest.mark.parametrize("what", ["a missing folder", "an unknown run id"])
+def test_resume_of_something_that_is_not_a_run_is_one_clear_line(tmp_path, what):
+    tracking = MlflowTracking(uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    resume = str(tmp_path / "no-such-run") if what == "a missing folder" else "0123456789abcdef"
+    with pytest.raises(SystemExit) as stop:
+        find_run_dir(resume, tracking)
+    assert str(stop.value) == (
+        f"error: resume={resume}: neither a run's output folder nor the id of an MLflow run in {tracking.uri}"
+    )
+
+
+def test_resume_of_a_folder_without_a_saved_config_says_so(tmp_path):
+    (tmp_path / "somewhere").mkdir()
+    with pytest.raises(SystemExit, match=r"somewhere has no \.hydra/config\.yaml; is it a train\.py output folder"):
+        find_run_dir(str(tmp_path / "somewhere"), MlflowTracking(uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
+
+
+def test_a_resumed_run_is_named_after_the_options_it_was_started_with(tmp_path):
+    folder = run_folder(tmp_path / "run")
+    assert saved_choices(folder) == {}  # saved without Hydra's settings
+    (folder / ".hydra" / "hydra.yaml").write_text("hydra:\n  runtime:\n    choices:\n      model: roberta\n")
+    assert saved_choices(folder) == {"model": "roberta"}
+
+
+def test_a_folder_a_refused_run_left_is_removed_with_its_empty_date_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    refused = tmp_path / "outputs" / "2026-01-01" / "10-00-00.000001"
+    (refused / ".hydra").mkdir(parents=True)
+    (refused / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    (refused / "train.log").write_text("error\n")
+    (refused / ".run.lock").write_text("")
+    discard_if_unused(refused)
+    assert os.listdir(tmp_path) == []  # outputs/ and its date folder went too: nothing else was in them
+
+
+def test_a_folder_with_anything_a_run_made_is_kept_and_so_are_its_neighbours(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    day = tmp_path / "outputs" / "2026-01-01"
+    used, refused = day / "10-00-00.000001", day / "10-00-01.000001"
+    for folder in (used, refused):
+        (folder / ".hydra").mkdir(parents=True)
+    (used / "mlflow_run_id").write_text("abc\n")
+    discard_if_unused(used)
+    assert used.exists()
+    discard_if_unused(refused)
+    assert not refused.exists() and sorted(os.listdir(day)) == ["10-00-00.000001"]
+
+
+def test_a_run_refused_by_its_config_exits_with_one_line_and_leaves_no_folder(tmp_path):
+    from afqmc_exp.commands.train import train_from_config
+
+    cfg = compose([*QUIET, "optim.lr=0"], tmp_path)
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)  # what Hydra made before the run started
+    (tmp_path / "run" / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    with pytest.raises(SystemExit) as stop:
+        train_from_config(cfg)
+    assert str(stop.value) == "error: invalid config: optim.lr=0: must be > 0, e.g. optim.lr=2e-5"
+    assert not (tmp_path / "run").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_rerun_of_a_run_without_a_logged_config_is_one_clear_line(tmp_path):
+    from afqmc_exp.commands.train import config_of_run
+
+    tracking = MlflowTracking(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="e")
+    run = tracking.start({}, {}, tmp_path / "run")
+    run.end()
+    with pytest.raises(SystemExit, match=rf"^error: rerun={run.run_id}: no hydra/config.yaml for that run in sqlite"):
+        config_of_run(run.run_id, tracking)
