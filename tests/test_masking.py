@@ -95,6 +95,7 @@ def root_lines():
     root.addHandler(handler)
     yield lines
     root.removeHandler(handler)
+    install_log_filter(Masker())  # the root handlers left masking nothing, for the tests after this one
 
 
 def test_every_log_line_reaching_the_root_handlers_is_masked_once_filtered(root_lines):
@@ -111,7 +112,6 @@ def test_installing_a_masker_again_replaces_the_one_before(root_lines):
     assert len([f for f in handler.filters if type(f).__name__ == "_MaskingFilter"]) == 1
     logging.getLogger("afqmc_exp.test").warning("first-secret second-secret")
     assert root_lines == ["first-secret ***"]
-    install_log_filter(Masker())  # leave the root handlers as they were for the tests after this one
 
 
 def test_a_run_folder_with_secrets_keeps_its_config_files_to_its_owner(tmp_path):
