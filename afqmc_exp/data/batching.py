@@ -116,13 +116,12 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
             sizes[-2:] = [self.batch_size + rest]
         return sizes
 
-    def order(self) -> np.ndarray:
-        """The epoch's pairs in batch order (before the batch order itself is shuffled)."""
+    def order(self, generator: torch.Generator) -> np.ndarray:
+        """The epoch's pairs in batch order (before the batch order itself is shuffled by the same ``generator``)."""
         n = len(self.lengths)
         if not self.shuffle:  # evaluation: longest first, so a too-large batch fails at once, not at the end
             return np.argsort(-self.lengths, kind="stable")
-        self.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(n, generator=self.generator).numpy()
+        order = torch.randperm(n, generator=generator).numpy()
         if self.group_batches > 1:  # each chunk sorted by length, stably, in place: the chunks as rows of a table
             size = self.group_batches * self.batch_size
             whole, keys = n // size * size, self.lengths[order]
@@ -133,11 +132,13 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
 
     def batches(self) -> list[np.ndarray]:
         """The epoch's global batches, in training order."""
-        order = self.order()
+        # seeded by the seed and the epoch alone: a resumed run draws the same batches
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = self.order(generator)
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if self.shuffle and self.group_batches > 1:  # shuffle the full batches; the short remainder stays last
             full = len(batches) - (len(batches[-1]) < self.batch_size)
-            batches = [batches[i] for i in torch.randperm(full, generator=self.generator).tolist()] + batches[full:]
+            batches = [batches[i] for i in torch.randperm(full, generator=generator).tolist()] + batches[full:]
         if len(batches) > len(self.batch_sizes()):  # a remainder too short to share joins the batch before it
             batches[-2:] = [np.concatenate(batches[-2:])]
         return batches

@@ -184,6 +184,7 @@ class _Entry:
     def __init__(self, root: Path, key: str):
         self.folder, self.root = root / key, root
         self.lock_path = root / f"{key}.lock"
+        self.lock = None  # taken by __enter__
 
     def complete(self) -> bool:
         return (self.folder / "meta.json").exists()

@@ -47,8 +47,10 @@ def parent_run_id(sweep_dir: str | Path) -> str | None:
 
 class MlflowSweepCallback(Callback):
     def __init__(self) -> None:
-        self.run = None
+        self.run = None  # the sweep's parent run, open from the multirun's start to its end
         self.metric = "accuracy"
+        self.sweep_dir: Path | None = None
+        self.masker: Masker | None = None  # the sweep's secrets, hidden in what the parent logs
 
     def __getstate__(self) -> dict:
         """Launchers such as joblib send the callbacks to their job processes; the jobs do not need the parent
