@@ -14,6 +14,7 @@ every file of a run folder here:
 ``.run.lock``          one process per run folder (``flock``: a killed process lets go)
 ``.tracking/``         the outbox's journal of MLflow writes not yet delivered
 ``.hydra/``            Hydra's saved config (``config.yaml``) and its own settings (``hydra.yaml``)
+``train.log``          the train command's log (a resumed run appends to it)
 ``<split>_predictions.jsonl``, ``plots/``, ``profile/``, ``*.log``   the outputs a finished run logs
 =====================  ====================================================================================
 """
@@ -73,6 +74,11 @@ class RunFolder:
         return self.hydra / "hydra.yaml"
 
     @property
+    def log(self) -> Path:
+        """The train command's log (Hydra names it after the job, ``train``); a resumed run appends to it."""
+        return self.root / "train.log"
+
+    @property
     def plots(self) -> Path:
         return self.root / "plots"
 
@@ -106,5 +112,5 @@ class RunFolder:
 
     def unused(self) -> bool:
         """Only what Hydra and the lock make before a run opens: a refused run's folder, safe to delete."""
-        return self.root.is_dir() and {p.name for p in self.root.iterdir()} <= {self.hydra.name, "train.log",
+        return self.root.is_dir() and {p.name for p in self.root.iterdir()} <= {self.hydra.name, self.log.name,
                                                                                  self.lock.name}  # fmt: skip

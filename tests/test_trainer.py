@@ -316,6 +316,17 @@ def test_a_best_model_left_between_two_renames_is_put_back_when_the_run_goes_on(
     assert read_meta(best)["step"] >= 1 and (best / "model.safetensors").exists()
 
 
+def test_a_run_resumed_after_its_last_evaluation_reports_no_evaluation_speed(tmp_path):
+    """Killed while its outputs were written: the resumed fit evaluates nothing, so it has no speed to report (not
+    a null in result.json)."""
+    settings = {"epochs": 1, "eval_every": 5, "checkpoint_every": 5}  # step 10, the last: evaluated, then saved
+    make_trainer(tmp_path, **settings)[0].fit()
+    again, logged = make_trainer(tmp_path, **settings)
+    result = again.fit(resume=True)
+    assert result.steps == 10 and logged.steps("dev/f1") == []
+    assert "eval_samples_per_s" not in result.speed and None not in result.speed.values()
+
+
 @pytest.mark.parametrize(
     "regularizer",
     ["fgm", "pgd", "rdrop"],

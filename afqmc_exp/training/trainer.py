@@ -210,11 +210,11 @@ class Trainer:
         self.accelerator, self.log_metrics, self.flush_metrics = accelerator, log_metrics, flush_metrics
         self.regularizer = regularizer or NoRegularizer()  # what one slice's forward and backward passes are
         self.on_evaluate = on_evaluate  # (step, dev metric) after each evaluation: an Optuna trial's pruning
-        self.output_dir = Path(output_dir)
-        self.best_dir = RunFolder(output_dir).best_model
+        self.output_dir, self.folder = Path(output_dir), RunFolder(output_dir)
+        self.best_dir = self.folder.best_model
         self.pin = accelerator.device.type == "cuda"  # pinned host memory: the copy to the GPU runs asynchronously
         self.checkpointer = Checkpointer(
-            RunFolder(output_dir).last_checkpoint, every=config.checkpoint_every, minutes=config.checkpoint_minutes,
+            self.folder.last_checkpoint, every=config.checkpoint_every, minutes=config.checkpoint_minutes,
             background=config.checkpoint_in_background, accelerator=accelerator, contents=self._checkpoint_contents,
         )  # fmt: skip
         # built by _setup_data
@@ -253,7 +253,7 @@ class Trainer:
         try:
             with (
                 GracefulStop() as self.signals,
-                profiled(profiled_steps, self.output_dir / "profile", self.config.profile_skip) as self.profiler,
+                profiled(profiled_steps, self.folder.profile, self.config.profile_skip) as self.profiler,
             ):
                 while self.state.epoch < self.config.epochs and self.state.step < self.total_steps:
                     if self._train_epoch():
@@ -456,7 +456,8 @@ class Trainer:
         train_seconds = self.window.train_seconds()
         if self.state.evaluated_at != self.state.step:
             self._evaluate()
-        self.speed["eval_samples_per_s"] = self.evaluator.dev_samples_per_s
+        if self.evaluator.dev_samples_per_s is not None:  # None: resumed after its last evaluation, none made here
+            self.speed["eval_samples_per_s"] = self.evaluator.dev_samples_per_s
         self.speed["train_samples_per_s"] = self.window.total_samples / max(train_seconds, 1e-9)
         if self.accelerator.device.type == "cuda":
             self.speed["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(self.accelerator.device) / 2**30
