@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from afqmc_exp.tracking.config import MlflowTracking, flatten
 from afqmc_exp.tracking.store import resolve_uri
 
@@ -22,6 +24,32 @@ def test_one_default_store_for_every_command(monkeypatch):
     assert default_uri() == MlflowTracking().uri == "sqlite:///mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert default_uri() == MlflowTracking().uri == "http://127.0.0.1:5000"
+
+
+def test_a_store_this_user_may_only_read_is_read_without_its_lock(tmp_path, monkeypatch):
+    """evaluate/predict (runs:/, models:/) and afqmc-report only read: a shared store whose folder they cannot write
+    (no lock file can be made beside it) is read as it is; a new store there is still refused by the lock."""
+    from filelock import FileLock, Timeout
+
+    from afqmc_exp.tracking import store
+
+    uri = f"sqlite:///{tmp_path}/shared.db"
+    store.client(uri).create_experiment("theirs")
+
+    def no_write_access(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", self.lock_file)
+
+    monkeypatch.setattr(FileLock, "acquire", no_write_access)
+    assert "theirs" in [e.name for e in store.client(uri).search_experiments()]
+    with pytest.raises(PermissionError):
+        store.client(f"sqlite:///{tmp_path}/new.db")
+
+    def held_by_another_process(self, *args, **kwargs):
+        raise Timeout(self.lock_file)
+
+    monkeypatch.setattr(FileLock, "acquire", held_by_another_process)
+    with pytest.raises(Timeout):  # a busy lock is waited for, never skipped (Timeout is an OSError too)
+        store.client(uri)
 
 
 def test_flatten_uses_dotted_keys_yaml_values_no_plumbing_and_masks_secrets():

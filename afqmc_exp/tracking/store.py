@@ -2,16 +2,17 @@
 
 Every command asks this module, so the default and the meaning of a relative path are one decision:
 
-* :func:`resolve_uri`: ``tracking.uri`` (or a command's ``uri=``) as every process means it; none given is
-  :func:`default_uri` (``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``). A relative SQLite path is made
-  absolute against the directory the user started in, so ``mlflow ui`` run there sees every run.
+* :func:`default_uri`: the store when none is given (``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``), and
+  :func:`resolve_uri`: ``tracking.uri`` (or a command's ``uri=``) as every process means it. A relative SQLite
+  path is made absolute against the directory the user started in, so ``mlflow ui`` run there sees every run.
   SQLite, not the plain file store: MLflow 3 refuses ``./mlruns`` without an opt-in, the UI reads SQLite
   directly, and several processes can write to it at once.
 * :func:`client`: the one ``MlflowClient`` constructor, with the registry at the same store (never a
   process-wide default left by another store) and under :class:`store_lock`: creating a new SQLite store runs a
   schema migration that crashes when two processes do it at the same moment, so the first contact with a
-  SQLite store is serialised by a file lock beside the database. MLflow's own ERROR line with two SQLAlchemy
-  tracebacks for each failed call (``mlflow.store.db.utils``) is dropped, as the error reaches the caller anyway.
+  SQLite store is serialised by a file lock beside the database (a store this user may only read: without it).
+  MLflow's own ERROR line with two SQLAlchemy tracebacks for each failed call (``mlflow.store.db.utils``) is
+  dropped, as the error reaches the caller anyway.
 * :func:`store_problems`: a store checked before anything runs (a misspelt scheme, a folder that cannot be
   written, a damaged SQLite file), so a bad one costs one line; a busy one is waited for, never called damaged.
 
@@ -39,11 +40,10 @@ def default_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_STORE
 
 
-def resolve_uri(uri: str | None = None) -> str:
-    """``uri`` (none: :func:`default_uri`) with a relative ``sqlite:///file.db`` (or a bare path, MLflow's file
-    store) made absolute against the current directory, so every process of a run, and ``mlflow ui`` started
-    there, mean the same file."""
-    uri = uri or default_uri()
+def resolve_uri(uri: str) -> str:
+    """``uri`` with a relative ``sqlite:///file.db`` (or a bare path, MLflow's file store) made absolute against the
+    current directory, so every process of a run, and ``mlflow ui`` started there, mean the same file. (The
+    Optuna sweeper's storage too: a store's default is the caller's business, not this function's.)"""
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
     if "://" not in uri:
@@ -117,7 +117,7 @@ def client(uri: str | None = None):
     # logs its own masked link instead (Run.end)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no upload bars in the log
-    uri = resolve_uri(uri)
+    uri = resolve_uri(uri or default_uri())
     with store_lock(uri):
         return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
@@ -128,24 +128,39 @@ def _raised_anyway(record: logging.LogRecord) -> bool:
 
 
 class store_lock:
-    """Exclusive lock around first contact with a SQLite store (see module docstring); no-op otherwise."""
+    """Exclusive lock around first contact with a SQLite store (see module docstring); no-op otherwise.
+
+    A store that exists but whose folder this user cannot write (a shared or read-only copy) is read without the
+    lock: it needs no migration, and ``evaluate``, ``predict`` and ``afqmc-report`` only read it."""
 
     def __init__(self, uri: str | None = None):
-        uri = resolve_uri(uri)
-        self.path = uri[len("sqlite:///") :] + ".lock" if uri.startswith("sqlite:///") else None
+        uri = resolve_uri(uri or default_uri())
+        self.database = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+        self.lock = None  # taken by __enter__
 
     def __enter__(self):
-        if self.path:
-            from filelock import FileLock
+        if self.database is None:
+            return self
+        from filelock import FileLock, Timeout
 
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            self.lock = FileLock(self.path, timeout=300)
-            self.lock.acquire()
+        lock = FileLock(f"{self.database}.lock", timeout=300)
+        try:
+            self.database.parent.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        except Timeout:  # an OSError too, but the store is busy, not out of reach: not read behind its lock
+            raise
+        except OSError:  # no write access beside it (PermissionError, a read-only file system)
+            if not self.database.exists():
+                raise
+            log.debug("%s: read without its lock (this user cannot write beside it)", self.database)
+            return self
+        self.lock = lock
         return self
 
     def __exit__(self, *exc):
-        if self.path:
+        if self.lock is not None:
             self.lock.release()
+            self.lock = None
 
 
 def first_line(error: Exception) -> str:
