@@ -1,5 +1,6 @@
-"""The package's shape: four folders and a shared top level, imports only pointing down, and a map that lists
-every module (docs/architecture.md), so the layout cannot drift from its description unseen."""
+"""The package's shape: four folders and a shared top level, imports only pointing down, a map that lists every
+module (docs/architecture.md), so the layout cannot drift from its description unseen, and one owner each for a
+run folder's file names and for the MLflow client."""
 
 import ast
 import re
@@ -95,3 +96,38 @@ def test_the_readme_starts_short_with_a_small_map():
     assert len(maps) == 1, len(maps)
     assert len(maps[0].splitlines()) <= 10, maps[0]
     assert "docs/architecture.md" in text
+
+
+def code_of_the_package() -> list[Path]:
+    return [*modules().values(), *(REPO / "hydra_plugins").rglob("*.py")]
+
+
+def test_a_run_folders_file_names_are_spelt_only_in_run_folder():
+    """Every other module asks a RunFolder for a path, so a file of a run folder is renamed in one line."""
+    names = {"best_model", "last_checkpoint", "result.json", ".run.lock", ".tracking", ".hydra", "train.log"}
+    spelt = [f"{path.relative_to(REPO)}:{node.lineno}: {node.value!r}"
+             for path in code_of_the_package() if path.name != "run_folder.py"
+             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+             if isinstance(node, ast.Constant) and node.value in names]  # fmt: skip
+    assert not spelt, spelt
+
+
+def test_one_place_builds_an_mlflow_client():
+    """``tracking/store.py``'s ``client``: the registry at the same store, the store's lock, MLflow's noise filtered."""
+
+    def named(call: ast.Call) -> str:
+        return getattr(call.func, "id", None) or getattr(call.func, "attr", "")
+
+    built = [path.relative_to(REPO).as_posix() for path in code_of_the_package()
+             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+             if isinstance(node, ast.Call) and named(node) == "MlflowClient"]  # fmt: skip
+    assert built == ["afqmc_exp/tracking/store.py"], built
+
+
+def test_every_module_path_the_configs_and_docs_name_exists():
+    """A config comment or a page that says "see afqmc_exp/X.py" points at a file that is there."""
+    texts = [*(REPO / "conf").rglob("*.yaml"), *(REPO / "docs").glob("*.md"), REPO / "README.md",
+             *PACKAGE.rglob("*.py"), *(REPO / "benchmarks").glob("*.py")]  # fmt: skip
+    named = {m for path in texts for m in re.findall(r"afqmc_exp/[\w/]+\.py", path.read_text(encoding="utf-8"))}
+    missing = sorted(m for m in named if not (REPO / m).exists())
+    assert named and not missing, f"named but not there: {missing}"

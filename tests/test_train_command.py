@@ -1,6 +1,6 @@
 """The train command's own decisions, called directly (``commands/train.py``, ``commands/config_checks.py``): the
 command line checked before Hydra runs it, the default run name, which folder ``resume=`` means, and a refused
-run's folder discarded. (Bad values, one per line: test_schema.py; the same through ``train.py``: test_schema.py.)"""
+run's folder discarded. (Bad values, one per line, and the same through ``train.py``: test_config_checks.py.)"""
 
 import os
 

@@ -1,4 +1,5 @@
-"""Bad overrides give one clear line each, before any model loads or MLflow run opens."""
+"""The config checks (``commands/config_checks.py``): bad overrides give one clear line each, before any model loads or
+MLflow run opens."""
 
 import os
 import subprocess
