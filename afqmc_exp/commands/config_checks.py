@@ -248,7 +248,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("invalid config: " + (problems[0] if len(problems) == 1 else "\n  " + "\n  ".join(problems)))
 
 
-PREFIX = {"ADD": "+", "FORCE_ADD": "++", "DEL": "~", "CHANGE": ""}
 NOT_OURS = re.compile(r"Could not override '([^']+)'")
 NO_OPTION = re.compile(r"Could not find '([^'/]+)/([^']+)'")
 

@@ -21,6 +21,7 @@ from ..moved_targets import upgrade
 from ..run_folder import RunFolder
 from ..tracking.config import flatten
 from ..tracking.masking import Masker, hide_run_config, install_log_filter, mask_uri
+from ..tracking.store import first_line
 from .config_checks import ConfigError, validate
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,7 @@ def config_of_run(run_id: str, tracking):
             cfg = upgrade(OmegaConf.load(client.download_artifacts(run_id, "hydra/config.yaml", tmp)))
     except (MlflowException, OSError) as err:
         raise SystemExit(
-            f"error: rerun={run_id}: no hydra/config.yaml for that run in {mask_uri(tracking.uri)} "
-            f"({str(err).splitlines()[0]})"
+            f"error: rerun={run_id}: no hydra/config.yaml for that run in {mask_uri(tracking.uri)} ({first_line(err)})"
         ) from None
     cfg.rerun = None
     return cfg, original
@@ -203,7 +203,8 @@ def append_log_to(output_dir: Path, masker: Masker) -> None:
     uploaded with the run tells its whole story. Hydra's own log goes to this process's new folder."""
     root = logging.getLogger()
     hydra_file = next((h for h in root.handlers if isinstance(h, logging.FileHandler)), None)
-    handler = logging.FileHandler(output_dir / Path(hydra_file.baseFilename if hydra_file else "train.log").name)
+    name = Path(hydra_file.baseFilename).name if hydra_file else RunFolder(output_dir).log.name
+    handler = logging.FileHandler(output_dir / name)
     if hydra_file is not None:
         handler.setFormatter(hydra_file.formatter)
     root.addHandler(handler)

@@ -84,9 +84,9 @@ def run(recipe: Recipe, tracked: RunTracking, output_dir: Path, *, resume: bool 
     log.info("run folder: %s", output_dir)
     for line in recipe.data.summary(checked):
         log.info("%s", line)
-    startup["startup_data_s"] = seconds_since_start()
     datasets = [] if resume else recipe.data.dataset_inputs(checked)  # a resumed run logged them when it began
     hardware = system_tags(accelerator, eval_bf16=recipe.trainer.eval_precision == "bf16")
+    startup["startup_data_s"] = seconds_since_start()
     tracked = replace(tracked, tags={**tracked.tags, **hardware})
     with (
         run_folder_lock(output_dir, accelerator),
