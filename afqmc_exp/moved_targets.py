@@ -1,10 +1,14 @@
-"""``_target_`` paths of configs saved before the package was split into folders, mapped to today's.
+"""Configs saved by an older afqmc_exp brought to today's shape: ``_target_`` paths that moved, groups added since.
 
 A run folder's ``.hydra/config.yaml`` and an MLflow run's ``hydra/config.yaml`` artifact name each class and
 function by its import path at the time they were saved (``afqmc_exp.optim.adamw``), and ``resume=`` and
 ``rerun=`` load them. Rather than keep a module at every old path as an alias that nothing else uses, the train
 command maps the old module paths in every ``_target_`` as it takes a config (:func:`upgrade`). A path that is
 today's, or a user's own, is left as it is. ``MOVED`` only ever grows: a saved config may be years old.
+
+A group added since a config was saved (``regularizer``, 26 November 2026) is missing from it; the run ran
+without one, which the option in ``ADDED_GROUPS`` reproduces. A key added to a group needs nothing here: the
+target's own default applies, and the config checks let it be absent.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ log = logging.getLogger(__name__)
 MOVED = {  # module before -> module now (December 2026: the flat package became commands/training/tracking)
     "afqmc_exp.optim": "afqmc_exp.training.optim",
     "afqmc_exp.trainer": "afqmc_exp.training.trainer",
+    "afqmc_exp.loop": "afqmc_exp.training.trainer",  # 26 November 2026: loop.py split by concern
     "afqmc_exp.regularizers": "afqmc_exp.training.regularizers",
     "afqmc_exp.ema": "afqmc_exp.training.ema",
     "afqmc_exp.checkpoint": "afqmc_exp.training.checkpoint",
@@ -35,6 +40,11 @@ MOVED = {  # module before -> module now (December 2026: the flat package became
 }
 
 
+ADDED_GROUPS = {  # group -> the option that does what a config saved before it existed did
+    "regularizer": {"_target_": "afqmc_exp.training.regularizers.NoRegularizer"},
+}
+
+
 def today(target: str) -> str:
     """``target`` with its module's old path replaced by today's (``afqmc_exp.optim.adamw`` ->
     ``afqmc_exp.training.optim.adamw``); anything else unchanged."""
@@ -43,7 +53,16 @@ def today(target: str) -> str:
 
 
 def upgrade(cfg: DictConfig) -> DictConfig:
-    """Every old ``_target_`` of ``cfg`` mapped in place (nothing is resolved); returns ``cfg``."""
+    """Every old ``_target_`` of ``cfg`` mapped and every group added since filled in, in place (nothing is
+    resolved); returns ``cfg``."""
+    added = [group for group in ADDED_GROUPS if group not in cfg]
+    for group in added:
+        cfg[group] = ADDED_GROUPS[group]
+    if added:
+        log.info(
+            "a config saved before these groups existed: %s",
+            ", ".join(f"{g}: {ADDED_GROUPS[g]['_target_']}" for g in added),
+        )
     moved = {}
     for key, target in _targets(OmegaConf.to_container(cfg, resolve=False)):
         if today(target) != target:

@@ -164,6 +164,22 @@ def test_quickstart_is_offline_on_the_shipped_sample():
     assert cfg.trainer.device == "cpu"
 
 
+def test_a_config_saved_by_the_first_release_is_checked_and_built(tmp_path):
+    """What resume= and rerun= do with a config saved before modules moved, groups and keys were added: the old
+    targets mapped, the regularizer it ran without filled in, absent keys left to their targets' defaults."""
+    from afqmc_exp.commands.config_checks import validate
+    from afqmc_exp.moved_targets import upgrade
+
+    saved = upgrade(OmegaConf.load(REPO / "tests/helpers/saved_config_2026-11-25.yaml"))
+    saved.model.name_or_path, saved.tracking.uri = str(packaged_minilm_path()), f"sqlite:///{tmp_path}/mlflow.db"
+    validate(saved)
+    trainer, regularizer = instantiate(saved.trainer), instantiate(saved.regularizer)
+    assert isinstance(trainer, TrainerConfig) and trainer.threshold == 0.5 and trainer.ema_decay is None
+    assert type(regularizer).__name__ == "NoRegularizer"
+    assert isinstance(instantiate(saved.tracking), MlflowTracking) and isinstance(instantiate(saved.data), PairData)
+    assert all(isinstance(instantiate(saved[group]), partial) for group in ("model", "optim", "scheduler"))
+
+
 def test_debug_fast_checks_a_config_without_scoring_the_test_file():
     cfg = compose(["debug=fast"])
     assert cfg.trainer.max_steps == 5 and cfg.data.score_test is False

@@ -162,6 +162,9 @@ def check_group(group: str, node: dict) -> list[str]:
             continue  # a missing value: its rule says what to set, better than "expected str"
         elif not _fits(value, hints.get(key, parameters[key].annotation)):
             problems.append(f"{group}.{key}={value!r}: {_expected(hints.get(key))}")
+    problems += [f"{group}.{name}: missing; {node['_target_']} needs it (set {group}.{name}=...)"
+                 for name, p in parameters.items()
+                 if p.default is p.empty and name not in node and not node.get("_partial_")]  # fmt: skip
     return problems
 
 
@@ -222,7 +225,7 @@ def validate(cfg: DictConfig) -> None:
         for part in key.split("."):
             present = present and isinstance(value, dict) and part in value
             value = value.get(part) if isinstance(value, dict) else None
-        if key in type_errors or (not present and key.startswith("data.")):  # an older config: the default applies
+        if key in type_errors or not present:  # a config saved before the key existed: the target's default applies
             continue
         try:
             good = ok(value)
