@@ -20,6 +20,7 @@ BAD = [
     ("batch size as float", ["data.batch_size=16.5"], r"data.batch_size=16.5: expected int"),
     ("max_length over the model", ["data.max_length=1024"], r"data.max_length=1024: the model takes at most 512"),
     ("missing data.dir", ["data.dir=null"], r"data.dir=None: must name the folder"),
+    ("no model.name_or_path key", ["~model.name_or_path"], r"model.name_or_path=None: must name a Hub id"),
     ("no data.dir key", ["~data.dir"], r"data.dir: missing; afqmc_exp.data.PairData needs it \(set data.dir=...\)"),
     ("warmup ratio", ["scheduler.warmup_ratio=1.5"], r"scheduler.warmup_ratio=1.5: must be in \[0, 1\)"),
     ("unknown key", ["+optim.lrr=1e-5"], r"optim.lrr: unknown key for afqmc_exp.training.optim.adamw; known keys: .*lr"),  # noqa: E501

@@ -168,6 +168,16 @@ def check_group(group: str, node: dict) -> list[str]:
     return problems
 
 
+def has_default(container: dict, key: str) -> bool:
+    """Whether ``group.name...``'s group target gives ``name`` a default (a key it lacks is then no mistake)."""
+    group, _, rest = key.partition(".")
+    node = container.get(group)
+    if not rest or not isinstance(node, dict) or "_target_" not in node:
+        return False
+    parameter = inspect.signature(get_object(node["_target_"])).parameters.get(rest.split(".")[0])
+    return parameter is not None and parameter.default is not parameter.empty
+
+
 def model_max_positions(name_or_path: str) -> int | None:
     """``max_position_embeddings`` from config.json only, if it can be had without a download."""
     try:
@@ -225,8 +235,8 @@ def validate(cfg: DictConfig) -> None:
         for part in key.split("."):
             present = present and isinstance(value, dict) and part in value
             value = value.get(part) if isinstance(value, dict) else None
-        if key in type_errors or not present:  # a config saved before the key existed: the target's default applies
-            continue
+        if key in type_errors or (not present and has_default(container, key)):  # a config saved before the key
+            continue  # existed: the target's default applies
         try:
             good = ok(value)
         except TypeError:  # e.g. None compared with a number
