@@ -3,6 +3,7 @@ file:line and the fix, labels map to class ids in the task's order."""
 
 import json
 import os
+from dataclasses import replace
 
 import pytest
 
@@ -242,6 +243,80 @@ def test_official_zip_is_unpacked_from_the_cache_and_checked(tmp_path, monkeypat
         PairData(dir=str(tmp_path / "afqmc")).check()
 
 
+def afqmc_zip_in_cache(cache):
+    """The AFQMC archive as the cache holds it after its download (trusted on first use)."""
+    import hashlib
+    import zipfile
+
+    cache.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(cache / "afqmc_public.zip", "w") as archive:
+        for name in ("train.json", "dev.json"):
+            archive.writestr(name, GOOD + "\n")
+        archive.writestr("test.json", '{"id": 0, "sentence1": "a", "sentence2": "b"}\n')
+    digest = hashlib.sha256((cache / "afqmc_public.zip").read_bytes()).hexdigest()
+    (cache / "afqmc_public.zip.sha256").write_text(digest)
+
+
+def test_an_archive_is_never_unpacked_into_a_folder_of_the_users_own_files(tmp_path, monkeypatch):
+    afqmc_zip_in_cache(tmp_path / "cache")
+    monkeypatch.setenv("AFQMC_EXP_CACHE", str(tmp_path / "cache"))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("train.json", "dev.json"):
+        write(mine, '{"sentence1": "mine", "sentence2": "mine too", "label": "0"}\n', name=name)
+    with pytest.raises(DataError, match=r"mine: test.json not there, and the folder holds other files \(dev.json, "
+                       r"train.json\), so the official afqmc files are not unpacked into it: put test.json there, set "
+                       r"data.test_file=null, or point data.dir at an empty folder") as refused:  # fmt: skip
+        PairData(dir=str(mine)).check()
+    assert len(str(refused.value).splitlines()) == 1
+    with pytest.raises(DataError, match=r"test.json not there; this task has no official archive"):
+        PairData(dir=str(mine), name="pairs").check()  # data=pairs: no task's archive is its own
+    assert sorted(os.listdir(mine)) == ["dev.json", "train.json"]
+    assert "mine" in (mine / "train.json").read_text()
+    PairData(dir=str(tmp_path / "empty")).check()  # an empty (new) folder gets the official files
+    assert sorted(os.listdir(tmp_path / "empty")) == [".afqmc_exp_unpacked.json", "dev.json", "test.json", "train.json"]
+
+
+OTHER_TASKS = [  # a folder of a task's official files, as the default task (afqmc) or another one reads it
+    ("lcqmc", ["train.tsv", "dev.tsv", "test.tsv"], "afqmc", r"lcqmc or bq's files \(train.tsv, dev.tsv\), not afqmc's "
+     r"\(train.json, dev.json, test.json missing\); to train on them, add data=lcqmc or data=bq"),
+    ("ocnli", ["train.50k.json", "dev.json", "test.json"], "afqmc", r"ocnli's files .*add data=ocnli"),
+    ("pawsx", ["translated_train.tsv", "dev_2k.tsv", "test_2k.tsv"], "afqmc", r"pawsx's files .*add data=pawsx"),
+    ("chip_sts", ["CHIP-STS_train.json", "CHIP-STS_dev.json", "CHIP-STS_test.json"], "afqmc",
+     r"chip_sts's files .*add data=chip_sts"),
+    ("afqmc", ["train.json", "dev.json", "test.json"], "lcqmc",
+     r"afqmc or cmnli's files .*add data=afqmc or data=cmnli"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("task,files,read_as,message", OTHER_TASKS, ids=[t[0] for t in OTHER_TASKS])
+def test_a_folder_of_another_tasks_files_names_that_task_and_fetches_nothing(tmp_path, monkeypatch, task, files,
+                                                                              read_as, message):  # fmt: skip
+    from hydra.utils import instantiate
+
+    from helpers import compose
+
+    afqmc_zip_in_cache(tmp_path / "cache")
+    monkeypatch.setenv("AFQMC_EXP_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / task
+    folder.mkdir()
+    for name in files:
+        (folder / name).write_text("x\n")
+    data = instantiate(compose(["model=minilm", f"data={read_as}", f"data.dir={folder}"]).data)
+    with pytest.raises(DataError, match=message) as refused:
+        data.check()
+    assert len(str(refused.value).splitlines()) == 1 and sorted(os.listdir(folder)) == sorted(files)
+
+
+def test_the_official_files_table_agrees_with_each_tasks_config():
+    from afqmc_exp.data.download import OFFICIAL_FILES
+    from helpers import compose
+
+    for task, files in OFFICIAL_FILES.items():
+        data = compose(["model=minilm", f"data={task}", "data.dir=/x"]).data
+        assert (data.train_file, data.dev_file, data.test_file) == files, task
+
+
 @pytest.fixture
 def archive_server(tmp_path):
     """Serves the files of ``tmp_path/served`` on loopback, as the tasks' origins serve their archives."""
@@ -319,3 +394,78 @@ def test_checked_files_are_remembered_by_their_bytes(tmp_path, monkeypatch):
     write(tmp_path, GOOD + "\n", name="train.json")
     with pytest.raises(AssertionError, match="read again"):  # other bytes: checked again
         data.check()
+
+
+# ------------------------------------------------------------------------------------ what a file really is
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"\xff\xfe" + GOOD.encode("utf-16-le"), r"train.json: UTF-16 \(little-endian\) text;"
+         r" convert it to UTF-8: iconv -f UTF-16 -t UTF-8 "),
+        (b"\xfe\xff" + GOOD.encode("utf-16-be"), r"train.json: UTF-16 \(big-endian\) text; convert it"),
+        (b"\x1f\x8b\x08\x00" + b"\x00" * 20, r"train.json: a gzip file, not text; unpack it first: gunzip"),
+        (b"PK\x03\x04" + b"\x00" * 20, r"train.json: a zip archive, not text; unzip it"),
+        (b"PAR1" + b"\x00" * 20, r"train.json: a Parquet file; set data.format=parquet"),
+        (GOOD.encode("gbk"), r"train.json:1: bytes that are not UTF-8.*Chinese data often comes as GBK; iconv -f GBK"),
+        (b'{"sentence1": "\xff\xfe\xfd", "sentence2": "b", "label": "0"}', r"train.json:1: bytes that are not UTF-8 "
+         r"\(at byte 15 of the line\); fix the file's encoding"),
+    ],
+    ids=["utf-16-le", "utf-16-be", "gzip", "zip", "parquet", "gbk", "neither"],
+)  # fmt: skip
+def test_a_file_that_is_not_utf8_text_is_named_for_what_it_is(tmp_path, content, message):
+    with pytest.raises(DataError, match=message) as refused:
+        read_pairs(write(tmp_path, content))
+    assert len(str(refused.value).splitlines()) == 1
+
+
+def test_an_unclosed_csv_quote_is_reported_where_it_opened(tmp_path):
+    rows = ["q1,q2,answer", "a,b,same", '"c is cut,d,same'] + [f"e{i},f{i},different" for i in range(3000)]
+    path = write(tmp_path, "\n".join(rows) + "\n", name="x.csv")
+    spec = ReadSpec(format="csv", fields=("q1", "q2", "answer", None), labels=("different", "same"))
+    with pytest.raises(DataError, match=r"x.csv:3: a quoted cell opened on this line is never closed") as refused:
+        read_pairs(path, spec)
+    assert len(str(refused.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("fmt,name,content", [
+    ("csv", "x.csv", "q1,q2,answer\na,b,same\n"),
+    ("tsv", "x.tsv", "q1\tq2\tanswer\na\tb\tsame\n"),
+])  # fmt: skip
+def test_a_label_column_the_header_lacks_is_named_with_its_key(tmp_path, fmt, name, content):
+    path = write(tmp_path, content, name=name)
+    spec = ReadSpec(format=fmt, fields=("q1", "q2", "verdict", None), labels=("different", "same"))
+    with pytest.raises(DataError, match=rf"{name}:1: the header names the columns q1, q2, answer; "
+                       r"data.fields.label=verdict is not one of them"):  # fmt: skip
+        read_pairs(path, spec)
+    assert [p.label for p in read_pairs(path, spec, require_labels=False)] == [None]  # a test file may lack it
+
+
+def test_a_data_file_key_naming_a_folder_is_one_line_with_the_key(tmp_path):
+    write(tmp_path, GOOD + "\n")
+    (tmp_path / "dev").mkdir()
+    with pytest.raises(DataError, match=r"dev: is a folder; data.dev_file=dev must name a file") as refused:
+        PairData(dir=str(tmp_path), dev_file="dev", test_file=None).check()
+    assert len(str(refused.value).splitlines()) == 1
+
+
+def test_blank_machine_translations_are_dropped_and_counted_where_the_task_says(tmp_path):
+    """PAWS-X's translated_train.tsv, as distributed, has blank translations (google-research-datasets/paws#4)."""
+    content = "id\tsentence1\tsentence2\tlabel\n1\ta\tb\t1\n2\t\tc\t0\n3\td\t \t1\n4\te\tf\t0\n"
+    path = write(tmp_path, content, name="translated_train.tsv")
+    spec = ReadSpec(format="tsv", fields=("sentence1", "sentence2", "label", "id"))
+    with pytest.raises(DataError, match=r"translated_train.tsv:3: sentence1 \(text_a\) is \"\""):
+        read_pairs(path, spec)  # a task that does not say so: a blank sentence is an error
+    reader = PairReader(path, replace(spec, drop_blank=True))
+    assert [p.id for p in reader] == ["1", "4"] and reader.stats.blank == 2
+    from afqmc_exp.data.task import describe
+
+    assert (
+        describe(reader.stats, ["0", "1"]) == "2 pairs (0: 1, 1: 1); dropped 2 with a blank sentence (data.drop_blank)"
+    )
+
+
+def test_the_pawsx_option_drops_blank_translations():
+    from helpers import compose
+
+    assert compose(["model=minilm", "data=pawsx", "data.dir=/x"]).data.drop_blank is True
+    assert compose(["model=minilm", "data=afqmc"]).data.drop_blank is False

@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shlex
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -63,11 +64,14 @@ class ReadSpec:
     fields: tuple = ("sentence1", "sentence2", "label", "id")  # text_a, text_b, label, id: names or positions
     labels: tuple[str, ...] = ("0", "1")
     drop_labels: tuple[str, ...] = ()
+    drop_blank: bool = False  # lines with a blank sentence are skipped and counted (PAWS-X's machine translations)
 
     def describe(self) -> dict:
-        """What the cache keys name (see ``token_cache``)."""
-        return {"format": self.format, "fields": list(self.fields), "labels": list(self.labels),
-                "drop_labels": list(self.drop_labels)}  # fmt: skip
+        """What the cache keys name (see ``token_cache``); ``drop_blank`` only when set, so the keys of every file
+        read without it stay what they were."""
+        described = {"format": self.format, "fields": list(self.fields), "labels": list(self.labels),
+                     "drop_labels": list(self.drop_labels)}  # fmt: skip
+        return {**described, "drop_blank": True} if self.drop_blank else described
 
 
 @dataclass
@@ -78,6 +82,7 @@ class FileStats:
     labelled: bool = True
     label_counts: list[int] = field(default_factory=list)  # per class id
     dropped: dict[str, int] = field(default_factory=dict)  # dropped label -> lines
+    blank: int = 0  # lines dropped for a blank sentence (``drop_blank``)
 
 
 # ------------------------------------------------------------------------------------------ lines and values
@@ -91,19 +96,50 @@ def check_file(path: Path) -> None:
         raise DataError(f"{path}: not a regular file (a pipe or a device?); copy the data into a file")
 
 
+SIGNATURES = (  # how a file that is not UTF-8 text begins, and what to do with it ({path}: the file, quoted)
+    (b"\xff\xfe\x00\x00", "UTF-32 (little-endian) text; convert it to UTF-8: iconv -f UTF-32 -t UTF-8 {path}"),
+    (b"\xff\xfe", "UTF-16 (little-endian) text; convert it to UTF-8: iconv -f UTF-16 -t UTF-8 {path}"),
+    (b"\xfe\xff", "UTF-16 (big-endian) text; convert it to UTF-8: iconv -f UTF-16 -t UTF-8 {path}"),
+    (b"\x1f\x8b", "a gzip file, not text; unpack it first: gunzip -k {path}"),
+    (b"PK\x03\x04", "a zip archive, not text; unzip it and point data.dir at the folder of its files"),
+    (b"BZh", "a bzip2 file, not text; unpack it first: bunzip2 -k {path}"),
+    (b"\xfd7zXZ\x00", "an xz file, not text; unpack it first: unxz -k {path}"),
+    (b"PAR1", "a Parquet file; set data.format=parquet"),
+)
+
+
+def not_text(path: Path) -> str | None:
+    """What a file is when its first bytes say it is not UTF-8 text (UTF-16, an archive, Parquet); None otherwise."""
+    with open(path, "rb") as binary:
+        head = binary.read(8)
+    found = next((what for magic, what in SIGNATURES if head.startswith(magic)), None)
+    return found.format(path=shlex.quote(str(path))) if found else None
+
+
+def _not_utf8(path: Path, number: int, raw: bytes, error: UnicodeDecodeError) -> DataError:
+    where = f"{path}:{number}: bytes that are not UTF-8 (at byte {error.start} of the line)"
+    try:
+        raw.decode("gbk")
+    except UnicodeDecodeError:
+        return DataError(f"{where}; fix the file's encoding (every line must be UTF-8) or delete this line")
+    fixed = shlex.quote(f"fixed{path.suffix}")
+    return DataError(f"{where}. Chinese data often comes as GBK; iconv -f GBK -t UTF-8 {shlex.quote(str(path))} > "
+                     f"{fixed} converts it")  # fmt: skip
+
+
 def text_lines(path: Path) -> Iterator[tuple[int, str]]:
     """``(line number, text)`` of every line, as an editor numbers them (see the module docstring)."""
     check_file(path)
+    what = not_text(path)
+    if what:
+        raise DataError(f"{path}: {what}")
     number = 0
     with open(path, "rb") as binary:
         for raw in binary:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise DataError(
-                    f"{path}:{number + 1}: bytes that are not UTF-8 (at byte {err.start} of the line). Chinese data "
-                    f"often comes as GBK; convert it with: iconv -f GBK -t UTF-8 '{path}' > fixed{path.suffix}"
-                ) from None
+                raise _not_utf8(path, number + 1, raw, err) from None
             if number == 0:
                 text = text.removeprefix("\ufeff")
             text = text.removesuffix("\n").removesuffix("\r")
@@ -266,16 +302,18 @@ def read_json_array(path: Path, fields: tuple) -> Iterator[Row]:
         raise DataError(f"{text.where()}: text after the array's closing ']'; remove it")
 
 
-def read_delimited(path: Path, fields: tuple, delimiter: str, is_label: Callable[[str], bool]) -> Iterator[Row]:
+def read_delimited(path: Path, fields: tuple, delimiter: str, is_label: Callable[[str], bool],
+                   labelled: bool = False) -> Iterator[Row]:  # fmt: skip
     """Rows of a TSV (split at tabs, no quoting: question files hold quotes as text) or a CSV (quoted cells).
     Fields are header names (the first line must then be the header) or 0-based column positions; with
-    positions, a first line of column names (``text_a``, ``query``, ``label``...) is recognised and skipped."""
+    positions, a first line of column names (``text_a``, ``query``, ``label``...) is recognised and skipped.
+    ``labelled``: the file must have its label column (a training or scoring file)."""
     numbered = _delimited_rows(path, delimiter)
     by_name = any(isinstance(f, str) for f in fields)
     positions = fields
     for number, cells in numbered:
         if by_name:
-            positions = _header_positions(cells, fields, f"{path}:{number}")
+            positions = _header_positions(cells, fields, f"{path}:{number}", labelled)
         elif not _is_header(cells, fields, is_label):
             yield number, _pick(cells, positions, f"{path}:{number}", delimiter)
         break
@@ -289,22 +327,28 @@ def _delimited_rows(path: Path, delimiter: str) -> Iterator[tuple[int, list[str]
             if line.strip():
                 yield number, line.split("\t")
         return
-    numbers: list[int] = []
+    numbers: list[int] = []  # the line number of every line the CSV reader has taken
 
     def lines():
         for number, line in text_lines(path):
             numbers.append(number)
             yield line + "\n"
 
-    try:
-        for cells in csv.reader(lines()):
+    taken = 0  # lines taken before the record being read: it starts on line numbers[taken]
+    try:  # strict: a quote never closed is an error where the record starts, not a cell up to the end of the file
+        for cells in csv.reader(lines(), strict=True):
+            start, taken = numbers[taken], len(numbers)
             if cells and any(c.strip() for c in cells):
-                yield numbers[-1], cells
+                yield start, cells
     except csv.Error as err:
-        raise DataError(f"{path}:{numbers[-1] if numbers else 1}: not valid CSV ({err})") from None
+        start = numbers[taken] if taken < len(numbers) else (numbers[-1] if numbers else 1)
+        if "unexpected end of data" in str(err):
+            raise DataError(f'{path}:{start}: a quoted cell opened on this line is never closed; close its quote '
+                            '(a quote inside a quoted cell is written twice: "")') from None  # fmt: skip
+        raise DataError(f"{path}:{start}: not valid CSV ({err})") from None
 
 
-def _header_positions(header: list[str], fields: tuple, where: str) -> tuple:
+def _header_positions(header: list[str], fields: tuple, where: str, labelled: bool) -> tuple:
     names = [cell.strip() for cell in header]
     positions = []
     for role, name in zip(FIELDS, fields, strict=True):
@@ -312,7 +356,7 @@ def _header_positions(header: list[str], fields: tuple, where: str) -> tuple:
             positions.append(name)
         elif name in names:
             positions.append(names.index(name))
-        elif role in ("text_a", "text_b"):
+        elif role in ("text_a", "text_b") or (role == "label" and labelled):
             raise DataError(f"{where}: the header names the columns {', '.join(names)}; data.fields.{role}={name} is "
                             "not one of them (name a column, or give its 0-based position)")  # fmt: skip
         else:
@@ -381,7 +425,10 @@ class PairReader:
         if spec.format == "parquet":
             return read_parquet(path, spec.fields)
         delimiter = "\t" if spec.format == "tsv" else ","
-        return read_delimited(path, spec.fields, delimiter, lambda v: v in self.index or v in spec.drop_labels)
+        return read_delimited(path, spec.fields, delimiter, self._is_label, self.require_labels)
+
+    def _is_label(self, value: str) -> bool:
+        return value in self.index or value in self.spec.drop_labels
 
     def __iter__(self) -> Iterator[Pair]:
         stats, ids = FileStats(label_counts=[0] * len(self.spec.labels)), IdCheck(self)
@@ -391,6 +438,9 @@ class PairReader:
             label_id = self._label(label, where)
             if label_id == -2:  # a dropped label
                 stats.dropped[str(label)] = stats.dropped.get(str(label), 0) + 1
+                continue
+            if self.spec.drop_blank and _blank(text_a, text_b):
+                stats.blank += 1
                 continue
             self._check_texts(text_a, text_b, where)
             first_line = first_line or number
@@ -451,11 +501,22 @@ class PairReader:
         )
 
     def _empty_message(self, stats: FileStats, first_line: int) -> str:
-        if stats.dropped:
-            shown = ", ".join(f"{n} labelled {label!r}" for label, n in stats.dropped.items())
-            return f"{self.path}: holds no pairs to use: every line was dropped ({shown}; data.drop_labels)"
+        if stats.dropped or stats.blank:
+            return f"{self.path}: holds no pairs to use: every line was dropped ({dropped_text(stats)})"
         return (f"{self.path}: the file is empty (or only blank lines); it must hold sentence pairs, e.g. one JSON "
                 'object per line: {"sentence1": "...", "sentence2": "...", "label": "0"}')  # fmt: skip
+
+
+def _blank(text_a: object, text_b: object) -> bool:
+    """A sentence present but with nothing visible in it (not a missing column: that stays an error)."""
+    return any(isinstance(text, str) and not visible(text) for text in (text_a, text_b))
+
+
+def dropped_text(stats: FileStats) -> str:
+    """``2 labelled '-' (data.drop_labels), 3 with a blank sentence (data.drop_blank)``."""
+    parts = [f"{n} labelled {label!r}" for label, n in stats.dropped.items()]
+    parts[-1:] = [f"{parts[-1]} (data.drop_labels)"] if parts else []
+    return ", ".join(parts + ([f"{stats.blank} with a blank sentence (data.drop_blank)"] if stats.blank else []))
 
 
 class IdCheck:

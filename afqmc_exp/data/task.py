@@ -31,8 +31,8 @@ import torch
 
 from ..cache import file_digest
 from .batching import auto_eval_batch_size, auto_pad_to_multiple_of, make_loader
-from .download import fetch_into
-from .formats import FIELDS, DataError, FileStats, Format, PairReader, ReadSpec, fields_tuple
+from .download import archive_for, fetch_into, foreign_files, missing_message, not_unpacked_beside, other_task_message
+from .formats import FIELDS, DataError, FileStats, Format, PairReader, ReadSpec, dropped_text, fields_tuple
 from .split import Source, Split
 from .token_cache import checked_stats, tokenized_file, tokenizer_digest
 
@@ -67,6 +67,7 @@ class PairData:
     fields: dict = field(default_factory=lambda: dict(AFQMC_FIELDS))  # text_a, text_b, label, id -> column
     labels: list = field(default_factory=lambda: ["0", "1"])  # the file's label values, in class-id order
     drop_labels: list = field(default_factory=list)  # lines with these labels are skipped (CMNLI's "-")
+    drop_blank: bool = False  # lines with a blank sentence are skipped and counted (PAWS-X's machine translations)
     metric: Metric = "accuracy"  # the task's official metric: trainer.metric's default
     train_file: str = "train.json"
     dev_file: str = "dev.json"
@@ -99,7 +100,8 @@ class PairData:
 
     @property
     def spec(self) -> ReadSpec:
-        return ReadSpec(self.format, fields_tuple(self.fields), tuple(self.labels), tuple(self.drop_labels))
+        return ReadSpec(self.format, fields_tuple(self.fields), tuple(self.labels), tuple(self.drop_labels),
+                        self.drop_blank)  # fmt: skip
 
     def extra_spec(self, entry: dict) -> ReadSpec:
         fields = {**self.fields, **entry.get("fields", {})}
@@ -121,20 +123,34 @@ class PairData:
             raise DataError(f"data.dir={self.dir}: is a file; data.dir is the folder that holds the task's files "
                             f"(e.g. data.dir={Path(self.dir).parent})")  # fmt: skip
         wanted = self.wanted()
+        for split, (name, _) in wanted.items():
+            if self.path(name).is_dir():
+                raise DataError(f"{self.path(name)}: is a folder; {file_key(split)}={name} must name a file (inside "
+                                "data.dir, or an absolute path)")  # fmt: skip
         missing = [name for name, _ in wanted.values() if not self.path(name).exists()]
         if missing:
-            if not self.download or any(Path(name).is_absolute() for name in missing):
-                from .download import archive_for, missing_message
-
-                archive = archive_for(self.name, missing[0])
-                raise DataError(missing_message(self.name, folder, missing, "data.download is false", archive))
-            fetch_into(self.name, folder, missing, self.archive_url)
+            self._fetch(folder, missing)
         checked = {}
         for split, (name, spec) in wanted.items():
             path, labelled = self.path(name), split != "test"
             checked[split] = CheckedFile(path, file_digest(path), None, spec, labelled)
             checked[split].stats = checked_stats(path, spec, labelled, checked[split].digest)
         return checked
+
+    def _fetch(self, folder: Path, missing: list[str]) -> None:
+        """The missing files from the task's official archive, where that is safe (see ``download``), or one line
+        saying why not and what to do."""
+        another_task = other_task_message(self.name, folder, missing)
+        if another_task:
+            raise DataError(another_task)
+        archive = archive_for(self.name, missing[0])
+        if not self.download or any(Path(name).is_absolute() for name in missing):
+            raise DataError(missing_message(self.name, folder, missing, "data.download is false", archive))
+        others = foreign_files(folder)
+        if others and archive is not None:
+            optional = ["data.test_file"] if self.test_file in missing else []
+            raise DataError(not_unpacked_beside(self.name, folder, missing, others, optional))
+        fetch_into(self.name, folder, missing, self.archive_url)
 
     def summary(self, checked: dict[str, CheckedFile]) -> list[str]:
         """One line per checked file: ``train.json: 3316 pairs (0: 2290, 1: 1026)``, with any dropped lines."""
@@ -204,6 +220,13 @@ class PairData:
                 for split, f in checked.items()]  # fmt: skip
 
 
+def file_key(split: str) -> str:
+    """The config key that names a split's file: ``data.dev_file``, ``data.extra_dev.<name>.file``."""
+    if split.startswith("dev_"):
+        return f"data.extra_dev.{split.removeprefix('dev_')}.file"
+    return f"data.{split}_file"
+
+
 def describe(stats: FileStats, labels: list[str]) -> str:
     """``3316 pairs (0: 2290, 1: 1026)``, with the dropped lines if any."""
     text = f"{stats.pairs} pairs"
@@ -211,6 +234,6 @@ def describe(stats: FileStats, labels: list[str]) -> str:
         text += " (" + ", ".join(f"{name}: {n}" for name, n in zip(labels, stats.label_counts, strict=True)) + ")"
     else:
         text += ", unlabelled"
-    if stats.dropped:
-        text += "; dropped " + ", ".join(f"{n} labelled {label!r}" for label, n in stats.dropped.items())
+    if stats.dropped or stats.blank:
+        text += "; dropped " + dropped_text(stats)
     return text
