@@ -5,6 +5,10 @@ fetched from an MLflow store (``tracking.stored_weights``, under ``models/``) an
 (``model.compile_in_place``, under ``inductor/``). :func:`file_digest` is the one digest of a file's bytes
 that their keys use.
 
+A cache that cannot be written (a read-only or another user's folder, a path through a file) is no reason to fail
+a run: :func:`cache_root` then says so once and hands out a temporary folder instead, for this process and the
+processes it starts (``AFQMC_EXP_CACHE`` is set to it), so the run works as before, only without reuse.
+
 Compiled kernels live here rather than in inductor's default ``/tmp/torchinductor_<user>``: a cluster
 job's ``/tmp`` is often the node's own and wiped after the job, and then every job of a sweep compiles from
 scratch. In a folder under the home directory the first job compiles and the others read its kernels
@@ -14,12 +18,42 @@ scratch. In a folder under the home directory the first job compiles and the oth
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import tempfile
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("AFQMC_EXP_CACHE", Path.home() / ".cache" / "afqmc_exp"))
+    """``$AFQMC_EXP_CACHE`` (else ``~/.cache/afqmc_exp``), or a temporary folder when that cannot be written (see
+    the module docstring; checked once per process and folder)."""
+    root = Path(os.environ.get("AFQMC_EXP_CACHE") or Path.home() / ".cache" / "afqmc_exp")
+    if root not in _WRITABLE:
+        problem = _cannot_write(root)
+        if problem is None:
+            _WRITABLE.add(root)
+            return root
+        fallback = Path(tempfile.mkdtemp(prefix="afqmc_exp-cache-"))
+        log.warning("the cache %s cannot be written (%s): caching in %s for this run; set AFQMC_EXP_CACHE to a folder "
+                    "you can write to keep what is cached between runs", root, problem, fallback)  # fmt: skip
+        os.environ["AFQMC_EXP_CACHE"] = str(fallback)
+        _WRITABLE.add(fallback)
+        return fallback
+    return root
+
+
+_WRITABLE: set[Path] = set()  # cache folders this process has written to
+
+
+def _cannot_write(root: Path) -> str | None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            return None
+    except OSError as error:
+        return error.strerror or type(error).__name__
 
 
 def file_digest(path: Path) -> str:

@@ -4,6 +4,7 @@ per part); an entry complete or absent after a kill mid-write; one build shared 
 import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,6 +77,7 @@ KEY_PARTS = {  # each changes one part of the key
     "fields": lambda key, tmp_path: {**key, "read": ReadSpec(fields=("q1", "q2", "label", "id")).describe()},
     "labels": lambda key, tmp_path: {**key, "read": ReadSpec(labels=("1", "0")).describe()},
     "dropped labels": lambda key, tmp_path: {**key, "read": ReadSpec(drop_labels=("-",)).describe()},
+    "blank lines dropped": lambda key, tmp_path: {**key, "read": ReadSpec(drop_blank=True).describe()},
     "tokenizer": lambda key, tmp_path: {**key, "tokenizer": tokenizer_digest(other_vocabulary(tmp_path))},
     "max_length": lambda key, tmp_path: {**key, "max_length": 64},
     "code version": lambda key, tmp_path: {**key, "code_version": key["code_version"] + 1},
@@ -163,3 +165,109 @@ def test_two_processes_share_one_build(tmp_path, cache):
     assert all(proc.returncode == 0 for proc in procs), text[-3000:]
     assert text.count("tokenized in") == 1 and text.count("pairs=100") == 2, text
     assert [p.name for p in (cache / "tokens").iterdir() if p.is_dir()] == [key]
+
+
+# ------------------------------------------------------------------------------------ a damaged cache heals itself
+def cut_to_zero(folder):
+    (folder / "ids.bin").write_bytes(b"")
+
+
+def flip_an_offset(folder):
+    offsets = bytearray((folder / "offsets.bin").read_bytes())
+    offsets[8] ^= 1  # the same size, another value: only the checksum tells
+    (folder / "offsets.bin").write_bytes(bytes(offsets))
+
+
+DAMAGES = {  # what a crash (before the data reached the disk) or a stray edit leaves in an entry
+    "no meta.json": lambda folder: (folder / "meta.json").unlink(),
+    "ids.bin cut to 0 bytes": cut_to_zero,
+    "meta.json cut": lambda folder: (folder / "meta.json").write_text('{"pairs": 10'),
+    "labels.bin missing": lambda folder: (folder / "labels.bin").unlink(),
+    "an offset changed": flip_an_offset,
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_entry_is_rebuilt_with_one_warning(minilm_tokenizer, tmp_path, cache, caplog, damage):
+    path = afqmc_file(tmp_path)
+    first = tokenized_file(path, ReadSpec(), minilm_tokenizer, 32, True)
+    reference = {name: np.array(getattr(first, name)) for name in ("ids", "type_ids", "offsets", "labels")}
+    (entry,) = [p for p in (cache / "tokens").iterdir() if p.is_dir()]
+    del first
+    DAMAGES[damage](entry)
+    for _ in range(2):  # this run heals it; the next one maps the rebuilt entry
+        caplog.clear()
+        again = tokenized_file(path, ReadSpec(), minilm_tokenizer, 32, True)
+        for name, array in reference.items():
+            np.testing.assert_array_equal(getattr(again, name), array)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == []  # the second run: nothing to heal
+    assert [p for p in (cache / "tokens").iterdir() if p.is_dir()] == [entry]
+
+
+def test_a_damaged_entry_is_named_once_when_healed(minilm_tokenizer, tmp_path, cache, caplog):
+    path = afqmc_file(tmp_path)
+    tokenized_file(path, ReadSpec(), minilm_tokenizer, 32, True)
+    (entry,) = [p for p in (cache / "tokens").iterdir() if p.is_dir()]
+    cut_to_zero(entry)
+    tokenized_file(path, ReadSpec(), minilm_tokenizer, 32, True)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and f"{entry}: damaged (ids.bin holds 0 bytes" in warnings[0], warnings
+    assert "rebuilt" in warnings[0]
+
+
+def test_a_full_disk_while_the_cache_is_written_is_one_line(minilm_tokenizer, tmp_path, cache, monkeypatch):
+    import errno
+
+    from afqmc_exp.data import DataError
+
+    def no_space(self, pairs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(token_cache._Encoder, "arrays", no_space)
+    with pytest.raises(DataError, match=r"no space left on the device of the token cache .*AFQMC_EXP_CACHE") as full:
+        tokenized_file(afqmc_file(tmp_path), ReadSpec(), minilm_tokenizer, 32, True)
+    assert len(str(full.value).splitlines()) == 1
+    assert not [p for p in (cache / "tokens").iterdir() if p.is_dir()]  # nothing half-written is left
+
+
+def test_a_cache_that_cannot_be_written_falls_back_to_a_temporary_one(minilm_tokenizer, tmp_path, monkeypatch, caplog):
+    """A file where the cache's folder should be (as a read-only cache refuses a write: an OSError at the first
+    write): the run caches in a temporary folder, said once, and its children use it too."""
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("AFQMC_EXP_CACHE", str(tmp_path / "not-a-folder" / "cache"))
+    tokens = tokenized_file(afqmc_file(tmp_path), ReadSpec(), minilm_tokenizer, 32, True)
+    assert len(tokens) == 100
+    fallback = os.environ["AFQMC_EXP_CACHE"]
+    assert fallback != str(tmp_path / "not-a-folder" / "cache") and (Path(fallback) / "tokens").is_dir()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "cannot be written" in warnings[0] and fallback in warnings[0], warnings
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a child as another user (nobody)")
+def test_a_read_only_cache_falls_back_for_a_user_who_cannot_write_it():
+    """A cache folder another user owns, read-only to this one (a shared cache): the run goes on. The child loads
+    what it needs as root (root's Python is not nobody's to read), then becomes nobody and tokenizes."""
+    import shutil
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="afqmc-readonly-"))  # outside root's 0700 pytest folder
+    try:
+        shared.chmod(0o755)
+        (shared / "cache").mkdir(mode=0o755)
+        path = afqmc_file(shared)
+        path.chmod(0o644)
+        code = (
+            "import os, logging, pathlib, filelock, tempfile; logging.basicConfig(level=logging.WARNING); "
+            "from transformers import AutoTokenizer; from afqmc_exp.data import ReadSpec; "
+            "from afqmc_exp.data.token_cache import tokenized_file; "
+            f"tokenizer = AutoTokenizer.from_pretrained({packaged_minilm_path()!r}); "
+            "os.setgid(65534); os.setuid(65534); "
+            f"t = tokenized_file(pathlib.Path({str(path)!r}), ReadSpec(), tokenizer, 32, True); print('pairs', len(t))"
+        )
+        env = {**os.environ, "AFQMC_EXP_CACHE": str(shared / "cache"), "PYTHONPATH": str(REPO)}
+        done = run_command([sys.executable, "-c", code], env=env, timeout=300)
+        assert done.returncode == 0 and "pairs 100" in done.stdout, done.stderr[-2000:]
+        assert "cannot be written (Permission denied)" in done.stderr and os.listdir(shared / "cache") == []
+    finally:
+        shutil.rmtree(shared)

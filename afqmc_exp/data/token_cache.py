@@ -20,6 +20,12 @@ Why it looks like this:
   its ``meta.json`` is written; a kill mid-write leaves only the staging folder, which the next builder
   removes. One process builds an entry (a file lock, which the operating system releases when a process
   dies); the others wait for it and then map it.
+* **A damaged entry heals itself.** A crash of the machine (not of the process) can leave an entry whose data
+  never reached the disk: no ``meta.json``, a file cut to 0 bytes. Before an entry is mapped it is checked
+  against its ``meta.json`` (readable, this key's, every file of the size its counts say, the small files'
+  SHA-256); one that does not add up is removed and built again, with one warning, instead of failing this run
+  and every later one. A cache that cannot be written (read-only, another user's) is ``cache.cache_root``'s
+  business (a temporary one), and a full disk while writing is one line naming the cache.
 * **Checked files are remembered too** (:func:`checked_stats`): a file's full check (``formats``) is
   recorded under its digest and reading settings, so a run on files checked before reads only their bytes
   (to hash them) before it starts, however large they are.
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import hashlib
 import itertools
 import json
@@ -47,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cache import cache_root, file_digest
-from .formats import FileStats, Pair, PairReader, ReadSpec
+from .formats import DataError, FileStats, Pair, PairReader, ReadSpec
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +92,19 @@ class TokenArrays:
     @classmethod
     def load(cls, folder: Path) -> TokenArrays:
         meta = json.loads((folder / "meta.json").read_text())
-        dtypes = {"ids": meta["id_dtype"], "type_ids": "uint8", "offsets": "int64", "labels": "int16"}
-        counts = {"ids": meta["tokens"], "type_ids": meta["tokens"], "offsets": meta["pairs"] + 1,
-                  "labels": meta["pairs"]}  # fmt: skip
-        return cls(**{k: np.memmap(folder / FILES[k], dtype=dtypes[k], mode="r", shape=(counts[k],)) for k in FILES})
+        layout = file_layout(meta)
+        return cls(**{k: np.memmap(folder / FILES[k], dtype=dtype, mode="r", shape=(count,))
+                      for k, (dtype, count) in layout.items()})  # fmt: skip
+
+
+def file_layout(meta: dict) -> dict[str, tuple[str, int]]:
+    """Each array's dtype and length, as an entry's ``meta.json`` gives them."""
+    tokens, pairs = int(meta["tokens"]), int(meta["pairs"])
+    return {"ids": (meta["id_dtype"], tokens), "type_ids": ("uint8", tokens), "offsets": ("int64", pairs + 1),
+            "labels": ("int16", pairs)}  # fmt: skip
+
+
+CHECKSUMMED = ("offsets", "labels")  # small (10 bytes a pair): hashed on every use; the token arrays are sized
 
 
 class _Encoder:
@@ -179,15 +195,43 @@ def tokens_root() -> Path:
 
 
 class _Entry:
-    """One cache entry: built once under a lock, complete or absent (see the module docstring)."""
+    """One cache entry: built once under a lock, complete or absent, checked before use (see the module docstring)."""
 
     def __init__(self, root: Path, key: str):
         self.folder, self.root = root / key, root
         self.lock_path = root / f"{key}.lock"
         self.lock = None  # taken by __enter__
 
-    def complete(self) -> bool:
-        return (self.folder / "meta.json").exists()
+    def usable(self, key: dict) -> bool:
+        return self.folder.is_dir() and self.damage(key) is None
+
+    def damage(self, key: dict) -> str | None:
+        """Why the entry's folder cannot be mapped for ``key``, or None when it adds up."""
+        try:
+            meta = json.loads((self.folder / "meta.json").read_text())
+            if meta.get("key") != key:
+                return "its meta.json names another key"
+            for name, (dtype, count) in file_layout(meta).items():
+                size, expected = (self.folder / FILES[name]).stat().st_size, np.dtype(dtype).itemsize * count
+                if size != expected:
+                    return f"{FILES[name]} holds {size} bytes, not {expected}"
+            for name, digest in meta.get("sha256", {}).items():
+                if file_digest(self.folder / FILES[name]) != digest:
+                    return f"{FILES[name]} does not match its checksum"
+        except FileNotFoundError as error:
+            return f"{Path(error.filename).name} is missing"
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            return f"its meta.json cannot be read ({error})"
+        return None
+
+    def clear(self, key: dict) -> None:
+        """Remove a damaged entry (under the lock), saying why; nothing when there is none."""
+        if not self.folder.exists():
+            return
+        log.warning("%s: damaged (%s); it is removed and rebuilt", self.folder, self.damage(key))
+        aside = self.root / f".{self.folder.name}.{os.getpid()}.damaged.tmp"
+        os.replace(self.folder, aside)
+        shutil.rmtree(aside, ignore_errors=True)
 
     def __enter__(self):
         from filelock import FileLock, Timeout
@@ -218,13 +262,28 @@ def tokenized_file(path: Path, spec: ReadSpec, tokenizer, max_length: int, requi
     ``tokenizer_sha``: the file's and the tokenizer's digests, where the caller has them already)."""
     key = token_key(digest or file_digest(path), spec, tokenizer_sha or tokenizer_digest(tokenizer), max_length)
     entry = _Entry(tokens_root(), cache_key(key))
-    if entry.complete():
+    if entry.usable(key):
         log.info("%s: tokens from the cache (%s)", path.name, entry.folder)
     else:
         with entry:
-            if not entry.complete():  # another process may have built it while this one waited
-                _build(entry, path, spec, tokenizer, max_length, require_labels, key)
+            if not entry.usable(key):  # another process may have built it while this one waited
+                entry.clear(key)
+                _build_or_say(entry, path, spec, tokenizer, max_length, require_labels, key)
     return TokenArrays.load(entry.folder)
+
+
+def _build_or_say(entry: _Entry, path: Path, spec: ReadSpec, tokenizer, max_length: int, require_labels: bool,
+                  key: dict) -> None:  # fmt: skip
+    """``_build``, with a full disk said in one line (the staging folder is gone: nothing half-written stays)."""
+    try:
+        _build(entry, path, spec, tokenizer, max_length, require_labels, key)
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise DataError(
+            f"{path}: no space left on the device of the token cache ({entry.root}) while writing its "
+            "tokens; free some space, or set AFQMC_EXP_CACHE to a folder on another disk"
+        ) from None
 
 
 def _build(entry: _Entry, path: Path, spec: ReadSpec, tokenizer, max_length: int, require_labels: bool,
@@ -232,24 +291,32 @@ def _build(entry: _Entry, path: Path, spec: ReadSpec, tokenizer, max_length: int
     started, staging = time.perf_counter(), entry.staging()
     try:
         reader, encoder = PairReader(path, spec, require_labels), _Encoder(tokenizer, max_length)
-        base = 0
+        base, digests = 0, {name: hashlib.sha256() for name in CHECKSUMMED}
         with contextlib.ExitStack() as stack:
             files = {k: stack.enter_context(open(staging / name, "wb")) for k, name in FILES.items()}
-            files["offsets"].write(np.zeros(1, np.int64).tobytes())
+            _write(files, digests, "offsets", np.zeros(1, np.int64))
             for chunk in chunks(reader):
                 arrays = encoder.arrays(chunk)
                 arrays["offsets"] += base
                 base = int(arrays["offsets"][-1])
                 for name, array in arrays.items():
-                    files[name].write(array.tobytes())
+                    _write(files, digests, name, array)
         meta = {"pairs": reader.stats.pairs, "tokens": base, "id_dtype": np.dtype(encoder.id_dtype).name,
-                "source": str(path), "stats": asdict(reader.stats), "key": key}  # fmt: skip
+                "source": str(path), "stats": asdict(reader.stats), "key": key,
+                "sha256": {name: digest.hexdigest() for name, digest in digests.items()}}  # fmt: skip
         (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         os.replace(staging, entry.folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("%s: %d pairs tokenized in %.1f s (%d tokens), cached in %s", path.name, meta["pairs"],
              time.perf_counter() - started, meta["tokens"], entry.folder)  # fmt: skip
+
+
+def _write(files: dict, digests: dict, name: str, array: np.ndarray) -> None:
+    data = array.tobytes()
+    files[name].write(data)
+    if name in digests:
+        digests[name].update(data)
 
 
 def checked_stats(path: Path, spec: ReadSpec, require_labels: bool, digest: str) -> FileStats:
