@@ -32,6 +32,8 @@ ENVIRON = {
             "postgresql+psycopg://u:p%40ss@db/x and https://b:two@h",
             "postgresql+psycopg://u:***@db/x and https://b:***@h",
         ),
+        ("postgresql://team:pa/ss@db/x", "postgresql://team:***@db/x"),  # SQLAlchemy takes any character but @
+        ("mysql+pymysql://u:a:b/c?d@h:3306/x", "mysql+pymysql://u:***@h:3306/x"),
         ("http://host:5000/path", "http://host:5000/path"),  # a port is no password
         ("sqlite:////tmp/mlflow.db", "sqlite:////tmp/mlflow.db"),
     ],
@@ -125,3 +127,36 @@ def test_a_run_folder_with_secrets_keeps_its_config_files_to_its_owner(tmp_path)
     hide_run_config(tmp_path, Masker.from_config(CONFIG, {}))
     assert {oct(p.stat().st_mode & 0o777) for p in files} == {"0o600"}
     assert files[0].read_text() == "db_password: hunter2xyz\n"  # the real value: resume needs it
+
+
+def test_a_password_with_a_slash_is_found_in_the_config_and_the_environment():
+    masker = Masker.from_config({"tracking": {"uri": "postgresql://u:pa/ss-1@db/x"}},
+                                {"MLFLOW_TRACKING_URI": "http://a:env/pw-2@h"})  # fmt: skip
+    assert masker("pa/ss-1 env/pw-2") == "*** ***"
+
+
+def test_a_key_that_only_starts_like_a_secret_is_not_one():
+    assert Masker.from_config({"tokenizer": "bert-base-chinese", "api_token": "tok-123456"})(
+        "bert-base-chinese tok-123456") == "bert-base-chinese ***"  # fmt: skip
+
+
+@pytest.mark.parametrize("sweep", ["+db_password=xy,longer-secret-1", "+db_password=choice(xy,longer-secret-1)"])
+def test_a_swept_secret_is_masked_in_every_line_hydra_prints_for_the_sweep(root_lines, tmp_path, sweep):
+    """Hydra's launchers print each job's overrides (``#0 : ...``) before the job, and its masking, starts; a
+    secret that short (xy) is masked by its key."""
+    from omegaconf import OmegaConf
+
+    from afqmc_exp.tracking.sweep import MlflowSweepCallback
+
+    config = OmegaConf.create({
+        "tracking": {"_target_": "afqmc_exp.tracking.config.MlflowTracking", "enabled": False},
+        "trainer": {"metric": "accuracy"},
+        "hydra": {"sweep": {"dir": str(tmp_path / "sweep")}, "overrides": {"hydra": [], "task": [sweep, "seed=1,2"]},
+                  "runtime": {"choices": {"hydra/sweeper": "basic"}}},
+    })  # fmt: skip
+    MlflowSweepCallback().on_multirun_start(config)
+    launcher = logging.getLogger("hydra._internal.core_plugins.basic_launcher")
+    launcher.warning("\t#0 : +db_password=xy seed=1")
+    launcher.warning("\t#1 : +db_password=longer-secret-1 seed=2")
+    launcher.warning("a job saw longer-secret-1")
+    assert root_lines == ["\t#0 : +db_password=*** seed=1", "\t#1 : +db_password=*** seed=2", "a job saw ***"]

@@ -22,9 +22,13 @@ from typing import Any
 
 from ..run_folder import RunFolder
 
-SECRET_KEY = re.compile(r"(token|password|passwd|secret|api[_-]?key|credential)", re.IGNORECASE)
+SECRET_KEY = re.compile(
+    r"(token(?!i[sz])|password|passwd|secret|api[_-]?key|credential)", re.IGNORECASE
+)  # no tokenizer
 SECRET_ENV = re.compile(r"(PASSWORD|PASSWD|SECRET|_TOKEN$|^TOKEN$|API_?KEY|CREDENTIAL)")  # not TOKENIZERS_...
-URI_PASSWORD = re.compile(r"(://[^/:@\s]+:)([^@/\s]+)@")
+URI_PASSWORD = re.compile(r"(://[^/:@\s]+:)([^@\s]+)@")  # as SQLAlchemy reads a URL: the password runs to the @
+ASSIGNMENT = re.compile(r"(?<![^\s'\"(\[,])([+~]{0,2}[\w.-]+=)([^\s'\"\])]+)")  # key=value in an override or a line
+SWEEP_SYNTAX = re.compile(r"[,()\[\]'\"\s]+|\b(?:choice|range|interval|glob|tag|sort|shuffle)\b")
 MASK = "***"
 SHORTEST = 4  # shorter values are not searched for in free text (they would mask ordinary words)
 
@@ -41,11 +45,18 @@ class Masker:
         self.secrets = sorted({s for s in secrets if len(s) >= SHORTEST}, key=len, reverse=True)
 
     @classmethod
-    def from_config(cls, tree: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> Masker:
+    def from_config(cls, tree: Mapping[str, Any], environ: Mapping[str, str] = os.environ,
+                    overrides: Iterable[str] = ()) -> Masker:  # fmt: skip
+        """The secrets of a config, of the environment, and of command-line ``overrides`` (a sweep's values of a
+        secret key, ``+db_password=a,b``, which no single config holds)."""
         found: list[str] = []
         _collect(tree, found)
         found += [m.group(2) for m in URI_PASSWORD.finditer(environ.get("MLFLOW_TRACKING_URI", ""))]
         found += [value for name, value in environ.items() if SECRET_ENV.search(name.upper()) and value]
+        for override in overrides:
+            key, _, value = override.partition("=")
+            if _secret_key(key):
+                found += [v for v in SWEEP_SYNTAX.split(value) if v and v != "null"]
         return cls(found)
 
     def __bool__(self) -> bool:
@@ -56,17 +67,25 @@ class Masker:
         return {key: self(value) for key, value in mapping.items()}
 
     def __call__(self, text: str) -> str:
-        text = mask_uri(text)
+        """``text`` with passwords in URIs, the values of secret keys (``+db_password=x``, however short) and every
+        known secret masked."""
+        text = ASSIGNMENT.sub(_masked_assignment, mask_uri(text))
         for secret in self.secrets:
             text = text.replace(secret, MASK)
         return text
 
     def override(self, override: str) -> str:
         """A command-line override ``key=value`` with the value masked when the key looks secret."""
-        key, sep, value = override.partition("=")
-        if sep and SECRET_KEY.search(key.split(".")[-1]) and value not in ("", "null"):
-            return f"{key}={MASK}"
         return self(override)
+
+
+def _secret_key(key: str) -> bool:
+    return bool(SECRET_KEY.search(key.split(".")[-1]))
+
+
+def _masked_assignment(match: re.Match) -> str:
+    key, value = match.group(1), match.group(2)
+    return f"{key}{MASK}" if _secret_key(key[:-1]) and value not in ("", "null") else match.group(0)
 
 
 def _collect(value: Any, found: list[str], key: str = "") -> None:

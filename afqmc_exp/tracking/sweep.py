@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..run_folder import RunFolder
 from .config import context_tags
-from .masking import Masker, hide_run_config
+from .masking import Masker, hide_run_config, install_log_filter
 
 log = logging.getLogger(__name__)
 PARENT_RUN_FILE = "mlflow_parent_run_id"
@@ -60,14 +60,15 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from hydra.utils import instantiate
 
+        given = [*config.hydra.overrides.hydra, *config.hydra.overrides.task]  # hydra.sweeper.n_trials=... included
+        masker = Masker.from_config(OmegaConf.to_container(config, resolve=False), overrides=given)
+        install_log_filter(masker)  # before the launcher prints each job's overrides (its secrets too)
         tracking = instantiate(config.tracking)
         if not tracking.enabled:
             return
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         self.metric = config.trainer.metric
-        masker = Masker.from_config(OmegaConf.to_container(config, resolve=False))
-        given = [*config.hydra.overrides.hydra, *config.hydra.overrides.task]  # hydra.sweeper.n_trials=... included
         overrides = " ".join(masker.override(o) for o in given if not o.startswith("hydra.mode="))
         self.sweep_dir, self.masker = sweep_dir, masker
         tracking.run_name = f"sweep {datetime.now():%Y-%m-%d %H:%M} · {what_is_swept(config)}"
