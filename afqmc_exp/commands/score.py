@@ -15,7 +15,6 @@ members must answer with the same labels.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -231,8 +230,8 @@ def predict(args: PredictArgs) -> Path | dict:
         raise SystemExit("error: give both sentence1=... and sentence2=...")
     if not one_pair and not (args.file and args.out):
         raise SystemExit("error: give file=... and out=..., or sentence1=... sentence2=...; see afqmc-predict --help")
-    if not one_pair and Path(args.out).resolve() == Path(args.file).resolve():
-        raise SystemExit(f"error: out={args.out} is the input file itself; write the predictions elsewhere")
+    if not one_pair:
+        check_out(args)
     scorer = Scorer(args)
     if one_pair:
         probs, _ = scorer([Pair(args.sentence1, args.sentence2)])
@@ -242,26 +241,46 @@ def predict(args: PredictArgs) -> Path | dict:
     return predict_file(args, scorer)
 
 
+def check_out(args: PredictArgs) -> None:
+    """``out`` names a file predict may write: not the input, not a folder, nothing but earlier predictions."""
+    out = Path(args.out)
+    if out.resolve() == Path(args.file).resolve():
+        raise SystemExit(f"error: out={args.out} is the input file itself; write the predictions elsewhere")
+    if out.is_dir():
+        raise SystemExit(f"error: out={args.out}: is a folder; name the file to write, e.g. "
+                         f"out={out / 'predictions.jsonl'}")  # fmt: skip
+    if out.exists() and not is_predictions_file(out):
+        raise SystemExit(f"error: out={args.out}: exists and is not a predictions file (afqmc-predict replaces only "
+                         "its own); give another out=, or move that file away")  # fmt: skip
+
+
+def is_predictions_file(path: Path) -> bool:
+    """Empty, or its first line is one of ours (``{"id", "label", "prob", "probs"}``)."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            first = file.readline()
+        return not first.strip() or {"label", "prob", "probs"} <= set(json.loads(first))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def predict_file(args: PredictArgs, scorer: Scorer) -> Path:
-    """Predictions for ``args.file`` written chunk by chunk into ``<out>.part``, which replaces ``out`` once
-    every pair is scored: a bad line or a kill halfway leaves an earlier ``out`` as it was."""
+    """Predictions for ``args.file`` written chunk by chunk beside ``out``, which they replace once every pair is
+    scored (``files.replaced_file``): a bad line or a kill halfway leaves an earlier ``out`` as it was."""
     from ..data.token_cache import chunks
+    from ..files import replaced_file
     from ..training.inference import prediction_lines
 
     out, written = Path(args.out), 0
-    partial = out.with_name(out.name + ".part")
-    out.parent.mkdir(parents=True, exist_ok=True)
     try:
         reader = PairReader(args.file, scorer.spec(), require_labels=False)
-        with open(partial, "w", encoding="utf-8") as lines:
+        with replaced_file(out) as lines:
             for chunk in chunks(reader, CHUNK):
                 probs, _ = scorer(chunk)
                 lines.writelines(prediction_lines(chunk, probs, scorer.labels, scorer.threshold))
                 lines.flush()
                 written += len(chunk)
-        os.replace(partial, out)
     except DataError as err:
-        partial.unlink(missing_ok=True)
         raise SystemExit(f"error: {err}") from None
     print(f"wrote {written} predictions to {out}", file=sys.stderr)
     return out

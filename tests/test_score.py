@@ -1,0 +1,92 @@
+"""``afqmc-predict`` writing a file (``commands/score.py``): nothing of the user's is deleted or overwritten but its
+own predictions, whatever ``file=`` and ``out=`` name; what it writes is readable by others as the run folder is."""
+
+import json
+import os
+import stat
+import sys
+
+import pytest
+
+from helpers import REPO, tiny_pretrained
+
+SAMPLE_DEV = REPO / "afqmc_exp" / "data" / "quickstart" / "dev.json"
+
+
+@pytest.fixture
+def weights(tmp_path):
+    pretrained = tiny_pretrained(tmp_path / "best_model")
+    pretrained.model.save_pretrained(tmp_path / "best_model")
+    pretrained.tokenizer.save_pretrained(tmp_path / "best_model")
+    return tmp_path / "best_model"
+
+
+def predict(monkeypatch, *argv) -> str | None:
+    """``afqmc-predict ARGV``: None on success, else the one line it exits with."""
+    from afqmc_exp.commands.score import predict_main
+
+    monkeypatch.setattr(sys, "argv", ["afqmc-predict", *map(str, argv)])
+    try:
+        predict_main()
+    except SystemExit as stop:
+        return str(stop.code)
+    return None
+
+
+def is_predictions(path) -> bool:
+    lines = path.read_text().splitlines()
+    return bool(lines) and all({"label", "prob", "probs"} <= set(json.loads(line)) for line in lines)
+
+
+def test_an_input_named_like_the_part_file_is_never_deleted(weights, tmp_path, monkeypatch):
+    source = tmp_path / "preds.jsonl.part"
+    source.write_bytes(SAMPLE_DEV.read_bytes())
+    assert predict(monkeypatch, f"ckpt={weights}", f"file={source}", f"out={tmp_path / 'preds.jsonl'}") is None
+    assert source.read_bytes() == SAMPLE_DEV.read_bytes() and is_predictions(tmp_path / "preds.jsonl")
+    assert sorted(os.listdir(tmp_path)) == ["best_model", "preds.jsonl", "preds.jsonl.part"]
+
+
+def test_out_naming_a_folder_is_one_line_before_anything_is_scored(weights, tmp_path, monkeypatch):
+    (tmp_path / "preds").mkdir()
+    said = predict(monkeypatch, f"ckpt={weights}", f"file={SAMPLE_DEV}", f"out={tmp_path / 'preds'}")
+    assert said == f"error: out={tmp_path / 'preds'}: is a folder; name the file to write, e.g. " \
+        f"out={tmp_path / 'preds' / 'predictions.jsonl'}"  # fmt: skip
+    assert sorted(os.listdir(tmp_path)) == ["best_model", "preds"] and os.listdir(tmp_path / "preds") == []
+
+
+def test_out_replaces_earlier_predictions_but_never_another_file(weights, tmp_path, monkeypatch):
+    mine = tmp_path / "train.json"
+    mine.write_bytes(SAMPLE_DEV.read_bytes())
+    said = predict(monkeypatch, f"ckpt={weights}", f"file={SAMPLE_DEV}", f"out={mine}")
+    assert said.startswith(f"error: out={mine}: exists and is not a predictions file") and "another out=" in said
+    assert mine.read_bytes() == SAMPLE_DEV.read_bytes()
+    out = tmp_path / "preds.jsonl"
+    out.write_text("")  # an earlier, empty, predictions file
+    for _ in range(2):  # then an earlier full one
+        assert predict(monkeypatch, f"ckpt={weights}", f"file={SAMPLE_DEV}", f"out={out}") is None
+        assert is_predictions(out) and len(out.read_text().splitlines()) == 160
+
+
+def test_a_bad_line_halfway_leaves_the_earlier_predictions_and_no_part_file(weights, tmp_path, monkeypatch):
+    import afqmc_exp.commands.score as score
+
+    monkeypatch.setattr(score, "CHUNK", 50)  # the bad line is read after two chunks were written
+    out = tmp_path / "preds.jsonl"
+    assert predict(monkeypatch, f"ckpt={weights}", f"file={SAMPLE_DEV}", f"out={out}") is None
+    before = out.read_bytes()
+    broken = tmp_path / "broken.json"
+    lines = SAMPLE_DEV.read_text().splitlines()
+    broken.write_text("\n".join(lines[:120] + ["{oops"] + lines[120:]) + "\n")
+    said = predict(monkeypatch, f"ckpt={weights}", f"file={broken}", f"out={out}")
+    assert said.startswith(f"error: {broken}:121: not valid JSON")
+    assert out.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["best_model", "broken.json", "preds.jsonl"]
+
+
+def test_predictions_are_readable_as_the_umask_says(weights, tmp_path, monkeypatch):
+    out = tmp_path / "preds.jsonl"
+    previous = os.umask(0o022)
+    try:
+        assert predict(monkeypatch, f"ckpt={weights}", f"file={SAMPLE_DEV}", f"out={out}") is None
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
