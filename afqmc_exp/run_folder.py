@@ -22,10 +22,15 @@ every file of a run folder here:
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 BEST_MODEL = "best_model"  # also the artifact path of the logged weights, and what ``runs:/<id>/best_model`` names
+
+
+class RunFolderDamaged(ValueError):
+    """A run folder's own file cannot be read; the message names it and what to do."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,11 @@ class RunFolder:
     def profile(self) -> Path:
         return self.root / "profile"
 
+    @property
+    def resume_argument(self) -> str:
+        """``resume=<this folder>`` as a shell takes it pasted (quoted where the path has spaces or the like)."""
+        return shlex.quote(f"resume={self.root}")
+
     def predictions(self, split: str) -> Path:
         return self.root / f"{split}_predictions.jsonl"
 
@@ -99,8 +109,26 @@ class RunFolder:
     def finished(self) -> bool:
         return self.result.exists()
 
+    @property
+    def holds_a_run(self) -> bool:
+        """Whether a run opened here, finished or killed: it left a run id, a journal, a checkpoint or a result."""
+        return any(p.exists() for p in (self.result, self.run_id_file, self.journal, self.last_checkpoint,
+                                        self.best_model))  # fmt: skip
+
     def read_result(self) -> dict:
-        return json.loads(self.result.read_text())
+        """``result.json``; one that cannot be read raises :class:`RunFolderDamaged`, which says what to do."""
+        try:
+            result = json.loads(self.result.read_text(encoding="utf-8"))
+            if not isinstance(result, dict):
+                raise ValueError("not a JSON object")
+            return result
+        except (ValueError, UnicodeDecodeError) as error:
+            aside = self.result.with_name(self.result.name + ".damaged")
+            raise RunFolderDamaged(
+                f"{self.result}: damaged ({str(error)[:100]}), as a run cut while finishing leaves it; move it aside "
+                f"(mv {shlex.quote(str(self.result))} {shlex.quote(str(aside))}) and resume again: the run finishes "
+                "again from its last checkpoint"
+            ) from None
 
     def run_id(self) -> str | None:
         """The MLflow run id written when the run opened; None without one (tracking off, or not opened yet)."""
@@ -109,6 +137,20 @@ class RunFolder:
 
     def save_run_id(self, run_id: str | None) -> None:
         self.run_id_file.write_text(f"{run_id or ''}\n")
+
+    def saved_config_problem(self) -> str | None:
+        """Why ``.hydra/config.yaml`` is not an afqmc-exp run's saved config (unreadable, or another program's), or
+        None when it is one (its ``trainer`` is ours: every config since the first release names it)."""
+        import yaml
+
+        try:
+            saved = yaml.safe_load(self.config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            return f"it cannot be read ({' '.join(str(error).split())[:160]})"
+        target = saved.get("trainer", {}).get("_target_", "") if isinstance(saved, dict) else ""
+        if not isinstance(target, str) or not target.startswith("afqmc_exp."):
+            return "it is not an afqmc-exp run's config (no afqmc_exp trainer)"
+        return None
 
     def unused(self) -> bool:
         """Only what Hydra and the lock make before a run opens: a refused run's folder, safe to delete."""

@@ -63,6 +63,11 @@ def uninterrupted(tmp_path_factory):
 def resume_and_compare(folder, out, reference):
     resumed = start(folder, f"resume={out}", "hydra.run.dir=" + str(folder / "resume_logs"))
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
+    compare(folder, out, reference)
+
+
+def compare(folder, out, reference):
+    """The run in ``out`` (its store in ``folder``) ended as the uninterrupted one did: every step logged once."""
     run_a, a = histories(reference)
     run_b, b = histories(folder)
     assert run_b.info.status == "FINISHED"
@@ -116,6 +121,28 @@ def test_a_kill_inside_a_checkpoint_write_still_resumes_exactly(tmp_path, uninte
     resume_and_compare(tmp_path, out, uninterrupted)
 
 
+def test_the_same_command_again_continues_a_killed_run_and_never_rewrites_a_finished_one(tmp_path, uninterrupted):
+    """A requeued job (the same command, hydra.run.dir fixed): killed after its step-3 checkpoint, the command again
+    continues it in its MLflow run, as resume= would; once finished, the command again is refused and nothing in the
+    folder changes."""
+    out = tmp_path / "run"
+    command = [sys.executable, str(REPO / "train.py"), *COMMON, f"hydra.run.dir={out}"]
+    killed = start(tmp_path, *command[2:])
+    wait_for(out / "last_checkpoint" / "trainer_state.pt", killed)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait(timeout=60) == -signal.SIGKILL
+    again = run_command(command, cwd=tmp_path, env=ENV)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "started with this same config: continuing it, as resume=" in (out / "train.log").read_text()
+    compare(tmp_path, out, uninterrupted)  # one MLflow run, FINISHED, each step once, the uninterrupted result
+    kept = {p: p.read_bytes() for p in [out / "result.json", *(out / "best_model").iterdir()]}
+    third = run_command(command, cwd=tmp_path, env=ENV)
+    assert third.returncode == 1 and "Traceback" not in third.stderr, third.stderr[-3000:]
+    assert third.stderr.strip().splitlines()[-1].startswith(f"error: hydra.run.dir={out}: holds a finished run")
+    assert {p: p.read_bytes() for p in kept} == kept
+    compare(tmp_path, out, uninterrupted)
+
+
 def killed_after_its_first_checkpoint(tmp_path) -> Path:
     """The folder of a 4-step run killed (SIGKILL) once its first last checkpoint is on disk."""
     out = tmp_path / "run"
@@ -162,7 +189,7 @@ def test_sigterm_saves_a_checkpoint_and_marks_the_run_killed(tmp_path):
 def test_nan_loss_stops_the_run_failed_with_a_message(tmp_path):
     from helpers import train
 
-    with pytest.raises(Exception, match="training loss is (nan|inf)"):
+    with pytest.raises(SystemExit, match=r"^error: training loss is (nan|inf) at step \d+; lower optim.lr") as stop:
         train(
             [
                 "model=minilm",
@@ -178,6 +205,7 @@ def test_nan_loss_stops_the_run_failed_with_a_message(tmp_path):
             ],
             tmp_path,
         )
+    assert len(str(stop.value).splitlines()) == 1
     _, runs = mlflow_runs(tmp_path, "afqmc")
     assert [r.info.status for r in runs] == ["FAILED"]
 

@@ -48,7 +48,7 @@ def test_a_store_this_user_may_only_read_is_read_without_its_lock(tmp_path, monk
         raise Timeout(self.lock_file)
 
     monkeypatch.setattr(FileLock, "acquire", held_by_another_process)
-    with pytest.raises(Timeout):  # a busy lock is waited for, never skipped (Timeout is an OSError too)
+    with pytest.raises(store.StoreBusy):  # a busy lock is waited for, never skipped (Timeout is an OSError too)
         store.client(uri)
 
 
@@ -226,3 +226,49 @@ def test_mlflows_traceback_for_a_store_error_is_left_to_the_outboxs_one_line(tmp
     finally:
         store_log.removeHandler(handler)
     assert seen == ["Updating database tables"]
+
+
+def test_a_lock_held_by_another_process_is_waited_for_saying_what_and_how_long(tmp_path, monkeypatch, caplog):
+    """The store's lock file held (here by the test, as another process would hold it): the wait is said at once,
+    with how long it may last; one held past that is one line naming the lock."""
+    from filelock import FileLock
+
+    from afqmc_exp.tracking import store
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    store.client(uri)  # the store exists
+    monkeypatch.setattr(store, "BUSY_WAIT_S", 0.2)
+    caplog.set_level("WARNING")
+    with FileLock(f"{tmp_path}/mlflow.db.lock"), pytest.raises(store.StoreBusy) as busy:
+        store.client(uri)
+    (said,) = [r.getMessage() for r in caplog.records if r.name == "afqmc_exp.tracking.store"]
+    assert said == (f"{tmp_path}/mlflow.db: another process holds the MLflow store's lock ({tmp_path}/mlflow.db.lock); "
+                    "waiting up to 0 s for it")  # fmt: skip
+    assert str(busy.value).startswith(f"{tmp_path}/mlflow.db: its lock ({tmp_path}/mlflow.db.lock) stayed held by "
+                                      "another process for 0 s; try again")  # fmt: skip
+    caplog.clear()
+    store.client(uri)  # let go: taken at once, nothing said
+    assert not [r for r in caplog.records if r.name == "afqmc_exp.tracking.store"]
+
+
+def test_a_store_a_kill_left_with_a_hot_journal_is_not_called_damaged(tmp_path):
+    """A process killed in the middle of a write leaves SQLite's rollback journal beside the store: SQLite recovers it
+    on the next connection that may write, so it is no damage."""
+    import sqlite3
+    import sys
+
+    from afqmc_exp.tracking.store import store_problems
+    from helpers import run_command
+
+    path = tmp_path / "mlflow.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE t (x)")
+        db.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(5000)])
+    killed = run_command([sys.executable, "-c", "import os, signal, sqlite3; "
+                          f"db = sqlite3.connect({str(path)!r}, isolation_level=None); "
+                          "db.execute('PRAGMA cache_size=1'); db.execute('BEGIN'); "
+                          "db.execute('UPDATE t SET x = x + 1'); os.kill(os.getpid(), signal.SIGKILL)"])  # fmt: skip
+    assert killed.returncode == -9 and (tmp_path / "mlflow.db-journal").exists()
+    assert store_problems(f"sqlite:///{path}") == []
+    with sqlite3.connect(path) as db:  # rolled back: the cut write never happened
+        assert db.execute("SELECT sum(x) FROM t").fetchone()[0] == sum(range(5000))

@@ -117,15 +117,20 @@ def test_resume_of_an_mlflow_run_id_is_the_folder_its_tag_names(tmp_path):
     assert find_run_dir(run.run_id, tracking) == folder
 
 
-@pytest.mark.parametrize("what", ["a missing folder", "an unknown run id"])
-def test_resume_of_something_that_is_not_a_run_is_one_clear_line(tmp_path, what):
-    tracking = MlflowTracking(uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+@pytest.mark.parametrize("what", ["a missing folder", "an unknown run id", "a run id, no store"])
+def test_resume_of_something_that_is_not_a_run_is_one_clear_line_and_makes_no_store(tmp_path, what):
+    tracking = MlflowTracking(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="e")
+    if what == "an unknown run id":
+        tracking.start({}, {}, tmp_path / "other").end()  # a store with another run
+    before = sorted(os.listdir(tmp_path))
     resume = str(tmp_path / "no-such-run") if what == "a missing folder" else "0123456789abcdef"
     with pytest.raises(SystemExit) as stop:
         find_run_dir(resume, tracking)
+    no_store = "" if what == "an unknown run id" else " (no store is there)"
     assert str(stop.value) == (
-        f"error: resume={resume}: neither a run's output folder nor the id of an MLflow run in {tracking.uri}"
+        f"error: resume={resume}: neither a run's output folder nor the id of an MLflow run in {tracking.uri}{no_store}"
     )
+    assert sorted(os.listdir(tmp_path)) == before  # no mlflow.db, no lock beside it
 
 
 def test_resume_of_a_folder_without_a_saved_config_says_so(tmp_path):
@@ -185,3 +190,154 @@ def test_rerun_of_a_run_without_a_logged_config_is_one_clear_line(tmp_path):
     run.end()
     with pytest.raises(SystemExit, match=rf"^error: rerun={run.run_id}: no hydra/config.yaml for that run in sqlite"):
         config_of_run(run.run_id, tracking)
+
+
+# ------------------------------------------------------------------------------------ a folder not ours, or damaged
+def saved(path, text):
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra" / "config.yaml").write_text(text)
+    (path / "train.log").write_text("their log\n")
+    return path
+
+
+def contents(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("config,problem", [
+    ("trainer:\n  _target_: otherproj.Trainer\nseed: 1\n", "it is not an afqmc-exp run's config"),
+    ("trainer: [unclosed\n", "it cannot be read (while parsing"),
+])  # fmt: skip
+def test_resume_of_a_folder_that_is_not_ours_writes_nothing_into_it_and_is_one_line(tmp_path, monkeypatch, config,
+                                                                                     problem):  # fmt: skip
+    from afqmc_exp.commands.train import train_from_config
+
+    monkeypatch.chdir(tmp_path)
+    theirs = saved(tmp_path / "otherproj" / "run", config)
+    before = contents(theirs)
+    cfg = compose([*QUIET, f"resume={theirs}"], tmp_path)
+    saved(tmp_path / "run", OmegaConf.to_yaml(cfg))  # what Hydra made for the resuming command
+    with pytest.raises(SystemExit) as stop:
+        train_from_config(cfg)
+    message = str(stop.value)
+    assert message.startswith(f"error: resume={theirs}: its {theirs / '.hydra' / 'config.yaml'} is no run config of "
+                              f"afqmc-exp: {problem}") and message.endswith("nothing was written there")  # fmt: skip
+    assert len(message.splitlines()) == 1
+    assert contents(theirs) == before  # no train.log line, no lock, no store
+    assert sorted(os.listdir(tmp_path)) == ["otherproj"]  # the resuming command's own folder went too
+
+
+def finished_folder(path, result_text):
+    folder = saved(path, OmegaConf.to_yaml(compose(QUIET)))
+    (folder / "mlflow_run_id").write_text("abc123\n")
+    (folder / "result.json").write_text(result_text)
+    return folder
+
+
+def test_resume_of_a_run_with_a_cut_result_json_is_one_line_with_the_fix(tmp_path, monkeypatch):
+    from afqmc_exp.commands.train import train_from_config
+
+    monkeypatch.chdir(tmp_path)
+    folder = finished_folder(tmp_path / "done", '{"best_metric": 0.5, "met')
+    with pytest.raises(SystemExit) as stop:
+        train_from_config(compose([*QUIET, f"resume={folder}"], tmp_path))
+    message = str(stop.value)
+    assert message.startswith(f"error: {folder / 'result.json'}: damaged") and "mv " in message, message
+    assert "resume again" in message and len(message.splitlines()) == 1
+
+
+def test_a_training_loss_that_is_not_finite_is_one_line(tmp_path, monkeypatch):
+    import afqmc_exp.commands.train as train_command
+    from afqmc_exp.training.trainer import NonFiniteLossError
+
+    def diverges(*args, **kwargs):
+        raise NonFiniteLossError("training loss is nan at step 3; lower optim.lr")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train_command, "_train", diverges)
+    with pytest.raises(SystemExit) as stop:
+        train_command.train_from_config(compose(QUIET, tmp_path))
+    assert str(stop.value) == "error: training loss is nan at step 3; lower optim.lr"
+
+
+# ------------------------------------------------------------------------------------ hydra.run.dir of an earlier run
+def hydra_config(overrides, run_dir):
+    """The config Hydra hands its callbacks when a single run starts (with the hydra node)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return hydra_compose("train", overrides=[*overrides, f"hydra.run.dir={run_dir}"], return_hydra_config=True)
+
+
+def started(overrides, run_dir):
+    """What the guard makes of a single run about to start in ``run_dir``: its error line, or the config it lets
+    Hydra run (None: refused)."""
+    from afqmc_exp.commands.earlier_run import RunFolderGuard
+
+    config = hydra_config(overrides, run_dir)
+    try:
+        RunFolderGuard().on_run_start(config=config)
+    except SystemExit as stop:
+        return str(stop.code), None
+    return None, config
+
+
+def killed_folder(path, overrides):
+    """A run folder of ``overrides`` as a kill after its step-3 checkpoint leaves it."""
+    config = hydra_config(overrides, path)
+    folder = saved(path, OmegaConf.to_yaml(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])))
+    (folder / "mlflow_run_id").write_text("abc123\n")
+    (folder / "last_checkpoint").mkdir()
+    (folder / "last_checkpoint" / "trainer_state.pt").write_bytes(b"state at step 3")
+    return folder
+
+
+def test_a_new_or_empty_run_folder_is_left_to_hydra(tmp_path):
+    guard = hydra_config(QUIET, tmp_path).hydra.callbacks.run_folder_guard  # registered for every run
+    assert guard._target_ == "afqmc_exp.commands.earlier_run.RunFolderGuard"
+    (tmp_path / "empty").mkdir()
+    for folder in (tmp_path / "new", tmp_path / "empty"):
+        error, config = started(QUIET, folder)
+        assert error is None and config.resume is None and config.hydra.output_subdir == ".hydra"
+
+
+def test_the_same_command_in_a_killed_runs_folder_continues_it(tmp_path):
+    folder = killed_folder(tmp_path / "run", QUIET)
+    error, config = started(QUIET, folder)
+    assert error is None and config.resume == str(folder)  # the train command resumes it: same MLflow run
+    assert config.hydra.output_subdir is None  # Hydra keeps its hands off the run's saved config
+
+
+def test_another_command_in_a_killed_runs_folder_is_refused_naming_resume(tmp_path):
+    folder = killed_folder(tmp_path / "run", QUIET)
+    before = contents(folder)
+    error, _ = started([*QUIET, "optim.lr=1e-4"], folder)
+    assert error == (f"error: hydra.run.dir={folder}: holds run abc123, killed before it finished, started otherwise "
+                     f"(optim.lr: 2e-05 there, 0.0001 here); continue it with resume={folder}, or give a new "
+                     "hydra.run.dir")  # fmt: skip
+    assert contents(folder) == before
+
+
+def test_a_finished_runs_folder_is_never_written_again(tmp_path):
+    folder = finished_folder(tmp_path / "run", '{"best_metric": 0.5, "metric": "accuracy", "best_step": 4, '
+                             '"mlflow_run_id": "abc123"}')  # fmt: skip
+    (folder / "best_model").mkdir()
+    (folder / "best_model" / "model.safetensors").write_bytes(b"weights")
+    before = contents(folder)
+    for overrides in (QUIET, [*QUIET, "optim.lr=1e-4"], [*QUIET, "rerun=abc123"]):
+        error, _ = started(overrides, folder)
+        assert error.startswith(
+            f"error: hydra.run.dir={folder}: holds a finished run (best dev accuracy 0.5000 at "
+            "step 4, MLflow run abc123), which is never written again: leave hydra.run.dir out"
+        )
+        assert f"resume={folder} to see its result" in error and len(error.splitlines()) == 1
+    assert contents(folder) == before
+    error, config = started([*QUIET, f"resume={folder}"], folder)  # resume= of it: reported, not retrained
+    assert error is None and config.hydra.output_subdir is None
+
+
+def test_another_programs_hydra_folder_is_refused_as_the_run_folder(tmp_path):
+    folder = saved(tmp_path / "theirs", "trainer:\n  _target_: otherproj.Trainer\n")
+    error, _ = started(QUIET, folder)
+    assert error.startswith(f"error: hydra.run.dir={folder}: holds another program's run (it is not an afqmc-exp")

@@ -19,10 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 from ..data import DataError
 from ..moved_targets import upgrade
 from ..run_folder import RunFolder
+from ..tracking import store
 from ..tracking.config import flatten
 from ..tracking.masking import Masker, hide_run_config, install_log_filter, mask_uri
 from ..tracking.store import first_line
 from .config_checks import ConfigError, validate
+from .earlier_run import saved_config
 
 log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # afqmc_exp/
@@ -62,17 +64,19 @@ def default_run_name(cfg: DictConfig, choices: dict, swept: list[str] = ()) -> s
 
 
 def find_run_dir(resume: str, tracking) -> Path:
-    """``resume`` is a run's output folder, or an MLflow run id whose ``hydra.output_dir`` tag names it."""
+    """``resume`` is a run's output folder, or an MLflow run id whose ``hydra.output_dir`` tag names it (looked up
+    without creating a store: a SQLite file that is not there holds no run)."""
     folder = Path(resume).expanduser()
     if not folder.is_dir():
         from mlflow.exceptions import MlflowException
 
         try:
-            folder = Path(tracking.client().get_run(resume).data.tags["hydra.output_dir"])
-        except (MlflowException, KeyError):
+            folder = Path(store.client(tracking.uri, create=False).get_run(resume).data.tags["hydra.output_dir"])
+        except (MlflowException, KeyError, store.StoreMissing, store.StoreBusy) as error:
+            why = {store.StoreMissing: " (no store is there)", store.StoreBusy: f" ({error})"}.get(type(error), "")
             raise SystemExit(
                 f"error: resume={resume}: neither a run's output folder nor the id of an MLflow run in "
-                f"{mask_uri(tracking.uri)}"
+                f"{mask_uri(tracking.uri)}{why}"
             ) from None
     if not RunFolder(folder).config.exists():
         raise SystemExit(f"error: resume={resume}: {folder} has no .hydra/config.yaml; is it a train.py output folder?")
@@ -85,12 +89,12 @@ def config_of_run(run_id: str, tracking):
 
     from mlflow.exceptions import MlflowException
 
-    client = tracking.client()
     try:
+        client = store.client(tracking.uri, create=False)
         with tempfile.TemporaryDirectory() as tmp:
             original = client.get_run(run_id)
             cfg = upgrade(OmegaConf.load(client.download_artifacts(run_id, "hydra/config.yaml", tmp)))
-    except (MlflowException, OSError) as err:
+    except (MlflowException, OSError, store.StoreBusy) as err:
         raise SystemExit(
             f"error: rerun={run_id}: no hydra/config.yaml for that run in {mask_uri(tracking.uri)} ({first_line(err)})"
         ) from None
@@ -115,37 +119,72 @@ def train_from_config(cfg: DictConfig) -> float:
 
     With ``resume=...`` the earlier run's own config (its ``.hydra/config.yaml``) is used, so a resumed run
     is the same experiment; it continues in the earlier output folder and MLflow run. With
-    ``rerun=<run id>`` the config logged with that MLflow run is started again as a new run."""
+    ``rerun=<run id>`` the config logged with that MLflow run is started again as a new run. Nothing is written
+    into a folder before it is known to be a run folder of this project with a config that is valid; a refused
+    command is one line and leaves no folder of its own."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+
+    hydra_cfg, masker = HydraConfig.get(), mask_logs(cfg)  # the command line's secrets, masked from the first line
+    in_sweep, own_folder = hydra_cfg.mode == RunMode.MULTIRUN, Path(hydra_cfg.runtime.output_dir)
+    start = None
+    try:
+        start = starting_point(cfg, hydra_cfg)
+        if start.cfg is not cfg:
+            masker = mask_logs(start.cfg)  # from here on: the run's own config, its own secrets
+        return _start(start, hydra_cfg, masker, in_sweep)
+    except _refused() as err:  # evaluated only when something is raised: the trainer's imports stay lazy
+        if in_sweep:  # the sweep records this job as failed and goes on
+            raise
+        _discard_refused(own_folder, start)
+        raise SystemExit(f"error: {masker(str(err))}{_how_to_go_on(err, start)}") from None  # not a traceback
+    except SystemExit:
+        if not in_sweep:
+            _discard_refused(own_folder, start)
+        raise
+
+
+def _how_to_go_on(error: Exception, start: Start | None) -> str:
+    """After a full disk: the command that continues the run once there is space."""
+    from ..training.checkpoint import NoSpaceLeft
+
+    if isinstance(error, NoSpaceLeft) and start is not None:
+        return f": python train.py {RunFolder(start.output_dir).resume_argument}"
+    return ""
+
+
+def _discard_refused(own_folder: Path, start: Start | None) -> None:
+    """A refused command's own folder goes (a resumed run's folder is the run's, and stays)."""
+    if start is None or not start.resume or start.output_dir.absolute() != own_folder.absolute():
+        discard_if_unused(own_folder)
+
+
+def _start(start: Start, hydra_cfg, masker: Masker, in_sweep: bool) -> float:
+    """Check the run's config, then report a finished run or train: nothing is written before the check."""
     from hydra.utils import instantiate
 
+    if start.resume and RunFolder(start.output_dir).finished:
+        return report_finished(start.output_dir, instantiate(start.cfg.tracking), masker)
+    validate(start.cfg)  # before any model is loaded, run opened or line written into a resumed run's folder
+    hide_run_config(Path(hydra_cfg.runtime.output_dir), masker)
+    if start.resume:
+        if start.output_dir.absolute() != Path(hydra_cfg.runtime.output_dir).absolute():
+            append_log_to(start.output_dir, masker)  # in its own folder (a requeued job), Hydra logs there already
+        log.info("resuming %s with its saved config", start.output_dir)
+    return _train(start, hydra_cfg, masker, in_sweep)
+
+
+def _refused() -> tuple[type[Exception], ...]:
+    """The errors that refuse a run in one line (a sweep's job fails with them instead)."""
     from ..model import ModelError
+    from ..run_folder import RunFolderDamaged
     from ..tracking.config import TrackingUnavailable
     from ..training.checkpoint import CheckpointDamaged, NoSpaceLeft
     from ..training.run import RunInProgress
+    from ..training.trainer import NonFiniteLossError
 
-    hydra_cfg, masker = HydraConfig.get(), mask_logs(cfg)  # the command line's secrets, masked from the first line
-    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
-    start = starting_point(cfg, hydra_cfg)
-    if start.cfg is not cfg:
-        masker = mask_logs(start.cfg)  # from here on: the run's own config, its own secrets
-    if start.resume and RunFolder(start.output_dir).finished:
-        return report_finished(start.output_dir, instantiate(start.cfg.tracking), masker)
-    hide_run_config(Path(hydra_cfg.runtime.output_dir), masker)
-    if start.resume:
-        append_log_to(start.output_dir, masker)
-        log.info("resuming %s with its saved config", start.output_dir)
-    try:
-        return _train(start, hydra_cfg, masker, in_sweep)
-    except (ConfigError, DataError, ModelError, TrackingUnavailable, RunInProgress, CheckpointDamaged,
-            NoSpaceLeft) as err:  # fmt: skip
-        if in_sweep:  # the sweep records this job as failed and goes on
-            raise
-        if not start.resume:
-            discard_if_unused(start.output_dir)
-        how = f": python train.py resume={start.output_dir}" if isinstance(err, NoSpaceLeft) else ""
-        raise SystemExit(f"error: {masker(str(err))}{how}") from None  # a clear message, not a traceback
+    return (ConfigError, DataError, ModelError, TrackingUnavailable, RunInProgress, CheckpointDamaged, NoSpaceLeft,
+            RunFolderDamaged, NonFiniteLossError, store.StoreBusy)  # fmt: skip
 
 
 def starting_point(cfg: DictConfig, hydra_cfg) -> Start:
@@ -163,7 +202,7 @@ def starting_point(cfg: DictConfig, hydra_cfg) -> Start:
     lookup = instantiate(cfg.tracking)
     if resume:
         folder = find_run_dir(str(resume), lookup)
-        return Start(upgrade(OmegaConf.load(RunFolder(folder).config)), folder, resume=True)  # an old one: mapped
+        return Start(saved_config(RunFolder(folder)), folder.absolute(), resume=True)  # an old one: mapped
     cfg, tags, run_name = rerun_config(str(rerun), lookup, hydra_cfg, output_dir)
     return Start(cfg, output_dir, tags=tags, run_name=run_name)
 
@@ -244,7 +283,6 @@ def _train(start: Start, hydra_cfg, masker: Masker, in_sweep: bool) -> float:
     from ..training.run import Recipe, RunTracking, run
 
     cfg, output_dir = start.cfg, start.output_dir
-    validate(cfg)  # before any model is loaded or run opened
     tracking = instantiate(cfg.tracking)
     choices = saved_choices(output_dir) if start.resume else dict(hydra_cfg.runtime.choices)  # the run's own options
     if not tracking.run_name:

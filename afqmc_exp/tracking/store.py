@@ -89,11 +89,13 @@ def _sqlite_problems(path: Path, shown: str) -> list[str]:
 
 def _sqlite_verdict(path: Path, shown: str) -> str:
     """SQLite's own check of the file: "ok", what is damaged, or "busy" when another process held its lock for
-    ``BUSY_WAIT_S`` (a healthy store that is busy is waited for, said once, never called damaged)."""
+    ``BUSY_WAIT_S`` (a healthy store that is busy is waited for, said once, never called damaged). Opened for
+    writing (the caller made sure it may be): a kill in the middle of a write leaves a hot journal, which SQLite
+    rolls back on the next connection that may write, as MLflow's would; read-only, that looks like damage."""
     waited, said = 0.0, False
     while True:
         try:
-            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0) as db:
+            with sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=1.0) as db:
                 return db.execute("PRAGMA quick_check").fetchone()[0]
         except sqlite3.OperationalError as error:
             if "locked" not in str(error) and "busy" not in str(error):
@@ -101,15 +103,26 @@ def _sqlite_verdict(path: Path, shown: str) -> str:
         except sqlite3.DatabaseError as error:
             return str(error)
         if not said:
-            log.warning("tracking.uri=%s: the store is busy (another process holds its lock); waiting", shown)
+            log.warning("tracking.uri=%s: the store is busy (another process holds its lock); waiting up to %.0f s",
+                        shown, BUSY_WAIT_S)  # fmt: skip
             said = True
         waited += 1.0
         if waited >= BUSY_WAIT_S:
             return "busy"
 
 
-def client(uri: str | None = None):
-    """The client of the store ``uri`` names (the default store if none), its model registry at the same store."""
+class StoreMissing(FileNotFoundError):
+    """A lookup in a SQLite store that does not exist: nothing to find, and none is created to find nothing in."""
+
+
+class StoreBusy(RuntimeError):
+    """The store's lock stayed held by another process for ``BUSY_WAIT_S``; the message says what to do."""
+
+
+def client(uri: str | None = None, create: bool = True):
+    """The client of the store ``uri`` names (the default store if none), its model registry at the same store.
+    ``create=False``: for a lookup (``resume=<run id>``, ``rerun=``), a SQLite file that is not there raises
+    :class:`StoreMissing` instead of a new store (and its lock file) being made where the user stands."""
     from mlflow import MlflowClient
 
     logging.getLogger("mlflow.store.db.utils").addFilter(_raised_anyway)
@@ -118,6 +131,9 @@ def client(uri: str | None = None):
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no upload bars in the log
     uri = resolve_uri(uri or default_uri())
+    database = store_lock(uri).database
+    if not create and database is not None and not database.exists():
+        raise StoreMissing(f"no MLflow store at {database}")
     with store_lock(uri):
         return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
@@ -143,12 +159,14 @@ class store_lock:
             return self
         from filelock import FileLock, Timeout
 
-        lock = FileLock(f"{self.database}.lock", timeout=300)
+        lock = FileLock(f"{self.database}.lock")
         try:
             self.database.parent.mkdir(parents=True, exist_ok=True)
-            lock.acquire()
+            self._acquire(lock)
         except Timeout:  # an OSError too, but the store is busy, not out of reach: not read behind its lock
-            raise
+            raise StoreBusy(f"{self.database}: its lock ({lock.lock_file}) stayed held by another process for "
+                            f"{BUSY_WAIT_S:.0f} s; try again when that process is done (if none is running, delete "
+                            "the lock file)") from None  # fmt: skip
         except OSError:  # no write access beside it (PermissionError, a read-only file system)
             if not self.database.exists():
                 raise
@@ -156,6 +174,17 @@ class store_lock:
             return self
         self.lock = lock
         return self
+
+    def _acquire(self, lock) -> None:
+        """The lock at once, or after saying what is waited for and for how long."""
+        from filelock import Timeout
+
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.warning("%s: another process holds the MLflow store's lock (%s); waiting up to %.0f s for it",
+                        self.database, lock.lock_file, BUSY_WAIT_S)  # fmt: skip
+            lock.acquire(timeout=BUSY_WAIT_S)
 
     def __exit__(self, *exc):
         if self.lock is not None:
