@@ -183,3 +183,80 @@ def test_a_second_search_fails_only_trials_whose_search_stopped_beating(tmp_path
     assert states == {alive.number: "RUNNING", dead.number: "FAIL"}
     study.tell(alive, 0.7)  # the first search's result is not lost
     assert optuna.load_study(study_name="s", storage=storage).trials[alive.number].value == 0.7
+
+
+class ImmediateLauncher:
+    """Hydra's launcher as the sweeper sees it, without training: every job returns ``value`` at once."""
+
+    def __init__(self, value=0.5):
+        self.value, self.launched = value, []
+
+    def launch(self, batch, initial_job_idx):
+        from hydra.core.utils import JobReturn, JobStatus
+
+        self.launched += batch
+        results = []
+        for _ in batch:
+            result = JobReturn()
+            result.status, result.return_value = JobStatus.COMPLETED, self.value
+            results.append(result)
+        return results
+
+
+def worker(tmp_path, n_trials, n_jobs=1):
+    """One search on the study ``s`` in tmp_path's optuna.db, as another terminal or SLURM array task starts it."""
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.afqmc_optuna_sweeper.optuna_sweeper import AfqmcOptunaSweeper
+
+    params = {"optim.lr": {"type": "float", "low": 1e-5, "high": 1e-4, "log": True}}
+    sweeper = AfqmcOptunaSweeper(n_trials, n_jobs, f"sqlite:///{tmp_path / 'optuna.db'}", "s", "maximize", 0, params)
+    sweeper.config = OmegaConf.create({"trainer": {"metric": "accuracy"},
+                                       "hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})  # fmt: skip
+    sweeper.launcher = ImmediateLauncher()
+    return sweeper
+
+
+def test_a_trial_asked_past_the_studys_total_by_a_racing_worker_is_not_run(tmp_path):
+    """Two workers count 3 of 4 trials taken at the same moment and both ask: the one whose trial came second
+    stands down, and its trial is told FAIL, marked as over the total, and not counted as one of the study's."""
+    from optuna.trial import TrialState
+
+    first, second = worker(tmp_path, 4), worker(tmp_path, 4)
+    study = first._load_study()
+    for _ in range(3):
+        study.tell(study.ask(), 0.5)
+    taken = first._taken(study)  # both read 3 ...
+    assert taken == 3 == second._taken(study)
+    (mine,) = second._ask(study, 1)  # ... the second asks first
+    first._taken = lambda study: taken  # the first asks on what it read before
+    assert first._ask(study, 1) == []
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3 + [TrialState.RUNNING, TrialState.FAIL]
+    assert trials[3].number == mine.number and trials[4].user_attrs == {"afqmc.over_total": True}
+    assert second._taken(study) == 4
+
+
+def test_two_workers_on_one_new_study_run_its_total_and_no_more_quietly(tmp_path, recwarn):
+    """Started at the same moment on a storage not yet made: neither crashes making it, and Optuna's warnings about
+    heartbeats (which the sweeper uses on purpose) are not shown."""
+    import threading
+
+    workers, errors = [worker(tmp_path, 5, n_jobs=2), worker(tmp_path, 5, n_jobs=2)], []
+
+    def search(sweeper):
+        try:
+            sweeper.sweep([])
+        except Exception as error:  # reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=search, args=(w,)) for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and sum(len(w.launcher.launched) for w in workers) == 5
+    assert not [str(w.message) for w in recwarn if "optuna" in w.filename or "sweeper" in w.filename]
+    study = workers[0]._load_study()
+    counted = [t for t in study.trials if not t.user_attrs.get("afqmc.over_total")]
+    assert len(counted) == 5 and all(t.state.name == "COMPLETE" for t in counted)

@@ -190,3 +190,26 @@ def test_what_a_sweep_varies(tmp_path, task, sweeper, searched, keys, name):
     config = sweep_config(tmp_path, task=task, sweeper=sweeper, searched=searched)
     assert swept_keys(config) == (keys if keys is not None else dict.fromkeys(searched))
     assert what_is_swept(config) == name
+
+
+def test_a_failed_or_pruned_job_is_never_the_best_even_with_the_best_objective(tmp_path, at_exit):
+    """Jobs that diverged logged their evaluations before they failed: only a FINISHED job can be the best."""
+    callback, client = started(tmp_path, at_exit)
+    parent_id = callback.run.run_id
+    job(tmp_path, parent_id, "diverged", objective=0.95, status="FAILED")
+    job(tmp_path, parent_id, "pruned", objective=0.93, status="KILLED", tags={"optuna.state": "PRUNED"})
+    finished = job(tmp_path, parent_id, "finished", objective=0.7)
+    callback.close()
+    parent = client.get_run(parent_id)
+    assert parent.data.tags["sweep.best_run_id"] == finished and parent.data.metrics["best/dev_accuracy"] == 0.7
+
+
+def test_a_sweep_whose_every_job_failed_names_no_best(tmp_path, at_exit):
+    callback, client = started(tmp_path, at_exit)
+    parent_id = callback.run.run_id
+    for name in ("a", "b"):
+        job(tmp_path, parent_id, name, objective=0.9, status="FAILED")
+    callback.close()
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FAILED" and "sweep.best_run_id" not in parent.data.tags
+    assert "best/dev_accuracy" not in parent.data.metrics and parent.data.tags["sweep.failed_jobs"] == "2"

@@ -10,8 +10,9 @@ linking it, the report of its jobs (``comparison``: Markdown, CSV, plots) and th
 as artifacts; a registered model version of the best job gets the alias ``champion``; the console's
 last line names the best job and the report command. The parent is closed FINISHED, or FAILED if a job
 failed; when a job raises, Hydra's basic sweeper stops and skips its end-of-sweep callback, and an
-``atexit`` hook closes the parent FAILED instead. The best job is the report's first row: the best
-objective, ties broken by the lower final dev loss, then the earlier start.
+``atexit`` hook closes the parent FAILED instead. The best job is the report's first row among the jobs that
+FINISHED (one that failed or was pruned logged evaluations too): the best objective, ties broken by the lower
+final dev loss, then the earlier start.
 
 A sweep over ``data.fold`` (with ``data.folds=K``) gives every pair of train+dev one out-of-fold prediction:
 the parent pools the jobs' dev predictions into ``oof_predictions.jsonl`` and logs their metrics (``oof/*``),
@@ -225,11 +226,13 @@ def swept_in(sweep_dir: str | Path) -> list[str]:
 
 
 def best_child(children: list, metric: str):
-    """The report's first row among the children with an objective: see the module docstring."""
+    """The report's first row among the FINISHED children with an objective (a job that failed or was pruned logged
+    evaluations too, but is never the best): see the module docstring."""
     from .comparison import rows_of
 
     key = f"best/dev_{metric}"
-    scored = [c for c in children if key in c.data.metrics and not math.isnan(c.data.metrics[key])]
+    scored = [c for c in children if c.info.status == "FINISHED" and key in c.data.metrics
+              and not math.isnan(c.data.metrics[key])]  # fmt: skip
     if not scored:
         return None
     first = rows_of(scored, metric).iloc[0]["run_id"]

@@ -9,7 +9,8 @@ installs cleanly with a current Optuna.
   exists: a stopped search resumes where it was. ``n_trials`` is the study's total, so running the same
   command again after a stop runs only the trials still missing. A trial left RUNNING is failed only when
   its search's heartbeat has stopped for a minute (a killed search); two searches on one storage (a second
-  terminal, a requeued job) leave each other's trials alone, each counting the other's as taken.
+  terminal, a requeued job) leave each other's trials alone, each counting the other's as taken, and together
+  run ``n_trials`` and no more (a trial asked past the total in a race is not run: ``_ask``).
 * A trial whose job raises or returns NaN is told to Optuna as FAIL and the search goes on.
 * Pruning (``pruner``: median, hyperband, threshold or none; see ``afqmc_exp.tracking.pruning``): each job is told
   its trial (``+optuna.storage/study/trial/pruner``), reports its dev metric at every evaluation and stops
@@ -25,6 +26,7 @@ import contextlib
 import logging
 import math
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,7 @@ class AfqmcOptunaSweeperConf:
 
 
 HEARTBEAT_S, GRACE_S = 10, 60  # a running trial beats every 10 s; one silent for 60 s is its dead search's
+OVER_TOTAL = "afqmc.over_total"  # a trial asked past n_trials by a worker racing another one: not run, not counted
 
 
 @contextlib.contextmanager
@@ -78,6 +81,15 @@ def beating(study, trials):
     finally:
         stop.set()
         thread.join()
+
+
+def quiet_optuna() -> None:
+    """Optuna's warnings about what this sweeper does on purpose (heartbeats without ``Study.optimize``, the
+    experimental heartbeat arguments) say nothing a user can act on: not shown. Its other warnings are."""
+    from optuna.exceptions import ExperimentalWarning
+
+    warnings.filterwarnings("ignore", message=r".*(heartbeat_interval|fail_stale_trials)", category=ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
 ConfigStore.instance().store(
@@ -129,12 +141,11 @@ class AfqmcOptunaSweeper(Sweeper):
 
         study = self._load_study()
         running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))  # another search's, alive
-        done = len([t for t in study.trials if t.state.is_finished()]) + running
         log.info(
             "Optuna study %r (%s): %d of %d trials done%s",
             self.study_name,
             study.direction.name.lower(),
-            done - running,
+            self._taken(study) - running,
             self.n_trials,
             f", {running} running in another search" if running else "",
         )
@@ -142,8 +153,7 @@ class AfqmcOptunaSweeper(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")  # as Hydra's basic sweeper does: the sweep's config
         returns, job_idx = [], 0
-        while done < self.n_trials:
-            trials = [study.ask() for _ in range(min(self.n_jobs, self.n_trials - done))]
+        while trials := self._ask(study, self.n_jobs):
             batch = [
                 list(arguments)
                 + [f"{name}={suggest(trial, name, spec)}" for name, spec in self.params.items()]
@@ -155,9 +165,32 @@ class AfqmcOptunaSweeper(Sweeper):
             for trial, result in zip(trials, results, strict=True):
                 self._tell(study, trial, result)
             returns.append(results)
-            job_idx, done = job_idx + len(batch), done + len(batch)
+            job_idx += len(batch)
         self._log_best(study)
         return returns
+
+    def _taken(self, study) -> int:
+        """The study's trials so far, finished or running (in any worker), as ``n_trials`` counts them."""
+        return sum(1 for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(OVER_TOTAL))
+
+    def _ask(self, study, wanted: int) -> list:
+        """Up to ``wanted`` new trials, within the study's total. Several workers may ask at the same moment on the
+        same count: a trial that turns out to come after the total (the storage orders trials by their id) is told
+        FAIL, marked ``afqmc.over_total`` (not counted), and this worker asks no more."""
+        from optuna.trial import TrialState
+
+        asked = []
+        while len(asked) < wanted and self._taken(study) < self.n_trials:
+            trial = study.ask()
+            before = sum(1 for t in study.get_trials(deepcopy=False)
+                         if t._trial_id < trial._trial_id and not t.user_attrs.get(OVER_TOTAL))  # fmt: skip
+            if before >= self.n_trials:
+                study._storage.set_trial_user_attr(trial._trial_id, OVER_TOTAL, True)
+                study.tell(trial, state=TrialState.FAIL)
+                log.info("the study's %d trials are taken (another worker asked the last one)", self.n_trials)
+                break
+            asked.append(trial)
+        return asked
 
     def _log_best(self, study) -> None:
         """The best value and every trial that reached it: Optuna's ``best_trial`` is the first of a tie, while the
@@ -179,13 +212,15 @@ class AfqmcOptunaSweeper(Sweeper):
         import optuna
 
         from afqmc_exp.metrics import GREATER_IS_BETTER
-        from afqmc_exp.tracking.store import resolve_uri  # a relative sqlite:/// path means where you started
+        from afqmc_exp.tracking.store import resolve_uri, store_lock  # a relative sqlite:/// path: where you started
 
         direction = self.direction or ("maximize" if GREATER_IS_BETTER[self.config.trainer.metric] else "minimize")
-        storage = optuna.storages.RDBStorage(resolve_uri(self.storage), heartbeat_interval=HEARTBEAT_S,
-                                             grace_period=GRACE_S)  # fmt: skip
-        study = optuna.create_study(study_name=self.study_name, storage=storage, direction=direction,
-                                    load_if_exists=True)  # fmt: skip
+        quiet_optuna()
+        with store_lock(resolve_uri(self.storage)):  # a new SQLite file's schema, made by one worker at a time
+            storage = optuna.storages.RDBStorage(resolve_uri(self.storage), heartbeat_interval=HEARTBEAT_S,
+                                                 grace_period=GRACE_S)  # fmt: skip
+            study = optuna.create_study(study_name=self.study_name, storage=storage, direction=direction,
+                                        load_if_exists=True)  # fmt: skip
         optuna.storages.fail_stale_trials(study)
         # Seeded by how far the study is, so a resumed search is reproducible but does not redraw the
         # points its first part already tried (TPE samples at random for its first trials).
