@@ -136,7 +136,10 @@ class RunFolder:
         return text or None
 
     def save_run_id(self, run_id: str | None) -> None:
-        self.run_id_file.write_text(f"{run_id or ''}\n")
+        from .files import replaced_file
+
+        with replaced_file(self.run_id_file) as file:
+            file.write(f"{run_id or ''}\n")
 
     def saved_config_problem(self) -> str | None:
         """Why ``.hydra/config.yaml`` is not an afqmc-exp run's saved config (unreadable, or another program's), or

@@ -5,6 +5,7 @@ import json
 import os
 import stat
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,32 @@ def test_predictions_are_readable_as_the_umask_says(weights, tmp_path, monkeypat
     finally:
         os.umask(previous)
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a child as another user (nobody)")
+def test_weights_another_user_cannot_read_are_one_line_naming_the_file_and_its_owner(weights):
+    """As a teammate meets weights written for their owner only (0600): one line, not a misleading traceback."""
+    import shutil
+    import tempfile
+
+    from helpers import run_command
+
+    shared = Path(tempfile.mkdtemp(prefix="afqmc-shared-"))  # outside root's own 0700 pytest folder
+    try:
+        shared.chmod(0o755)
+        folder = shared / "best_model"
+        shutil.copytree(weights, folder)
+        for path in [folder, *folder.iterdir()]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        (folder / "model.safetensors").chmod(0o600)
+        code = ("import os, sys; import afqmc_exp.commands.score as score, afqmc_exp.tracking.stored_weights, "
+                "afqmc_exp.training.checkpoint, afqmc_exp.model; os.setgid(65534); os.setuid(65534); "
+                f"score.predict_main(['ckpt={folder}', 'sentence1=a', 'sentence2=b'])")  # fmt: skip
+        done = run_command([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert done.stderr.strip() == (
+            f"error: ckpt={folder}: {folder / 'model.safetensors'} cannot be read by this "
+            f"user (it is root's, mode 0o600); ask root to run: chmod -R a+rX {folder}"
+        )
+    finally:
+        shutil.rmtree(shared)

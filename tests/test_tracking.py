@@ -272,3 +272,24 @@ def test_a_store_a_kill_left_with_a_hot_journal_is_not_called_damaged(tmp_path):
     assert store_problems(f"sqlite:///{path}") == []
     with sqlite3.connect(path) as db:  # rolled back: the cut write never happened
         assert db.execute("SELECT sum(x) FROM t").fetchone()[0] == sum(range(5000))
+
+
+def test_the_printed_mlflow_ui_command_runs_as_pasted_on_any_path(tmp_path, caplog):
+    """The summary's last line is a command to paste: on a store under a folder with spaces and Chinese characters
+    a shell must still read it as one --backend-store-uri."""
+    import shlex
+
+    from afqmc_exp.training.outputs import log_summary
+    from afqmc_exp.training.trainer import FitResult
+    from helpers import run_command
+
+    store = tmp_path / "my runs" / "实验 1" / "mlflow.db"
+    tracking = MlflowTracking(uri=f"sqlite:///{store}", experiment="e", run_name="r")
+    caplog.set_level("INFO", logger="afqmc_exp.training.outputs")
+    log_summary(FitResult(0.5, 1, tmp_path, 1), {}, "accuracy", tmp_path, tracking)
+    (line,) = [r.getMessage() for r in caplog.records if "mlflow ui" in r.getMessage()]
+    pasted = line[line.index("mlflow ui") :]
+    expected = ["mlflow", "ui", "--backend-store-uri", f"sqlite:///{store}", "--host", "127.0.0.1", "--workers", "1"]
+    assert shlex.split(pasted) == expected
+    shell = run_command(["bash", "-c", f"printf '%s\\n' {pasted}"])  # as bash reads the pasted line
+    assert shell.stdout.splitlines() == expected

@@ -401,3 +401,21 @@ def test_the_progress_line_stays_off_a_terminal_that_draws_the_bar(caplog):
         root.removeHandler(terminal), root.removeHandler(file)
     assert terminal.stream.getvalue().count("step ") == 1 and file.stream.getvalue().count("step ") == 2
     assert (duration(70), duration(3 * 3600 + 120)) == ("1m10s", "3h02m")
+
+
+def test_weights_and_checkpoints_are_written_with_the_umasks_permissions(tmp_path):
+    """safetensors 0.8 writes its files readable by their owner only: a teammate could not read a shared run's
+    weights. Everything the trainer saves gets what the umask gives, as the rest of the run folder does."""
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        trainer, _ = make_trainer(tmp_path, epochs=1, checkpoint_every=5)
+        result = trainer.fit()
+    finally:
+        os.umask(previous)
+    saved = [*result.best_dir.iterdir(), *(tmp_path / "run" / "last_checkpoint").iterdir()]
+    assert {"model.safetensors", "trainer_state.pt", "afqmc_exp.json"} <= {p.name for p in saved}
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in saved} == {p.name: "0o644" for p in saved}
+    assert oct(stat.S_IMODE(result.best_dir.stat().st_mode)) == "0o755"

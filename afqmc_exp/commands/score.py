@@ -15,6 +15,9 @@ members must answer with the same labels.
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import stat
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -104,6 +107,11 @@ def weights_folder(ckpt_uri: str, args: EvaluateArgs) -> Path:
     recover(ckpt)  # a training run killed between the two renames of a best_model swap
     if not ckpt.is_dir():
         raise SystemExit(f"error: ckpt={ckpt_uri}: no such folder")
+    unreadable = cannot_read(ckpt)
+    if unreadable is not None:
+        owner, mode = _owner(unreadable), oct(stat.S_IMODE(unreadable.stat().st_mode))
+        raise SystemExit(f"error: ckpt={ckpt_uri}: {unreadable} cannot be read by this user (it is {owner}'s, mode "
+                         f"{mode}); ask {owner} to run: chmod -R a+rX {shlex.quote(str(ckpt))}")  # fmt: skip
     from ..model import PICKLES, pickle_only
 
     if pickle_only(ckpt):
@@ -115,6 +123,20 @@ def weights_folder(ckpt_uri: str, args: EvaluateArgs) -> Path:
             "ckpt is a best_model folder written by training"  # fmt: skip
         raise SystemExit(f"error: ckpt={ckpt_uri}: no config.json there; {hint}")
     return ckpt
+
+
+def cannot_read(folder: Path) -> Path | None:
+    """The first file or folder in ``folder`` this user may not read (weights written for their owner only)."""
+    if not os.access(folder, os.R_OK | os.X_OK):
+        return folder
+    return next((p for p in sorted(folder.rglob("*")) if not os.access(p, os.R_OK)), None)
+
+
+def _owner(path: Path) -> str:
+    try:
+        return path.owner()
+    except (KeyError, OSError):  # a user id with no name here (another machine's, over NFS)
+        return f"user {path.stat().st_uid}"
 
 
 def load_member(ckpt_uri: str, args: EvaluateArgs, accelerator) -> Member:

@@ -14,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import threading
 import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..run_folder import RunFolder
 from .masking import Masker, mask_uri
 from .outbox import Outbox
 from .store import first_line
@@ -148,11 +150,11 @@ class Run:
         else:
             log.warning(
                 "tracking is behind: %d record(s) for MLflow run %s wait in %s; they are sent when the store "
-                "answers: python train.py resume=%s",
+                "answers: python train.py %s",
                 self.outbox.pending,
                 self.run_id,
                 self.outbox.journal,
-                self.folder,
+                RunFolder(self.folder).resume_argument,
             )
 
     def _log_link(self) -> None:
@@ -367,4 +369,4 @@ def _log_served_model(client, run_id: str, folder: str, register_as: str | None)
     client.set_tag(run_id, "served_model_uri", served)  # last: a replay of this record finds it and logs no twin
     log.info("logged model %s%s", info.model_uri, f" (registered as {served})" if served != info.model_uri else "")
     log.info("serve it: MLFLOW_TRACKING_URI=%s mlflow models serve -m %s --env-manager local --port 5001",
-             mask_uri(tracking_uri), served)  # fmt: skip
+             shlex.quote(mask_uri(tracking_uri)), shlex.quote(served))  # fmt: skip

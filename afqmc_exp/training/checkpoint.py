@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import random
+import shlex
 import shutil
 import threading
 from dataclasses import asdict, dataclass
@@ -48,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..files import follow_umask
 from ..run_folder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -151,6 +153,7 @@ def atomic_dir(target: Path):
             raise NoSpaceLeft(f"no space left on the device of {target} while writing it; {kept}. Free some space, "
                               "then resume the run") from None  # fmt: skip
         raise
+    follow_umask(staging)  # safetensors writes its files for their owner only; a run folder's are the umask's
     if not target.exists():
         os.replace(staging, target)
     elif _exchange(staging, target):
@@ -300,7 +303,8 @@ def load_last_checkpoint(folder: Path, model, optimizer, scheduler, accelerator)
     except Exception as error:  # noqa: BLE001  (safetensors, torch and pickle raise many kinds for a cut file)
         raise CheckpointDamaged(
             f"{folder}: the last checkpoint is damaged ({str(error).splitlines()[0][:200]}); to start over in the "
-            f"same run, move it aside (mv '{folder}' '{folder}.damaged') and resume again"
+            f"same run, move it aside (mv {shlex.quote(str(folder))} {shlex.quote(f'{folder}.damaged')}) and resume "
+            "again"
         ) from None
 
 

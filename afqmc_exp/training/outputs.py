@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..data import PairData, Split
+from ..files import replaced_file
 from ..metrics import best_threshold, classification_metrics
 from ..model import load_pair_classifier, prepare_for_device
 from ..plots import save_dev_plots
@@ -81,7 +83,8 @@ class RunOutputs:
         record = {"best_metric": result.best_metric, "metric": metric, "best_step": result.best_step,
                   "steps": result.steps, **scored.final, "speed": result.speed,
                   "mlflow_run_id": self.mlflow_run.run_id}  # fmt: skip
-        self.folder.result.write_text(json_dumps(record, indent=2) + "\n")
+        with replaced_file(self.folder.result) as result:  # whole or absent: a cut one would pass for finished
+            result.write(json_dumps(record, indent=2) + "\n")
         save_dev_plots(splits["dev"].labels, scored.probs["dev"], labels, self.folder.plots,
                        title=self.tracking.run_name or self.output_dir.name, threshold=threshold)  # fmt: skip
 
@@ -124,7 +127,7 @@ def log_summary(result: FitResult, final: dict, metric: str, output_dir: Path, t
     if tracking.enabled:
         store = mask_uri(tracking.uri)
         local = store.startswith("sqlite") or "://" not in store
-        browse = f"mlflow ui --backend-store-uri {store} --host 127.0.0.1 --workers 1" if local else store
+        browse = f"mlflow ui --backend-store-uri {shlex.quote(store)} --host 127.0.0.1 --workers 1" if local else store
         log.info("MLflow run %r in experiment %r: %s", tracking.run_name, tracking.experiment, browse)
 
 
