@@ -403,9 +403,10 @@ def test_early_stopping_and_gradient_accumulation(afqmc_dir, tmp_path):
     # 2 micro-batches of 8 per optimizer step: 3 steps see 48 pairs
     train(common + ["data.batch_size=8", "trainer.grad_accumulation=2", "trainer.max_steps=3"], tmp_path / "accum")
     client, runs = mlflow_runs(tmp_path / "accum", "afqmc")
-    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")] == [1, 2, 3]
+    pairs = client.get_metric_history(runs[0].info.run_id, "train/pairs")
+    assert [(m.step, m.value) for m in pairs] == [(1, 16), (2, 32), (3, 48)]
     result = json.loads((tmp_path / "accum" / "run" / "result.json").read_text())
-    assert result["steps"] == 3
+    assert (result["steps"], result["pairs_seen"]) == (3, 48)
 
 
 def test_without_tracking_mlflow_is_never_imported(tmp_path):

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from afqmc_exp.data import LengthGroupedBatchSampler, PairData
-from afqmc_exp.training import trainer as trainer_module
 from afqmc_exp.training.checkpoint import has_last_checkpoint, read_meta
 from afqmc_exp.training.hardware import build_accelerator
 from afqmc_exp.training.optim import adamw, schedule
@@ -127,7 +126,9 @@ def test_fit_logs_evaluates_once_per_epoch_and_keeps_the_best_weights(tmp_path, 
 
 def test_accumulation_makes_fewer_steps_that_never_straddle_an_epoch_and_max_steps_caps_them(tmp_path):
     trainer, logged = make_trainer(tmp_path, epochs=2, grad_accumulation=3, log_every=1)
-    assert trainer.fit().steps == 8  # 10 batches: steps of 3, 3, 3 and 1 batches, twice
+    result = trainer.fit()
+    assert result.steps == 8 and result.pairs_seen == 2 * 37  # 10 batches: steps of 3, 3, 3 and 1 batches, twice
+    assert logged.values("train/pairs") == [(1, 12), (2, 24), (3, 36), (4, 37), (5, 49), (6, 61), (7, 73), (8, 74)]
     trainer, logged = make_trainer(tmp_path / "capped", epochs=2, grad_accumulation=3, log_every=1, max_steps=5)
     assert trainer.fit().steps == 5
     assert logged.steps("dev/f1") == [4, 5]  # the epoch's end, then the unevaluated last step
@@ -152,16 +153,6 @@ def test_checkpoints_at_the_step_cadence_and_at_epoch_ends(tmp_path):
     trainer.fit()
     assert steps == [4, 8, 10, 12, 16, 20]  # the first epoch's end (10); the run stops at 20 before its epoch end
     assert has_last_checkpoint(tmp_path / "run")
-
-
-def test_checkpoints_by_the_clock_are_taken_at_logged_steps(tmp_path, monkeypatch):
-    trainer, _ = make_trainer(tmp_path, epochs=1, log_every=2, checkpoint_minutes=1.0)
-    steps = checkpointed_steps(trainer)
-    clock = iter(range(0, 100_000, 20))  # every reading of the clock is 20 s after the one before
-    monkeypatch.setattr(trainer_module.time, "monotonic", lambda: next(clock))
-    trainer.fit()
-    # started at 0; logged steps 2, 4, 6 read 20, 40, 60: due at 6 (saved at 80); 8 and 10 read 100 and 120
-    assert steps == [6]
 
 
 @pytest.mark.parametrize(
@@ -211,23 +202,32 @@ def test_a_non_finite_loss_stops_training_with_what_to_change(tmp_path):
         trainer.fit()
 
 
-def test_training_window_excludes_paused_time_and_restarts_at_each_flush(monkeypatch):
-    clock = iter([100.0, 101.0, 103.0, 104.0, 106.0, 107.0])  # created, pause in/out, flush, pause in/out
-    monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: next(clock))
+def test_training_window_excludes_paused_time_and_restarts_at_each_flush():
+    class Clock:  # the window's clock, set by the test: seconds as perf_counter counts them
+        now = 100.0
+
+        def __call__(self):
+            return self.now
 
     class OneProcess:
         def reduce(self, tensor, reduction):
             return tensor
 
-    window = TrainingWindow(torch.device("cpu"), loss=6.0, pairs=2)  # resumed with 2 pairs already summed
+    clock = Clock()
+    window = TrainingWindow(torch.device("cpu"), loss=6.0, pairs=2, clock=clock)  # resumed: 2 pairs summed already
     window.add(torch.tensor(4.0), 8)
-    with window.paused():  # 101 -> 103: evaluation
-        pass
+    clock.now = 101.0
+    with window.paused():  # an evaluation, 101 -> 103
+        clock.now = 103.0
+    clock.now = 104.0
     assert window.flush(OneProcess()) == (1.0, 8 / 2.0)  # (6 + 4) / 10 pairs; 8 pairs in 4 s less 2 paused
     assert window.pairs == 0 and window.loss.item() == 0.0
-    with window.paused():  # 106 -> 107
-        pass
-    assert window.total_samples == 8 and window.paused_seconds == 3.0
+    window.add(torch.tensor(1.0), 3)
+    with window.paused():  # 104 -> 107
+        clock.now = 107.0
+    clock.now = 110.0
+    assert window.flush(OneProcess()) == (1.0 / 3, 3 / 3.0)  # a new window: 104 -> 110 less 3 paused
+    assert window.total_samples == 11 and window.paused_seconds == 5.0 and window.train_seconds() == 5.0
 
 
 def test_profiling_a_few_steps_leaves_a_trace_an_operator_table_and_a_summary(tmp_path):
@@ -373,33 +373,46 @@ def test_ema_is_evaluated_saved_and_resumed_exactly(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=key)
 
 
-def test_the_progress_line_stays_off_a_terminal_that_draws_the_bar(caplog):
-    import io
+@pytest.mark.parametrize("bar", [True, False])
+def test_the_progress_line_stays_off_a_terminal_that_draws_the_bar_and_always_reaches_the_log_file(
+    bar, tmp_path, monkeypatch, caplog
+):
+    """On a real terminal (a pseudo-terminal here) the bar is drawn and the step line kept off it; the log file gets
+    the line either way, and with no bar the terminal gets it too."""
+    import fcntl
     import logging
+    import os
+    import pty
+    import select
+    import struct
+    import sys
+    import termios
 
-    from afqmc_exp.training.progress import Progress, duration, terminal_handlers
+    from afqmc_exp.training.progress import Progress, duration
 
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
-
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal 100 columns wide
+    terminal_file = os.fdopen(slave, "w", buffering=1)
+    monkeypatch.setattr(sys, "stderr", terminal_file)  # where tqdm draws its bar, as a run on a terminal has it
     caplog.set_level("INFO", logger="afqmc_exp.training.progress")
-    terminal, file = logging.StreamHandler(Terminal()), logging.StreamHandler(io.StringIO())
+    terminal, log_file = logging.StreamHandler(terminal_file), logging.FileHandler(tmp_path / "train.log")
     root = logging.getLogger()
-    root.addHandler(terminal), root.addHandler(file)
+    root.addHandler(terminal), root.addHandler(log_file)
     try:
-        assert terminal in terminal_handlers() and file not in terminal_handlers()
-        progress = Progress(10, 0, show_bar=False)  # no bar: the line goes everywhere
+        progress = Progress(10, 0, show_bar=bar)
+        progress.step()
         progress.report(1, 0.5, 1e-5, 40.0)
         progress.close()
-        progress = Progress(10, 0, show_bar=False)
-        progress.quieted = [terminal]  # what a bar drawn on that terminal makes Progress do
-        terminal.addFilter(progress.filter)
-        progress.report(2, 0.4, 1e-5, 40.0)
-        progress.close()
+        terminal_file.flush()
+        shown = b""
+        while select.select([master], [], [], 0)[0]:  # what the terminal received (written already: no waiting)
+            shown += os.read(master, 65536)
     finally:
-        root.removeHandler(terminal), root.removeHandler(file)
-    assert terminal.stream.getvalue().count("step ") == 1 and file.stream.getvalue().count("step ") == 2
+        root.removeHandler(terminal), root.removeHandler(log_file)
+        log_file.close(), terminal_file.close(), os.close(master)
+    on_terminal = shown.decode(errors="replace")
+    assert ("train:" in on_terminal) is bar and ("step 1/10 (10%) loss 0.5000" in on_terminal) is not bar
+    assert "step 1/10 (10%) loss 0.5000" in (tmp_path / "train.log").read_text()
     assert (duration(70), duration(3 * 3600 + 120)) == ("1m10s", "3h02m")
 
 
@@ -419,3 +432,39 @@ def test_weights_and_checkpoints_are_written_with_the_umasks_permissions(tmp_pat
     assert {"model.safetensors", "trainer_state.pt", "afqmc_exp.json"} <= {p.name for p in saved}
     assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in saved} == {p.name: "0o644" for p in saved}
     assert oct(stat.S_IMODE(result.best_dir.stat().st_mode)) == "0o755"
+
+
+def signalled_at_step(trainer, logged, step, *signals):
+    """``trainer``'s log callback, which sends itself ``signals`` (as a user's Ctrl-C would arrive) at ``step``."""
+    import os
+
+    def log_and_signal(metrics, at):
+        logged(metrics, at)
+        if at == step and "train/loss" in metrics:
+            for signum in signals:
+                os.kill(os.getpid(), signum)
+
+    trainer.log_metrics = log_and_signal
+
+
+def test_one_ctrl_c_saves_a_checkpoint_then_stops(tmp_path):
+    import signal
+
+    trainer, logged = make_trainer(tmp_path, epochs=2, log_every=1, checkpoint_every=None, checkpoint_minutes=None)
+    signalled_at_step(trainer, logged, 3, signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt, match=r"stopped by a signal at step 3; continue it: python train.py resume="):
+        trainer.fit()
+    assert has_last_checkpoint(tmp_path / "run")  # resumable from step 3
+    assert torch.load(tmp_path / "run" / "last_checkpoint" / "trainer_state.pt", weights_only=True)["state"][
+        "step"] == 3  # fmt: skip
+
+
+def test_a_second_ctrl_c_stops_at_once_without_the_checkpoint(tmp_path):
+    import signal
+
+    trainer, logged = make_trainer(tmp_path, epochs=2, log_every=1, checkpoint_every=None, checkpoint_minutes=None)
+    signalled_at_step(trainer, logged, 3, signal.SIGINT, signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        trainer.fit()
+    assert "stopped by a signal" not in str(stopped.value)  # not the trainer's orderly stop after a checkpoint
+    assert not has_last_checkpoint(tmp_path / "run") and logged.steps("train/loss")[-1] == 3

@@ -2,19 +2,19 @@
 
 It is logged as code (MLflow's "models from code"): this file travels inside the logged model beside the best
 weights (the artifact ``weights``) and ``answers.py``, so ``mlflow.pyfunc.load_model`` and ``mlflow models serve``
-need numpy, pandas, torch, transformers and MLflow, not this project. It reads the facts saved with the
+need numpy, pandas, torch, transformers and MLflow, not this project. (No ``from __future__ import annotations``:
+MLflow reads ``predict``'s type hints as objects.) It reads the facts saved with the
 weights (``afqmc_exp.json``: the labels, max_length and a tuned threshold), scores ``text``/``text_pair``
 columns in batches and answers ``{"label", "prob", "probs"}`` per pair (``answers``): the same labels, the same
 probabilities and the same threshold as every other way of predicting.
 """
-
-from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 
 try:
     from afqmc_exp.answers import answer
@@ -36,8 +36,9 @@ class PairClassifier(mlflow.pyfunc.PythonModel):
         self.labels = [str(x) for x in meta.get("labels") or [config.id2label[i] for i in range(config.num_labels)]]
         self.threshold, self.max_length = float(meta.get("threshold", 0.5)), int(meta.get("max_length", 128))
 
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        """The answers to the pairs of ``model_input`` (typed: MLflow then checks nothing more, and asks for nothing:
+        the logged signature comes from the input example)."""
         import torch
 
         firsts, seconds = list(map(str, model_input["text"])), list(map(str, model_input["text_pair"]))

@@ -73,6 +73,7 @@ class TrainState:
     evaluated_at: int = -1
     window_loss: float = 0.0  # summed loss of the pairs trained on since the last logged step (all processes)
     window_pairs: int = 0
+    pairs_seen: int = 0  # training pairs the run has stepped on, over every process and epoch (``train/pairs``)
 
 
 # ------------------------------------------------------------------------------------------ folders

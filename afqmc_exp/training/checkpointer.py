@@ -38,15 +38,16 @@ class Checkpointer:
     """Saves ``contents()`` into ``folder`` when a save is due (see the module docstring)."""
 
     def __init__(self, folder: Path, *, every: int | None, minutes: float | None, background: bool,
-                 accelerator, contents: Callable[[], CheckpointContents]):  # fmt: skip
+                 accelerator, contents: Callable[[], CheckpointContents], clock=time.monotonic):  # fmt: skip
         self.writer = CheckpointWriter(folder, background=background)
         self.every, self.minutes = every, minutes
         self.accelerator, self.contents = accelerator, contents
-        self.last_saved = time.monotonic()
+        self.clock = clock  # seconds (a test's own clock)
+        self.last_saved = clock()
 
     def restart_clock(self) -> None:
         """Minutes count from here (training starts after the set-up, which may take minutes itself)."""
-        self.last_saved = time.monotonic()
+        self.last_saved = self.clock()
 
     def save(self, step: int, *, logged: bool = False, epoch_end: bool = False, stopping: bool = False) -> bool:
         """Save after optimizer step ``step`` if a save is due; True if one was started."""
@@ -55,7 +56,7 @@ class Checkpointer:
         contents = self.contents()
         self.writer.save(contents.model, contents.optimizer, contents.scheduler, contents.state, self.accelerator,
                          contents.extra)  # fmt: skip
-        self.last_saved = time.monotonic()
+        self.last_saved = self.clock()
         return True
 
     def load(self, model, optimizer, scheduler) -> tuple[TrainState, dict, dict]:
@@ -73,7 +74,7 @@ class Checkpointer:
             return True
         if self.minutes is None or not logged:
             return False
-        due = time.monotonic() - self.last_saved >= 60 * self.minutes
+        due = self.clock() - self.last_saved >= 60 * self.minutes
         if self.accelerator.num_processes > 1:
             flag = torch.tensor(float(due), device=self.accelerator.device)
             due = self.accelerator.reduce(flag, reduction="sum").item() > 0

@@ -81,7 +81,7 @@ class RunOutputs:
             pairs, with_sentences = splits[split].pairs(), split != "test"
             write_predictions(self.folder.predictions(split), pairs, probs, labels, threshold, with_sentences)
         record = {"best_metric": result.best_metric, "metric": metric, "best_step": result.best_step,
-                  "steps": result.steps, **scored.final, "speed": result.speed,
+                  "steps": result.steps, "pairs_seen": result.pairs_seen, **scored.final, "speed": result.speed,
                   "mlflow_run_id": self.mlflow_run.run_id}  # fmt: skip
         with replaced_file(self.folder.result) as result:  # whole or absent: a cut one would pass for finished
             result.write(json_dumps(record, indent=2) + "\n")

@@ -271,7 +271,7 @@ def complete_record(output_dir: Path, tracking: MlflowTracking, masker: Masker) 
             log.info("%s finished, but its MLflow run %s was never closed: recording its finish from the folder",
                      output_dir, run_id)  # fmt: skip
             result = FitResult(saved["best_metric"], saved["best_step"], RunFolder(output_dir).best_model,
-                               saved["steps"], saved.get("speed", {}))  # fmt: skip
+                               saved["steps"], saved.get("speed", {}), saved.get("pairs_seen", 0))  # fmt: skip
             final = {k: math.nan if v is None else v for k, v in saved.items() if k.startswith("final/")}  # null: NaN
             mlflow_run.completing = True
             RunOutputs(output_dir, mlflow_run, tracking).record_finish(result, final, saved["metric"])

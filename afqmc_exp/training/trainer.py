@@ -114,6 +114,7 @@ class FitResult:
     steps: int
     # train/eval samples per second, time to first step (and, from the experiment, the startup before it)
     speed: dict[str, float] = field(default_factory=dict)
+    pairs_seen: int = 0  # training pairs the optimizer steps were taken on (grad_accumulation x batch x steps)
 
 
 def optimizer_steps(batch_sizes: list[int], accumulation: int) -> list[tuple[int, bool]]:
@@ -134,13 +135,14 @@ class TrainingWindow:
     spent inside :meth:`paused` (evaluation, saving the best weights) does not count as training time.
     A resumed run starts with the summed loss and pair count its checkpoint saved."""
 
-    def __init__(self, device: torch.device, loss: float = 0.0, pairs: int = 0):
+    def __init__(self, device: torch.device, loss: float = 0.0, pairs: int = 0, clock=time.perf_counter):
         self.loss = torch.tensor(loss, device=device)
         self.pairs = pairs  # global pairs whose loss is in ``loss``
         self.samples = 0  # global pairs trained on in this window of wall time
         self.total_samples = 0
         self.paused_seconds = 0.0
-        self._run_started = self._window_started = time.perf_counter()
+        self.clock = clock  # seconds, as perf_counter counts them (a test's own clock)
+        self._run_started = self._window_started = clock()
         self._paused_at_window_start = 0.0
 
     def add(self, loss_sum: torch.Tensor, pairs: int) -> None:
@@ -153,11 +155,11 @@ class TrainingWindow:
 
     @contextlib.contextmanager
     def paused(self):
-        started = time.perf_counter()
+        started = self.clock()
         try:
             yield
         finally:
-            self.paused_seconds += time.perf_counter() - started
+            self.paused_seconds += self.clock() - started
 
     def summed_loss(self, accelerator) -> float:
         """The window's summed loss over every process (a host sync)."""
@@ -166,7 +168,7 @@ class TrainingWindow:
     def flush(self, accelerator) -> tuple[float, float]:
         """The window's mean loss (all processes) and training samples per second; starts a new window."""
         mean_loss = self.summed_loss(accelerator) / self.pairs
-        now = time.perf_counter()
+        now = self.clock()
         elapsed = now - self._window_started - (self.paused_seconds - self._paused_at_window_start)
         samples_per_s = self.samples / elapsed
         self.loss.zero_()
@@ -175,7 +177,7 @@ class TrainingWindow:
         return mean_loss, samples_per_s
 
     def train_seconds(self) -> float:
-        return time.perf_counter() - self._run_started - self.paused_seconds
+        return self.clock() - self._run_started - self.paused_seconds
 
 
 class Trainer:
@@ -358,6 +360,7 @@ class Trainer:
         if steps_now:
             self._optimizer_step()
         self.window.add(loss_sum, self.batch_pairs[self.state.batch_in_epoch])
+        self.state.pairs_seen += self.batch_pairs[self.state.batch_in_epoch]
         self.state.batch_in_epoch += 1
         return steps_now
 
@@ -410,6 +413,7 @@ class Trainer:
                 "train/loss": mean_loss,
                 "train/lr": lr,
                 "train/epoch": self.state.epoch,
+                "train/pairs": self.state.pairs_seen,
                 "train/samples_per_s": samples_per_s,
             },
             self.state.step,
@@ -469,6 +473,7 @@ class Trainer:
             best_dir=self.best_dir,
             steps=self.state.step,
             speed=self.speed,
+            pairs_seen=self.state.pairs_seen,
         )
 
 

@@ -1,0 +1,61 @@
+"""The model ``tracking.log_model=true`` logs (``tracking/served_model.py``), loaded as MLflow loads it, without a
+store: it answers pairs as ``afqmc-predict`` does (the same labels, probabilities and saved threshold), in batches."""
+
+import json
+import types
+
+import pandas as pd
+import pytest
+
+from helpers import tiny_pretrained
+
+PAIRS = [("how do i repay my huabei", "when is the bill due"), ("open account", "open account"),
+         ("why was payment refused", "can i pay by card")] * 30  # 90 pairs: more than one batch  # fmt: skip
+
+
+@pytest.fixture
+def weights(tmp_path):
+    pretrained = tiny_pretrained(tmp_path / "best_model")
+    pretrained.model.save_pretrained(tmp_path / "best_model")
+    pretrained.tokenizer.save_pretrained(tmp_path / "best_model")
+    meta = {"labels": ["0", "1"], "max_length": 16, "threshold": 0.37}
+    (tmp_path / "best_model" / "afqmc_exp.json").write_text(json.dumps(meta))
+    return tmp_path / "best_model"
+
+
+def served(weights):
+    import importlib
+    import sys
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:  # the module loaded afresh, as a server loads it
+        warnings.simplefilter("always")
+        sys.modules.pop("afqmc_exp.tracking.served_model", None)
+        importlib.import_module("afqmc_exp.tracking.served_model")
+    advice = [str(w.message) for w in caught if "type hint" in str(w.message) and "predict" in str(w.message)]
+    assert not advice, advice  # MLflow's "Add type hints to the predict method", shown to every server's user
+    from afqmc_exp.tracking.served_model import PairClassifier
+
+    model = PairClassifier()
+    model.load_context(types.SimpleNamespace(artifacts={"weights": str(weights)}))
+    return model
+
+
+def test_the_served_model_answers_as_predict_does_with_the_saved_threshold(weights, capsys):
+    from afqmc_exp.commands.score import predict_main
+
+    answers = served(weights).predict(None, pd.DataFrame({"text": [a for a, _ in PAIRS],
+                                                          "text_pair": [b for _, b in PAIRS]}))  # fmt: skip
+    assert len(answers) == len(PAIRS) and list(answers.columns) == ["label", "prob", "probs"]
+    for (first, second), (_, row) in zip(PAIRS[:3], answers.iterrows(), strict=False):
+        predict_main([f"ckpt={weights}", f"sentence1={first}", f"sentence2={second}", "device=cpu"])
+        expected = json.loads(capsys.readouterr().out)
+        assert row["label"] == expected["label"] and row["prob"] == pytest.approx(expected["prob"], abs=1e-6)
+        assert row["probs"] == pytest.approx(expected["probs"], abs=1e-6)
+        assert row["label"] == ("1" if row["prob"] >= 0.37 else "0")  # the threshold saved with the weights
+
+
+def test_weights_without_our_facts_answer_with_the_defaults(weights):
+    (weights / "afqmc_exp.json").unlink()
+    model = served(weights)
+    assert (model.labels, model.threshold, model.max_length) == (["0", "1"], 0.5, 128)

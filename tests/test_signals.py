@@ -1,0 +1,64 @@
+"""Stopping a run cleanly (``training/signals.py``): the first SIGINT or SIGTERM asks the trainer to stop after a
+checkpoint; a second Ctrl-C stops at once; the handlers before are put back. Signals sent to this very process, so
+each is delivered before the next line runs (no other process, no waiting)."""
+
+import os
+import signal
+
+import pytest
+
+from afqmc_exp.training.signals import GracefulStop
+
+
+@pytest.mark.parametrize("first", [signal.SIGINT, signal.SIGTERM])
+def test_a_first_signal_asks_to_stop_and_says_what_happens_next(first, caplog):
+    with GracefulStop() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), first)
+        assert stop.requested
+    (said,) = [r.getMessage() for r in caplog.records if r.name == "afqmc_exp.training.signals"]
+    assert said == f"{first.name} received: saving a checkpoint and stopping (Ctrl-C again to stop at once)"
+
+
+@pytest.mark.parametrize("first", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_ctrl_c_stops_at_once(first):
+    with GracefulStop() as stop:
+        os.kill(os.getpid(), first)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert stop.requested
+
+
+def test_a_second_sigterm_only_asks_again():
+    """A cluster may send SIGTERM more than once before its kill: the checkpoint being saved is not cut short."""
+    with GracefulStop() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested
+
+
+def test_the_handlers_before_are_put_back():
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        with GracefulStop():
+            pass
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert seen == [signal.SIGTERM] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_outside_the_main_thread_nothing_is_installed():
+    import threading
+
+    before, installed = signal.getsignal(signal.SIGINT), []
+
+    def enter():
+        with GracefulStop():
+            installed.append(signal.getsignal(signal.SIGINT))
+
+    thread = threading.Thread(target=enter)
+    thread.start()
+    thread.join()
+    assert installed == [before]
