@@ -133,7 +133,8 @@ def test_the_same_command_again_continues_a_killed_run_and_never_rewrites_a_fini
     assert killed.wait(timeout=60) == -signal.SIGKILL
     again = run_command(command, cwd=tmp_path, env=ENV)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "started with this same config: continuing it, as resume=" in (out / "train.log").read_text()
+    assert "started with this same config: continuing it, as resume=" in again.stdout  # said before its log file
+    assert f"resuming {out} with its saved config" in (out / "train.log").read_text()
     compare(tmp_path, out, uninterrupted)  # one MLflow run, FINISHED, each step once, the uninterrupted result
     kept = {p: p.read_bytes() for p in [out / "result.json", *(out / "best_model").iterdir()]}
     third = run_command(command, cwd=tmp_path, env=ENV)

@@ -63,6 +63,7 @@ def job(tmp_path, parent_id, name, objective=None, status="FINISHED", dev_loss=0
 
 def test_a_sweep_opens_one_parent_named_for_what_it_varies_with_its_id_in_the_sweep_folder(tmp_path, at_exit):
     callback, client = started(tmp_path, at_exit, task=("optim.lr=1e-5,3e-5", "seed=1", "+db_password=hunter2xyz"))
+    assert callback.run.outbox.drain(60)  # its params are delivered by the outbox's thread: read once they are
     sweep_dir = tmp_path / "sweep"
     parent = client.get_run(parent_run_id(sweep_dir))
     assert parent.info.run_id == callback.run.run_id and "mlflow.parentRunId" not in parent.data.tags
