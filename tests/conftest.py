@@ -14,6 +14,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach a hub
 os.environ.setdefault("AFQMC_EXP_CACHE", tempfile.mkdtemp(prefix="afqmc-exp-tests-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # every test names its own store
+if os.environ.get("PYTEST_XDIST_WORKER"):  # N workers on N cores: one thread each (and their children), not N each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from helpers import AFQMC  # noqa: E402  (after the environment is set)
 
@@ -28,6 +30,26 @@ def afqmc_dir(request):
             pytest.fail(message)
         pytest.skip(message)
     return AFQMC
+
+
+@pytest.fixture(scope="session")
+def empty_store_file(tmp_path_factory):
+    """An MLflow SQLite store with its schema made and nothing in it, made once per session (the schema's
+    migrations take a second or two; a copy of the file, milliseconds)."""
+    from afqmc_exp.tracking import store
+
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    store.client(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def store_uri(tmp_path, empty_store_file):
+    """A new MLflow store at ``tmp_path/mlflow.db``, as a first run would leave it (see ``empty_store_file``)."""
+    import shutil
+
+    shutil.copyfile(empty_store_file, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
 @pytest.fixture

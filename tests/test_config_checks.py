@@ -99,6 +99,7 @@ def test_unknown_option_in_a_group_is_named_by_hydra():
         compose(["model=bret"])
 
 
+@pytest.mark.slow  # starts processes
 def test_cli_prints_one_error_block_without_traceback_and_opens_no_run(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(REPO / "train.py"), *BASE, "optim.lr=-1", "trainer.epochs=0"],
@@ -116,6 +117,7 @@ def test_cli_prints_one_error_block_without_traceback_and_opens_no_run(tmp_path)
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow  # starts processes
 @pytest.mark.parametrize(
     "overrides,expected",
     [
@@ -257,6 +259,7 @@ def test_an_unreachable_hub_is_one_line_at_once(empty_hub_cache, monkeypatch):
     assert time.monotonic() - started < 20  # one attempt, not huggingface_hub's five retries with back-off
 
 
+@pytest.mark.slow  # starts processes
 def test_the_default_model_offline_and_uncached_leaves_no_folder_and_no_run(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     proc = run_command([sys.executable, str(REPO / "train.py"), f"data.dir={AFQMC}", "debug=fast"], cwd=tmp_path,
@@ -267,6 +270,7 @@ def test_the_default_model_offline_and_uncached_leaves_no_folder_and_no_run(tmp_
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow  # starts processes
 def test_an_option_no_group_has_gets_the_closest_one_and_no_folder(tmp_path):
     proc = run_command([sys.executable, str(REPO / "train.py"), "model=robreta"], cwd=tmp_path, timeout=300)
     assert proc.returncode == 1 and proc.stderr.strip() == (
@@ -276,6 +280,7 @@ def test_an_option_no_group_has_gets_the_closest_one_and_no_folder(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow  # starts processes
 def test_help_leads_with_a_short_usage_the_groups_and_the_keys_most_changed(tmp_path):
     proc = run_command([sys.executable, str(REPO / "train.py"), "--help"], cwd=tmp_path, timeout=300)
     lines = proc.stdout.splitlines()
@@ -296,6 +301,7 @@ def test_a_model_folder_of_pickled_weights_is_refused_before_anything_loads(tmp_
         validate(compose(BASE + [f"model.name_or_path={folder}"]))
 
 
+@pytest.mark.slow  # starts processes
 def test_a_secret_in_a_refused_value_is_masked(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MY_SECRET": "notafloat-hush"}
     proc = run_command([sys.executable, str(REPO / "train.py"), *BASE, "optim.lr=${oc.env:MY_SECRET}"], cwd=tmp_path,

@@ -1,5 +1,6 @@
 """The machine: mixed precision that would not pay is named, bf16 evaluation only where it is native."""
 
+import pytest
 import torch
 
 from afqmc_exp.training import hardware
@@ -43,6 +44,7 @@ def test_parallel_sweep_jobs_are_spread_over_the_gpus(monkeypatch):
     assert pin_parallel_job(3) is None and len(chosen) == 6  # one GPU: nothing to spread
 
 
+@pytest.mark.slow  # starts processes
 def test_the_time_to_the_first_step_counts_from_the_interpreter_not_the_shell_it_replaced():
     """``bash -c '... && python train.py'`` runs python in the shell's process: its start time would count
     what the shell did first (a pip install of minutes)."""

@@ -55,8 +55,8 @@ def test_predict_and_evaluate_exit_0_on_success(weights, tmp_path, monkeypatch, 
     assert json.loads(capsys.readouterr().out)["n"] == 160
 
 
-def test_report_exits_0_on_success(tmp_path, monkeypatch, capsys):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_report_exits_0_on_success(tmp_path, monkeypatch, capsys, store_uri):
+    uri = store_uri
     run = MlflowTracking(uri=uri, experiment="afqmc", run_name="r").start({"trainer.metric": "f1"}, {}, tmp_path)
     run.log_metrics({"best/dev_f1": 0.5, "final/dev_loss": 0.6}, 1)
     run.end()
@@ -114,9 +114,9 @@ def test_bad_sizes_are_named_as_the_command_knows_them(weights, monkeypatch, arg
 
 
 @pytest.mark.parametrize("ckpt", ["runs:/abc/../../../x", "runs:/abc//etc/passwd", "models:/../../x/1"])
-def test_an_artifact_path_out_of_the_store_is_refused(ckpt, monkeypatch, tmp_path):
-    status, said = exit_of("afqmc-predict", [f"ckpt={ckpt}", "sentence1=a", "sentence2=b",
-                                             f"tracking_uri=sqlite:///{tmp_path / 'm.db'}"], monkeypatch)  # fmt: skip
+def test_an_artifact_path_out_of_the_store_is_refused(ckpt, monkeypatch, tmp_path, store_uri):
+    status, said = exit_of("afqmc-predict", [f"ckpt={ckpt}", "sentence1=a", "sentence2=b", f"tracking_uri={store_uri}"],
+                           monkeypatch)  # fmt: skip
     assert status == 1 and "may not hold '..' or start at '/'" in said and len(said.splitlines()) == 1
 
 

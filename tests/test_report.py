@@ -9,8 +9,8 @@ from afqmc_exp.tracking.config import MlflowTracking
 
 
 @pytest.fixture
-def store(tmp_path):
-    uri = f"sqlite:///{tmp_path}/m.db"
+def store(tmp_path, store_uri):
+    uri = store_uri
     parent = MlflowTracking(uri=uri, experiment="afqmc", run_name="sweep x").start({}, {"sweep.dir": "/s"}, tmp_path)
     objective = {("1e-05", "1"): 0.50, ("1e-05", "2"): 0.54, ("3e-05", "1"): 0.70, ("3e-05", "2"): 0.60}
     for (lr, seed), value in objective.items():

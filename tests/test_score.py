@@ -93,6 +93,7 @@ def test_predictions_are_readable_as_the_umask_says(weights, tmp_path, monkeypat
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
 
 
+@pytest.mark.slow  # starts processes
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a child as another user (nobody)")
 def test_weights_another_user_cannot_read_are_one_line_naming_the_file_and_its_owner(weights):
     """As a teammate meets weights written for their owner only (0600): one line, not a misleading traceback."""

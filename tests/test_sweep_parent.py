@@ -28,6 +28,12 @@ def sweep_config(tmp_path, task=("optim.lr=1e-5,3e-5", "seed=1"), sweeper="basic
     })  # fmt: skip
 
 
+@pytest.fixture(autouse=True)
+def sweep_store(store_uri):
+    """Every sweep here logs to tmp_path/mlflow.db, made already (see conftest)."""
+    return store_uri
+
+
 @pytest.fixture
 def at_exit(monkeypatch):
     """The hooks the sweep registers with ``atexit`` (kept here, not run when pytest exits)."""
@@ -139,9 +145,11 @@ def test_the_callback_travels_to_job_processes_without_its_parent_run(tmp_path, 
 
 
 def test_tracking_off_opens_no_parent(tmp_path, at_exit):
+    before = (tmp_path / "mlflow.db").read_bytes()
     callback = MlflowSweepCallback()
     callback.on_multirun_start(sweep_config(tmp_path, enabled=False))
-    assert callback.run is None and parent_run_id(tmp_path / "sweep") is None and not (tmp_path / "mlflow.db").exists()
+    assert callback.run is None and parent_run_id(tmp_path / "sweep") is None
+    assert (tmp_path / "mlflow.db").read_bytes() == before and not (tmp_path / "sweep").exists()
     callback.close()
 
 

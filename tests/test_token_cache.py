@@ -53,6 +53,7 @@ def test_the_backend_gives_the_ids_the_tokenizer_gives(minilm_tokenizer, tmp_pat
     assert tokens.ids.dtype == np.uint16 and tokens.labels.tolist() == [p.label for p in pairs]
 
 
+@pytest.mark.slow  # starts processes
 def test_the_tokenizer_digest_ignores_truncation_state_and_is_stable_across_processes(minilm_tokenizer):
     """HF datasets' cache keys changed when a tokenizer had merely been called with truncation (datasets #3847,
     #5985, #6179): ours does not."""
@@ -126,6 +127,7 @@ def build_command(path, max_length=32, *kill):
             str(max_length), *map(str, kill)]  # fmt: skip
 
 
+@pytest.mark.slow  # starts processes
 def test_a_kill_while_the_cache_is_written_leaves_no_entry_and_the_next_run_builds_it(tmp_path, cache):
     path = afqmc_file(tmp_path)
     env = {**os.environ, "AFQMC_EXP_CACHE": str(cache), "PYTHONPATH": str(REPO)}
@@ -139,6 +141,7 @@ def test_a_kill_while_the_cache_is_written_leaves_no_entry_and_the_next_run_buil
     assert not [p for p in tokens_dir.iterdir() if p.name.endswith(".tmp")]  # the stale staging folder is gone
 
 
+@pytest.mark.slow  # starts processes
 def test_two_processes_share_one_build(tmp_path, cache):
     """Both start while the entry's lock is held (here by the test): one builds it, the other waits and maps it."""
     import subprocess
@@ -244,6 +247,7 @@ def test_a_cache_that_cannot_be_written_falls_back_to_a_temporary_one(minilm_tok
     assert len(warnings) == 1 and "cannot be written" in warnings[0] and fallback in warnings[0], warnings
 
 
+@pytest.mark.slow  # starts processes
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a child as another user (nobody)")
 def test_a_read_only_cache_falls_back_for_a_user_who_cannot_write_it():
     """A cache folder another user owns, read-only to this one (a shared cache): the run goes on. The child loads

@@ -26,14 +26,14 @@ def test_one_default_store_for_every_command(monkeypatch):
     assert default_uri() == MlflowTracking().uri == "http://127.0.0.1:5000"
 
 
-def test_a_store_this_user_may_only_read_is_read_without_its_lock(tmp_path, monkeypatch):
+def test_a_store_this_user_may_only_read_is_read_without_its_lock(tmp_path, monkeypatch, store_uri):
     """evaluate/predict (runs:/, models:/) and afqmc-report only read: a shared store whose folder they cannot write
     (no lock file can be made beside it) is read as it is; a new store there is still refused by the lock."""
     from filelock import FileLock, Timeout
 
     from afqmc_exp.tracking import store
 
-    uri = f"sqlite:///{tmp_path}/shared.db"
+    uri = store_uri  # a shared store, made already
     store.client(uri).create_experiment("theirs")
 
     def no_write_access(self, *args, **kwargs):
@@ -73,8 +73,8 @@ def test_flatten_uses_dotted_keys_yaml_values_no_plumbing_and_masks_secrets():
     }
 
 
-def test_run_logs_params_tags_metrics_and_status(tmp_path):
-    tracking = MlflowTracking(uri=f"sqlite:///{tmp_path}/m.db", experiment="e", run_name="r1", flush_every=3)
+def test_run_logs_params_tags_metrics_and_status(tmp_path, store_uri):
+    tracking = MlflowTracking(uri=store_uri, experiment="e", run_name="r1", flush_every=3)
     run = tracking.start({f"p{i}": str(i) for i in range(250)}, {"t": "v"}, tmp_path)  # > 100: chunked
     for step in range(7):
         run.log_metrics({"train/loss": 1.0 / (step + 1)}, step)
@@ -98,6 +98,7 @@ run.end()
 """
 
 
+@pytest.mark.slow  # starts processes
 def test_parallel_processes_can_create_and_share_a_new_sqlite_store(tmp_path):
     uri = f"sqlite:///{tmp_path}/new.db"
     procs = [
@@ -118,8 +119,8 @@ def test_parallel_processes_can_create_and_share_a_new_sqlite_store(tmp_path):
             assert sorted(m.step for m in client.get_metric_history(r.info.run_id, key)) == list(range(300))
 
 
-def test_a_reopened_run_skips_steps_already_in_the_store(tmp_path):
-    tracking = MlflowTracking(uri=f"sqlite:///{tmp_path}/m.db", experiment="e")
+def test_a_reopened_run_skips_steps_already_in_the_store(tmp_path, store_uri):
+    tracking = MlflowTracking(uri=store_uri, experiment="e")
     run = tracking.start({}, {}, tmp_path)
     run.log_metrics({"train/loss": 1.0}, 2)
     run.log_metrics({"train/loss": 0.9}, 4)
@@ -139,8 +140,8 @@ def test_a_reopened_run_skips_steps_already_in_the_store(tmp_path):
 def test_a_busy_store_is_waited_for_and_never_called_damaged(tmp_path, monkeypatch, caplog):
     """Another process holds the SQLite store's lock: the check waits (saying so once) and succeeds when the
     lock is let go; one that stays locked is called busy, not damaged."""
+    import logging
     import sqlite3
-    import threading
 
     from afqmc_exp.tracking import store as tracking_store
 
@@ -149,20 +150,31 @@ def test_a_busy_store_is_waited_for_and_never_called_damaged(tmp_path, monkeypat
         db.execute("CREATE TABLE t (x)")
     holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     holder.execute("BEGIN EXCLUSIVE")
-    threading.Timer(2.5, holder.rollback).start()  # the other process lets go while the check waits
+
+    class LetGoWhenWaitedFor(logging.Handler):  # the other process lets go once the check says it waits
+        def emit(self, record):
+            if "the store is busy" in record.getMessage() and holder.in_transaction:
+                holder.rollback()
+
+    handler = LetGoWhenWaitedFor()
+    logging.getLogger("afqmc_exp.tracking.store").addHandler(handler)
+    monkeypatch.setattr(tracking_store, "BUSY_WAIT_S", 0.5)
     caplog.set_level("WARNING")
-    assert tracking_store.store_problems(f"sqlite:///{path}") == []
-    assert caplog.text.count("the store is busy") == 1
-    holder.execute("BEGIN EXCLUSIVE")
-    monkeypatch.setattr(tracking_store, "BUSY_WAIT_S", 2.0)
-    (problem,) = tracking_store.store_problems(f"sqlite:///{path}")
-    assert "stayed locked by another process for 2 s" in problem and "is damaged" not in problem
-    holder.rollback()
+    try:
+        assert tracking_store.store_problems(f"sqlite:///{path}") == []
+        assert caplog.text.count("the store is busy") == 1 and "waiting up to 0.5 s" in caplog.text
+        logging.getLogger("afqmc_exp.tracking.store").removeHandler(handler)
+        holder.execute("BEGIN EXCLUSIVE")  # and now it keeps it
+        (problem,) = tracking_store.store_problems(f"sqlite:///{path}")
+        assert "stayed locked by another process for 0.5 s" in problem and "is damaged" not in problem
+    finally:
+        logging.getLogger("afqmc_exp.tracking.store").removeHandler(handler)
+        holder.rollback() if holder.in_transaction else None
 
 
-def _logged_then_killed(tmp_path):
+def _logged_then_killed(tmp_path, store_uri):
     """A run that logged train/loss at steps 1..8 (each its own record) and was killed before closing."""
-    tracking = MlflowTracking(uri=f"sqlite:///{tmp_path}/m.db", experiment="e")
+    tracking = MlflowTracking(uri=store_uri, experiment="e")
     run = tracking.start({}, {}, tmp_path)
     for step in range(1, 9):
         run.log_metrics({"train/loss": 1.0 / step}, step)
@@ -180,16 +192,16 @@ def _resumed_to_the_end(tracking, run, tmp_path, last_step=10):
     return [m.step for m in again.client.get_metric_history(run.run_id, "train/loss")]
 
 
-def test_a_journal_shorter_than_its_delivered_count_is_sent_again_each_step_once(tmp_path, caplog):
+def test_a_journal_shorter_than_its_delivered_count_is_sent_again_each_step_once(tmp_path, caplog, store_uri):
     """What a crash of the machine can leave: the counter says 9 records were delivered, the journal keeps 5."""
-    tracking, run, journal = _logged_then_killed(tmp_path)
+    tracking, run, journal = _logged_then_killed(tmp_path, store_uri)
     journal.write_text("".join(journal.read_text().splitlines(keepends=True)[:5]))
     assert sorted(_resumed_to_the_end(tracking, run, tmp_path)) == list(range(1, 11))  # none lost, none twice
     assert "were counted as delivered" in caplog.text and (journal.parent / "journal.damaged.jsonl").exists()
 
 
-def test_an_unreadable_journal_line_is_skipped_with_a_warning_naming_it(tmp_path, caplog):
-    tracking, run, journal = _logged_then_killed(tmp_path)
+def test_an_unreadable_journal_line_is_skipped_with_a_warning_naming_it(tmp_path, caplog, store_uri):
+    tracking, run, journal = _logged_then_killed(tmp_path, store_uri)
     lines = journal.read_bytes().split(b"\n")
     lines[3] = lines[3][:10] + b"\xff" + lines[3][11:]  # one byte that is not UTF-8
     journal.write_bytes(b"\n".join(lines))
@@ -200,8 +212,8 @@ def test_an_unreadable_journal_line_is_skipped_with_a_warning_naming_it(tmp_path
     assert "cannot be read" not in caplog.text
 
 
-def test_a_journal_line_cut_short_by_a_kill_is_cut_off_without_doubting_the_journal(tmp_path, caplog):
-    tracking, run, journal = _logged_then_killed(tmp_path)
+def test_a_journal_line_cut_short_by_a_kill_is_cut_off_without_doubting_the_journal(tmp_path, caplog, store_uri):
+    tracking, run, journal = _logged_then_killed(tmp_path, store_uri)
     with open(journal, "a") as out:
         out.write('{"op": "metrics", "metr')
     again = tracking.attach(run.run_id, tmp_path)
@@ -228,24 +240,24 @@ def test_mlflows_traceback_for_a_store_error_is_left_to_the_outboxs_one_line(tmp
     assert seen == ["Updating database tables"]
 
 
-def test_a_lock_held_by_another_process_is_waited_for_saying_what_and_how_long(tmp_path, monkeypatch, caplog):
+def test_a_lock_held_by_another_process_is_waited_for_saying_what_and_how_long(tmp_path, monkeypatch, caplog,
+                                                                               store_uri):  # fmt: skip
     """The store's lock file held (here by the test, as another process would hold it): the wait is said at once,
     with how long it may last; one held past that is one line naming the lock."""
     from filelock import FileLock
 
     from afqmc_exp.tracking import store
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    store.client(uri)  # the store exists
+    uri = store_uri  # the store exists
     monkeypatch.setattr(store, "BUSY_WAIT_S", 0.2)
     caplog.set_level("WARNING")
     with FileLock(f"{tmp_path}/mlflow.db.lock"), pytest.raises(store.StoreBusy) as busy:
         store.client(uri)
     (said,) = [r.getMessage() for r in caplog.records if r.name == "afqmc_exp.tracking.store"]
     assert said == (f"{tmp_path}/mlflow.db: another process holds the MLflow store's lock ({tmp_path}/mlflow.db.lock); "
-                    "waiting up to 0 s for it")  # fmt: skip
+                    "waiting up to 0.2 s for it")  # fmt: skip
     assert str(busy.value).startswith(f"{tmp_path}/mlflow.db: its lock ({tmp_path}/mlflow.db.lock) stayed held by "
-                                      "another process for 0 s; try again")  # fmt: skip
+                                      "another process for 0.2 s; try again")  # fmt: skip
     caplog.clear()
     store.client(uri)  # let go: taken at once, nothing said
     assert not [r for r in caplog.records if r.name == "afqmc_exp.tracking.store"]

@@ -109,8 +109,8 @@ def test_resume_of_a_run_folder_is_that_folder(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()  # a folder is found without asking the store
 
 
-def test_resume_of_an_mlflow_run_id_is_the_folder_its_tag_names(tmp_path):
-    tracking = MlflowTracking(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="e")
+def test_resume_of_an_mlflow_run_id_is_the_folder_its_tag_names(tmp_path, store_uri):
+    tracking = MlflowTracking(uri=store_uri, experiment="e")
     folder = run_folder(tmp_path / "outputs" / "run")
     run = tracking.start({}, {"hydra.output_dir": str(folder)}, folder)
     run.end()
@@ -118,10 +118,11 @@ def test_resume_of_an_mlflow_run_id_is_the_folder_its_tag_names(tmp_path):
 
 
 @pytest.mark.parametrize("what", ["a missing folder", "an unknown run id", "a run id, no store"])
-def test_resume_of_something_that_is_not_a_run_is_one_clear_line_and_makes_no_store(tmp_path, what):
+def test_resume_of_something_that_is_not_a_run_is_one_clear_line_and_makes_no_store(tmp_path, what, request):
     tracking = MlflowTracking(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="e")
     if what == "an unknown run id":
-        tracking.start({}, {}, tmp_path / "other").end()  # a store with another run
+        request.getfixturevalue("store_uri")  # a store ...
+        tracking.start({}, {}, tmp_path / "other").end()  # ... with another run
     before = sorted(os.listdir(tmp_path))
     resume = str(tmp_path / "no-such-run") if what == "a missing folder" else "0123456789abcdef"
     with pytest.raises(SystemExit) as stop:
@@ -182,10 +183,10 @@ def test_a_run_refused_by_its_config_exits_with_one_line_and_leaves_no_folder(tm
     assert not (tmp_path / "run").exists() and not (tmp_path / "mlflow.db").exists()
 
 
-def test_rerun_of_a_run_without_a_logged_config_is_one_clear_line(tmp_path):
+def test_rerun_of_a_run_without_a_logged_config_is_one_clear_line(tmp_path, store_uri):
     from afqmc_exp.commands.train import config_of_run
 
-    tracking = MlflowTracking(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="e")
+    tracking = MlflowTracking(uri=store_uri, experiment="e")
     run = tracking.start({}, {}, tmp_path / "run")
     run.end()
     with pytest.raises(SystemExit, match=rf"^error: rerun={run.run_id}: no hydra/config.yaml for that run in sqlite"):

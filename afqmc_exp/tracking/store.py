@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 from .masking import mask_uri
@@ -80,7 +81,7 @@ def _sqlite_problems(path: Path, shown: str) -> list[str]:
     if path.exists() and path.stat().st_size:
         verdict = _sqlite_verdict(path, shown)
         if verdict == "busy":
-            return [f"tracking.uri={shown}: {path} stayed locked by another process for {BUSY_WAIT_S:.0f} s; "
+            return [f"tracking.uri={shown}: {path} stayed locked by another process for {BUSY_WAIT_S:g} s; "
                     "try again when it is done (the store is not damaged)"]  # fmt: skip
         if verdict != "ok":
             return [f"tracking.uri={shown}: {path} is damaged ({verdict}); move it aside to start a new store"]
@@ -92,23 +93,23 @@ def _sqlite_verdict(path: Path, shown: str) -> str:
     ``BUSY_WAIT_S`` (a healthy store that is busy is waited for, said once, never called damaged). Opened for
     writing (the caller made sure it may be): a kill in the middle of a write leaves a hot journal, which SQLite
     rolls back on the next connection that may write, as MLflow's would; read-only, that looks like damage."""
-    waited, said = 0.0, False
+    deadline, said = time.monotonic() + BUSY_WAIT_S, False
     while True:
         try:
-            with sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=1.0) as db:
+            wait = min(1.0, max(deadline - time.monotonic(), 0.01)) if said else 0.1  # SQLite's wait, per try
+            with sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=wait) as db:
                 return db.execute("PRAGMA quick_check").fetchone()[0]
         except sqlite3.OperationalError as error:
             if "locked" not in str(error) and "busy" not in str(error):
                 return str(error)
         except sqlite3.DatabaseError as error:
             return str(error)
-        if not said:
-            log.warning("tracking.uri=%s: the store is busy (another process holds its lock); waiting up to %.0f s",
+        if said and time.monotonic() >= deadline:
+            return "busy"
+        if not said:  # after a first short try: said at once, then waited for
+            log.warning("tracking.uri=%s: the store is busy (another process holds its lock); waiting up to %g s",
                         shown, BUSY_WAIT_S)  # fmt: skip
             said = True
-        waited += 1.0
-        if waited >= BUSY_WAIT_S:
-            return "busy"
 
 
 class StoreMissing(FileNotFoundError):
@@ -165,7 +166,7 @@ class store_lock:
             self._acquire(lock)
         except Timeout:  # an OSError too, but the store is busy, not out of reach: not read behind its lock
             raise StoreBusy(f"{self.database}: its lock ({lock.lock_file}) stayed held by another process for "
-                            f"{BUSY_WAIT_S:.0f} s; try again when that process is done (if none is running, delete "
+                            f"{BUSY_WAIT_S:g} s; try again when that process is done (if none is running, delete "
                             "the lock file)") from None  # fmt: skip
         except OSError:  # no write access beside it (PermissionError, a read-only file system)
             if not self.database.exists():
@@ -182,7 +183,7 @@ class store_lock:
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            log.warning("%s: another process holds the MLflow store's lock (%s); waiting up to %.0f s for it",
+            log.warning("%s: another process holds the MLflow store's lock (%s); waiting up to %g s for it",
                         self.database, lock.lock_file, BUSY_WAIT_S)  # fmt: skip
             lock.acquire(timeout=BUSY_WAIT_S)
 
