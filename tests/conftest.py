@@ -17,18 +17,14 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)  # every test names its own store
 if os.environ.get("PYTEST_XDIST_WORKER"):  # N workers on N cores: one thread each (and their children), not N each
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from helpers import AFQMC  # noqa: E402  (after the environment is set)
+from helpers import AFQMC, require  # noqa: E402  (after the environment is set)
 
 
 @pytest.fixture
 def afqmc_dir(request):
-    """The AFQMC data folder. Without it a fast test is skipped (the fast suite runs anywhere); with ``--slow`` (CI,
-    whose runs need the data) it fails, so a missing folder never passes as skips."""
-    if not (AFQMC / "train.json").exists():
-        message = f"AFQMC data not found at {AFQMC}; set AFQMC_DATA to the folder with train/dev/test.json"
-        if request.config.getoption("--slow"):
-            pytest.fail(message)
-        pytest.skip(message)
+    """The AFQMC data folder (see ``require``)."""
+    require(request, (AFQMC / "train.json").exists(),
+            f"AFQMC data not found at {AFQMC}; set AFQMC_DATA to the folder with train/dev/test.json")  # fmt: skip
     return AFQMC
 
 

@@ -33,24 +33,29 @@ def test_grouped_sampler_visits_every_pair_once_per_epoch_in_a_seeded_order():
     assert list(other_seed) != epochs[0]
 
 
-def test_the_array_order_is_the_order_of_a_python_sort_of_each_chunk():
-    """The epoch's order is computed with whole-array operations; it is exactly the earlier Python loop's
-    (each chunk of the seeded permutation sorted by length, stably; full batches shuffled; remainder last)."""
-    import torch
+def test_batches_are_grouped_by_length_within_chunks_with_the_short_batch_last():
+    """What grouping buys and keeps: batches of pairs of near lengths (little padding), drawn from chunks of
+    ``group_batches`` batches of the shuffled epoch (so they still mix), full batches first, the short one last,
+    and ``group_batches=1`` as plain shuffling."""
+    lengths = np.array([random.Random(i).randint(3, 60) for i in range(997)])
 
-    lengths = [random.Random(i).randint(3, 60) for i in range(997)]
-    sampler = LengthGroupedBatchSampler(lengths, batch_size=16, seed=5, group_batches=7)
-    sampler.set_epoch(2)
-    generator = torch.Generator().manual_seed(5 * 1_000_003 + 2)
-    order = torch.randperm(997, generator=generator).tolist()
-    group = 7 * 16
-    order = [
-        i for start in range(0, 997, group) for i in sorted(order[start : start + group], key=lambda i: lengths[i])
-    ]
-    batches = [order[i : i + 16] for i in range(0, 997, 16)]
-    full = len(batches) - 1
-    expected = [batches[i] for i in torch.randperm(full, generator=generator).tolist()] + batches[full:]
-    assert listed(sampler.batches()) == expected
+    def padding(sampler):  # the padded share of the epoch's tokens
+        batches = listed(sampler.batches())
+        return sum(lengths[b].max() * len(b) - lengths[b].sum() for b in batches) / lengths.sum(), batches
+
+    grouped_padding, batches = padding(LengthGroupedBatchSampler(lengths.tolist(), batch_size=16, seed=5,
+                                                                 group_batches=7))  # fmt: skip
+    shuffled_padding, plain = padding(LengthGroupedBatchSampler(lengths.tolist(), batch_size=16, seed=5,
+                                                                group_batches=1))  # fmt: skip
+    assert grouped_padding < shuffled_padding / 5
+    assert [len(b) for b in batches] == [16] * 62 + [5] and [len(b) for b in plain] == [16] * 62 + [5]
+
+    def median_span(of):  # how far apart the lengths of a batch's pairs are
+        return np.median([lengths[b].max() - lengths[b].min() for b in of[:-1]])
+
+    assert median_span(batches) < median_span(plain) / 4  # neighbours by length within a chunk (about 8 against 50)
+    first_lengths = [int(lengths[b].min()) for b in batches[:10]]
+    assert first_lengths != sorted(first_lengths)  # the chunks' batches are shuffled, not one long sort
 
 
 def test_skip_next_drops_the_first_batches_of_one_iteration_only():

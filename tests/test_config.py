@@ -149,11 +149,31 @@ def test_tracking_options(option):
     assert isinstance(tracking, MlflowTracking) and tracking.experiment == "x"
 
 
-@pytest.mark.parametrize("group", ["experiment", "debug"])
-def test_presets_compose(group):
-    for option in options(group):
-        cfg = compose([f"{group}={option}"])
-        instantiate(cfg.data), instantiate(cfg.trainer), instantiate(cfg.tracking)
+def leaves(tree, prefix=""):
+    """A preset's settings as ``{"data.max_length": 64, ...}`` (its defaults list aside)."""
+    found = {}
+    for key, value in tree.items():
+        if key == "defaults":
+            continue
+        if isinstance(value, dict):
+            found.update(leaves(value, f"{prefix}{key}."))
+        else:
+            found[f"{prefix}{key}"] = value
+    return found
+
+
+@pytest.mark.parametrize("preset", [f"{group}={option}" for group in ("experiment", "debug") for option in
+                                    options(group)])  # fmt: skip
+def test_a_preset_sets_what_it_says_and_its_groups_build(preset):
+    """Every value written in the preset's file is the composed config's (a preset is applied last: it wins), and
+    the groups it touches build into the objects a run uses."""
+    group, option = preset.split("=")
+    written = leaves(OmegaConf.to_container(OmegaConf.load(REPO / "conf" / group / f"{option}.yaml")))
+    cfg = compose([preset])
+    assert written and {key: OmegaConf.select(cfg, key) for key in written if "${" not in str(written[key])} == {
+        key: value for key, value in written.items() if "${" not in str(value)}  # fmt: skip
+    assert isinstance(instantiate(cfg.data), PairData) and isinstance(instantiate(cfg.trainer), TrainerConfig)
+    assert isinstance(instantiate(cfg.tracking), MlflowTracking)
 
 
 def test_quickstart_is_offline_on_the_shipped_sample():

@@ -45,8 +45,8 @@ RUN = {
 }  # fmt: skip
 NOT_RUN = {  # README command -> why this test does not run it (and which test covers it, if any)
     'python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 -e ".[test]" && '
-    "HF_HUB_OFFLINE=1 python train.py experiment=quickstart": "the set-up itself: CI (.ci/run) runs it",
-    ". .venv/bin/activate && python -m pytest --slow": "the test command: CI runs it",
+    "HF_HUB_OFFLINE=1 python train.py experiment=quickstart": "the set-up itself: .ci/run runs it as written",
+    ". .venv/bin/activate && python -m pytest --slow": "the test command: .ci/run runs it as written",
     "python train.py": "bert-base-chinese from the Hub (no internet here)",
     "python train.py model=roberta optim.lr=1e-5": "a Hub model (no internet here)",
     "export MLFLOW_TRACKING_URI=http://mlflow.internal:5000": "a team's server (test_team_server.py)",

@@ -14,6 +14,7 @@ from helpers import AFQMC, REPO, SHORT_RUN, broken_model, mlflow_runs, run_comma
 
 pytestmark = pytest.mark.slow  # real subprocess trainings (the trainer's phases are tested fast in test_trainer)
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+FAULTY = [sys.executable, str(REPO / "tests" / "helpers" / "faulty_train.py")]
 COMMON = [
     *SHORT_RUN,
     "trainer.max_steps=16",
@@ -24,12 +25,13 @@ COMMON = [
 ]
 
 
-def start(cwd, *overrides):
+def start(cwd, *overrides, console=False):
+    """train.py with ``overrides`` in ``cwd``; ``console``: its console (stdout) readable, line by line."""
     return subprocess.Popen(
         [sys.executable, str(REPO / "train.py"), *overrides],
         cwd=cwd,
         env=ENV,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if console else subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -81,12 +83,10 @@ def compare(folder, out, reference):
 
 
 def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path, uninterrupted):
+    """Killed right after step 5: between the checkpoints of steps 3 and 6, after the logged step 4."""
     out = tmp_path / "run"
-    killed = start(tmp_path, *COMMON, f"hydra.run.dir={out}")
-    wait_for(out / "last_checkpoint" / "trainer_state.pt", killed)
-    time.sleep(0.4)  # into the next steps, between checkpoints
-    killed.send_signal(signal.SIGKILL)
-    assert killed.wait(timeout=60) == -signal.SIGKILL
+    killed = run_command([*FAULTY, "kill-at-step", "5", *COMMON, f"hydra.run.dir={out}"], cwd=tmp_path, env=ENV)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not (out / "result.json").exists()
     _, before = histories(tmp_path)
     assert before["train/loss"] and before["train/loss"][-1][0] < 16  # killed part-way: resume has work to do
@@ -164,6 +164,15 @@ def test_resume_by_mlflow_run_id(tmp_path):
     assert [s for s, _ in metrics["train/loss"]] == [2, 4]
 
 
+def said(proc, wanted: str = "step 2/") -> None:
+    """Read the run's console (Hydra's, on stdout) until it says ``wanted`` (by default: training has logged a
+    step), so a signal sent next meets the run's handlers, whatever the machine's speed."""
+    for line in proc.stdout:
+        if wanted in line:
+            return
+    raise AssertionError(f"the run ended before saying {wanted!r}: {proc.stderr.read()[-3000:]}")
+
+
 def test_sigterm_saves_a_checkpoint_and_marks_the_run_killed(tmp_path):
     out = tmp_path / "run"
     proc = start(
@@ -173,11 +182,12 @@ def test_sigterm_saves_a_checkpoint_and_marks_the_run_killed(tmp_path):
         "trainer.eval_every=null",
         "trainer.checkpoint_every=50",
         f"hydra.run.dir={out}",
+        console=True,
     )
-    wait_for(out / "mlflow_run_id", proc)
-    time.sleep(8)  # model loaded, training under way
+    said(proc)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) != 0
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
     import torch
 
     state = torch.load(out / "last_checkpoint" / "trainer_state.pt", weights_only=True)["state"]
@@ -226,6 +236,8 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
 
 
 def test_a_second_ctrl_c_stops_at_once_and_the_run_is_killed(tmp_path):
+    """The second Ctrl-C is sent once the first one's line is out: the run stops before the checkpoint the first
+    one asked for, and its MLflow run is closed KILLED (one Ctrl-C alone would save that checkpoint)."""
     out = tmp_path / "run"
     proc = start(
         tmp_path,
@@ -233,16 +245,17 @@ def test_a_second_ctrl_c_stops_at_once_and_the_run_is_killed(tmp_path):
         "trainer.max_steps=400",
         "trainer.eval_every=null",
         "trainer.checkpoint_every=null",
+        "data.batch_size=64",  # a step of some length: the second Ctrl-C lands inside it
         f"hydra.run.dir={out}",
+        console=True,
     )
-    wait_for(out / "mlflow_run_id", proc)
-    time.sleep(8)
+    said(proc)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.05)
+    said(proc, "SIGINT received: saving a checkpoint and stopping")
     proc.send_signal(signal.SIGINT)
-    started = time.time()
-    assert proc.wait(timeout=120) != 0
-    assert time.time() - started < 60
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert not (out / "last_checkpoint").exists()  # stopped at once: the first Ctrl-C's checkpoint never written
     run, _ = histories(tmp_path)
     assert run.info.status == "KILLED"
 

@@ -1,6 +1,6 @@
 """The team setup for real: an `mlflow server` on a PostgreSQL backend, a 2-job sweep logging to it
 through MLFLOW_TRACKING_URI, everything read back through the MLflow client. `.ci/run` starts PostgreSQL
-and sets AFQMC_TEST_POSTGRES_URI; elsewhere the test is skipped."""
+and sets AFQMC_TEST_POSTGRES_URI; without it the test fails under --slow (see conftest.require)."""
 
 import json
 import os
@@ -11,17 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from helpers import AFQMC, REPO, mlflow_service
+from helpers import AFQMC, REPO, mlflow_service, require
 
 POSTGRES = os.environ.get("AFQMC_TEST_POSTGRES_URI")
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not POSTGRES, reason="needs PostgreSQL: set AFQMC_TEST_POSTGRES_URI (.ci/run does)"),
-]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def mlflow_server(tmp_path):
+def mlflow_server(tmp_path, request):
+    require(request, bool(POSTGRES), "needs PostgreSQL: set AFQMC_TEST_POSTGRES_URI (.ci/run starts it and does)")
     with mlflow_service("server", POSTGRES, tmp_path, "--artifacts-destination", str(tmp_path / "artifacts")) as url:
         yield url
 

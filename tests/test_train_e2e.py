@@ -203,10 +203,11 @@ def write_easy_set(folder, seed=0):
 def test_learns_an_easy_set(tmp_path, precision, fresh_accelerate_state):
     from safetensors import safe_open
 
-    from afqmc_exp.training.hardware import cpu_has_native_bf16
+    from afqmc_exp.training.hardware import cpu_has_native_bf16, cpu_name
 
     if precision == "bf16" and not cpu_has_native_bf16():
-        pytest.skip("this CPU has no native bf16 (AVX512-BF16/AMX): emulated bf16 would take far too long")
+        pytest.skip(f"bf16 needs a CPU with AVX512-BF16 or AMX (AMD Zen 4, Intel Sapphire Rapids and later); this one "
+                    f"({cpu_name()}) would emulate it, far too slowly")  # fmt: skip
     data = write_easy_set(tmp_path / "easy")
     best = train(
         [

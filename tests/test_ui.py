@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, SHORT_RUN, mlflow_service, run_command
+from helpers import REPO, SHORT_RUN, mlflow_service, require, run_command
 
 pytestmark = pytest.mark.slow
 
@@ -47,16 +47,31 @@ def api(url: str, endpoint: str, **query):
     return json.loads(get(f"{url}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}"))
 
 
-def test_rest_api_shows_the_sweep_its_runs_metrics_and_plots(ui):
-    url, _ = ui
-    experiment = api(url, "experiments/get-by-name", experiment_name="afqmc")["experiment"]
+def searched(url: str, experiment_id: str) -> list[dict]:
+    """The experiment's runs as the REST API returns them."""
     request = urllib.request.Request(
         f"{url}/api/2.0/mlflow/runs/search",
         method="POST",
-        data=json.dumps({"experiment_ids": [experiment["experiment_id"]]}).encode(),
+        data=json.dumps({"experiment_ids": [experiment_id]}).encode(),
         headers={"Content-Type": "application/json"},
     )
-    runs = json.loads(urllib.request.urlopen(request, timeout=30).read())["runs"]
+    return json.loads(urllib.request.urlopen(request, timeout=30).read())["runs"]
+
+
+def run_ids(url: str, experiment_id: str) -> list[str]:
+    return [r["info"]["run_id"] for r in searched(url, experiment_id)]
+
+
+def parent_id(url: str, experiment_id: str) -> str:
+    (parent,) = [r["info"]["run_id"] for r in searched(url, experiment_id)
+                 if "mlflow.parentRunId" not in {t["key"] for t in r["data"].get("tags", [])}]  # fmt: skip
+    return parent
+
+
+def test_rest_api_shows_the_sweep_its_runs_metrics_and_plots(ui):
+    url, _ = ui
+    experiment = api(url, "experiments/get-by-name", experiment_name="afqmc")["experiment"]
+    runs = searched(url, experiment["experiment_id"])
     tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
     parents = [r for r, t in zip(runs, tags, strict=True) if "mlflow.parentRunId" not in t]
     assert len(parents) == 1
@@ -77,8 +92,8 @@ def test_rest_api_shows_the_sweep_its_runs_metrics_and_plots(ui):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
-def test_chromium_shows_the_sweep_and_its_runs_with_their_metric(ui):
+def test_chromium_shows_the_sweep_and_its_runs_with_their_metric(ui, request):
+    require(request, CHROMIUM is not None, "needs Debian's chromium (.ci/run installs it)")
     url, tmp = ui
     experiment_id = api(url, "experiments/get-by-name", experiment_name="afqmc")["experiment"]["experiment_id"]
     flags = [
@@ -106,12 +121,15 @@ def test_chromium_shows_the_sweep_and_its_runs_with_their_metric(ui):
                 break
         return dom
 
-    # the experiment's runs: the sweep is one (expandable) row
+    def linked(page: str) -> set[str]:  # the runs a page links to, by id (whatever MLflow's wording around them)
+        return set(re.findall(rf"#/experiments/{experiment_id}/runs/([0-9a-f]{{32}})", page))
+
+    # the experiment's runs: the sweep is one row, its jobs folded under it (the REST API's runs, no others)
     runs_page = visit(f"{url}/#/experiments/{experiment_id}/runs", tmp / "experiment_runs.png")
-    assert "sweep " in runs_page and "<strong>3</strong> matching runs" in runs_page
-    # the sweep's own page: its jobs by name, and its objective
-    parent = re.search(r'href="#/experiments/\d+/runs/([0-9a-f]{32})"><span[^>]*>sweep ', runs_page).group(1)
+    parent, every = parent_id(url, experiment_id), set(run_ids(url, experiment_id))
+    assert parent in linked(runs_page) <= every and len(every) == 3 and "sweep " in runs_page
     sweep_page = visit(f"{url}/#/experiments/{experiment_id}/runs/{parent}", tmp / "sweep_run.png")
+    assert every - {parent} <= linked(sweep_page)  # the sweep's page links both its jobs
     assert "minilm-afqmc-lr1e-05-bs16-s42" in sweep_page and "minilm-afqmc-lr3e-05-bs16-s42" in sweep_page
     assert "best/dev_accuracy" in sweep_page
     # a job's page says where it came from and what it trained on; the sweep's row too, in the runs table

@@ -25,6 +25,17 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
+def cpu_name() -> str:
+    """The CPU's model as the system names it (``AMD EPYC 9R14 96-Core Processor``); figures are named by it."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def eval_in_bf16(eval_precision: str, device: torch.device) -> bool:
     """Whether the periodic dev evaluations run under bf16 autocast (``trainer.eval_precision``).
 
@@ -89,7 +100,7 @@ def system_tags(accelerator, eval_bf16: bool) -> dict[str, str]:
     import transformers
 
     device = accelerator.device
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {
         "sys.python": platform.python_version(),
         "sys.torch": torch.__version__,

@@ -14,6 +14,19 @@ OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1"}
 PYTHON = sys.executable
 
 
+def require(request, available: bool, message: str) -> None:
+    """A test that needs something this machine may lack (the AFQMC data, PostgreSQL, Chromium): skipped, saying
+    what it needs, in the fast suite (which runs anywhere); failed under ``--slow`` (CI, which provides all of
+    them), so a missing service never passes as a skip."""
+    import pytest
+
+    if available:
+        return
+    if request.config.getoption("--slow"):
+        pytest.fail(f"{message} (--slow runs every test: provide it, as .ci/run does)")
+    pytest.skip(message)
+
+
 def run_command(args: list, cwd: Path | None = None, timeout: float = 900, env: dict | None = None):
     """A command as a user types it (offline), its output captured as text."""
     return subprocess.run(

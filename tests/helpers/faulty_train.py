@@ -5,6 +5,8 @@ rather than by timing luck:
   has begun the staging folder (a partial weights file);
 * ``between-renames``: killed inside the Nth write, the swap falling back to two renames (as where the
   one-call exchange is missing), between them;
+* ``kill-at-step``: killed (SIGKILL) right after optimizer step N, before what follows it (logging, a
+  checkpoint);
 * ``kill-group``: at optimizer step N, SIGKILL the process group ``$AFQMC_TEST_PGID`` (a tracking server)
   and go on training;
 * ``gate``: at optimizer step N, wait until the file ``$AFQMC_TEST_GATE`` exists (``$AFQMC_TEST_GATE.waiting``
@@ -57,6 +59,8 @@ real_after_step = trainer.Trainer._after_step
 
 
 def after_step(self):
+    if self.state.step == AT and FAULT == "kill-at-step":
+        die()
     if self.state.step == AT and FAULT == "kill-group":
         os.killpg(int(os.environ["AFQMC_TEST_PGID"]), signal.SIGKILL)
     if self.state.step == AT and FAULT == "gate":
