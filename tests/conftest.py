@@ -63,6 +63,10 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:  # tests sharing a module's fixture (a trained run, a served UI) run on one worker: built once
+        shared = sorted(name for name, defs in item._fixtureinfo.name2fixturedefs.items() if defs[-1].scope == "module")
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{'+'.join(shared)}"))
     if config.getoption("--slow"):
         return
     skip = pytest.mark.skip(reason="slow end-to-end test: run with --slow")

@@ -2,7 +2,6 @@
 MLflow run opens."""
 
 import os
-import subprocess
 import sys
 
 import pytest
@@ -101,14 +100,8 @@ def test_unknown_option_in_a_group_is_named_by_hydra():
 
 @pytest.mark.slow  # starts processes
 def test_cli_prints_one_error_block_without_traceback_and_opens_no_run(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *BASE, "optim.lr=-1", "trainer.epochs=0"],
-        cwd=tmp_path,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_command([sys.executable, str(REPO / "train.py"), *BASE, "optim.lr=-1", "trainer.epochs=0"],
+                       cwd=tmp_path, timeout=300)  # fmt: skip
     assert proc.returncode == 1
     assert (
         "error: invalid config:" in proc.stderr and "optim.lr=-1" in proc.stderr and "trainer.epochs=0" in proc.stderr

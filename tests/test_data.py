@@ -469,3 +469,16 @@ def test_the_pawsx_option_drops_blank_translations():
 
     assert compose(["model=minilm", "data=pawsx", "data.dir=/x"]).data.drop_blank is True
     assert compose(["model=minilm", "data=afqmc"]).data.drop_blank is False
+
+
+def test_a_limit_is_said_beside_the_files_count_and_applies_to_its_split(tmp_path):
+    from helpers import tiny_pretrained
+
+    for name, n in (("train.json", 12), ("dev.json", 9), ("test.json", 7)):
+        write(tmp_path, "".join(GOOD + "\n" for _ in range(n)), name=name)
+    data = PairData(dir=str(tmp_path), dev_limit=4, test_limit=100)
+    checked = data.check()
+    assert data.summary(checked)[1].endswith("dev.json: 9 pairs (0: 0, 1: 9); the first 4 used (data.dev_limit)")
+    assert data.summary(checked)[2].endswith("; the first 7 used (data.test_limit)")  # no more than the file has
+    splits = data.tokenize(tiny_pretrained(tmp_path / "tiny").tokenizer, checked)
+    assert {name: len(split) for name, split in splits.items()} == {"train": 12, "dev": 4, "test": 7}

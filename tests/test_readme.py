@@ -1,5 +1,6 @@
-"""Every command the README and the docs/ pages show works as written: each is run here, in one folder as a user's
-session would run them, with only local paths and sizes substituted (the data folder, a weights folder, a run id,
+"""Every command the README and the docs/ pages show works as written: each is run here, in a folder as a user's
+session would run them (three sessions: training, sweeping, then scoring what was trained), with only local paths
+and sizes substituted (the data folder, a weights folder, a run id,
 the offline model, a few steps and trials); each must exit 0. A command they gain is either run here or named in
 ``NOT_RUN`` with the reason, or this test fails."""
 
@@ -12,17 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from helpers import AFQMC, OFFLINE, REPO
+from helpers import AFQMC, OFFLINE, REPO, run_command
 from helpers.tasks import write_task_files
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 LOCAL = ["model=minilm", "trainer.max_steps=2", "data.dev_limit=50"]  # the offline model, a few steps, a small dev
+SWEPT = [*LOCAL, "data.test_file=null", "tracking.log_weights=false"]  # each job's size: no test, no weights' copy
+TEST_PAIRS = 300  # predicting the AFQMC test file: its first 300 pairs
 # README command -> what is appended to run it here (None: nothing)
 RUN = {
     "python train.py data.dir=../shared/data/afqmc model=minilm debug=fast": None,
     "python train.py model.name_or_path=/models/my-bert data.dir=/data/afqmc": ["trainer.max_steps=2",
-                                                                                "data.dev_limit=50"],
+                                                                                "data.dev_limit=50",
+                                                                                "data.test_limit=50"],
     "python train.py data=pairs data.dir=/data/mine data.format=csv data.train_file=train.csv data.dev_file=dev.csv "
     "data.test_file=null data.fields.text_a=q1 data.fields.text_b=q2 data.fields.label=answer "
     "data.labels=[different,same]": LOCAL,
@@ -37,10 +41,9 @@ RUN = {
     "afqmc-report experiment=afqmc": None,
     "afqmc-report parent=<sweep run id>": None,
     "python train.py rerun=<run id>": None,
-    "python train.py --multirun optim.lr=1e-5,2e-5,3e-5 seed=1,2,3": [*LOCAL, "data.test_file=null"],
-    "python train.py --multirun hydra/launcher=joblib hydra.launcher.n_jobs=2 seed=1,2,3": [*LOCAL,
-                                                                                            "data.test_file=null"],
-    "python train.py hparams_search=afqmc_optuna hydra.sweeper.n_trials=30": [*LOCAL, "data.test_file=null"],
+    "python train.py --multirun optim.lr=1e-5,2e-5,3e-5 seed=1,2,3": SWEPT,
+    "python train.py --multirun hydra/launcher=joblib hydra.launcher.n_jobs=2 seed=1,2,3": SWEPT,
+    "python train.py hparams_search=afqmc_optuna hydra.sweeper.n_trials=30": SWEPT,
     "python train.py resume=outputs/2026-11-25/10-00-00.123456": None,
 }  # fmt: skip
 NOT_RUN = {  # README command -> why this test does not run it (and which test covers it, if any)
@@ -93,11 +96,10 @@ def test_every_readme_command_is_run_here_or_says_why_not():
     assert set(commands) == set(RUN) | set(NOT_RUN), set(commands) ^ (set(RUN) | set(NOT_RUN))
 
 
-@pytest.fixture(scope="module")
-def session(tmp_path_factory):
-    """The folders a user would have: the shared AFQMC data, their own CSV pairs, OCNLI with the diagnostics, a
-    data root with three tasks, and a pairs.json to predict."""
-    work = tmp_path_factory.mktemp("readme")
+def user_session(work: Path) -> dict:
+    """The folders a user would have in ``work``: the shared AFQMC data, their own CSV pairs, OCNLI with the
+    diagnostics, a data root with three tasks, a pairs.json to predict, and a test file of AFQMC's own format to
+    predict (its first 300 pairs: a size)."""
     root = work / "data"
     for task in ("afqmc", "lcqmc", "bq"):
         write_task_files(task, root / task)
@@ -111,8 +113,34 @@ def session(tmp_path_factory):
     for name in ("train.csv", "dev.csv"):
         (mine / name).write_text("q1,q2,answer\n" + "\n".join(rows) + "\n")
     (work / "pairs.json").write_text('{"sentence1": "花呗怎么还款", "sentence2": "花呗如何还钱"}\n')
+    test_head = work / "afqmc_test_head.json"
+    test_head.write_text("".join((AFQMC / "test.json").read_text(encoding="utf-8").splitlines(True)[:TEST_PAIRS]))
     return {"work": work, "/data/afqmc": str(AFQMC), "/data/mine": str(mine), "/data/ocnli": str(ocnli),
-            "/data/": f"{root}/", "../shared/data/afqmc": str(AFQMC)}  # fmt: skip
+            "/data/": f"{root}/", "../shared/data/afqmc/test.json": str(test_head),
+            "../shared/data/afqmc": str(AFQMC)}  # fmt: skip
+
+
+@pytest.fixture
+def session(tmp_path):
+    return user_session(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A session that has trained: the README's 5-step smoke test, and its sweep over three tasks (whose jobs log
+    their weights); its run folder, the sweep's parent run and an AFQMC job of it."""
+    session = user_session(tmp_path_factory.mktemp("readme"))
+    work = session["work"]
+    run("python train.py data.dir=../shared/data/afqmc model=minilm debug=fast", session)
+    fast = next((work / "outputs").glob("*/*/best_model")).parent
+    command = "python train.py --multirun data=afqmc,lcqmc,bq 'data.dir=/data/${data.name}'"
+    run(command, session, RUN[command])
+    runs = latest_run(work, "afqmc")[1]
+    parent_id = next(r.info.run_id for r in runs if "sweep.dir" in r.data.tags and
+                     "mlflow.parentRunId" not in r.data.tags)  # fmt: skip
+    jobs = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    with_weights = next(r.info.run_id for r in jobs if r.data.params.get("data.name") == "afqmc")
+    return session, fast, parent_id, with_weights
 
 
 def run(command: str, session: dict, extra: list[str] | None = None, **replace) -> subprocess.CompletedProcess:
@@ -128,8 +156,7 @@ def run(command: str, session: dict, extra: list[str] | None = None, **replace) 
         args[0] = str(BIN / args[0])
     elif args[1] in ("train.py", "evaluate.py", "predict.py"):
         args[1] = str(REPO / args[1])
-    proc = subprocess.run(args + (extra or []), cwd=session["work"], env=OFFLINE, capture_output=True, text=True,
-                          timeout=1800)  # fmt: skip
+    proc = run_command(args + (extra or []), cwd=session["work"], env=OFFLINE, timeout=1800)
     assert proc.returncode == 0, f"{command}\n{proc.stderr[-3000:]}"
     return proc
 
@@ -142,29 +169,30 @@ def latest_run(work: Path, experiment: str):
     return client, client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"])
 
 
-def test_the_readme_commands_work_as_written(session):
-    from mlflow import MlflowClient
-
+def test_the_training_commands_work_as_written(session):
     from afqmc_exp.model import packaged_minilm_path
 
-    work = session["work"]
-    run("python train.py data.dir=../shared/data/afqmc model=minilm debug=fast", session)
-    fast = next((work / "outputs").glob("*/*/best_model")).parent
-    run("python train.py model.name_or_path=/models/my-bert data.dir=/data/afqmc", session,
-        RUN["python train.py model.name_or_path=/models/my-bert data.dir=/data/afqmc"],
-        **{"/models/my-bert": packaged_minilm_path()})  # fmt: skip
-    for command in [c for c in RUN if c.startswith(("python train.py data=", "python train.py --multirun data="))]:
+    command = "python train.py model.name_or_path=/models/my-bert data.dir=/data/afqmc"
+    run(command, session, RUN[command], **{"/models/my-bert": packaged_minilm_path()})
+    for command in [c for c in RUN if c.startswith("python train.py data=")]:
         run(command, session, RUN[command])
-    sweep_parent = latest_run(work, "afqmc")[1]
-    parent_id = next(r.info.run_id for r in sweep_parent if "sweep.dir" in r.data.tags and
-                     "mlflow.parentRunId" not in r.data.tags)  # fmt: skip
-    jobs = [r for r in sweep_parent if "mlflow.parentRunId" in r.data.tags]
-    with_weights = next(r.info.run_id for r in jobs if r.data.params.get("data.name") == "afqmc")  # an AFQMC job
+
+
+def test_the_sweep_commands_work_as_written(session):
+    for command in [c for c in RUN if "seed=1,2,3" in c or "hparams_search" in c]:
+        run(command, session, [*RUN[command], f"data.dir={AFQMC}"], **{"n_trials=30": "n_trials=2"})
+
+
+def test_the_scoring_reporting_and_continuing_commands_work_as_written(trained):
+    from mlflow import MlflowClient
+
+    session, fast, parent_id, with_weights = trained
+    work = session["work"]
     best = {"outputs/.../best_model": str(fast / "best_model")}
     run("python evaluate.py ckpt=outputs/.../best_model file=../shared/data/afqmc/dev.json", session, **best)
     run("python predict.py ckpt=outputs/.../best_model file=../shared/data/afqmc/test.json out=afqmc_predict.json",
         session, **best)  # fmt: skip
-    assert len((work / "afqmc_predict.json").read_text().splitlines()) == 3861
+    assert len((work / "afqmc_predict.json").read_text().splitlines()) == TEST_PAIRS
     said = run('python predict.py ckpt=runs:/<run id>/best_model sentence1="花呗怎么还款" sentence2="花呗如何还钱"',
                session, **{"<run id>": with_weights})  # fmt: skip
     assert set(json.loads(said.stdout)) == {"label", "prob", "probs"}
@@ -182,5 +210,3 @@ def test_the_readme_commands_work_as_written(session):
     run("python train.py rerun=<run id>", session, **{"<run id>": debug_run})
     run("python train.py resume=outputs/2026-11-25/10-00-00.123456", session,
         **{"outputs/2026-11-25/10-00-00.123456": str(fast)})  # a finished run: it says so  # fmt: skip
-    for command in [c for c in RUN if "seed=1,2,3" in c or "hparams_search" in c]:
-        run(command, session, [*RUN[command], f"data.dir={AFQMC}"], **{"n_trials=30": "n_trials=2"})

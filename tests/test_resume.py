@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import AFQMC, REPO, SHORT_RUN, broken_model, mlflow_runs, run_command
+from helpers import AFQMC, REPO, SHORT_RUN, broken_model, launch, mlflow_runs, run_command
 
 pytestmark = pytest.mark.slow  # real subprocess trainings (the trainer's phases are tested fast in test_trainer)
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -27,14 +27,8 @@ COMMON = [
 
 def start(cwd, *overrides, console=False):
     """train.py with ``overrides`` in ``cwd``; ``console``: its console (stdout) readable, line by line."""
-    return subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *overrides],
-        cwd=cwd,
-        env=ENV,
-        stdout=subprocess.PIPE if console else subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return launch([sys.executable, str(REPO / "train.py"), *overrides], cwd=cwd, env=ENV,
+                  stdout=subprocess.PIPE if console else subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
 
 
 def wait_for(path, proc, timeout=300):
@@ -99,22 +93,8 @@ def test_a_kill_inside_a_checkpoint_write_still_resumes_exactly(tmp_path, uninte
     (step 6) is intact; between the two renames of a swap the new one is put back. Either way the run ends
     as if never killed."""
     out = tmp_path / "run"
-    killed = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tests" / "helpers" / "faulty_train.py"),
-            fault,
-            "3",
-            *COMMON,
-            "trainer.checkpoint_in_background=true",  # as on a GPU: the write is the writer thread's
-            f"hydra.run.dir={out}",
-        ],
-        cwd=tmp_path,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    killed = run_command([*FAULTY, fault, "3", *COMMON, "trainer.checkpoint_in_background=true",  # as on a GPU
+                          f"hydra.run.dir={out}"], cwd=tmp_path, env=ENV, timeout=600)  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     if fault == "between-renames":
         assert not (out / "last_checkpoint").exists() and (out / ".last_checkpoint.old").exists()
@@ -225,10 +205,7 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
     # fails fast, after Hydra made its folder and the MLflow run opened (a refused run would leave no folder)
     broken = broken_model(tmp_path / "broken")
     cmd = [sys.executable, str(REPO / "train.py"), *SHORT_RUN, f"model.name_or_path={broken}"]
-    procs = [
-        subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(3)
-    ]
+    procs = [launch(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(3)]
     for p in procs:
         p.wait(timeout=120)
     folders = list((tmp_path / "outputs").glob("*/*"))
@@ -362,7 +339,7 @@ def test_a_run_saved_before_the_modules_moved_resumes_and_reruns(tmp_path):
         text = text.replace(f"_target_: {new}", f"_target_: {old}")
     saved.write_text(text)
     resume = [sys.executable, str(REPO / "train.py"), f"resume={out}", f"hydra.run.dir={tmp_path / 'logs'}"]
-    resumed = subprocess.run(resume, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    resumed = run_command(resume, cwd=tmp_path, env=ENV, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "a config saved before afqmc_exp's modules moved: afqmc_exp.optim.adamw -> afqmc_exp.training.optim.adamw" \
         in (tmp_path / "logs" / "train.log").read_text()  # said in the resuming command's own log  # fmt: skip
@@ -371,9 +348,8 @@ def test_a_run_saved_before_the_modules_moved_resumes_and_reruns(tmp_path):
     assert run.info.status == "FINISHED"
     logged = client.download_artifacts(run.info.run_id, "hydra/config.yaml", str(tmp_path))
     assert "_target_: afqmc_exp.optim.adamw" in open(logged).read()  # the run's config as it was saved
-    again = subprocess.run([sys.executable, str(REPO / "train.py"), f"rerun={run.info.run_id}",
-                            f"hydra.run.dir={tmp_path / 'rerun'}"], cwd=tmp_path, env=ENV, capture_output=True,
-                           text=True, timeout=600)  # fmt: skip
+    again = run_command([sys.executable, str(REPO / "train.py"), f"rerun={run.info.run_id}",
+                         f"hydra.run.dir={tmp_path / 'rerun'}"], cwd=tmp_path, env=ENV, timeout=600)  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
     rerun = [r for r in mlflow_runs(tmp_path, "afqmc")[1] if r.data.tags.get("rerun_of") == run.info.run_id]
     assert len(rerun) == 1 and rerun[0].info.status == "FINISHED"

@@ -4,14 +4,13 @@ and sets AFQMC_TEST_POSTGRES_URI; without it the test fails under --slow (see co
 
 import json
 import os
-import subprocess
 import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
-from helpers import AFQMC, REPO, mlflow_service, require
+from helpers import AFQMC, REPO, mlflow_service, require, run_command
 
 POSTGRES = os.environ.get("AFQMC_TEST_POSTGRES_URI")
 pytestmark = pytest.mark.slow
@@ -45,7 +44,7 @@ def test_a_sweep_logs_to_a_shared_server_with_a_database_backend(tmp_path, mlflo
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_TRACKING_URI": mlflow_server}
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    proc = run_command(cmd, cwd=tmp_path, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (tmp_path / "mlflow.db").exists()  # nothing went to the default local store
 

@@ -14,7 +14,7 @@ from afqmc_exp.cache import file_digest
 from afqmc_exp.data import Pair, ReadSpec, encode_pairs
 from afqmc_exp.data.token_cache import cache_key, token_key, tokenized_file, tokenizer_digest
 from afqmc_exp.model import packaged_minilm_path
-from helpers import REPO, run_command, tiny_pairs, tiny_pretrained
+from helpers import REPO, launch, run_command, tiny_pairs, tiny_pretrained
 
 
 @pytest.fixture(scope="module")
@@ -155,8 +155,8 @@ def test_two_processes_share_one_build(tmp_path, cache):
     (cache / "tokens").mkdir(parents=True)
     env = {**os.environ, "AFQMC_EXP_CACHE": str(cache), "PYTHONPATH": str(REPO)}
     with FileLock(cache / "tokens" / f"{key}.lock"):
-        procs = [subprocess.Popen(build_command(path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True) for _ in range(2)]  # fmt: skip
+        procs = [launch(build_command(path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                 for _ in range(2)]  # fmt: skip
         outputs = []
         for proc in procs:  # each waits for the lock (it says so) before anything is written
             for line in proc.stdout:

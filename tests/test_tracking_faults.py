@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import OFFLINE, REPO, SHORT_RUN, free_port, run_command, start_mlflow, stop_mlflow
+from helpers import OFFLINE, REPO, SHORT_RUN, free_port, launch, run_command, start_mlflow, stop_mlflow
 
 pytestmark = pytest.mark.slow
 FAULTY = [sys.executable, str(REPO / "tests" / "helpers" / "faulty_train.py")]
@@ -123,8 +123,8 @@ def test_two_processes_resuming_the_same_run_the_second_is_refused(tmp_path):
                           "trainer.checkpoint_in_background=true", f"hydra.run.dir={out}"], cwd=tmp_path)  # fmt: skip
     assert killed.returncode == -9, killed.stderr[-2000:]
     env = {**OFFLINE, "AFQMC_TEST_GATE": str(gate)}
-    first = subprocess.Popen([*FAULTY, "gate", "5", f"resume={out}", f"hydra.run.dir={tmp_path / 'r1'}"], cwd=tmp_path,
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    first = launch([*FAULTY, "gate", "5", f"resume={out}", f"hydra.run.dir={tmp_path / 'r1'}"], cwd=tmp_path, env=env,
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     waiting = Path(f"{gate}.waiting")
     for _ in range(3000):
         if waiting.exists() or first.poll() is not None:

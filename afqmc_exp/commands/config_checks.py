@@ -92,6 +92,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "data.train_limit": (_at_least_one_or_null, "must be >= 1, or null for every pair"),
     "data.dev_limit": (_at_least_one_or_null, "must be >= 1, or null for every pair"),
+    "data.test_limit": (_at_least_one_or_null, "must be >= 1, or null for every pair"),
     "data.max_length": (lambda v: v >= 8, "must be >= 8"),
     "data.batch_size": (lambda v: v >= 1, "must be >= 1"),
     "data.eval_batch_size": (lambda v: v == "auto" or v >= 1, "must be >= 1, or auto"),

@@ -81,6 +81,7 @@ class PairData:
     group_batches: int = 50  # batches per length-sorted chunk of the shuffled epoch; 1 = plain shuffling
     train_limit: int | None = None  # use only the first N training pairs (debugging)
     dev_limit: int | None = None  # use only the first N dev pairs (debugging)
+    test_limit: int | None = None  # score or predict only the first N test pairs (debugging)
     download: bool = True  # fetch the task's official archive when dir lacks the files
     archive_url: str | None = None  # another address for that archive (a mirror); null: the official one
     folds: int | None = None  # k-fold: train on the other folds of train+dev, evaluate on fold `fold`
@@ -153,8 +154,12 @@ class PairData:
         fetch_into(self.name, folder, missing, self.archive_url)
 
     def summary(self, checked: dict[str, CheckedFile]) -> list[str]:
-        """One line per checked file: ``train.json: 3316 pairs (0: 2290, 1: 1026)``, with any dropped lines."""
-        return [f"{split}: {file.path}: {describe(file.stats, self.labels)}" for split, file in checked.items()]
+        """One line per checked file: ``train.json: 3316 pairs (0: 2290, 1: 1026)``, with any dropped lines and, where
+        a limit applies, how many are used (a k-fold split is said by the folds)."""
+        limits = {} if self.folds else self.limits()
+        return [f"{split}: {file.path}: {describe(file.stats, self.labels)}"
+                + (f"; the first {min(limits[split], file.stats.pairs)} used (data.{split}_limit)" if split in limits
+                   else "") for split, file in checked.items()]  # fmt: skip
 
     # ------------------------------------------------------------------------------------ tokens and splits
     def tokenize(self, tokenizer, checked: dict[str, CheckedFile]) -> dict[str, Split]:
@@ -167,10 +172,15 @@ class PairData:
             splits[split] = Split([Source(tokens, read_again)])
         if self.folds:
             splits["train"], splits["dev"] = self.fold_split(splits["train"], splits["dev"])
-        for split, limit in (("train", self.train_limit), ("dev", self.dev_limit)):
-            if limit is not None:
+        for split, limit in self.limits().items():
+            if split in splits:
                 splits[split] = splits[split].select(np.arange(min(limit, len(splits[split]))))
         return splits
+
+    def limits(self) -> dict[str, int]:
+        """split -> the number of its first pairs used, where ``data.<split>_limit`` is set."""
+        given = {"train": self.train_limit, "dev": self.dev_limit, "test": self.test_limit}
+        return {split: limit for split, limit in given.items() if limit is not None}
 
     def load(self, tokenizer) -> dict[str, Split]:
         """``check`` then ``tokenize``: the splits of a run (for notebooks and tests)."""

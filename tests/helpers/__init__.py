@@ -28,10 +28,18 @@ def require(request, available: bool, message: str) -> None:
 
 
 def run_command(args: list, cwd: Path | None = None, timeout: float = 900, env: dict | None = None):
-    """A command as a user types it (offline), its output captured as text."""
-    return subprocess.run(
-        [str(a) for a in args], cwd=cwd, env=env or OFFLINE, capture_output=True, text=True, timeout=timeout
-    )
+    """A command as a user types it (offline), its output captured as text; this project's commands are forked
+    from a process that has imported their libraries already (``prewarmed``)."""
+    from . import prewarmed
+
+    return prewarmed.run(args, cwd=cwd, env=env or OFFLINE, timeout=timeout)
+
+
+def launch(args: list, cwd: Path | None = None, env: dict | None = None, **streams):
+    """``subprocess.Popen`` of a command as a user types it (offline), as ``run_command`` runs it."""
+    from . import prewarmed
+
+    return prewarmed.launch(args, cwd=cwd, env=env or OFFLINE, **streams)
 
 
 # a short offline training on the shared AFQMC data, as most end-to-end tests run it (add max_steps etc.)
