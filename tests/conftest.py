@@ -62,6 +62,7 @@ def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true", help="also run the slow end-to-end tests (CI does)")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:  # tests sharing a module's fixture (a trained run, a served UI) run on one worker: built once
         shared = sorted(name for name, defs in item._fixtureinfo.name2fixturedefs.items() if defs[-1].scope == "module")

@@ -7,17 +7,21 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, SHORT_RUN, mlflow_runs, run_command
+from helpers import REPO, SHORT_RUN, free_port, mlflow_runs, run_command
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
+
+
+def torchrun() -> list[str]:
+    """``torchrun --nproc_per_node 2`` on a port the OS has free now (tests run side by side)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
 
 
 @pytest.mark.parametrize("n,batch_size", [(203, 16), (97, 8), (96, 8)])
 def test_each_pair_once_per_epoch_across_processes(n, batch_size):
     proc = run_command(
-        TORCHRUN + [str(REPO / "tests" / "helpers" / "shard_check.py"), str(n), str(batch_size)],
+        torchrun() + [str(REPO / "tests" / "helpers" / "shard_check.py"), str(n), str(batch_size)],
         cwd=REPO,
         env={**ENV, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])},
         timeout=300,
@@ -63,7 +67,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     ]
     (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
     _, single = run(tmp_path / "one", [sys.executable], tmp_path / "one" / "run", overrides)
-    parallel_run, parallel = run(tmp_path / "two", TORCHRUN, tmp_path / "two" / "run", overrides)
+    parallel_run, parallel = run(tmp_path / "two", torchrun(), tmp_path / "two" / "run", overrides)
     assert parallel_run.data.params["data.batch_size"] == "16"  # the global batch, 8 per process
     assert len(parallel["dev/loss"]) == len(single["dev/loss"]) == 2
     # equal up to rounding (different matrix shapes per process), which Adam amplifies in near-zero gradients
@@ -91,7 +95,7 @@ def test_accelerate_launch_runs_two_processes_into_one_run(tmp_path):
         "--dynamo_backend",
         "no",
         "--main_process_port",
-        "29532",
+        str(free_port()),
     ]
     run_, history = run(tmp_path, launcher, tmp_path / "run")  # trainer.device=cpu: gloo on this GPU-less machine
     assert run_.data.tags["sys.num_processes"] == "2" and len(history["dev/loss"]) == 2
