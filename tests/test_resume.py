@@ -56,8 +56,10 @@ def uninterrupted(tmp_path_factory):
     return folder
 
 
-def resume_and_compare(folder, out, reference):
-    resumed = start(folder, f"resume={out}", "hydra.run.dir=" + str(folder / "resume_logs"))
+def resume_and_compare(folder, out, reference, by_run_id=False):
+    """``resume=`` the killed run (by its folder, or by its MLflow run id), then compare it with ``reference``."""
+    target = (out / "mlflow_run_id").read_text().strip() if by_run_id else out
+    resumed = start(folder, f"resume={target}", "hydra.run.dir=" + str(folder / "resume_logs"))
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
     compare(folder, out, reference)
 
@@ -91,14 +93,14 @@ def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path, 
 def test_a_kill_inside_a_checkpoint_write_still_resumes_exactly(tmp_path, uninterrupted, fault):
     """Killed in the 3rd checkpoint write (step 9): mid-write in the background thread the previous checkpoint
     (step 6) is intact; between the two renames of a swap the new one is put back. Either way the run ends
-    as if never killed."""
+    as if never killed (resumed by its MLflow run id, mid-write; by its folder, between the renames)."""
     out = tmp_path / "run"
     killed = run_command([*FAULTY, fault, "3", *COMMON, "trainer.checkpoint_in_background=true",  # as on a GPU
                           f"hydra.run.dir={out}"], cwd=tmp_path, env=ENV, timeout=600)  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     if fault == "between-renames":
         assert not (out / "last_checkpoint").exists() and (out / ".last_checkpoint.old").exists()
-    resume_and_compare(tmp_path, out, uninterrupted)
+    resume_and_compare(tmp_path, out, uninterrupted, by_run_id=fault == "mid-write")  # the id's tag finds the folder
 
 
 def test_the_same_command_again_continues_a_killed_run_and_never_rewrites_a_finished_one(tmp_path, uninterrupted):
@@ -132,16 +134,6 @@ def killed_after_its_first_checkpoint(tmp_path) -> Path:
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     return out
-
-
-def test_resume_by_mlflow_run_id(tmp_path):
-    out = killed_after_its_first_checkpoint(tmp_path)
-    run_id = (out / "mlflow_run_id").read_text().strip()
-    resumed = start(tmp_path, f"resume={run_id}", f"hydra.run.dir={tmp_path / 'logs'}")
-    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
-    run, metrics = histories(tmp_path)
-    assert run.info.run_id == run_id and run.info.status == "FINISHED"
-    assert [s for s, _ in metrics["train/loss"]] == [2, 4]
 
 
 def said(proc, wanted: str = "step 2/") -> None:

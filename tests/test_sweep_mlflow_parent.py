@@ -86,7 +86,7 @@ def test_a_k_fold_sweep_pools_out_of_fold_predictions_for_every_pair_once(tmp_pa
     from afqmc_exp.data.quickstart_sample import SAMPLE_DIR
 
     cmd = [sys.executable, str(REPO / "train.py"), "--multirun", *SHORT_RUN, f"data.dir={SAMPLE_DIR}",
-           "data.folds=3", "data.fold=0,1,2", "trainer.max_steps=3", "trainer.threshold=tune",
+           "data.folds=3", "data.fold=0,1,2", "data.dev_limit=null", "trainer.max_steps=3", "trainer.threshold=tune",
            f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
     proc = run_command(cmd, cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
