@@ -19,7 +19,7 @@ from helpers.tasks import write_task_files
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 LOCAL = ["model=minilm", "trainer.max_steps=2", "data.dev_limit=50"]  # the offline model, a few steps, a small dev
-SWEPT = [*LOCAL, "data.test_file=null", "tracking.log_weights=false"]  # each job's size: no test, no weights' copy
+SWEPT = [*LOCAL, "trainer.max_steps=1", "data.test_file=null", "tracking.log_weights=false"]  # each job's size
 TEST_PAIRS = 300  # predicting the AFQMC test file: its first 300 pairs
 # README command -> what is appended to run it here (None: nothing)
 RUN = {
