@@ -1,7 +1,8 @@
 """Figures of one run's best weights on the dev set, saved as PNG artifacts for the MLflow UI.
 
-Every task gets its confusion matrix (K x K, labelled with the task's labels); a binary task also gets the
-precision-recall and ROC curves of its positive label's probability. Curves are computed here with numpy
+Every task gets its confusion matrix (K x K, labelled with the task's labels) and its precision-recall and ROC
+curves: a binary task's of its positive label's probability, a task of three or more labels' one curve per label
+(that label against the rest). Curves are computed here with numpy
 (the same threshold sweep for PR and ROC); matplotlib is imported only when figures are drawn, with the
 non-interactive Agg backend so runs on servers need no display, and with its INFO logging off (on a new
 machine it announces the font cache it builds, after the run's summary).
@@ -55,14 +56,14 @@ def pyplot():
 
 def save_dev_plots(labels: np.ndarray, probs: np.ndarray, names: list[str], folder: Path, title: str = "",
                    threshold: float = 0.5) -> list[Path]:  # fmt: skip
-    """confusion_matrix.png (and, for two labels, pr_curve.png and roc_curve.png) in ``folder``."""
+    """confusion_matrix.png, pr_curve.png and roc_curve.png in ``folder``."""
     plt = pyplot()
 
     folder.mkdir(parents=True, exist_ok=True)
     side = 3.2 + 0.5 * len(names)
-    drawings = [("confusion_matrix.png", _draw_confusion, (side + 0.4, side))]
-    if len(names) == 2:
-        drawings += [("pr_curve.png", _draw_precision_recall, (4.6, 3.8)), ("roc_curve.png", _draw_roc, (4.6, 3.8))]
+    curve = (4.6, 3.8)
+    drawings = [("confusion_matrix.png", _draw_confusion, (side + 0.4, side)),
+                ("pr_curve.png", _draw_precision_recall, curve), ("roc_curve.png", _draw_roc, curve)]  # fmt: skip
     paths = []
     for name, draw, size in drawings:
         figure, ax = plt.subplots(figsize=size)
@@ -85,19 +86,28 @@ def _draw_confusion(ax, labels: np.ndarray, probs: np.ndarray, names: list[str],
     ax.set_title(f"dev confusion matrix ({rule})\n{title}".strip())
 
 
+def each_label(labels: np.ndarray, probs: np.ndarray, names: list[str]):
+    """(name, is it this label, its probability) per curve: the positive label of a binary task, else every label
+    against the rest."""
+    shown = [1] if len(names) == 2 else range(len(names))
+    return [(names[k], np.asarray(labels) == k, probs[:, k]) for k in shown]
+
+
 def _draw_precision_recall(ax, labels: np.ndarray, probs: np.ndarray, names: list[str], title: str, threshold):
-    c = curves(labels, probs[:, 1])
-    ax.plot(c["recall"], c["precision"])
-    ax.axhline(np.mean(labels), ls="--", c="grey", lw=1, label=f"always {names[1]!r}")
-    ax.set(xlabel=f"recall of {names[1]!r}", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+    for name, gold, scores in each_label(labels, probs, names):
+        c = curves(gold, scores)
+        line = ax.plot(c["recall"], c["precision"], label=f"{name!r}")[0]
+        ax.axhline(np.mean(gold), ls="--", c=line.get_color(), lw=1, label=f"always {name!r}")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
     ax.set_title(f"dev precision-recall\n{title}".strip())
-    ax.legend(loc="lower left")
+    ax.legend(loc="lower left", fontsize="small")
 
 
 def _draw_roc(ax, labels: np.ndarray, probs: np.ndarray, names: list[str], title: str, threshold: float):
-    c = curves(labels, probs[:, 1])
-    ax.plot(c["fpr"], c["tpr"], label=f"AUC {roc_auc(labels, probs[:, 1]):.3f}")
+    for name, gold, scores in each_label(labels, probs, names):
+        c = curves(gold, scores)
+        ax.plot(c["fpr"], c["tpr"], label=f"{name!r}: AUC {roc_auc(gold.astype(int), scores):.3f}")
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
-    ax.set(xlabel="false positive rate", ylabel=f"true positive rate of {names[1]!r}")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate")
     ax.set_title(f"dev ROC\n{title}".strip())
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize="small")

@@ -1,6 +1,7 @@
 """Every option of every config group composes and instantiates into the object the run uses."""
 
 import importlib
+import sys
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -188,7 +189,7 @@ def test_a_config_saved_by_the_first_release_is_checked_and_built(tmp_path):
     """What resume= and rerun= do with a config saved before modules moved, groups and keys were added: the old
     targets mapped, the regularizer it ran without filled in, absent keys left to their targets' defaults."""
     from afqmc_exp.commands.config_checks import validate
-    from afqmc_exp.moved_targets import upgrade
+    from afqmc_exp.commands.moved_targets import upgrade
 
     saved = upgrade(OmegaConf.load(REPO / "tests/helpers/saved_config_2026-11-25.yaml"))
     saved.model.name_or_path, saved.tracking.uri = str(packaged_minilm_path()), f"sqlite:///{tmp_path}/mlflow.db"
@@ -202,11 +203,11 @@ def test_a_config_saved_by_the_first_release_is_checked_and_built(tmp_path):
 
 def test_debug_fast_checks_a_config_without_scoring_the_test_file():
     cfg = compose(["debug=fast"])
-    assert cfg.trainer.max_steps == 5 and cfg.data.score_test is False
+    assert cfg.trainer.max_steps == 5 and cfg.data.score_test is False and cfg.data.dev_limit == 500
 
 
 def test_a_config_saved_before_the_move_names_todays_targets():
-    from afqmc_exp.moved_targets import upgrade
+    from afqmc_exp.commands.moved_targets import upgrade
 
     saved = OmegaConf.create({
         "optim": {"_target_": "afqmc_exp.optim.adamw", "lr": "${oc.env:NO_SUCH_VARIABLE}"},
@@ -229,7 +230,7 @@ def test_a_config_saved_before_the_move_names_todays_targets():
     for target in {v._target_ for v in saved.values()} - {"my_lab.models.load"}:
         module, name = target.rsplit(".", 1)
         assert hasattr(importlib.import_module(module), name), target
-    from afqmc_exp.moved_targets import MOVED
+    from afqmc_exp.commands.moved_targets import MOVED
 
     for old, new in MOVED.items():
         importlib.import_module(new)
@@ -239,3 +240,21 @@ def test_a_config_saved_before_the_move_names_todays_targets():
             else nullcontext()
         ):
             importlib.import_module(old)  # gone (two old modules are folders now)
+
+
+def test_the_help_names_the_training_command_as_it_was_typed(monkeypatch):
+    from omegaconf import OmegaConf
+
+    for started, shown in [("/venv/bin/afqmc-train", "afqmc-train"), ("/repo/train.py", "python train.py"),
+                           ("/site/afqmc_exp/__main__.py", "python -m afqmc_exp train")]:  # fmt: skip
+        monkeypatch.setattr(sys, "argv", [started, "--help"])
+        header = OmegaConf.create({"usage": "usage: ${afqmc.command:} [group=option ...]"})
+        assert header.usage == f"usage: {shown} [group=option ...]"
+
+
+def test_each_task_has_an_experiment_of_its_own_and_the_sample_is_not_called_afqmc():
+    experiments = {task: compose([f"data={task}"]).tracking.experiment for task in ("afqmc", "lcqmc", "cmnli", "pairs")}
+    assert experiments == {"afqmc": "afqmc", "lcqmc": "lcqmc", "cmnli": "cmnli", "pairs": "pairs"}
+    quickstart = compose(["experiment=quickstart"])
+    assert quickstart.data.name == quickstart.tracking.experiment == "quickstart"
+    assert compose(["data=lcqmc", "tracking.experiment=mine"]).tracking.experiment == "mine"

@@ -44,6 +44,8 @@ BAD_FILES = [
     ("gbk", GOOD.encode("gbk"), r"train.json:1: bytes that are not UTF-8.*iconv -f GBK"),
     ("not json", GOOD + "\n{oops\n", r"train.json:2: not valid JSON"),
     ("array", "[" + GOOD + "]", r"train.json:1: the file is one JSON array, not JSON lines.*data.format=json_array"),
+    ("csv", "q1,q2,answer\nhow do i pay,can i pay,same\n", r"train.json:1: a CSV line.*data.format=csv"),
+    ("tsv", "0\thow do i pay\tcan i pay\t1\n", r"train.json:1: a TSV line.*data.format=tsv"),
     ("json list line", GOOD + "\n[1, 2]\n", r"train.json:2: a JSON list"),
     ("missing sentence2", '{"sentence1": "a", "label": "0"}', r"train.json:1: sentence2 \(text_b\) is missing"),
     ("null sentence1", '{"sentence1": null, "sentence2": "a", "label": "0"}',

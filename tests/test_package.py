@@ -40,6 +40,8 @@ def test_the_wheel_installs_and_trains_outside_the_checkout(tmp_path):
     for command in ("afqmc-evaluate", "afqmc-predict", "afqmc-report"):
         helped = run_command([env_dir / "bin" / command, "--help"], cwd=work)
         assert helped.returncode == 0 and ("ckpt=" in helped.stdout or "experiment=" in helped.stdout), command
+    helped = run_command([env_dir / "bin" / "afqmc-train", "--help"], cwd=work)
+    assert helped.stdout.startswith("usage: afqmc-train [group=option ...]"), helped.stdout[:300]
     # each installed script exits 0 on success (scripts exit with what their entry point returns) and 1 on a typo
     best, dev = next(work.glob("outputs/*/*/best_model")), REPO / "afqmc_exp" / "data" / "quickstart" / "dev.json"
     for command, args in (("afqmc-predict", [f"ckpt={best}", "sentence1=how do i repay", "sentence2=can i repay"]),

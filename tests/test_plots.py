@@ -1,5 +1,6 @@
 """Dev-set figures: curves agree with scikit-learn, the confusion matrix counts (gold, predicted), PNGs are
-written: three for a binary task, the K x K confusion matrix for more labels."""
+written: the confusion matrix, PR and ROC curves for every task, one curve per label (against the rest) for three
+labels or more."""
 
 import numpy as np
 
@@ -40,4 +41,15 @@ def test_pngs_are_written(tmp_path):
     three = np.random.default_rng(0).dirichlet(np.ones(3), size=12)
     names = ["entailment", "neutral", "contradiction"]
     paths = save_dev_plots(np.arange(12) % 3, three, names, tmp_path / "nli", "run")
-    assert [p.name for p in paths] == ["confusion_matrix.png"] and paths[0].read_bytes()[:4] == b"\x89PNG"
+    assert [p.name for p in paths] == ["confusion_matrix.png", "pr_curve.png", "roc_curve.png"]
+
+
+def test_three_labels_get_one_curve_per_label_against_the_rest():
+    from afqmc_exp.plots import each_label
+
+    three = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.2, 0.5, 0.3]])
+    shown = each_label(np.array([0, 2, 1]), three, ["e", "n", "c"])
+    assert [name for name, _, _ in shown] == ["e", "n", "c"]
+    assert [gold.tolist() for _, gold, _ in shown] == [[True, False, False], [False, False, True], [False, True, False]]
+    assert shown[2][2].tolist() == [0.1, 0.6, 0.3]
+    assert [name for name, _, _ in each_label(np.array([0, 1]), binary([0.2, 0.8]), ["0", "1"])] == ["1"]

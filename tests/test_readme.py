@@ -45,6 +45,17 @@ RUN = {
     "python train.py --multirun hydra/launcher=joblib hydra.launcher.n_jobs=2 seed=1,2,3": SWEPT,
     "python train.py hparams_search=afqmc_optuna hydra.sweeper.n_trials=30": SWEPT,
     "python train.py resume=outputs/2026-11-25/10-00-00.123456": None,
+    "python train.py experiment=quickstart tracking.log_model=true tracking.register_as=quickstart-served": [
+        "trainer.max_steps=2"],
+}  # fmt: skip
+SERVE = ("MLFLOW_TRACKING_URI=sqlite:///mlflow.db mlflow models serve -m models:/quickstart-served/1 --env-manager "
+         "local --host 127.0.0.1 --port 5001")  # fmt: skip
+REQUESTS = {  # the README's serving requests -> how many answers each gets
+    "curl -s http://127.0.0.1:5001/invocations -H 'Content-Type: application/json' -d '{\"dataframe_records\": "
+    "[{\"sentence1\": \"how do i repay huabei\", \"sentence2\": \"how can i pay back huabei\"}]}'": 1,
+    "curl -s http://127.0.0.1:5001/invocations -H 'Content-Type: application/json' -d '{\"dataframe_split\": "
+    "{\"columns\": [\"text\", \"text_pair\"], \"data\": [[\"open an account\", \"close my account\"], "
+    "[\"pay by card\", \"can i pay with a card\"]]}}'": 2,
 }  # fmt: skip
 NOT_RUN = {  # README command -> why this test does not run it (and which test covers it, if any)
     'python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 -e ".[test]" && '
@@ -94,8 +105,8 @@ def readme_commands() -> list[str]:
 
 
 def test_every_readme_command_is_run_here_or_says_why_not():
-    commands = readme_commands()
-    assert set(commands) == set(RUN) | set(NOT_RUN), set(commands) ^ (set(RUN) | set(NOT_RUN))
+    commands, known = readme_commands(), set(RUN) | set(NOT_RUN) | {SERVE, *REQUESTS}
+    assert set(commands) == known, set(commands) ^ known
 
 
 def user_session(work: Path) -> dict:
@@ -141,6 +152,7 @@ def trained(tmp_path_factory):
     parent_id = next(r.info.run_id for r in runs if "sweep.dir" in r.data.tags and
                      "mlflow.parentRunId" not in r.data.tags)  # fmt: skip
     jobs = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert {r.data.params["data.name"] for r in jobs} == {"afqmc", "lcqmc", "bq"}  # one sweep: its parent's experiment
     with_weights = next(r.info.run_id for r in jobs if r.data.params.get("data.name") == "afqmc")
     return session, fast, parent_id, with_weights
 
@@ -212,3 +224,42 @@ def test_the_scoring_reporting_and_continuing_commands_work_as_written(trained):
     run("python train.py rerun=<run id>", session, **{"<run id>": debug_run})
     run("python train.py resume=outputs/2026-11-25/10-00-00.123456", session,
         **{"outputs/2026-11-25/10-00-00.123456": str(fast)})  # a finished run: it says so  # fmt: skip
+
+
+def test_the_serving_commands_work_as_written(session):
+    """The README's serving example: a quickstart-sized run logs and registers its model, ``mlflow models serve``
+    serves it (on a free port), and each ``curl`` request gets one answer per pair, in the CLUE files' columns and
+    in Hugging Face's."""
+    import os
+    import time
+    import urllib.request
+
+    from helpers import free_port, stop_mlflow
+
+    work = session["work"]
+    command = "python train.py experiment=quickstart tracking.log_model=true tracking.register_as=quickstart-served"
+    run(command, session, RUN[command])
+    port = str(free_port())
+    env = {**OFFLINE, "PATH": f"{BIN}{os.pathsep}{OFFLINE['PATH']}"}
+    with open(work / "serve.log", "w") as log:
+        server = subprocess.Popen(["bash", "-c", SERVE.replace("5001", port)], cwd=work, env=env,
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while True:  # until the server answers its health check
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None, (work / "serve.log").read_text()[-3000:]
+            assert time.time() < deadline, "mlflow models serve did not start"
+            time.sleep(0.5)
+        for request, pairs in REQUESTS.items():
+            said = subprocess.run(["bash", "-c", request.replace("5001", port)], env=env, capture_output=True,
+                                  text=True, timeout=120, check=True)  # fmt: skip
+            answers = json.loads(said.stdout)["predictions"]
+            assert len(answers) == pairs and all(set(a) == {"label", "prob", "probs"} for a in answers), said.stdout
+            assert all(a["label"] in ("0", "1") and set(a["probs"]) == {"0", "1"} for a in answers)
+    finally:
+        stop_mlflow(server)

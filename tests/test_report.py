@@ -107,3 +107,16 @@ def test_the_sample_standard_deviation_and_a_stated_tie_rule(tmp_path):
     assert list(frame["run"]) == ["c", "b", "a"]  # c and b tie on F1: the lower dev loss first
     pooled = by_config(frame, varying_params(frame)).set_index("config")
     assert pooled.loc["optim.lr=1", "objective_std"] == pytest.approx(0.1414, abs=1e-4)  # ddof=1 over 0.5, 0.7
+
+
+def test_a_search_s_trial_numbers_are_not_a_swept_param(tmp_path):
+    from afqmc_exp.tracking.comparison import rows_of, varying_params
+
+    def trial(number, lr):
+        info = type("Info", (), {"run_name": f"t{number}", "run_id": f"t{number}", "status": "FINISHED",
+                                 "start_time": number})  # fmt: skip
+        params = {"optim.lr": lr, "trainer.metric": "f1", "optuna.trial": str(number), "optuna.study": "s"}
+        data = type("Data", (), {"params": params, "tags": {}, "metrics": {"best/dev_f1": 0.5, "final/dev_loss": 1}})
+        return type("Run", (), {"info": info, "data": data})
+
+    assert varying_params(rows_of([trial(0, "1e-5"), trial(1, "2e-5")], "f1")) == ["optim.lr"]

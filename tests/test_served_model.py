@@ -59,3 +59,29 @@ def test_weights_without_our_facts_answer_with_the_defaults(weights):
     (weights / "afqmc_exp.json").unlink()
     model = served(weights)
     assert (model.labels, model.threshold, model.max_length) == (["0", "1"], 0.5, 128)
+
+
+def test_a_request_may_name_its_columns_as_the_clue_files_or_the_task_does(weights):
+    import json as json_module
+
+    from mlflow.exceptions import MlflowException
+
+    meta = {"labels": ["0", "1"], "max_length": 16, "fields": {"text_a": "q1", "text_b": "q2"}}
+    (weights / "afqmc_exp.json").write_text(json_module.dumps(meta))
+    model = served(weights)
+    firsts, seconds = [a for a, _ in PAIRS[:3]], [b for _, b in PAIRS[:3]]
+    expected = model.predict(None, pd.DataFrame({"text": firsts, "text_pair": seconds}))
+    for first, second in (("sentence1", "sentence2"), ("q1", "q2")):
+        got = model.predict(None, pd.DataFrame({first: firsts, second: seconds}))
+        assert got["prob"].tolist() == expected["prob"].tolist()
+    with pytest.raises(MlflowException, match="text/text_pair or sentence1/sentence2 or q1/q2"):
+        model.predict(None, pd.DataFrame({"question": firsts, "answer": seconds}))
+
+
+def test_the_logged_signature_lets_every_pair_of_columns_through(weights):
+    from afqmc_exp.tracking.served_model import pair_columns
+
+    assert pair_columns({}) == [("text", "text_pair"), ("sentence1", "sentence2")]
+    assert pair_columns({"fields": {"text_a": "q1", "text_b": "q2"}})[-1] == ("q1", "q2")
+    assert len(pair_columns({"fields": {"text_a": 1, "text_b": 2}})) == 2  # positions in a headerless TSV
+    assert len(pair_columns({"fields": {"text_a": "sentence1", "text_b": "sentence2"}})) == 2

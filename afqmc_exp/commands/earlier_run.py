@@ -26,9 +26,9 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from ..moved_targets import upgrade
 from ..run_folder import RunFolder, RunFolderDamaged
 from ..tracking.config import flatten
+from .moved_targets import upgrade
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,9 @@ members must answer with the same labels.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shlex
 import stat
@@ -71,12 +73,36 @@ class PredictArgs(EvaluateArgs):
 def evaluate_main(argv: Sequence[str] | None = None) -> None:
     """``afqmc-evaluate`` / ``python evaluate.py``. Returns None: an installed script exits with what its
     entry point returns (``sys.exit(main())``), so anything else would read as a failure."""
-    evaluate(parse_args(EvaluateArgs, sys.argv[1:] if argv is None else argv, "afqmc-evaluate"))
+    with saying_steps():
+        evaluate(parse_args(EvaluateArgs, sys.argv[1:] if argv is None else argv, "afqmc-evaluate"))
 
 
 def predict_main(argv: Sequence[str] | None = None) -> None:
     """``afqmc-predict`` / ``python predict.py``. Returns None (see ``evaluate_main``)."""
-    predict(parse_args(PredictArgs, sys.argv[1:] if argv is None else argv, "afqmc-predict"))
+    with saying_steps():
+        predict(parse_args(PredictArgs, sys.argv[1:] if argv is None else argv, "afqmc-predict"))
+
+
+class _Stderr(logging.Handler):
+    """Lines to whatever ``sys.stderr`` is when they are said (a test's capture, then the terminal again)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+@contextlib.contextmanager
+def saying_steps():
+    """This project's own info lines (which weights were taken, e.g. a sweep parent's best job) on stderr while a
+    command runs; stdout keeps only the answers."""
+    logger, handler = logging.getLogger("afqmc_exp"), _Stderr()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 # ------------------------------------------------------------------------------------------ the weights
@@ -142,21 +168,22 @@ def _owner(path: Path) -> str:
 def load_member(ckpt_uri: str, args: EvaluateArgs, accelerator) -> Member:
     from ..data import auto_eval_batch_size, auto_pad_to_multiple_of
     from ..model import label_names, load_pair_classifier, prepare_for_device
-    from ..training.checkpoint import MetaError, read_meta
+    from ..training.checkpoint import read_meta
+    from ..weights_facts import DEFAULTS, FactsError
 
     ckpt = weights_folder(ckpt_uri, args)
     try:
         meta, device_type = read_meta(ckpt), accelerator.device.type
-    except MetaError as error:
+    except FactsError as error:
         raise SystemExit(f"error: {error}") from None
     pretrained = prepare_for_device(load_pair_classifier(str(ckpt)), device_type)
     return Member(
         model=accelerator.prepare(pretrained.model),
         tokenizer=pretrained.tokenizer,
-        max_length=args.max_length or meta.get("max_length", 128),
+        max_length=args.max_length or meta.get("max_length", DEFAULTS["max_length"]),
         batch_size=args.batch_size or meta.get("eval_batch_size") or auto_eval_batch_size(device_type),
         pad_to_multiple_of=auto_pad_to_multiple_of(device_type),
-        threshold=meta.get("threshold", 0.5),
+        threshold=meta.get("threshold", DEFAULTS["threshold"]),
         labels=[str(label) for label in meta.get("labels") or label_names(pretrained.model.config)],
         meta=meta,
     )
@@ -166,13 +193,13 @@ class Scorer:
     """The members of ``args.ckpt``, scoring chunks of pairs: the mean of their class probabilities."""
 
     def __init__(self, args: EvaluateArgs):
-        from accelerate import Accelerator
+        from ..training.hardware import build_accelerator
 
         for key, least in (("batch_size", 1), ("max_length", 8)):
             value = getattr(args, key)
             if value is not None and value < least:
                 raise SystemExit(f"error: {key}={value}: must be >= {least}")
-        self.args, self.accelerator = args, Accelerator(cpu=args.device == "cpu")
+        self.args, self.accelerator = args, build_accelerator(args.device)  # training's kernels (TF32, attention)
         self.members = [load_member(c.strip(), args, self.accelerator) for c in args.ckpt.split(",") if c.strip()]
         self.labels = self.members[0].labels
         if any(m.labels != self.labels for m in self.members):

@@ -17,7 +17,6 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ..data import DataError
-from ..moved_targets import upgrade
 from ..run_folder import RunFolder
 from ..tracking import store
 from ..tracking.config import flatten
@@ -25,6 +24,7 @@ from ..tracking.masking import Masker, hide_run_config, install_log_filter, mask
 from ..tracking.store import first_line
 from .config_checks import ConfigError, validate
 from .earlier_run import saved_config
+from .moved_targets import upgrade
 
 log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # afqmc_exp/
@@ -48,19 +48,33 @@ def train_main() -> None:
 
 
 IN_THE_NAME = ("model", "data", "optim.lr", "data.batch_size", "seed")
+NOT_THE_EXPERIMENT = ("tracking", "resume", "rerun")  # where a run is recorded and how it started: not what it is
 
 
 def default_run_name(cfg: DictConfig, choices: dict, swept: list[str] = ()) -> str:
-    """Readable run names such as ``minilm-afqmc-lr2e-05-bs16-s42``: the model, the task, lr, batch, seed, and in a
-    sweep every other value it varies (``...-s42-epochs2``), so no two of its jobs share a name."""
+    """Short readable run names such as ``minilm-afqmc-lr2e-05-bs16-s42-7f3a``: the model, the task, lr, batch,
+    seed, then what tells runs apart. In a sweep that is every other value it varies (``...-s42-epochs2``, numbers
+    to 3 digits), so no two of its jobs share a name; elsewhere, four hex digits of the whole config's digest, so
+    a 40-step control and the full run differ while the same config run twice keeps its name."""
     model = choices.get("model") or Path(str(cfg.model.name_or_path)).name
     task = cfg.data.get("name", "afqmc")  # configs saved before there were tasks were AFQMC's
-    name = f"{model}-{task}-lr{cfg.optim.lr:g}-bs{cfg.data.batch_size}-s{cfg.seed}"
+    name = f"{model}-{task}-lr{cfg.optim.lr:.3g}-bs{cfg.data.batch_size}-s{cfg.seed}"
+    if not swept:
+        return f"{name}-{config_digest(cfg)[:4]}"
     for key in (k for k in swept if k not in IN_THE_NAME):
         value = choices.get(key) if key in choices else OmegaConf.select(cfg, key, default=None)
         shown = f"{value:.3g}" if isinstance(value, float) else str(value)
         name += f"-{key.rsplit('.', 1)[-1]}{shown}" if "." in key else f"-{shown}"
     return name
+
+
+def config_digest(cfg: DictConfig) -> str:
+    """SHA-1 of what the run is (its resolved config, less where it is recorded and how it started)."""
+    import hashlib
+
+    tree = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    what = {key: value for key, value in tree.items() if key not in NOT_THE_EXPERIMENT}
+    return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def find_run_dir(resume: str, tracking) -> Path:
@@ -111,7 +125,7 @@ class Start:
     output_dir: Path
     resume: bool = False
     tags: dict = field(default_factory=dict)  # what a rerun reruns
-    run_name: str | None = None  # a rerun keeps the run's name
+    run_name: str | None = None  # a rerun: the run's name, marked -rerun
 
 
 def train_from_config(cfg: DictConfig) -> float:
@@ -215,7 +229,10 @@ def rerun_config(run_id: str, tracking, hydra_cfg, output_dir: Path) -> tuple[Di
     if ignored:
         log.warning("rerun uses the run's own config; ignoring %s", " ".join(ignored))
     tags = {"rerun_of": run_id, "hydra.choices": original.data.tags.get("hydra.choices", "{}")}
-    return cfg, tags, original.info.run_name
+    name = f"{original.info.run_name.removesuffix('-rerun')}-rerun"  # its name, marked: told apart in the UI
+    log.info("a rerun of MLflow run %s (%s): its logged config, trained again as a new run %s", original.info.run_name,
+             run_id, name)  # fmt: skip
+    return cfg, tags, name
 
 
 def discard_if_unused(output_dir: Path) -> None:
@@ -279,12 +296,14 @@ def _train(start: Start, hydra_cfg, masker: Masker, in_sweep: bool) -> float:
     from hydra.utils import instantiate
 
     from ..tracking.pruning import trial_reporter
-    from ..tracking.sweep import parent_run_id, swept_in
+    from ..tracking.sweep import parent_experiment, parent_run_id, swept_in
     from ..training.run import Recipe, RunTracking, run
 
     cfg, output_dir = start.cfg, start.output_dir
     tracking = instantiate(cfg.tracking)
     choices = saved_choices(output_dir) if start.resume else dict(hydra_cfg.runtime.choices)  # the run's own options
+    if in_sweep:  # nested under the sweep's parent, in its experiment
+        tracking.experiment = parent_experiment(hydra_cfg.sweep.dir) or tracking.experiment
     if not tracking.run_name:
         swept = swept_in(hydra_cfg.sweep.dir) if in_sweep else []
         tracking.run_name = start.run_name or default_run_name(cfg, choices, swept)
@@ -298,7 +317,8 @@ def _train(start: Start, hydra_cfg, masker: Masker, in_sweep: bool) -> float:
         regularizer=instantiate(cfg.regularizer),
     )  # fmt: skip
     # tags only feed the MLflow run: without one, MLflow is never imported (it takes a while to import)
-    tags = {**run_tags(hydra_cfg, choices, output_dir, masker, in_sweep), **start.tags} if tracking.enabled else {}
+    tags = {} if not tracking.enabled else {**run_tags(hydra_cfg, choices, output_dir, masker, in_sweep),
+                                            **subject_tags(cfg, choices), **start.tags}  # fmt: skip
     tracked = RunTracking(
         tracking, params=masker.values(flatten(OmegaConf.to_container(cfg, resolve=True))), tags=tags,
         parent_run_id=parent_run_id(hydra_cfg.sweep.dir) if in_sweep else None, masker=masker,
@@ -315,6 +335,13 @@ def saved_choices(output_dir: Path) -> dict:
     if not path.exists():
         return {}
     return dict(OmegaConf.select(OmegaConf.load(path), "hydra.runtime.choices", default={}) or {})
+
+
+def subject_tags(cfg: DictConfig, choices: dict) -> dict[str, str]:
+    """What was trained on what, as columns the UI can show and filter (``tags.model = 'minilm'``)."""
+    model = choices.get("model") or Path(str(cfg.model.name_or_path)).name
+    return {"model": model, "model.name": str(cfg.model.name_or_path), "task": str(cfg.data.get("name", "afqmc")),
+            "metric": str(cfg.trainer.metric)}  # fmt: skip
 
 
 def run_tags(hydra_cfg, choices: dict, output_dir: Path, masker: Masker, in_sweep: bool) -> dict[str, str]:

@@ -212,14 +212,25 @@ def _cells(obj: dict, fields: tuple) -> tuple:
     return tuple(obj.get(f, MISSING) if f is not None else MISSING for f in fields)
 
 
+def not_lines(line: str, where: str) -> None:
+    """A first line that says the file is written in another format: refused with the ``data.format`` to set."""
+    start = line.lstrip()[:1]
+    if start == "[":
+        raise DataError(f"{where}: the file is one JSON array, not JSON lines (one object per line); "
+                        "set data.format=json_array to read it as it is")  # fmt: skip
+    delimited = "tsv" if "\t" in line else "csv" if "," in line else None
+    if start != "{" and delimited:
+        raise DataError(f"{where}: a {delimited.upper()} line, not JSON lines (one object per line); set "
+                        f"data.format={delimited} (and data.fields to its columns) to read it as it is")  # fmt: skip
+
+
 def read_json_lines(path: Path, fields: tuple) -> Iterator[Row]:
     first = True
     for number, line in text_lines(path):
         if not line.strip():
             continue
-        if first and line.lstrip().startswith("["):
-            raise DataError(f"{path}:{number}: the file is one JSON array, not JSON lines (one object per line); "
-                            "set data.format=json_array to read it as it is")  # fmt: skip
+        if first:
+            not_lines(line, f"{path}:{number}")
         first = False
         yield number, _cells(json_object(line, f"{path}:{number}", fields), fields)
 

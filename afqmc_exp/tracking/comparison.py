@@ -42,6 +42,7 @@ NOT_DESIGN = (
     "trainer.checkpoint_every",
     "trainer.keep_last_checkpoint",
     "data.num_workers",
+    "optuna.",  # a search's plumbing: which trial of which study a job is (its values are swept keys of their own)
 )
 
 

@@ -267,7 +267,8 @@ class Run:
         except MlflowException:  # it exists already
             pass
         source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{artifact_path}"
-        version = self.client.create_model_version(name, source=source, run_id=self.run_id)
+        described = version_description(self.client, self.run_id, self.folder / artifact_path)
+        version = self.client.create_model_version(name, source=source, run_id=self.run_id, **described)
         self.client.set_tag(self.run_id, "registered_model_version", f"{name}/{version.version}")
         log.info("registered %s as models:/%s/%s", artifact_path, name, version.version)
 
@@ -317,6 +318,26 @@ def _table(jsonl: str):
     return frame
 
 
+def version_description(client, run_id: str, weights: Path) -> dict:
+    """What a registered version says in the registry (its description and tags): the task, the metric and the
+    weights' best dev value, the source run, the base model and the training data's digest, read from the weights'
+    facts (``weights_facts``) and the run's dataset inputs."""
+    from ..weights_facts import read_facts
+
+    facts, run = read_facts(weights), client.get_run(run_id)
+    task, metric = facts.get("task", "?"), facts.get("metric", "?")
+    value = facts.get(metric)
+    train = next((d.dataset.digest for d in run.inputs.dataset_inputs
+                  if any(t.key == "mlflow.data.context" and t.value == "training" for t in d.tags)), "")  # fmt: skip
+    tags = {"task": task, "metric": metric, f"dev_{metric}": f"{value:.4f}" if value is not None else "",
+            "source_run": run_id, "base_model": str(facts.get("base_model", "")), "data_digest": train}  # fmt: skip
+    shown = f"{value:.4f}" if value is not None else "?"
+    base = Path(tags["base_model"]).name or "?"
+    description = (f"{task}: dev {metric} {shown} at step {facts.get('step', '?')}, run {run.info.run_name} "
+                   f"({run_id}); base model {base}; training data {train or '?'}")  # fmt: skip
+    return {"description": description, "tags": tags}
+
+
 def _log_inputs(client, run_id: str, datasets: list[dict]) -> None:
     import json
 
@@ -340,14 +361,18 @@ def _log_served_model(client, run_id: str, folder: str, register_as: str | None)
     import pandas as pd
     import torch
     import transformers
+    from mlflow.models import ModelSignature
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri  # the fluent API's store, put back after
+    from mlflow.types import ColSpec, Schema
 
-    from .. import answers
+    from .. import answers, weights_facts
     from ..model import quiet_transformers
     from . import served_model
     from .masking import mask_uri
 
     example = pd.DataFrame({"text": ["花呗怎么还款"], "text_pair": ["花呗如何还钱"]})
+    columns = dict.fromkeys(n for pair in served_model.pair_columns(weights_facts.read_facts(folder)) for n in pair)
+    signature = ModelSignature(inputs=Schema([ColSpec("string", name, required=False) for name in columns]))
     requirements = [f"mlflow=={mlflow.__version__}", f"transformers=={transformers.__version__}",
                     f"torch=={torch.__version__.split('+')[0]}", "pandas", "numpy"]  # fmt: skip
     tracking_uri = client.tracking_uri
@@ -356,13 +381,15 @@ def _log_served_model(client, run_id: str, folder: str, register_as: str | None)
         warnings.simplefilter("ignore", UserWarning)
         with mlflow.start_run(run_id=run_id):  # the model is logged into the active run
             info = mlflow.pyfunc.log_model(name="model", python_model=served_model.__file__,
-                                           artifacts={"weights": str(folder)}, code_paths=[answers.__file__],
+                                           artifacts={"weights": str(folder)}, signature=signature,
+                                           code_paths=[answers.__file__, weights_facts.__file__],
                                            input_example=example, pip_requirements=requirements)  # fmt: skip
         served = info.model_uri
         if register_as:
             with contextlib.suppress(mlflow.exceptions.MlflowException):  # it exists already
                 client.create_registered_model(register_as)
-            version = client.create_model_version(register_as, info.model_uri, run_id=run_id, model_id=info.model_id)
+            version = client.create_model_version(register_as, info.model_uri, run_id=run_id, model_id=info.model_id,
+                                                  **version_description(client, run_id, Path(folder)))  # fmt: skip
             client.set_tag(run_id, "registered_model_version", f"{register_as}/{version.version}")
             served = f"models:/{register_as}/{version.version}"
     client.update_run(run_id, status="RUNNING")  # leaving the fluent run ended it; the "end" record closes it

@@ -39,8 +39,7 @@ def local_weights(ckpt: str, tracking_uri: str | None = None) -> Path:
         uri, key = _pinned(client, ckpt)
         return _on_this_disk(client, uri) or _cached(uri, key, tracking_uri)
     except MlflowException as error:
-        message = (str(error).strip().splitlines() or ["not found"])[0]
-        raise FetchError(f"ckpt={ckpt}: {message[:300]} (store: {tracking_uri})") from None
+        raise FetchError(f"ckpt={ckpt}: {store.first_line(error)} (store: {tracking_uri})") from None
 
 
 def _pinned(client, ckpt: str) -> tuple[str, str]:
@@ -51,7 +50,15 @@ def _pinned(client, ckpt: str) -> tuple[str, str]:
         raise FetchError(f"ckpt={ckpt}: a path inside the run or model may not hold '..' or start at '/'")
     if ckpt.startswith("runs:/"):
         run_id, _, path = ckpt[len("runs:/") :].partition("/")
-        best = client.get_run(run_id).data.tags.get("sweep.best_run_id")  # a sweep's parent: its best job
+        tags = client.get_run(run_id).data.tags
+        best = tags.get("sweep.best_run_id")  # a sweep's parent: its best job
+        if best:
+            log.info(
+                "run %s is a sweep's parent: scoring its best job, %s (run %s)",
+                run_id,
+                tags.get("sweep.best_run_name", "?"),
+                best,
+            )
         run_id = best or run_id
         return f"runs:/{run_id}/{path}", f"runs/{run_id}/{path or 'root'}"
     name, version = _model_version(client, ckpt[len("models:/") :])

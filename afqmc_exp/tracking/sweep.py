@@ -4,7 +4,9 @@ A Hydra callback (registered in ``conf/train.yaml``) opens the parent run when a
 launching process and before any job: that also creates a new SQLite store before parallel jobs
 (``hydra/launcher=joblib``) could race to create it. The parent's id is written into the sweep folder,
 where every job (in this process or another) finds it and nests its own run under it
-(``mlflow.parentRunId``). Its name says when and what was swept (``sweep 2026-11-26 14:02 · optim.lr×3
+(``mlflow.parentRunId``) in the parent's experiment (``parent_experiment``: a sweep over ``data`` is one row in
+the experiment of the sweep's own config, not scattered over each task's). Its name says when and what was swept
+(``sweep 2026-11-26 14:02 · optim.lr×3
 seed×3``). When the sweep ends the parent gets the best child's objective and run id, a description
 linking it, the report of its jobs (``comparison``: Markdown, CSV, plots) and the sweep's ``multirun.yaml``
 as artifacts; a registered model version of the best job gets the alias ``champion``; the console's
@@ -38,12 +40,18 @@ from .masking import Masker, hide_run_config, install_log_filter
 
 log = logging.getLogger(__name__)
 PARENT_RUN_FILE = "mlflow_parent_run_id"
+PARENT_EXPERIMENT_FILE = "mlflow_experiment"  # the parent's experiment: its jobs are recorded there
 SWEPT_FILE = "swept_keys.json"  # in the sweep folder: what the sweep varies, for its jobs' run names
 
 
 def parent_run_id(sweep_dir: str | Path) -> str | None:
     path = Path(sweep_dir) / PARENT_RUN_FILE
     return path.read_text().strip() if path.exists() else None
+
+
+def parent_experiment(sweep_dir: str | Path) -> str | None:
+    path = Path(sweep_dir) / PARENT_EXPERIMENT_FILE
+    return path.read_text(encoding="utf-8").strip() if path.exists() else None
 
 
 class MlflowSweepCallback(Callback):
@@ -86,6 +94,7 @@ class MlflowSweepCallback(Callback):
         self.run.set_tags(context_tags(Path.cwd()))  # the runs table's Source and User for the sweep's row
         self.run.log_datasets(sweep_datasets(config))
         (sweep_dir / PARENT_RUN_FILE).write_text(self.run.run_id + "\n")
+        (sweep_dir / PARENT_EXPERIMENT_FILE).write_text(tracking.experiment + "\n", encoding="utf-8")
         (sweep_dir / SWEPT_FILE).write_text(json.dumps(list(swept_keys(config))) + "\n")
         atexit.register(self.close, crashed=True)  # Hydra skips on_multirun_end when a job raises
 

@@ -4,7 +4,8 @@ A run's output folder holds
 
 * ``best_model/``: a ``save_pretrained`` folder (safetensors weights, config, tokenizer) plus
   ``afqmc_exp.json``, the facts needed to use the weights as they were trained (max_length, batch size,
-  metric, step). Anyone's ``AutoModelForSequenceClassification.from_pretrained`` loads it.
+  metric, step; ``weights_facts`` owns that file). Anyone's
+  ``AutoModelForSequenceClassification.from_pretrained`` loads it.
 * ``last_checkpoint/``: the weights, the optimizer and scheduler states, every process's RNG states and
   :class:`TrainState` (where training stands), enough to continue exactly where a run was killed.
 
@@ -36,7 +37,6 @@ import contextlib
 import copy
 import ctypes
 import errno
-import json
 import logging
 import os
 import random
@@ -49,12 +49,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..files import follow_umask
+from ..files import follow_umask, replaced_file
 from ..run_folder import RunFolder
+from ..weights_facts import FILE as FACTS_FILE
+from ..weights_facts import facts_text, read_facts
 
 log = logging.getLogger(__name__)
 
-META_FILE = "afqmc_exp.json"  # beside saved weights: how they were trained and how to feed them
 TRAINER_STATE = "trainer_state.pt"
 WEIGHTS = "model.safetensors"
 EXTRA_WEIGHTS = "extra.safetensors"  # tensors kept beside the model, e.g. the EMA of the weights
@@ -321,30 +322,16 @@ def save_best_model(pretrained, folder: Path, meta: dict, accelerator) -> None:
     with atomic_dir(folder) as staging, quiet_transformers():
         accelerator.unwrap_model(pretrained.model).save_pretrained(staging, safe_serialization=True)
         pretrained.tokenizer.save_pretrained(staging)
-        (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        (staging / FACTS_FILE).write_text(facts_text(meta), encoding="utf-8")
 
 
 def update_meta(folder: Path, **facts) -> None:
-    """Add facts learnt after saving (e.g. the tuned threshold) to the best weights' meta."""
-    path = Path(folder) / META_FILE
-    path.write_text(json.dumps({**read_meta(folder), **facts}, indent=2) + "\n")
+    """Add facts learnt after saving (e.g. the tuned threshold) to the best weights' facts."""
+    with replaced_file(Path(folder) / FACTS_FILE) as out:
+        out.write(facts_text({**read_meta(folder), **facts}))
 
 
 def read_meta(folder: str | Path) -> dict:
-    """Training facts saved beside our weights (max_length, eval batch size...); {} for foreign folders."""
+    """The facts saved beside our weights (``weights_facts``), once a swap a kill interrupted is put right."""
     recover(Path(folder))
-    path = Path(folder) / META_FILE
-    if not path.exists():
-        return {}
-    try:
-        meta = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as error:
-        raise MetaError(f"{path}: damaged ({error}); delete it to use the weights with the defaults "
-                        "(max_length 128, threshold 0.5, labels from config.json)") from None  # fmt: skip
-    if not isinstance(meta, dict):
-        raise MetaError(f"{path}: not a JSON object; delete it to use the weights with the defaults")
-    return meta
-
-
-class MetaError(ValueError):
-    """The facts saved beside weights cannot be read; the message says which file and what to do."""
+    return read_facts(folder)

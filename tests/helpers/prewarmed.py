@@ -44,7 +44,7 @@ class Server:
         log = open(self.folder / "server.log", "w")
         self.process = subprocess.Popen([sys.executable, str(HERE / "prewarmed_server.py"), self.socket],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=self.env,
-                                        cwd=self.folder, text=True)  # fmt: skip
+                                        cwd=self.folder, text=True, start_new_session=True)  # fmt: skip
         ready = self.process.stdout.readline().strip()
         assert ready == "ready", f"the prewarmed server did not start: {(self.folder / 'server.log').read_text()}"
         atexit.register(self.stop)
@@ -178,8 +178,8 @@ def run(args, cwd=None, env=None, timeout: float | None = None, text=True) -> su
     process = launch(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=text)
     try:
         out, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    except BaseException:  # a timeout, or Ctrl-C: the command goes with the test (its server is in a session of
+        process.kill()  # its own, so the terminal's Ctrl-C reaches pytest alone and one stops the suite)
         process.communicate()
         raise
     return subprocess.CompletedProcess([str(a) for a in args], process.returncode, out, err)
