@@ -36,7 +36,7 @@ def test_each_task_trains_two_steps_on_its_official_files(tmp_path, task):
     assert len(test) == 8 and all(row["label"] in names for row in test)
     if task in ("bq", "pawsx"):  # labelled test files are scored
         assert f"final/test_{metric}" in result
-    client, runs = mlflow_runs(tmp_path, "afqmc")
+    client, runs = mlflow_runs(tmp_path, task)  # each task its own experiment
     (run,) = runs
     assert f"-{task}-" in run.info.run_name and run.info.status == "FINISHED"
     files = sorted(p.name for p in folder.iterdir())
@@ -60,7 +60,8 @@ def test_three_classes_are_learned_and_scored_as_scikit_learn_scores_them(tmp_pa
     for name, value in zip(NLI, f1_score(gold, guess, average=None, labels=NLI), strict=True):
         assert result[f"final/dev_f1_{name}"] == pytest.approx(value)
     assert all(row["label"] == max(row["probs"], key=row["probs"].get) for row in dev)
-    assert "pr_curve.png" not in {p.name for p in (tmp_path / "run" / "plots").iterdir()}
+    plots = {p.name for p in (tmp_path / "run" / "plots").iterdir()}  # one curve per label against the rest
+    assert {"confusion_matrix.png", "pr_curve.png", "roc_curve.png"} <= plots
     # the weights answer with the task's labels everywhere: predict.py and evaluate.py read the task's files
     pair = ["sentence1=how do i close my wallet", "sentence2=i want to cancel my wallet"]
     said = run_command([sys.executable, REPO / "predict.py", f"ckpt={tmp_path / 'run' / 'best_model'}", *pair])
