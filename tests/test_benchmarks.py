@@ -104,3 +104,17 @@ def test_ops_per_step_counts_what_bf16_autocast_adds(afqmc_dir):
     assert fp32["host_reads"] == bf16["host_reads"] == 0
     assert fp32["casts"] <= 2 < 400 < bf16["casts"]  # 12 layers: ~200 weights and biases, each cast twice
     assert bf16["ops_per_step"] - fp32["ops_per_step"] == bf16["casts"] - fp32["casts"]
+
+
+def test_sweep_idle_compares_batches_and_free_slots_on_one_search():
+    """benchmarks/sweep_idle.py, tiny: both arms run the same search; the last line's JSON has each arm's makespan
+    and slot idle, and their ratio."""
+    from helpers import run_command
+
+    proc = run_command([sys.executable, REPO / "benchmarks" / "sweep_idle.py", "--jobs", "2", "--trials", "4",
+                        "--unit", "0.01", "--rounds", "1"])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    for arm in ("batches (Hydra)", "slots (afqmc-exp)"):
+        assert 0 <= report[arm]["slot_idle"] < 1 and report[arm]["makespan_s"] > 0
+    assert report["makespan_ratio"] > 0 and (report["jobs"], report["trials"]) == (2, 4)

@@ -20,11 +20,12 @@ def test_the_wheel_installs_and_trains_outside_the_checkout(tmp_path):
     wheel = next((tmp_path / "dist").glob("afqmc_exp-*.whl"))
     # a fresh environment that sees this one's dependencies (a .pth line) but gets afqmc-exp only from the wheel
     env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=True)
+    venv.create(env_dir, with_pip=False)  # installed into by this environment's pip (--python): no ensurepip
     python = env_dir / "bin" / "python"
     site = run_command([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
     (Path(site) / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    installed = run_command([python, "-m", "pip", "install", "--no-deps", "--no-index", wheel], timeout=600)
+    installed = run_command([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index",
+                             wheel], timeout=600)  # fmt: skip
     assert installed.returncode == 0, installed.stderr[-3000:]
     work = tmp_path / "elsewhere"
     work.mkdir()

@@ -44,6 +44,8 @@ RUN = {
     "python train.py --multirun optim.lr=1e-5,2e-5,3e-5 seed=1,2,3": SWEPT,
     "python train.py --multirun hydra/launcher=joblib hydra.launcher.n_jobs=2 seed=1,2,3": SWEPT,
     "python train.py hparams_search=afqmc_optuna hydra.sweeper.n_trials=30": SWEPT,
+    "python train.py hparams_search=afqmc_optuna hydra/launcher=joblib hydra.launcher.n_jobs=2 hydra.sweeper.n_jobs=2 "
+    "hydra.sweeper.n_trials=40": SWEPT,
     "python train.py resume=outputs/2026-11-25/10-00-00.123456": None,
     "python train.py experiment=quickstart tracking.log_model=true tracking.register_as=quickstart-served": [
         "trainer.max_steps=2"],
@@ -72,6 +74,9 @@ NOT_RUN = {  # README command -> why this test does not run it (and which test c
     "python train.py --multirun experiment=clue_bert data.dir=/path/to/afqmc seed=1,2,3,4,5 "
     "tracking.experiment=tricks-afqmc $variant": "a GPU recipe with bert-base-chinese from the Hub",
     "done": "the loop above",
+    'sbatch --array=0-7 --gres=gpu:1 --wrap "python train.py hparams_search=afqmc_optuna '
+    'hydra.sweeper.storage=postgresql://optuna:PASSWORD@db-host:5432/optuna hydra.sweeper.n_trials=200"': "a SLURM "
+    "cluster (the workers of one study: test_sweep_parent.py, test_sweep_optuna_and_launchers.py)",
     "afqmc-report experiment=tricks-afqmc": "the report of that GPU recipe",
     "accelerate launch --multi_gpu --num_processes 4 train.py model=roberta data.batch_size=64": "4 GPUs",
     "torchrun --nproc_per_node 4 train.py model=roberta": "4 GPUs (2 CPU processes: test_multiprocess.py)",
@@ -193,8 +198,24 @@ def test_the_training_commands_work_as_written(session):
 
 
 def test_the_sweep_commands_work_as_written(session):
-    for command in [c for c in RUN if "seed=1,2,3" in c or "hparams_search" in c]:
-        run(command, session, [*RUN[command], f"data.dir={AFQMC}"], **{"n_trials=30": "n_trials=2"})
+    sizes = {"n_trials=30": "n_trials=2", "seed=1,2,3": "seed=1,2"}  # 6 jobs of the grid's 9, 2 of joblib's 3
+    for command in [c for c in RUN if "seed=1,2,3" in c or "n_trials=30" in c]:
+        run(command, session, [*RUN[command], f"data.dir={AFQMC}"], **sizes)
+
+
+def test_an_asynchronous_search_in_two_processes_works_as_written(session):
+    """Trials in joblib's two processes, each slot given the next trial as it frees: the study's total run once,
+    every trial a run under one parent."""
+    import optuna
+
+    command = next(c for c in RUN if "hydra.sweeper.n_jobs=2" in c)
+    run(command, session, [*RUN[command], f"data.dir={AFQMC}"], **{"n_trials=40": "n_trials=3"})
+    study = optuna.load_study(study_name="afqmc_minilm", storage=f"sqlite:///{session['work'] / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    runs = latest_run(session["work"], "afqmc")[1]
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED" and len(children) == 3 and parent.data.tags["sweep.study"] == "afqmc_minilm"
 
 
 def test_the_scoring_reporting_and_continuing_commands_work_as_written(trained):

@@ -260,3 +260,62 @@ def test_two_workers_on_one_new_study_run_its_total_and_no_more_quietly(tmp_path
     study = workers[0]._load_study()
     counted = [t for t in study.trials if not t.user_attrs.get("afqmc.over_total")]
     assert len(counted) == 5 and all(t.state.name == "COMPLETE" for t in counted)
+
+
+def test_a_worker_says_whether_it_leaves_the_study_complete(tmp_path):
+    """What the sweep's MLflow callback reads to close the study's shared parent run, or leave it to the last worker."""
+    import json
+
+    from hydra_plugins.afqmc_optuna_sweeper.optuna_sweeper import beating
+
+    def said(sweeper):
+        sweeper.sweep([])
+        return json.loads((tmp_path / "sweep" / "optuna_study.json").read_text())
+
+    other = worker(tmp_path, 3)
+    study = other._load_study()
+    elsewhere = study.ask()  # another worker's trial, still running
+    with beating(study, [elsewhere]):
+        assert said(worker(tmp_path, 3)) == {"study": "s", "complete": False}
+    study.tell(elsewhere, 0.5)
+    assert said(worker(tmp_path, 3)) == {"study": "s", "complete": True}
+
+
+class GatedLauncher(ImmediateLauncher):
+    """Trial 0 runs until a third trial has started; every other trial ends at once. Launched in batches of two,
+    trial 0 would wait for a trial that only starts after it ends."""
+
+    def __init__(self):
+        import threading
+
+        super().__init__()
+        self.third_started, self.waited = threading.Event(), None
+
+    def launch(self, batch, initial_job_idx):
+        if initial_job_idx == 2:
+            self.third_started.set()
+        if initial_job_idx == 0:
+            self.waited = self.third_started.wait(timeout=30)
+        return super().launch(batch, initial_job_idx)
+
+
+def test_a_free_slot_gets_the_next_trial_while_a_long_one_still_runs(tmp_path):
+    sweeper = worker(tmp_path, 4, n_jobs=2)
+    sweeper.launcher = GatedLauncher()
+    sweeper.sweep([])
+    assert sweeper.launcher.waited is True  # trial 2 started in trial 1's slot while trial 0 was running
+    study = sweeper._load_study()
+    assert len(sweeper.launcher.launched) == 4 and [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+
+
+def test_the_basic_launcher_and_async_trials_off_get_batches(tmp_path):
+    class BasicLauncher(ImmediateLauncher):  # Hydra's: one job at a time, in this process
+        def launch(self, batch, initial_job_idx):
+            self.sizes = [*getattr(self, "sizes", []), len(batch)]
+            return super().launch(batch, initial_job_idx)
+
+    for launcher, async_trials in ((BasicLauncher(), True), (BasicLauncher(), False)):
+        sweeper = worker(tmp_path / str(async_trials), 5, n_jobs=2)
+        sweeper.launcher, sweeper.async_trials = launcher, async_trials
+        sweeper.sweep([])
+        assert launcher.sizes == [2, 2, 1]

@@ -222,3 +222,64 @@ def test_a_sweep_whose_every_job_failed_names_no_best(tmp_path, at_exit):
     parent = client.get_run(parent_id)
     assert parent.info.status == "FAILED" and "sweep.best_run_id" not in parent.data.tags
     assert "best/dev_accuracy" not in parent.data.metrics and parent.data.tags["sweep.failed_jobs"] == "2"
+
+
+def study_worker(tmp_path, at_exit, name):
+    """One worker of the Optuna study ``s`` (another terminal, machine or SLURM array task), its own sweep folder."""
+    config = sweep_config(tmp_path, task=["seed=1"], sweeper="afqmc_optuna", searched={"optim.lr": "interval(1, 2)"})
+    config.hydra.sweep.dir, config.hydra.sweeper.study_name = str(tmp_path / name), "s"
+    config.hydra.sweeper.storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    callback = MlflowSweepCallback()
+    callback.on_multirun_start(config)
+    return callback
+
+
+def study_ends(callback, complete):
+    """The sweeper's last word on the study, as it leaves it in the worker's sweep folder, then the worker's end."""
+    (callback.sweep_dir / sweep.STUDY_FILE).write_text(json.dumps({"study": "s", "complete": complete}))
+    callback.close()
+
+
+def test_the_workers_of_one_study_share_one_parent_and_the_last_to_end_closes_it(tmp_path, at_exit):
+    first, second = study_worker(tmp_path, at_exit, "first"), study_worker(tmp_path, at_exit, "second")
+    parent_id, client = first.run.run_id, first.run.client
+    assert second.run.run_id == parent_id == parent_run_id(tmp_path / "second")  # its jobs nest under it too
+    assert client.get_run(parent_id).data.tags["sweep.study"] == "s"
+    job(tmp_path, parent_id, "first's", objective=0.6)
+    second_best = job(tmp_path, parent_id, "second's", objective=0.8)
+    study_ends(first, complete=False)  # the second worker still runs a trial
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "RUNNING" and parent.data.tags["sweep.best_run_id"] == second_best
+    study_ends(second, complete=True)
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.jobs"] == "2"
+    assert parent.data.metrics["best/dev_accuracy"] == 0.8
+    experiment = client.get_experiment_by_name("sweeps").experiment_id
+    assert len(client.search_runs([experiment], "tags.`sweep.study` = 's'")) == 1
+
+
+def test_two_workers_making_the_study_s_parent_at_once_keep_the_earlier(tmp_path, at_exit, monkeypatch):
+    """The other worker made its parent between this one's search and its own: this one's is deleted, unused."""
+    from afqmc_exp.tracking import store
+
+    other = study_worker(tmp_path, at_exit, "other")
+    real_client = store.client
+
+    class Late:  # this worker's first search comes before the other worker's parent was there
+        def __init__(self, client):
+            self.client, self.searches = client, 0
+
+        def __getattr__(self, name):
+            return getattr(self.client, name)
+
+        def search_runs(self, *args, **kwargs):
+            self.searches += 1
+            return [] if self.searches == 1 else self.client.search_runs(*args, **kwargs)
+
+    monkeypatch.setattr(store, "client", lambda *args, **kwargs: Late(real_client(*args, **kwargs)))
+    late = study_worker(tmp_path, at_exit, "late")
+    assert late.run.run_id == other.run.run_id
+    client = other.run.client
+    experiment = client.get_experiment_by_name("sweeps").experiment_id
+    deleted = client.search_runs([experiment], run_view_type=2)  # ViewType.DELETED_ONLY
+    assert len(deleted) == 1 and deleted[0].data.tags["sweep.study"] == "s"

@@ -41,10 +41,15 @@ def test_a_store_that_dies_mid_run_costs_no_training_and_catches_up_on_resume(tm
 
     server = start_mlflow("server", *server_store(tmp_path)[:1], tmp_path, port, *server_store(tmp_path)[1:])
     try:
-        again = run_command([sys.executable, str(REPO / "train.py"), f"resume={out}",
-                             f"hydra.run.dir={tmp_path / 'catch_up'}"], cwd=tmp_path, timeout=600)  # fmt: skip
-        assert again.returncode == 0, again.stderr[-3000:]
-        assert "this run finished" in again.stdout + again.stderr and "nothing to resume" in again.stdout + again.stderr
+        for attempt in range(5):  # the run's drain_seconds=3 may end a catch-up on a loaded machine: it says so
+            folder = tmp_path / f"catch_up{attempt}"
+            again = run_command([sys.executable, str(REPO / "train.py"), f"resume={out}", f"hydra.run.dir={folder}"],
+                                cwd=tmp_path, timeout=600)  # fmt: skip
+            said = again.stdout + again.stderr
+            assert again.returncode == 0, again.stderr[-3000:]
+            assert "this run finished" in said and "nothing to resume" in said
+            if "still wait for the store" not in said:
+                break
         from mlflow import MlflowClient
 
         client = MlflowClient(f"http://127.0.0.1:{port}")

@@ -114,7 +114,7 @@ class MlflowTracking:
             return NoRun()
         try:
             client = self.client()  # builds (and, for a new SQLite file, migrates) the store, under the lock
-            experiment_id = self._experiment_id(client)
+            experiment_id = self.experiment_id(client)
             run_tags = {**tags, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
             created = client.create_run(experiment_id, run_name=self.run_name, tags=run_tags)
         except Exception as error:  # noqa: BLE001  (whatever the store raised, said in one line)
@@ -136,7 +136,7 @@ class MlflowTracking:
         )
         return run
 
-    def _experiment_id(self, client) -> str:
+    def experiment_id(self, client) -> str:
         from mlflow import MlflowException
 
         with store.store_lock(self.uri):

@@ -139,11 +139,12 @@ class Run:
         """The saved classifier as a model to serve, answering as ``afqmc-predict`` (see ``_log_served_model``)."""
         self._put({"op": "served_model", "folder": str(folder), "register_as": register_as})
 
-    def end(self, status: str = "FINISHED") -> None:
-        """Flush what is buffered, close the run as FINISHED, FAILED or KILLED, and wait (a bounded time) for
-        the outbox to be delivered."""
+    def end(self, status: str | None = "FINISHED") -> None:
+        """Flush what is buffered, close the run as FINISHED, FAILED or KILLED (None: leave it RUNNING, for
+        another process to close), and wait (a bounded time) for the outbox to be delivered."""
         self.flush()
-        self._put({"op": "end", "status": status})
+        if status is not None:
+            self._put({"op": "end", "status": status})
         self.outbox.close()
         if self.outbox.drain(self.drain_seconds):
             self._log_link()

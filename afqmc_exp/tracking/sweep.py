@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 PARENT_RUN_FILE = "mlflow_parent_run_id"
 PARENT_EXPERIMENT_FILE = "mlflow_experiment"  # the parent's experiment: its jobs are recorded there
 SWEPT_FILE = "swept_keys.json"  # in the sweep folder: what the sweep varies, for its jobs' run names
+STUDY_FILE = "optuna_study.json"  # written by the Optuna sweeper as it ends: is the study complete?
 
 
 def parent_run_id(sweep_dir: str | Path) -> str | None:
@@ -60,6 +61,7 @@ class MlflowSweepCallback(Callback):
         self.metric = "accuracy"
         self.sweep_dir: Path | None = None
         self.masker: Masker | None = None  # the sweep's secrets, hidden in what the parent logs
+        self.study: dict | None = None  # an Optuna search's study (``study_of``): its parent is shared
 
     def __getstate__(self) -> dict:
         """Launchers such as joblib send the callbacks to their job processes; the jobs do not need the parent
@@ -79,20 +81,20 @@ class MlflowSweepCallback(Callback):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         self.metric = config.trainer.metric
         overrides = " ".join(masker.override(o) for o in given if not o.startswith("hydra.mode="))
-        self.sweep_dir, self.masker = sweep_dir, masker
-        tracking.run_name = f"sweep {datetime.now():%Y-%m-%d %H:%M} · {what_is_swept(config)}"
-        self.run = tracking.start(
-            {"sweep.overrides": overrides[:6000], "sweep.objective": f"dev_{self.metric}"},
-            {
-                "sweep.dir": str(sweep_dir.resolve()),
-                "sweep.overrides": overrides,
-                "sweep.sweeper": OmegaConf.select(config, "hydra.runtime.choices.hydra/sweeper", default="basic"),
-            },
-            sweep_dir,
-            masker=masker,
-        )
-        self.run.set_tags(context_tags(Path.cwd()))  # the runs table's Source and User for the sweep's row
-        self.run.log_datasets(sweep_datasets(config))
+        self.sweep_dir, self.masker, self.study = sweep_dir, masker, study_of(config)
+        params = {"sweep.overrides": overrides[:6000], "sweep.objective": f"dev_{self.metric}"}
+        sweeper = OmegaConf.select(config, "hydra.runtime.choices.hydra/sweeper", default="basic")
+        tags = {"sweep.dir": str(sweep_dir.resolve()), "sweep.overrides": overrides, "sweep.sweeper": sweeper}
+        if self.study is None:
+            tracking.run_name = f"sweep {datetime.now():%Y-%m-%d %H:%M} · {what_is_swept(config)}"
+            self.run, made = tracking.start(params, tags, sweep_dir, masker=masker), True
+        else:  # an Optuna study: one parent for every worker that runs it
+            tracking.run_name = f"study {self.study['name']} · {what_is_swept(config)}"
+            self.run, made = study_parent(tracking, self.study, tags, sweep_dir, masker)
+        if made:
+            self.run.log_params(params)
+            self.run.set_tags(context_tags(Path.cwd()))  # the runs table's Source and User for the sweep's row
+            self.run.log_datasets(sweep_datasets(config))
         (sweep_dir / PARENT_RUN_FILE).write_text(self.run.run_id + "\n")
         (sweep_dir / PARENT_EXPERIMENT_FILE).write_text(tracking.experiment + "\n", encoding="utf-8")
         (sweep_dir / SWEPT_FILE).write_text(json.dumps(list(swept_keys(config))) + "\n")
@@ -124,9 +126,15 @@ class MlflowSweepCallback(Callback):
         hide_run_config(self.sweep_dir, self.masker)  # the sweep's multirun.yaml keeps the real secrets
         run.log_masked_file(self.sweep_dir / "multirun.yaml")
         run.set_tags(tags)
-        status = "FINISHED" if children and not failed and not crashed else "FAILED"
-        run.end(status)
-        log.info("sweep parent run %s closed %s: %d jobs, %d failed", run.run_id, status, len(children), len(failed))
+        if self.study is not None and not crashed and not study_complete(self.sweep_dir):
+            run.end(None)  # the study's other workers still run trials: the last one to end closes the parent
+            log.info("study parent run %s stays RUNNING: %d jobs so far, %d failed; the study's other workers still "
+                     "run trials, and the last of them closes it", run.run_id, len(children), len(failed))  # fmt: skip
+        else:
+            status = "FINISHED" if children and not failed and not crashed else "FAILED"
+            run.end(status)
+            log.info("sweep parent run %s closed %s: %d jobs, %d failed", run.run_id, status, len(children),
+                     len(failed))  # fmt: skip
         if best is not None:
             log.info("best job: %s (%s %.4f) in %s; report: afqmc-report parent=%s", best.info.run_name,
                      f"dev {self.metric}", best.data.metrics[f"best/dev_{self.metric}"],
@@ -176,6 +184,59 @@ class MlflowSweepCallback(Callback):
             log.warning("no report for the sweep: %s", error)
             return
         run.log_artifacts(folder, "report")
+
+
+def study_name(config: DictConfig) -> str:
+    """An Optuna search's study: ``hydra.sweeper.study_name``, else ``<data option>_<model option>``."""
+    choices = config.hydra.runtime.choices
+    named = OmegaConf.select(config, "hydra.sweeper.study_name", default=None)
+    return named or f"{choices.get('data') or 'data'}_{choices.get('model') or 'model'}"
+
+
+def study_of(config: DictConfig) -> dict | None:
+    """An Optuna search's study, as its parent run is tagged: its name and an id of its storage and name (the
+    storage's URI may hold a password and characters a search filter cannot quote); None for a grid."""
+    import hashlib
+
+    from .store import resolve_uri
+
+    if OmegaConf.select(config, "hydra.runtime.choices.hydra/sweeper", default="basic") != "afqmc_optuna":
+        return None
+    name = study_name(config)
+    storage = resolve_uri(OmegaConf.select(config, "hydra.sweeper.storage", default="sqlite:///optuna.db"))
+    return {"name": name, "id": hashlib.sha1(f"{storage}#{name}".encode()).hexdigest()[:16]}
+
+
+def study_parent(tracking, study: dict, tags: dict, folder: Path, masker: Masker):
+    """The one MLflow parent run of an Optuna study, however many workers run it (terminals, machines, SLURM array
+    tasks), and whether this worker made it. Found by its tag ``sweep.study_id``, or made; two made at the same
+    moment keep the earlier and the other is deleted, before anything is logged to it (no lock: a server store
+    has none)."""
+    client = tracking.client()
+    experiment_id = tracking.experiment_id(client)
+
+    def parents() -> list:
+        found = client.search_runs([experiment_id], filter_string=f"tags.`sweep.study_id` = '{study['id']}'")
+        return sorted(found, key=lambda r: (r.info.start_time, r.info.run_id))
+
+    found, mine = parents(), None
+    if not found:
+        study_tags = {**tags, "sweep.study": study["name"], "sweep.study_id": study["id"]}
+        mine = client.create_run(experiment_id, run_name=tracking.run_name, tags=study_tags).info.run_id
+        found = parents()
+        if found[0].info.run_id != mine:  # another worker made one first
+            client.delete_run(mine)
+    parent = found[0].info.run_id
+    if parent != mine:
+        log.info("the study %r has its MLflow parent run already (%s): this worker's trials are nested under it",
+                 study["name"], parent)  # fmt: skip
+    return tracking.reopen(parent, folder, masker), parent == mine
+
+
+def study_complete(sweep_dir: Path) -> bool:
+    """Whether the Optuna sweeper found the study complete when it ended (no trial left to run or running)."""
+    path = Path(sweep_dir) / STUDY_FILE
+    return path.exists() and json.loads(path.read_text(encoding="utf-8")).get("complete", False)
 
 
 def sweep_datasets(config: DictConfig) -> list[dict]:

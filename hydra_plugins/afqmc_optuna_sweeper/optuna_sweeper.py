@@ -17,7 +17,14 @@ installs cleanly with a current Optuna.
   when the pruner says so; the trial is told PRUNED.
 * The direction follows ``trainer.metric`` (maximise f1/accuracy/auc, minimise loss) unless set.
 * Hydra's launcher runs the trials, ``n_jobs`` at a time (``hydra/launcher=joblib`` to run them in
-  parallel); each is a normal training run, nested under the sweep's MLflow parent run.
+  parallel); each is a normal training run, nested under the sweep's MLflow parent run (one parent per study,
+  however many workers run it: ``afqmc_exp.tracking.sweep``).
+* Trials are asynchronous: with ``n_jobs`` > 1 and a launcher that runs jobs outside this process (joblib,
+  submitit), a new trial is asked and launched the moment any running one ends (finished, pruned or failed), each
+  its own launch from a thread here; Hydra's own sweepers launch a batch and wait for its slowest trial
+  (hydra#2461 measured over 25% of GPU time idle that way). ``async_trials=false`` launches in batches; the basic
+  launcher runs one job at a time in this process and is always given batches. ``benchmarks/sweep_idle.py``
+  measures the idle slots of both.
 """
 
 # No `from __future__ import annotations` here: Hydra's plugin scanner executes this module outside
@@ -44,7 +51,8 @@ log = logging.getLogger(__name__)
 class AfqmcOptunaSweeperConf:
     _target_: str = "hydra_plugins.afqmc_optuna_sweeper.optuna_sweeper.AfqmcOptunaSweeper"
     n_trials: int = 20  # total trials in the study (a resumed search runs only the missing ones)
-    n_jobs: int = 1  # trials launched together
+    n_jobs: int = 1  # trials run at once
+    async_trials: bool = True  # a new trial starts the moment one ends (false: in batches of n_jobs, as Hydra does)
     storage: str = "sqlite:///optuna.db"
     study_name: str | None = None  # null: <data option>_<model option>, e.g. afqmc_bert
     direction: str | None = None  # maximize | minimize; null: from trainer.metric
@@ -66,7 +74,7 @@ def beating(study, trials):
     storage, stop = study._storage, threading.Event()
 
     def beat():
-        for trial in trials:
+        for trial in list(trials):  # a set the asynchronous sweep changes as trials start and end
             storage.record_heartbeat(trial._trial_id)
 
     def keep_beating():
@@ -119,8 +127,10 @@ class AfqmcOptunaSweeper(Sweeper):
         seed: int,
         params: dict,
         pruner: dict | None = None,
+        async_trials: bool = True,
     ):
         self.n_trials, self.n_jobs, self.storage, self.study_name = n_trials, max(1, n_jobs), storage, study_name
+        self.async_trials = async_trials
         self.direction, self.seed = direction, seed
         self.params = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else dict(params)
         self.pruner = OmegaConf.to_container(pruner, resolve=True) if isinstance(pruner, DictConfig) else pruner
@@ -128,10 +138,10 @@ class AfqmcOptunaSweeper(Sweeper):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
 
+        from afqmc_exp.tracking.sweep import study_name
+
         self.config = config
-        if not self.study_name:  # named here: ${hydra:...} cannot be resolved before the sweep starts
-            choices = config.hydra.runtime.choices
-            self.study_name = f"{choices.get('data') or 'data'}_{choices.get('model') or 'model'}"
+        self.study_name = study_name(config)  # named here: ${hydra:...} cannot be resolved before the sweep starts
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
@@ -152,21 +162,73 @@ class AfqmcOptunaSweeper(Sweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")  # as Hydra's basic sweeper does: the sweep's config
+        in_process = type(self.launcher).__name__ == "BasicLauncher"  # one job at a time in this process anyway
+        if self.async_trials and self.n_jobs > 1 and not in_process:
+            returns = self._run_as_slots_free(study, arguments)
+        else:
+            returns = self._run_in_batches(study, arguments)
+        self._log_best(study)
+        self._say_if_complete(study, sweep_dir)
+        return returns
+
+    def _say_if_complete(self, study, sweep_dir: Path) -> None:
+        """Whether the study is complete (every trial of its total told, none running in another worker): the
+        sweep's MLflow callback then closes the study's parent run, else leaves it to the last worker."""
+        import json
+
+        from optuna.trial import TrialState
+
+        from afqmc_exp.tracking.sweep import STUDY_FILE
+
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+        complete = not running and self._taken(study) >= self.n_trials
+        (sweep_dir / STUDY_FILE).write_text(json.dumps({"study": self.study_name, "complete": complete}) + "\n")
+
+    def _job(self, arguments: list, trial) -> list:
+        """A trial's job: the command line's overrides, the trial's values, and how it finds its trial."""
+        suggested = [f"{name}={suggest(trial, name, spec)}" for name, spec in self.params.items()]
+        return list(arguments) + suggested + self._trial_overrides(trial)
+
+    def _run_in_batches(self, study, arguments: list) -> list:
+        """``n_jobs`` trials launched together, the next ones once all of them ended (Hydra's sweepers' way)."""
         returns, job_idx = [], 0
         while trials := self._ask(study, self.n_jobs):
-            batch = [
-                list(arguments)
-                + [f"{name}={suggest(trial, name, spec)}" for name, spec in self.params.items()]
-                + self._trial_overrides(trial)
-                for trial in trials
-            ]
             with beating(study, trials):
-                results = self.launcher.launch(batch, initial_job_idx=job_idx)
+                results = self.launcher.launch([self._job(arguments, t) for t in trials], initial_job_idx=job_idx)
             for trial, result in zip(trials, results, strict=True):
                 self._tell(study, trial, result)
             returns.append(results)
-            job_idx += len(batch)
-        self._log_best(study)
+            job_idx += len(trials)
+        return returns
+
+    def _run_as_slots_free(self, study, arguments: list) -> list:
+        """``n_jobs`` slots, each given a new trial the moment its last one ends (finished, pruned or failed): no
+        slot waits for the slowest trial of a batch. Each trial is its own launch, from a thread of this process,
+        into the launcher's pool (joblib's processes, submitit's jobs); asked, told and kept alive (heartbeats)
+        here, as in batches."""
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        returns, running, job_idx = [], {}, 0
+        with ThreadPoolExecutor(self.n_jobs, thread_name_prefix="trial") as slots, beating(study, alive := set()):
+
+            def fill() -> None:
+                nonlocal job_idx
+                while len(running) < self.n_jobs and (trials := self._ask(study, 1)):
+                    job = self._job(arguments, trials[0])
+                    running[slots.submit(self.launcher.launch, [job], initial_job_idx=job_idx)] = trials[0]
+                    alive.add(trials[0])
+                    job_idx += 1
+
+            fill()
+            while running:
+                ended, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in ended:
+                    trial = running.pop(future)
+                    alive.discard(trial)
+                    (result,) = future.result()
+                    self._tell(study, trial, result)
+                    returns.append([result])
+                fill()
         return returns
 
     def _taken(self, study) -> int:
