@@ -106,6 +106,7 @@ def test_ops_per_step_counts_what_bf16_autocast_adds(afqmc_dir):
     assert bf16["ops_per_step"] - fp32["ops_per_step"] == bf16["casts"] - fp32["casts"]
 
 
+@pytest.mark.slow  # a process, and two searches on SQLite
 def test_sweep_idle_compares_batches_and_free_slots_on_one_search():
     """benchmarks/sweep_idle.py, tiny: both arms run the same search; the last line's JSON has each arm's makespan
     and slot idle, and their ratio."""
