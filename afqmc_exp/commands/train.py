@@ -56,8 +56,7 @@ def default_run_name(cfg: DictConfig, choices: dict, swept: list[str] = ()) -> s
     seed, then what tells runs apart. In a sweep that is every other value it varies (``...-s42-epochs2``, numbers
     to 3 digits), so no two of its jobs share a name; elsewhere, four hex digits of the whole config's digest, so
     a 40-step control and the full run differ while the same config run twice keeps its name."""
-    model = choices.get("model") or Path(str(cfg.model.name_or_path)).name
-    task = cfg.data.get("name", "afqmc")  # configs saved before there were tasks were AFQMC's
+    model, task = model_and_task(cfg, choices)
     name = f"{model}-{task}-lr{cfg.optim.lr:.3g}-bs{cfg.data.batch_size}-s{cfg.seed}"
     if not swept:
         return f"{name}-{config_digest(cfg)[:4]}"
@@ -66,6 +65,12 @@ def default_run_name(cfg: DictConfig, choices: dict, swept: list[str] = ()) -> s
         shown = f"{value:.3g}" if isinstance(value, float) else str(value)
         name += f"-{key.rsplit('.', 1)[-1]}{shown}" if "." in key else f"-{shown}"
     return name
+
+
+def model_and_task(cfg: DictConfig, choices: dict) -> tuple[str, str]:
+    """The model's option (else its folder's name) and the task's name, as names and tags show them."""
+    model = choices.get("model") or Path(str(cfg.model.name_or_path)).name
+    return model, str(cfg.data.get("name", "afqmc"))  # configs saved before there were tasks were AFQMC's
 
 
 def config_digest(cfg: DictConfig) -> str:
@@ -339,9 +344,8 @@ def saved_choices(output_dir: Path) -> dict:
 
 def subject_tags(cfg: DictConfig, choices: dict) -> dict[str, str]:
     """What was trained on what, as columns the UI can show and filter (``tags.model = 'minilm'``)."""
-    model = choices.get("model") or Path(str(cfg.model.name_or_path)).name
-    return {"model": model, "model.name": str(cfg.model.name_or_path), "task": str(cfg.data.get("name", "afqmc")),
-            "metric": str(cfg.trainer.metric)}  # fmt: skip
+    model, task = model_and_task(cfg, choices)
+    return {"model": model, "model.name": str(cfg.model.name_or_path), "task": task, "metric": str(cfg.trainer.metric)}
 
 
 def run_tags(hydra_cfg, choices: dict, output_dir: Path, masker: Masker, in_sweep: bool) -> dict[str, str]:

@@ -330,11 +330,11 @@ def version_description(client, run_id: str, weights: Path) -> dict:
     value = facts.get(metric)
     train = next((d.dataset.digest for d in run.inputs.dataset_inputs
                   if any(t.key == "mlflow.data.context" and t.value == "training" for t in d.tags)), "")  # fmt: skip
-    tags = {"task": task, "metric": metric, f"dev_{metric}": f"{value:.4f}" if value is not None else "",
-            "source_run": run_id, "base_model": str(facts.get("base_model", "")), "data_digest": train}  # fmt: skip
-    shown = f"{value:.4f}" if value is not None else "?"
+    shown = f"{value:.4f}" if isinstance(value, (int, float)) else ""
+    tags = {"task": task, "metric": metric, f"dev_{metric}": shown, "source_run": run_id,
+            "base_model": str(facts.get("base_model", "")), "data_digest": train}  # fmt: skip
     base = Path(tags["base_model"]).name or "?"
-    description = (f"{task}: dev {metric} {shown} at step {facts.get('step', '?')}, run {run.info.run_name} "
+    description = (f"{task}: dev {metric} {shown or '?'} at step {facts.get('step', '?')}, run {run.info.run_name} "
                    f"({run_id}); base model {base}; training data {train or '?'}")  # fmt: skip
     return {"description": description, "tags": tags}
 
