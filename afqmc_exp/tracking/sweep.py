@@ -1,17 +1,18 @@
-"""One MLflow parent run per sweep, so the UI shows a multirun as one expandable row. A Hydra callback (registered in
-``conf/train.yaml``) opens the parent run when a multirun starts, in the launching process and before any job: that
-also creates a new SQLite store before parallel jobs (``hydra/launcher=joblib``) could race to create it. The
-parent's id is written into the sweep folder, where every job (in this process or another) finds it and nests its
-own run under it (``mlflow.parentRunId``) in the parent's experiment (``parent_experiment``: a sweep over ``data``
-is one row in the experiment of the sweep's own config, not scattered over each task's). Its name says when and
-what was swept (``sweep 2026-11-26 14:02 · optim.lr×3 seed×3``). When the sweep ends the parent gets the best
-child's objective and run id, a description linking it, the report of its jobs (``comparison``: Markdown, CSV,
-plots) and the sweep's ``multirun.yaml`` as artifacts; a registered model version of the best job gets the alias
-``champion``; the console's last line names the best job and the report command. The parent is closed FINISHED, or
-FAILED if a job failed; when a job raises, Hydra's basic sweeper stops and skips its end-of-sweep callback, and an
-``atexit`` hook closes the parent FAILED instead. The best job is the report's first row among the jobs that
-FINISHED (one that failed or was pruned logged evaluations too): the best objective, ties broken by the lower final
-dev loss, then the earlier start.
+"""One MLflow parent run per sweep, so the UI shows a multirun as one expandable row.
+
+A Hydra callback (registered in ``conf/train.yaml``) opens the parent run when a multirun starts, in the launching
+process and before any job: that also creates a new SQLite store before parallel jobs (``hydra/launcher=joblib``)
+could race to create it. The parent's id is written into the sweep folder, where every job (in this process or
+another) finds it and nests its own run under it (``mlflow.parentRunId``) in the parent's experiment
+(``parent_experiment``: a sweep over ``data`` is one row in the experiment of the sweep's own config, not scattered
+over each task's). Its name says when and what was swept (``sweep 2026-11-26 14:02 · optim.lr×3 seed×3``). When the
+sweep ends the parent gets the best child's objective and run id, a description linking it, the report of its jobs
+(``comparison``: Markdown, CSV, plots) and the sweep's ``multirun.yaml`` as artifacts; a registered model version
+of the best job gets the alias ``champion``; the console's last line names the best job and the report command. The
+parent is closed FINISHED, or FAILED if a job failed; when a job raises, Hydra's basic sweeper stops and skips its
+end-of-sweep callback, and an ``atexit`` hook closes the parent FAILED instead. The best job is the report's first
+row among the jobs that FINISHED (one that failed or was pruned logged evaluations too): the best objective, ties
+broken by the lower final dev loss, then the earlier start.
 
 A sweep over ``data.fold`` (with ``data.folds=K``) gives every pair of train+dev one out-of-fold prediction:
 the parent pools the jobs' dev predictions into ``oof_predictions.jsonl`` and logs their metrics (``oof/*``),
