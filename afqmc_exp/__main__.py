@@ -1,5 +1,5 @@
-"""``python -m afqmc_exp COMMAND [key=value ...]``: train, evaluate, predict or report (the same commands as
-``afqmc-train``, ``afqmc-evaluate``, ``afqmc-predict`` and ``afqmc-report``)."""
+"""``python -m afqmc_exp COMMAND [key=value ...]``: train, evaluate, predict, report or disk (the same
+commands as ``afqmc-train``, ``afqmc-evaluate``, ``afqmc-predict``, ``afqmc-report`` and ``afqmc-disk``)."""
 
 import sys
 
@@ -8,6 +8,7 @@ COMMANDS = {
     "evaluate": ("afqmc_exp.commands.score", "evaluate_main"),
     "predict": ("afqmc_exp.commands.score", "predict_main"),
     "report": ("afqmc_exp.commands.report", "main"),
+    "disk": ("afqmc_exp.commands.disk", "main"),
 }
 
 

@@ -19,7 +19,11 @@ import numpy as np
 
 from .answers import predicted
 
-Metric = Literal["accuracy", "macro_f1", "f1", "auc", "loss"]  # what trainer.metric may name
+# The scores of a task's predictions, the one list of them: a task's official metric is one (data.metric), the
+# evaluation line, the run's summary and the report show each; a new one is added here and in classification_metrics
+SCORES = ("accuracy", "macro_f1", "f1", "auc")
+Score = Literal["accuracy", "macro_f1", "f1", "auc"]  # SCORES, as a type the config checks read
+Metric = Literal[Score, "loss"]  # what trainer.metric may name: a score, or the dev loss
 GREATER_IS_BETTER: dict[str, bool] = {"accuracy": True, "macro_f1": True, "f1": True, "auc": True, "loss": False}
 BINARY_ONLY = ("f1", "auc")
 

@@ -301,3 +301,21 @@ def test_a_secret_in_a_refused_value_is_masked(tmp_path):
                        env=env, timeout=300)  # fmt: skip
     assert proc.returncode == 1 and "optim.lr='***': expected float" in proc.stderr, proc.stderr[-2000:]
     assert "hush" not in proc.stderr
+
+
+def test_a_config_is_checked_once_per_process_and_a_bad_one_every_time(tmp_path, monkeypatch):
+    """The train command checks the command line's config, then Hydra's composition of the same: the store's
+    check (and the Hub's answer) once. A refused config is refused again, and another config is checked anew."""
+    from afqmc_exp.commands import config_checks
+
+    asked = []
+    monkeypatch.setattr(config_checks, "store_problems", lambda uri: asked.append(uri) or [])
+    store = f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"
+    for _ in range(2):  # composed twice, as the train command has it
+        validate(compose([*BASE, store]))
+    assert len(asked) == 1
+    validate(compose([*BASE, store, "seed=7"]))
+    assert len(asked) == 2
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="optim.lr"):
+            validate(compose([*BASE, store, "optim.lr=-1"]))

@@ -40,7 +40,7 @@ def weights(tmp_path):
 
 
 def test_every_command_is_installed():
-    assert set(SCRIPTS) == {"afqmc-train", "afqmc-evaluate", "afqmc-predict", "afqmc-report"}
+    assert set(SCRIPTS) == {"afqmc-train", "afqmc-evaluate", "afqmc-predict", "afqmc-report", "afqmc-disk"}
 
 
 def test_predict_and_evaluate_exit_0_on_success(weights, tmp_path, monkeypatch, capsys):
@@ -64,6 +64,12 @@ def test_report_exits_0_on_success(tmp_path, monkeypatch, capsys, store_uri):
     assert "wrote" in capsys.readouterr().out and (tmp_path / "report" / "report.md").exists()
 
 
+def test_disk_exits_0_on_success(tmp_path, monkeypatch, capsys, store_uri):
+    (tmp_path / "outputs").mkdir()
+    assert exit_status("afqmc-disk", [f"outputs={tmp_path / 'outputs'}", f"uri={store_uri}"], monkeypatch) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("0 run folders: 0 MB")
+
+
 @pytest.mark.parametrize(
     "name,argv",
     [
@@ -71,6 +77,7 @@ def test_report_exits_0_on_success(tmp_path, monkeypatch, capsys, store_uri):
         ("afqmc-evaluate", ["ckpt=x", "fille=y"]),
         ("afqmc-predict", ["ckpt=x"]),
         ("afqmc-report", ["experimnt=afqmc"]),
+        ("afqmc-disk", ["output=outputs"]),
     ],
 )
 def test_a_bad_argument_exits_1_with_one_line(name, argv, monkeypatch):

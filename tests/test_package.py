@@ -38,9 +38,11 @@ def test_the_wheel_installs_and_trains_outside_the_checkout(tmp_path):
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert list(work.glob("outputs/*/*/result.json")) and (work / "mlflow.db").exists()
     assert list(work.glob("outputs/*/*/train.log"))  # the log is train.log whichever entry point ran
-    for command in ("afqmc-evaluate", "afqmc-predict", "afqmc-report"):
+    for command in ("afqmc-evaluate", "afqmc-predict", "afqmc-report", "afqmc-disk"):
         helped = run_command([env_dir / "bin" / command, "--help"], cwd=work)
-        assert helped.returncode == 0 and ("ckpt=" in helped.stdout or "experiment=" in helped.stdout), command
+        assert helped.returncode == 0 and any(
+            f"{key}=" in helped.stdout for key in ("ckpt", "experiment", "outputs")
+        ), command
     helped = run_command([env_dir / "bin" / "afqmc-train", "--help"], cwd=work)
     assert helped.stdout.startswith("usage: afqmc-train [group=option ...]"), helped.stdout[:300]
     # each installed script exits 0 on success (scripts exit with what their entry point returns) and 1 on a typo

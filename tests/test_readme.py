@@ -40,6 +40,7 @@ RUN = {
     "afqmc-report": None,
     "afqmc-report experiment=afqmc": None,
     "afqmc-report parent=<sweep run id>": None,
+    "afqmc-disk": None,
     "python train.py rerun=<run id>": None,
     "python train.py --multirun optim.lr=1e-5,2e-5,3e-5 seed=1,2,3": SWEPT,
     "python train.py --multirun hydra/launcher=joblib hydra.launcher.n_jobs=2 seed=1,2,3": SWEPT,
@@ -241,6 +242,8 @@ def test_the_scoring_reporting_and_continuing_commands_work_as_written(trained):
     for command in ("afqmc-report", "afqmc-report experiment=afqmc"):
         run(command, session)
     run("afqmc-report parent=<sweep run id>", session, **{"<sweep run id>": parent_id})
+    listed = run("afqmc-disk", session).stdout.splitlines()  # the debug run and the sweep's jobs, weights and copies
+    assert listed[-2].startswith("4 run folders: ") and "MB of weights copied into the MLflow store" in listed[-2]
     debug_run = (fast / "mlflow_run_id").read_text().strip()
     run("python train.py rerun=<run id>", session, **{"<run id>": debug_run})
     run("python train.py resume=outputs/2026-11-25/10-00-00.123456", session,

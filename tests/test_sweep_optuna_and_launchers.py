@@ -76,7 +76,9 @@ def test_optuna_search_then_resumed_in_the_same_study(tmp_path, afqmc_dir):
     assert len({t.params["optim.lr"] for t in trials}) == 5
     _, runs = mlflow_runs(tmp_path, "afqmc")
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 2 and len(runs) == 7
+    (parent,) = parents  # the study's one parent, reopened by the resumed search, closed when the study is complete
+    assert len(runs) == 6 and parent.info.status == "FINISHED" and parent.data.tags["sweep.jobs"] == "5"
+    assert parent.info.run_name.startswith("study afqmc_minilm · optuna: ")
     lrs = sorted(float(r.data.params["optim.lr"]) for r in runs if r not in parents)
     assert lrs == sorted(t.params["optim.lr"] for t in trials)
     # the parent says how the search was run, and each trial's name shows what it tried

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from afqmc_exp.run_folder import RunFolder
 from afqmc_exp.tracking.config import MlflowTracking, flatten
 from afqmc_exp.tracking.store import resolve_uri
 
@@ -298,7 +299,7 @@ def test_the_printed_mlflow_ui_command_runs_as_pasted_on_any_path(tmp_path, capl
     store = tmp_path / "my runs" / "实验 1" / "mlflow.db"
     tracking = MlflowTracking(uri=f"sqlite:///{store}", experiment="e", run_name="r")
     caplog.set_level("INFO", logger="afqmc_exp.training.outputs")
-    log_summary(FitResult(0.5, 1, tmp_path, 1), {}, "accuracy", tmp_path, tracking)
+    log_summary(FitResult(0.5, 1, tmp_path, 1), {}, "accuracy", RunFolder(tmp_path), tracking)
     (line,) = [r.getMessage() for r in caplog.records if "mlflow ui" in r.getMessage()]
     pasted = line[line.index("mlflow ui") :]
     expected = ["mlflow", "ui", "--backend-store-uri", f"sqlite:///{store}", "--host", "127.0.0.1", "--workers", "1"]
@@ -317,6 +318,6 @@ def test_the_summary_names_the_disk_the_weights_take_and_their_copy(tmp_path, ca
     for log_weights, copy in ((True, True), (False, False)):
         caplog.clear()
         tracking = MlflowTracking(uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="e", log_weights=log_weights)
-        log_summary(FitResult(0.5, 1, tmp_path / "best_model", 1), {}, "accuracy", tmp_path, tracking)
+        log_summary(FitResult(0.5, 1, tmp_path / "best_model", 1), {}, "accuracy", RunFolder(tmp_path), tracking)
         (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("best weights:")]
         assert "(3 MB on disk" in line and ("tracking.log_weights=false keeps one" in line) == copy, line

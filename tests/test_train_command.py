@@ -361,3 +361,17 @@ def test_another_programs_hydra_folder_is_refused_as_the_run_folder(tmp_path):
     folder = saved(tmp_path / "theirs", "trainer:\n  _target_: otherproj.Trainer\n")
     error, _ = started(QUIET, folder)
     assert error.startswith(f"error: hydra.run.dir={folder}: holds another program's run (it is not an afqmc-exp")
+
+
+def test_beside_the_main_process_the_guard_judges_nothing_and_hydra_writes_nothing(tmp_path, monkeypatch):
+    """torchrun's other ranks run Hydra too, on the main process's folder as it writes it: only the main one judges
+    it (the others read half-written files); theirs get its decision with its folder (training.run.shared_start)."""
+    killed = killed_folder(tmp_path / "run", QUIET)
+    saved_text = (killed / ".hydra" / "config.yaml").read_text()
+    monkeypatch.setenv("RANK", "1")
+    error, config = started(QUIET, killed)
+    assert error is None and config.get("resume") is None and config.hydra.output_subdir is None
+    assert (killed / ".hydra" / "config.yaml").read_text() == saved_text
+    monkeypatch.setenv("RANK", "0")
+    error, config = started(QUIET, killed)
+    assert error is None and config.resume == str(killed)  # the main process continues it

@@ -187,7 +187,7 @@ def test_the_tuned_threshold_maximises_f1():
 def test_a_trial_clearly_worse_than_the_others_is_pruned(tmp_path):
     import optuna
 
-    from afqmc_exp.tracking.pruning import trial_reporter
+    from afqmc_exp.training.pruning import trial_reporter
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")

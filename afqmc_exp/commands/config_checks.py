@@ -22,6 +22,7 @@ Two checks, in the order a command meets them:
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import re
 import types
@@ -216,14 +217,23 @@ def task_problems(container: dict) -> list[str]:
     return problems
 
 
+VALID: set[str] = set()  # the resolved configs found valid in this process
+
+
 def validate(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` listing every problem of ``cfg``; return quietly if there is none."""
+    """Raise :class:`ConfigError` listing every problem of ``cfg``; return quietly if there is none. A config found
+    valid once in this process (the same resolved values) is not checked again: the train command checks the
+    command line's config before Hydra runs, then Hydra's composition of the same, and the Hub's answer and the
+    store's check are not asked for twice."""
     problems: list[str] = []
     try:
         container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     except OmegaConfBaseException as error:  # an interpolation that cannot be resolved, e.g. an unset ${oc.env:X}
         where = f"{error.full_key}: " if getattr(error, "full_key", None) else ""
         raise ConfigError(f"invalid config: {where}{str(error).splitlines()[0]}") from None
+    seen = json.dumps({k: v for k, v in container.items() if k != "hydra"}, sort_keys=True, default=str)
+    if seen in VALID:
+        return
     for group in GROUPS:
         node = container.get(group)
         if not isinstance(node, dict) or "_target_" not in node:
@@ -260,6 +270,7 @@ def validate(cfg: DictConfig) -> None:
             )
     if problems:
         raise ConfigError("invalid config: " + (problems[0] if len(problems) == 1 else "\n  " + "\n  ".join(problems)))
+    VALID.add(seen)
 
 
 NOT_OURS = re.compile(r"Could not override '([^']+)'")

@@ -12,7 +12,10 @@ run starts), before anything is written:
   another command is refused, with ``resume=`` named;
 * the folder of **another program's** Hydra run is refused;
 * in every one of these Hydra is told not to save its config files there (``hydra.output_subdir``), so the run's
-  own saved config, which ``resume=`` reads, stays the one it started with.
+  own saved config, which ``resume=`` reads, stays the one it started with;
+* with several processes (torchrun, ``accelerate launch``) only the main one judges the folder and writes Hydra's
+  files there: another would read them half-written. Its decision (the folder, whether to resume) reaches the others
+  with its folder (``training.run.shared_start``).
 
 :func:`saved_config` reads a folder's saved config for ``resume=`` with the same care: a file that is not YAML, or
 not an afqmc-exp config, is one line, and nothing is written into that folder.
@@ -21,6 +24,7 @@ not an afqmc-exp config, is one line, and nothing is written into that folder.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -65,6 +69,10 @@ class RunFolderGuard(Callback):
     """Hydra callback: a single run started in a folder that already holds one (see the module docstring)."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        if launched_beside_the_main_process():  # torchrun, accelerate launch: the main process alone judges the
+            with read_write(config.hydra):  # folder (the others read it as it writes it) and writes Hydra's files;
+                config.hydra.output_subdir = None  # its decisions reach them with its folder (training.run)
+            return
         folder = RunFolder(Path(str(config.hydra.run.dir)).absolute())
         state = state_of(folder)
         if state == "new":
@@ -97,6 +105,12 @@ class RunFolderGuard(Callback):
                  folder.root, run, folder.resume_argument)  # fmt: skip
         with read_write(config), open_dict(config):
             config.resume = str(folder.root)
+
+
+def launched_beside_the_main_process() -> bool:
+    """Whether this process is one of several a launcher started (torchrun and ``accelerate launch`` set ``RANK``)
+    and not the main one."""
+    return os.environ.get("RANK", "0") != "0"
 
 
 def _result_of(folder: RunFolder) -> str:

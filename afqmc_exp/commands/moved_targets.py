@@ -32,7 +32,7 @@ MOVED = {  # module before -> module now (December 2026: the flat package became
     "afqmc_exp.tracking": "afqmc_exp.tracking.config",
     "afqmc_exp.tracked_run": "afqmc_exp.tracking.mlflow_run",
     "afqmc_exp.sweep": "afqmc_exp.tracking.sweep",
-    "afqmc_exp.pruning": "afqmc_exp.tracking.pruning",
+    "afqmc_exp.pruning": "afqmc_exp.training.pruning",
     "afqmc_exp.fetch": "afqmc_exp.tracking.stored_weights",
     "afqmc_exp.cli": "afqmc_exp.commands.train",
     "afqmc_exp.commands": "afqmc_exp.commands.score",

@@ -300,8 +300,8 @@ def _train(start: Start, hydra_cfg, masker: Masker, in_sweep: bool) -> float:
     """The run's config checked, its groups instantiated, and the typed task called with them."""
     from hydra.utils import instantiate
 
-    from ..tracking.pruning import trial_reporter
     from ..tracking.sweep import parent_experiment, parent_run_id, swept_in
+    from ..training.pruning import trial_reporter
     from ..training.run import Recipe, RunTracking, run
 
     cfg, output_dir = start.cfg, start.output_dir

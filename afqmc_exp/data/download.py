@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..cache import cache_root, file_digest
+from ..files import replaced_file
 from ..hub import TRUE
 from ..hub import offline as hub_offline
 from .formats import DataError
@@ -198,13 +199,11 @@ def _unpack(path: Path, archive: Archive, target: Path, names: list[str]) -> Non
         raise DataError(f"{path}: not the expected archive ({err}); delete it to fetch it again") from None
     target.mkdir(parents=True, exist_ok=True)
     record = target / UNPACKED  # first: a kill after a file lands still leaves it known as ours
-    staged = target / f".{UNPACKED}.part"
-    staged.write_text(json.dumps({"files": sorted({*_unpacked(target), *members})}) + "\n")
-    os.replace(staged, record)
+    with replaced_file(record) as out:
+        out.write(json.dumps({"files": sorted({*_unpacked(target), *members})}) + "\n")
     for name, data in members.items():
-        staged = target / f".{name}.part"
-        staged.write_bytes(data)
-        os.replace(staged, target / name)
+        with replaced_file(target / name, binary=True) as out:
+            out.write(data)
 
 
 def _read_members(path: Path, archive: Archive, names: list[str]) -> dict[str, bytes]:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..cache import file_digest
+from ..metrics import Score
 from .batching import auto_eval_batch_size, auto_pad_to_multiple_of, make_loader
 from .download import archive_for, fetch_into, foreign_files, missing_message, not_unpacked_beside, other_task_message
 from .formats import FIELDS, DataError, FileStats, Format, PairReader, ReadSpec, dropped_text, fields_tuple
@@ -38,7 +39,6 @@ from .token_cache import checked_stats, tokenized_file, tokenizer_digest
 
 log = logging.getLogger(__name__)
 
-Metric = Literal["accuracy", "macro_f1", "f1", "auc"]  # a task's official metric (binary tasks: f1, auc too)
 AFQMC_FIELDS = {"text_a": "sentence1", "text_b": "sentence2", "label": "label", "id": "id"}
 
 
@@ -68,7 +68,7 @@ class PairData:
     labels: list = field(default_factory=lambda: ["0", "1"])  # the file's label values, in class-id order
     drop_labels: list = field(default_factory=list)  # lines with these labels are skipped (CMNLI's "-")
     drop_blank: bool = False  # lines with a blank sentence are skipped and counted (PAWS-X's machine translations)
-    metric: Metric = "accuracy"  # the task's official metric: trainer.metric's default
+    metric: Score = "accuracy"  # the task's official metric (binary tasks: f1, auc too): trainer.metric's default
     train_file: str = "train.json"
     dev_file: str = "dev.json"
     test_file: str | None = "test.json"

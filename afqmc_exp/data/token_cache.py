@@ -54,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cache import cache_root, file_digest
+from ..files import replaced_file
 from .formats import DataError, FileStats, Pair, PairReader, ReadSpec
 
 log = logging.getLogger(__name__)
@@ -333,8 +334,6 @@ def checked_stats(path: Path, spec: ReadSpec, require_labels: bool, digest: str)
     reader = PairReader(path, spec, require_labels)
     for _ in reader:
         pass
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    staged = memo.with_suffix(f".{os.getpid()}.tmp")
-    staged.write_text(json.dumps(asdict(reader.stats)))
-    os.replace(staged, memo)
+    with replaced_file(memo) as out:
+        out.write(json.dumps(asdict(reader.stats)))
     return reader.stats

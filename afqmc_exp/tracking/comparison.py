@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..metrics import GREATER_IS_BETTER
+from ..metrics import GREATER_IS_BETTER, SCORES
 from ..plots import pyplot
 
 KEY_PARAMS = {
@@ -107,10 +107,7 @@ def rows_of(runs, metric: str):
             "dev_loss": metrics.get("final/dev_loss"),
             "started": run.info.start_time,
             "best_step": metrics.get("best/step"),
-            "accuracy": metrics.get("final/dev_accuracy"),
-            "macro_f1": metrics.get("final/dev_macro_f1"),
-            "f1": metrics.get("final/dev_f1"),
-            "auc": metrics.get("final/dev_auc"),
+            **{score: metrics.get(f"final/dev_{score}") for score in SCORES},
             "samples_per_s": metrics.get("speed/train_samples_per_s"),
         }
         row.update({name: params.get(key) for name, key in KEY_PARAMS.items()})
@@ -152,10 +149,7 @@ def by_config(frame, varying: list[str]):
             "seeds": grouped["seed"].apply(lambda s: ",".join(sorted(map(str, s)))),
             "objective_mean": grouped["objective"].mean(),
             "objective_std": grouped["objective"].std(ddof=1),  # sample std: NaN ("—") for a single seed
-            "accuracy_mean": grouped["accuracy"].mean(),
-            "macro_f1_mean": grouped["macro_f1"].mean(),
-            "f1_mean": grouped["f1"].mean(),
-            "auc_mean": grouped["auc"].mean(),
+            **{f"{score}_mean": grouped[score].mean() for score in SCORES},
         }
     ).reset_index()
     return table
@@ -192,9 +186,8 @@ def fmt(frame) -> str:
     return frame.astype(object).where(frame.notna(), None).to_markdown(index=False, floatfmt=".4g", missingval="—")
 
 
-RUN_COLUMNS = ["run", "status", "task", "metric", "objective", "best_step", "accuracy", "macro_f1", "f1", "auc",
-               "dev_loss", "samples_per_s", "model", "lr", "batch", "seed", "epochs", "max_steps",
-               "run_id"]  # fmt: skip
+RUN_COLUMNS = ["run", "status", "task", "metric", "objective", "best_step", *SCORES, "dev_loss", "samples_per_s",
+               "model", "lr", "batch", "seed", "epochs", "max_steps", "run_id"]  # fmt: skip
 
 
 def write_report(frame, metric: str, title: str, out: Path) -> str:

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..files import replaced_file
 from ..run_folder import RunFolder
 from .store import first_line
 
@@ -64,9 +64,8 @@ class Outbox:
         self._write_counter()  # first: a kill from here on finds a journal that is sent again whole
         kept = self.journal.with_name("journal.damaged.jsonl")
         shutil.copyfile(self.journal, kept)
-        tmp = self.journal.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records), encoding="utf-8")
-        os.replace(tmp, self.journal)
+        with replaced_file(self.journal) as out:
+            out.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records))
         log.warning("%s: %s; its readable records are sent again (the store keeps each step once); the damaged "
                     "file is kept as %s", self.journal, why, kept)  # fmt: skip
 
@@ -140,9 +139,8 @@ class Outbox:
             self._changed.notify_all()
 
     def _write_counter(self) -> None:
-        tmp = self.counter.with_suffix(".tmp")
-        tmp.write_text(str(self.sent))
-        os.replace(tmp, self.counter)
+        with replaced_file(self.counter) as out:
+            out.write(str(self.sent))
 
     def _behind(self, error: Exception) -> None:
         if self.behind_since is None:

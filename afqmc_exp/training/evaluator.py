@@ -20,12 +20,12 @@ import time
 from collections.abc import Callable
 
 from ..data import Split
-from ..metrics import Metric, improves
+from ..metrics import SCORES, Metric, improves
 from .checkpoint import TrainState
 from .inference import evaluate
 
 log = logging.getLogger(__name__)
-SHOWN = ("loss", "accuracy", "macro_f1", "f1", "auc")  # the metrics an evaluation's log line shows
+SHOWN = ("loss", *SCORES)  # the metrics an evaluation's log line shows
 
 
 class Evaluator:

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..data import PairData, Split
 from ..files import replaced_file
-from ..metrics import best_threshold, classification_metrics
+from ..metrics import SCORES, best_threshold, classification_metrics
 from ..model import load_pair_classifier, prepare_for_device
 from ..plots import save_dev_plots
 from ..run_folder import BEST_MODEL, RunFolder
@@ -50,7 +50,7 @@ class RunOutputs:
     the main one writes and logs; without one, a single process (completing a finished run's record)."""
 
     def __init__(self, output_dir: Path, mlflow_run: Run | NoRun, tracking: MlflowTracking, accelerator=None):
-        self.output_dir, self.folder = Path(output_dir), RunFolder(output_dir)
+        self.folder = RunFolder(output_dir)
         self.mlflow_run, self.tracking, self.accelerator = mlflow_run, tracking, accelerator
 
     def finish(self, result: FitResult, splits: dict[str, Split], data: PairData, trainer: TrainerConfig) -> None:
@@ -58,11 +58,11 @@ class RunOutputs:
         scored = score_best(result.best_dir, splits, data, trainer.threshold, self.accelerator)
         if not self.accelerator.is_main_process:
             return
-        log_summary(result, scored.final, trainer.metric, self.output_dir, self.tracking)
+        log_summary(result, scored.final, trainer.metric, self.folder, self.tracking)
         self.write(result, splits, scored, data.labels, trainer.metric)
         self.record_finish(result, scored.final, trainer.metric)
         if not trainer.keep_last_checkpoint:
-            remove_last_checkpoint(self.output_dir)
+            remove_last_checkpoint(self.folder.root)
 
     def record_finish(self, result: FitResult, final: dict, metric: str) -> None:
         """What a finished run adds to its MLflow run: the final metrics and speed, the result in its description,
@@ -86,7 +86,7 @@ class RunOutputs:
         with replaced_file(self.folder.result) as result:  # whole or absent: a cut one would pass for finished
             result.write(json_dumps(record, indent=2) + "\n")
         save_dev_plots(splits["dev"].labels, scored.probs["dev"], labels, self.folder.plots,
-                       title=self.tracking.run_name or self.output_dir.name, threshold=threshold)  # fmt: skip
+                       title=self.tracking.run_name or self.folder.root.name, threshold=threshold)  # fmt: skip
 
     def _log_files(self, best_dir: Path) -> None:
         """The run's files as MLflow artifacts; the best weights as artifacts, a flavour model, a registry version."""
@@ -110,20 +110,17 @@ def log_log_files(mlflow_run: Run, output_dir: Path) -> None:
         mlflow_run.log_artifact(logfile)
 
 
-SUMMARY = ("accuracy", "macro_f1", "f1", "auc")  # the final metrics the summary line shows
-
-
 def result_line(result: FitResult, final: dict, metric: str) -> str:
     scores = " ".join(f"{k.removeprefix('final/')}={v:.4f}" for k, v in final.items()
-                      if k.rsplit("_", 1)[-1] in SUMMARY or k.endswith("macro_f1"))  # fmt: skip
+                      if k.rsplit("_", 1)[-1] in SCORES or k.endswith("macro_f1"))  # fmt: skip
     return f"Best dev {metric} {result.best_metric:.4f} at step {result.best_step} of {result.steps}; the best " \
         f"weights scored again from disk: {scores}"  # fmt: skip
 
 
-def log_summary(result: FitResult, final: dict, metric: str, output_dir: Path, tracking: MlflowTracking) -> None:
+def log_summary(result: FitResult, final: dict, metric: str, folder: RunFolder, tracking: MlflowTracking) -> None:
     """What a user wants to read last: how good, where the weights are, how to browse the run."""
     log.info("%s", result_line(result, final, metric))
-    best = RunFolder(output_dir).best_model
+    best = folder.best_model
     copied = tracking.enabled and (tracking.log_weights or tracking.register_as)
     log.info("best weights: %s (%s on disk%s)", best, megabytes(best), ", and a copy in MLflow's artifacts "
              "(tracking.log_weights=false keeps one)" if copied else "")  # fmt: skip

@@ -27,11 +27,11 @@ from ..run_folder import RunFolder
 from ..tracking.config import MlflowTracking
 from ..tracking.masking import Masker
 from ..tracking.mlflow_run import NoRun, Run
-from ..tracking.pruning import is_pruned
 from ..tracking.system_metrics import SystemMetrics
 from .checkpoint import has_last_checkpoint
 from .hardware import build_accelerator, seconds_since_start, system_tags
 from .outputs import RunOutputs, log_log_files
+from .pruning import is_pruned
 from .trainer import FitResult, Trainer, TrainerConfig
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def run(recipe: Recipe, tracked: RunTracking, output_dir: Path, *, resume: bool 
     seed_everything(recipe.seed)
     accelerator = build_accelerator(recipe.trainer.device, recipe.trainer.mixed_precision, recipe.trainer.tf32)
     recipe = for_device(recipe, accelerator.device)  # the "auto" settings, decided once
-    output_dir = shared_output_dir(Path(output_dir), accelerator)
+    output_dir, resume = shared_start(Path(output_dir), resume, accelerator)
     log.info("run folder: %s", output_dir)
     for line in recipe.data.summary(checked):
         log.info("%s", line)
@@ -186,13 +186,15 @@ def check_dev_labels(dev: CheckedFile, metric: str, labels: list[str]) -> None:
                 else "macro-F1 counts them only where they are predicted (with F1 0)")  # fmt: skip
 
 
-def shared_output_dir(output_dir: Path, accelerator) -> Path:
-    """With several processes, every one writes and reads the main process's folder."""
+def shared_start(output_dir: Path, resume: bool, accelerator) -> tuple[Path, bool]:
+    """With several processes, every one writes and reads the main process's folder, and resumes when it does (the
+    main process alone judged a folder met again: ``commands.earlier_run``)."""
     if accelerator.num_processes == 1:
-        return output_dir
+        return output_dir, resume
     from accelerate.utils import broadcast_object_list
 
-    return Path(broadcast_object_list([str(output_dir)])[0])
+    folder, resumed = broadcast_object_list([str(output_dir), resume])
+    return Path(folder), resumed
 
 
 @contextlib.contextmanager

@@ -212,7 +212,7 @@ class Trainer:
         self.accelerator, self.log_metrics, self.flush_metrics = accelerator, log_metrics, flush_metrics
         self.regularizer = regularizer or NoRegularizer()  # what one slice's forward and backward passes are
         self.on_evaluate = on_evaluate  # (step, dev metric) after each evaluation: an Optuna trial's pruning
-        self.output_dir, self.folder = Path(output_dir), RunFolder(output_dir)
+        self.folder = RunFolder(output_dir)
         self.best_dir = self.folder.best_model
         self.pin = accelerator.device.type == "cuda"  # pinned host memory: the copy to the GPU runs asynchronously
         self.checkpointer = Checkpointer(

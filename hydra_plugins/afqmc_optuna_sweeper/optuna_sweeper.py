@@ -12,7 +12,7 @@ installs cleanly with a current Optuna.
   terminal, a requeued job) leave each other's trials alone, each counting the other's as taken, and together
   run ``n_trials`` and no more (a trial asked past the total in a race is not run: ``_ask``).
 * A trial whose job raises or returns NaN is told to Optuna as FAIL and the search goes on.
-* Pruning (``pruner``: median, hyperband, threshold or none; see ``afqmc_exp.tracking.pruning``): each job is told
+* Pruning (``pruner``: median, hyperband, threshold or none; see ``afqmc_exp.training.pruning``): each job is told
   its trial (``+optuna.storage/study/trial/pruner``), reports its dev metric at every evaluation and stops
   when the pruner says so; the trial is told PRUNED.
 * The direction follows ``trainer.metric`` (maximise f1/accuracy/auc, minimise loss) unless set.

@@ -49,7 +49,7 @@ def trial_reporter(spec: Mapping[str, Any], metric: str) -> Callable[[int, float
     """``report(step, value)`` for the trial ``spec`` names (the ``optuna`` config node a search gives its jobs)."""
     import optuna
 
-    from .store import resolve_uri
+    from ..tracking.store import resolve_uri
 
     storage = optuna.storages.get_storage(resolve_uri(str(spec["storage"])))
     study_id = storage.get_study_id_from_name(str(spec["study"]))

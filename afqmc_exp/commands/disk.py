@@ -1,0 +1,109 @@
+"""What runs keep on disk: ``afqmc-disk [outputs=DIR] [uri=STORE]``.
+
+After a few dozen runs ``outputs/`` and the MLflow store's artifacts (``mlruns/``) hold gigabytes, most of it best
+weights kept twice: once in the run folder, once uploaded to the run's artifacts (``tracking.log_weights``). This
+lists every run folder under ``outputs`` with what it holds, its best weights and the size of their copy in the
+store (where the store's artifacts are on this disk), largest first, then the totals and how to free each. It
+reads and deletes nothing.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..run_folder import BEST_MODEL, RunFolder
+from .arguments import help_of, parse_args
+
+
+@dataclass
+class DiskArgs:
+    """List what the run folders under ``outputs`` and their copies in the MLflow store take on disk."""
+
+    outputs: str = field(default="outputs", metadata=help_of("the folder of run folders (Hydra's outputs/)"))
+    uri: str | None = field(
+        default=None, metadata=help_of("the tracking store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``afqmc-disk`` / ``python -m afqmc_exp disk``. Returns None (see ``commands.report.main``)."""
+    print(listing(parse_args(DiskArgs, sys.argv[1:] if argv is None else argv, "afqmc-disk")))
+
+
+def size_of(path: Path) -> int:
+    """Bytes of the files under ``path`` (a file's own size; 0 for nothing there)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def megabytes(size: int) -> str:
+    return f"{size / 1e6:,.0f} MB"
+
+
+def stored_copy(client, run_id: str | None) -> int:
+    """Bytes of the best weights uploaded to the run's artifacts, where those are on this disk (else 0)."""
+    from urllib.parse import urlparse
+
+    if client is None or not run_id:
+        return 0
+    try:
+        artifacts = urlparse(client.get_run(run_id).info.artifact_uri)
+    except Exception:  # noqa: BLE001  (a run deleted, a store elsewhere: nothing of it counted here)
+        return 0
+    return size_of(Path(artifacts.path) / BEST_MODEL) if artifacts.scheme in ("", "file") else 0
+
+
+def run_folders(outputs: Path) -> list[RunFolder]:
+    """Every run folder under ``outputs`` (single runs and sweeps' jobs): a folder with a saved config."""
+    folders = (RunFolder(config.parent.parent) for config in outputs.rglob("config.yaml"))
+    return sorted((folder for folder in folders if folder.config.is_file()), key=lambda folder: str(folder.root))
+
+
+def listing(args: DiskArgs) -> str:
+    """The table, largest first, and the totals with how to free them."""
+    outputs = Path(args.outputs)
+    if not outputs.is_dir():
+        raise SystemExit(f"error: outputs={outputs}: no such folder (run afqmc-disk where you train, or name it)")
+    client = _client(args.uri)
+    rows = []
+    for folder in run_folders(outputs):
+        rows.append((size_of(folder.root), size_of(folder.best_model), stored_copy(client, folder.run_id()), folder))
+    rows.sort(key=lambda row: -(row[0] + row[2]))
+    lines = [f"{'run folder':<60} {'folder':>9} {'weights':>9} {'in MLflow':>9}"]
+    for whole, weights, copy, folder in rows:
+        lines.append(f"{str(folder.root):<60} {megabytes(whole):>9} {megabytes(weights):>9} {megabytes(copy):>9}")
+    whole, weights, copies = (sum(row[k] for row in rows) for k in range(3))
+    lines += [
+        f"{len(rows)} run folders: {megabytes(whole)} in {outputs} ({megabytes(weights)} of it best weights), "
+        f"{megabytes(copies)} of weights copied into the MLflow store's artifacts",
+        "to keep one copy of a run's weights: tracking.log_weights=false (runs:/ then has none to fetch); to forget "
+        f"a run's files: rm -r <run folder> (its MLflow run stays); to free a run deleted in the UI: mlflow gc "
+        f"--backend-store-uri {shlex.quote(_store(args.uri))}",
+    ]
+    return "\n".join(lines)
+
+
+def _store(uri: str | None) -> str:
+    from ..tracking.masking import mask_uri
+    from ..tracking.store import default_uri, resolve_uri
+
+    return mask_uri(resolve_uri(uri or default_uri()))
+
+
+def _client(uri: str | None):
+    """The store's client, or None where there is none yet (its copies then count 0)."""
+    from ..tracking import store
+
+    try:
+        return store.client(uri, create=False)
+    except (store.StoreMissing, store.StoreBusy):
+        return None
+
+
+if __name__ == "__main__":
+    main()

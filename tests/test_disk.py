@@ -1,0 +1,45 @@
+"""``afqmc-disk`` (``commands/disk.py``): every run folder under outputs/ with its size, its best weights and their
+copy in the MLflow store's artifacts, largest first, the totals and how to free each; nothing read but sizes."""
+
+import pytest
+
+from afqmc_exp.commands.disk import DiskArgs, listing
+
+
+def run_folder(root, name, weights_bytes, run_id=None):
+    folder = root / name
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    (folder / "best_model").mkdir()
+    (folder / "best_model" / "model.safetensors").write_bytes(b"\0" * weights_bytes)
+    if run_id:
+        (folder / "mlflow_run_id").write_text(run_id + "\n")
+    return folder
+
+
+def test_each_run_folder_its_weights_and_their_copy_in_mlflow_largest_first(tmp_path, store_uri):
+    from afqmc_exp.tracking import store
+
+    client = store.client(store_uri)
+    run = client.create_run(client.create_experiment("e", artifact_location=str(tmp_path / "mlruns")))
+    outputs = tmp_path / "outputs"
+    uploaded = run_folder(outputs / "2026-12-06", "10-00-00", 3_000_000, run.info.run_id)
+    client.log_artifacts(run.info.run_id, str(uploaded / "best_model"), "best_model")  # tracking.log_weights=true
+    run_folder(outputs / "multirun" / "2026-12-06" / "11-00-00", "0", 1_000_000)  # a sweep's job, not uploaded
+    (outputs / "2026-12-06" / "stray").mkdir()  # not a run folder
+
+    lines = listing(DiskArgs(outputs=str(outputs), uri=store_uri)).splitlines()
+    assert lines[1].split()[1:] == ["3", "MB", "3", "MB", "3", "MB"] and lines[1].startswith(str(uploaded))
+    assert lines[2].split()[1:] == ["1", "MB", "1", "MB", "0", "MB"]
+    assert lines[3] == f"2 run folders: 4 MB in {outputs} (4 MB of it best weights), 3 MB of weights copied into the " \
+        "MLflow store's artifacts"  # fmt: skip
+    assert "tracking.log_weights=false" in lines[4] and "mlflow gc --backend-store-uri sqlite:///" in lines[4]
+
+
+def test_without_a_store_the_copies_count_nothing_and_a_missing_folder_is_one_line(tmp_path):
+    run_folder(tmp_path / "outputs", "run", 2_000_000, "0" * 32)
+    lines = listing(DiskArgs(outputs=str(tmp_path / "outputs"), uri=f"sqlite:///{tmp_path / 'none.db'}")).splitlines()
+    assert lines[1].split()[1:] == ["2", "MB", "2", "MB", "0", "MB"]
+    assert not (tmp_path / "none.db").exists()  # looked for, not made
+    with pytest.raises(SystemExit, match=r"outputs=.*nowhere: no such folder"):
+        listing(DiskArgs(outputs=str(tmp_path / "nowhere")))
