@@ -10,7 +10,7 @@ rather than by timing luck:
 * ``kill-group``: at optimizer step N, SIGKILL the process group ``$AFQMC_TEST_PGID`` (a tracking server)
   and go on training;
 * ``gate``: at optimizer step N, wait until the file ``$AFQMC_TEST_GATE`` exists (``$AFQMC_TEST_GATE.waiting``
-  says it is waiting), so a test can act while this run holds its folder;
+  says it is waiting, and holds its pid), so a test can act while this run holds its folder;
 * ``disk-full``: the Nth write of the best weights finds the disk full (ENOSPC) halfway through;
 * ``unrecorded``: killed once result.json is written and N more tracking records are journaled (its MLflow
   run never closed).
@@ -65,7 +65,7 @@ def after_step(self):
         os.killpg(int(os.environ["AFQMC_TEST_PGID"]), signal.SIGKILL)
     if self.state.step == AT and FAULT == "gate":
         gate = Path(os.environ["AFQMC_TEST_GATE"])
-        Path(f"{gate}.waiting").touch()
+        Path(f"{gate}.waiting").write_text(str(os.getpid()))  # which process waits
         while not gate.exists():
             time.sleep(0.1)
     return real_after_step(self)

@@ -1,0 +1,59 @@
+"""The test suite as its user meets it: one Ctrl-C stops ``python -m pytest --slow`` and the command a test is running
+(the commands' prewarmed server runs in a session of its own, so the terminal's Ctrl-C reaches pytest alone, and a
+test interrupted while it waits on a command kills it)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import REPO
+
+pytestmark = pytest.mark.slow  # a pytest of its own, and a training in it
+
+HELD = """
+import os, sys
+sys.path.insert(0, {tests!r})
+from helpers import OFFLINE, SHORT_RUN, run_command
+
+def test_held_at_a_gate(tmp_path):
+    run_command([sys.executable, {faulty!r}, "gate", "1", *SHORT_RUN, "trainer.max_steps=3",
+                 f"hydra.run.dir={{tmp_path / 'run'}}"], cwd=tmp_path, env={{**OFFLINE, "AFQMC_TEST_GATE": {gate!r}}},
+                timeout=600)
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+def test_one_ctrl_c_stops_the_suite_and_the_command_a_test_waits_on(tmp_path):
+    gate = tmp_path / "gate"  # never opened: the training waits at its first step until it is stopped
+    test_file = tmp_path / "test_held.py"
+    test_file.write_text(HELD.format(tests=str(REPO / "tests"), faulty=str(REPO / "tests" / "helpers" /
+                                     "faulty_train.py"), gate=str(gate)))  # fmt: skip
+    with open(tmp_path / "pytest.log", "w") as log:
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test_file)]
+        suite = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    waiting, deadline = gate.with_name("gate.waiting"), time.monotonic() + 300
+    while not (waiting.exists() and waiting.read_text()):  # the training has reached its gate
+        assert suite.poll() is None and time.monotonic() < deadline, (tmp_path / "pytest.log").read_text()[-3000:]
+        time.sleep(0.1)
+    training = int(waiting.read_text())
+    os.killpg(suite.pid, signal.SIGINT)  # the terminal's Ctrl-C: to pytest's foreground process group
+    try:
+        assert suite.wait(timeout=120) != 0
+    finally:
+        if suite.poll() is None:
+            os.killpg(suite.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while alive(training):  # killed with the test that waited on it, not left at its gate
+        assert time.monotonic() < deadline, f"the training ({training}) outlived the suite"
+        time.sleep(0.1)
