@@ -26,6 +26,12 @@ def test_held_at_a_gate(tmp_path):
 """
 
 
+def as_at_a_terminal() -> None:
+    """Ctrl-C as a terminal's foreground job gets it, even where this suite was started in the background (a
+    shell's ``&`` has it ignored, and Python then leaves it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
@@ -41,7 +47,8 @@ def test_one_ctrl_c_stops_the_suite_and_the_command_a_test_waits_on(tmp_path):
                                      "faulty_train.py"), gate=str(gate)))  # fmt: skip
     with open(tmp_path / "pytest.log", "w") as log:
         command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test_file)]
-        suite = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        suite = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                 preexec_fn=as_at_a_terminal)  # fmt: skip
     waiting, deadline = gate.with_name("gate.waiting"), time.monotonic() + 300
     while not (waiting.exists() and waiting.read_text()):  # the training has reached its gate
         assert suite.poll() is None and time.monotonic() < deadline, (tmp_path / "pytest.log").read_text()[-3000:]

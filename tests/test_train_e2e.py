@@ -221,7 +221,7 @@ def test_learns_an_easy_set(tmp_path, precision, fresh_accelerate_state):
             "data.test_file=null",
             "data.batch_size=8",
             "optim.lr=1e-4",
-            "trainer.epochs=3",
+            "trainer.epochs=2",
             "trainer.metric=accuracy",
             "trainer.device=cpu",
             "trainer.progress_bar=false",
