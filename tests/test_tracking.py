@@ -321,3 +321,28 @@ def test_the_summary_names_the_disk_the_weights_take_and_their_copy(tmp_path, ca
         log_summary(FitResult(0.5, 1, tmp_path / "best_model", 1), {}, "accuracy", RunFolder(tmp_path), tracking)
         (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("best weights:")]
         assert "(3 MB on disk" in line and ("tracking.log_weights=false keeps one" in line) == copy, line
+
+
+def test_the_summary_line_names_the_best_and_every_score_of_the_best_weights():
+    from pathlib import Path
+
+    from afqmc_exp.training.outputs import result_line
+    from afqmc_exp.training.trainer import FitResult
+
+    final = {"final/dev_accuracy": 0.73, "final/dev_f1": 0.5, "final/dev_f1_0": 0.8, "final/dev_loss": 0.52,
+             "final/dev_macro_f1": 0.6, "final/test_accuracy": 0.7}  # fmt: skip
+    assert result_line(FitResult(0.7316, 600, Path("best_model"), 1000), final, "accuracy") == (
+        "Best dev accuracy 0.7316 at step 600 of 1000; the best weights scored again from disk: dev_accuracy=0.7300 "
+        "dev_f1=0.5000 dev_macro_f1=0.6000 test_accuracy=0.7000"
+    )
+
+
+def test_the_summary_names_a_server_store_as_a_link_its_password_masked(tmp_path, caplog):
+    from afqmc_exp.training.outputs import log_summary
+    from afqmc_exp.training.trainer import FitResult
+
+    tracking = MlflowTracking(uri="http://alice:s3cret@mlflow-host:5000", experiment="e", run_name="r")
+    caplog.set_level("INFO", logger="afqmc_exp.training.outputs")
+    log_summary(FitResult(0.5, 1, tmp_path / "best_model", 1), {}, "accuracy", RunFolder(tmp_path), tracking)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("MLflow run")]
+    assert line == "MLflow run 'r' in experiment 'e': http://alice:***@mlflow-host:5000"
