@@ -9,6 +9,7 @@ the user's umask gives, as every other file of a run folder has.
   safetensors 0.8 for the weights it writes; a teammate reading a run on a shared store then cannot. Files this
   package writes get what the umask gives (0644 under the usual 022); only a run's own config, which keeps its
   secrets, is made private, on purpose (``tracking.masking.hide_run_config``).
+* :func:`size_of` and :func:`megabytes`: what files take on disk, as the run's summary and ``afqmc-disk`` say it.
 """
 
 from __future__ import annotations
@@ -57,3 +58,16 @@ def replaced_file(path: Path, binary: bool = False):
     except BaseException:
         Path(staged).unlink(missing_ok=True)
         raise
+
+
+def size_of(path: Path) -> int:
+    """Bytes of the files under ``path`` (a file's own size; 0 for nothing there), links not followed."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def megabytes(size: int) -> str:
+    """``87 MB``: what a user reads of a disk's cost."""
+    return f"{size / 1e6:,.0f} MB"

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..files import megabytes, size_of
 from ..run_folder import BEST_MODEL, RunFolder
 from .arguments import help_of, parse_args
 
@@ -32,17 +33,6 @@ class DiskArgs:
 def main(argv: Sequence[str] | None = None) -> None:
     """``afqmc-disk`` / ``python -m afqmc_exp disk``. Returns None (see ``commands.report.main``)."""
     print(listing(parse_args(DiskArgs, sys.argv[1:] if argv is None else argv, "afqmc-disk")))
-
-
-def size_of(path: Path) -> int:
-    """Bytes of the files under ``path`` (a file's own size; 0 for nothing there)."""
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
-
-
-def megabytes(size: int) -> str:
-    return f"{size / 1e6:,.0f} MB"
 
 
 def stored_copy(client, run_id: str | None) -> int:

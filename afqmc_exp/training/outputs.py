@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import PairData, Split
-from ..files import replaced_file
+from ..files import megabytes, replaced_file, size_of
 from ..metrics import SCORES, best_threshold, classification_metrics
 from ..model import load_pair_classifier, prepare_for_device
 from ..plots import save_dev_plots
@@ -122,19 +122,13 @@ def log_summary(result: FitResult, final: dict, metric: str, folder: RunFolder, 
     log.info("%s", result_line(result, final, metric))
     best = folder.best_model
     copied = tracking.enabled and (tracking.log_weights or tracking.register_as)
-    log.info("best weights: %s (%s on disk%s)", best, megabytes(best), ", and a copy in MLflow's artifacts "
+    log.info("best weights: %s (%s on disk%s)", best, megabytes(size_of(best)), ", and a copy in MLflow's artifacts "
              "(tracking.log_weights=false keeps one)" if copied else "")  # fmt: skip
     if tracking.enabled:
         store = mask_uri(tracking.uri)
         local = store.startswith("sqlite") or "://" not in store
         browse = f"mlflow ui --backend-store-uri {shlex.quote(store)} --host 127.0.0.1 --workers 1" if local else store
         log.info("MLflow run %r in experiment %r: %s", tracking.run_name, tracking.experiment, browse)
-
-
-def megabytes(folder: Path) -> str:
-    """What a folder holds, as ``87 MB``."""
-    size = sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
-    return f"{size / 1e6:.0f} MB"
 
 
 def scored_splits(splits: dict[str, Split]) -> list[str]:
