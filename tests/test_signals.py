@@ -62,3 +62,32 @@ def test_outside_the_main_thread_nothing_is_installed():
     thread.start()
     thread.join()
     assert installed == [before]
+
+
+def test_a_scheduler_s_warning_is_taken_only_where_the_scheduler_listens_and_handed_back_after_the_checkpoint():
+    """submitit listens on SIGUSR2 (or SIGUSR1) and requeues at once; while a run trains the warning asks for a
+    checkpoint first, and the stop raised after it (``Preempted``) gives the job back to submitit's handler."""
+    from afqmc_exp.training.signals import Preempted
+
+    requeued = []
+    scheduler = lambda signum, frame: requeued.append(signum)  # noqa: E731  (submitit's checkpoint_and_try_requeue)
+    previous = signal.signal(signal.SIGUSR2, scheduler)
+    try:
+        with GracefulStop() as stop:
+            assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # nobody listens there: left alone
+            os.kill(os.getpid(), signal.SIGUSR2)
+            assert stop.requested and requeued == []
+            stopped = stop.stopped("stopped by a signal at step 3")
+        assert signal.getsignal(signal.SIGUSR2) is scheduler
+        assert isinstance(stopped, Preempted) and str(stopped) == "stopped by a signal at step 3"
+        stopped.requeue()
+        assert requeued == [signal.SIGUSR2]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
+def test_a_stop_asked_by_ctrl_c_or_sigterm_is_a_plain_interrupt():
+    with GracefulStop() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        stopped = stop.stopped("stopped")
+    assert type(stopped) is KeyboardInterrupt

@@ -197,6 +197,7 @@ class ImmediateLauncher:
         from hydra.core.utils import JobReturn, JobStatus
 
         self.launched += batch
+        self.numbers = [*getattr(self, "numbers", []), *range(initial_job_idx, initial_job_idx + len(batch))]
         results = []
         for _ in batch:
             result = JobReturn()
@@ -321,3 +322,23 @@ def test_the_basic_launcher_and_async_trials_off_get_batches(tmp_path):
         sweeper.launcher, sweeper.async_trials = launcher, async_trials
         sweeper.sweep([])
         assert launcher.sizes == [2, 2, 1]
+
+
+@pytest.mark.parametrize("async_trials", [True, False])
+def test_a_job_is_numbered_as_its_trial_so_a_continued_search_never_meets_another_trial_s_folder(
+    tmp_path, async_trials
+):
+    """Trial 0 is another worker's, still running: this worker's jobs (and folders) are 1, 2 and 3."""
+    import types
+
+    from hydra_plugins.afqmc_optuna_sweeper.optuna_sweeper import beating, numbered_runs
+
+    sweeper = worker(tmp_path, 4, n_jobs=2)
+    sweeper.async_trials = async_trials
+    study = sweeper._load_study()
+    elsewhere = study.ask()
+    with beating(study, [elsewhere]):
+        sweeper.sweep([])
+    assert sorted(sweeper.launcher.numbers) == [1, 2, 3]
+    trials = [types.SimpleNamespace(number=n) for n in (3, 4, 6, 7, 9)]  # another worker took 5 and 8 meanwhile
+    assert [[t.number for t in run] for run in numbered_runs(trials)] == [[3, 4], [6, 7], [9]]

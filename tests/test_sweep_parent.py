@@ -283,3 +283,20 @@ def test_two_workers_making_the_study_s_parent_at_once_keep_the_earlier(tmp_path
     experiment = client.get_experiment_by_name("sweeps").experiment_id
     deleted = client.search_runs([experiment], run_view_type=2)  # ViewType.DELETED_ONLY
     assert len(deleted) == 1 and deleted[0].data.tags["sweep.study"] == "s"
+
+
+def test_a_continued_sweep_reopens_its_own_parent_and_closes_it_over_every_job(tmp_path, at_exit):
+    first, client = started(tmp_path, at_exit)
+    parent = first.run.run_id
+    job(tmp_path, parent, "0", objective=0.6)
+    exit_hook(at_exit, first)()  # the sweeping process crashed: its parent closed FAILED
+    assert client.get_run(parent).info.status == "FAILED"
+    again = MlflowSweepCallback()
+    again.on_multirun_start(sweep_config(tmp_path))  # python train.py --multirun resume=<the sweep folder>
+    assert again.run.run_id == parent and parent_run_id(tmp_path / "sweep") == parent
+    job(tmp_path, parent, "1", objective=0.7)
+    again.on_multirun_end(sweep_config(tmp_path))
+    closed = client.get_run(parent)
+    assert closed.info.status == "FINISHED" and closed.data.tags["sweep.jobs"] == "2"
+    experiment = closed.info.experiment_id
+    assert len(client.search_runs([experiment], filter_string="tags.`sweep.dir` != ''")) == 1

@@ -107,6 +107,21 @@ class RunFolderGuard(Callback):
             config.resume = str(folder.root)
 
 
+def job_met_again(folder: RunFolder) -> bool:
+    """Whether a sweep's job meets its own folder holding its run (a job requeued by its scheduler after a
+    preemption, or a continued sweep, ``commands/continued_sweep``): then it continues that run, or reports it if
+    it finished, and is never started afresh over it. Hydra has just saved the job's config there, which is the
+    run's own: the same overrides give the same job folder (a grid's job number, an Optuna trial's number)."""
+    if not folder.holds_a_run:
+        return False
+    if folder.finished:
+        log.info("%s holds this job's run, finished%s: reported, not trained again", folder.root, _result_of(folder))
+    else:
+        log.info("%s holds this job's run (%s), stopped before it finished: continuing it from its last checkpoint",
+                 folder.root, f"MLflow run {folder.run_id()}" if folder.run_id() else "not tracked")  # fmt: skip
+    return True
+
+
 def launched_beside_the_main_process() -> bool:
     """Whether this process is one of several a launcher started (torchrun and ``accelerate launch`` set ``RANK``)
     and not the main one."""

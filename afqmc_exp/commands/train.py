@@ -22,8 +22,9 @@ from ..tracking import store
 from ..tracking.config import flatten
 from ..tracking.masking import Masker, hide_run_config, install_log_filter, mask_uri
 from ..tracking.store import first_line
+from ..training.signals import Preempted
 from .config_checks import ConfigError, validate
-from .earlier_run import saved_config
+from .earlier_run import job_met_again, saved_config
 from .moved_targets import upgrade
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,9 @@ def train_main() -> None:
     import hydra
 
     from .config_checks import check_command_line
+    from .continued_sweep import continued_sweep_command
 
+    sys.argv[1:] = continued_sweep_command(sys.argv[1:], config_dir())  # --multirun resume=<sweep>: its own command
     check_command_line(sys.argv[1:], config_dir())
     hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(train_from_config)()
 
@@ -152,6 +155,10 @@ def train_from_config(cfg: DictConfig) -> float:
         if start.cfg is not cfg:
             masker = mask_logs(start.cfg)  # from here on: the run's own config, its own secrets
         return _start(start, hydra_cfg, masker, in_sweep)
+    except Preempted as stop:  # checkpointed and closed: the job scheduler requeues the job, which continues it
+        log.warning("%s: handing the job back to its scheduler, which requeues it", stop.args[0].split(";")[0])
+        stop.requeue()
+        raise
     except _refused() as err:  # evaluated only when something is raised: the trainer's imports stay lazy
         if in_sweep:  # the sweep records this job as failed and goes on
             raise
@@ -216,8 +223,12 @@ def starting_point(cfg: DictConfig, hydra_cfg) -> Start:
             "error: resume= and rerun= together: resume continues a killed run in its folder, rerun starts a "
             "logged run's config again as a new run; give one of them"
         )
-    if not (resume or rerun):
-        return Start(cfg, output_dir)
+    if not (resume or rerun):  # a sweep's job may meet its own folder again: a requeued job, a continued sweep
+        from hydra.types import RunMode
+
+        return Start(
+            cfg, output_dir, resume=hydra_cfg.mode == RunMode.MULTIRUN and job_met_again(RunFolder(output_dir))
+        )
     lookup = instantiate(cfg.tracking)
     if resume:
         folder = find_run_dir(str(resume), lookup)

@@ -89,7 +89,9 @@ class MlflowSweepCallback(Callback):
         params = {"sweep.overrides": overrides[:6000], "sweep.objective": f"dev_{self.metric}"}
         sweeper = OmegaConf.select(config, "hydra.runtime.choices.hydra/sweeper", default="basic")
         tags = {"sweep.dir": str(sweep_dir.resolve()), "sweep.overrides": overrides, "sweep.sweeper": sweeper}
-        if self.study is None:
+        if self.study is None and parent_run_id(sweep_dir):  # a continued sweep (commands/continued_sweep)
+            self.run, made = tracking.reopen(parent_run_id(sweep_dir), sweep_dir, masker), False
+        elif self.study is None:
             tracking.run_name = f"sweep {datetime.now():%Y-%m-%d %H:%M} · {what_is_swept(config)}"
             self.run, made = tracking.start(params, tags, sweep_dir, masker=masker), True
         else:  # an Optuna study: one parent for every worker that runs it

@@ -389,8 +389,8 @@ class Trainer:
         stop = self._evaluate() if config.eval_every and step % config.eval_every == 0 else False
         self.checkpointer.save(step, logged=logged, stopping=self.signals.requested)
         if self.signals.requested:
-            raise KeyboardInterrupt(f"stopped by a signal at step {step}; continue it: python train.py "
-                                    f"{self.folder.resume_argument}")  # fmt: skip
+            raise self.signals.stopped(f"stopped by a signal at step {step}; continue it: python train.py "
+                                       f"{self.folder.resume_argument}")  # fmt: skip
         return stop or step >= self.total_steps
 
     def _after_epoch(self) -> bool:

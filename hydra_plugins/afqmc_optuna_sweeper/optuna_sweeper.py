@@ -25,6 +25,7 @@ installs cleanly with a current Optuna.
   (hydra#2461 measured over 25% of GPU time idle that way). ``async_trials=false`` launches in batches; the basic
   launcher runs one job at a time in this process and is always given batches. ``benchmarks/sweep_idle.py``
   measures the idle slots of both.
+* A trial's job is numbered as the trial (``numbered_runs``): its folder is ``<sweep dir>/<trial number>``.
 """
 
 # No `from __future__ import annotations` here: Hydra's plugin scanner executes this module outside
@@ -116,6 +117,19 @@ def suggest(trial, name: str, spec: dict) -> Any:
     raise ValueError(f"hydra.sweeper.params.{name}.type={kind!r}: use float, int or categorical")
 
 
+def numbered_runs(trials: list) -> list[list]:
+    """The trials in runs of consecutive numbers, each one launch: a job is numbered as its trial, so its folder is
+    ``<sweep dir>/<trial number>`` whichever worker runs it, and a continued search never meets another trial's
+    folder. Workers asking at the same moment can interleave numbers; their batch is then launched in runs."""
+    runs: list[list] = []
+    for trial in trials:
+        if runs and trial.number == runs[-1][-1].number + 1:
+            runs[-1].append(trial)
+        else:
+            runs.append([trial])
+    return runs
+
+
 class AfqmcOptunaSweeper(Sweeper):
     def __init__(
         self,
@@ -191,14 +205,14 @@ class AfqmcOptunaSweeper(Sweeper):
 
     def _run_in_batches(self, study, arguments: list) -> list:
         """``n_jobs`` trials launched together, the next ones once all of them ended (Hydra's sweepers' way)."""
-        returns, job_idx = [], 0
+        returns = []
         while trials := self._ask(study, self.n_jobs):
             with beating(study, trials):
-                results = self.launcher.launch([self._job(arguments, t) for t in trials], initial_job_idx=job_idx)
+                results = [result for run in numbered_runs(trials) for result in self.launcher.launch(
+                    [self._job(arguments, t) for t in run], initial_job_idx=run[0].number)]  # fmt: skip
             for trial, result in zip(trials, results, strict=True):
                 self._tell(study, trial, result)
             returns.append(results)
-            job_idx += len(trials)
         return returns
 
     def _run_as_slots_free(self, study, arguments: list) -> list:
@@ -208,16 +222,14 @@ class AfqmcOptunaSweeper(Sweeper):
         here, as in batches."""
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-        returns, running, job_idx = [], {}, 0
+        returns, running = [], {}
         with ThreadPoolExecutor(self.n_jobs, thread_name_prefix="trial") as slots, beating(study, alive := set()):
 
             def fill() -> None:
-                nonlocal job_idx
                 while len(running) < self.n_jobs and (trials := self._ask(study, 1)):
-                    job = self._job(arguments, trials[0])
-                    running[slots.submit(self.launcher.launch, [job], initial_job_idx=job_idx)] = trials[0]
+                    job, number = self._job(arguments, trials[0]), trials[0].number
+                    running[slots.submit(self.launcher.launch, [job], initial_job_idx=number)] = trials[0]
                     alive.add(trials[0])
-                    job_idx += 1
 
             fill()
             while running:

@@ -1,0 +1,134 @@
+"""A sweep that stopped (a killed terminal, a crashed node, a cluster's time limit), continued where it stopped:
+``python train.py --multirun resume=<the sweep's folder, or its MLflow parent run id>``.
+
+* :func:`continued_sweep_command` turns that command line, before Hydra reads it, into the sweep's own: the overrides
+  saved in its folder's ``multirun.yaml``, in that same folder (``hydra.sweep.dir``). A grid then lists the same
+  jobs in the same order, so job ``N`` meets its own folder ``N`` again; an Optuna search reloads its study from its
+  storage. Beside ``resume=`` the command line may change only where the jobs run and record (``MAY_CHANGE``: the
+  store's URI, the launcher); anything else would make another sweep, and is refused in one line.
+* Each job that meets its folder again (``earlier_run.job_met_again``) is reported if it finished (not trained, its
+  MLflow run untouched) and continued if it was killed (its own MLflow run, from its last checkpoint); the others
+  train. The sweep's MLflow parent is reopened (``tracking.sweep``) and closed over every job.
+* :class:`SweepFolderGuard` (a Hydra callback, registered in ``conf/train.yaml``) refuses a sweep started in a folder
+  that holds *another* sweep (a fixed ``hydra.sweep.dir`` given again with other values), before Hydra writes
+  anything there: otherwise that sweep's finished jobs would be reported as this one's.
+
+Two continuations of one sweep at once are safe: each job folder is held by one process at a time (its run lock), so
+the second meets a job the first is training as a job that fails, and writes nothing into it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+SAVED = "multirun.yaml"  # the sweep's config, with the overrides it was started with (written by every sweeper)
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def key_of(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def may_change(override: str) -> bool:
+    """Whether an override may differ when a sweep is continued: where its jobs record and run, not what they are."""
+    key = key_of(override)
+    return key in ("tracking.uri", "hydra/launcher") or key.startswith("hydra.launcher.")
+
+
+def continued_sweep_command(argv: Sequence[str], conf_dir: Path) -> list[str]:
+    """``argv`` itself, unless it is ``--multirun resume=<sweep>``: then the sweep's own overrides in its folder."""
+    argv = list(argv)
+    target = next((a.split("=", 1)[1] for a in argv if a.startswith("resume=")), None)
+    if target is None or not set(MULTIRUN_FLAGS) & set(argv):
+        return argv
+    given = [a for a in argv if a not in MULTIRUN_FLAGS and not a.startswith("resume=")]
+    flags, changes = [a for a in given if a.startswith("-")], [a for a in given if not a.startswith("-")]
+    refused = [o for o in changes if not may_change(o)]
+    if refused:
+        raise SystemExit(f"error: --multirun resume={target} continues a sweep with its own overrides; {refused[0]} "
+                         "would make it another sweep. Beside resume= give only tracking.uri or the launcher "
+                         "(hydra/launcher, hydra.launcher.*), or start a new sweep without resume=")  # fmt: skip
+    sweep_dir = sweep_folder(target, changes, conf_dir)
+    saved = OmegaConf.load(sweep_dir / SAVED).hydra.overrides
+    changed = {key_of(o) for o in changes}
+    launcher_changed = "hydra/launcher" in changed
+
+    def kept(override: str) -> bool:
+        key = key_of(override)
+        return not (key in changed or key in ("hydra.mode", "hydra.sweep.dir")
+                    or (launcher_changed and key.startswith("hydra.launcher.")))  # fmt: skip
+
+    print(f"continuing the sweep in {sweep_dir}: jobs that finished are reported, not trained again; killed ones "
+          "continue from their last checkpoint", file=sys.stderr)  # fmt: skip
+    own = [o for o in [*saved.hydra, *saved.task] if kept(o)]
+    return [*flags, "--multirun", *own, f"hydra.sweep.dir={sweep_dir}", *changes]
+
+
+def sweep_folder(target: str, changes: list[str], conf_dir: Path) -> Path:
+    """The folder of the sweep ``target`` names: the folder itself, or the ``sweep.dir`` tag of the MLflow parent
+    run with that id (in the store ``tracking.uri`` names, else the config's default store)."""
+    folder = Path(target).expanduser()
+    if (folder / SAVED).is_file():
+        return folder.absolute()
+    if folder.is_dir():
+        from ..run_folder import RunFolder
+
+        if RunFolder(folder).config.exists():
+            raise SystemExit(f"error: resume={target} is one run's folder, not a sweep's: continue that run without "
+                             f"--multirun (python train.py resume={target}), or give its sweep's folder, "
+                             f"{folder.absolute().parent}")  # fmt: skip
+        raise SystemExit(f"error: resume={target}: no {SAVED} there, so no sweep to continue; give the folder a "
+                         "sweep started (outputs/multirun/<date>/<time>) or its MLflow parent run id")  # fmt: skip
+    return folder_of_parent_run(target, changes, conf_dir)
+
+
+def folder_of_parent_run(run_id: str, changes: list[str], conf_dir: Path) -> Path:
+    from hydra.utils import instantiate
+    from mlflow.exceptions import MlflowException
+
+    from ..tracking import store
+    from ..tracking.masking import mask_uri
+    from .config_checks import _compose
+
+    cfg, _ = _compose(conf_dir, "train", [o for o in changes if key_of(o) == "tracking.uri"])
+    uri = instantiate(cfg.tracking).uri if isinstance(cfg, DictConfig) else "sqlite:///mlflow.db"
+    try:
+        tags = store.client(uri, create=False).get_run(run_id).data.tags
+    except (MlflowException, store.StoreMissing, store.StoreBusy) as error:
+        why = " (no store is there)" if isinstance(error, store.StoreMissing) else ""
+        raise SystemExit(f"error: resume={run_id}: neither a sweep's folder nor the id of an MLflow run in "
+                         f"{mask_uri(uri)}{why}") from None  # fmt: skip
+    folder = Path(tags.get("sweep.dir", ""))
+    if "sweep.dir" not in tags or not (folder / SAVED).is_file():
+        where = f" ({folder} has no {SAVED})" if "sweep.dir" in tags else ""
+        raise SystemExit(f"error: resume={run_id}: not the parent run of a sweep whose folder is here{where}; give "
+                         "the sweep's folder")  # fmt: skip
+    return folder
+
+
+class SweepFolderGuard(Callback):
+    """Hydra callback: a sweep started in a folder that holds another sweep is refused (see the module docstring)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+        if not (sweep_dir / SAVED).is_file():
+            return
+        before = [o for o in OmegaConf.load(sweep_dir / SAVED).hydra.overrides.task if not may_change(o)]
+        now = [o for o in config.hydra.overrides.task if not may_change(o)]
+        if before != now:
+            there, here = [o for o in before if o not in now], [o for o in now if o not in before]
+            differs = f"{' '.join(there) or '(no override)'} there, {' '.join(here) or '(no override)'} here"
+            if not (there or here):
+                differs = "its overrides in another order, which numbers its jobs otherwise"
+            raise SystemExit(f"error: hydra.sweep.dir={sweep_dir}: holds another sweep ({differs}); nothing was "
+                             "written there: give a new hydra.sweep.dir, or continue that sweep with python train.py "
+                             f"--multirun resume={sweep_dir}")  # fmt: skip
+        log.info("%s holds this same sweep: jobs that finished are reported, not trained again; killed ones continue "
+                 "from their last checkpoint", sweep_dir)  # fmt: skip
