@@ -204,13 +204,13 @@ def test_the_sweep_commands_work_as_written(session):
     sizes = {"n_trials=30": "n_trials=2", "seed=1,2,3": "seed=1,2"}  # 6 jobs of the grid's 9, 2 of joblib's 3
     for command in [c for c in RUN if "seed=1,2,3" in c or "n_trials=30" in c]:
         run(command, session, [*RUN[command], f"data.dir={AFQMC}"], **sizes)
-    from afqmc_exp.tracking.sweep import parent_run_id
+    from afqmc_exp.sweep_folder import SweepFolder
 
     grid = next(p.parent for p in session["work"].glob("outputs/multirun/*/*/multirun.yaml")
                 if "optim.lr=1e-5,2e-5,3e-5" in p.read_text())  # fmt: skip
     by_folder, by_parent = [c for c in RUN if c.startswith("python train.py --multirun resume=")]
     for command, target in ((by_folder, {"outputs/multirun/2026-12-06/08-09-01.123456": str(grid)}),
-                            (by_parent, {"<its parent run id>": parent_run_id(grid)})):  # fmt: skip
+                            (by_parent, {"<its parent run id>": SweepFolder(grid).parent_run_id()})):  # fmt: skip
         said = run(command, session, None, **target)
         assert (said.stdout + said.stderr).count("holds this job's run, finished") == 6  # the grid's jobs, all done
 

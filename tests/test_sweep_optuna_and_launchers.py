@@ -4,6 +4,7 @@ import sys
 
 import pytest
 
+from afqmc_exp.sweep_folder import SweepFolder
 from helpers import REPO, SHORT_RUN, mlflow_runs, run_command
 
 
@@ -273,7 +274,7 @@ def test_a_worker_says_whether_it_leaves_the_study_complete(tmp_path):
 
     def said(sweeper):
         sweeper.sweep([])
-        return json.loads((tmp_path / "sweep" / "optuna_study.json").read_text())
+        return json.loads(SweepFolder(tmp_path / "sweep").study_file.read_text())
 
     other = worker(tmp_path, 3)
     study = other._load_study()

@@ -9,9 +9,10 @@ import types
 import pytest
 from omegaconf import OmegaConf
 
+from afqmc_exp.sweep_folder import SweepFolder
 from afqmc_exp.tracking import sweep
 from afqmc_exp.tracking.config import MlflowTracking
-from afqmc_exp.tracking.sweep import MlflowSweepCallback, best_child, parent_run_id, swept_in, swept_keys, what_is_swept
+from afqmc_exp.tracking.sweep import MlflowSweepCallback, best_child, swept_keys, what_is_swept
 
 
 def sweep_config(tmp_path, task=("optim.lr=1e-5,3e-5", "seed=1"), sweeper="basic", searched=None, enabled=True):
@@ -71,10 +72,10 @@ def test_a_sweep_opens_one_parent_named_for_what_it_varies_with_its_id_in_the_sw
     callback, client = started(tmp_path, at_exit, task=("optim.lr=1e-5,3e-5", "seed=1", "+db_password=hunter2xyz"))
     assert callback.run.outbox.drain(60)  # its params are delivered by the outbox's thread: read once they are
     sweep_dir = tmp_path / "sweep"
-    parent = client.get_run(parent_run_id(sweep_dir))
+    parent = client.get_run(SweepFolder(sweep_dir).parent_run_id())
     assert parent.info.run_id == callback.run.run_id and "mlflow.parentRunId" not in parent.data.tags
     assert parent.info.run_name.startswith("sweep 20") and parent.info.run_name.endswith(" · optim.lr×2")
-    assert swept_in(sweep_dir) == ["optim.lr"]  # the jobs' run names show it; seed=1 is not swept
+    assert SweepFolder(sweep_dir).swept_keys() == ["optim.lr"]  # the jobs' run names show it; seed=1 is not swept
     assert parent.data.tags["sweep.dir"] == str(sweep_dir.resolve()) and parent.data.tags["sweep.sweeper"] == "basic"
     assert parent.data.tags["sweep.overrides"] == "optim.lr=1e-5,3e-5 seed=1 +db_password=***"  # no hydra.mode
     assert parent.data.params["sweep.objective"] == "dev_accuracy"
@@ -125,13 +126,13 @@ def test_a_sweep_that_crashed_is_closed_failed_by_its_exit_hook(tmp_path, at_exi
     callback, client = started(tmp_path, at_exit)
     job(tmp_path, callback.run.run_id, "a", 0.7)  # every job that ran finished; then a job raised
     exit_hook(at_exit, callback)()
-    assert client.get_run(parent_run_id(tmp_path / "sweep")).info.status == "FAILED"
+    assert client.get_run(SweepFolder(tmp_path / "sweep").parent_run_id()).info.status == "FAILED"
 
 
 def test_a_sweep_without_jobs_is_closed_failed(tmp_path, at_exit):
     callback, client = started(tmp_path, at_exit)
     callback.close()
-    parent = client.get_run(parent_run_id(tmp_path / "sweep"))
+    parent = client.get_run(SweepFolder(tmp_path / "sweep").parent_run_id())
     assert parent.info.status == "FAILED" and parent.data.tags["sweep.jobs"] == "0"
 
 
@@ -148,7 +149,7 @@ def test_tracking_off_opens_no_parent(tmp_path, at_exit):
     before = (tmp_path / "mlflow.db").read_bytes()
     callback = MlflowSweepCallback()
     callback.on_multirun_start(sweep_config(tmp_path, enabled=False))
-    assert callback.run is None and parent_run_id(tmp_path / "sweep") is None
+    assert callback.run is None and SweepFolder(tmp_path / "sweep").parent_run_id() is None
     assert (tmp_path / "mlflow.db").read_bytes() == before and not (tmp_path / "sweep").exists()
     callback.close()
 
@@ -236,14 +237,16 @@ def study_worker(tmp_path, at_exit, name):
 
 def study_ends(callback, complete):
     """The sweeper's last word on the study, as it leaves it in the worker's sweep folder, then the worker's end."""
-    (callback.sweep_dir / sweep.STUDY_FILE).write_text(json.dumps({"study": "s", "complete": complete}))
+    callback.folder.save_study("s", complete)
     callback.close()
 
 
 def test_the_workers_of_one_study_share_one_parent_and_the_last_to_end_closes_it(tmp_path, at_exit):
     first, second = study_worker(tmp_path, at_exit, "first"), study_worker(tmp_path, at_exit, "second")
     parent_id, client = first.run.run_id, first.run.client
-    assert second.run.run_id == parent_id == parent_run_id(tmp_path / "second")  # its jobs nest under it too
+    assert (
+        second.run.run_id == parent_id == SweepFolder(tmp_path / "second").parent_run_id()
+    )  # its jobs nest under it too
     assert client.get_run(parent_id).data.tags["sweep.study"] == "s"
     job(tmp_path, parent_id, "first's", objective=0.6)
     second_best = job(tmp_path, parent_id, "second's", objective=0.8)
@@ -293,7 +296,7 @@ def test_a_continued_sweep_reopens_its_own_parent_and_closes_it_over_every_job(t
     assert client.get_run(parent).info.status == "FAILED"
     again = MlflowSweepCallback()
     again.on_multirun_start(sweep_config(tmp_path))  # python train.py --multirun resume=<the sweep folder>
-    assert again.run.run_id == parent and parent_run_id(tmp_path / "sweep") == parent
+    assert again.run.run_id == parent and SweepFolder(tmp_path / "sweep").parent_run_id() == parent
     job(tmp_path, parent, "1", objective=0.7)
     again.on_multirun_end(sweep_config(tmp_path))
     closed = client.get_run(parent)

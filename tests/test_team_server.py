@@ -1,58 +1,60 @@
-"""The team setup for real: an `mlflow server` on a PostgreSQL backend, a 2-job sweep logging to it
-through MLFLOW_TRACKING_URI, everything read back through the MLflow client. `.ci/run` starts PostgreSQL
-and sets AFQMC_TEST_POSTGRES_URI; without it the test fails under --slow (see conftest.require)."""
+"""The team setup for real: an `mlflow server` on a PostgreSQL backend, and one Optuna search on a PostgreSQL
+storage run by two workers at once (two terminals, two machines, two SLURM array tasks), logging to that server
+through MLFLOW_TRACKING_URI; everything read back through the MLflow client and Optuna. `.ci/run` starts PostgreSQL
+and sets AFQMC_TEST_POSTGRES_URI and AFQMC_TEST_OPTUNA_URI; without them the test fails under --slow (see
+conftest.require)."""
 
 import json
 import os
+import subprocess
 import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
-from helpers import AFQMC, REPO, mlflow_service, require, run_command
+from helpers import AFQMC, REPO, launch, mlflow_service, require
 
 POSTGRES = os.environ.get("AFQMC_TEST_POSTGRES_URI")
+OPTUNA = os.environ.get("AFQMC_TEST_OPTUNA_URI")  # another database: Optuna's tables and MLflow's would collide
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def mlflow_server(tmp_path, request):
-    require(request, bool(POSTGRES), "needs PostgreSQL: set AFQMC_TEST_POSTGRES_URI (.ci/run starts it and does)")
+    needs = "needs PostgreSQL: set AFQMC_TEST_POSTGRES_URI and AFQMC_TEST_OPTUNA_URI (.ci/run starts it and does)"
+    require(request, bool(POSTGRES and OPTUNA), needs)
     with mlflow_service("server", POSTGRES, tmp_path, "--artifacts-destination", str(tmp_path / "artifacts")) as url:
         yield url
 
 
-def test_a_sweep_logs_to_a_shared_server_with_a_database_backend(tmp_path, mlflow_server):
+def test_two_workers_share_one_search_on_postgresql_and_log_to_a_shared_server(tmp_path, mlflow_server):
+    import optuna
     from mlflow import MlflowClient
 
-    experiment = f"team-{uuid.uuid4().hex[:8]}"
-    cmd = [
-        sys.executable,
-        str(REPO / "train.py"),
-        "--multirun",
-        "model=minilm",
-        f"data.dir={AFQMC}",
-        "data.test_file=null",
-        "data.max_length=48",
-        "data.dev_limit=100",
-        "trainer.max_steps=2",
-        "trainer.device=cpu",
-        "trainer.progress_bar=false",
-        f"tracking.experiment={experiment}",
-        "seed=1,2",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
-    ]
+    experiment = study = f"team-{uuid.uuid4().hex[:8]}"  # the databases outlive the test: names of its own
+    cmd = [sys.executable, str(REPO / "train.py"), "model=minilm", f"data.dir={AFQMC}", "data.test_file=null",
+           "data.max_length=48", "data.dev_limit=100", "trainer.max_steps=2", "trainer.device=cpu",
+           "trainer.progress_bar=false", f"tracking.experiment={experiment}", "hparams_search=afqmc_optuna",
+           f"hydra.sweeper.storage={OPTUNA}", f"hydra.sweeper.study_name={study}",
+           "hydra.sweeper.n_trials=2"]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_TRACKING_URI": mlflow_server}
-    proc = run_command(cmd, cwd=tmp_path, env=env, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    workers = [launch([*cmd, f"hydra.sweep.dir={tmp_path / f'worker{i}'}"], cwd=tmp_path, env=env,
+                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in (1, 2)]  # fmt: skip
+    for worker in workers:
+        _, err = worker.communicate(timeout=900)
+        assert worker.returncode == 0, err[-3000:]
     assert not (tmp_path / "mlflow.db").exists()  # nothing went to the default local store
+    trials = [t for t in optuna.load_study(study_name=study, storage=OPTUNA).trials
+              if not t.user_attrs.get("afqmc.over_total")]  # fmt: skip
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]  # the study's total, between both workers
 
     client = MlflowClient(mlflow_server)
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
     assert len(parent) == 1 and len(children) == 2 and parent[0].info.status == "FINISHED"
+    assert parent[0].data.tags["sweep.study"] == study and parent[0].data.tags["sweep.jobs"] == "2"
     for child in children:
         assert child.info.status == "FINISHED"
         assert [m.step for m in client.get_metric_history(child.info.run_id, "dev/accuracy")] == [2]

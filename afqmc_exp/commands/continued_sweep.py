@@ -27,8 +27,9 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from ..sweep_folder import SweepFolder
+
 log = logging.getLogger(__name__)
-SAVED = "multirun.yaml"  # the sweep's config, with the overrides it was started with (written by every sweeper)
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
@@ -56,7 +57,7 @@ def continued_sweep_command(argv: Sequence[str], conf_dir: Path) -> list[str]:
                          "would make it another sweep. Beside resume= give only tracking.uri or the launcher "
                          "(hydra/launcher, hydra.launcher.*), or start a new sweep without resume=")  # fmt: skip
     sweep_dir = sweep_folder(target, changes, conf_dir)
-    saved = OmegaConf.load(sweep_dir / SAVED).hydra.overrides
+    saved = OmegaConf.load(SweepFolder(sweep_dir).saved_config).hydra.overrides
     changed = {key_of(o) for o in changes}
     launcher_changed = "hydra/launcher" in changed
 
@@ -75,7 +76,7 @@ def sweep_folder(target: str, changes: list[str], conf_dir: Path) -> Path:
     """The folder of the sweep ``target`` names: the folder itself, or the ``sweep.dir`` tag of the MLflow parent
     run with that id (in the store ``tracking.uri`` names, else the config's default store)."""
     folder = Path(target).expanduser()
-    if (folder / SAVED).is_file():
+    if SweepFolder(folder).saved_config.is_file():
         return folder.absolute()
     if folder.is_dir():
         from ..run_folder import RunFolder
@@ -84,7 +85,8 @@ def sweep_folder(target: str, changes: list[str], conf_dir: Path) -> Path:
             raise SystemExit(f"error: resume={target} is one run's folder, not a sweep's: continue that run without "
                              f"--multirun (python train.py resume={target}), or give its sweep's folder, "
                              f"{folder.absolute().parent}")  # fmt: skip
-        raise SystemExit(f"error: resume={target}: no {SAVED} there, so no sweep to continue; give the folder a "
+        raise SystemExit(f"error: resume={target}: no {SweepFolder(folder).saved_config.name} there, so no sweep to "
+                         "continue; give the folder a "
                          "sweep started (outputs/multirun/<date>/<time>) or its MLflow parent run id")  # fmt: skip
     return folder_of_parent_run(target, changes, conf_dir)
 
@@ -105,12 +107,12 @@ def folder_of_parent_run(run_id: str, changes: list[str], conf_dir: Path) -> Pat
         why = " (no store is there)" if isinstance(error, store.StoreMissing) else ""
         raise SystemExit(f"error: resume={run_id}: neither a sweep's folder nor the id of an MLflow run in "
                          f"{mask_uri(uri)}{why}") from None  # fmt: skip
-    folder = Path(tags.get("sweep.dir", ""))
-    if "sweep.dir" not in tags or not (folder / SAVED).is_file():
-        where = f" ({folder} has no {SAVED})" if "sweep.dir" in tags else ""
+    folder = SweepFolder(tags.get("sweep.dir", ""))
+    if "sweep.dir" not in tags or not folder.saved_config.is_file():
+        where = f" ({folder.root} has no {folder.saved_config.name})" if "sweep.dir" in tags else ""
         raise SystemExit(f"error: resume={run_id}: not the parent run of a sweep whose folder is here{where}; give "
                          "the sweep's folder")  # fmt: skip
-    return folder
+    return folder.root
 
 
 class SweepFolderGuard(Callback):
@@ -118,9 +120,10 @@ class SweepFolderGuard(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
-        if not (sweep_dir / SAVED).is_file():
+        if not SweepFolder(sweep_dir).saved_config.is_file():
             return
-        before = [o for o in OmegaConf.load(sweep_dir / SAVED).hydra.overrides.task if not may_change(o)]
+        before = [o for o in OmegaConf.load(SweepFolder(sweep_dir).saved_config).hydra.overrides.task
+                  if not may_change(o)]  # fmt: skip
         now = [o for o in config.hydra.overrides.task if not may_change(o)]
         if before != now:
             there, here = [o for o in before if o not in now], [o for o in now if o not in before]

@@ -311,17 +311,17 @@ def _train(start: Start, hydra_cfg, masker: Masker, in_sweep: bool) -> float:
     """The run's config checked, its groups instantiated, and the typed task called with them."""
     from hydra.utils import instantiate
 
-    from ..tracking.sweep import parent_experiment, parent_run_id, swept_in
+    from ..sweep_folder import SweepFolder
     from ..training.pruning import trial_reporter
     from ..training.run import Recipe, RunTracking, run
 
-    cfg, output_dir = start.cfg, start.output_dir
+    cfg, output_dir, sweep = start.cfg, start.output_dir, SweepFolder(hydra_cfg.sweep.dir)
     tracking = instantiate(cfg.tracking)
     choices = saved_choices(output_dir) if start.resume else dict(hydra_cfg.runtime.choices)  # the run's own options
     if in_sweep:  # nested under the sweep's parent, in its experiment
-        tracking.experiment = parent_experiment(hydra_cfg.sweep.dir) or tracking.experiment
+        tracking.experiment = sweep.parent_experiment() or tracking.experiment
     if not tracking.run_name:
-        swept = swept_in(hydra_cfg.sweep.dir) if in_sweep else []
+        swept = sweep.swept_keys() if in_sweep else []
         tracking.run_name = start.run_name or default_run_name(cfg, choices, swept)
     if in_sweep and hydra_cfg.runtime.choices.get("hydra/launcher") == "joblib":  # jobs side by side: a GPU each
         from ..training.hardware import pin_parallel_job
@@ -337,7 +337,7 @@ def _train(start: Start, hydra_cfg, masker: Masker, in_sweep: bool) -> float:
                                             **subject_tags(cfg, choices), **start.tags}  # fmt: skip
     tracked = RunTracking(
         tracking, params=masker.values(flatten(OmegaConf.to_container(cfg, resolve=True))), tags=tags,
-        parent_run_id=parent_run_id(hydra_cfg.sweep.dir) if in_sweep else None, masker=masker,
+        parent_run_id=sweep.parent_run_id() if in_sweep else None, masker=masker,
     )  # fmt: skip
     optuna = OmegaConf.to_container(cfg.optuna) if cfg.get("optuna") else None  # a trial of a search (pruning)
     on_evaluate = trial_reporter(optuna, cfg.trainer.metric) if optuna else None

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..run_folder import RunFolder
+from ..sweep_folder import SweepFolder
 
 SECRET_KEY = re.compile(
     r"(token(?!i[sz])|password|passwd|secret|api[_-]?key|credential)", re.IGNORECASE
@@ -118,7 +119,8 @@ def hide_run_config(folder: Path, masker: Masker) -> None:
     """A run folder's config files (``.hydra/*.yaml``, a sweep's ``multirun.yaml``), which keep the real values of
     its secrets, made readable by their owner only."""
     if masker:
-        for path in [*RunFolder(folder).hydra.glob("*.yaml"), *Path(folder).glob("multirun.yaml")]:
+        sweep_config = SweepFolder(folder).saved_config
+        for path in [*RunFolder(folder).hydra.glob("*.yaml"), *([sweep_config] if sweep_config.exists() else [])]:
             path.chmod(0o600)
 
 

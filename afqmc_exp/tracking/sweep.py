@@ -2,10 +2,11 @@
 
 A Hydra callback (registered in ``conf/train.yaml``) opens the parent run when a multirun starts, in the launching
 process and before any job: that also creates a new SQLite store before parallel jobs (``hydra/launcher=joblib``)
-could race to create it. The parent's id is written into the sweep folder, where every job (in this process or
-another) finds it and nests its own run under it (``mlflow.parentRunId``) in the parent's experiment
-(``parent_experiment``: a sweep over ``data`` is one row in the experiment of the sweep's own config, not scattered
-over each task's). Its name says when and what was swept (``sweep 2026-11-26 14:02 · optim.lr×3 seed×3``). When the
+could race to create it. The parent's id is written into the sweep folder (``sweep_folder``), where every job (in
+this process or another) finds it and nests its own run under it (``mlflow.parentRunId``) in the parent's experiment
+(a sweep over ``data`` is one row in the experiment of the sweep's own config, not scattered over each task's). A
+continued sweep (``--multirun resume=``) reopens the parent its folder names.
+Its name says when and what was swept (``sweep 2026-11-26 14:02 · optim.lr×3 seed×3``). When the
 sweep ends the parent gets the best child's objective and run id, a description linking it, the report of its jobs
 (``comparison``: Markdown, CSV, plots) and the sweep's ``multirun.yaml`` as artifacts; a registered model version
 of the best job gets the alias ``champion``; the console's last line names the best job and the report command. The
@@ -22,14 +23,14 @@ judged on), and the folds' objective as mean and standard deviation (``folds/*``
 An Optuna search has one parent per study, not per command: the same search started by several workers (terminals,
 machines, SLURM array tasks) on one storage and one MLflow store finds the study's parent by its tag
 (``study_parent``) and nests its trials under it. Each worker's end updates the parent's best job, report and
-champion over every worker's trials; the sweeper says whether it left the study complete (``STUDY_FILE``), and
-only then is the parent closed: the last worker closes it, the others leave it RUNNING.
+champion over every worker's trials; the sweeper says whether it left the study complete
+(``SweepFolder.study_complete``), and only then is the parent closed: the last worker closes it, the others leave it
+RUNNING.
 """
 
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import math
 from datetime import datetime
@@ -39,31 +40,18 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ..run_folder import RunFolder
+from ..sweep_folder import SweepFolder
 from .config import context_tags
 from .masking import Masker, hide_run_config, install_log_filter
 
 log = logging.getLogger(__name__)
-PARENT_RUN_FILE = "mlflow_parent_run_id"
-PARENT_EXPERIMENT_FILE = "mlflow_experiment"  # the parent's experiment: its jobs are recorded there
-SWEPT_FILE = "swept_keys.json"  # in the sweep folder: what the sweep varies, for its jobs' run names
-STUDY_FILE = "optuna_study.json"  # written by the Optuna sweeper as it ends: is the study complete?
-
-
-def parent_run_id(sweep_dir: str | Path) -> str | None:
-    path = Path(sweep_dir) / PARENT_RUN_FILE
-    return path.read_text().strip() if path.exists() else None
-
-
-def parent_experiment(sweep_dir: str | Path) -> str | None:
-    path = Path(sweep_dir) / PARENT_EXPERIMENT_FILE
-    return path.read_text(encoding="utf-8").strip() if path.exists() else None
 
 
 class MlflowSweepCallback(Callback):
     def __init__(self) -> None:
         self.run = None  # the sweep's parent run, open from the multirun's start to its end
         self.metric = "accuracy"
-        self.sweep_dir: Path | None = None
+        self.folder: SweepFolder | None = None
         self.masker: Masker | None = None  # the sweep's secrets, hidden in what the parent logs
         self.study: dict | None = None  # an Optuna search's study (``study_of``): its parent is shared
 
@@ -81,16 +69,17 @@ class MlflowSweepCallback(Callback):
         tracking = instantiate(config.tracking)
         if not tracking.enabled:
             return
-        sweep_dir = Path(config.hydra.sweep.dir)
+        folder = SweepFolder(Path(config.hydra.sweep.dir))
+        sweep_dir = folder.root
         sweep_dir.mkdir(parents=True, exist_ok=True)
         self.metric = config.trainer.metric
         overrides = " ".join(masker.override(o) for o in given if not o.startswith("hydra.mode="))
-        self.sweep_dir, self.masker, self.study = sweep_dir, masker, study_of(config)
+        self.folder, self.masker, self.study = folder, masker, study_of(config)
         params = {"sweep.overrides": overrides[:6000], "sweep.objective": f"dev_{self.metric}"}
         sweeper = OmegaConf.select(config, "hydra.runtime.choices.hydra/sweeper", default="basic")
         tags = {"sweep.dir": str(sweep_dir.resolve()), "sweep.overrides": overrides, "sweep.sweeper": sweeper}
-        if self.study is None and parent_run_id(sweep_dir):  # a continued sweep (commands/continued_sweep)
-            self.run, made = tracking.reopen(parent_run_id(sweep_dir), sweep_dir, masker), False
+        if self.study is None and folder.parent_run_id():  # a continued sweep (commands/continued_sweep)
+            self.run, made = tracking.reopen(folder.parent_run_id(), sweep_dir, masker), False
         elif self.study is None:
             tracking.run_name = f"sweep {datetime.now():%Y-%m-%d %H:%M} · {what_is_swept(config)}"
             self.run, made = tracking.start(params, tags, sweep_dir, masker=masker), True
@@ -101,9 +90,7 @@ class MlflowSweepCallback(Callback):
             self.run.log_params(params)
             self.run.set_tags(context_tags(Path.cwd()))  # the runs table's Source and User for the sweep's row
             self.run.log_datasets(sweep_datasets(config))
-        (sweep_dir / PARENT_RUN_FILE).write_text(self.run.run_id + "\n")
-        (sweep_dir / PARENT_EXPERIMENT_FILE).write_text(tracking.experiment + "\n", encoding="utf-8")
-        (sweep_dir / SWEPT_FILE).write_text(json.dumps(list(swept_keys(config))) + "\n")
+        folder.save_parent(self.run.run_id, tracking.experiment, list(swept_keys(config)))
         atexit.register(self.close, crashed=True)  # Hydra skips on_multirun_end when a job raises
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
@@ -129,10 +116,10 @@ class MlflowSweepCallback(Callback):
             crown_champion(run.client, best)
             self._attach_report(run, children)
             self._pool_folds(run, children)
-        hide_run_config(self.sweep_dir, self.masker)  # the sweep's multirun.yaml keeps the real secrets
-        run.log_masked_file(self.sweep_dir / "multirun.yaml")
+        hide_run_config(self.folder.root, self.masker)  # the sweep's multirun.yaml keeps the real secrets
+        run.log_masked_file(self.folder.saved_config)
         run.set_tags(tags)
-        if self.study is not None and not crashed and not study_complete(self.sweep_dir):
+        if self.study is not None and not crashed and not self.folder.study_complete():
             run.end(None)  # the study's other workers still run trials: the last one to end closes the parent
             log.info("study parent run %s stays RUNNING: %d jobs so far, %d failed; the study's other workers still "
                      "run trials, and the last of them closes it", run.run_id, len(children), len(failed))  # fmt: skip
@@ -168,7 +155,7 @@ class MlflowSweepCallback(Callback):
                          f"folds/best_dev_{self.metric}_mean": float(np.mean(objectives)),
                          f"folds/best_dev_{self.metric}_std": float(np.std(objectives, ddof=1)) if len(objectives) > 1
                          else None}, step=0)  # fmt: skip
-        path = self.sweep_dir / "oof_predictions.jsonl"
+        path = self.folder.out_of_fold
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         run.log_artifact(path)
         if len(names) == 2:  # a clean threshold: chosen on predictions of pairs no model trained on
@@ -183,7 +170,7 @@ class MlflowSweepCallback(Callback):
     def _attach_report(self, run, children) -> None:
         from .comparison import rows_of, write_report
 
-        folder = self.sweep_dir / "report"
+        folder = self.folder.report
         try:
             write_report(rows_of(children, self.metric), self.metric, f"sweep {run.run_id}", folder)
         except Exception as error:  # noqa: BLE001  (a report that cannot be drawn must not fail the sweep)
@@ -239,12 +226,6 @@ def study_parent(tracking, study: dict, tags: dict, folder: Path, masker: Masker
     return tracking.reopen(parent, folder, masker), parent == mine
 
 
-def study_complete(sweep_dir: Path) -> bool:
-    """Whether the Optuna sweeper found the study complete when it ended (no trial left to run or running)."""
-    path = Path(sweep_dir) / STUDY_FILE
-    return path.exists() and json.loads(path.read_text(encoding="utf-8")).get("complete", False)
-
-
 def sweep_datasets(config: DictConfig) -> list[dict]:
     """The data files of the sweep's base config, so its row in the runs table names them too (checked here
     once: the jobs then find them checked)."""
@@ -293,12 +274,6 @@ def what_is_swept(config: DictConfig) -> str:
     if swept and all(count is None for count in swept.values()):
         return "optuna: " + ", ".join(swept)
     return " ".join(f"{key}×{count}" for key, count in swept.items()) or "one job"
-
-
-def swept_in(sweep_dir: str | Path) -> list[str]:
-    """The keys the sweep of ``sweep_dir`` varies (its jobs' run names show them)."""
-    path = Path(sweep_dir) / SWEPT_FILE
-    return json.loads(path.read_text()) if path.exists() else []
 
 
 def best_child(children: list, metric: str):

@@ -45,6 +45,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from afqmc_exp.sweep_folder import SweepFolder  # a sweep folder's file names (light: no torch, no MLflow)
+
 log = logging.getLogger(__name__)
 
 
@@ -173,30 +175,25 @@ class AfqmcOptunaSweeper(Sweeper):
             self.n_trials,
             f", {running} running in another search" if running else "",
         )
-        sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")  # as Hydra's basic sweeper does: the sweep's config
+        sweep = SweepFolder(Path(self.config.hydra.sweep.dir))
+        sweep.root.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep.saved_config)  # as Hydra's basic sweeper does: the sweep's config
         in_process = type(self.launcher).__name__ == "BasicLauncher"  # one job at a time in this process anyway
         if self.async_trials and self.n_jobs > 1 and not in_process:
             returns = self._run_as_slots_free(study, arguments)
         else:
             returns = self._run_in_batches(study, arguments)
         self._log_best(study)
-        self._say_if_complete(study, sweep_dir)
+        self._say_if_complete(study, sweep)
         return returns
 
-    def _say_if_complete(self, study, sweep_dir: Path) -> None:
+    def _say_if_complete(self, study, sweep: SweepFolder) -> None:
         """Whether the study is complete (every trial of its total told, none running in another worker): the
         sweep's MLflow callback then closes the study's parent run, else leaves it to the last worker."""
-        import json
-
         from optuna.trial import TrialState
 
-        from afqmc_exp.tracking.sweep import STUDY_FILE
-
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
-        complete = not running and self._taken(study) >= self.n_trials
-        (sweep_dir / STUDY_FILE).write_text(json.dumps({"study": self.study_name, "complete": complete}) + "\n")
+        sweep.save_study(self.study_name, complete=not running and self._taken(study) >= self.n_trials)
 
     def _job(self, arguments: list, trial) -> list:
         """A trial's job: the command line's overrides, the trial's values, and how it finds its trial."""
