@@ -120,3 +120,15 @@ def test_a_search_s_trial_numbers_are_not_a_swept_param(tmp_path):
         return type("Run", (), {"info": info, "data": data})
 
     assert varying_params(rows_of([trial(0, "1e-5"), trial(1, "2e-5")], "f1")) == ["optim.lr"]
+
+
+def test_nothing_to_report_is_one_line_naming_what_there_is(store, empty_store_file, tmp_path):
+    import shutil
+
+    uri, _ = store
+    with pytest.raises(SystemExit, match=r"^error: no MLflow experiment named 'nosuch' \(experiments: .*afqmc"):
+        main([f"uri={uri}", "experiment=nosuch", f"out={tmp_path / 'x'}"])
+    shutil.copyfile(empty_store_file, tmp_path / "empty.db")
+    with pytest.raises(SystemExit, match=r"^error: no runs in this store yet; train first \(afqmc-train experiment="):
+        main([f"uri=sqlite:///{tmp_path / 'empty.db'}", f"out={tmp_path / 'y'}"])
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

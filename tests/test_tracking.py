@@ -346,3 +346,35 @@ def test_the_summary_names_a_server_store_as_a_link_its_password_masked(tmp_path
     log_summary(FitResult(0.5, 1, tmp_path / "best_model", 1), {}, "accuracy", RunFolder(tmp_path), tracking)
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("MLflow run")]
     assert line == "MLflow run 'r' in experiment 'e': http://alice:***@mlflow-host:5000"
+
+
+def test_each_run_sets_its_experiment_s_runs_view_and_the_summary_links_it(tmp_path, store_uri, caplog):
+    """The runs table's shared view (the one columns setting MLflow's server keeps): the run's metric, best first,
+    beside what tells runs apart; the run's last lines link it, a server's password left out."""
+    import json
+
+    from afqmc_exp.tracking import store
+    from afqmc_exp.training.outputs import log_summary
+    from afqmc_exp.training.trainer import FitResult
+
+    caplog.set_level("INFO", logger="afqmc_exp.training.outputs")
+    for metric, best_first_is_low in (("accuracy", False), ("loss", True)):
+        tracking = MlflowTracking(uri=store_uri, experiment="e", run_name="r")
+        run = tracking.start({}, {"metric": metric}, tmp_path / metric)
+        run.end("FINISHED")
+        experiment = store.client(store_uri).get_experiment_by_name("e")
+        assert run.experiment_id == experiment.experiment_id
+        assert json.loads(experiment.tags["mlflow.sharedViewState.afqmc"]) == {
+            "selectedColumns": [f"metrics.`best/dev_{metric}`", "tags.`model`", "tags.`task`", "params.`optim.lr`",
+                                "params.`data.batch_size`", "params.`seed`", "attributes.`Dataset`"],
+            "orderByKey": f"metrics.`best/dev_{metric}`", "orderByAsc": best_first_is_low}  # fmt: skip
+    for uri, ui in (
+        (store_uri, "http://127.0.0.1:5000"),
+        ("http://alice:s3cret@mlflow-host:5000", "http://mlflow-host:5000"),
+    ):
+        caplog.clear()
+        tracking = MlflowTracking(uri=uri, experiment="e", run_name="r")
+        log_summary(FitResult(0.5, 1, tmp_path / "best_model", 1), {}, "loss", RunFolder(tmp_path), tracking, "7")
+        (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("its runs")]
+        said = "its runs beside each other (best dev loss, model, task, lr, batch, seed)"
+        assert line == f"{said}: {ui}/#/experiments/7?viewStateShareKey=afqmc"

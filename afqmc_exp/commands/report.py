@@ -47,9 +47,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 def report(args: ReportArgs) -> Path:
     """Print the report of ``args`` and write its files; returns their folder."""
     from ..tracking import store
-    from ..tracking.comparison import collect, write_report
+    from ..tracking.comparison import NothingToReport, collect, write_report
 
-    frame, metric, title = collect(store.client(args.uri), args.experiment, args.parent)
+    try:
+        frame, metric, title, chosen = collect(store.client(args.uri), args.experiment, args.parent)
+    except NothingToReport as nothing:
+        raise SystemExit(f"error: {nothing}") from None
+    if chosen:
+        print(chosen)
     out = Path(args.out or Path("reports") / (args.parent or title.split(" ", 1)[1]))
     print(write_report(frame, metric, title, out))
     print(f"wrote {out / 'report.md'}, runs.csv, by_config.csv and plots in {out}")

@@ -7,6 +7,8 @@ configs with their seeds pooled (mean and sample standard deviation, "—" for a
 written as Markdown and CSV, with ``objective_vs_<param>.png`` for every param that varies between the runs.
 Two callers: ``afqmc-report`` (``commands.report``) and a sweep's parent run, which gets the same report as
 artifacts when the sweep ends (``sweep``); it lives here, beside the store it reads, so the sweep needs no command.
+It prints nothing and exits nothing: what there is to say is returned or raised (``NothingToReport``), and the
+command says it.
 """
 
 from __future__ import annotations
@@ -46,45 +48,50 @@ NOT_DESIGN = (
 )
 
 
-def runs_to_report(client, experiment: str | None, parent: str | None) -> tuple[list, str]:
-    """The runs (a sweep's jobs, or an experiment's runs that are not sweep parents) and what they are."""
+class NothingToReport(LookupError):
+    """No such experiment, or no runs in it; the message says what there is and what to do."""
+
+
+def runs_to_report(client, experiment: str | None, parent: str | None) -> tuple[list, str, str | None]:
+    """The runs (a sweep's jobs, or an experiment's runs that are not sweep parents), what they are, and, when the
+    experiment was chosen here, which one and which others there are."""
     if parent:
         experiment_id = client.get_run(parent).info.experiment_id
         runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'",
                                   max_results=50000)  # fmt: skip
-        return runs, f"parent run {parent}"
-    found = client.get_experiment_by_name(experiment) if experiment else latest_experiment(client)
+        return runs, f"parent run {parent}", None
+    found, chosen = (client.get_experiment_by_name(experiment), None) if experiment else latest_experiment(client)
     if found is None:
         names = ", ".join(e.name for e in client.search_experiments()) or "none"
-        raise SystemExit(f"error: no MLflow experiment named {experiment!r} (experiments: {names})")
+        raise NothingToReport(f"no MLflow experiment named {experiment!r} (experiments: {names})")
     runs = client.search_runs([found.experiment_id], max_results=50000)
     return [r for r in runs if "sweep.dir" not in r.data.tags or "mlflow.parentRunId" in r.data.tags], \
-        f"experiment {found.name}"  # fmt: skip
+        f"experiment {found.name}", chosen  # fmt: skip
 
 
-def latest_experiment(client):
-    """The experiment whose most recent run started last; the others are named on the way."""
+def latest_experiment(client) -> tuple:
+    """The experiment whose most recent run started last, and a line naming it and the others."""
     latest = []
     for experiment in client.search_experiments():
         newest = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)
         if newest:
             latest.append((newest[0].info.start_time, experiment))
     if not latest:
-        raise SystemExit("error: no runs in this store yet; train first (afqmc-train experiment=quickstart)")
+        raise NothingToReport("no runs in this store yet; train first (afqmc-train experiment=quickstart)")
     latest.sort(key=lambda pair: pair[0], reverse=True)
     others = ", ".join(e.name for _, e in latest[1:])
-    print(f"reporting experiment {latest[0][1].name!r}" + (f" (also here: {others}; pick one with experiment=NAME)"
-                                                          if others else ""))  # fmt: skip
-    return latest[0][1]
+    return latest[0][1], f"reporting experiment {latest[0][1].name!r}" + (
+        f" (also here: {others}; pick one with experiment=NAME)" if others else "")  # fmt: skip
 
 
 def collect(client, experiment: str | None, parent: str | None):
-    """Rows of the runs to compare (finished or not), sorted; the objective's name; what the runs are."""
-    runs, title = runs_to_report(client, experiment, parent)
+    """Rows of the runs to compare (finished or not), sorted; the objective's name; what the runs are; which
+    experiment was chosen (None when it was named)."""
+    runs, title, chosen = runs_to_report(client, experiment, parent)
     if not runs:
-        raise SystemExit(f"error: no runs to report in {title}")
+        raise NothingToReport(f"no runs to report in {title}")
     metric = runs[0].data.params.get("trainer.metric", "f1")  # runs logged before there were tasks: AFQMC's F1
-    return rows_of(runs, metric), metric, title
+    return rows_of(runs, metric), metric, title, chosen
 
 
 def rows_of(runs, metric: str):

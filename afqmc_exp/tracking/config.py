@@ -8,6 +8,11 @@
   line from the outbox ("tracking is behind", "caught up").
 * Secrets: params come from ``flatten`` (secret-looking keys and passwords inside URIs masked); config
   files are uploaded as masked copies (``log_masked_artifacts``); see ``masking``.
+* The runs table: MLflow's UI opens an experiment with its own default columns (none of them a metric) and keeps a
+  user's choice in their browser only. A *shared view* is the one setting the server keeps: an experiment tag
+  ``mlflow.sharedViewState.<key>`` that the page ``#/experiments/<id>?viewStateShareKey=<key>`` opens with. Each run
+  sets the view ``afqmc`` on its experiment (``RUNS_VIEW``): the best dev value of its metric (sorted best first),
+  the model, the task, lr, batch and seed; the run's last line links it (``runs_view_link``).
 * The client API (not the fluent ``mlflow.start_run``) is used so that several runs in one process
   (a multirun with the basic launcher) never share hidden global state. ``mlflow`` itself is imported
   only when a run starts.
@@ -31,6 +36,29 @@ from .store import default_uri, first_line
 log = logging.getLogger(__name__)
 
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+RUNS_VIEW = "afqmc"  # the runs table's shared view on every experiment a run records in (see the docstring)
+VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW}"
+
+
+def runs_view_state(metric: str) -> str:
+    """The view's state as MLflow's UI reads it: its columns (``<type>.`<name>```) and its order."""
+    import json
+
+    from ..metrics import GREATER_IS_BETTER
+
+    best = f"metrics.`best/dev_{metric}`"
+    columns = [best, "tags.`model`", "tags.`task`", "params.`optim.lr`", "params.`data.batch_size`", "params.`seed`",
+               "attributes.`Dataset`"]  # fmt: skip
+    return json.dumps({"selectedColumns": columns, "orderByKey": best, "orderByAsc": not GREATER_IS_BETTER[metric]})
+
+
+def runs_view_link(browse_at: str, experiment_id: str) -> str:
+    """The page of the view on an experiment, at the UI ``browse_at`` (a server's credentials left out)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(browse_at.rstrip("/"))
+    ui = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return f"{ui}/#/experiments/{experiment_id}?viewStateShareKey={RUNS_VIEW}"
 
 
 class TrackingUnavailable(RuntimeError):
@@ -117,6 +145,8 @@ class MlflowTracking:
             experiment_id = self.experiment_id(client)
             run_tags = {**tags, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
             created = client.create_run(experiment_id, run_name=self.run_name, tags=run_tags)
+            if "metric" in tags:  # a training run (a sweep's parent has none): the runs table's view, its metric's
+                client.set_experiment_tag(experiment_id, VIEW_TAG, runs_view_state(tags["metric"]))
         except Exception as error:  # noqa: BLE001  (whatever the store raised, said in one line)
             raise TrackingUnavailable(
                 f"tracking.uri={mask_uri(self.uri)}: cannot create the MLflow run ({first_line(error)}); start the "
@@ -125,6 +155,7 @@ class MlflowTracking:
         run = Run(
             client, created.info.run_id, folder, self.flush_every, masker=masker, drain_seconds=self.drain_seconds
         )
+        run.experiment_id = experiment_id
         run.set_tags(run_tags)  # in the journal too: a resumed process reads them back (journal_tags)
         run.log_params(params)
         log.info(

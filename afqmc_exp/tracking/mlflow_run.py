@@ -52,6 +52,7 @@ class Run:
         self.tags: dict[str, str] = {}  # every tag this run has set, the last value of each
         self.outbox = Outbox(folder, self._deliver)
         self._store_through: dict[str, int] | None = None  # filled when replaying a backlog (see _deliver)
+        self.experiment_id: str | None = None  # known to a run this process created (the summary links its view)
         self.completing = False  # True: recording a finish that a killed process left unjournaled (see _put)
 
     @property

@@ -25,7 +25,7 @@ from ..metrics import SCORES, best_threshold, classification_metrics
 from ..model import load_pair_classifier, prepare_for_device
 from ..plots import save_dev_plots
 from ..run_folder import BEST_MODEL, RunFolder
-from ..tracking.config import MlflowTracking
+from ..tracking.config import MlflowTracking, runs_view_link
 from ..tracking.masking import mask_uri
 from ..tracking.mlflow_run import NoRun, Run
 from .checkpoint import remove_last_checkpoint, update_meta
@@ -58,7 +58,8 @@ class RunOutputs:
         scored = score_best(result.best_dir, splits, data, trainer.threshold, self.accelerator)
         if not self.accelerator.is_main_process:
             return
-        log_summary(result, scored.final, trainer.metric, self.folder, self.tracking)
+        log_summary(result, scored.final, trainer.metric, self.folder, self.tracking,
+                    getattr(self.mlflow_run, "experiment_id", None))  # fmt: skip
         self.write(result, splits, scored, data.labels, trainer.metric)
         self.record_finish(result, scored.final, trainer.metric)
         if not trainer.keep_last_checkpoint:
@@ -117,8 +118,10 @@ def result_line(result: FitResult, final: dict, metric: str) -> str:
         f"weights scored again from disk: {scores}"  # fmt: skip
 
 
-def log_summary(result: FitResult, final: dict, metric: str, folder: RunFolder, tracking: MlflowTracking) -> None:
-    """What a user wants to read last: how good, where the weights are, how to browse the run."""
+def log_summary(result: FitResult, final: dict, metric: str, folder: RunFolder, tracking: MlflowTracking,
+                experiment_id: str | None = None) -> None:  # fmt: skip
+    """What a user wants to read last: how good, where the weights are, how to browse the run (and, where the
+    experiment is known, its runs table with the columns that tell runs apart)."""
     log.info("%s", result_line(result, final, metric))
     best = folder.best_model
     copied = tracking.enabled and (tracking.log_weights or tracking.register_as)
@@ -129,6 +132,9 @@ def log_summary(result: FitResult, final: dict, metric: str, folder: RunFolder, 
         local = store.startswith("sqlite") or "://" not in store
         browse = f"mlflow ui --backend-store-uri {shlex.quote(store)} --host 127.0.0.1 --workers 1" if local else store
         log.info("MLflow run %r in experiment %r: %s", tracking.run_name, tracking.experiment, browse)
+        if experiment_id is not None:
+            log.info("its runs beside each other (best dev %s, model, task, lr, batch, seed): %s", metric,
+                     runs_view_link("http://127.0.0.1:5000" if local else store, experiment_id))  # fmt: skip
 
 
 def scored_splits(splits: dict[str, Split]) -> list[str]:
