@@ -41,13 +41,15 @@ def test_two_workers_share_one_search_on_postgresql_and_log_to_a_shared_server(t
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_TRACKING_URI": mlflow_server}
     workers = [launch([*cmd, f"hydra.sweep.dir={tmp_path / f'worker{i}'}"], cwd=tmp_path, env=env,
                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in (1, 2)]  # fmt: skip
+    said = []
     for worker in workers:
-        _, err = worker.communicate(timeout=900)
-        assert worker.returncode == 0, err[-3000:]
+        said.append(worker.communicate(timeout=900)[1])
+        assert worker.returncode == 0, said[-1][-3000:]
     assert not (tmp_path / "mlflow.db").exists()  # nothing went to the default local store
     trials = [t for t in optuna.load_study(study_name=study, storage=OPTUNA).trials
               if not t.user_attrs.get("afqmc.over_total")]  # fmt: skip
-    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]  # the study's total, between both workers
+    logs = "".join(p.read_text()[-3000:] for p in tmp_path.glob("worker*/*/train.log")) + "".join(said)
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"], logs  # the study's total, between both workers
 
     client = MlflowClient(mlflow_server)
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])

@@ -377,4 +377,4 @@ def test_each_run_sets_its_experiment_s_runs_view_and_the_summary_links_it(tmp_p
         log_summary(FitResult(0.5, 1, tmp_path / "best_model", 1), {}, "loss", RunFolder(tmp_path), tracking, "7")
         (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("its runs")]
         said = "its runs beside each other (best dev loss, model, task, lr, batch, seed)"
-        assert line == f"{said}: {ui}/#/experiments/7?viewStateShareKey=afqmc"
+        assert line == f"{said}: {ui}/#/experiments/7/runs?viewStateShareKey=afqmc"

@@ -138,7 +138,7 @@ def test_chromium_shows_the_sweep_and_its_runs_with_their_metric(ui, request):
     assert "train.py" in child_page and "afqmc/train.json (" in child_page  # the dataset with its digest
     assert "afqmc/train.json" in runs_page and "train.py" in runs_page
     # the view each run's last line links: the metric, model and task are columns there, not on the default page
-    view = visit(f"{url}/#/experiments/{experiment_id}?viewStateShareKey=afqmc", tmp / "runs_view.png",
+    view = visit(f"{url}/#/experiments/{experiment_id}/runs?viewStateShareKey=afqmc", tmp / "runs_view.png",
                  rendered="best/dev_accuracy")  # fmt: skip
     assert "best/dev_accuracy" in view and "best/dev_accuracy" not in runs_page
     if os.environ.get("AFQMC_SCREENSHOT_DIR"):  # keep the screenshots past the test's tmp folder

@@ -10,9 +10,10 @@
   files are uploaded as masked copies (``log_masked_artifacts``); see ``masking``.
 * The runs table: MLflow's UI opens an experiment with its own default columns (none of them a metric) and keeps a
   user's choice in their browser only. A *shared view* is the one setting the server keeps: an experiment tag
-  ``mlflow.sharedViewState.<key>`` that the page ``#/experiments/<id>?viewStateShareKey=<key>`` opens with. Each run
-  sets the view ``afqmc`` on its experiment (``RUNS_VIEW``): the best dev value of its metric (sorted best first),
-  the model, the task, lr, batch and seed; the run's last line links it (``runs_view_link``).
+  ``mlflow.sharedViewState.<key>`` that the page ``#/experiments/<id>/runs?viewStateShareKey=<key>`` opens with
+  (MLflow 3.15+; the page offers to keep it as the user's own view). Each run sets the view ``afqmc`` on its
+  experiment (``RUNS_VIEW``): the best dev value of its metric (sorted best first), the model, the task, lr, batch
+  and seed; the run's last line links it (``runs_view_link``).
 * The client API (not the fluent ``mlflow.start_run``) is used so that several runs in one process
   (a multirun with the basic launcher) never share hidden global state. ``mlflow`` itself is imported
   only when a run starts.
@@ -58,7 +59,7 @@ def runs_view_link(browse_at: str, experiment_id: str) -> str:
 
     parts = urlsplit(browse_at.rstrip("/"))
     ui = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-    return f"{ui}/#/experiments/{experiment_id}?viewStateShareKey={RUNS_VIEW}"
+    return f"{ui}/#/experiments/{experiment_id}/runs?viewStateShareKey={RUNS_VIEW}"
 
 
 class TrackingUnavailable(RuntimeError):
