@@ -119,3 +119,14 @@ def test_sweep_idle_compares_batches_and_free_slots_on_one_search():
     for arm in ("batches (Hydra)", "slots (afqmc-exp)"):
         assert 0 <= report[arm]["slot_idle"] < 1 and report[arm]["makespan_s"] > 0
     assert report["makespan_ratio"] > 0 and (report["jobs"], report["trials"]) == (2, 4)
+
+
+def test_a_job_s_span_is_read_from_its_own_log(tmp_path):
+    """``sweep_idle.py --train`` measures each job from its folder: the first and the last line of its train.log."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from sweep_idle import log_span
+
+    log = tmp_path / "train.log"
+    log.write_text("[2026-12-06 08:10:31,121][HYDRA] start\nno time here\n[2026-12-06 08:10:41,621][x][INFO] - end\n")
+    start, end = log_span(log)
+    assert round(end - start, 3) == 10.5

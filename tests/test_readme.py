@@ -92,6 +92,8 @@ NOT_RUN = {  # README command -> why this test does not run it (and which test c
     "python benchmarks/throughput.py --device cuda --model /path/to/bert-base-chinese "
     "--variant trainer.compile=reduce-overhead": "a GPU",
     "python benchmarks/host_syncs.py --model /path/to/bert-base-chinese": "a GPU (test_benchmarks.py on CPU)",
+    "python benchmarks/sweep_idle.py --train --jobs 2 --trials 8 --rounds 2": "a benchmark of 32 trainings (minutes; "
+    "test_benchmarks.py runs its simulated arms, and reads a job's span from its log)",
     "python benchmarks/ops_per_step.py --variant trainer.max_grad_norm=null": "test_benchmarks.py runs it small",
     "mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --workers 1": "test_ui.py runs it",
     ". .venv/bin/activate && pip install mutmut && AFQMC_DATA=$PWD/../shared/data/afqmc python -m mutmut run && "
