@@ -303,3 +303,14 @@ def test_a_continued_sweep_reopens_its_own_parent_and_closes_it_over_every_job(t
     assert closed.info.status == "FINISHED" and closed.data.tags["sweep.jobs"] == "2"
     experiment = closed.info.experiment_id
     assert len(client.search_runs([experiment], filter_string="tags.`sweep.dir` != ''")) == 1
+
+
+def test_a_worker_leaving_the_study_open_counts_a_trial_still_training_as_running_not_failed(tmp_path, at_exit, caplog):
+    caplog.set_level("INFO")
+    first = study_worker(tmp_path, at_exit, "first")
+    parent_id, client = first.run.run_id, first.run.client
+    job(tmp_path, parent_id, "first's", objective=0.6)
+    job(tmp_path, parent_id, "second's", status=None)  # the other worker's trial, still training
+    study_ends(first, complete=False)
+    assert client.get_run(parent_id).data.tags["sweep.failed_jobs"] == "0"
+    assert "stays RUNNING: 2 jobs so far (1 running), 0 failed" in caplog.text

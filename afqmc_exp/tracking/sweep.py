@@ -105,7 +105,9 @@ class MlflowSweepCallback(Callback):
         children = run.client.search_runs(
             [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.run_id}'", max_results=10000
         )
-        failed = [c for c in children if c.info.status != "FINISHED"]
+        stays_open = self.study is not None and not crashed and not self.folder.study_complete()
+        running = [c for c in children if c.info.status == "RUNNING"] if stays_open else []  # another worker's
+        failed = [c for c in children if c.info.status != "FINISHED" and c not in running]
         tags = {"sweep.jobs": len(children), "sweep.failed_jobs": len(failed)}
         best = best_child(children, self.metric)
         if best is not None:
@@ -119,10 +121,11 @@ class MlflowSweepCallback(Callback):
         hide_run_config(self.folder.root, self.masker)  # the sweep's multirun.yaml keeps the real secrets
         run.log_masked_file(self.folder.saved_config)
         run.set_tags(tags)
-        if self.study is not None and not crashed and not self.folder.study_complete():
+        if stays_open:
             run.end(None)  # the study's other workers still run trials: the last one to end closes the parent
-            log.info("study parent run %s stays RUNNING: %d jobs so far, %d failed; the study's other workers still "
-                     "run trials, and the last of them closes it", run.run_id, len(children), len(failed))  # fmt: skip
+            log.info("study parent run %s stays RUNNING: %d jobs so far (%d running), %d failed; the study's other "
+                     "workers still run trials, and the last of them closes it", run.run_id, len(children),
+                     len(running), len(failed))  # fmt: skip
         else:
             status = "FINISHED" if children and not failed and not crashed else "FAILED"
             run.end(status)
