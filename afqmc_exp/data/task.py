@@ -222,13 +222,6 @@ class PairData:
             num_shards=num_shards, shard=shard, pad_to_multiple_of=self.pad_to_multiple_of,
         )  # fmt: skip
 
-    def dataset_inputs(self, checked: dict[str, CheckedFile]) -> list[dict]:
-        """The files as MLflow dataset inputs: name (task/file), path, digest of the bytes, pairs, role."""
-        contexts = {"train": "training", "dev": "validation", "test": "test"}
-        return [{"name": f"{self.name}/{f.path.name}", "path": str(f.path.resolve()), "digest": f.digest[:8],
-                 "rows": f.stats.pairs, "context": contexts.get(split, "validation")}
-                for split, f in checked.items()]  # fmt: skip
-
 
 def file_key(split: str) -> str:
     """The config key that names a split's file: ``data.dev_file``, ``data.extra_dev.<name>.file``."""

@@ -29,6 +29,15 @@ from .store import first_line
 log = logging.getLogger(__name__)
 
 
+def dataset_records(task: str, checked: dict) -> list[dict]:
+    """A task's checked files (``data.CheckedFile`` by split) as MLflow dataset inputs: name (task/file), path, a
+    digest of the bytes, pairs, role. The records travel through the outbox, so they are plain dicts."""
+    contexts = {"train": "training", "dev": "validation", "test": "test"}
+    return [{"name": f"{task}/{f.path.name}", "path": str(f.path.resolve()), "digest": f.digest[:8],
+             "rows": f.stats.pairs, "context": contexts.get(split, "validation")}
+            for split, f in checked.items()]  # fmt: skip
+
+
 class Run:
     """An open MLflow run. Writes are queued in the outbox in ``folder`` (see the module docstring); ``client`` is
     for reads. Where nothing is tracked, :class:`NoRun` stands in."""
@@ -98,8 +107,8 @@ class Run:
             self._put({"op": "artifacts", "path": str(local_dir), "artifact_path": artifact_path})
 
     def log_datasets(self, datasets: list[dict]) -> None:
-        """Data files as dataset inputs (``{"name", "path", "digest", "rows", "context"}``): the runs table's
-        Dataset column names them, and the digest tells apart two runs on different data."""
+        """Data files as dataset inputs (``dataset_records``): the runs table's Dataset column names them, and the
+        digest tells apart two runs on different data."""
         self._put({"op": "inputs", "datasets": datasets})
 
     def log_table(self, jsonl: Path, artifact_file: str) -> None:

@@ -43,6 +43,7 @@ from ..run_folder import RunFolder
 from ..sweep_folder import SweepFolder
 from .config import context_tags
 from .masking import Masker, hide_run_config, install_log_filter
+from .mlflow_run import dataset_records
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +237,7 @@ def sweep_datasets(config: DictConfig) -> list[dict]:
 
     try:
         data = instantiate(config.data)
-        return data.dataset_inputs(data.check())
+        return dataset_records(data.name, data.check())
     except Exception:  # noqa: BLE001  (the jobs report bad data themselves)
         return []
 

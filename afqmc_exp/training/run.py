@@ -26,7 +26,7 @@ from ..model import Pretrained, prepare_for_device
 from ..run_folder import RunFolder
 from ..tracking.config import MlflowTracking
 from ..tracking.masking import Masker
-from ..tracking.mlflow_run import NoRun, Run
+from ..tracking.mlflow_run import NoRun, Run, dataset_records
 from ..tracking.system_metrics import SystemMetrics
 from .checkpoint import has_last_checkpoint
 from .hardware import build_accelerator, seconds_since_start, system_tags
@@ -84,7 +84,7 @@ def run(recipe: Recipe, tracked: RunTracking, output_dir: Path, *, resume: bool 
     log.info("run folder: %s", output_dir)
     for line in recipe.data.summary(checked):
         log.info("%s", line)
-    datasets = [] if resume else recipe.data.dataset_inputs(checked)  # a resumed run logged them when it began
+    datasets = [] if resume else dataset_records(recipe.data.name, checked)  # a resumed run logged them already
     hardware = system_tags(accelerator, eval_bf16=recipe.trainer.eval_precision == "bf16")
     startup["startup_data_s"] = seconds_since_start()
     tracked = replace(tracked, tags={**tracked.tags, **hardware})
