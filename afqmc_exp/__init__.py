@@ -8,6 +8,6 @@ import time
 
 STARTED_AT = time.time()  # this interpreter's start, near enough: see hardware.seconds_since_start
 
-from . import resolvers  # noqa: E402, F401  (registers ${afqmc.minilm:} and ${afqmc.sample:})
+from . import resolvers  # noqa: E402, F401  (registers the configs' ${afqmc.*:} resolvers, listed there)
 
 __version__ = "0.1.0"

@@ -55,7 +55,7 @@ def replaced_file(path: Path, binary: bool = False):
         with os.fdopen(handle, "wb" if binary else "w", encoding=None if binary else "utf-8") as file:
             yield file
         os.replace(staged, path)
-    except BaseException:
+    except BaseException:  # (a Ctrl-C too: the staged file goes, and it is raised again)
         Path(staged).unlink(missing_ok=True)
         raise
 

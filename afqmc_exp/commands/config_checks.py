@@ -320,7 +320,7 @@ def _first_of_each_sweep(overrides: list[str]) -> list[str] | None:
             else:
                 single.append(override.input_line)
         return single
-    except Exception:  # noqa: BLE001  (glob sweeps, syntax errors...: Hydra's to report)
+    except Exception:  # (glob sweeps, syntax errors...: Hydra's to report)
         return None
 
 
@@ -345,7 +345,7 @@ def _compose(conf_dir: Path, config_name: str, overrides: list[str]):
             key = match.group(1)
             overrides = [o for o in overrides if o.split("=", 1)[0] != key]
             unknown.append(key)
-        except Exception:  # noqa: BLE001  (a bad value...: Hydra's message is good)
+        except Exception:  # (a bad value...: Hydra's message is good)
             return None, []
     return None, []
 

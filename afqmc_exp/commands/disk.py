@@ -43,7 +43,7 @@ def stored_copy(client, run_id: str | None) -> int:
         return 0
     try:
         artifacts = urlparse(client.get_run(run_id).info.artifact_uri)
-    except Exception:  # noqa: BLE001  (a run deleted, a store elsewhere: nothing of it counted here)
+    except Exception:  # (a run deleted, a store elsewhere: nothing of it counted here)
         return 0
     return size_of(Path(artifacts.path) / BEST_MODEL) if artifacts.scheme in ("", "file") else 0
 

@@ -5,7 +5,7 @@ A file is read, scored and written in chunks of ``CHUNK`` pairs, so memory stays
 the predictions file grows as the pairs are scored. It is read the way the weights' task reads its files
 (the format and fields saved with them, ``afqmc_exp.json``), unless ``format=``/``text_a=``... say otherwise,
 and its labels must be the weights' own. Answers are in the one format every way of predicting uses
-(``inference.answer``).
+(``answers.answer``).
 
 ``ckpt=A,B,C`` is an ensemble: each member scores the pairs with its own max_length, and the mean of their
 probabilities is the answer, predicted at the mean of their thresholds (``threshold=`` overrides it). Its

@@ -33,7 +33,7 @@ REPO_DIR = PACKAGE_DIR.parent
 
 
 def config_dir() -> Path:
-    """``conf/`` of the checkout this package runs from, else the copy inside the installed package."""
+    """The copy of ``conf/`` inside the installed package (a wheel), else ``conf/`` of the checkout it runs from."""
     packaged = PACKAGE_DIR / "conf"
     return packaged if packaged.is_dir() else REPO_DIR / "conf"
 

@@ -400,7 +400,7 @@ def read_parquet(path: Path, fields: tuple) -> Iterator[Row]:
         raise DataError(f"{path}: data.format=parquet needs pyarrow: pip install pyarrow") from None
     try:
         table = pq.ParquetFile(path)
-    except Exception as err:  # noqa: BLE001  (pyarrow raises several kinds for a file that is not Parquet)
+    except Exception as err:  # (pyarrow raises several kinds for a file that is not Parquet)
         raise DataError(f"{path}: not a Parquet file ({str(err).splitlines()[0]})") from None
     names = table.schema_arrow.names
     for role, name in zip(FIELDS[:2], fields[:2], strict=True):

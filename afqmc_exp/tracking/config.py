@@ -148,7 +148,7 @@ class MlflowTracking:
             created = client.create_run(experiment_id, run_name=self.run_name, tags=run_tags)
             if "metric" in tags:  # a training run (a sweep's parent has none): the runs table's view, its metric's
                 client.set_experiment_tag(experiment_id, VIEW_TAG, runs_view_state(tags["metric"]))
-        except Exception as error:  # noqa: BLE001  (whatever the store raised, said in one line)
+        except Exception as error:  # (whatever the store raised, said in one line)
             raise TrackingUnavailable(
                 f"tracking.uri={mask_uri(self.uri)}: cannot create the MLflow run ({first_line(error)}); start the "
                 "store or point tracking.uri elsewhere (tracking.enabled=false runs without MLflow)"

@@ -125,8 +125,8 @@ def hide_run_config(folder: Path, masker: Masker) -> None:
 
 
 def install_log_filter(masker: Masker) -> None:
-    """Mask every record reaching the root logger's handlers (console, Hydra's train.log, and any added later
-    to the root through ``add_handler``)."""
+    """Mask every record reaching the root logger's handlers as they are now (console, Hydra's train.log); a
+    handler added to the root later is not masked until this is called again (each run calls it as it starts)."""
     for handler in logging.getLogger().handlers:
         handler.filters = [f for f in handler.filters if not isinstance(f, _MaskingFilter)]
         handler.addFilter(_MaskingFilter(masker))

@@ -1,4 +1,4 @@
-"""An open MLflow run, as the trainer and the experiment write to it.
+"""An open MLflow run, as the trainer and the training run (``training/run.py``) write to it.
 
 Training never waits for the store: every write after the run's creation goes through an
 :class:`~afqmc_exp.tracking.outbox.Outbox` in the run folder, delivered by a background thread and kept on disk
@@ -198,7 +198,7 @@ class Run:
         """Per metric, the last step the store holds (for runs logged before the journal existed)."""
         try:
             return self._read_store_steps()
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:  # (whatever the store raised: the journal's steps are used, said in one line)
             log.warning("could not read the logged steps of run %s (%s)", self.run_id, first_line(error))
             return {}
 

@@ -113,7 +113,7 @@ class Outbox:
                 record = self.records[self.sent]
             try:
                 self.deliver(record, self.sent < self.first_new)
-            except Exception as error:  # noqa: BLE001  (whatever the store raised: keep the record, retry)
+            except Exception as error:  # (whatever the store raised: keep the record, retry)
                 if permanent(error):
                     log.error(
                         "MLflow refused a %s record for good (%s); it is skipped", record.get("op"), first_line(error)

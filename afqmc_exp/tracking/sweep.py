@@ -177,7 +177,7 @@ class MlflowSweepCallback(Callback):
         folder = self.folder.report
         try:
             write_report(rows_of(children, self.metric), self.metric, f"sweep {run.run_id}", folder)
-        except Exception as error:  # noqa: BLE001  (a report that cannot be drawn must not fail the sweep)
+        except Exception as error:  # (a report that cannot be drawn must not fail the sweep)
             log.warning("no report for the sweep: %s", error)
             return
         run.log_artifacts(folder, "report")
@@ -238,7 +238,7 @@ def sweep_datasets(config: DictConfig) -> list[dict]:
     try:
         data = instantiate(config.data)
         return dataset_records(data.name, data.check())
-    except Exception:  # noqa: BLE001  (the jobs report bad data themselves)
+    except Exception:  # (the jobs report bad data themselves)
         return []
 
 

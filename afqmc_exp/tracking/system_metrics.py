@@ -30,7 +30,7 @@ def sample() -> dict[str, float]:
         values["system/gpu_0_memory_usage_percentage"] = 100 * (total - free) / total
         try:
             values["system/gpu_0_utilization_percentage"] = float(torch.cuda.utilization())
-        except Exception:  # noqa: BLE001  (needs NVML, which not every install has)
+        except Exception:  # (needs NVML, which not every install has)
             pass
     return values
 

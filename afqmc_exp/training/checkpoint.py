@@ -148,7 +148,7 @@ def atomic_dir(target: Path):
     staging.mkdir(parents=True)
     try:
         yield staging
-    except BaseException as error:
+    except BaseException as error:  # (a kill or Ctrl-C too: no half-written copy is left, and it is raised again)
         shutil.rmtree(staging, ignore_errors=True)  # a partial copy would only fill the disk further
         if disk_full(error):
             kept = f"the previous {target.name} is intact" if target.exists() else f"no earlier {target.name} existed"
@@ -302,7 +302,7 @@ def load_last_checkpoint(folder: Path, model, optimizer, scheduler, accelerator)
         rng = saved["rng"]  # one per process of the interrupted run
         extra = load_file(folder / EXTRA_WEIGHTS) if (folder / EXTRA_WEIGHTS).exists() else {}
         return TrainState(**saved["state"]), rng[accelerator.process_index % len(rng)], extra
-    except Exception as error:  # noqa: BLE001  (safetensors, torch and pickle raise many kinds for a cut file)
+    except Exception as error:  # (safetensors, torch and pickle raise many kinds for a cut file)
         raise CheckpointDamaged(
             f"{folder}: the last checkpoint is damaged ({str(error).splitlines()[0][:200]}); to start over in the "
             f"same run, move it aside (mv {shlex.quote(str(folder))} {shlex.quote(f'{folder}.damaged')}) and resume "

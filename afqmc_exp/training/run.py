@@ -210,7 +210,7 @@ def closed_with_status(mlflow_run: Run, output_dir: Path, accelerator, system_me
     except KeyboardInterrupt:
         status = "KILLED"
         raise
-    except Exception as error:
+    except Exception as error:  # (any failure closes the run FAILED, and is raised again)
         if is_pruned(error):  # an Optuna search stopped this trial early: not a failure
             status = "KILLED"
             mlflow_run.set_tags({"optuna.state": "PRUNED", "optuna.pruned": str(error)})

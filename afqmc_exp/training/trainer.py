@@ -112,7 +112,7 @@ class FitResult:
     best_step: int
     best_dir: Path
     steps: int
-    # train/eval samples per second, time to first step (and, from the experiment, the startup before it)
+    # train/eval samples per second, time to first step (and, from the training run, the startup before it)
     speed: dict[str, float] = field(default_factory=dict)
     pairs_seen: int = 0  # training pairs the optimizer steps were taken on (grad_accumulation x batch x steps)
 
