@@ -168,10 +168,10 @@ def test_a_preempted_job_saves_a_checkpoint_and_is_requeued_into_its_run_and_tri
     would. The job stops at a step with a checkpoint, and its requeued self continues its MLflow run and trial."""
     import optuna
 
-    sweep, steps = tmp_path / "sweep", 30
+    sweep, steps = tmp_path / "sweep", 20
     search = [f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}", "hydra.sweeper.n_trials=1"]
     cmd = [sys.executable, str(REPO / "train.py"), *SHORT_RUN, f"trainer.max_steps={steps}", "trainer.eval_every=null",
-           "trainer.checkpoint_every=2", "data.dev_limit=40", "hparams_search=afqmc_optuna", *search,
+           "trainer.checkpoint_every=4", "data.dev_limit=40", "hparams_search=afqmc_optuna", *search,
            "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}"]  # fmt: skip
     proc = launch(cmd, cwd=tmp_path)
     deadline = time.monotonic() + 600

@@ -122,6 +122,28 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path, afqmc_dir)
 
 
 @pytest.mark.slow
+def test_two_workers_started_at_once_share_one_search_and_one_parent_on_sqlite(tmp_path, afqmc_dir):
+    """The same search in two terminals on one machine (docs/scaling.md's recipe: SQLite on a local disk for both
+    stores): the study's total between them, each trial once, one parent run with every trial under it."""
+    import subprocess
+
+    from helpers import launch
+
+    cmd = train_cmd(tmp_path, afqmc_dir, "hparams_search=afqmc_optuna", "hydra.sweeper.n_trials=3")
+    workers = [launch([*cmd, f"hydra.sweep.dir={tmp_path / f'worker{i}'}"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                      stderr=subprocess.PIPE) for i in (1, 2)]  # fmt: skip
+    said = [worker.communicate(timeout=900)[1] for worker in workers]
+    assert [w.returncode for w in workers] == [0, 0], "".join(said)[-3000:]
+    trials = [t for t in study(tmp_path, "afqmc_minilm").trials if not t.user_attrs.get("afqmc.over_total")]
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3, "".join(said)[-3000:]
+    _, runs = mlflow_runs(tmp_path, "afqmc")
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.jobs"] == "3" and len(children) == 3
+    assert sorted(float(r.data.params["optim.lr"]) for r in children) == sorted(t.params["optim.lr"] for t in trials)
+
+
+@pytest.mark.slow
 def test_joblib_runs_jobs_in_parallel_into_one_store(tmp_path, afqmc_dir):
     cmd = train_cmd(
         tmp_path,
