@@ -12,6 +12,8 @@ every file of a run folder here:
 ``result.json``        written when a run finishes: the best metric and step, final metrics, speed, run id
 ``mlflow_run_id``      the MLflow run this folder belongs to (``resume=<folder>`` reopens it)
 ``.run.lock``          one process per run folder (``flock``: a killed process lets go)
+``.config_digest``     what the run is (a digest of its config), written as it starts: a sweep's job that meets the
+                       folder again continues it only if it is the same (Hydra rewrites ``.hydra/`` first)
 ``.tracking/``         the outbox's journal of MLflow writes not yet delivered
 ``.hydra/``            Hydra's saved config (``config.yaml``) and its own settings (``hydra.yaml``)
 ``train.log``          the train command's log (a resumed run appends to it)
@@ -61,6 +63,10 @@ class RunFolder:
     @property
     def lock(self) -> Path:
         return self.root / ".run.lock"
+
+    @property
+    def config_digest_file(self) -> Path:
+        return self.root / ".config_digest"
 
     @property
     def journal(self) -> Path:
@@ -130,6 +136,17 @@ class RunFolder:
                 "again from its last checkpoint"
             ) from None
 
+    def config_digest(self) -> str | None:
+        """The digest of the config the run started with; None for a folder made before it was kept."""
+        text = self.config_digest_file.read_text().strip() if self.config_digest_file.exists() else ""
+        return text or None
+
+    def save_config_digest(self, digest: str) -> None:
+        from .files import replaced_file
+
+        with replaced_file(self.config_digest_file) as file:
+            file.write(digest + "\n")
+
     def run_id(self) -> str | None:
         """The MLflow run id written when the run opened; None without one (tracking off, or not opened yet)."""
         text = self.run_id_file.read_text().strip() if self.run_id_file.exists() else ""
@@ -157,5 +174,5 @@ class RunFolder:
 
     def unused(self) -> bool:
         """Only what Hydra and the lock make before a run opens: a refused run's folder, safe to delete."""
-        return self.root.is_dir() and {p.name for p in self.root.iterdir()} <= {self.hydra.name, self.log.name,
-                                                                                 self.lock.name}  # fmt: skip
+        made_before = {self.hydra.name, self.log.name, self.lock.name, self.config_digest_file.name}
+        return self.root.is_dir() and {p.name for p in self.root.iterdir()} <= made_before

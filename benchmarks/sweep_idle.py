@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--train", action="store_true", help="real trainings of 2 or 40 steps (see the docstring)")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="sweep-idle-"))
+    work = Path(tempfile.mkdtemp(prefix="sweep-idle-")) if args.train else None  # the trainings' folders, kept
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -103,15 +103,33 @@ def test_a_job_meets_its_folder_again_only_when_a_run_opened_there(tmp_path, cap
     caplog.set_level("INFO")
     folder = RunFolder(tmp_path / "3")
     folder.hydra.mkdir(parents=True)  # what Hydra writes before the job starts
-    assert not job_met_again(folder)
+    assert not job_met_again(folder, "d1")
     folder.save_run_id("abc")
-    assert job_met_again(folder)
+    assert job_met_again(folder, "d1")  # a folder from before digests were kept
+    folder.save_config_digest("d1")
+    assert job_met_again(folder, "d1")
     assert "stopped before it finished: continuing it from its last checkpoint" in caplog.text
     folder.result.write_text(
         json.dumps({"metric": "accuracy", "best_metric": 0.75, "best_step": 4, "mlflow_run_id": "abc"})
     )
-    assert job_met_again(folder)
+    assert job_met_again(folder, "d1")
     assert "finished (best dev accuracy 0.7500 at step 4, MLflow run abc): reported, not trained again" in caplog.text
+
+
+def test_a_job_that_meets_the_run_of_another_config_in_its_folder_is_refused_and_writes_nothing(tmp_path):
+    """Another search's trial in a reused hydra.sweep.dir: Hydra has rewritten .hydra/ with this job's config, but the
+    digest the run started with says it is not this job's; the job fails in one line and the run stays as it is."""
+    from afqmc_exp.commands.config_checks import ConfigError
+
+    folder = RunFolder(tmp_path / "0")
+    folder.hydra.mkdir(parents=True)
+    folder.save_run_id("abc")
+    folder.save_config_digest("theirs")
+    before = sorted((p, p.read_bytes()) for p in folder.root.rglob("*") if p.is_file())
+    with pytest.raises(ConfigError, match=r"holds the run of another config .*: it is left as it is; give this sweep a "
+                                          r"new hydra.sweep.dir$"):  # fmt: skip
+        job_met_again(folder, "mine")
+    assert sorted((p, p.read_bytes()) for p in folder.root.rglob("*") if p.is_file()) == before
 
 
 def grid(tmp_path, *extra):

@@ -73,14 +73,13 @@ def test_a_scheduler_s_warning_is_taken_only_where_the_scheduler_listens_and_han
     scheduler = lambda signum, frame: requeued.append(signum)  # noqa: E731  (submitit's checkpoint_and_try_requeue)
     previous = signal.signal(signal.SIGUSR2, scheduler)
     try:
-        with GracefulStop() as stop:
+        with pytest.raises(Preempted) as stopped, GracefulStop() as stop:
             assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # nobody listens there: left alone
             os.kill(os.getpid(), signal.SIGUSR2)
             assert stop.requested and requeued == []
-            stopped = stop.stopped("stopped by a signal at step 3")
-        assert signal.getsignal(signal.SIGUSR2) is scheduler
-        assert isinstance(stopped, Preempted) and str(stopped) == "stopped by a signal at step 3"
-        stopped.requeue()
+            raise stop.stopped("stopped by a signal at step 3")  # as the trainer does, after its checkpoint
+        assert signal.getsignal(signal.SIGUSR2) is scheduler and str(stopped.value) == "stopped by a signal at step 3"
+        stopped.value.requeue()
         assert requeued == [signal.SIGUSR2]
     finally:
         signal.signal(signal.SIGUSR2, previous)
@@ -91,3 +90,16 @@ def test_a_stop_asked_by_ctrl_c_or_sigterm_is_a_plain_interrupt():
         os.kill(os.getpid(), signal.SIGTERM)
         stopped = stop.stopped("stopped")
     assert type(stopped) is KeyboardInterrupt
+
+
+def test_a_scheduler_s_warning_after_the_last_step_still_stops_the_run_for_its_requeue():
+    """Warned during the final evaluation: no step checks the request again, so leaving training raises it."""
+    from afqmc_exp.training.signals import Preempted
+
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: None)  # submitit's handler stands listening
+    try:
+        with pytest.raises(Preempted, match="warned by the job scheduler as training ended"):
+            with GracefulStop():
+                os.kill(os.getpid(), signal.SIGUSR2)  # after the loop's last look at the request
+    finally:
+        signal.signal(signal.SIGUSR2, previous)

@@ -301,6 +301,7 @@ def test_a_continued_sweep_reopens_its_own_parent_and_closes_it_over_every_job(t
     again.on_multirun_end(sweep_config(tmp_path))
     closed = client.get_run(parent)
     assert closed.info.status == "FINISHED" and closed.data.tags["sweep.jobs"] == "2"
+    assert closed.data.metrics["best/dev_accuracy"] == 0.7  # the best over every job, not the first close's
     experiment = closed.info.experiment_id
     assert len(client.search_runs([experiment], filter_string="tags.`sweep.dir` != ''")) == 1
 

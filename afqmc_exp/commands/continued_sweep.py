@@ -4,17 +4,20 @@
 * :func:`continued_sweep_command` turns that command line, before Hydra reads it, into the sweep's own: the overrides
   saved in its folder's ``multirun.yaml``, in that same folder (``hydra.sweep.dir``). A grid then lists the same
   jobs in the same order, so job ``N`` meets its own folder ``N`` again; an Optuna search reloads its study from its
-  storage. Beside ``resume=`` the command line may change only where the jobs run and record (``MAY_CHANGE``: the
+  storage. Beside ``resume=`` the command line may change only where the jobs run and record (``may_change``: the
   store's URI, the launcher); anything else would make another sweep, and is refused in one line.
 * Each job that meets its folder again (``earlier_run.job_met_again``) is reported if it finished (not trained, its
-  MLflow run untouched) and continued if it was killed (its own MLflow run, from its last checkpoint); the others
-  train. The sweep's MLflow parent is reopened (``tracking.sweep``) and closed over every job.
+  MLflow run untouched) and continued if it stopped (killed or failed: its own MLflow run, from its last
+  checkpoint); a folder holding the run of another config is refused, untouched; the others train. The sweep's
+  MLflow parent is reopened (``tracking.sweep``) and closed over every job.
 * :class:`SweepFolderGuard` (a Hydra callback, registered in ``conf/train.yaml``) refuses a sweep started in a folder
   that holds *another* sweep (a fixed ``hydra.sweep.dir`` given again with other values), before Hydra writes
   anything there: otherwise that sweep's finished jobs would be reported as this one's.
 
-Two continuations of one sweep at once are safe: each job folder is held by one process at a time (its run lock), so
-the second meets a job the first is training as a job that fails, and writes nothing into it.
+Two continuations of one sweep started at once write no job folder twice: each is held by one process at a time
+(its run lock), so the second meets a job the first is training as a job that fails, and writes nothing into it.
+That second sweep then stops (Hydra's basic sweeper stops at a failed job) and closes the parent FAILED while the
+first still runs; the first closes it again, FINISHED, when it ends.
 """
 
 from __future__ import annotations
@@ -100,7 +103,7 @@ def folder_of_parent_run(run_id: str, changes: list[str], conf_dir: Path) -> Pat
     from .config_checks import _compose
 
     cfg, _ = _compose(conf_dir, "train", [o for o in changes if key_of(o) == "tracking.uri"])
-    uri = instantiate(cfg.tracking).uri if isinstance(cfg, DictConfig) else "sqlite:///mlflow.db"
+    uri = instantiate(cfg.tracking).uri if isinstance(cfg, DictConfig) else store.default_uri()
     try:
         tags = store.client(uri, create=False).get_run(run_id).data.tags
     except (MlflowException, store.StoreMissing, store.StoreBusy) as error:

@@ -107,13 +107,20 @@ class RunFolderGuard(Callback):
             config.resume = str(folder.root)
 
 
-def job_met_again(folder: RunFolder) -> bool:
+def job_met_again(folder: RunFolder, digest: str) -> bool:
     """Whether a sweep's job meets its own folder holding its run (a job requeued by its scheduler after a
-    preemption, or a continued sweep, ``commands/continued_sweep``): then it continues that run, or reports it if
-    it finished, and is never started afresh over it. Hydra has just saved the job's config there, which is the
-    run's own: the same overrides give the same job folder (a grid's job number, an Optuna trial's number)."""
+    preemption, or a continued sweep, ``commands/continued_sweep``): then it continues that run (stopped, killed
+    or failed), or reports it if it finished, and is never started afresh over it. Hydra has already rewritten the
+    folder's ``.hydra/`` with this job's config, so what the run is was kept as it started (``config_digest``): a
+    run of another config there (another search's trial in a reused ``hydra.sweep.dir``) is refused, untouched."""
     if not folder.holds_a_run:
         return False
+    started = folder.config_digest()
+    if started is not None and started != digest:
+        from .config_checks import ConfigError
+
+        raise ConfigError(f"{folder.root} holds the run of another config (a job of another sweep or search): it is "
+                          "left as it is; give this sweep a new hydra.sweep.dir")  # fmt: skip
     if folder.finished:
         log.info("%s holds this job's run, finished%s: reported, not trained again", folder.root, _result_of(folder))
     else:

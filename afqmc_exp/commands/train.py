@@ -226,9 +226,8 @@ def starting_point(cfg: DictConfig, hydra_cfg) -> Start:
     if not (resume or rerun):  # a sweep's job may meet its own folder again: a requeued job, a continued sweep
         from hydra.types import RunMode
 
-        return Start(
-            cfg, output_dir, resume=hydra_cfg.mode == RunMode.MULTIRUN and job_met_again(RunFolder(output_dir))
-        )
+        in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+        return Start(cfg, output_dir, resume=in_sweep and job_met_again(RunFolder(output_dir), config_digest(cfg)))
     lookup = instantiate(cfg.tracking)
     if resume:
         folder = find_run_dir(str(resume), lookup)
@@ -341,6 +340,8 @@ def _train(start: Start, hydra_cfg, masker: Masker, in_sweep: bool) -> float:
     )  # fmt: skip
     optuna = OmegaConf.to_container(cfg.optuna) if cfg.get("optuna") else None  # a trial of a search (pruning)
     on_evaluate = trial_reporter(optuna, cfg.trainer.metric) if optuna else None
+    if not start.resume:  # what this run is, kept beside it: Hydra rewrites .hydra/ when a sweep's job meets it again
+        RunFolder(output_dir).save_config_digest(config_digest(cfg))
     return run(recipe, tracked, output_dir, resume=start.resume, on_evaluate=on_evaluate)
 
 

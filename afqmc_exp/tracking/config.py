@@ -13,7 +13,7 @@
   ``mlflow.sharedViewState.<key>`` that the page ``#/experiments/<id>/runs?viewStateShareKey=<key>`` opens with
   (MLflow 3.15+; the page offers to keep it as the user's own view). Each run sets the view ``afqmc`` on its
   experiment (``RUNS_VIEW``): the best dev value of its metric (sorted best first), the model, the task, lr, batch
-  and seed; the run's last line links it (``runs_view_link``).
+  and seed; the last line of a run this process started links it (``runs_view_link``; a resumed one's does not).
 * The client API (not the fluent ``mlflow.start_run``) is used so that several runs in one process
   (a multirun with the basic launcher) never share hidden global state. ``mlflow`` itself is imported
   only when a run starts.
@@ -51,6 +51,14 @@ def runs_view_state(metric: str) -> str:
     columns = [best, "tags.`model`", "tags.`task`", "params.`optim.lr`", "params.`data.batch_size`", "params.`seed`",
                "attributes.`Dataset`"]  # fmt: skip
     return json.dumps({"selectedColumns": columns, "orderByKey": best, "orderByAsc": not GREATER_IS_BETTER[metric]})
+
+
+def set_runs_view(client, experiment_id: str, metric: str) -> None:
+    """The experiment's view ``afqmc`` (see the module docstring); a store that refuses it costs the run nothing."""
+    try:
+        client.set_experiment_tag(experiment_id, VIEW_TAG, runs_view_state(metric))
+    except Exception as error:  # (whatever the store raised: the run goes on, said in one line)
+        log.warning("the runs table's view was not set on experiment %s (%s)", experiment_id, first_line(error))
 
 
 def runs_view_link(browse_at: str, experiment_id: str) -> str:
@@ -146,8 +154,6 @@ class MlflowTracking:
             experiment_id = self.experiment_id(client)
             run_tags = {**tags, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
             created = client.create_run(experiment_id, run_name=self.run_name, tags=run_tags)
-            if "metric" in tags:  # a training run (a sweep's parent has none): the runs table's view, its metric's
-                client.set_experiment_tag(experiment_id, VIEW_TAG, runs_view_state(tags["metric"]))
         except Exception as error:  # (whatever the store raised, said in one line)
             raise TrackingUnavailable(
                 f"tracking.uri={mask_uri(self.uri)}: cannot create the MLflow run ({first_line(error)}); start the "
@@ -157,6 +163,8 @@ class MlflowTracking:
             client, created.info.run_id, folder, self.flush_every, masker=masker, drain_seconds=self.drain_seconds
         )
         run.experiment_id = experiment_id
+        if "metric" in tags:  # a training run (a sweep's parent has none): the runs table's view, its metric's
+            set_runs_view(client, experiment_id, tags["metric"])
         run.set_tags(run_tags)  # in the journal too: a resumed process reads them back (journal_tags)
         run.log_params(params)
         log.info(

@@ -79,8 +79,9 @@ class MlflowSweepCallback(Callback):
         params = {"sweep.overrides": overrides[:6000], "sweep.objective": f"dev_{self.metric}"}
         sweeper = OmegaConf.select(config, "hydra.runtime.choices.hydra/sweeper", default="basic")
         tags = {"sweep.dir": str(sweep_dir.resolve()), "sweep.overrides": overrides, "sweep.sweeper": sweeper}
-        if self.study is None and folder.parent_run_id():  # a continued sweep (commands/continued_sweep)
-            self.run, made = tracking.reopen(folder.parent_run_id(), sweep_dir, masker), False
+        earlier = folder.parent_run_id() if self.study is None else None
+        if earlier:  # a continued sweep (commands/continued_sweep): its own parent
+            self.run, made = tracking.reopen(earlier, sweep_dir, masker), False
         elif self.study is None:
             tracking.run_name = f"sweep {datetime.now():%Y-%m-%d %H:%M} · {what_is_swept(config)}"
             self.run, made = tracking.start(params, tags, sweep_dir, masker=masker), True
@@ -113,7 +114,7 @@ class MlflowSweepCallback(Callback):
         best = best_child(children, self.metric)
         if best is not None:
             key = f"best/dev_{self.metric}"
-            run.log_metrics({key: best.data.metrics[key]}, step=0)
+            run.log_metrics({key: best.data.metrics[key]}, step=len(children))  # a reopened parent logs anew
             tags.update({"sweep.best_run_id": best.info.run_id, "sweep.best_run_name": best.info.run_name})
             tags["mlflow.note.content"] = describe(best, key, len(children), len(failed), experiment_id, run.run_id)
             crown_champion(run.client, best)
@@ -158,13 +159,14 @@ class MlflowSweepCallback(Callback):
         run.log_metrics({**{f"oof/{k}": v for k, v in pooled.items()}, "oof/pairs": len(rows),
                          f"folds/best_dev_{self.metric}_mean": float(np.mean(objectives)),
                          f"folds/best_dev_{self.metric}_std": float(np.std(objectives, ddof=1)) if len(objectives) > 1
-                         else None}, step=0)  # fmt: skip
+                         else None}, step=len(children))  # fmt: skip
         path = self.folder.out_of_fold
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         run.log_artifact(path)
         if len(names) == 2:  # a clean threshold: chosen on predictions of pairs no model trained on
             threshold, f1_at_threshold = best_threshold(labels, probs[:, 1])
-            run.log_metrics({"oof/threshold": threshold, "oof/f1_at_threshold": f1_at_threshold}, step=0)
+            run.log_metrics({"oof/threshold": threshold, "oof/f1_at_threshold": f1_at_threshold},
+                            step=len(children))  # fmt: skip
             log.info("out-of-fold over %d pairs: F1 %.4f at 0.5, %.4f at threshold %.4f", len(rows), pooled["f1"],
                      f1_at_threshold, threshold)  # fmt: skip
         else:

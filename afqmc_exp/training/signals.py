@@ -1,13 +1,15 @@
-"""Stopping a run cleanly: SIGINT (Ctrl-C) and SIGTERM (a pre-empted cluster job) ask the trainer to stop at
-the next optimizer step, after a checkpoint, so a killed run can resume. A second Ctrl-C stops at once.
+"""Stopping a run cleanly: SIGINT (Ctrl-C) and SIGTERM (a pre-empted cluster job) ask the trainer to stop at the next
+optimizer step, after a checkpoint, so a killed run can resume. A second Ctrl-C stops at once.
 
-A job of submitit (``hydra/launcher=slurm`` or ``submitit_local``) is warned before its time limit or its
-preemption by submitit's signal (``SIGUSR2``, or the one ``SUBMITIT_PREEMPT_SIGNAL`` names; many clusters are set up
-with ``SIGUSR1``). submitit's own handler requeues the job at once, in the middle of a step, so the steps since the
-last checkpoint would be lost. While a run trains, that signal is taken here instead: the trainer saves a checkpoint
-at the next step and stops with :class:`Preempted`, and the train command, once the MLflow run is closed, hands the
-job back to submitit's handler (:meth:`Preempted.requeue`), which requeues it. The requeued job meets its own
-folder again and continues it: the same MLflow run, from that checkpoint (``commands/earlier_run``)."""
+A job of submitit (``hydra/launcher=slurm`` or ``submitit_local``) is warned before its time limit or its preemption
+by submitit's signal (``SIGUSR2`` by default; ``SUBMITIT_PREEMPT_SIGNAL=USR1`` where a cluster is set up with
+``SIGUSR1``: those two are the ones taken here). submitit's own handler requeues the job at once, in the middle of a
+step, so the steps since the last checkpoint would be lost. While a run trains, that signal is taken here instead:
+the trainer saves a checkpoint at the next step and stops with :class:`Preempted`, and the train command, once the
+MLflow run is closed, hands the job back to submitit's handler (:meth:`Preempted.requeue`), which requeues it. A
+warning that comes after the last step's check stops the run as training ends, the same way. The requeued job meets
+its own folder again and continues it: the same MLflow run, from that checkpoint (``commands/earlier_run``). A
+``SIGTERM`` (``scancel``) stops the run as Ctrl-C does, without a requeue."""
 
 from __future__ import annotations
 
@@ -70,6 +72,8 @@ class GracefulStop:
                     self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if self.preempted_by is not None and exc_type is None:  # warned after the last step: requeued all the same
+            raise self.stopped("warned by the job scheduler as training ended")
