@@ -365,7 +365,8 @@ def test_each_run_sets_its_experiment_s_runs_view_and_the_summary_links_it(tmp_p
         experiment = store.client(store_uri).get_experiment_by_name("e")
         assert run.experiment_id == experiment.experiment_id
         assert json.loads(experiment.tags["mlflow.sharedViewState.afqmc"]) == {
-            "selectedColumns": [f"metrics.`best/dev_{metric}`", "tags.`model`", "tags.`task`", "params.`optim.lr`",
+            "selectedColumns": [f"metrics.`best/dev_{metric}`", "metrics.`final/dev_loss`", "tags.`model`",
+                                "tags.`task`", "params.`optim.lr`",
                                 "params.`data.batch_size`", "params.`seed`", "attributes.`Dataset`"],
             "orderByKey": f"metrics.`best/dev_{metric}`", "orderByAsc": best_first_is_low}  # fmt: skip
     for uri, ui in (
@@ -376,5 +377,5 @@ def test_each_run_sets_its_experiment_s_runs_view_and_the_summary_links_it(tmp_p
         tracking = MlflowTracking(uri=uri, experiment="e", run_name="r")
         log_summary(FitResult(0.5, 1, tmp_path / "best_model", 1), {}, "loss", RunFolder(tmp_path), tracking, "7")
         (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("its runs")]
-        said = "its runs beside each other (best dev loss, model, task, lr, batch, seed)"
+        said = "its runs beside each other (best dev loss, dev loss, model, task, lr, batch, seed)"
         assert line == f"{said}: {ui}/#/experiments/7/runs?viewStateShareKey=afqmc"

@@ -12,8 +12,9 @@
   user's choice in their browser only. A *shared view* is the one setting the server keeps: an experiment tag
   ``mlflow.sharedViewState.<key>`` that the page ``#/experiments/<id>/runs?viewStateShareKey=<key>`` opens with
   (MLflow 3.15+; the page offers to keep it as the user's own view). Each run sets the view ``afqmc`` on its
-  experiment (``RUNS_VIEW``): the best dev value of its metric (sorted best first), the model, the task, lr, batch
-  and seed; the last line of a run this process started links it (``runs_view_link``; a resumed one's does not).
+  experiment (``RUNS_VIEW``): the best dev value of its metric (sorted best first), the dev loss of the best
+  weights, the model, the task, lr, batch and seed; the last line of a run this process started links it
+  (``runs_view_link``; a resumed one's does not).
 * The client API (not the fluent ``mlflow.start_run``) is used so that several runs in one process
   (a multirun with the basic launcher) never share hidden global state. ``mlflow`` itself is imported
   only when a run starts.
@@ -48,8 +49,8 @@ def runs_view_state(metric: str) -> str:
     from ..metrics import GREATER_IS_BETTER
 
     best = f"metrics.`best/dev_{metric}`"
-    columns = [best, "tags.`model`", "tags.`task`", "params.`optim.lr`", "params.`data.batch_size`", "params.`seed`",
-               "attributes.`Dataset`"]  # fmt: skip
+    columns = [best, "metrics.`final/dev_loss`", "tags.`model`", "tags.`task`", "params.`optim.lr`",
+               "params.`data.batch_size`", "params.`seed`", "attributes.`Dataset`"]  # fmt: skip
     return json.dumps({"selectedColumns": columns, "orderByKey": best, "orderByAsc": not GREATER_IS_BETTER[metric]})
 
 

@@ -133,7 +133,7 @@ def log_summary(result: FitResult, final: dict, metric: str, folder: RunFolder, 
         browse = f"mlflow ui --backend-store-uri {shlex.quote(store)} --host 127.0.0.1 --workers 1" if local else store
         log.info("MLflow run %r in experiment %r: %s", tracking.run_name, tracking.experiment, browse)
         if experiment_id is not None and (local or store.startswith(("http://", "https://"))):  # a UI to open
-            log.info("its runs beside each other (best dev %s, model, task, lr, batch, seed): %s", metric,
+            log.info("its runs beside each other (best dev %s, dev loss, model, task, lr, batch, seed): %s", metric,
                      runs_view_link("http://127.0.0.1:5000" if local else store, experiment_id))  # fmt: skip
 
 
