@@ -9,15 +9,29 @@ the user's umask gives, as every other file of a run folder has.
   safetensors 0.8 for the weights it writes; a teammate reading a run on a shared store then cannot. Files this
   package writes get what the umask gives (0644 under the usual 022); only a run's own config, which keeps its
   secrets, is made private, on purpose (``tracking.masking.hide_run_config``).
+* :func:`atomic_dir`: the same for a folder (the best weights, the last checkpoint), written into a staging folder
+  that then takes the old one's place. On Linux the two folders are exchanged by one ``renameat2(RENAME_EXCHANGE)``
+  call, so a kill at any moment leaves the old complete folder or the new one. Where that call is missing (other
+  systems, some network file systems) the swap is two renames; a kill between them leaves the folder missing with
+  both copies beside it, and :func:`recover` (run before every read and write of such a folder) puts the newer one
+  back. A write that fails (a full disk) removes its staging folder and leaves the old version in place:
+  :class:`NoSpaceLeft` says so in one line. A folder that is a symlink (weights kept on another disk) is swapped
+  where it points; the link stays.
 * :func:`size_of` and :func:`megabytes`: what files take on disk, as the run's summary and ``afqmc-disk`` say it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def umask_mode(folder: bool = False) -> int:
@@ -58,6 +72,95 @@ def replaced_file(path: Path, binary: bool = False):
     except BaseException:  # (a Ctrl-C too: the staged file goes, and it is raised again)
         Path(staged).unlink(missing_ok=True)
         raise
+
+
+def companions(target: Path) -> tuple[Path, Path]:
+    """The staging folder a new version is written into, and where the old one waits during a two-rename swap."""
+    return target.with_name(f".{target.name}.tmp"), target.with_name(f".{target.name}.old")
+
+
+def _renameat2():
+    try:
+        return ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28
+    except (AttributeError, OSError):
+        return None
+
+
+_RENAMEAT2 = _renameat2()
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    if _RENAMEAT2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return _RENAMEAT2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _between_renames(target: Path) -> None:
+    """Called between the two renames of a non-atomic swap; tests replace it to kill the process there."""
+
+
+def recover(target: Path) -> None:
+    """Put ``target`` back after a kill between the two renames of a swap: then it is missing, the old
+    version waits in ``.NAME.old`` and the complete new one in ``.NAME.tmp`` (the first rename only happens
+    after the new version is written). The newer one is restored. Nothing to do in any other state: a
+    missing target without ``.old`` means the first version was never finished."""
+    target = Path(target).resolve() if Path(target).is_symlink() else Path(target)
+    staging, retired = companions(target)
+    if target.exists() or not retired.exists():
+        return
+    try:
+        os.replace(staging if staging.exists() else retired, target)
+        log.warning("%s: restored after an interrupted swap", target)
+    except FileNotFoundError:  # another process of the same run restored it first
+        pass
+
+
+class NoSpaceLeft(RuntimeError):
+    """The disk filled while a checkpoint or the best weights were written; the previous version is intact."""
+
+
+def disk_full(error: BaseException | None) -> bool:
+    """Whether ``error`` (or what caused it) is a full disk or quota: safetensors and torch.save re-raise the
+    OSError as their own error types, with its text."""
+    while error is not None:
+        if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(error) for text in ("No space left on device", "os error 28", "Disk quota exceeded")):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path):
+    """Yield a staging folder; on success it replaces ``target`` atomically (see the module docstring)."""
+    target = Path(target).resolve() if Path(target).is_symlink() else Path(target)
+    recover(target)
+    staging, retired = companions(target)
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(retired, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException as error:  # (a kill or Ctrl-C too: no half-written copy is left, and it is raised again)
+        shutil.rmtree(staging, ignore_errors=True)  # a partial copy would only fill the disk further
+        if disk_full(error):
+            kept = f"the previous {target.name} is intact" if target.exists() else f"no earlier {target.name} existed"
+            raise NoSpaceLeft(f"no space left on the device of {target} while writing it; {kept}. Free some space, "
+                              "then resume the run") from None  # fmt: skip
+        raise
+    follow_umask(staging)  # safetensors writes its files for their owner only; a run folder's are the umask's
+    if not target.exists():
+        os.replace(staging, target)
+    elif _exchange(staging, target):
+        shutil.rmtree(staging)  # now the old version
+    else:
+        os.replace(target, retired)
+        _between_renames(target)
+        os.replace(staging, target)
+        shutil.rmtree(retired)
 
 
 def size_of(path: Path) -> int:

@@ -23,6 +23,7 @@ every file of a run folder here:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 from dataclasses import dataclass
@@ -176,3 +177,31 @@ class RunFolder:
         """Only what Hydra and the lock make before a run opens: a refused run's folder, safe to delete."""
         made_before = {self.hydra.name, self.log.name, self.lock.name, self.config_digest_file.name}
         return self.root.is_dir() and {p.name for p in self.root.iterdir()} <= made_before
+
+
+class RunInProgress(RuntimeError):
+    """Another process holds the run folder (e.g. a job requeued twice resuming the same run)."""
+
+
+@contextlib.contextmanager
+def locked(folder: RunFolder, accelerator=None):
+    """One process per run folder for the run's whole life; a second one is refused before it touches anything.
+    The lock is the operating system's (``flock``, on ``.run.lock``): a killed process releases it. Without
+    ``accelerator``: a single process (completing a finished run's record)."""
+    if accelerator is not None and not accelerator.is_main_process:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(folder.lock, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunInProgress(
+            f"{folder.root}: another process is running this run (a resume started twice?); "
+            "wait for it to end, or stop it, then resume"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()

@@ -31,9 +31,14 @@ def trainer_for(args, output_dir: Path):
 
     from afqmc_exp.data import PairData
     from afqmc_exp.model import load_pair_classifier, prepare_for_device
+    from afqmc_exp.run_folder import RunFolder
+    from afqmc_exp.tracking.mlflow_run import NoRun
+    from afqmc_exp.training.best_weights import BestWeights
+    from afqmc_exp.training.checkpoint import Checkpointer
     from afqmc_exp.training.hardware import build_accelerator
     from afqmc_exp.training.optim import adamw, schedule
-    from afqmc_exp.training.trainer import Trainer, TrainerConfig
+    from afqmc_exp.training.recipe import Recipe, TrainerConfig
+    from afqmc_exp.training.trainer import Trainer
 
     options = {"max_steps": args.steps, "log_every": args.steps, "checkpoint_minutes": None, "progress_bar": False}
     model_options = {}
@@ -50,11 +55,14 @@ def trainer_for(args, output_dir: Path):
     pretrained = load_pair_classifier(args.model, labels=data.labels, **model_options)
     pretrained = prepare_for_device(pretrained, accelerator.device.type)
     splits = data.tokenize(pretrained.tokenizer, checked)
+    recipe = Recipe(data=data, load_model=None, make_optimizer=partial(adamw), make_scheduler=partial(schedule),
+                    trainer=config, seed=0).for_device(accelerator.device)  # fmt: skip
+    folder, untracked = RunFolder(output_dir), NoRun()
     return Trainer(
-        pretrained=pretrained, data=data.for_device(accelerator.device.type), splits=splits,
-        make_optimizer=partial(adamw), make_scheduler=partial(schedule), config=config.for_device(accelerator.device),
-        seed=0, output_dir=output_dir,
-        accelerator=accelerator, log_metrics=lambda metrics, step: None,
+        recipe=recipe, pretrained=pretrained, splits=splits, accelerator=accelerator,
+        checkpointer=Checkpointer.of_run(folder, recipe.trainer, accelerator, before_save=untracked.flush),
+        best=BestWeights.of_run(folder.best_model, pretrained, recipe.data, config.metric, 0, accelerator),
+        metrics=untracked,
     )  # fmt: skip
 
 

@@ -8,8 +8,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from afqmc_exp import files
+from afqmc_exp.run_folder import RunFolder
 from afqmc_exp.training import checkpoint
 from afqmc_exp.training.checkpoint import load_last_checkpoint
+
+
+def checkpointer_of(run_dir) -> checkpoint.Checkpointer:
+    """The checkpointer of the run folder ``run_dir`` (its cadence does not matter here)."""
+    return checkpoint.Checkpointer(RunFolder(run_dir).last_checkpoint, every=None, minutes=None, background=False,
+                                   accelerator=None)  # fmt: skip
 
 
 def test_resume_never_unpickles_code(tmp_path):
@@ -40,7 +48,7 @@ def test_resume_never_unpickles_code(tmp_path):
 
 # ------------------------------------------------------------------------------------ atomic swaps
 def write_version(target, text):
-    with checkpoint.atomic_dir(target) as staging:
+    with files.atomic_dir(target) as staging:
         (staging / "version.txt").write_text(text)
 
 
@@ -55,9 +63,9 @@ def test_a_swap_replaces_the_folder_and_leaves_nothing_beside_it(tmp_path):
 def test_a_full_disk_mid_write_keeps_the_previous_version_and_says_so(tmp_path):
     target = tmp_path / "best_model"
     write_version(target, "1")
-    with pytest.raises(checkpoint.NoSpaceLeft, match="no space left on the device of .*best_model while writing "
+    with pytest.raises(files.NoSpaceLeft, match="no space left on the device of .*best_model while writing "
                        "it; the previous best_model is intact"):  # fmt: skip
-        with checkpoint.atomic_dir(target) as staging:
+        with files.atomic_dir(target) as staging:
             (staging / "version.txt").write_text("2, half")
             raise OSError(errno.ENOSPC, "No space left on device")
     assert (target / "version.txt").read_text() == "1"
@@ -71,10 +79,10 @@ def test_a_full_disk_is_recognised_through_the_errors_safetensors_and_torch_rais
         except OSError as cause:
             raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0") from cause
     except RuntimeError as wrapped:
-        assert checkpoint.disk_full(wrapped)
-    assert checkpoint.disk_full(Exception("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+        assert files.disk_full(wrapped)
+    assert files.disk_full(Exception("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
                                           'message: "No space left on device" })'))  # fmt: skip
-    assert not checkpoint.disk_full(RuntimeError("CUDA out of memory"))
+    assert not files.disk_full(RuntimeError("CUDA out of memory"))
 
 
 def test_a_symlinked_folder_is_swapped_where_it_points_and_stays_a_link(tmp_path):
@@ -94,18 +102,18 @@ def test_a_finished_run_removes_a_symlinked_last_checkpoint_where_it_points(tmp_
     link.parent.mkdir()
     write_version(elsewhere, "1")
     link.symlink_to(elsewhere)
-    checkpoint.remove_last_checkpoint(link.parent)
-    assert not elsewhere.exists() and not link.is_symlink() and not checkpoint.has_last_checkpoint(link.parent)
+    checkpointer_of(link.parent).remove()
+    assert not elsewhere.exists() and not link.is_symlink() and not checkpointer_of(link.parent).exists()
 
 
 def test_on_linux_a_swap_is_one_atomic_exchange(tmp_path, monkeypatch):
-    if checkpoint._RENAMEAT2 is None:
+    if files._RENAMEAT2 is None:
         pytest.skip("no renameat2 on this system: swaps use two renames and recover()")
 
     def never(target):
         raise AssertionError("the two-rename fallback ran")
 
-    monkeypatch.setattr(checkpoint, "_between_renames", never)
+    monkeypatch.setattr(files, "_between_renames", never)
     write_version(tmp_path / "best_model", "1")
     write_version(tmp_path / "best_model", "2")
     assert (tmp_path / "best_model" / "version.txt").read_text() == "2"
@@ -120,15 +128,15 @@ def test_a_kill_between_the_two_renames_is_repaired_with_the_newer_version(tmp_p
     def killed(target):
         raise SystemExit("killed between the renames")
 
-    monkeypatch.setattr(checkpoint, "_exchange", lambda a, b: False)
-    monkeypatch.setattr(checkpoint, "_between_renames", killed)
+    monkeypatch.setattr(files, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(files, "_between_renames", killed)
     with pytest.raises(SystemExit):
         write_version(target, "2")
     assert not target.exists() and (tmp_path / ".last_checkpoint.old").exists()
-    (tmp_path / ".last_checkpoint.tmp" / checkpoint.TRAINER_STATE).write_text("")  # what has_last_checkpoint looks for
-    assert checkpoint.has_last_checkpoint(tmp_path)
+    (tmp_path / ".last_checkpoint.tmp" / checkpoint.TRAINER_STATE).write_text("")  # what exists() looks for
+    assert checkpointer_of(tmp_path).exists()
     assert (target / "version.txt").read_text() == "2"
-    monkeypatch.setattr(checkpoint, "_between_renames", lambda target: None)
+    monkeypatch.setattr(files, "_between_renames", lambda target: None)
     write_version(target, "3")  # and swaps go on as usual
     assert (target / "version.txt").read_text() == "3" and sorted(p.name for p in tmp_path.iterdir()) == [
         "last_checkpoint"
@@ -137,7 +145,7 @@ def test_a_kill_between_the_two_renames_is_repaired_with_the_newer_version(tmp_p
 
 def test_an_unfinished_first_version_is_not_taken_for_a_checkpoint(tmp_path):
     (tmp_path / ".last_checkpoint.tmp").mkdir()  # killed while writing the very first checkpoint
-    assert not checkpoint.has_last_checkpoint(tmp_path)
+    assert not checkpointer_of(tmp_path).exists()
 
 
 # ------------------------------------------------------------------------------------ background writes
@@ -182,7 +190,7 @@ def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path):
 
     from accelerate import Accelerator
 
-    from afqmc_exp.training.run import RunInProgress, run_folder_lock
+    from afqmc_exp.run_folder import RunInProgress, locked
 
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); "
@@ -192,10 +200,10 @@ def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunInProgress, match="another process is running this run"):
-            with run_folder_lock(tmp_path, Accelerator(cpu=True)):
+            with locked(RunFolder(tmp_path), Accelerator(cpu=True)):
                 pass
     finally:
         holder.kill()
         holder.wait()
-    with run_folder_lock(tmp_path, Accelerator(cpu=True)):  # a killed holder released it
+    with locked(RunFolder(tmp_path), Accelerator(cpu=True)):  # a killed holder released it
         pass

@@ -1,12 +1,11 @@
-"""The trainer's checkpointer (``training/checkpointer.py``): when a last checkpoint is due (every N steps, at a
+"""The trainer's checkpointer (``training/checkpoint.py``): when a last checkpoint is due (every N steps, at a
 logged step once the minutes have passed, at an epoch's end when either is set, always on a signal) and what it
 saves, on a real tiny model into tmp_path, with a clock of the test's own."""
 
 import pytest
 import torch
 
-from afqmc_exp.training.checkpoint import TrainState, has_last_checkpoint
-from afqmc_exp.training.checkpointer import CheckpointContents, Checkpointer
+from afqmc_exp.training.checkpoint import CheckpointContents, Checkpointer, TrainState
 from afqmc_exp.training.hardware import build_accelerator
 
 
@@ -30,21 +29,21 @@ def parts():
 def checkpointer(tmp_path, parts, clock=None, **cadence):
     """A checkpointer of ``cadence`` (every=, minutes=) whose saves are recorded by step."""
     model, optimizer, scheduler = parts
-    state, asked = TrainState(), []
-
-    def contents():
-        asked.append(state.step)
-        return CheckpointContents(model, optimizer, scheduler, state)
-
+    state, flushed_at = TrainState(), []
     keeper = Checkpointer(
         tmp_path / "last_checkpoint",
         background=False,
         accelerator=build_accelerator(device="cpu"),
-        contents=contents,
+        before_save=lambda: flushed_at.append(state.step),  # the run's metrics flushed before each save
         clock=clock or Clock(),
         **{"every": None, "minutes": None, **cadence},
     )
-    return keeper, state, asked  # fmt: skip
+    keeper.attach(CheckpointContents(model, optimizer, scheduler, state))
+    return keeper, state, flushed_at  # fmt: skip
+
+
+def has_last_checkpoint(folder) -> bool:
+    return (folder / "last_checkpoint" / "trainer_state.pt").exists()
 
 
 def test_every_n_steps_and_at_each_epochs_end(tmp_path, parts):

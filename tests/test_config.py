@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from afqmc_exp.data import PairData
 from afqmc_exp.model import packaged_minilm_path
 from afqmc_exp.tracking.config import MlflowTracking
-from afqmc_exp.training.trainer import TrainerConfig
+from afqmc_exp.training.recipe import TrainerConfig
 from helpers import REPO, compose
 
 
@@ -220,7 +220,7 @@ def test_a_config_saved_before_the_move_names_todays_targets():
     upgrade(saved)
     assert {k: v._target_ for k, v in saved.items()} == {
         "optim": "afqmc_exp.training.optim.adamw",
-        "trainer": "afqmc_exp.training.trainer.TrainerConfig",
+        "trainer": "afqmc_exp.training.recipe.TrainerConfig",
         "tracking": "afqmc_exp.tracking.config.MlflowTracking",
         "regularizer": "afqmc_exp.training.regularizers.FGM",
         "data": "afqmc_exp.data.PairData",  # where it always was

@@ -11,6 +11,7 @@ from afqmc_exp.data import make_loader
 from afqmc_exp.training.checkpoint import TrainState
 from afqmc_exp.training.evaluator import Evaluator
 from afqmc_exp.training.hardware import build_accelerator
+from afqmc_exp.training.recipe import TrainerConfig
 from helpers import pairs_split, tiny_pairs, tiny_pretrained
 
 
@@ -26,13 +27,23 @@ def evaluated(tmp_path):
     record = {"kept": [], "logged": [], "told": [], "flushed": 0}
     state = TrainState()
 
-    def make(metric="accuracy", patience=None):
+    class Recorded:
+        """The run's best weights and metrics, as the evaluator uses them."""
+
+        def keep(self, step, value):
+            record["kept"].append(step)
+
+        def log_metrics(self, metrics, step):
+            record["logged"].append((step, metrics))
+
+        def flush(self):
+            record["flushed"] += 1
+
+    def make(metric="accuracy", patience=None, eval_every=None):
+        config = TrainerConfig(metric=metric, patience=patience, eval_every=eval_every, eval_precision="fp32")
         return Evaluator(
             model=pretrained.model, loaders=loaders, splits=splits, labels=["0", "1"],
-            accelerator=build_accelerator(device="cpu"), bf16=False, metric=metric, patience=patience,
-            threshold=0.5, keep_best=lambda: record["kept"].append(state.step),
-            log_metrics=lambda metrics, step: record["logged"].append((step, metrics)),
-            flush_metrics=lambda: record.__setitem__("flushed", record["flushed"] + 1),
+            accelerator=build_accelerator(device="cpu"), config=config, best=Recorded(), metrics=Recorded(),
             on_evaluate=lambda step, value: record["told"].append((step, value)),
         )  # fmt: skip
 
@@ -104,3 +115,10 @@ def test_only_the_main_process_writes_the_line(evaluated, caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger="afqmc_exp.training.evaluator")
     evaluator.evaluate(state, total_steps=1)
     assert record["logged"] and not [r for r in caplog.records if r.name == "afqmc_exp.training.evaluator"]
+
+
+def test_an_evaluation_is_due_every_n_steps_or_else_at_each_epochs_end(evaluated):
+    make = evaluated[0]
+    every_3, each_epoch = make(eval_every=3), make()
+    assert [s for s in range(1, 10) if every_3.due(s)] == [3, 6, 9] and not every_3.due(6, epoch_end=True)
+    assert not any(each_epoch.due(s) for s in range(1, 10)) and each_epoch.due(7, epoch_end=True)

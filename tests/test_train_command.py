@@ -17,6 +17,7 @@ from afqmc_exp.commands.train import (
     find_run_dir,
     saved_choices,
 )
+from afqmc_exp.run_folder import RunFolder
 from afqmc_exp.tracking.config import MlflowTracking
 from helpers import compose
 
@@ -161,9 +162,9 @@ def test_resume_of_a_folder_without_a_saved_config_says_so(tmp_path):
 
 def test_a_resumed_run_is_named_after_the_options_it_was_started_with(tmp_path):
     folder = run_folder(tmp_path / "run")
-    assert saved_choices(folder) == {}  # saved without Hydra's settings
+    assert saved_choices(RunFolder(folder)) == {}  # saved without Hydra's settings
     (folder / ".hydra" / "hydra.yaml").write_text("hydra:\n  runtime:\n    choices:\n      model: roberta\n")
-    assert saved_choices(folder) == {"model": "roberta"}
+    assert saved_choices(RunFolder(folder)) == {"model": "roberta"}
 
 
 def test_a_folder_a_refused_run_left_is_removed_with_its_empty_date_folder(tmp_path, monkeypatch):
@@ -173,7 +174,7 @@ def test_a_folder_a_refused_run_left_is_removed_with_its_empty_date_folder(tmp_p
     (refused / ".hydra" / "config.yaml").write_text("seed: 1\n")
     (refused / "train.log").write_text("error\n")
     (refused / ".run.lock").write_text("")
-    discard_if_unused(refused)
+    discard_if_unused(RunFolder(refused))
     assert os.listdir(tmp_path) == []  # outputs/ and its date folder went too: nothing else was in them
 
 
@@ -184,9 +185,9 @@ def test_a_folder_with_anything_a_run_made_is_kept_and_so_are_its_neighbours(tmp
     for folder in (used, refused):
         (folder / ".hydra").mkdir(parents=True)
     (used / "mlflow_run_id").write_text("abc\n")
-    discard_if_unused(used)
+    discard_if_unused(RunFolder(used))
     assert used.exists()
-    discard_if_unused(refused)
+    discard_if_unused(RunFolder(refused))
     assert not refused.exists() and sorted(os.listdir(day)) == ["10-00-00.000001"]
 
 
@@ -365,7 +366,8 @@ def test_another_programs_hydra_folder_is_refused_as_the_run_folder(tmp_path):
 
 def test_beside_the_main_process_the_guard_judges_nothing_and_hydra_writes_nothing(tmp_path, monkeypatch):
     """torchrun's other ranks run Hydra too, on the main process's folder as it writes it: only the main one judges
-    it (the others read half-written files); theirs get its decision with its folder (training.run.shared_start)."""
+    it (the others read half-written files); theirs get its decision with its folder
+    (training.run.as_the_main_process_has)."""
     killed = killed_folder(tmp_path / "run", QUIET)
     saved_text = (killed / ".hydra" / "config.yaml").read_text()
     monkeypatch.setenv("RANK", "1")

@@ -9,10 +9,15 @@ import pytest
 import torch
 
 from afqmc_exp.data import LengthGroupedBatchSampler, PairData
-from afqmc_exp.training.checkpoint import has_last_checkpoint, read_meta
+from afqmc_exp.run_folder import RunFolder
+from afqmc_exp.training.best_weights import BestWeights
+from afqmc_exp.training.best_weights import read_facts as read_meta
+from afqmc_exp.training.checkpoint import TRAINER_STATE, Checkpointer
 from afqmc_exp.training.hardware import build_accelerator
 from afqmc_exp.training.optim import adamw, schedule
-from afqmc_exp.training.trainer import NonFiniteLossError, Trainer, TrainerConfig, TrainingWindow, optimizer_steps
+from afqmc_exp.training.profiling import profiled
+from afqmc_exp.training.recipe import Recipe, TrainerConfig
+from afqmc_exp.training.trainer import NonFiniteLossError, Trainer, TrainingWindow, optimizer_steps
 from helpers import REPO, HostSyncs, pairs_split, tiny_pairs, tiny_pretrained
 
 
@@ -60,11 +65,24 @@ def test_scaled_slice_losses_give_the_gradient_of_the_mean_over_each_step():
 
 
 # ------------------------------------------------------------------------------------ fit() on a tiny BERT
+def has_last_checkpoint(run_dir) -> bool:
+    """What ``resume=`` continues from is in the run folder."""
+    return (RunFolder(run_dir).last_checkpoint / TRAINER_STATE).exists()
+
+
 class Logged(list):
-    """The ``log_metrics`` callback: every (step, metrics) the trainer logs."""
+    """The run's metrics: every (step, metrics) the trainer logs, and how often they were flushed."""
+
+    flushes = 0
 
     def __call__(self, metrics, step):
         self.append((step, dict(metrics)))
+
+    def log_metrics(self, metrics, step):
+        self(metrics, step)
+
+    def flush(self):
+        self.flushes += 1
 
     def steps(self, key):
         return [step for step, metrics in self if key in metrics]
@@ -83,21 +101,18 @@ def make_trainer(tmp_path, lr=1e-3, n_train=37, dropout=0.1, pad_to_multiple_of=
         "train": pairs_split(tiny_pairs(n_train, seed=1), pretrained.tokenizer, 24),
         "dev": pairs_split(tiny_pairs(16, seed=2), pretrained.tokenizer, 24),
     }
-    logged = Logged()
+    logged, folder = Logged(), RunFolder(tmp_path / "run")
     config = TrainerConfig(**{"device": "cpu", "progress_bar": False, "eval_precision": "fp32", **config})
     accelerator = build_accelerator(device="cpu")
+    recipe = Recipe(data=data, load_model=None, make_optimizer=partial(adamw, lr=lr),
+                    make_scheduler=partial(schedule, warmup_ratio=0.1), trainer=config, seed=3)  # fmt: skip
+    recipe = recipe.for_device(accelerator.device)  # as the run assembles it (training/run.py)
     trainer = Trainer(
-        pretrained=pretrained,
-        data=data.for_device("cpu"),
-        splits=splits,
-        make_optimizer=partial(adamw, lr=lr),
-        make_scheduler=partial(schedule, warmup_ratio=0.1),
-        config=config.for_device(accelerator.device),
-        seed=3,
-        output_dir=tmp_path / "run",
-        accelerator=accelerator,
-        log_metrics=logged,
-    )
+        recipe=recipe, pretrained=pretrained, splits=splits, accelerator=accelerator,
+        checkpointer=Checkpointer.of_run(folder, recipe.trainer, accelerator, before_save=logged.flush),
+        best=BestWeights.of_run(folder.best_model, pretrained, recipe.data, config.metric, recipe.seed, accelerator),
+        metrics=logged, profiling=profiled(config.profile_steps, folder.profile, config.profile_skip),
+    )  # fmt: skip
     return trainer, logged
 
 
@@ -182,7 +197,7 @@ def test_a_signal_checkpoints_then_stops_and_resume_ends_like_an_uninterrupted_r
             killed.signals.requested = True  # as SIGTERM would
 
     killed, killed_log = make_trainer(tmp_path / "killed", epochs=2, log_every=1, eval_every=5, checkpoint_every=4)
-    killed.log_metrics = stop_at_step_7
+    killed.metrics.log_metrics = stop_at_step_7
     with pytest.raises(KeyboardInterrupt, match="resume="):
         killed.fit()
     assert has_last_checkpoint(tmp_path / "killed" / "run")
@@ -362,7 +377,7 @@ def test_ema_is_evaluated_saved_and_resumed_exactly(tmp_path):
     killed, _ = make_trainer(
         tmp_path / "killed", epochs=2, ema_decay=0.9, log_every=1, eval_every=5, checkpoint_every=4
     )
-    killed.log_metrics = stop_at_step_7
+    killed.metrics.log_metrics = stop_at_step_7
     with pytest.raises(KeyboardInterrupt):
         killed.fit()
     resumed, resumed_log = make_trainer(tmp_path / "killed", epochs=2, ema_decay=0.9, log_every=2, eval_every=5,
@@ -444,7 +459,7 @@ def signalled_at_step(trainer, logged, step, *signals):
             for signum in signals:
                 os.kill(os.getpid(), signum)
 
-    trainer.log_metrics = log_and_signal
+    logged.log_metrics = log_and_signal
 
 
 def test_one_ctrl_c_saves_a_checkpoint_then_stops(tmp_path):

@@ -15,7 +15,7 @@ run starts), before anything is written:
   own saved config, which ``resume=`` reads, stays the one it started with;
 * with several processes (torchrun, ``accelerate launch``) only the main one judges the folder and writes Hydra's
   files there: another would read them half-written. Its decision (the folder, whether to resume) reaches the others
-  with its folder (``training.run.shared_start``).
+  with its folder (``training.run.as_the_main_process_has``).
 
 :func:`saved_config` reads a folder's saved config for ``resume=`` with the same care: a file that is not YAML, or
 not an afqmc-exp config, is one line, and nothing is written into that folder.

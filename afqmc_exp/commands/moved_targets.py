@@ -40,6 +40,10 @@ MOVED = {  # module before -> module now (December 2026: the flat package became
 }
 
 
+MOVED_NAMES = {  # a name that left its module, as it is named once MOVED is applied (December 2026)
+    "afqmc_exp.training.trainer.TrainerConfig": "afqmc_exp.training.recipe.TrainerConfig",  # beside the Recipe
+}
+
 ADDED_GROUPS = {  # group -> the option that does what a config saved before it existed did
     "regularizer": {"_target_": "afqmc_exp.training.regularizers.NoRegularizer"},
 }
@@ -47,9 +51,11 @@ ADDED_GROUPS = {  # group -> the option that does what a config saved before it 
 
 def today(target: str) -> str:
     """``target`` with its module's old path replaced by today's (``afqmc_exp.optim.adamw`` ->
-    ``afqmc_exp.training.optim.adamw``); anything else unchanged."""
+    ``afqmc_exp.training.optim.adamw``), then a name that moved on its own (``MOVED_NAMES``); anything else
+    unchanged."""
     module, _, name = target.rpartition(".")
-    return f"{MOVED[module]}.{name}" if module in MOVED else target
+    target = f"{MOVED[module]}.{name}" if module in MOVED else target
+    return MOVED_NAMES.get(target, target)
 
 
 def upgrade(cfg: DictConfig) -> DictConfig:

@@ -122,9 +122,9 @@ class Member:
 
 def weights_folder(ckpt_uri: str, args: EvaluateArgs) -> Path:
     """The local folder ``ckpt`` names, or one line saying why it is not one."""
+    from ..files import recover
     from ..run_folder import RunFolder
     from ..tracking.stored_weights import FetchError, local_weights
-    from ..training.checkpoint import recover
 
     try:
         ckpt = local_weights(ckpt_uri, args.tracking_uri)
@@ -168,12 +168,12 @@ def _owner(path: Path) -> str:
 def load_member(ckpt_uri: str, args: EvaluateArgs, accelerator) -> Member:
     from ..data import auto_eval_batch_size, auto_pad_to_multiple_of
     from ..model import label_names, load_pair_classifier, prepare_for_device
-    from ..training.checkpoint import read_meta
+    from ..training.best_weights import read_facts
     from ..weights_facts import DEFAULTS, FactsError
 
     ckpt = weights_folder(ckpt_uri, args)
     try:
-        meta, device_type = read_meta(ckpt), accelerator.device.type
+        meta, device_type = read_facts(ckpt), accelerator.device.type
     except FactsError as error:
         raise SystemExit(f"error: {error}") from None
     pretrained = prepare_for_device(load_pair_classifier(str(ckpt)), device_type)

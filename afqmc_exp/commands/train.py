@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ..data import DataError
@@ -130,7 +131,7 @@ class Start:
     run's config (``rerun=``)."""
 
     cfg: DictConfig  # the run's own config
-    output_dir: Path
+    folder: RunFolder
     resume: bool = False
     tags: dict = field(default_factory=dict)  # what a rerun reruns
     run_name: str | None = None  # a rerun: the run's name, marked -rerun
@@ -148,7 +149,7 @@ def train_from_config(cfg: DictConfig) -> float:
     from hydra.types import RunMode
 
     hydra_cfg, masker = HydraConfig.get(), mask_logs(cfg)  # the command line's secrets, masked from the first line
-    in_sweep, own_folder = hydra_cfg.mode == RunMode.MULTIRUN, Path(hydra_cfg.runtime.output_dir)
+    in_sweep, own_folder = hydra_cfg.mode == RunMode.MULTIRUN, RunFolder(hydra_cfg.runtime.output_dir)
     start = None
     try:
         start = starting_point(cfg, hydra_cfg)
@@ -172,16 +173,16 @@ def train_from_config(cfg: DictConfig) -> float:
 
 def _how_to_go_on(error: Exception, start: Start | None) -> str:
     """After a full disk: the command that continues the run once there is space."""
-    from ..training.checkpoint import NoSpaceLeft
+    from ..files import NoSpaceLeft
 
     if isinstance(error, NoSpaceLeft) and start is not None:
-        return f": python train.py {RunFolder(start.output_dir).resume_argument}"
+        return f": python train.py {start.folder.resume_argument}"
     return ""
 
 
-def _discard_refused(own_folder: Path, start: Start | None) -> None:
+def _discard_refused(own_folder: RunFolder, start: Start | None) -> None:
     """A refused command's own folder goes (a resumed run's folder is the run's, and stays)."""
-    if start is None or not start.resume or start.output_dir.absolute() != own_folder.absolute():
+    if start is None or not start.resume or start.folder.root.absolute() != own_folder.root.absolute():
         discard_if_unused(own_folder)
 
 
@@ -189,24 +190,24 @@ def _start(start: Start, hydra_cfg, masker: Masker, in_sweep: bool) -> float:
     """Check the run's config, then report a finished run or train: nothing is written before the check."""
     from hydra.utils import instantiate
 
-    if start.resume and RunFolder(start.output_dir).finished:
-        return report_finished(start.output_dir, instantiate(start.cfg.tracking), masker)
+    if start.resume and start.folder.finished:
+        return report_finished(start.folder, instantiate(start.cfg.tracking), masker)
     validate(start.cfg)  # before any model is loaded, run opened or line written into a resumed run's folder
     hide_run_config(Path(hydra_cfg.runtime.output_dir), masker)
     if start.resume:
-        if start.output_dir.absolute() != Path(hydra_cfg.runtime.output_dir).absolute():
-            append_log_to(start.output_dir, masker)  # in its own folder (a requeued job), Hydra logs there already
-        log.info("resuming %s with its saved config", start.output_dir)
+        if start.folder.root.absolute() != Path(hydra_cfg.runtime.output_dir).absolute():
+            append_log_to(start.folder, masker)  # in its own folder (a requeued job), Hydra logs there already
+        log.info("resuming %s with its saved config", start.folder.root)
     return _train(start, hydra_cfg, masker, in_sweep)
 
 
 def _refused() -> tuple[type[Exception], ...]:
     """The errors that refuse a run in one line (a sweep's job fails with them instead)."""
+    from ..files import NoSpaceLeft
     from ..model import ModelError
-    from ..run_folder import RunFolderDamaged
+    from ..run_folder import RunFolderDamaged, RunInProgress
     from ..tracking.config import TrackingUnavailable
-    from ..training.checkpoint import CheckpointDamaged, NoSpaceLeft
-    from ..training.run import RunInProgress
+    from ..training.checkpoint import CheckpointDamaged
     from ..training.trainer import NonFiniteLossError
 
     return (ConfigError, DataError, ModelError, TrackingUnavailable, RunInProgress, CheckpointDamaged, NoSpaceLeft,
@@ -217,7 +218,7 @@ def starting_point(cfg: DictConfig, hydra_cfg) -> Start:
     """The run this command trains: ``resume=`` and ``rerun=`` are looked up in the command line's store."""
     from hydra.utils import instantiate
 
-    output_dir, resume, rerun = Path(hydra_cfg.runtime.output_dir), cfg.get("resume"), cfg.get("rerun")
+    folder, resume, rerun = RunFolder(hydra_cfg.runtime.output_dir), cfg.get("resume"), cfg.get("rerun")
     if resume and rerun:
         raise SystemExit(
             "error: resume= and rerun= together: resume continues a killed run in its folder, rerun starts a "
@@ -227,19 +228,19 @@ def starting_point(cfg: DictConfig, hydra_cfg) -> Start:
         from hydra.types import RunMode
 
         in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
-        return Start(cfg, output_dir, resume=in_sweep and job_met_again(RunFolder(output_dir), config_digest(cfg)))
+        return Start(cfg, folder, resume=in_sweep and job_met_again(folder, config_digest(cfg)))
     lookup = instantiate(cfg.tracking)
     if resume:
-        folder = find_run_dir(str(resume), lookup)
-        return Start(saved_config(RunFolder(folder)), folder.absolute(), resume=True)  # an old one: mapped
-    cfg, tags, run_name = rerun_config(str(rerun), lookup, hydra_cfg, output_dir)
-    return Start(cfg, output_dir, tags=tags, run_name=run_name)
+        earlier = RunFolder(find_run_dir(str(resume), lookup).absolute())
+        return Start(saved_config(earlier), earlier, resume=True)  # an old one: mapped
+    cfg, tags, run_name = rerun_config(str(rerun), lookup, hydra_cfg, folder)
+    return Start(cfg, folder, tags=tags, run_name=run_name)
 
 
-def rerun_config(run_id: str, tracking, hydra_cfg, output_dir: Path) -> tuple[DictConfig, dict, str]:
+def rerun_config(run_id: str, tracking, hydra_cfg, folder: RunFolder) -> tuple[DictConfig, dict, str]:
     """A logged run's config, saved as this run's own; the tags and name that say what it reruns."""
     cfg, original = config_of_run(run_id, tracking)
-    OmegaConf.save(cfg, RunFolder(output_dir).config)  # what this run really is
+    OmegaConf.save(cfg, folder.config)  # what this run really is
     ignored = [o for o in hydra_cfg.overrides.task if not o.startswith("rerun=")]
     if ignored:
         log.warning("rerun uses the run's own config; ignoring %s", " ".join(ignored))
@@ -250,13 +251,13 @@ def rerun_config(run_id: str, tracking, hydra_cfg, output_dir: Path) -> tuple[Di
     return cfg, tags, name
 
 
-def discard_if_unused(output_dir: Path) -> None:
+def discard_if_unused(own: RunFolder) -> None:
     """A run refused before it opened leaves no folder behind (Hydra makes it before the data is read)."""
     import shutil
 
-    if RunFolder(output_dir).unused():
-        shutil.rmtree(output_dir, ignore_errors=True)
-        for folder in (output_dir.parent, output_dir.parent.parent):  # outputs/<date>/ when nothing else is there
+    if own.unused():
+        shutil.rmtree(own.root, ignore_errors=True)
+        for folder in (own.root.parent, own.root.parent.parent):  # outputs/<date>/ when nothing else is there
             if folder == Path.cwd() or any(folder.iterdir()):
                 break
             folder.rmdir()
@@ -269,26 +270,27 @@ def mask_logs(cfg: DictConfig) -> Masker:
     return masker
 
 
-def append_log_to(output_dir: Path, masker: Masker) -> None:
+def append_log_to(folder: RunFolder, masker: Masker) -> None:
     """A resumed run logs into the run's own log file too (after the earlier processes' lines), so the log
     uploaded with the run tells its whole story. Hydra's own log goes to this process's new folder."""
     root = logging.getLogger()
     hydra_file = next((h for h in root.handlers if isinstance(h, logging.FileHandler)), None)
-    name = Path(hydra_file.baseFilename).name if hydra_file else RunFolder(output_dir).log.name
-    handler = logging.FileHandler(output_dir / name)
+    name = Path(hydra_file.baseFilename).name if hydra_file else folder.log.name
+    handler = logging.FileHandler(folder.root / name)
     if hydra_file is not None:
         handler.setFormatter(hydra_file.formatter)
     root.addHandler(handler)
     install_log_filter(masker)
 
 
-def report_finished(output_dir: Path, tracking, masker: Masker) -> float:
+def report_finished(folder: RunFolder, tracking, masker: Masker) -> float:
     """``resume=`` on a run that finished: nothing is trained or rewritten; tracking records its process could
     not deliver (the store was down, or it was killed before closing its MLflow run) are sent now."""
-    from ..training.run import RunInProgress, complete_record
+    from ..run_folder import RunInProgress
+    from ..training.outputs import complete_record
 
     try:
-        result, pending = complete_record(output_dir, tracking, masker)
+        result, pending = complete_record(folder, tracking, masker)
     except RunInProgress as err:
         raise SystemExit(f"error: {err}") from None
     run_id = result.get("mlflow_run_id")
@@ -296,7 +298,7 @@ def report_finished(output_dir: Path, tracking, masker: Masker) -> float:
     log.info(
         "%s: this run finished (best dev %s %s at step %s): its results are in that folder and MLflow run %s; "
         "nothing to resume%s",
-        output_dir,
+        folder.root,
         result.get("metric"),
         result.get("best_metric"),
         result.get("best_step"),
@@ -312,27 +314,24 @@ def _train(start: Start, hydra_cfg, masker: Masker, in_sweep: bool) -> float:
 
     from ..sweep_folder import SweepFolder
     from ..training.pruning import trial_reporter
-    from ..training.run import Recipe, RunTracking, run
+    from ..training.recipe import Recipe
+    from ..training.run import RunTracking, run
 
-    cfg, output_dir, sweep = start.cfg, start.output_dir, SweepFolder(hydra_cfg.sweep.dir)
+    cfg, folder, sweep = start.cfg, start.folder, SweepFolder(hydra_cfg.sweep.dir)
     tracking = instantiate(cfg.tracking)
-    choices = saved_choices(output_dir) if start.resume else dict(hydra_cfg.runtime.choices)  # the run's own options
+    choices = saved_choices(folder) if start.resume else dict(hydra_cfg.runtime.choices)  # the run's own options
     if in_sweep:  # nested under the sweep's parent, in its experiment
         tracking.experiment = sweep.parent_experiment() or tracking.experiment
     if not tracking.run_name:
         swept = sweep.swept_keys() if in_sweep else []
         tracking.run_name = start.run_name or default_run_name(cfg, choices, swept)
-    if in_sweep and hydra_cfg.runtime.choices.get("hydra/launcher") == "joblib":  # jobs side by side: a GPU each
-        from ..training.hardware import pin_parallel_job
-
-        pin_parallel_job(hydra_cfg.job.num)
     recipe = Recipe(
         data=instantiate(cfg.data), load_model=instantiate(cfg.model), make_optimizer=instantiate(cfg.optim),
         make_scheduler=instantiate(cfg.scheduler), trainer=instantiate(cfg.trainer), seed=cfg.seed,
         regularizer=instantiate(cfg.regularizer),
     )  # fmt: skip
     # tags only feed the MLflow run: without one, MLflow is never imported (it takes a while to import)
-    tags = {} if not tracking.enabled else {**run_tags(hydra_cfg, choices, output_dir, masker, in_sweep),
+    tags = {} if not tracking.enabled else {**run_tags(hydra_cfg, choices, folder, masker, in_sweep),
                                             **subject_tags(cfg, choices), **start.tags}  # fmt: skip
     tracked = RunTracking(
         tracking, params=masker.values(flatten(OmegaConf.to_container(cfg, resolve=True))), tags=tags,
@@ -341,14 +340,14 @@ def _train(start: Start, hydra_cfg, masker: Masker, in_sweep: bool) -> float:
     optuna = OmegaConf.to_container(cfg.optuna) if cfg.get("optuna") else None  # a trial of a search (pruning)
     on_evaluate = trial_reporter(optuna, cfg.trainer.metric) if optuna else None
     if not start.resume:  # what this run is, kept beside it: Hydra rewrites .hydra/ when a sweep's job meets it again
-        RunFolder(output_dir).save_config_digest(config_digest(cfg))
-    return run(recipe, tracked, output_dir, resume=start.resume, on_evaluate=on_evaluate)
+        folder.save_config_digest(config_digest(cfg))
+    return run(recipe, tracked, folder, resume=start.resume, on_evaluate=on_evaluate)
 
 
-def saved_choices(output_dir: Path) -> dict:
+def saved_choices(folder: RunFolder) -> dict:
     """The group options a run folder's run was started with (its ``.hydra/hydra.yaml``): a resumed run is named
     and tagged after them, not after the resuming command's defaults."""
-    path = RunFolder(output_dir).hydra_settings
+    path = folder.hydra_settings
     if not path.exists():
         return {}
     return dict(OmegaConf.select(OmegaConf.load(path), "hydra.runtime.choices", default={}) or {})
@@ -360,7 +359,7 @@ def subject_tags(cfg: DictConfig, choices: dict) -> dict[str, str]:
     return {"model": model, "model.name": str(cfg.model.name_or_path), "task": task, "metric": str(cfg.trainer.metric)}
 
 
-def run_tags(hydra_cfg, choices: dict, output_dir: Path, masker: Masker, in_sweep: bool) -> dict[str, str]:
+def run_tags(hydra_cfg, choices: dict, folder: RunFolder, masker: Masker, in_sweep: bool) -> dict[str, str]:
     """What the command was, where its folder is, MLflow's context tags and, in a sweep, its place in it."""
     from ..tracking.config import context_tags
 
@@ -368,11 +367,25 @@ def run_tags(hydra_cfg, choices: dict, output_dir: Path, masker: Masker, in_swee
     command = " ".join([Path(sys.argv[0]).name, *overrides])
     tags = {
         "hydra.overrides": " ".join(overrides) or "(none)",
-        "hydra.output_dir": str(output_dir),
+        "hydra.output_dir": str(folder.root),
         "hydra.choices": json.dumps(choices),
-        "mlflow.note.content": f"`{command}`\n\nRun folder: `{output_dir}`",  # the run page's description
+        "mlflow.note.content": f"`{command}`\n\nRun folder: `{folder.root}`",  # the run page's description
         **context_tags(REPO_DIR if (REPO_DIR / ".git").exists() else Path.cwd()),  # the code's commit, else the cwd's
     }
     if in_sweep:
         tags.update({"sweep.dir": str(Path(hydra_cfg.sweep.dir).resolve()), "sweep.job_num": str(hydra_cfg.job.num)})
     return tags
+
+
+class GpuPerParallelJob(Callback):
+    """Hydra callback: a sweep's job run side by side with others on one machine (``hydra/launcher=joblib``) trains
+    on a GPU of its own (``training.hardware.pin_parallel_job``), chosen in its process before anything uses CUDA."""
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        from hydra.types import RunMode
+
+        hydra = config.hydra
+        if hydra.mode == RunMode.MULTIRUN and hydra.runtime.choices.get("hydra/launcher") == "joblib":
+            from ..training.hardware import pin_parallel_job
+
+            pin_parallel_job(hydra.job.num)

@@ -120,6 +120,11 @@ class Run:
         if Path(local_file).exists():
             self._put({"op": "artifact", "path": str(local_file), "artifact_path": artifact_path})
 
+    def log_logs(self) -> None:
+        """The run folder's log files (``train.log``, a job's SLURM logs), as they are now."""
+        for logfile in RunFolder(self.folder).logs():
+            self.log_artifact(logfile)
+
     def log_masked_artifacts(self, local_dir: Path, artifact_path: str) -> None:
         """Text files (config) with the run's secrets masked: copies staged in the outbox folder are uploaded."""
         if not Path(local_dir).exists():
@@ -316,7 +321,7 @@ class NoRun:
         return None
 
     log_params = set_tags = log_metrics = flush = log_artifacts = log_datasets = log_table = log_artifact = _ignore
-    log_masked_artifacts = log_masked_file = register = log_served_model = end = _ignore
+    log_masked_artifacts = log_masked_file = register = log_served_model = log_logs = end = _ignore
 
 
 def _table(jsonl: str):

@@ -1,58 +1,53 @@
-"""Checkpoint files: the *last checkpoint* a killed run resumes from, and the *best model* users keep.
+"""The last checkpoint a killed run resumes from: when one is due (:class:`Checkpointer`), what it holds, and how
+it is written (:class:`CheckpointWriter`) and read back (:func:`load_last_checkpoint`).
 
-A run's output folder holds
+``last_checkpoint/`` holds the weights, the optimizer and scheduler states, every process's RNG states and
+:class:`TrainState` (where training stands), enough to continue exactly where a run was killed. The best weights a
+run keeps are ``best_weights``'s; both folders are swapped atomically (``files.atomic_dir``), so a kill at any
+moment leaves the old complete checkpoint or the new one, and a full disk leaves the old one (``NoSpaceLeft``).
 
-* ``best_model/``: a ``save_pretrained`` folder (safetensors weights, config, tokenizer) plus
-  ``afqmc_exp.json``, the facts needed to use the weights as they were trained (max_length, batch size,
-  metric, step; ``weights_facts`` owns that file). Anyone's
-  ``AutoModelForSequenceClassification.from_pretrained`` loads it.
-* ``last_checkpoint/``: the weights, the optimizer and scheduler states, every process's RNG states and
-  :class:`TrainState` (where training stands), enough to continue exactly where a run was killed.
+**When.** As torchtitan's ``checkpointer.save(step, last_step=...)``, the loop says where it stands and the
+checkpointer decides. A save is due every ``checkpoint_every`` steps; at a logged step once ``checkpoint_minutes``
+have passed since the last one; at every epoch's end when either is set; and always when a signal stops the run.
+Time rather than steps by default: a step takes milliseconds on a GPU and seconds on a CPU, and what a kill may
+cost is minutes of work either way. Every process must decide alike, since saving gathers from all: the clock is
+read only at logged steps, where the loss is reduced across processes anyway, and the decision is reduced too.
 
-**Swaps are atomic.** Both folders are written into a staging folder that then takes the old one's place.
-On Linux the two folders are exchanged by one ``renameat2(RENAME_EXCHANGE)`` call, so a kill at any moment
-leaves the old complete folder or the new one. Where that call is missing (other systems, some network
-file systems) the swap is two renames; a kill between them leaves the folder missing with both copies
-beside it, and :func:`recover` (run before every read and write here) puts the newer one back. A resumed
-run therefore never restarts from zero when a checkpoint existed. A write that fails (a full disk) removes
-its staging folder and leaves the old version in place: :class:`NoSpaceLeft` says so in one line. A folder
-that is a symlink (weights kept on another disk) is swapped where it points; the link stays.
+**What.** The trainer hands the checkpointer its state once, after setting up (:meth:`Checkpointer.attach`: the
+model, optimizer, scheduler, :class:`TrainState`, the loss window and the weight average); a save reads them as
+they are then. Metrics are flushed to the store first (``before_save``): a kill between the two leaves steps the
+store holds and a resumed run knows to skip, never steps it lacks.
 
-**On a GPU the last checkpoint is written in the background** (:class:`CheckpointWriter`): the training
-thread only copies the state into pinned host memory (training then changes those tensors in place) and a
-thread does the serialising and the disk writes, which for BERT-base mean about a gigabyte and would
-otherwise stall the GPU. One write runs at a time (the next copy waits for it); a kill mid-write leaves
-the previous checkpoint. On a CPU the copy and the writer thread compete with training for the same
-cores and memory bandwidth, and cost more than they save (docs/performance.md), so there the trainer
-writes directly from the live tensors.
+**How.** On a GPU the checkpoint is written in the background: the training thread only copies the state into
+pinned host memory (training then changes those tensors in place) and a thread does the serialising and the disk
+writes, which for BERT-base mean about a gigabyte and would otherwise stall the GPU. One write runs at a time (the
+next copy waits for it); a kill mid-write leaves the previous checkpoint. On a CPU the copy and the writer thread
+compete with training for the same cores and memory bandwidth, and cost more than they save (docs/performance.md),
+so there the checkpoint is written directly from the live tensors.
 
 Nothing here executes code from the files it reads: weights are safetensors and the rest is read with
-``torch.load(weights_only=True)``. Other modules ask this one (``has_last_checkpoint``,
-``remove_last_checkpoint``, ``read_meta``) instead of knowing the file names.
+``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import ctypes
-import errno
 import logging
-import os
 import random
 import shlex
 import shutil
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..files import follow_umask, replaced_file
+from ..files import NoSpaceLeft, atomic_dir, companions, recover
 from ..run_folder import RunFolder
-from ..weights_facts import FILE as FACTS_FILE
-from ..weights_facts import facts_text, read_facts
+from .recipe import TrainerConfig
 
 log = logging.getLogger(__name__)
 
@@ -75,112 +70,6 @@ class TrainState:
     window_loss: float = 0.0  # summed loss of the pairs trained on since the last logged step (all processes)
     window_pairs: int = 0
     pairs_seen: int = 0  # training pairs the run has stepped on, over every process and epoch (``train/pairs``)
-
-
-# ------------------------------------------------------------------------------------------ folders
-def _companions(target: Path) -> tuple[Path, Path]:
-    """The staging folder a new version is written into, and where the old one waits during a two-rename swap."""
-    return target.with_name(f".{target.name}.tmp"), target.with_name(f".{target.name}.old")
-
-
-def _renameat2():
-    try:
-        return ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28
-    except (AttributeError, OSError):
-        return None
-
-
-_RENAMEAT2 = _renameat2()
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two folders in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
-    if _RENAMEAT2 is None:
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    return _RENAMEAT2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
-
-
-def _between_renames(target: Path) -> None:
-    """Called between the two renames of a non-atomic swap; tests replace it to kill the process there."""
-
-
-def recover(target: Path) -> None:
-    """Put ``target`` back after a kill between the two renames of a swap: then it is missing, the old
-    version waits in ``.NAME.old`` and the complete new one in ``.NAME.tmp`` (the first rename only happens
-    after the new version is written). The newer one is restored. Nothing to do in any other state: a
-    missing target without ``.old`` means the first version was never finished."""
-    target = Path(target).resolve() if Path(target).is_symlink() else Path(target)
-    staging, retired = _companions(target)
-    if target.exists() or not retired.exists():
-        return
-    try:
-        os.replace(staging if staging.exists() else retired, target)
-        log.warning("%s: restored after an interrupted swap", target)
-    except FileNotFoundError:  # another process of the same run restored it first
-        pass
-
-
-class NoSpaceLeft(RuntimeError):
-    """The disk filled while a checkpoint or the best weights were written; the previous version is intact."""
-
-
-def disk_full(error: BaseException | None) -> bool:
-    """Whether ``error`` (or what caused it) is a full disk or quota: safetensors and torch.save re-raise the
-    OSError as their own error types, with its text."""
-    while error is not None:
-        if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if any(text in str(error) for text in ("No space left on device", "os error 28", "Disk quota exceeded")):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
-@contextlib.contextmanager
-def atomic_dir(target: Path):
-    """Yield a staging folder; on success it replaces ``target`` atomically (see the module docstring)."""
-    target = Path(target).resolve() if Path(target).is_symlink() else Path(target)
-    recover(target)
-    staging, retired = _companions(target)
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.rmtree(retired, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        yield staging
-    except BaseException as error:  # (a kill or Ctrl-C too: no half-written copy is left, and it is raised again)
-        shutil.rmtree(staging, ignore_errors=True)  # a partial copy would only fill the disk further
-        if disk_full(error):
-            kept = f"the previous {target.name} is intact" if target.exists() else f"no earlier {target.name} existed"
-            raise NoSpaceLeft(f"no space left on the device of {target} while writing it; {kept}. Free some space, "
-                              "then resume the run") from None  # fmt: skip
-        raise
-    follow_umask(staging)  # safetensors writes its files for their owner only; a run folder's are the umask's
-    if not target.exists():
-        os.replace(staging, target)
-    elif _exchange(staging, target):
-        shutil.rmtree(staging)  # now the old version
-    else:
-        os.replace(target, retired)
-        _between_renames(target)
-        os.replace(staging, target)
-        shutil.rmtree(retired)
-
-
-def has_last_checkpoint(output_dir: Path) -> bool:
-    folder = RunFolder(output_dir).last_checkpoint
-    recover(folder)
-    return (folder / TRAINER_STATE).exists()
-
-
-def remove_last_checkpoint(output_dir: Path) -> None:
-    """A finished run needs no resume state (it is weights plus twice their size in optimizer state)."""
-    folder = RunFolder(output_dir).last_checkpoint
-    link, folder = (folder, folder.resolve()) if folder.is_symlink() else (None, folder)
-    for path in (folder, *_companions(folder)):
-        shutil.rmtree(path, ignore_errors=True)
-    if link is not None:
-        link.unlink()
 
 
 # ------------------------------------------------------------------------------------------ RNG
@@ -314,24 +203,98 @@ class CheckpointDamaged(RuntimeError):
     """The last checkpoint cannot be read; the message says what to do (move it aside: the run starts over)."""
 
 
-# ------------------------------------------------------------------------------------------ best model
-def save_best_model(pretrained, folder: Path, meta: dict, accelerator) -> None:
-    """Weights (safetensors), config, tokenizer and our meta, as one ``save_pretrained`` folder."""
-    from ..model import quiet_transformers
+# ------------------------------------------------------------------------------------------ when, and what
+@dataclass
+class CheckpointContents:
+    """What a last checkpoint holds besides the RNG states (which the writer gathers from every process), as the
+    trainer hands it over once: these objects are read when a save is due."""
 
-    with atomic_dir(folder) as staging, quiet_transformers():
-        accelerator.unwrap_model(pretrained.model).save_pretrained(staging, safe_serialization=True)
-        pretrained.tokenizer.save_pretrained(staging)
-        (staging / FACTS_FILE).write_text(facts_text(meta), encoding="utf-8")
-
-
-def update_meta(folder: Path, **facts) -> None:
-    """Add facts learnt after saving (e.g. the tuned threshold) to the best weights' facts."""
-    with replaced_file(Path(folder) / FACTS_FILE) as out:
-        out.write(facts_text({**read_meta(folder), **facts}))
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    state: TrainState
+    window: object | None = None  # the trainer's TrainingWindow: its summed loss and pairs go into ``state``
+    ema: object | None = None  # a weight average (``ema.WeightAverage``), kept beside the model
 
 
-def read_meta(folder: str | Path) -> dict:
-    """The facts saved beside our weights (``weights_facts``), once a swap a kill interrupted is put right."""
-    recover(Path(folder))
-    return read_facts(folder)
+class Checkpointer:
+    """Saves the attached contents into ``folder`` when a save is due (see the module docstring); ``before_save``
+    is called first (the run flushes its metrics there)."""
+
+    def __init__(self, folder: Path, *, every: int | None, minutes: float | None, background: bool, accelerator,
+                 before_save: Callable[[], None] = lambda: None, clock=time.monotonic,
+                 resume_command: str | None = None):  # fmt: skip
+        self.writer = CheckpointWriter(folder, background=background)
+        self.resume_command = resume_command  # what continues from this checkpoint, said when a signal stops the run
+        self.every, self.minutes = every, minutes
+        self.accelerator, self.before_save = accelerator, before_save
+        self.clock = clock  # seconds (a test's own clock)
+        self.last_saved = clock()
+        self.contents: CheckpointContents | None = None
+
+    @classmethod
+    def of_run(cls, folder: RunFolder, config: TrainerConfig, accelerator,
+               before_save: Callable[[], None]) -> Checkpointer:  # fmt: skip
+        """The run's checkpointer, at the cadence of its ``trainer`` config (decided for its device)."""
+        return cls(folder.last_checkpoint, every=config.checkpoint_every, minutes=config.checkpoint_minutes,
+                   background=config.checkpoint_in_background, accelerator=accelerator, before_save=before_save,
+                   resume_command=f"python train.py {folder.resume_argument}")  # fmt: skip
+
+    @property
+    def folder(self) -> Path:
+        return self.writer.folder
+
+    def attach(self, contents: CheckpointContents) -> None:
+        """What every later save holds (the trainer's state once it is set up, or restored)."""
+        self.contents = contents
+
+    def restart_clock(self) -> None:
+        """Minutes count from here (training starts after the set-up, which may take minutes itself)."""
+        self.last_saved = self.clock()
+
+    def save(self, step: int, *, logged: bool = False, epoch_end: bool = False, stopping: bool = False) -> bool:
+        """Save after optimizer step ``step`` if a save is due; True if one was started."""
+        if not (stopping or self._due(step, logged, epoch_end)):
+            return False
+        self.before_save()
+        held, state = self.contents, self.contents.state
+        if held.window is not None:
+            state.window_loss, state.window_pairs = held.window.summed_loss(self.accelerator), held.window.pairs
+        extra = held.ema.state_dict() if held.ema is not None else None
+        self.writer.save(held.model, held.optimizer, held.scheduler, held.state, self.accelerator, extra)
+        self.last_saved = self.clock()
+        return True
+
+    def load(self, model, optimizer, scheduler) -> tuple[TrainState, dict, dict]:
+        """The last checkpoint restored into these (see :func:`load_last_checkpoint`)."""
+        return load_last_checkpoint(self.folder, model, optimizer, scheduler, self.accelerator)
+
+    def exists(self) -> bool:
+        """Whether a complete last checkpoint is there (a swap a kill interrupted put right first)."""
+        recover(self.folder)
+        return (self.folder / TRAINER_STATE).exists()
+
+    def remove(self) -> None:
+        """A finished run needs no resume state (it is weights plus twice their size in optimizer state)."""
+        link, folder = (self.folder, self.folder.resolve()) if self.folder.is_symlink() else (None, self.folder)
+        for path in (folder, *companions(folder)):
+            shutil.rmtree(path, ignore_errors=True)
+        if link is not None:
+            link.unlink()
+
+    def wait(self) -> None:
+        """Until the checkpoint being written is complete; raises what writing it raised."""
+        self.writer.wait()
+
+    def _due(self, step: int, logged: bool, epoch_end: bool) -> bool:
+        if epoch_end:
+            return bool(self.every) or self.minutes is not None
+        if self.every and step % self.every == 0:
+            return True
+        if self.minutes is None or not logged:
+            return False
+        due = self.clock() - self.last_saved >= 60 * self.minutes
+        if self.accelerator.num_processes > 1:
+            flag = torch.tensor(float(due), device=self.accelerator.device)
+            due = self.accelerator.reduce(flag, reduction="sum").item() > 0
+        return due

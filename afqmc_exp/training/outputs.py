@@ -1,11 +1,12 @@
 """What a finished run leaves: its best weights scored again from disk, the outputs written to the run folder
 (predictions, ``result.json``, plots) and logged to its MLflow run, and the summary a user reads last.
+:class:`RunOutputs` owns the two places they go to, the run folder and the MLflow run, and also hands the trainer
+the two outputs it writes while it trains: the best weights (``best_weights``) and the profile of a few steps
+(``profiling``).
 
 The saved folder, reloaded, is what users get, so it is what is scored, not the model in memory. Outputs are
 written by the main process only; every process scores (each a slice of every split, gathered). A run killed
-after its ``result.json`` but before its MLflow run closed is completed from the folder by ``record_finish``
-(see ``run.complete_record``). :class:`RunOutputs` owns the two places they go to: the run folder and the
-MLflow run.
+after its ``result.json`` but before its MLflow run closed is completed from the folder (:func:`complete_record`).
 """
 
 from __future__ import annotations
@@ -22,15 +23,17 @@ import numpy as np
 from ..data import PairData, Split
 from ..files import megabytes, replaced_file, size_of
 from ..metrics import SCORES, best_threshold, classification_metrics
-from ..model import load_pair_classifier, prepare_for_device
+from ..model import Pretrained, load_pair_classifier, prepare_for_device
 from ..plots import save_dev_plots
-from ..run_folder import BEST_MODEL, RunFolder
+from ..run_folder import BEST_MODEL, RunFolder, locked
 from ..tracking.config import MlflowTracking, runs_view_link
-from ..tracking.masking import mask_uri
+from ..tracking.masking import Masker, mask_uri
 from ..tracking.mlflow_run import NoRun, Run
-from .checkpoint import remove_last_checkpoint, update_meta
+from .best_weights import BestWeights, update_facts
 from .inference import score, write_predictions
-from .trainer import FitResult, TrainerConfig
+from .profiling import profiled
+from .recipe import Recipe, TrainerConfig
+from .trainer import FitResult
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +52,23 @@ class RunOutputs:
     """What a finished run leaves in its run folder and its MLflow run. ``accelerator``: every process scores,
     the main one writes and logs; without one, a single process (completing a finished run's record)."""
 
-    def __init__(self, output_dir: Path, mlflow_run: Run | NoRun, tracking: MlflowTracking, accelerator=None):
-        self.folder = RunFolder(output_dir)
+    def __init__(self, folder: RunFolder, mlflow_run: Run | NoRun, tracking: MlflowTracking, accelerator=None):
+        self.folder = folder
         self.mlflow_run, self.tracking, self.accelerator = mlflow_run, tracking, accelerator
 
+    def best_weights(self, pretrained: Pretrained, recipe: Recipe) -> BestWeights:
+        """Where the evaluator keeps the best weights of this training (``best_model/``)."""
+        return BestWeights.of_run(self.folder.best_model, pretrained, recipe.data, recipe.trainer.metric, recipe.seed,
+                                  self.accelerator)  # fmt: skip
+
+    def profiling(self, config: TrainerConfig):
+        """The profiler of ``trainer.profile_steps`` steps, writing into ``profile/`` (the main process's; the
+        others profile nothing)."""
+        steps = config.profile_steps if self.accelerator.is_main_process else 0
+        return profiled(steps, self.folder.profile, config.profile_skip)
+
     def finish(self, result: FitResult, splits: dict[str, Split], data: PairData, trainer: TrainerConfig) -> None:
-        """Score the saved best weights, write the outputs, log them, and drop the resume state."""
+        """Score the saved best weights, write the outputs and log them."""
         scored = score_best(result.best_dir, splits, data, trainer.threshold, self.accelerator)
         if not self.accelerator.is_main_process:
             return
@@ -62,8 +76,6 @@ class RunOutputs:
                     getattr(self.mlflow_run, "experiment_id", None))  # fmt: skip
         self.write(result, splits, scored, data.labels, trainer.metric)
         self.record_finish(result, scored.final, trainer.metric)
-        if not trainer.keep_last_checkpoint:
-            remove_last_checkpoint(self.folder.root)
 
     def record_finish(self, result: FitResult, final: dict, metric: str) -> None:
         """What a finished run adds to its MLflow run: the final metrics and speed, the result in its description,
@@ -104,11 +116,6 @@ class RunOutputs:
             mlflow_run.log_served_model(best_dir, register_as=tracking.register_as)
         elif tracking.register_as:
             mlflow_run.register(tracking.register_as, BEST_MODEL)
-
-
-def log_log_files(mlflow_run: Run, output_dir: Path) -> None:
-    for logfile in RunFolder(output_dir).logs():
-        mlflow_run.log_artifact(logfile)
 
 
 def result_line(result: FitResult, final: dict, metric: str) -> str:
@@ -171,7 +178,7 @@ def score_best(best_dir: Path, splits: dict[str, Split], data: PairData, thresho
 def tune_threshold(labels: np.ndarray, probs: np.ndarray, best_dir: Path) -> float:
     """The dev-F1-best threshold for the best weights, written into their meta (evaluate/predict use it)."""
     threshold, f1 = best_threshold(labels, probs[:, 1])
-    update_meta(best_dir, threshold=threshold)
+    update_facts(best_dir, threshold=threshold)
     log.warning(
         "threshold %.4f maximises dev F1 (%.4f) and is saved with the best weights; dev metrics at it are "
         "optimistic, as it was chosen on the same dev set: for a clean threshold, sweep data.folds=K "
@@ -191,3 +198,31 @@ def json_dumps(value, **kwargs) -> str:
         return [clean(x) for x in v] if isinstance(v, list) else v
 
     return json.dumps(clean(value), allow_nan=False, **kwargs)
+
+
+def complete_record(folder: RunFolder, tracking: MlflowTracking, masker: Masker) -> tuple[dict, int]:
+    """``resume=`` on a run that finished on disk: its result.json and MLflow run id, and how many tracking
+    records still wait for the store.
+
+    What its process journaled is delivered. If it was killed after writing result.json but before its MLflow
+    run was closed, the finish is recorded from the run folder (what the journal already holds is not queued
+    again) and the run closed FINISHED; nothing in the folder is rewritten."""
+    folder = RunFolder(folder.root.absolute())  # as the run's own process wrote its paths into the journal
+    saved = folder.read_result()
+    run_id = saved.get("mlflow_run_id")
+    with locked(folder):  # not while a process still delivers (or completes) this run
+        mlflow_run = tracking.attach(run_id, folder.root, masker) if run_id else NoRun()
+        if mlflow_run.active and not mlflow_run.ended:
+            log.info("%s finished, but its MLflow run %s was never closed: recording its finish from the folder",
+                     folder.root, run_id)  # fmt: skip
+            result = FitResult(saved["best_metric"], saved["best_step"], folder.best_model, saved["steps"],
+                               saved.get("speed", {}), saved.get("pairs_seen", 0))  # fmt: skip
+            final = {k: math.nan if v is None else v for k, v in saved.items() if k.startswith("final/")}  # null: NaN
+            mlflow_run.completing = True
+            RunOutputs(folder, mlflow_run, tracking).record_finish(result, final, saved["metric"])
+            mlflow_run.log_logs()
+            mlflow_run.end("FINISHED")
+        elif mlflow_run.active:
+            mlflow_run.outbox.start()
+            mlflow_run.outbox.drain(tracking.drain_seconds)
+    return saved, mlflow_run.outbox.pending if mlflow_run.active else 0

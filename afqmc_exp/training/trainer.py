@@ -37,24 +37,21 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from ..data import PairData, Split
-from ..metrics import Metric
 from ..model import Pretrained, compile_in_place
-from ..run_folder import RunFolder
-from .checkpoint import TrainState, recover, restore_rng, save_best_model
-from .checkpointer import CheckpointContents, Checkpointer
+from .best_weights import BestWeights
+from .checkpoint import CheckpointContents, Checkpointer, TrainState, restore_rng
 from .ema import WeightAverage
-from .evaluator import Evaluator
-from .hardware import eval_in_bf16, seconds_since_start
+from .evaluator import Evaluator, Metrics
+from .hardware import seconds_since_start
 from .inference import model_inputs
-from .profiling import profiled
 from .progress import Progress
+from .recipe import Recipe, TrainerConfig
 from .regularizers import NoRegularizer
 from .signals import GracefulStop
 
@@ -63,47 +60,6 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the run stops instead of training on garbage."""
-
-
-@dataclass
-class TrainerConfig:
-    """The ``trainer`` config group (the allowed values of each option are in its annotation)."""
-
-    epochs: int = 3
-    max_steps: int | None = None  # cap on optimizer steps over the whole run (null: epochs decide)
-    device: Literal["auto", "cpu"] = "auto"  # auto: a GPU when there is one
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # bf16 on CPU only with AVX512-BF16/AMX (see hardware)
-    eval_precision: Literal["auto", "fp32", "bf16"] = "auto"  # periodic dev evaluations (see hardware.eval_in_bf16)
-    tf32: bool = True  # TensorFloat-32 matmuls on Ampere+ GPUs; ignored on CPU
-    grad_accumulation: int = 1
-    max_grad_norm: float | None = 1.0  # null: no clipping
-    eval_every: int | None = None  # evaluate every N optimizer steps; null: at the end of each epoch
-    patience: int | None = None  # stop after this many evaluations without improvement; null: never
-    metric: Metric = "accuracy"  # dev metric that picks the best weights (the configs: the task's, data.metric)
-    threshold: float | Literal["tune"] = 0.5  # binary tasks: P(positive) >= threshold predicts it; tune: on dev
-    ema_decay: float | None = None  # evaluate and keep an exponential moving average of the weights (see ema)
-    log_every: int = 10  # optimizer steps between logged train loss/lr/speed
-    checkpoint_minutes: float | None = 10.0  # wall-clock minutes between last-checkpoint saves (checked at log steps)
-    checkpoint_every: int | None = None  # or every N optimizer steps; either way also at each epoch's end
-    checkpoint_in_background: bool | Literal["auto"] = "auto"  # copy to host memory, write in a thread; auto: on GPUs
-    keep_last_checkpoint: bool = False  # keep last_checkpoint/ after a run finishes (weights + 2x optimizer state)
-    compile: Literal["no", "default", "reduce-overhead", "max-autotune"] = "no"  # torch.compile mode (see model)
-    compile_scope: Literal["layers", "model"] = "layers"  # the repeated encoder layers, or the whole model
-    profile_steps: int = 0  # profile this many optimizer steps (after 2 of warm-up) into <output>/profile/
-    profile_skip: int = 0  # optimizer steps before the profiler starts (to see a warm loop, not the first shapes)
-    progress_bar: bool = True
-
-    def for_device(self, device: torch.device) -> TrainerConfig:
-        """A copy with the ``auto`` settings decided for ``device``: the evaluations' precision (see
-        ``hardware.eval_in_bf16``) and a background checkpoint writer (pays on a GPU, costs on a CPU: see
-        ``checkpoint``)."""
-        precision = self.eval_precision
-        if precision == "auto":
-            precision = "bf16" if eval_in_bf16(precision, device) else "fp32"
-        background = self.checkpoint_in_background
-        if background == "auto":
-            background = device.type == "cuda"
-        return replace(self, eval_precision=precision, checkpoint_in_background=background)
 
 
 @dataclass
@@ -188,37 +144,19 @@ class Trainer:
     never behind the checkpoint. ``data`` and ``config`` come with their ``auto`` settings decided for the
     accelerator's device (their ``for_device``), as ``run`` decides them once for the whole run."""
 
-    def __init__(
-        self,
-        *,
-        pretrained: Pretrained,
-        data: PairData,
-        splits: dict[str, Split],
-        make_optimizer: Callable,
-        make_scheduler: Callable,
-        config: TrainerConfig,
-        seed: int,
-        output_dir: Path,
-        accelerator,
-        log_metrics: Callable[[dict, int], None],
-        flush_metrics: Callable[[], None] = lambda: None,
-        regularizer: Callable | None = None,
-        on_evaluate: Callable[[int, float], None] | None = None,
-    ):
-        check_decided(data, config)
-        # what it is given
-        self.pretrained, self.data, self.splits, self.config, self.seed = pretrained, data, splits, config, seed
-        self.make_optimizer, self.make_scheduler = make_optimizer, make_scheduler
-        self.accelerator, self.log_metrics, self.flush_metrics = accelerator, log_metrics, flush_metrics
-        self.regularizer = regularizer or NoRegularizer()  # what one slice's forward and backward passes are
+    def __init__(self, *, recipe: Recipe, pretrained: Pretrained, splits: dict[str, Split], accelerator,
+                 checkpointer: Checkpointer, best: BestWeights, metrics: Metrics,
+                 profiling: contextlib.AbstractContextManager | None = None,
+                 on_evaluate: Callable[[int, float], None] | None = None):  # fmt: skip
+        check_decided(recipe.data, recipe.trainer)
+        # what it is given: what to train and how, and the run's parts that keep what training makes
+        self.recipe, self.data, self.config, self.seed = recipe, recipe.data, recipe.trainer, recipe.seed
+        self.pretrained, self.splits, self.accelerator = pretrained, splits, accelerator
+        self.regularizer = recipe.regularizer or NoRegularizer()  # what one slice's forward and backward passes are
+        self.checkpointer, self.best, self.metrics = checkpointer, best, metrics
+        self.profiling = profiling or contextlib.nullcontext()  # a profiler stepped after each optimizer step
         self.on_evaluate = on_evaluate  # (step, dev metric) after each evaluation: an Optuna trial's pruning
-        self.folder = RunFolder(output_dir)
-        self.best_dir = self.folder.best_model
         self.pin = accelerator.device.type == "cuda"  # pinned host memory: the copy to the GPU runs asynchronously
-        self.checkpointer = Checkpointer(
-            self.folder.last_checkpoint, every=config.checkpoint_every, minutes=config.checkpoint_minutes,
-            background=config.checkpoint_in_background, accelerator=accelerator, contents=self._checkpoint_contents,
-        )  # fmt: skip
         # built by _setup_data
         self.train_loader: torch.utils.data.DataLoader | None = None
         self.sampler = None  # the train loader's batch sampler: this process's slice of every global batch
@@ -251,12 +189,8 @@ class Trainer:
         shown = self.config.progress_bar and self.accelerator.is_local_main_process
         self.progress = Progress(self.total_steps, self.state.step, show_bar=shown)
         self.model.train()
-        profiled_steps = self.config.profile_steps if self.accelerator.is_main_process else 0
         try:
-            with (
-                GracefulStop() as self.signals,
-                profiled(profiled_steps, self.folder.profile, self.config.profile_skip) as self.profiler,
-            ):
+            with GracefulStop() as self.signals, self.profiling as self.profiler:
                 while self.state.epoch < self.config.epochs and self.state.step < self.total_steps:
                     if self._train_epoch():
                         break
@@ -291,7 +225,7 @@ class Trainer:
         model, config = self.pretrained.model, self.config
         if config.compile != "no":  # the first step pays the compile time (see model.compile_in_place)
             compile_in_place(model, config.compile, config.compile_scope)
-        optimizer = self.make_optimizer(model.to(self.accelerator.device))
+        optimizer = self.recipe.make_optimizer(model.to(self.accelerator.device))
         self.model, self.optimizer, *loaders = self.accelerator.prepare(model, optimizer, *self.eval_loaders.values())
         self.eval_loaders = dict(zip(self.eval_loaders, loaders, strict=True))
         self.ema = WeightAverage(self.model, config.ema_decay) if config.ema_decay else None
@@ -299,19 +233,17 @@ class Trainer:
         self.total_steps = config.epochs * steps_per_epoch
         if config.max_steps:
             self.total_steps = min(self.total_steps, config.max_steps)
-        self.scheduler = self.make_scheduler(self.optimizer, total_steps=self.total_steps)
+        self.scheduler = self.recipe.make_scheduler(self.optimizer, total_steps=self.total_steps)
         self.evaluator = Evaluator(
             model=self.model, loaders=self.eval_loaders, splits=self.splits, labels=self.data.labels,
-            accelerator=self.accelerator, bf16=config.eval_precision == "bf16", metric=config.metric,
-            patience=config.patience, threshold=0.5 if config.threshold == "tune" else config.threshold,  # evaluator
-            keep_best=self._save_best_model, log_metrics=self.log_metrics, flush_metrics=self.flush_metrics,
+            accelerator=self.accelerator, config=config, best=self.best, metrics=self.metrics,
             on_evaluate=self.on_evaluate,
         )  # fmt: skip
 
     def _restore(self, resume: bool) -> None:
         """A fresh state, or the last checkpoint's. Its RNG states are applied once the loader has started,
         exactly when an uninterrupted run would be in that state."""
-        recover(self.best_dir)  # a kill between the two renames of its last swap
+        self.best.recover()  # a kill between the two renames of its last swap
         if resume:
             self.state, self.pending_rng, extra = self.checkpointer.load(self.model, self.optimizer, self.scheduler)
             if self.ema is not None:
@@ -319,12 +251,14 @@ class Trainer:
             log.info(
                 "resuming at step %d (epoch %d, batch %d)", self.state.step, self.state.epoch, self.state.batch_in_epoch
             )
-        self.checkpointer.restart_clock()
         # each process sums its own pairs' losses; the main process holds the resumed window's sum
         main = self.accelerator.is_main_process
         self.window = TrainingWindow(
             self.accelerator.device, self.state.window_loss if main else 0.0, self.state.window_pairs
         )
+        self.checkpointer.attach(CheckpointContents(self.model, self.optimizer, self.scheduler, self.state,
+                                                    self.window, self.ema))  # fmt: skip
+        self.checkpointer.restart_clock()
 
     # ------------------------------------------------------------------------------------ epochs and batches
     def _train_epoch(self) -> bool:
@@ -386,17 +320,18 @@ class Trainer:
         logged = step % config.log_every == 0 or step == self.total_steps
         if logged:
             self._log_training()
-        stop = self._evaluate() if config.eval_every and step % config.eval_every == 0 else False
+        stop = self._evaluate() if self.evaluator.due(step) else False
         self.checkpointer.save(step, logged=logged, stopping=self.signals.requested)
         if self.signals.requested:
-            raise self.signals.stopped(f"stopped by a signal at step {step}; continue it: python train.py "
-                                       f"{self.folder.resume_argument}")  # fmt: skip
+            resume = self.checkpointer.resume_command
+            raise self.signals.stopped(f"stopped by a signal at step {step}"
+                                       + (f"; continue it: {resume}" if resume else ""))  # fmt: skip
         return stop or step >= self.total_steps
 
     def _after_epoch(self) -> bool:
         """Evaluate (unless ``eval_every`` does it) and checkpoint; True when early stopping says stop."""
         self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
-        stop = False if self.config.eval_every else self._evaluate()
+        stop = self._evaluate() if self.evaluator.due(self.state.step, epoch_end=True) else False
         self.checkpointer.save(self.state.step, epoch_end=True)
         return stop
 
@@ -408,7 +343,7 @@ class Trainer:
                 "trainer.max_grad_norm on, or use trainer.mixed_precision=no"
             )
         lr = self.scheduler.get_last_lr()[0]
-        self.log_metrics(
+        self.metrics.log_metrics(
             {
                 "train/loss": mean_loss,
                 "train/lr": lr,
@@ -427,34 +362,6 @@ class Trainer:
         with self.window.paused(), self.ema.applied() if self.ema else contextlib.nullcontext():
             return self.evaluator.evaluate(self.state, self.total_steps)
 
-    # ------------------------------------------------------------------------------------ saving
-    def _save_best_model(self) -> None:
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            meta = {
-                "task": self.data.name,
-                "labels": self.data.labels,  # the data's label values, in class-id order (id2label too)
-                "format": self.data.format,  # how predict.py and evaluate.py read a file by default
-                "fields": self.data.fields,
-                "drop_labels": self.data.drop_labels,
-                "max_length": self.data.max_length,
-                "eval_batch_size": self.data.eval_batch_size,
-                "metric": self.config.metric,
-                "base_model": self.pretrained.name_or_path,
-                "seed": self.seed,
-                "step": self.state.step,
-                self.config.metric: self.state.best,
-            }
-            save_best_model(self.pretrained, self.best_dir, meta, self.accelerator)
-
-    def _checkpoint_contents(self) -> CheckpointContents:
-        """What the last checkpoint holds now. Metrics are flushed first: a kill between the two leaves steps
-        the store holds and a resumed run knows to skip, never steps it lacks."""
-        self.flush_metrics()
-        self.state.window_loss, self.state.window_pairs = self.window.summed_loss(self.accelerator), self.window.pairs
-        extra = self.ema.state_dict() if self.ema is not None else None
-        return CheckpointContents(self.model, self.optimizer, self.scheduler, self.state, extra)
-
     # ------------------------------------------------------------------------------------ finish
     def _finish(self) -> FitResult:
         """Evaluate the last steps if no evaluation has seen them, and report."""
@@ -470,7 +377,7 @@ class Trainer:
         return FitResult(
             best_metric=self.state.best,
             best_step=self.state.best_step,
-            best_dir=self.best_dir,
+            best_dir=self.best.folder,
             steps=self.state.step,
             speed=self.speed,
             pairs_seen=self.state.pairs_seen,

@@ -24,9 +24,10 @@ import sys
 import time
 from pathlib import Path
 
+from afqmc_exp import files
 from afqmc_exp.run_folder import RunFolder
 from afqmc_exp.tracking import mlflow_run
-from afqmc_exp.training import checkpoint, trainer
+from afqmc_exp.training import best_weights, checkpoint, trainer
 
 FAULT, AT = sys.argv[1], int(sys.argv[2])
 sys.argv = [sys.argv[0], *sys.argv[3:]]
@@ -44,7 +45,7 @@ def write(self, snapshot):
     global writes
     writes += 1
     if writes == AT and FAULT == "mid-write":
-        with checkpoint.atomic_dir(self.folder) as staging:
+        with files.atomic_dir(self.folder) as staging:
             (staging / checkpoint.WEIGHTS).write_bytes(b"\0" * 4096)
             die()
     real_write(self, snapshot)
@@ -71,14 +72,14 @@ def after_step(self):
     return real_after_step(self)
 
 
-real_save_best, best_writes = trainer.save_best_model, 0
+real_save_best, best_writes = best_weights.save, 0
 
 
 def save_best(pretrained, folder, meta, accelerator):
     global best_writes
     best_writes += 1
     if FAULT == "disk-full" and best_writes == AT:
-        with checkpoint.atomic_dir(folder) as staging:
+        with files.atomic_dir(folder) as staging:
             (staging / checkpoint.WEIGHTS).write_bytes(b"\0" * 4096)
             raise OSError(errno.ENOSPC, "No space left on device")
     real_save_best(pretrained, folder, meta, accelerator)
@@ -100,9 +101,9 @@ def put(self, record):
 
 checkpoint.CheckpointWriter._write = write
 mlflow_run.Run._put = put
-trainer.save_best_model = save_best
+best_weights.save = save_best
 trainer.Trainer._after_step = after_step
 if FAULT == "between-renames":
-    checkpoint._exchange = lambda a, b: False
-    checkpoint._between_renames = between_renames
+    files._exchange = lambda a, b: False
+    files._between_renames = between_renames
 runpy.run_path(str(Path(__file__).resolve().parents[2] / "train.py"), run_name="__main__")
