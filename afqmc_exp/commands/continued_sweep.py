@@ -96,7 +96,6 @@ def sweep_folder(target: str, changes: list[str], conf_dir: Path) -> Path:
 
 def folder_of_parent_run(run_id: str, changes: list[str], conf_dir: Path) -> Path:
     from hydra.utils import instantiate
-    from mlflow.exceptions import MlflowException
 
     from ..tracking import store
     from ..tracking.masking import mask_uri
@@ -105,9 +104,8 @@ def folder_of_parent_run(run_id: str, changes: list[str], conf_dir: Path) -> Pat
     cfg, _ = _compose(conf_dir, "train", [o for o in changes if key_of(o) == "tracking.uri"])
     uri = instantiate(cfg.tracking).uri if isinstance(cfg, DictConfig) else store.default_uri()
     try:
-        tags = store.client(uri, create=False).get_run(run_id).data.tags
-    except (MlflowException, store.StoreMissing, store.StoreBusy) as error:
-        why = " (no store is there)" if isinstance(error, store.StoreMissing) else ""
+        tags = store.tags_of_run(uri, run_id)
+    except store.RunNotFound as why:
         raise SystemExit(f"error: resume={run_id}: neither a sweep's folder nor the id of an MLflow run in "
                          f"{mask_uri(uri)}{why}") from None  # fmt: skip
     folder = SweepFolder(tags.get("sweep.dir", ""))

@@ -91,12 +91,10 @@ def find_run_dir(resume: str, tracking) -> Path:
     without creating a store: a SQLite file that is not there holds no run)."""
     folder = Path(resume).expanduser()
     if not folder.is_dir():
-        from mlflow.exceptions import MlflowException
-
         try:
-            folder = Path(store.client(tracking.uri, create=False).get_run(resume).data.tags["hydra.output_dir"])
-        except (MlflowException, KeyError, store.StoreMissing, store.StoreBusy) as error:
-            why = {store.StoreMissing: " (no store is there)", store.StoreBusy: f" ({error})"}.get(type(error), "")
+            folder = Path(store.tags_of_run(tracking.uri, resume)["hydra.output_dir"])
+        except (store.RunNotFound, KeyError) as error:
+            why = str(error) if isinstance(error, store.RunNotFound) else ""
             raise SystemExit(
                 f"error: resume={resume}: neither a run's output folder nor the id of an MLflow run in "
                 f"{mask_uri(tracking.uri)}{why}"

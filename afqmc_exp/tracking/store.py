@@ -139,6 +139,22 @@ def client(uri: str | None = None, create: bool = True):
         return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+class RunNotFound(LookupError):
+    """No MLflow run of that id in the store, or no store there; the message is why, in a few words (or empty)."""
+
+
+def tags_of_run(uri: str, run_id: str) -> dict[str, str]:
+    """The tags of the MLflow run ``run_id`` in the store at ``uri``, which a lookup never creates
+    (``resume=<run id>``: the run's folder, a sweep's folder)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client(uri, create=False).get_run(run_id).data.tags
+    except (MlflowException, StoreMissing, StoreBusy) as error:
+        why = {StoreMissing: " (no store is there)", StoreBusy: f" ({error})"}.get(type(error), "")
+        raise RunNotFound(why) from None
+
+
 def _raised_anyway(record: logging.LogRecord) -> bool:
     """Keep MLflow's store log lines except its report of a database error it then raises to its caller."""
     return not record.getMessage().startswith("SQLAlchemy database error")
