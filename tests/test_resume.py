@@ -316,7 +316,7 @@ def test_a_full_disk_while_writing_better_weights_is_one_line_and_the_run_resume
 
 OLD_TARGETS = {  # as configs saved before afqmc_exp's modules moved into folders name them
     "afqmc_exp.training.optim.": "afqmc_exp.optim.",
-    "afqmc_exp.training.trainer.": "afqmc_exp.trainer.",
+    "afqmc_exp.training.recipe.": "afqmc_exp.trainer.",  # TrainerConfig: in trainer.py until 6 December 2026
     "afqmc_exp.training.regularizers.": "afqmc_exp.regularizers.",
     "afqmc_exp.tracking.config.": "afqmc_exp.tracking.",
 }

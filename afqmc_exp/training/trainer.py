@@ -1,17 +1,20 @@
-"""The ``trainer`` config group and the training loop, on Hugging Face Accelerate.
+"""The training loop, on Hugging Face Accelerate.
 
 Accelerate (not a home-made engine) gives one code path for CPU, one GPU, several GPUs or processes
 (``accelerate launch``/``torchrun``), mixed precision and gradient accumulation. The loop never sees Hydra
-or MLflow: it receives typed objects and a ``log(metrics, step)`` callback.
+or MLflow: it receives typed objects (the ``recipe``) and the run's parts, whole, as torchtitan's trainer does:
+where its metrics go (``metrics``), the ``checkpointer`` of the last checkpoint and the ``best`` weights, both
+bound to the run folder by ``run``, which the loop itself never sees.
 
 :class:`Trainer` reads in phases: setup (data, model and optimizer, schedule, resume) -> epochs ->
 batches -> after each optimizer step (log, evaluate, checkpoint, signals) -> after each epoch -> finish.
 The loop says *when* it stands where; its two components decide what follows: the ``checkpointer`` whether a
 last checkpoint is due (every ``checkpoint_minutes`` and/or ``checkpoint_every`` steps, at every epoch's end,
-when a signal stops the run) and the ``evaluator`` what an evaluation scores, keeps and logs.
+when a signal stops the run), saving the state handed to it once after setup, and the ``evaluator`` whether an
+evaluation is due and what it scores, keeps and logs.
 
-Metrics reach MLflow at every evaluation and just before each checkpoint (``flush_metrics``); a resumed
-run skips the steps the store already holds, so each step is logged exactly once.
+Metrics reach MLflow at every evaluation and just before each checkpoint (the checkpointer's ``before_save``); a
+resumed run skips the steps the store already holds, so each step is logged exactly once.
 SIGINT/SIGTERM stop the loop at the next step boundary, after a checkpoint (see ``signals``).
 
 Why the loop looks like this:
@@ -138,11 +141,11 @@ class TrainingWindow:
 
 class Trainer:
     """Fine-tune ``pretrained.model`` on ``splits["train"]``, evaluating on ``splits["dev"]`` (and every
-    ``dev_<name>`` split, the extra dev sets) and keeping the best weights (by ``config.metric`` on ``dev``) in
-    ``output_dir/best_model``. ``fit(resume=True)`` continues from ``output_dir/last_checkpoint``;
-    ``flush_metrics`` is called after each evaluation and before each checkpoint, so what the store holds is
-    never behind the checkpoint. ``data`` and ``config`` come with their ``auto`` settings decided for the
-    accelerator's device (their ``for_device``), as ``run`` decides them once for the whole run."""
+    ``dev_<name>`` split, the extra dev sets) and keeping the best weights (by ``trainer.metric`` on ``dev``) in
+    ``best``. ``fit(resume=True)`` continues from the ``checkpointer``'s last checkpoint; ``metrics`` are flushed
+    after each evaluation and before each checkpoint, so what the store holds is never behind the checkpoint.
+    The ``recipe`` comes with its ``auto`` settings decided for the accelerator's device (``Recipe.for_device``),
+    as ``run`` decides them once for the whole run."""
 
     def __init__(self, *, recipe: Recipe, pretrained: Pretrained, splits: dict[str, Split], accelerator,
                  checkpointer: Checkpointer, best: BestWeights, metrics: Metrics,

@@ -38,6 +38,9 @@ import afqmc_exp
 import afqmc_exp.commands.score  # noqa: F401
 import afqmc_exp.commands.train  # noqa: F401
 import afqmc_exp.training.run  # noqa: F401
+from afqmc_exp.plots import pyplot
+
+pyplot()  # matplotlib on Agg, as every finished run draws its dev plots with it (1 s of imports a run)
 
 HEADER = struct.Struct("!I")
 
