@@ -1,5 +1,5 @@
 """Reading and checking sentence-pair files in every format: good variants are read, bad lines are refused with
-file:line and the fix, labels map to class ids in the task's order."""
+file:line and the fix, labels map to class ids in the task's order; and a model that cannot read the data is said."""
 
 import json
 import os
@@ -484,3 +484,22 @@ def test_a_limit_is_said_beside_the_files_count_and_applies_to_its_split(tmp_pat
     assert data.summary(checked)[2].endswith("; the first 7 used (data.test_limit)")  # no more than the file has
     splits = data.tokenize(tiny_pretrained(tmp_path / "tiny").tokenizer, checked)
     assert {name: len(split) for name, split in splits.items()} == {"train": 12, "dev": 4, "test": 7}
+
+
+def test_a_model_whose_tokenizer_cannot_read_the_data_is_said_before_training(tmp_path, caplog):
+    from afqmc_exp.data import Pair
+    from afqmc_exp.training.run import warn_if_unreadable
+    from helpers import pairs_split, tiny_pairs, tiny_pretrained
+
+    pretrained = tiny_pretrained(tmp_path / "tiny")  # a vocabulary of a few English words
+    unknown = pretrained.tokenizer.unk_token_id
+    readable = pairs_split(tiny_pairs(20), pretrained.tokenizer, 24)
+    chinese = [Pair("花呗怎么还款", "花呗如何还钱", 1, 0), Pair("借呗额度", "open account", 0, 1)]  # 16 of 18 unknown
+    mixed = pairs_split(chinese, pretrained.tokenizer, 24)
+    assert readable.unknown_share(unknown) == 0.0 and mixed.unknown_share(unknown) == pytest.approx(16 / 18)
+    caplog.set_level("WARNING", logger="afqmc_exp.training.run")
+    warn_if_unreadable(readable, pretrained)
+    assert not caplog.records
+    warn_if_unreadable(mixed, pretrained)
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert said.startswith("89% of the training text is [UNK] to ") and "model=bert or model=roberta" in said

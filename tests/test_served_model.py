@@ -74,8 +74,10 @@ def test_a_request_may_name_its_columns_as_the_clue_files_or_the_task_does(weigh
     for first, second in (("sentence1", "sentence2"), ("q1", "q2")):
         got = model.predict(None, pd.DataFrame({first: firsts, second: seconds}))
         assert got["prob"].tolist() == expected["prob"].tolist()
-    with pytest.raises(MlflowException, match="text/text_pair or sentence1/sentence2 or q1/q2"):
+    with pytest.raises(MlflowException, match=r"text/text_pair or sentence1/sentence2 or q1/q2 \(got question, answ"):
         model.predict(None, pd.DataFrame({"question": firsts, "answer": seconds}))
+    with pytest.raises(MlflowException, match="got none of them: the server drops columns the signature lacks"):
+        model.predict(None, pd.DataFrame(index=range(2)))  # what the server passes on when no column matches
 
 
 def test_the_logged_signature_lets_every_pair_of_columns_through(weights):

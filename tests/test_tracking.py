@@ -335,6 +335,11 @@ def test_the_summary_line_names_the_best_and_every_score_of_the_best_weights():
         "Best dev accuracy 0.7316 at step 600 of 1000; the best weights scored again from disk: dev_accuracy=0.7300 "
         "dev_f1=0.5000 dev_macro_f1=0.6000 test_accuracy=0.7000"
     )
+    in_bf16 = FitResult(0.925, 60, Path("best_model"), 60, eval_precision="bf16")  # the quickstart on an AMX CPU
+    assert result_line(in_bf16, {"final/dev_accuracy": 0.9313}, "accuracy") == (
+        "Best dev accuracy 0.9250 (evaluated in bf16) at step 60 of 60; the best weights scored again from disk in "
+        "fp32: dev_accuracy=0.9313"
+    )
 
 
 def test_the_summary_names_a_server_store_as_a_link_its_password_masked(tmp_path, caplog):
@@ -367,7 +372,7 @@ def test_each_run_sets_its_experiment_s_runs_view_and_the_summary_links_it(tmp_p
         assert json.loads(experiment.tags["mlflow.sharedViewState.afqmc"]) == {
             "selectedColumns": [f"metrics.`best/dev_{metric}`", "metrics.`final/dev_loss`", "tags.`model`",
                                 "tags.`task`", "params.`optim.lr`",
-                                "params.`data.batch_size`", "params.`seed`", "attributes.`Dataset`"],
+                                "params.`data.batch_size`", "params.`seed`"],
             "orderByKey": f"metrics.`best/dev_{metric}`", "orderByAsc": best_first_is_low}  # fmt: skip
     for uri, ui in (
         (store_uri, "http://127.0.0.1:5000"),

@@ -125,6 +125,7 @@ def test_the_console_is_quiet_and_says_where_things_are(cli_run):
     for noise in ("LOAD REPORT", "Loading weights", "Writing model shards", "Uploading artifacts", "\r"):
         assert noise not in console, noise
     assert "new classification head (classifier.bias, classifier.weight), as expected" in console
+    assert "of the training text is [UNK] to " in console  # MiniLM's English vocabulary on AFQMC: said at the start
     log = (out / "train.log").read_text()
     assert f"run folder: {out}" in log.splitlines()[0] + log.splitlines()[1]
     assert "step 15/30: dev loss=" in log and "step 30/30: dev loss=" in log  # the evaluations reach the log

@@ -77,6 +77,17 @@ class Split:
             ids[where], types[where] = self.sources[k].tokens.gather(rows[where] - self.starts[k], width, pad_id)
         return ids, types
 
+    def unknown_share(self, unknown_id: int, special: int = 3, most: int = 2_000_000) -> float:
+        """The share of the text's tokens that are ``unknown_id`` ([UNK]: text the tokenizer cannot read), over the
+        first ``most`` tokens of each file; each pair's ``special`` tokens ([CLS], [SEP] twice) are not text."""
+        unknown = text = 0
+        for source in self.sources:
+            ids = np.asarray(source.tokens.ids[:most])
+            pairs = int(np.searchsorted(source.tokens.offsets, len(ids), side="right")) - 1
+            unknown += int((ids == unknown_id).sum())
+            text += len(ids) - special * max(pairs, 0)
+        return unknown / text if text > 0 else 0.0
+
     def select(self, rows: np.ndarray) -> Split:
         """The split's rows ``rows`` (positions in this split, ascending)."""
         return Split(self.sources, self.global_rows(np.asarray(rows, dtype=np.int64)))

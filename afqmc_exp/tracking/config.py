@@ -49,8 +49,15 @@ def runs_view_state(metric: str) -> str:
     from ..metrics import GREATER_IS_BETTER
 
     best = f"metrics.`best/dev_{metric}`"
-    columns = [best, "metrics.`final/dev_loss`", "tags.`model`", "tags.`task`", "params.`optim.lr`",
-               "params.`data.batch_size`", "params.`seed`", "attributes.`Dataset`"]  # fmt: skip
+    columns = [
+        best,
+        "metrics.`final/dev_loss`",
+        "tags.`model`",
+        "tags.`task`",
+        "params.`optim.lr`",
+        "params.`data.batch_size`",
+        "params.`seed`",
+    ]  # no Dataset: its wide column hides these at 1600 px
     return json.dumps({"selectedColumns": columns, "orderByKey": best, "orderByAsc": not GREATER_IS_BETTER[metric]})
 
 

@@ -79,7 +79,8 @@ class PairClassifier(mlflow.pyfunc.PythonModel):
         found = next((pair for pair in self.columns if set(pair) <= set(model_input.columns)), None)
         if found is None:
             names = " or ".join("/".join(pair) for pair in self.columns)
-            raise MlflowException(f"each pair needs two columns: {names} (got {', '.join(model_input.columns)})",
+            got = ", ".join(model_input.columns) or "none of them: the server drops columns the signature lacks"
+            raise MlflowException(f"each pair needs two columns: {names} (got {got})",
                                   error_code=INVALID_PARAMETER_VALUE)  # fmt: skip
         return found
 

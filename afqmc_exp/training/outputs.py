@@ -94,7 +94,8 @@ class RunOutputs:
             pairs, with_sentences = splits[split].pairs(), split != "test"
             write_predictions(self.folder.predictions(split), pairs, probs, labels, threshold, with_sentences)
         record = {"best_metric": result.best_metric, "metric": metric, "best_step": result.best_step,
-                  "steps": result.steps, "pairs_seen": result.pairs_seen, **scored.final, "speed": result.speed,
+                  "steps": result.steps, "pairs_seen": result.pairs_seen, "eval_precision": result.eval_precision,
+                  **scored.final, "speed": result.speed,
                   "mlflow_run_id": self.mlflow_run.run_id}  # fmt: skip
         with replaced_file(self.folder.result) as result:  # whole or absent: a cut one would pass for finished
             result.write(json_dumps(record, indent=2) + "\n")
@@ -119,10 +120,14 @@ class RunOutputs:
 
 
 def result_line(result: FitResult, final: dict, metric: str) -> str:
+    """The run's result in a line. Evaluations in bf16 (a CPU with AMX, by default) can differ from the fp32 scores of
+    the weights read back by a pair or two: the line says which precision gave which number."""
     scores = " ".join(f"{k.removeprefix('final/')}={v:.4f}" for k, v in final.items()
                       if k.rsplit("_", 1)[-1] in SCORES or k.endswith("macro_f1"))  # fmt: skip
-    return f"Best dev {metric} {result.best_metric:.4f} at step {result.best_step} of {result.steps}; the best " \
-        f"weights scored again from disk: {scores}"  # fmt: skip
+    bf16 = result.eval_precision == "bf16"
+    return f"Best dev {metric} {result.best_metric:.4f}{' (evaluated in bf16)' if bf16 else ''} at step " \
+        f"{result.best_step} of {result.steps}; the best weights scored again from disk{' in fp32' if bf16 else ''}: " \
+        f"{scores}"  # fmt: skip
 
 
 def log_summary(result: FitResult, final: dict, metric: str, folder: RunFolder, tracking: MlflowTracking,
@@ -216,7 +221,8 @@ def complete_record(folder: RunFolder, tracking: MlflowTracking, masker: Masker)
             log.info("%s finished, but its MLflow run %s was never closed: recording its finish from the folder",
                      folder.root, run_id)  # fmt: skip
             result = FitResult(saved["best_metric"], saved["best_step"], folder.best_model, saved["steps"],
-                               saved.get("speed", {}), saved.get("pairs_seen", 0))  # fmt: skip
+                               saved.get("speed", {}), saved.get("pairs_seen", 0),
+                               saved.get("eval_precision", "fp32"))  # fmt: skip
             final = {k: math.nan if v is None else v for k, v in saved.items() if k.startswith("final/")}  # null: NaN
             mlflow_run.completing = True
             RunOutputs(folder, mlflow_run, tracking).record_finish(result, final, saved["metric"])

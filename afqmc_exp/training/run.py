@@ -122,7 +122,22 @@ def load_for_training(recipe: Recipe, device_type: str, checked: dict[str, Check
     started = time.perf_counter()
     splits = data.tokenize(pretrained.tokenizer, checked)
     startup["data_tokenize_s"] = time.perf_counter() - started
+    warn_if_unreadable(splits["train"], pretrained)
     return pretrained, splits
+
+
+UNREADABLE = 0.1  # a tenth of the text unknown to the tokenizer: the model cannot learn from much of the data
+
+
+def warn_if_unreadable(train: Split, pretrained: Pretrained) -> None:
+    """A model whose vocabulary misses much of the data's text (an English model on Chinese: ~41% of the characters
+    become [UNK]) learns little beyond the majority answer; said before a user waits for it."""
+    unknown_id = pretrained.tokenizer.unk_token_id
+    share = train.unknown_share(unknown_id) if unknown_id is not None else 0.0
+    if share >= UNREADABLE:
+        log.warning("%.0f%% of the training text is [UNK] to %s's tokenizer: the model cannot read it, and may learn "
+                    "little beyond the majority answer; use a model whose vocabulary covers the data's language "
+                    "(for Chinese: model=bert or model=roberta)", 100 * share, pretrained.name_or_path)  # fmt: skip
 
 
 def check_dev_labels(dev: CheckedFile, metric: str, labels: list[str]) -> None:

@@ -74,6 +74,7 @@ class FitResult:
     # train/eval samples per second, time to first step (and, from the training run, the startup before it)
     speed: dict[str, float] = field(default_factory=dict)
     pairs_seen: int = 0  # training pairs the optimizer steps were taken on (grad_accumulation x batch x steps)
+    eval_precision: str = "fp32"  # of the evaluations that picked the best (the best weights are scored again in fp32)
 
 
 def optimizer_steps(batch_sizes: list[int], accumulation: int) -> list[tuple[int, bool]]:
@@ -384,6 +385,7 @@ class Trainer:
             steps=self.state.step,
             speed=self.speed,
             pairs_seen=self.state.pairs_seen,
+            eval_precision=self.config.eval_precision,
         )
 
 

@@ -159,8 +159,9 @@ def tiny_pretrained(folder: Path, seed: int = 0, dropout: float = 0.1):
     from afqmc_exp.model import Pretrained
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(WORDS)]  # a line each: its id
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    tokenizer = BertTokenizerFast(vocab=str(folder / "vocab.txt"))  # (transformers 5 ignores vocab_file=: all [UNK])
     torch.manual_seed(seed)
     config = tiny_bert_config(len(tokenizer), dropout, id2label={0: "0", 1: "1"}, label2id={"0": 0, "1": 1})
     return Pretrained(model=BertForSequenceClassification(config), tokenizer=tokenizer, name_or_path=str(folder))
