@@ -54,6 +54,15 @@ def test_three_class_metrics_match_scikit_learn():
     assert never_predicted["macro_f1"] == pytest.approx(f1_score([0, 1, 2, 2], [0, 1, 1, 1], average="macro"))
 
 
+def test_the_tuned_threshold_may_predict_every_pair_positive_and_breaks_ties_towards_one_half():
+    from afqmc_exp.metrics import best_threshold, log_loss
+
+    assert best_threshold([1, 1, 1], [0.9, 0.5, 0.2]) == (0.2, 1.0)  # the lowest probability: every pair positive
+    threshold, f1 = best_threshold([1, 0, 0, 1], [0.99, 0.6, 0.4, 0.2])  # 0.99 and 0.2 both give F1 2/3
+    assert threshold == 0.2 and f1 == pytest.approx(2 / 3)
+    assert log_loss([1, 0], [[0.0, 1.0], [0.0, 1.0]]) == pytest.approx(-np.log(1e-12) / 2)  # finite, not inf
+
+
 def test_majority_answer_scores_accuracy_but_zero_f1():
     labels = np.array([0] * 69 + [1] * 31)
     got = classification_metrics(labels, binary(np.zeros(100)), loss=0.6)
