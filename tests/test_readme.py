@@ -96,7 +96,8 @@ NOT_RUN = {  # README command -> why this test does not run it (and which test c
     "test_benchmarks.py runs its simulated arms, and reads a job's span from its log)",
     "python benchmarks/ops_per_step.py --variant trainer.max_grad_norm=null": "test_benchmarks.py runs it small",
     "mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --workers 1": "test_ui.py runs it",
-    ". .venv/bin/activate && pip install mutmut && AFQMC_DATA=$PWD/../shared/data/afqmc python -m mutmut run && "
+    ". .venv/bin/activate && pip install mutmut && OMP_NUM_THREADS=1 AFQMC_DATA=$PWD/../shared/data/afqmc python -m "
+    "mutmut run && "
     "python -m mutmut results": "mutation testing: hours on two cores, run by hand; its scores are in docs/testing.md",
 }  # fmt: skip
 
