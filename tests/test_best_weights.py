@@ -18,8 +18,12 @@ def test_kept_weights_carry_the_facts_of_their_step_and_a_tuned_threshold_joins_
     best.keep(step=3, value=0.5)
     best.keep(step=9, value=0.75)  # a better evaluation replaces the folder
     facts = read_facts(best.folder)
-    assert (facts["step"], facts["f1"], facts["metric"], facts["seed"], facts["max_length"]) == (9, 0.75, "f1", 7, 24)
-    assert (facts["task"], facts["labels"], facts["base_model"]) == ("afqmc", ["0", "1"], str(tmp_path / "tiny"))
+    assert facts == {  # what evaluate, predict and the served model read to use the weights as they were trained
+        "task": "afqmc", "labels": ["0", "1"], "format": "jsonl", "drop_labels": [],
+        "fields": {"text_a": "sentence1", "text_b": "sentence2", "label": "label", "id": "id"},
+        "max_length": 24, "eval_batch_size": "auto", "metric": "f1", "base_model": str(tmp_path / "tiny"), "seed": 7,
+        "step": 9, "f1": 0.75,
+    }  # fmt: skip
     update_facts(best.folder, threshold=0.31)
     again = json.loads((best.folder / "afqmc_exp.json").read_text())
     assert again == {**facts, "threshold": 0.31}
