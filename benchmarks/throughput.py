@@ -586,7 +586,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = f"sqlite:///{tmp}/mlflow.db"
         sys.path.insert(0, str(REPO))
-        from afqmc_exp.tracking.config import MlflowTracking
+        from afqmc_exp.tracking.mlflow_tracking import MlflowTracking
 
         MlflowTracking(uri=store, experiment="benchmark").start({}, {}, Path(tmp)).end()  # create the store once
         results = {}

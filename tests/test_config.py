@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from afqmc_exp.data import PairData
 from afqmc_exp.model import packaged_minilm_path
-from afqmc_exp.tracking.config import MlflowTracking
+from afqmc_exp.tracking.mlflow_tracking import MlflowTracking
 from afqmc_exp.training.recipe import TrainerConfig
 from helpers import REPO, compose
 
@@ -213,6 +213,7 @@ def test_a_config_saved_before_the_move_names_todays_targets():
         "optim": {"_target_": "afqmc_exp.optim.adamw", "lr": "${oc.env:NO_SUCH_VARIABLE}"},
         "trainer": {"_target_": "afqmc_exp.trainer.TrainerConfig"},
         "tracking": {"_target_": "afqmc_exp.tracking.MlflowTracking"},
+        "sweep_tracking": {"_target_": "afqmc_exp.tracking.config.MlflowTracking"},  # saved before 6 December 2026
         "regularizer": {"_target_": "afqmc_exp.regularizers.FGM"},
         "data": {"_target_": "afqmc_exp.data.PairData"},
         "model": {"_target_": "my_lab.models.load"},
@@ -221,7 +222,8 @@ def test_a_config_saved_before_the_move_names_todays_targets():
     assert {k: v._target_ for k, v in saved.items()} == {
         "optim": "afqmc_exp.training.optim.adamw",
         "trainer": "afqmc_exp.training.recipe.TrainerConfig",
-        "tracking": "afqmc_exp.tracking.config.MlflowTracking",
+        "tracking": "afqmc_exp.tracking.mlflow_tracking.MlflowTracking",
+        "sweep_tracking": "afqmc_exp.tracking.mlflow_tracking.MlflowTracking",
         "regularizer": "afqmc_exp.training.regularizers.FGM",
         "data": "afqmc_exp.data.PairData",  # where it always was
         "model": "my_lab.models.load",  # a user's own

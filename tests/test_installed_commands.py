@@ -11,7 +11,7 @@ from importlib.metadata import entry_points
 
 import pytest
 
-from afqmc_exp.tracking.config import MlflowTracking
+from afqmc_exp.tracking.mlflow_tracking import MlflowTracking
 from helpers import REPO, tiny_pretrained
 
 SCRIPTS = {ep.name: ep for ep in entry_points(group="console_scripts") if ep.name.startswith("afqmc-")}

@@ -149,7 +149,7 @@ def test_a_swept_secret_is_masked_in_every_line_hydra_prints_for_the_sweep(root_
     from afqmc_exp.tracking.sweep import MlflowSweepCallback
 
     config = OmegaConf.create({
-        "tracking": {"_target_": "afqmc_exp.tracking.config.MlflowTracking", "enabled": False},
+        "tracking": {"_target_": "afqmc_exp.tracking.mlflow_tracking.MlflowTracking", "enabled": False},
         "trainer": {"metric": "accuracy"},
         "hydra": {"sweep": {"dir": str(tmp_path / "sweep")}, "overrides": {"hydra": [], "task": [sweep, "seed=1,2"]},
                   "runtime": {"choices": {"hydra/sweeper": "basic"}}},

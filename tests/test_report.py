@@ -5,7 +5,7 @@ import json
 import pytest
 
 from afqmc_exp.commands.report import main
-from afqmc_exp.tracking.config import MlflowTracking
+from afqmc_exp.tracking.mlflow_tracking import MlflowTracking
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def test_experiment_report_leaves_out_sweep_parents(store, tmp_path):
 
 
 def test_without_an_experiment_the_latest_one_is_reported_and_the_others_named(store, tmp_path, capsys):
-    from afqmc_exp.tracking.config import MlflowTracking
+    from afqmc_exp.tracking.mlflow_tracking import MlflowTracking
 
     uri, _ = store
     later = MlflowTracking(uri=uri, experiment="quickstart", run_name="q").start(

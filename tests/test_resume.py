@@ -318,7 +318,7 @@ OLD_TARGETS = {  # as configs saved before afqmc_exp's modules moved into folder
     "afqmc_exp.training.optim.": "afqmc_exp.optim.",
     "afqmc_exp.training.recipe.": "afqmc_exp.trainer.",  # TrainerConfig: in trainer.py until 6 December 2026
     "afqmc_exp.training.regularizers.": "afqmc_exp.regularizers.",
-    "afqmc_exp.tracking.config.": "afqmc_exp.tracking.",
+    "afqmc_exp.tracking.mlflow_tracking.": "afqmc_exp.tracking.",
 }
 
 

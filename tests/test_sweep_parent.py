@@ -11,14 +11,14 @@ from omegaconf import OmegaConf
 
 from afqmc_exp.sweep_folder import SweepFolder
 from afqmc_exp.tracking import sweep
-from afqmc_exp.tracking.config import MlflowTracking
+from afqmc_exp.tracking.mlflow_tracking import MlflowTracking
 from afqmc_exp.tracking.sweep import MlflowSweepCallback, best_child, swept_keys, what_is_swept
 
 
 def sweep_config(tmp_path, task=("optim.lr=1e-5,3e-5", "seed=1"), sweeper="basic", searched=None, enabled=True):
     """What Hydra hands the callback when a multirun starts (only what the parent reads)."""
     return OmegaConf.create({
-        "tracking": {"_target_": "afqmc_exp.tracking.config.MlflowTracking", "enabled": enabled,
+        "tracking": {"_target_": "afqmc_exp.tracking.mlflow_tracking.MlflowTracking", "enabled": enabled,
                      "uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "sweeps"},
         "trainer": {"metric": "accuracy"},
         "db_password": "hunter2xyz",

@@ -6,7 +6,8 @@ import sys
 import pytest
 
 from afqmc_exp.run_folder import RunFolder
-from afqmc_exp.tracking.config import MlflowTracking, flatten
+from afqmc_exp.tracking.mlflow_tracking import MlflowTracking
+from afqmc_exp.tracking.run_tracking import flatten
 from afqmc_exp.tracking.store import resolve_uri
 
 
@@ -18,7 +19,7 @@ def test_relative_sqlite_store_resolves_against_the_launch_dir(tmp_path, monkeyp
 
 
 def test_one_default_store_for_every_command(monkeypatch):
-    from afqmc_exp.tracking.config import MlflowTracking
+    from afqmc_exp.tracking.mlflow_tracking import MlflowTracking
     from afqmc_exp.tracking.store import default_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -90,7 +91,7 @@ def test_run_logs_params_tags_metrics_and_status(tmp_path, store_uri):
 WRITER = """
 import sys, tempfile
 from pathlib import Path
-from afqmc_exp.tracking.config import MlflowTracking
+from afqmc_exp.tracking.mlflow_tracking import MlflowTracking
 run = MlflowTracking(uri=sys.argv[1], experiment="race", flush_every=50).start(
     {"worker": sys.argv[2], **{f"p{i}": str(i) for i in range(120)}}, {}, Path(tempfile.mkdtemp()))
 for step in range(300):

@@ -9,16 +9,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from afqmc_exp.commands.config_checks import check_command_line
-from afqmc_exp.commands.train import (
-    config_digest,
-    config_dir,
-    default_run_name,
-    discard_if_unused,
-    find_run_dir,
-    saved_choices,
-)
+from afqmc_exp.commands.train import config_dir, discard_if_unused, find_run_dir
 from afqmc_exp.run_folder import RunFolder
-from afqmc_exp.tracking.config import MlflowTracking
+from afqmc_exp.tracking.mlflow_tracking import MlflowTracking
+from afqmc_exp.tracking.run_tracking import config_digest, default_run_name, saved_choices
 from helpers import compose
 
 QUIET = ["model=minilm", "data.dir=/data/afqmc"]  # a model that needs no Hub; the data is read only when training

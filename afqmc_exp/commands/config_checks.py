@@ -364,7 +364,7 @@ def describe_unknown(unknown: list[str], cfg) -> list[str]:
     """``optim.lrr: no such key (did you mean optim.lr?)`` for each unknown key."""
     from omegaconf import OmegaConf
 
-    from ..tracking.config import flatten
+    from ..tracking.run_tracking import flatten
 
     known = list(flatten(OmegaConf.to_container(cfg, resolve=False)))
     return [f"{key}: no such key{closest(key, known)}" for key in unknown]

@@ -31,7 +31,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from ..run_folder import RunFolder, RunFolderDamaged
-from ..tracking.config import flatten
+from ..tracking.run_tracking import flatten
 from .moved_targets import upgrade
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,8 @@ MOVED = {  # module before -> module now (December 2026: the flat package became
     "afqmc_exp.experiment": "afqmc_exp.training.run",
     "afqmc_exp.inference": "afqmc_exp.training.inference",
     "afqmc_exp.hardware": "afqmc_exp.training.hardware",
-    "afqmc_exp.tracking": "afqmc_exp.tracking.config",
+    "afqmc_exp.tracking": "afqmc_exp.tracking.mlflow_tracking",
+    "afqmc_exp.tracking.config": "afqmc_exp.tracking.mlflow_tracking",  # 6 December 2026: named for its class
     "afqmc_exp.tracked_run": "afqmc_exp.tracking.mlflow_run",
     "afqmc_exp.sweep": "afqmc_exp.tracking.sweep",
     "afqmc_exp.pruning": "afqmc_exp.training.pruning",

@@ -8,7 +8,6 @@ line is checked before Hydra runs it (``config_checks``).
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -20,8 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from ..data import DataError
 from ..run_folder import RunFolder
 from ..tracking import store
-from ..tracking.config import flatten
 from ..tracking.masking import Masker, hide_run_config, install_log_filter, mask_uri
+from ..tracking.run_tracking import RunTracking, config_digest
 from ..tracking.store import first_line
 from ..training.signals import Preempted
 from .config_checks import ConfigError, validate
@@ -49,41 +48,6 @@ def train_main() -> None:
     sys.argv[1:] = continued_sweep_command(sys.argv[1:], config_dir())  # --multirun resume=<sweep>: its own command
     check_command_line(sys.argv[1:], config_dir())
     hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(train_from_config)()
-
-
-IN_THE_NAME = ("model", "data", "optim.lr", "data.batch_size", "seed")
-NOT_THE_EXPERIMENT = ("tracking", "resume", "rerun")  # where a run is recorded and how it started: not what it is
-
-
-def default_run_name(cfg: DictConfig, choices: dict, swept: list[str] = ()) -> str:
-    """Short readable run names such as ``minilm-afqmc-lr2e-05-bs16-s42-7f3a``: the model, the task, lr, batch,
-    seed, then what tells runs apart. In a sweep that is every other value it varies (``...-s42-epochs2``, numbers
-    to 3 digits), so no two of its jobs share a name; elsewhere, four hex digits of the whole config's digest, so
-    a 40-step control and the full run differ while the same config run twice keeps its name."""
-    model, task = model_and_task(cfg, choices)
-    name = f"{model}-{task}-lr{cfg.optim.lr:.3g}-bs{cfg.data.batch_size}-s{cfg.seed}"
-    if not swept:
-        return f"{name}-{config_digest(cfg)[:4]}"
-    for key in (k for k in swept if k not in IN_THE_NAME):
-        value = choices.get(key) if key in choices else OmegaConf.select(cfg, key, default=None)
-        shown = f"{value:.3g}" if isinstance(value, float) else str(value)
-        name += f"-{key.rsplit('.', 1)[-1]}{shown}" if "." in key else f"-{shown}"
-    return name
-
-
-def model_and_task(cfg: DictConfig, choices: dict) -> tuple[str, str]:
-    """The model's option (else its folder's name) and the task's name, as names and tags show them."""
-    model = choices.get("model") or Path(str(cfg.model.name_or_path)).name
-    return model, str(cfg.data.get("name", "afqmc"))  # configs saved before there were tasks were AFQMC's
-
-
-def config_digest(cfg: DictConfig) -> str:
-    """SHA-1 of what the run is (its resolved config, less where it is recorded and how it started)."""
-    import hashlib
-
-    tree = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    what = {key: value for key, value in tree.items() if key not in NOT_THE_EXPERIMENT}
-    return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def find_run_dir(resume: str, tracking) -> Path:
@@ -204,7 +168,7 @@ def _refused() -> tuple[type[Exception], ...]:
     from ..files import NoSpaceLeft
     from ..model import ModelError
     from ..run_folder import RunFolderDamaged, RunInProgress
-    from ..tracking.config import TrackingUnavailable
+    from ..tracking.mlflow_tracking import TrackingUnavailable
     from ..training.checkpoint import CheckpointDamaged
     from ..training.trainer import NonFiniteLossError
 
@@ -310,69 +274,23 @@ def _train(start: Start, hydra_cfg, masker: Masker, in_sweep: bool) -> float:
     """The run's config checked, its groups instantiated, and the typed task called with them."""
     from hydra.utils import instantiate
 
-    from ..sweep_folder import SweepFolder
     from ..training.pruning import trial_reporter
     from ..training.recipe import Recipe
-    from ..training.run import RunTracking, run
+    from ..training.run import run
 
-    cfg, folder, sweep = start.cfg, start.folder, SweepFolder(hydra_cfg.sweep.dir)
-    tracking = instantiate(cfg.tracking)
-    choices = saved_choices(folder) if start.resume else dict(hydra_cfg.runtime.choices)  # the run's own options
-    if in_sweep:  # nested under the sweep's parent, in its experiment
-        tracking.experiment = sweep.parent_experiment() or tracking.experiment
-    if not tracking.run_name:
-        swept = sweep.swept_keys() if in_sweep else []
-        tracking.run_name = start.run_name or default_run_name(cfg, choices, swept)
+    cfg, folder = start.cfg, start.folder
     recipe = Recipe(
         data=instantiate(cfg.data), load_model=instantiate(cfg.model), make_optimizer=instantiate(cfg.optim),
         make_scheduler=instantiate(cfg.scheduler), trainer=instantiate(cfg.trainer), seed=cfg.seed,
         regularizer=instantiate(cfg.regularizer),
     )  # fmt: skip
-    # tags only feed the MLflow run: without one, MLflow is never imported (it takes a while to import)
-    tags = {} if not tracking.enabled else {**run_tags(hydra_cfg, choices, folder, masker, in_sweep),
-                                            **subject_tags(cfg, choices), **start.tags}  # fmt: skip
-    tracked = RunTracking(
-        tracking, params=masker.values(flatten(OmegaConf.to_container(cfg, resolve=True))), tags=tags,
-        parent_run_id=sweep.parent_run_id() if in_sweep else None, masker=masker,
-    )  # fmt: skip
+    tracked = RunTracking.for_job(cfg, hydra_cfg, folder, masker, resumed=start.resume, run_name=start.run_name,
+                                  tags=start.tags)  # fmt: skip
     optuna = OmegaConf.to_container(cfg.optuna) if cfg.get("optuna") else None  # a trial of a search (pruning)
     on_evaluate = trial_reporter(optuna, cfg.trainer.metric) if optuna else None
     if not start.resume:  # what this run is, kept beside it: Hydra rewrites .hydra/ when a sweep's job meets it again
         folder.save_config_digest(config_digest(cfg))
     return run(recipe, tracked, folder, resume=start.resume, on_evaluate=on_evaluate)
-
-
-def saved_choices(folder: RunFolder) -> dict:
-    """The group options a run folder's run was started with (its ``.hydra/hydra.yaml``): a resumed run is named
-    and tagged after them, not after the resuming command's defaults."""
-    path = folder.hydra_settings
-    if not path.exists():
-        return {}
-    return dict(OmegaConf.select(OmegaConf.load(path), "hydra.runtime.choices", default={}) or {})
-
-
-def subject_tags(cfg: DictConfig, choices: dict) -> dict[str, str]:
-    """What was trained on what, as columns the UI can show and filter (``tags.model = 'minilm'``)."""
-    model, task = model_and_task(cfg, choices)
-    return {"model": model, "model.name": str(cfg.model.name_or_path), "task": task, "metric": str(cfg.trainer.metric)}
-
-
-def run_tags(hydra_cfg, choices: dict, folder: RunFolder, masker: Masker, in_sweep: bool) -> dict[str, str]:
-    """What the command was, where its folder is, MLflow's context tags and, in a sweep, its place in it."""
-    from ..tracking.config import context_tags
-
-    overrides = [masker.override(o) for o in hydra_cfg.overrides.task]
-    command = " ".join([Path(sys.argv[0]).name, *overrides])
-    tags = {
-        "hydra.overrides": " ".join(overrides) or "(none)",
-        "hydra.output_dir": str(folder.root),
-        "hydra.choices": json.dumps(choices),
-        "mlflow.note.content": f"`{command}`\n\nRun folder: `{folder.root}`",  # the run page's description
-        **context_tags(REPO_DIR if (REPO_DIR / ".git").exists() else Path.cwd()),  # the code's commit, else the cwd's
-    }
-    if in_sweep:
-        tags.update({"sweep.dir": str(Path(hydra_cfg.sweep.dir).resolve()), "sweep.job_num": str(hydra_cfg.job.num)})
-    return tags
 
 
 class GpuPerParallelJob(Callback):

@@ -41,9 +41,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..run_folder import RunFolder
 from ..sweep_folder import SweepFolder
-from .config import context_tags
 from .masking import Masker, hide_run_config, install_log_filter
 from .mlflow_run import dataset_records
+from .run_tracking import context_tags
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from ..metrics import SCORES, best_threshold, classification_metrics
 from ..model import Pretrained, load_pair_classifier, prepare_for_device
 from ..plots import save_dev_plots
 from ..run_folder import BEST_MODEL, RunFolder, locked
-from ..tracking.config import MlflowTracking, runs_view_link
 from ..tracking.masking import Masker, mask_uri
 from ..tracking.mlflow_run import NoRun, Run
+from ..tracking.mlflow_tracking import MlflowTracking, runs_view_link
 from .best_weights import BestWeights, update_facts
 from .inference import score, write_predictions
 from .profiling import profiled

@@ -13,8 +13,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -22,9 +21,8 @@ import torch
 from ..data import CheckedFile, DataError, PairData, Split
 from ..model import Pretrained, prepare_for_device
 from ..run_folder import RunFolder, locked
-from ..tracking.config import MlflowTracking
-from ..tracking.masking import Masker
 from ..tracking.mlflow_run import NoRun, Run, dataset_records
+from ..tracking.run_tracking import RunTracking
 from ..tracking.system_metrics import SystemMetrics
 from .checkpoint import Checkpointer
 from .hardware import build_accelerator, seconds_since_start, system_tags
@@ -43,24 +41,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@dataclass
-class RunTracking:
-    """How the run is tracked: the store's settings, and what its MLflow run is opened with."""
-
-    tracking: MlflowTracking
-    params: Mapping[str, str] = field(default_factory=dict)
-    tags: Mapping[str, str] = field(default_factory=dict)
-    parent_run_id: str | None = None  # a sweep's parent run
-    masker: Masker | None = None  # the run's secrets, hidden in what is uploaded (see masking)
-
-
 def run(recipe: Recipe, tracked: RunTracking, folder: RunFolder, *, resume: bool = False,
         on_evaluate: Callable[[int, float], None] | None = None) -> float:  # fmt: skip
     """Train, evaluate, track; return the best dev value of ``trainer.metric`` (what sweepers optimise).
 
-    ``resume=True``: ``folder`` is an earlier run's folder; training continues from its last checkpoint
-    (or from the start if it had none) inside the same MLflow run. ``on_evaluate(step, dev metric)`` is
-    called after each evaluation (an Optuna trial's pruning)."""
+    ``tracked`` says how the run is recorded (``RunTracking.for_job``); it keeps its MLflow run's id and outbox
+    journal in ``folder`` too. ``resume=True``: ``folder`` is an earlier run's folder; training continues from its
+    last checkpoint (or from the start if it had none) inside the same MLflow run. ``on_evaluate(step, dev metric)``
+    is called after each evaluation (an Optuna trial's pruning)."""
     folder.root.mkdir(parents=True, exist_ok=True)
     checked, startup = checked_data(recipe.data, recipe.trainer.metric)  # every line checked before anything heavy
     seed_everything(recipe.seed)
@@ -74,8 +62,8 @@ def run(recipe: Recipe, tracked: RunTracking, folder: RunFolder, *, resume: bool
     datasets = [] if resume else dataset_records(recipe.data.name, checked)  # a resumed run logged them already
     hardware = system_tags(accelerator, eval_bf16=recipe.trainer.eval_precision == "bf16")
     startup["startup_data_s"] = seconds_since_start()
-    tracked = replace(tracked, tags={**tracked.tags, **hardware})
-    with locked(folder, accelerator), opened_run(tracked, folder, resume, accelerator, datasets) as mlflow_run:
+    tracked = tracked.with_tags(hardware)
+    with locked(folder, accelerator), opened_run(tracked, resume, accelerator, datasets) as mlflow_run:
         startup["startup_tracking_s"] = seconds_since_start()
         pretrained, splits = load_for_training(recipe, accelerator.device.type, checked, startup)
         startup["startup_model_s"] = seconds_since_start()
@@ -194,28 +182,14 @@ def closed_with_status(mlflow_run: Run, accelerator, system_metrics_seconds: flo
 
 
 @contextlib.contextmanager
-def opened_run(tracked: RunTracking, folder: RunFolder, resume: bool, accelerator, datasets: list[dict]):
-    """The run's MLflow run (a :class:`NoRun` where nothing is tracked), open for the block and closed with the
-    block's outcome as its status."""
-    mlflow_run = open_mlflow_run(tracked, folder, resume, accelerator)
+def opened_run(tracked: RunTracking, resume: bool, accelerator, datasets: list[dict]):
+    """The run's MLflow run, open for the block and closed with the block's outcome as its status. The main
+    process opens (or, resuming, reopens) it; the others log nowhere (a :class:`NoRun`)."""
+    mlflow_run = tracked.open(resume) if accelerator.is_main_process else NoRun()
     if datasets:
         mlflow_run.log_datasets(datasets)
     with closed_with_status(mlflow_run, accelerator, tracked.tracking.system_metrics_seconds):
         yield mlflow_run
-
-
-def open_mlflow_run(tracked: RunTracking, folder: RunFolder, resume: bool, accelerator) -> Run | NoRun:
-    """The main process opens (or, resuming, reopens) the run; the others log nowhere. Its outbox keeps its
-    journal in the run folder (tracking takes a plain path: a sweep's parent keeps one in the sweep's folder)."""
-    tracking = tracked.tracking
-    if not accelerator.is_main_process:
-        return NoRun()
-    if resume and folder.run_id():
-        return tracking.reopen(folder.run_id(), folder.root, tracked.masker)
-    mlflow_run = tracking.start(tracked.params, tracked.tags, folder.root, parent_run_id=tracked.parent_run_id,
-                                masker=tracked.masker)  # fmt: skip
-    folder.save_run_id(mlflow_run.run_id)
-    return mlflow_run
 
 
 def check_max_length(max_length: int, pretrained: Pretrained) -> None:

@@ -6,8 +6,8 @@
 * Training never waits for the store: the run is created synchronously (it needs an id), and every later
   write goes through the run's outbox (see ``mlflow_run``). A store that is locked or down is then one
   line from the outbox ("tracking is behind", "caught up").
-* Secrets: params come from ``flatten`` (secret-looking keys and passwords inside URIs masked); config
-  files are uploaded as masked copies (``log_masked_artifacts``); see ``masking``.
+* Secrets: the params it is given are masked already (``run_tracking.flatten``); config files are uploaded as
+  masked copies (``log_masked_artifacts``); see ``masking``. What a run is named and tagged is ``run_tracking``'s.
 * The runs table: MLflow's UI opens an experiment with its own default columns (none of them a metric) and keeps a
   user's choice in their browser only. A *shared view* is the one setting the server keeps: an experiment tag
   ``mlflow.sharedViewState.<key>`` that the page ``#/experiments/<id>/runs?viewStateShareKey=<key>`` opens with
@@ -23,21 +23,17 @@
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from . import store
-from .masking import MASK, SECRET_KEY, Masker, mask_uri
+from .masking import Masker, mask_uri
 from .mlflow_run import NoRun, Run
 from .store import default_uri, first_line
 
 log = logging.getLogger(__name__)
 
-MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 RUNS_VIEW = "afqmc"  # the runs table's shared view on every experiment a run records in (see the docstring)
 VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW}"
 
@@ -80,55 +76,6 @@ def runs_view_link(browse_at: str, experiment_id: str) -> str:
 
 class TrackingUnavailable(RuntimeError):
     """The store cannot be reached or written when a run must be created; one line says which and why."""
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested config -> ``{"optim.lr": "2e-05", "data.test_file": "null", ...}``: values written as in the YAML
-    (null, true), Hydra's plumbing (``_target_``, ``_partial_``) left out, secret-looking keys masked."""
-    flat: dict[str, str] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if str(key).startswith("_"):
-            continue
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, prefix=f"{name}."))
-        elif SECRET_KEY.search(str(key)) and value not in (None, ""):
-            flat[name] = MASK
-        else:  # credentials inside a URI (postgresql://user:password@host) are masked too
-            flat[name] = mask_uri(yaml_text(value))[:MAX_PARAM_CHARS]
-    return flat
-
-
-def yaml_text(value: Any) -> str:
-    """A config value as YAML writes it (``null``, ``true``), not as Python does (``None``, ``True``)."""
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(yaml_text(v) for v in value) + "]"
-    return str(value)
-
-
-def context_tags(source_dir: Path) -> dict[str, str]:
-    """MLflow's standard tags (who ran what, from where: ``mlflow.user``, ``mlflow.source.name``/``.type``,
-    ``mlflow.source.git.commit``), so the UI's Source and User columns say something, plus our git state."""
-    from mlflow.tracking.context.registry import resolve_tags
-
-    tags = resolve_tags({})
-    git = git_state(source_dir)
-    if git:
-        tags.setdefault("mlflow.source.git.commit", git["git.commit"])
-    return {**tags, **git}
-
-
-def git_state(cwd: str | os.PathLike | None = None) -> dict[str, str]:
-    """The commit and whether the tree has uncommitted changes; empty outside a git checkout."""
-    try:
-        git = {"cwd": cwd, "capture_output": True, "text": True, "timeout": 5, "check": True}
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], **git).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **git).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    return {"git.commit": commit, "git.dirty": str(bool(dirty)).lower()}
 
 
 @dataclass
