@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 LOCAL = ["model=minilm", "trainer.max_steps=2", "data.dev_limit=50"]  # the offline model, a few steps, a small dev
 SWEPT = [*LOCAL, "trainer.max_steps=1", "data.test_file=null", "tracking.log_weights=false"]  # each job's size
-TEST_PAIRS = 300  # predicting the AFQMC test file: its first 300 pairs
+TEST_PAIRS = 300  # predicting the AFQMC test file, or scoring its dev file: the first 300 pairs
 # README command -> what is appended to run it here (None: nothing)
 RUN = {
     "python train.py data.dir=../shared/data/afqmc model=minilm debug=fast": None,
@@ -122,8 +122,8 @@ def test_every_readme_command_is_run_here_or_says_why_not():
 
 def user_session(work: Path) -> dict:
     """The folders a user would have in ``work``: the shared AFQMC data, their own CSV pairs, OCNLI with the
-    diagnostics, a data root with three tasks, a pairs.json to predict, and a test file of AFQMC's own format to
-    predict (its first 300 pairs: a size)."""
+    diagnostics, a data root with three tasks, a pairs.json to predict, and AFQMC's dev and test files to score
+    (their first 300 pairs: a size)."""
     root = work / "data"
     for task in ("afqmc", "lcqmc", "bq"):
         write_task_files(task, root / task)
@@ -137,11 +137,12 @@ def user_session(work: Path) -> dict:
     for name in ("train.csv", "dev.csv"):
         (mine / name).write_text("q1,q2,answer\n" + "\n".join(rows) + "\n")
     (work / "pairs.json").write_text('{"sentence1": "花呗怎么还款", "sentence2": "花呗如何还钱"}\n')
-    test_head = work / "afqmc_test_head.json"
-    test_head.write_text("".join((AFQMC / "test.json").read_text(encoding="utf-8").splitlines(True)[:TEST_PAIRS]))
+    heads = {}
+    for split in ("dev", "test"):
+        heads[f"../shared/data/afqmc/{split}.json"] = str(head := work / f"afqmc_{split}_head.json")
+        head.write_text("".join((AFQMC / f"{split}.json").read_text(encoding="utf-8").splitlines(True)[:TEST_PAIRS]))
     return {"work": work, "/data/afqmc": str(AFQMC), "/data/mine": str(mine), "/data/ocnli": str(ocnli),
-            "/data/": f"{root}/", "../shared/data/afqmc/test.json": str(test_head),
-            "../shared/data/afqmc": str(AFQMC)}  # fmt: skip
+            "/data/": f"{root}/", **heads, "../shared/data/afqmc": str(AFQMC)}  # fmt: skip
 
 
 @pytest.fixture

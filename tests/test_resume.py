@@ -150,20 +150,21 @@ def test_sigterm_saves_a_checkpoint_and_marks_the_run_killed(tmp_path):
     proc = start(
         tmp_path,
         *COMMON,
-        "trainer.max_steps=200",
-        "trainer.eval_every=null",
-        "trainer.checkpoint_every=50",
+        "trainer.max_steps=null",  # epochs of AFQMC (thousands of steps): a loaded machine's reader cannot fall
+        "trainer.eval_every=null",  # so far behind that the run ends before the signal (it did in CI: no checkpoint)
+        "trainer.checkpoint_every=5000",
         f"hydra.run.dir={out}",
         console=True,
     )
     said(proc)
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
+    console, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
+    assert "SIGTERM received: saving a checkpoint and stopping" in console, err[-3000:]
     import torch
 
     state = torch.load(out / "last_checkpoint" / "trainer_state.pt", weights_only=True)["state"]
-    assert 0 < state["step"] < 200
+    assert 0 < state["step"] < 5000
     run, metrics = histories(tmp_path)
     assert run.info.status == "KILLED"
     assert metrics["train/loss"][-1][0] <= state["step"]

@@ -25,6 +25,7 @@ def cli_run(tmp_path_factory):
         "model=minilm",
         f"data.dir={AFQMC}",
         "data.max_length=64",
+        "data.dev_limit=200",  # every evaluation (three) scores 200 dev pairs, not 500
         "trainer.max_steps=30",
         "trainer.eval_every=15",
         "trainer.device=cpu",
@@ -115,7 +116,7 @@ def test_the_run_explains_itself_in_mlflow(cli_run):
 
     with _use_tracking_uri(client.tracking_uri):  # load_table searches through the fluent API's store
         table = client.load_table(run.info.experiment_id, "dev_predictions_table.json", run_ids=[run.info.run_id])
-    assert len(table) == 500 and {"sentence1", "sentence2", "prob", "prob_0", "prob_1", "gold"} <= set(table.columns)
+    assert len(table) == 200 and {"sentence1", "sentence2", "prob", "prob_0", "prob_1", "gold"} <= set(table.columns)
     assert set(map(str, table["gold"])) == {"0", "1"}  # the labels as the data writes them
 
 
@@ -146,17 +147,17 @@ def test_saved_weights_load_without_this_project(cli_run):
     assert logits.shape == (1, 2) and model.config.id2label == {0: "0", 1: "1"}  # the labels as AFQMC writes them
 
 
-def test_evaluate_py_reproduces_the_logged_dev_metrics(cli_run, afqmc_dir):
+def test_evaluate_py_reproduces_the_logged_dev_metrics(cli_run, afqmc_dir, tmp_path):
     tmp, out, _ = cli_run
     _, runs = mlflow_runs(tmp, "e2e")
     logged = runs[0].data.metrics
-    proc = run_command(
-        [sys.executable, str(REPO / "evaluate.py"), f"ckpt={out / 'best_model'}", f"file={afqmc_dir / 'dev.json'}"],
-        timeout=600,
-    )
+    dev = tmp_path / "dev.json"  # the pairs the run scored: its dev_limit's first 200
+    dev.write_text("".join((afqmc_dir / "dev.json").read_text(encoding="utf-8").splitlines(True)[:200]))
+    proc = run_command([sys.executable, str(REPO / "evaluate.py"), f"ckpt={out / 'best_model'}", f"file={dev}"],
+                       timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert metrics["n"] == 500
+    assert metrics["n"] == 200
     assert metrics["accuracy"] == pytest.approx(logged["final/dev_accuracy"], abs=1e-9)
     assert metrics["f1"] == pytest.approx(logged["final/dev_f1"], abs=1e-9)
     assert metrics["auc"] == pytest.approx(logged["final/dev_auc"], abs=1e-6)
@@ -169,19 +170,13 @@ def test_evaluate_py_reproduces_the_logged_dev_metrics(cli_run, afqmc_dir):
 
 def test_predict_py_writes_one_line_per_pair_with_the_ids(cli_run, afqmc_dir, tmp_path):
     _, out, _ = cli_run
-    pred = tmp_path / "sub" / "afqmc_predict.json"
-    proc = run_command(
-        [
-            sys.executable,
-            str(REPO / "predict.py"),
-            f"ckpt={out / 'best_model'}",
-            f"file={afqmc_dir / 'test.json'}",
-            f"out={pred}",
-        ],
-        timeout=900,
-    )
+    pred, test = tmp_path / "sub" / "afqmc_predict.json", tmp_path / "test.json"
+    lines = (afqmc_dir / "test.json").read_text(encoding="utf-8").splitlines(True)
+    test.write_text("".join(lines[:200]), encoding="utf-8")  # AFQMC's own test format; 200 of its 3861 pairs
+    proc = run_command([sys.executable, str(REPO / "predict.py"), f"ckpt={out / 'best_model'}", f"file={test}",
+                        f"out={pred}"], timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    inputs = [json.loads(line) for line in (afqmc_dir / "test.json").read_text(encoding="utf-8").splitlines()]
+    inputs = [json.loads(line) for line in test.read_text(encoding="utf-8").splitlines()]
     rows = [json.loads(line) for line in pred.read_text().splitlines()]
     assert [r["id"] for r in rows] == [i["id"] for i in inputs]
     assert all(r["label"] in ("0", "1") and 0.0 <= r["prob"] <= 1.0 for r in rows)
