@@ -186,7 +186,7 @@ def test_a_preempted_job_saves_a_checkpoint_and_is_requeued_into_its_run_and_tri
     would. The job stops at a step with a checkpoint, and its requeued self continues its MLflow run and trial."""
     import optuna
 
-    sweep, steps = tmp_path / "sweep", 20
+    sweep, steps = tmp_path / "sweep", 12  # the search may pick batches of 64: seconds a step, after the signal too
     search = [f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}", "hydra.sweeper.n_trials=1"]
     cmd = [sys.executable, str(REPO / "train.py"), *SHORT_RUN, f"trainer.max_steps={steps}", "trainer.eval_every=null",
            "trainer.checkpoint_every=4", "data.dev_limit=40", "hparams_search=afqmc_optuna", *search,

@@ -205,20 +205,20 @@ def test_the_training_commands_work_as_written(session):
 
 
 def test_the_sweep_commands_work_as_written(session):
-    sizes = {"n_trials=30": "n_trials=2", "seed=1,2,3": "seed=1,2", "optim.lr=1e-5,2e-5,3e-5": "optim.lr=1e-5,2e-5"}
-    for command in [c for c in RUN if "seed=1,2,3" in c or "n_trials=30" in c]:  # 4 jobs of the grid's 9, 2 of 3
+    sizes = {"n_trials=30": "n_trials=2", "seed=1,2,3": "seed=1,2", "optim.lr=1e-5,2e-5,3e-5": "optim.lr=1e-5"}
+    for command in [c for c in RUN if "seed=1,2,3" in c or "n_trials=30" in c]:  # 2 jobs of the grid's 9, 2 of 3
         run(command, session, [*RUN[command], f"data.dir={AFQMC}"], **sizes)
     from omegaconf import OmegaConf
 
     from afqmc_exp.sweep_folder import SweepFolder
 
     grid = next(p.parent for p in session["work"].glob("outputs/multirun/*/*/multirun.yaml")
-                if "optim.lr=1e-5,2e-5" in OmegaConf.load(p).hydra.overrides.task)  # fmt: skip
+                if "optim.lr=1e-5" in OmegaConf.load(p).hydra.overrides.task)  # fmt: skip
     by_folder, by_parent = [c for c in RUN if c.startswith("python train.py --multirun resume=")]
     for command, target in ((by_folder, {"outputs/multirun/2026-12-06/08-09-01.123456": str(grid)}),
                             (by_parent, {"<its parent run id>": SweepFolder(grid).parent_run_id()})):  # fmt: skip
         said = run(command, session, None, **target)
-        assert (said.stdout + said.stderr).count("holds this job's run, finished") == 4  # the grid's jobs, all done
+        assert (said.stdout + said.stderr).count("holds this job's run, finished") == 2  # the grid's jobs, all done
 
 
 def test_an_asynchronous_search_in_two_processes_works_as_written(session):
