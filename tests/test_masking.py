@@ -56,6 +56,20 @@ def test_a_value_shorter_than_four_characters_is_not_searched_for_in_free_text()
 def test_a_secret_containing_another_is_masked_whole():
     masker = Masker(["pass", "passphrase-long"])
     assert masker("passphrase-long and pass") == "*** and ***"
+    inside = Masker(["secret9", "a-secret9-b"])  # the longer one first, whatever the alphabet says
+    assert inside("x a-secret9-b y secret9") == "x *** y ***"
+
+
+def test_swept_secrets_join_the_configs_and_a_value_may_hold_an_equals_sign():
+    masker = Masker.from_config(CONFIG, {}, overrides=["+db_password=pa=ss-1,null", "seed=1,2"])
+    assert masker("hunter2xyz pa=ss-1 tok-123456") == "*** *** ***"
+    assert masker("data.test_file: null") == "data.test_file: null"  # a swept null is no secret
+
+
+def test_only_the_last_part_of_a_dotted_key_decides_whether_it_is_secret():
+    masker = Masker()
+    assert masker.override("credentials.timeout=300000") == "credentials.timeout=300000"
+    assert masker.override("tracking.api_token=abcdef") == "tracking.api_token=***"
 
 
 def test_a_config_without_secrets_gives_an_empty_masker_that_changes_nothing():

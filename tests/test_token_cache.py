@@ -275,3 +275,132 @@ def test_a_read_only_cache_falls_back_for_a_user_who_cannot_write_it():
         assert "cannot be written (Permission denied)" in done.stderr and os.listdir(shared / "cache") == []
     finally:
         shutil.rmtree(shared)
+
+
+def reference_ids(tokenizer, pairs, max_length):
+    """What calling the tokenizer gives, pair by pair: the ids every path of the cache must give."""
+    called = tokenizer([p.text_a for p in pairs], [p.text_b for p in pairs], truncation=True, max_length=max_length,
+                       return_token_type_ids=True)  # fmt: skip
+    return called["input_ids"], called["token_type_ids"]
+
+
+def pair_ids(tokens):
+    return [tokens.ids[a:b].tolist() for a, b in zip(tokens.offsets[:-1], tokens.offsets[1:], strict=True)]
+
+
+def test_a_file_of_several_chunks_is_cached_and_encoded_as_one(minilm_tokenizer, tmp_path, cache, monkeypatch):
+    """Chunks are tokenized one after another: each chunk's offsets continue from the last one's."""
+    monkeypatch.setattr(token_cache, "CHUNK_PAIRS", 7)
+    path = afqmc_file(tmp_path, n=30)
+    pairs = list(__import__("afqmc_exp.data", fromlist=["PairReader"]).PairReader(path, ReadSpec()))
+    ids, types = reference_ids(minilm_tokenizer, pairs, 16)
+    for tokens in (
+        tokenized_file(path, ReadSpec(), minilm_tokenizer, 16, True),
+        encode_pairs(pairs, minilm_tokenizer, 16),
+    ):
+        assert pair_ids(tokens) == ids and tokens.type_ids.tolist() == [t for row in types for t in row]
+        assert tokens.labels.tolist() == [p.label for p in pairs] and tokens.offsets[0] == 0
+
+
+def test_left_truncation_is_the_tokenizers_own(minilm_tokenizer):
+    import copy
+
+    left = copy.deepcopy(minilm_tokenizer)
+    left.truncation_side = "left"
+    pairs = [Pair("how do i repay my loan " * 4, "pay back " * 3, 1)]
+    ids, _ = reference_ids(left, pairs, 12)
+    assert pair_ids(encode_pairs(pairs, left, 12)) == ids != reference_ids(minilm_tokenizer, pairs, 12)[0]
+
+
+class WithoutBackend:
+    """A tokenizer without a fast backend (a Python one), as the cache sees it: called, measured, its vocabulary."""
+
+    is_fast = False
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.truncation_side = tokenizer, tokenizer.truncation_side
+        self.special_tokens_map = tokenizer.special_tokens_map
+
+    def __call__(self, *args, **kwargs):
+        return self.tokenizer(*args, **kwargs)
+
+    def __len__(self):
+        return len(self.tokenizer)
+
+    def get_vocab(self):
+        return self.tokenizer.get_vocab()
+
+
+def test_a_tokenizer_without_a_fast_backend_is_called_and_keyed_by_its_vocabulary(minilm_tokenizer, tmp_path):
+    pairs = [Pair(p.text_a * 3, p.text_b, p.label) for p in tiny_pairs(12)]
+    ids, types = reference_ids(minilm_tokenizer, pairs, 10)
+    tokens = encode_pairs(pairs, WithoutBackend(minilm_tokenizer), 10)
+    assert pair_ids(tokens) == ids and tokens.type_ids.tolist() == [t for row in types for t in row]
+    digest = tokenizer_digest(WithoutBackend(minilm_tokenizer))
+    assert digest == tokenizer_digest(WithoutBackend(minilm_tokenizer)) != tokenizer_digest(minilm_tokenizer)
+    assert tokenizer_digest(WithoutBackend(other_vocabulary(tmp_path))) != digest
+    other_specials = WithoutBackend(minilm_tokenizer)
+    other_specials.special_tokens_map = {**other_specials.special_tokens_map, "cls_token": "[SEP]"}
+    assert tokenizer_digest(other_specials) != digest
+
+
+def test_the_digest_leaves_out_truncation_and_padding_and_keeps_the_normaliser(minilm_tokenizer):
+    import copy
+
+    from tokenizers import normalizers
+
+    digest = tokenizer_digest(minilm_tokenizer)
+    stateful = copy.deepcopy(minilm_tokenizer)
+    stateful.backend_tokenizer.enable_truncation(5)
+    stateful.backend_tokenizer.enable_padding(length=9)
+    assert tokenizer_digest(stateful) == digest  # HF datasets' keys changed here (datasets #3847, #5985, #6179)
+    cased = copy.deepcopy(minilm_tokenizer)
+    cased.backend_tokenizer.normalizer = normalizers.BertNormalizer(lowercase=False)  # same vocabulary, other ids
+    assert tokenizer_digest(cased) != digest
+
+
+def test_a_vocabulary_over_65536_tokens_keeps_its_ids_in_32_bits():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, **{f"w{i}": i for i in range(1, 70_000)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+    tokens = encode_pairs([Pair("w69999 w3", "w65536", 0)], tokenizer, 8)
+    assert tokens.ids.dtype == np.int32 and tokens.ids.tolist() == [69999, 3, 65536]
+
+
+@pytest.mark.parametrize("changed", ["max_length", "tokenizer"])
+def test_another_length_or_tokenizer_gets_its_own_entry(changed, minilm_tokenizer, tmp_path, cache):
+    path = afqmc_file(tmp_path, n=20)
+    pairs = list(__import__("afqmc_exp.data", fromlist=["PairReader"]).PairReader(path, ReadSpec()))
+    tokenized_file(path, ReadSpec(), minilm_tokenizer, 12, True)
+    tokenizer, max_length = (minilm_tokenizer, 40) if changed == "max_length" else (other_vocabulary(tmp_path), 12)
+    again = tokenized_file(path, ReadSpec(), tokenizer, max_length, True)
+    assert pair_ids(again) == reference_ids(tokenizer, pairs, max_length)[0]
+    assert len(list((cache / "tokens").iterdir())) == 4  # two entries, each with its lock file
+
+
+def test_a_staging_folder_left_by_a_killed_builder_is_removed_by_the_next(minilm_tokenizer, tmp_path, cache):
+    import shutil
+
+    path = afqmc_file(tmp_path, n=10)
+    tokenized_file(path, ReadSpec(), minilm_tokenizer, 12, True)
+    (entry,) = [p for p in (cache / "tokens").iterdir() if p.is_dir()]
+    shutil.rmtree(entry)  # killed mid-write: no entry, and the builder's staging folder
+    stale = cache / "tokens" / f".{entry.name}.999999.tmp"
+    stale.mkdir()
+    (stale / "ids.bin").write_bytes(b"\0" * 10)
+    tokenized_file(path, ReadSpec(), minilm_tokenizer, 12, True)
+    assert entry.is_dir() and not stale.exists()
+
+
+def test_an_unlabelled_training_file_is_refused_by_the_cache(minilm_tokenizer, tmp_path, cache):
+    from afqmc_exp.data import DataError
+
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({"sentence1": "a", "sentence2": "b"}) + "\n")
+    with pytest.raises(DataError, match="label"):
+        tokenized_file(path, ReadSpec(), minilm_tokenizer, 12, True)
+    assert len(tokenized_file(path, ReadSpec(), minilm_tokenizer, 12, False)) == 1  # a test file needs none
