@@ -11,7 +11,7 @@ import pytest
 
 import afqmc_exp.data.token_cache as token_cache
 from afqmc_exp.cache import file_digest
-from afqmc_exp.data import Pair, ReadSpec, encode_pairs
+from afqmc_exp.data import Pair, PairReader, ReadSpec, encode_pairs
 from afqmc_exp.data.token_cache import cache_key, token_key, tokenized_file, tokenizer_digest
 from afqmc_exp.model import packaged_minilm_path
 from helpers import REPO, launch, run_command, tiny_pairs, tiny_pretrained
@@ -106,7 +106,7 @@ def test_a_cached_file_is_mapped_not_tokenized_again_and_a_changed_one_is(minilm
     path = afqmc_file(tmp_path)
     first = tokenized_file(path, ReadSpec(), minilm_tokenizer, 32, True)
     assert isinstance(first.ids, np.memmap) and len(first) == 100
-    reference = encode_pairs(list(__import__("afqmc_exp.data", fromlist=["PairReader"]).PairReader(path, ReadSpec())),
+    reference = encode_pairs(list(PairReader(path, ReadSpec())),
                              minilm_tokenizer, 32)  # fmt: skip
     for name in ("ids", "type_ids", "offsets", "labels"):
         np.testing.assert_array_equal(getattr(first, name), getattr(reference, name))
@@ -292,7 +292,7 @@ def test_a_file_of_several_chunks_is_cached_and_encoded_as_one(minilm_tokenizer,
     """Chunks are tokenized one after another: each chunk's offsets continue from the last one's."""
     monkeypatch.setattr(token_cache, "CHUNK_PAIRS", 7)
     path = afqmc_file(tmp_path, n=30)
-    pairs = list(__import__("afqmc_exp.data", fromlist=["PairReader"]).PairReader(path, ReadSpec()))
+    pairs = list(PairReader(path, ReadSpec()))
     ids, types = reference_ids(minilm_tokenizer, pairs, 16)
     for tokens in (
         tokenized_file(path, ReadSpec(), minilm_tokenizer, 16, True),
@@ -374,7 +374,7 @@ def test_a_vocabulary_over_65536_tokens_keeps_its_ids_in_32_bits():
 @pytest.mark.parametrize("changed", ["max_length", "tokenizer"])
 def test_another_length_or_tokenizer_gets_its_own_entry(changed, minilm_tokenizer, tmp_path, cache):
     path = afqmc_file(tmp_path, n=20)
-    pairs = list(__import__("afqmc_exp.data", fromlist=["PairReader"]).PairReader(path, ReadSpec()))
+    pairs = list(PairReader(path, ReadSpec()))
     tokenized_file(path, ReadSpec(), minilm_tokenizer, 12, True)
     tokenizer, max_length = (minilm_tokenizer, 40) if changed == "max_length" else (other_vocabulary(tmp_path), 12)
     again = tokenized_file(path, ReadSpec(), tokenizer, max_length, True)
