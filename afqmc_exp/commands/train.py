@@ -117,7 +117,7 @@ def train_from_config(cfg: DictConfig) -> float:
         start = starting_point(cfg, hydra_cfg)
         if start.cfg is not cfg:
             masker = mask_logs(start.cfg)  # from here on: the run's own config, its own secrets
-        return _start(start, hydra_cfg, masker, in_sweep)
+        return _start(start, hydra_cfg, masker)
     except Preempted as stop:  # checkpointed and closed: the job scheduler requeues the job, which continues it
         log.warning("%s: handing the job back to its scheduler, which requeues it", stop.args[0].split(";")[0])
         stop.requeue()
@@ -148,7 +148,7 @@ def _discard_refused(own_folder: RunFolder, start: Start | None) -> None:
         discard_if_unused(own_folder)
 
 
-def _start(start: Start, hydra_cfg, masker: Masker, in_sweep: bool) -> float:
+def _start(start: Start, hydra_cfg, masker: Masker) -> float:
     """Check the run's config, then report a finished run or train: nothing is written before the check."""
     from hydra.utils import instantiate
 
@@ -160,7 +160,7 @@ def _start(start: Start, hydra_cfg, masker: Masker, in_sweep: bool) -> float:
         if start.folder.root.absolute() != Path(hydra_cfg.runtime.output_dir).absolute():
             append_log_to(start.folder, masker)  # in its own folder (a requeued job), Hydra logs there already
         log.info("resuming %s with its saved config", start.folder.root)
-    return _train(start, hydra_cfg, masker, in_sweep)
+    return _train(start, hydra_cfg, masker)
 
 
 def _refused() -> tuple[type[Exception], ...]:
@@ -270,7 +270,7 @@ def report_finished(folder: RunFolder, tracking, masker: Masker) -> float:
     return result.get("best_metric")
 
 
-def _train(start: Start, hydra_cfg, masker: Masker, in_sweep: bool) -> float:
+def _train(start: Start, hydra_cfg, masker: Masker) -> float:
     """The run's config checked, its groups instantiated, and the typed task called with them."""
     from hydra.utils import instantiate
 
