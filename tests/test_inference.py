@@ -78,3 +78,20 @@ def test_other_attention_implementations_get_the_usual_mask():
     batch = {"input_ids": torch.ones(2, 3, dtype=torch.long), "attention_mask": torch.ones(2, 3, dtype=torch.long),
              "token_type_ids": torch.zeros(2, 3, dtype=torch.long)}  # fmt: skip
     assert model_inputs(batch, model)["attention_mask"].shape == (2, 3)
+
+
+def test_prediction_lines_give_the_id_the_answer_and_on_dev_the_pair_and_its_gold_label():
+    import json
+
+    from afqmc_exp.data import Pair
+    from afqmc_exp.training.inference import prediction_lines
+
+    pairs = [Pair("花呗怎么还款", "花呗如何还钱", 1, id=7), Pair("a", "b", None, id=8)]
+    probs = np.array([[0.2, 0.8], [0.7, 0.3]])
+    plain = [json.loads(line) for line in prediction_lines(pairs, probs, ["0", "1"], threshold=0.75)]
+    assert [(row["id"], row["label"]) for row in plain] == [(7, "1"), (8, "0")] and "sentence1" not in plain[0]
+    lines = list(prediction_lines(pairs, probs, ["0", "1"], threshold=0.9, with_sentences=True))
+    assert "花呗怎么还款" in lines[0]  # readable, not \\u escapes
+    rows = [json.loads(line) for line in lines]
+    assert rows[0]["label"] == "0" and (rows[0]["sentence1"], rows[0]["sentence2"]) == ("花呗怎么还款", "花呗如何还钱")
+    assert [row["gold"] for row in rows] == ["1", None]

@@ -118,8 +118,8 @@ def lrs(name, warmup_ratio, total=10):
 
 
 def test_schedules():
-    linear = lrs("linear", 0.2)
-    assert linear[0] < linear[1] < linear[2] and linear[2] == pytest.approx(1.0) and linear[-1] < 0.2
+    linear = lrs("linear", 0.2)  # 2 warm-up steps of 10, then down to 0 over the 8 left
+    assert linear == pytest.approx([1 / 3, 2 / 3, 1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8])
     cosine = lrs("cosine", 0.0)
     assert cosine[0] == 1.0 and cosine[5] == pytest.approx(0.5) and cosine[-1] < 0.05
     assert lrs("constant", 0.0) == [1.0] * 10
@@ -160,3 +160,11 @@ def test_a_dev_set_with_one_label_refuses_auc_and_warns_otherwise(caplog, tmp_pa
     assert caplog.text == ""
     check_dev_labels(dev([2, 1, 0]), "accuracy", ["entailment", "neutral", "contradiction"])
     assert "'contradiction'" in caplog.text and "macro-F1 counts them only where they are predicted" in caplog.text
+
+
+def test_the_configs_lr_betas_and_eps_reach_the_optimizer():
+    model = torch.nn.Linear(2, 2)
+    optimizer = adamw(model, lr=3e-4, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.05, implementation="loop")
+    for group in optimizer.param_groups:
+        assert (group["lr"], group["betas"], group["eps"]) == (3e-4, (0.8, 0.95), 1e-6)
+    assert sorted(g["weight_decay"] for g in optimizer.param_groups) == [0.0, 0.05]  # the bias: none

@@ -205,6 +205,26 @@ def test_a_trial_clearly_worse_than_the_others_is_pruned(tmp_path):
         report(20, 0.1)
     better = study.ask()
     trial_reporter({**spec, "trial": better.number}, "f1")(20, 0.9)  # not pruned
+    optuna.create_study(study_name="t", storage=storage)  # another study in the storage: the trial's is found by name
+    trial_reporter({**spec, "trial": study.ask().number}, "f1")(10, 0.5)
+
+
+def test_each_pruner_is_built_from_its_settings_and_the_settings_it_takes_no_are_said(caplog):
+    import optuna
+
+    from afqmc_exp.training.pruning import make_pruner
+
+    assert isinstance(make_pruner(None), optuna.pruners.NopPruner)  # no pruner set: none
+    median = make_pruner({"n_startup_trials": 2})  # the type left out: median
+    assert isinstance(median, optuna.pruners.MedianPruner) and median._n_startup_trials == 2
+    assert isinstance(make_pruner({"type": "hyperband"}), optuna.pruners.HyperbandPruner)
+    assert isinstance(make_pruner({"type": "threshold", "lower": 0.5}), optuna.pruners.ThresholdPruner)
+    caplog.set_level("WARNING", logger="afqmc_exp.training.pruning")
+    assert isinstance(make_pruner({"type": "none", "n_startup_trials": 5, "n_warmup_steps": 0}),
+                      optuna.pruners.NopPruner)  # fmt: skip
+    assert caplog.messages == ["the none pruner takes no n_startup_trials, n_warmup_steps: ignored"]
+    with pytest.raises(ValueError, match=r"^pruner type 'mean': use one of median, hyperband, threshold, none$"):
+        make_pruner({"type": "mean"})
 
 
 # ------------------------------------------------------------------------------------ k folds
