@@ -16,7 +16,7 @@ import pytest
 from helpers import AFQMC, OFFLINE, REPO, run_command
 from helpers.tasks import write_task_files
 
-pytestmark = pytest.mark.slow
+SLOW = pytest.mark.slow  # every test here but the first runs the README's commands
 BIN = Path(sys.executable).parent
 LOCAL = ["model=minilm", "trainer.max_steps=2", "data.dev_limit=50"]  # the offline model, a few steps, a small dev
 SWEPT = [*LOCAL, "trainer.max_steps=1", "data.test_file=null", "tracking.log_weights=false"]  # each job's size
@@ -195,6 +195,7 @@ def latest_run(work: Path, experiment: str):
     return client, client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"])
 
 
+@SLOW
 def test_the_training_commands_work_as_written(session):
     from afqmc_exp.model import packaged_minilm_path
 
@@ -204,6 +205,7 @@ def test_the_training_commands_work_as_written(session):
         run(command, session, RUN[command])
 
 
+@SLOW
 def test_the_sweep_commands_work_as_written(session):
     sizes = {"n_trials=30": "n_trials=2", "seed=1,2,3": "seed=1,2", "optim.lr=1e-5,2e-5,3e-5": "optim.lr=1e-5"}
     for command in [c for c in RUN if "seed=1,2,3" in c or "n_trials=30" in c]:  # 2 jobs of the grid's 9, 2 of 3
@@ -221,6 +223,7 @@ def test_the_sweep_commands_work_as_written(session):
         assert (said.stdout + said.stderr).count("holds this job's run, finished") == 2  # the grid's jobs, all done
 
 
+@SLOW
 def test_an_asynchronous_search_in_two_processes_works_as_written(session):
     """Trials in joblib's two processes, each slot given the next trial as it frees: the study's total run once,
     every trial a run under one parent."""
@@ -236,6 +239,7 @@ def test_an_asynchronous_search_in_two_processes_works_as_written(session):
     assert parent.info.status == "FINISHED" and len(children) == 3 and parent.data.tags["sweep.study"] == "afqmc_minilm"
 
 
+@SLOW
 def test_the_scoring_reporting_and_continuing_commands_work_as_written(trained):
     from mlflow import MlflowClient
 
@@ -267,6 +271,7 @@ def test_the_scoring_reporting_and_continuing_commands_work_as_written(trained):
         **{"outputs/2026-11-25/10-00-00.123456": str(fast)})  # a finished run: it says so  # fmt: skip
 
 
+@SLOW
 def test_the_serving_commands_work_as_written(session):
     """The README's serving example: a quickstart-sized run logs and registers its model, ``mlflow models serve``
     serves it (on a free port), and each ``curl`` request gets one answer per pair, in the CLUE files' columns and
