@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import AFQMC, OFFLINE, REPO, run_command
+from helpers import AFQMC, OFFLINE, REPO, head_of, run_command
 from helpers.tasks import write_task_files
 
 SLOW = pytest.mark.slow  # every test here but the first runs the README's commands
@@ -139,8 +139,8 @@ def user_session(work: Path) -> dict:
     (work / "pairs.json").write_text('{"sentence1": "花呗怎么还款", "sentence2": "花呗如何还钱"}\n')
     heads = {}
     for split in ("dev", "test"):
-        heads[f"../shared/data/afqmc/{split}.json"] = str(head := work / f"afqmc_{split}_head.json")
-        head.write_text("".join((AFQMC / f"{split}.json").read_text(encoding="utf-8").splitlines(True)[:TEST_PAIRS]))
+        head = head_of(AFQMC / f"{split}.json", work / f"afqmc_{split}_head.json", TEST_PAIRS)
+        heads[f"../shared/data/afqmc/{split}.json"] = str(head)
     return {"work": work, "/data/afqmc": str(AFQMC), "/data/mine": str(mine), "/data/ocnli": str(ocnli),
             "/data/": f"{root}/", **heads, "../shared/data/afqmc": str(AFQMC)}  # fmt: skip
 

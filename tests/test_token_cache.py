@@ -38,19 +38,32 @@ def afqmc_file(tmp_path, n=100, name="train.json"):
     return path
 
 
+def reference_ids(tokenizer, pairs, max_length):
+    """What calling the tokenizer gives, pair by pair: the ids every path of the cache must give."""
+    called = tokenizer([p.text_a for p in pairs], [p.text_b for p in pairs], truncation=True, max_length=max_length,
+                       return_token_type_ids=True)  # fmt: skip
+    return called["input_ids"], called["token_type_ids"]
+
+
+def pair_ids(tokens):
+    return [tokens.ids[a:b].tolist() for a, b in zip(tokens.offsets[:-1], tokens.offsets[1:], strict=True)]
+
+
+def assert_as_called(tokens, tokenizer, pairs, max_length):
+    """``tokens`` hold the ids, token types and labels that calling ``tokenizer`` on ``pairs`` gives."""
+    ids, types = reference_ids(tokenizer, pairs, max_length)
+    assert pair_ids(tokens) == ids and tokens.type_ids.tolist() == [t for row in types for t in row]
+    assert tokens.labels.tolist() == [-1 if p.label is None else p.label for p in pairs] and tokens.offsets[0] == 0
+
+
 @pytest.mark.parametrize("max_length", [12, 64])
 def test_the_backend_gives_the_ids_the_tokenizer_gives(minilm_tokenizer, tmp_path, max_length):
     pairs = [Pair(p.text_a * 3, p.text_b, p.label) for p in tiny_pairs(40)] + [Pair("花呗怎么还款", "花呗如何还钱", 1)]
     before = json.dumps(minilm_tokenizer.backend_tokenizer.truncation)
     tokens = encode_pairs(pairs, minilm_tokenizer, max_length)
     assert json.dumps(minilm_tokenizer.backend_tokenizer.truncation) == before  # the caller's tokenizer untouched
-    called = minilm_tokenizer([p.text_a for p in pairs], [p.text_b for p in pairs], truncation=True,
-                              max_length=max_length, return_token_type_ids=True)  # fmt: skip
-    assert [tokens.ids[a:b].tolist() for a, b in zip(tokens.offsets[:-1], tokens.offsets[1:], strict=True)] == called[
-        "input_ids"
-    ]
-    assert tokens.type_ids.tolist() == [t for row in called["token_type_ids"] for t in row]
-    assert tokens.ids.dtype == np.uint16 and tokens.labels.tolist() == [p.label for p in pairs]
+    assert_as_called(tokens, minilm_tokenizer, pairs, max_length)
+    assert tokens.ids.dtype == np.uint16
 
 
 @pytest.mark.slow  # starts processes
@@ -277,29 +290,13 @@ def test_a_read_only_cache_falls_back_for_a_user_who_cannot_write_it():
         shutil.rmtree(shared)
 
 
-def reference_ids(tokenizer, pairs, max_length):
-    """What calling the tokenizer gives, pair by pair: the ids every path of the cache must give."""
-    called = tokenizer([p.text_a for p in pairs], [p.text_b for p in pairs], truncation=True, max_length=max_length,
-                       return_token_type_ids=True)  # fmt: skip
-    return called["input_ids"], called["token_type_ids"]
-
-
-def pair_ids(tokens):
-    return [tokens.ids[a:b].tolist() for a, b in zip(tokens.offsets[:-1], tokens.offsets[1:], strict=True)]
-
-
 def test_a_file_of_several_chunks_is_cached_and_encoded_as_one(minilm_tokenizer, tmp_path, cache, monkeypatch):
     """Chunks are tokenized one after another: each chunk's offsets continue from the last one's."""
     monkeypatch.setattr(token_cache, "CHUNK_PAIRS", 7)
     path = afqmc_file(tmp_path, n=30)
     pairs = list(PairReader(path, ReadSpec()))
-    ids, types = reference_ids(minilm_tokenizer, pairs, 16)
-    for tokens in (
-        tokenized_file(path, ReadSpec(), minilm_tokenizer, 16, True),
-        encode_pairs(pairs, minilm_tokenizer, 16),
-    ):
-        assert pair_ids(tokens) == ids and tokens.type_ids.tolist() == [t for row in types for t in row]
-        assert tokens.labels.tolist() == [p.label for p in pairs] and tokens.offsets[0] == 0
+    assert_as_called(tokenized_file(path, ReadSpec(), minilm_tokenizer, 16, True), minilm_tokenizer, pairs, 16)
+    assert_as_called(encode_pairs(pairs, minilm_tokenizer, 16), minilm_tokenizer, pairs, 16)
 
 
 def test_left_truncation_is_the_tokenizers_own(minilm_tokenizer):
@@ -333,9 +330,7 @@ class WithoutBackend:
 
 def test_a_tokenizer_without_a_fast_backend_is_called_and_keyed_by_its_vocabulary(minilm_tokenizer, tmp_path):
     pairs = [Pair(p.text_a * 3, p.text_b, p.label) for p in tiny_pairs(12)]
-    ids, types = reference_ids(minilm_tokenizer, pairs, 10)
-    tokens = encode_pairs(pairs, WithoutBackend(minilm_tokenizer), 10)
-    assert pair_ids(tokens) == ids and tokens.type_ids.tolist() == [t for row in types for t in row]
+    assert_as_called(encode_pairs(pairs, WithoutBackend(minilm_tokenizer), 10), minilm_tokenizer, pairs, 10)
     digest = tokenizer_digest(WithoutBackend(minilm_tokenizer))
     assert digest == tokenizer_digest(WithoutBackend(minilm_tokenizer)) != tokenizer_digest(minilm_tokenizer)
     assert tokenizer_digest(WithoutBackend(other_vocabulary(tmp_path))) != digest

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from helpers import OFFLINE, REPO, SHORT_RUN, broken_model, mlflow_runs, run_command, train
+from helpers import OFFLINE, REPO, SHORT_RUN, broken_model, head_of, mlflow_runs, run_command, train
 
 pytestmark = pytest.mark.slow
 
@@ -151,8 +151,7 @@ def test_evaluate_py_reproduces_the_logged_dev_metrics(cli_run, afqmc_dir, tmp_p
     tmp, out, _ = cli_run
     _, runs = mlflow_runs(tmp, "e2e")
     logged = runs[0].data.metrics
-    dev = tmp_path / "dev.json"  # the pairs the run scored: its dev_limit's first 200
-    dev.write_text("".join((afqmc_dir / "dev.json").read_text(encoding="utf-8").splitlines(True)[:200]))
+    dev = head_of(afqmc_dir / "dev.json", tmp_path / "dev.json", 200)  # the pairs the run scored: its dev_limit's
     proc = run_command([sys.executable, str(REPO / "evaluate.py"), f"ckpt={out / 'best_model'}", f"file={dev}"],
                        timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -170,9 +169,8 @@ def test_evaluate_py_reproduces_the_logged_dev_metrics(cli_run, afqmc_dir, tmp_p
 
 def test_predict_py_writes_one_line_per_pair_with_the_ids(cli_run, afqmc_dir, tmp_path):
     _, out, _ = cli_run
-    pred, test = tmp_path / "sub" / "afqmc_predict.json", tmp_path / "test.json"
-    lines = (afqmc_dir / "test.json").read_text(encoding="utf-8").splitlines(True)
-    test.write_text("".join(lines[:200]), encoding="utf-8")  # AFQMC's own test format; 200 of its 3861 pairs
+    pred = tmp_path / "sub" / "afqmc_predict.json"
+    test = head_of(afqmc_dir / "test.json", tmp_path / "test.json", 200)  # AFQMC's own format; 200 of its 3861 pairs
     proc = run_command([sys.executable, str(REPO / "predict.py"), f"ckpt={out / 'best_model'}", f"file={test}",
                         f"out={pred}"], timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -332,9 +330,7 @@ def test_register_as_makes_a_model_version_that_evaluate_and_predict_take(afqmc_
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     versions = MlflowClient(tracking_uri=store, registry_uri=store).search_model_versions("name='afqmc-minilm'")
     assert [str(v.version) for v in versions] == ["1"]
-    (tmp_path / "dev60.json").write_text(
-        "".join((afqmc_dir / "dev.json").read_text(encoding="utf-8").splitlines(True)[:60]), encoding="utf-8"
-    )
+    head_of(afqmc_dir / "dev.json", tmp_path / "dev60.json", 60)
     proc = run_command(
         [sys.executable, str(REPO / "evaluate.py"), "ckpt=models:/afqmc-minilm/1", f"file={tmp_path / 'dev60.json'}"],
         cwd=tmp_path,

@@ -224,6 +224,12 @@ def token_split(ids: list[list[int]], types: list[list[int]] | None = None, labe
     return Split.of_pairs([Pair("a", "b", label, i) for i, label in enumerate(labels)], tokens)
 
 
+def head_of(source: Path, target: Path, lines: int) -> Path:
+    """``target`` holding the first ``lines`` lines of ``source`` (a data file's pairs, fewer of them: a size)."""
+    target.write_text("".join(source.read_text(encoding="utf-8").splitlines(True)[:lines]), encoding="utf-8")
+    return target
+
+
 def broken_model(folder: Path) -> Path:
     """A copy of MiniLM's folder whose weights file is garbage: it passes every check made before a run and
     fails inside it, when the weights are loaded."""
