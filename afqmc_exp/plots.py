@@ -1,4 +1,5 @@
-"""Figures of one run's best weights on the dev set, saved as PNG artifacts for the MLflow UI.
+"""Figures of one run's best weights on the dev set, drawn as PNG images (the run saves them as artifacts for the
+MLflow UI).
 
 Every task gets its confusion matrix (K x K, labelled with the task's labels) and its precision-recall and ROC
 curves: a binary task's of its positive label's probability, a task of three or more labels' one curve per label
@@ -10,8 +11,8 @@ machine it announces the font cache it builds, after the run's summary).
 
 from __future__ import annotations
 
+import io
 import logging
-from pathlib import Path
 
 import numpy as np
 
@@ -54,25 +55,26 @@ def pyplot():
     return plt
 
 
-def save_dev_plots(labels: np.ndarray, probs: np.ndarray, names: list[str], folder: Path, title: str = "",
-                   threshold: float = 0.5) -> list[Path]:  # fmt: skip
-    """confusion_matrix.png, pr_curve.png and roc_curve.png in ``folder``."""
+def dev_plots(labels: np.ndarray, probs: np.ndarray, names: list[str], title: str = "",
+              threshold: float = 0.5) -> dict[str, bytes]:  # fmt: skip
+    """confusion_matrix.png, pr_curve.png and roc_curve.png, each file's name and PNG bytes (the caller decides
+    where they are written: ``outputs`` puts them in the run folder's ``plots/``)."""
     plt = pyplot()
 
-    folder.mkdir(parents=True, exist_ok=True)
     side = 3.2 + 0.5 * len(names)
     curve = (4.6, 3.8)
     drawings = [("confusion_matrix.png", _draw_confusion, (side + 0.4, side)),
                 ("pr_curve.png", _draw_precision_recall, curve), ("roc_curve.png", _draw_roc, curve)]  # fmt: skip
-    paths = []
+    pngs = {}
     for name, draw, size in drawings:
         figure, ax = plt.subplots(figsize=size)
         draw(ax, np.asarray(labels), np.asarray(probs), names, title, threshold)
         figure.tight_layout()
-        figure.savefig(folder / name, dpi=110)
+        png = io.BytesIO()
+        figure.savefig(png, format="png", dpi=110)
         plt.close(figure)
-        paths.append(folder / name)
-    return paths
+        pngs[name] = png.getvalue()
+    return pngs
 
 
 def _draw_confusion(ax, labels: np.ndarray, probs: np.ndarray, names: list[str], title: str, threshold: float):

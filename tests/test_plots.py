@@ -4,7 +4,7 @@ labels or more."""
 
 import numpy as np
 
-from afqmc_exp.plots import confusion, curves, save_dev_plots
+from afqmc_exp.plots import confusion, curves, dev_plots
 
 
 def binary(prob_positive) -> np.ndarray:
@@ -34,14 +34,15 @@ def test_confusion_rows_are_gold_columns_predicted():
     assert confusion(np.array([0, 1, 1, 2]), three).tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
 
 
-def test_pngs_are_written(tmp_path):
-    paths = save_dev_plots(np.array([0, 1, 0, 1, 1]), binary([0.2, 0.7, 0.4, 0.9, 0.3]), ["0", "1"], tmp_path, "run")
-    assert [p.name for p in paths] == ["confusion_matrix.png", "pr_curve.png", "roc_curve.png"]
-    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+def test_each_task_gets_three_pngs():
+    pngs = dev_plots(np.array([0, 1, 0, 1, 1]), binary([0.2, 0.7, 0.4, 0.9, 0.3]), ["0", "1"], "run")
+    assert list(pngs) == ["confusion_matrix.png", "pr_curve.png", "roc_curve.png"]
+    assert all(png[:4] == b"\x89PNG" for png in pngs.values())
     three = np.random.default_rng(0).dirichlet(np.ones(3), size=12)
     names = ["entailment", "neutral", "contradiction"]
-    paths = save_dev_plots(np.arange(12) % 3, three, names, tmp_path / "nli", "run")
-    assert [p.name for p in paths] == ["confusion_matrix.png", "pr_curve.png", "roc_curve.png"]
+    pngs = dev_plots(np.arange(12) % 3, three, names, "run")
+    assert list(pngs) == ["confusion_matrix.png", "pr_curve.png", "roc_curve.png"]
+    assert all(png[:4] == b"\x89PNG" for png in pngs.values())
 
 
 def test_three_labels_get_one_curve_per_label_against_the_rest():

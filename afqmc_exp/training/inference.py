@@ -1,4 +1,4 @@
-"""Scoring pairs with a classifier: class probabilities, metrics, answers and prediction files.
+"""Scoring pairs with a classifier: class probabilities, metrics, answers and prediction lines.
 
 It serves the trainer's evaluations as much as ``evaluate.py`` and ``predict.py``. Evaluation runs under
 ``torch.inference_mode`` over length-sorted batches (see ``data.batching``) and maps the answers back to the
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -95,9 +94,3 @@ def prediction_lines(pairs: Iterable[Pair], probs: np.ndarray, names: Sequence[s
             gold = names[pair.label] if pair.label is not None else None
             line.update(sentence1=pair.text_a, sentence2=pair.text_b, gold=gold)
         yield json.dumps(line, ensure_ascii=False) + "\n"
-
-
-def write_predictions(path: Path, pairs: Iterable[Pair], probs: np.ndarray, names: Sequence[str],
-                      threshold: float = 0.5, with_sentences: bool = False) -> None:  # fmt: skip
-    with open(path, "w", encoding="utf-8") as out:
-        out.writelines(prediction_lines(pairs, probs, names, threshold, with_sentences))

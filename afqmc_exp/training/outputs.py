@@ -24,13 +24,13 @@ from ..data import PairData, Split
 from ..files import megabytes, replaced_file, size_of
 from ..metrics import SCORES, best_threshold, classification_metrics
 from ..model import Pretrained, load_pair_classifier, prepare_for_device
-from ..plots import save_dev_plots
+from ..plots import dev_plots
 from ..run_folder import BEST_MODEL, RunFolder, locked
 from ..tracking.masking import Masker, mask_uri
 from ..tracking.mlflow_run import NoRun, Run
 from ..tracking.mlflow_tracking import MlflowTracking, runs_view_link
 from .best_weights import BestWeights, update_facts
-from .inference import score, write_predictions
+from .inference import prediction_lines, score
 from .profiling import profiled
 from .recipe import Recipe, TrainerConfig
 from .trainer import FitResult
@@ -88,19 +88,22 @@ class RunOutputs:
 
     def write(self, result: FitResult, splits: dict[str, Split], scored: Scored, labels: list[str],
               metric: str) -> None:  # fmt: skip
-        """Predictions, result.json and the dev plots in the run folder."""
+        """The dev plots, the predictions and, last, result.json in the run folder: a folder with a result.json
+        is a finished run's (``resume=`` completes only its MLflow record), so it is written once all else is."""
         threshold = scored.threshold
+        title = self.tracking.run_name or self.folder.root.name
+        self.folder.plots.mkdir(exist_ok=True)
+        for name, png in dev_plots(splits["dev"].labels, scored.probs["dev"], labels, title, threshold).items():
+            (self.folder.plots / name).write_bytes(png)
         for split, probs in scored.probs.items():  # dev (with sentences and gold labels), extra dev sets, test
-            pairs, with_sentences = splits[split].pairs(), split != "test"
-            write_predictions(self.folder.predictions(split), pairs, probs, labels, threshold, with_sentences)
+            with replaced_file(self.folder.predictions(split)) as out:
+                out.writelines(prediction_lines(splits[split].pairs(), probs, labels, threshold, split != "test"))
         record = {"best_metric": result.best_metric, "metric": metric, "best_step": result.best_step,
                   "steps": result.steps, "pairs_seen": result.pairs_seen, "eval_precision": result.eval_precision,
                   **scored.final, "speed": result.speed,
                   "mlflow_run_id": self.mlflow_run.run_id}  # fmt: skip
         with replaced_file(self.folder.result) as result:  # whole or absent: a cut one would pass for finished
             result.write(json_dumps(record, indent=2) + "\n")
-        save_dev_plots(splits["dev"].labels, scored.probs["dev"], labels, self.folder.plots,
-                       title=self.tracking.run_name or self.folder.root.name, threshold=threshold)  # fmt: skip
 
     def _log_files(self, best_dir: Path) -> None:
         """The run's files as MLflow artifacts; the best weights as artifacts, a flavour model, a registry version."""
