@@ -28,6 +28,15 @@ def afqmc_dir(request):
     return AFQMC
 
 
+@pytest.fixture(scope="session", autouse=True)
+def tiny_minilm(request):
+    """Under --slow: the model SHORT_RUN trains (``helpers.TINY_MINILM``), built once for the session."""
+    if request.config.getoption("--slow"):
+        from helpers import build_tiny_minilm
+
+        build_tiny_minilm()
+
+
 @pytest.fixture(scope="session")
 def empty_store_file(tmp_path_factory):
     """An MLflow SQLite store with its schema made and nothing in it, made once per session (the schema's

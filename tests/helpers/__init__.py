@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -42,9 +43,16 @@ def launch(args: list, cwd: Path | None = None, env: dict | None = None, **strea
     return prewarmed.launch(args, cwd=cwd, env=env or OFFLINE, **streams)
 
 
+# MiniLM's tokenizer before a randomly initialised 2-layer BERT (hidden 32): what the end-to-end tests of a run's
+# plumbing train (resume, tracking, sweeps, processes), where what MiniLM's weights learn is not the point. Its runs
+# read and cache the data exactly as MiniLM's do, and take half the CPU (no 90 MB of weights to load, save and
+# checkpoint each time). Built once per test session, by the ``tiny_minilm`` fixture under --slow.
+TINY_MINILM = Path(os.environ.get("AFQMC_EXP_CACHE", Path(tempfile.gettempdir()) / "afqmc-exp-tests")) / "tiny-minilm"
+
 # a short offline training on the shared AFQMC data, as most end-to-end tests run it (add max_steps etc.)
 SHORT_RUN = [
-    "model=minilm",
+    "model=minilm",  # the run's name, tags and study say minilm; the weights are TINY_MINILM's
+    f"model.name_or_path={TINY_MINILM}",
     f"data.dir={AFQMC}",
     "data.test_file=null",
     "data.dev_limit=100",  # each evaluation scores 100 dev pairs, not 500: a third of a short run's time
@@ -222,6 +230,32 @@ def token_split(ids: list[list[int]], types: list[list[int]] | None = None, labe
         labels=np.array(labels, dtype=np.int16),
     )
     return Split.of_pairs([Pair("a", "b", label, i) for i, label in enumerate(labels)], tokens)
+
+
+def build_tiny_minilm(folder: Path = TINY_MINILM) -> Path:
+    """``folder`` holding the TINY_MINILM model (the same bytes every time: seeded), unless it is there already.
+    Workers of one session may race to build it: each builds aside and the first rename wins."""
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from afqmc_exp.model import packaged_minilm_path
+
+    if folder.exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tiny-minilm-"))
+    tokenizer = AutoTokenizer.from_pretrained(packaged_minilm_path())
+    torch.manual_seed(0)
+    config = tiny_bert_config(tokenizer.vocab_size, max_position_embeddings=512)
+    BertForSequenceClassification(config).save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    try:
+        staging.rename(folder)
+    except OSError:  # another worker's is in place
+        shutil.rmtree(staging)
+    return folder
 
 
 def head_of(source: Path, target: Path, lines: int) -> Path:
