@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,20 +22,13 @@ COMMON = [
     "trainer.log_every=2",
     "seed=5",
 ]
+MINILM = "model.name_or_path=${afqmc.minilm:}"  # MiniLM's own weights (SHORT_RUN trains helpers.TINY_MINILM's)
 
 
 def start(cwd, *overrides, console=False):
     """train.py with ``overrides`` in ``cwd``; ``console``: its console (stdout) readable, line by line."""
     return launch([sys.executable, str(REPO / "train.py"), *overrides], cwd=cwd, env=ENV,
                   stdout=subprocess.PIPE if console else subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-
-
-def wait_for(path, proc, timeout=300):
-    deadline = time.time() + timeout
-    while not path.exists():
-        assert proc.poll() is None, f"training ended before {path} appeared: {proc.stderr.read()[-3000:]}"
-        assert time.time() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
 
 
 def histories(cwd):
@@ -104,15 +96,13 @@ def test_a_kill_inside_a_checkpoint_write_still_resumes_exactly(tmp_path, uninte
 
 
 def test_the_same_command_again_continues_a_killed_run_and_never_rewrites_a_finished_one(tmp_path, uninterrupted):
-    """A requeued job (the same command, hydra.run.dir fixed): killed after its step-3 checkpoint, the command again
-    continues it in its MLflow run, as resume= would; once finished, the command again is refused and nothing in the
-    folder changes."""
+    """A requeued job (the same command, hydra.run.dir fixed): killed after step 5 (its step-3 checkpoint on disk),
+    the command again continues it in its MLflow run, as resume= would; once finished, the command again is refused
+    and nothing in the folder changes."""
     out = tmp_path / "run"
     command = [sys.executable, str(REPO / "train.py"), *COMMON, f"hydra.run.dir={out}"]
-    killed = start(tmp_path, *command[2:])
-    wait_for(out / "last_checkpoint" / "trainer_state.pt", killed)
-    killed.send_signal(signal.SIGKILL)
-    assert killed.wait(timeout=60) == -signal.SIGKILL
+    killed = run_command([*FAULTY, "kill-at-step", "5", *command[2:]], cwd=tmp_path, env=ENV)  # the same overrides
+    assert killed.returncode == -signal.SIGKILL and (out / "last_checkpoint").exists(), killed.stderr[-3000:]
     again = run_command(command, cwd=tmp_path, env=ENV)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "started with this same config: continuing it, as resume=" in again.stdout  # said before its log file
@@ -127,12 +117,11 @@ def test_the_same_command_again_continues_a_killed_run_and_never_rewrites_a_fini
 
 
 def killed_after_its_first_checkpoint(tmp_path) -> Path:
-    """The folder of a 4-step run killed (SIGKILL) once its first last checkpoint is on disk."""
+    """The folder of a 4-step run killed (SIGKILL) right after step 4, its step-3 last checkpoint on disk."""
     out = tmp_path / "run"
-    proc = start(tmp_path, *COMMON, "trainer.max_steps=4", "trainer.eval_every=null", f"hydra.run.dir={out}")
-    wait_for(out / "last_checkpoint" / "trainer_state.pt", proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    killed = run_command([*FAULTY, "kill-at-step", "4", *COMMON, "trainer.max_steps=4", "trainer.eval_every=null",
+                          f"hydra.run.dir={out}"], cwd=tmp_path, env=ENV)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL and (out / "last_checkpoint").exists(), killed.stderr[-3000:]
     return out
 
 
@@ -153,6 +142,7 @@ def test_sigterm_saves_a_checkpoint_and_marks_the_run_killed(tmp_path):
         "trainer.max_steps=null",  # epochs of AFQMC (thousands of steps): a loaded machine's reader cannot fall
         "trainer.eval_every=null",  # so far behind that the run ends before the signal (it did in CI: no checkpoint)
         "trainer.checkpoint_every=5000",
+        MINILM,  # minutes an epoch: TINY_MINILM's epochs of AFQMC can end before a loaded machine's reader sees step 2
         f"hydra.run.dir={out}",
         console=True,
     )
@@ -300,13 +290,11 @@ def test_a_run_killed_after_its_result_before_its_mlflow_run_closed_is_completed
     assert {p: p.stat().st_mtime_ns for p in files} == files
 
 
-MINILM = "model.name_or_path=${afqmc.minilm:}"  # MiniLM's own weights: their dev accuracy improves, TINY_MINILM's not
-
-
 def test_a_full_disk_while_writing_better_weights_is_one_line_and_the_run_resumes(tmp_path):
     out = tmp_path / "run"
     full = run_command([sys.executable, REPO / "tests" / "helpers" / "faulty_train.py", "disk-full", 2, *COMMON,
-                        "trainer.eval_every=2", MINILM, f"hydra.run.dir={out}"], cwd=tmp_path, env=ENV)  # fmt: skip
+                        "trainer.eval_every=2", MINILM,  # its dev accuracy improves: a second save, to fail
+                        f"hydra.run.dir={out}"], cwd=tmp_path, env=ENV)  # fmt: skip
     last = full.stderr.strip().splitlines()[-1]
     assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr[-3000:]
     said = f"error: no space left on the device of {out / 'best_model'} while writing it; the previous best_model"
