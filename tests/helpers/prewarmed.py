@@ -18,6 +18,7 @@ import atexit
 import json
 import os
 import select
+import shutil
 import socket
 import struct
 import subprocess
@@ -52,6 +53,7 @@ class Server:
     def stop(self) -> None:
         self.process.stdin.close()  # it exits on seeing its stdin close
         self.process.wait(timeout=30)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def takes(self, env: dict) -> bool:
         return all(env.get(name) == self.env.get(name) for name in READ_AT_IMPORT)
