@@ -37,7 +37,8 @@ def on_ram_disk_if_there_is_room() -> None:
     if "TMPDIR" in os.environ or not is_ram_disk(RAM_DISK) or shutil.disk_usage(RAM_DISK).free < RAM_NEEDED:
         return
     folder = RAM_DISK / f"afqmc-exp-tests-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
+    folder.mkdir(exist_ok=True)
+    folder.chmod(0o711)  # as /tmp, others may pass through to what a test shares with another user (not list it)
     os.environ["TMPDIR"] = str(folder)
     tempfile.tempdir = None  # read TMPDIR again
 

@@ -156,10 +156,9 @@ def test_a_last_line_cut_short_by_a_kill_is_cut_off_without_doubting_the_journal
 @pytest.fixture
 def sqlite_run(tmp_path, store_uri):
     """A real MLflow run in a SQLite store in tmp_path, and the client of that store."""
-    from mlflow import MlflowClient
+    from afqmc_exp.tracking import store
 
-    uri = store_uri
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client = store.client(store_uri)
     run_id = client.create_run(client.create_experiment("outbox")).info.run_id
     return client, run_id
 

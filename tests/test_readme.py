@@ -188,9 +188,9 @@ def run(command: str, session: dict, extra: list[str] | None = None, **replace) 
 
 
 def latest_run(work: Path, experiment: str):
-    from mlflow import MlflowClient
+    from afqmc_exp.tracking import store
 
-    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    client = store.client(f"sqlite:///{work / 'mlflow.db'}", create=False)
     found = client.get_experiment_by_name(experiment)
     return client, client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"])
 
@@ -241,7 +241,7 @@ def test_an_asynchronous_search_in_two_processes_works_as_written(session):
 
 @SLOW
 def test_the_scoring_reporting_and_continuing_commands_work_as_written(trained):
-    from mlflow import MlflowClient
+    from afqmc_exp.tracking import store
 
     session, fast, parent_id, with_weights = trained
     work = session["work"]
@@ -253,8 +253,7 @@ def test_the_scoring_reporting_and_continuing_commands_work_as_written(trained):
     said = run('python predict.py ckpt=runs:/<run id>/best_model sentence1="花呗怎么还款" sentence2="花呗如何还钱"',
                session, **{"<run id>": with_weights})  # fmt: skip
     assert set(json.loads(said.stdout)) == {"label", "prob", "probs"}
-    store = f"sqlite:///{work / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    client = store.client(f"sqlite:///{work / 'mlflow.db'}", create=False)
     client.create_registered_model("afqmc-bert")
     for _ in range(3):  # the README's version 3
         client.create_model_version("afqmc-bert", f"runs:/{with_weights}/best_model", run_id=with_weights)

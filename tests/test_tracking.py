@@ -54,6 +54,29 @@ def test_a_store_this_user_may_only_read_is_read_without_its_lock(tmp_path, monk
         store.client(uri)
 
 
+def test_a_store_deleted_or_replaced_in_a_running_process_is_opened_again_not_written_into_the_old_file(
+    tmp_path, empty_store_file
+):
+    """A notebook that deletes mlflow.db and trains again: MLflow alone keeps its store of the URI with the deleted
+    file open, and the runs logged after would vanish with it."""
+    import shutil
+
+    from afqmc_exp.tracking import store
+
+    folder = tmp_path / "work"
+    folder.mkdir()
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    shutil.copyfile(empty_store_file, folder / "mlflow.db")
+    store.client(uri).create_experiment("before")
+    shutil.rmtree(folder)  # deleted
+    folder.mkdir()
+    store.client(uri).create_experiment("after")
+    assert (folder / "mlflow.db").exists()
+    shutil.copyfile(empty_store_file, folder / "other.db")
+    (folder / "other.db").replace(folder / "mlflow.db")  # replaced by another
+    assert [e.name for e in store.client(uri).search_experiments()] == ["Default"]
+
+
 def test_flatten_uses_dotted_keys_yaml_values_no_plumbing_and_masks_secrets():
     tree = {
         "optim": {"_target_": "afqmc_exp.training.optim.adamw", "_partial_": True, "lr": 2e-5, "betas": [0.9, 0.99]},
@@ -110,9 +133,9 @@ def test_parallel_processes_can_create_and_share_a_new_sqlite_store(tmp_path):
     for p in procs:
         _, err = p.communicate(timeout=180)
         assert p.returncode == 0, err[-2000:]
-    from mlflow import MlflowClient
+    from afqmc_exp.tracking import store
 
-    client = MlflowClient(uri)
+    client = store.client(uri)
     runs = client.search_runs([client.get_experiment_by_name("race").experiment_id])
     assert sorted(r.data.params["worker"] for r in runs) == ["0", "1", "2", "3"]
     for r in runs:  # no run, param or metric value lost

@@ -325,10 +325,9 @@ def test_register_as_makes_a_model_version_that_evaluate_and_predict_take(afqmc_
         ],
         tmp_path,
     )
-    from mlflow import MlflowClient
+    from afqmc_exp.tracking import store
 
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    versions = MlflowClient(tracking_uri=store, registry_uri=store).search_model_versions("name='afqmc-minilm'")
+    versions = store.client(f"sqlite:///{tmp_path / 'mlflow.db'}").search_model_versions("name='afqmc-minilm'")
     assert [str(v.version) for v in versions] == ["1"]
     head_of(afqmc_dir / "dev.json", tmp_path / "dev60.json", 60)
     proc = run_command(

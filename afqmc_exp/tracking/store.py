@@ -12,7 +12,11 @@ Every command asks this module, so the default and the meaning of a relative pat
   schema migration that crashes when two processes do it at the same moment, so the first contact with a
   SQLite store is serialised by a file lock beside the database (a store this user may only read: without it).
   MLflow's own ERROR line with two SQLAlchemy tracebacks for each failed call (``mlflow.store.db.utils``) is
-  dropped, as the error reaches the caller anyway.
+  dropped, as the error reaches the caller anyway. MLflow keeps one store per URI for the life of a process, with
+  the database open; where the SQLite file was deleted or replaced since (a notebook's ``rm mlflow.db``, then a new
+  run), it would go on reading and writing the deleted file, and the runs logged after would vanish with it. So a
+  SQLite file that is not the one this process's stores opened has MLflow's stores for it dropped first
+  (:func:`forget_replaced_database`).
 * :func:`store_problems`: a store checked before anything runs (a misspelt scheme, a folder that cannot be
   written, a damaged SQLite file), so a bad one costs one line; a busy one is waited for, never called damaged.
 
@@ -136,7 +140,43 @@ def client(uri: str | None = None, create: bool = True):
     if not create and database is not None and not database.exists():
         raise StoreMissing(f"no MLflow store at {database}")
     with store_lock(uri):
-        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+        if database is not None:
+            forget_replaced_database(uri, database)
+        made = MlflowClient(tracking_uri=uri, registry_uri=uri)  # its tracking store made (or reused) now
+        if database is not None:
+            _OPENED[database] = _identity(database)
+        return made
+
+
+_OPENED: dict[Path, tuple[int, int] | None] = {}  # each SQLite file this process's MLflow stores opened
+
+
+def _identity(database: Path) -> tuple[int, int] | None:
+    try:
+        found = database.stat()
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def forget_replaced_database(uri: str, database: Path) -> None:
+    """Where ``database`` is no longer the file MLflow's stores for ``uri`` opened in this process (deleted, or
+    replaced by another), those stores and their connections are dropped, so the next is made on the file there."""
+    if database not in _OPENED or _OPENED[database] == _identity(database):
+        return
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
+    from mlflow.tracking._model_registry.registry import ModelRegistryStoreRegistry
+    from mlflow.tracking._tracking_service.registry import TrackingStoreRegistry
+
+    log.debug("%s was replaced since this process opened it: MLflow's stores of it are dropped", database)
+    for registry in (TrackingStoreRegistry, ModelRegistryStoreRegistry):
+        registry._get_store_with_resolved_uri.cache_clear()  # every URI's: the others are made again, cheaply
+    for store in (TrackingStore, RegistryStore):
+        engine = store._engine_map.pop(uri, None)
+        if engine is not None:
+            engine.dispose()
+    del _OPENED[database]
 
 
 class RunNotFound(LookupError):

@@ -93,10 +93,11 @@ def train(overrides: list[str], tmp_path: Path) -> float:
 
 
 def mlflow_runs(tmp_path: Path, experiment: str):
-    from mlflow import MlflowClient
+    """The client of the store in ``tmp_path`` and the experiment's runs. Through ``store.client``, which opens a
+    file that replaced one of the same path (a test's tmp_path is removed as it passes, and its name given again)."""
+    from afqmc_exp.tracking import store
 
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    client = store.client(f"sqlite:///{tmp_path / 'mlflow.db'}", create=False)
     exp = client.get_experiment_by_name(experiment)
     return client, (client.search_runs([exp.experiment_id]) if exp else [])
 
