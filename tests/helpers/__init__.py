@@ -97,6 +97,8 @@ def mlflow_runs(tmp_path: Path, experiment: str):
     file that replaced one of the same path (a test's tmp_path is removed as it passes, and its name given again)."""
     from afqmc_exp.tracking import store
 
+    if not (tmp_path / "mlflow.db").exists():
+        return None, []  # no store made: no run
     client = store.client(f"sqlite:///{tmp_path / 'mlflow.db'}", create=False)
     exp = client.get_experiment_by_name(experiment)
     return client, (client.search_runs([exp.experiment_id]) if exp else [])
