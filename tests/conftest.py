@@ -3,11 +3,12 @@ of the session's own, the --slow switch, shared fixtures.
 Helpers the tests import live in ``tests/helpers``.
 
 Why a RAM disk: the tests' runs write SQLite stores, checkpoints, best weights and journals, and each of those
-writes is flushed to the disk (``fsync``), as it must be for a user. On a virtual disk that is slow: a new MLflow
-store made 6.9 s on this machine's disk against 2.2 s on ``/dev/shm``, and a 16-step training with four checkpoints
-30 s against 23 s (docs/testing.md). The code run is the same; only the medium differs. So, unless ``TMPDIR`` is
-set, the session's temporary folder is on ``/dev/shm`` when that is a RAM disk with room, and the folders of tests
-that passed are removed as they end (``tmp_path_retention_policy`` in pyproject.toml), so RAM holds only what runs.
+writes is flushed to the disk (``fsync``), as it must be for a user. A virtual disk is slow at times: in one such
+hour a new MLflow store took 6.9 s on this machine's disk against 2.2 s on ``/dev/shm``, and a 16-step training
+with four checkpoints 30 s against 23 s (docs/testing.md). The code run is the same; only the medium differs.
+So, unless ``TMPDIR`` is set, the session's temporary folder is on ``/dev/shm`` when that is a RAM disk with room,
+and the folders of tests that passed are removed as they end (``tmp_path_retention_policy`` in pyproject.toml), so
+RAM holds only what runs.
 """
 
 from __future__ import annotations
