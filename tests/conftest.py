@@ -8,7 +8,7 @@ hour a new MLflow store took 6.9 s on this machine's disk against 2.2 s on ``/de
 with four checkpoints 30 s against 23 s (docs/testing.md). The code run is the same; only the medium differs.
 So, unless ``TMPDIR`` is set, the session's temporary folder is on ``/dev/shm`` when that is a RAM disk with room,
 and the folders of tests that passed are removed as they end (``tmp_path_retention_policy`` in pyproject.toml), so
-RAM holds only what runs.
+RAM holds little more than what runs.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -24,13 +25,20 @@ import pytest
 RAM_DISK, RAM_NEEDED = Path("/dev/shm"), 4 * 2**30  # the slow suite holds 1 to 2 GB there at a time
 
 
-def is_ram_disk(path: Path) -> bool:
-    """Whether ``path`` is where a ``tmpfs`` is mounted (Linux)."""
+def is_ram_disk(path: Path, mounts: Path = Path("/proc/mounts")) -> bool:
+    """Whether ``path`` is where a ``tmpfs`` is mounted (Linux) that may hold programs (not ``noexec``: compiled
+    kernels and a test's venv run from there)."""
     try:
-        mounts = Path("/proc/mounts").read_text().splitlines()
+        table = [line.split() for line in mounts.read_text().splitlines()]
     except OSError:
         return False
-    return any(line.split()[1:3] == [str(path), "tmpfs"] for line in mounts)
+    return any(m[1:3] == [str(path), "tmpfs"] and "noexec" not in m[3].split(",") for m in table if len(m) > 3)
+
+
+def ours(folder: Path) -> bool:
+    """A folder (not a link) of this user's: a name in a shared place that another user made is not used."""
+    found = folder.lstat()
+    return stat.S_ISDIR(found.st_mode) and found.st_uid == os.getuid()
 
 
 def on_ram_disk_if_there_is_room() -> None:
@@ -39,16 +47,35 @@ def on_ram_disk_if_there_is_room() -> None:
         return
     folder = RAM_DISK / f"afqmc-exp-tests-{os.getuid()}"
     folder.mkdir(exist_ok=True)
-    folder.chmod(0o711)  # as /tmp, others may pass through to what a test shares with another user (not list it)
+    if not ours(folder):
+        return
+    folder.chmod(0o711)  # others may pass through to what a test shares with another user, not list it
     os.environ["TMPDIR"] = str(folder)
     tempfile.tempdir = None  # read TMPDIR again
 
 
+LEFT_BY = "afqmc-exp-tests-pid"  # afqmc-exp-tests-pid<N>-...: the session's cache, the prewarmed servers' folders
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def session_cache() -> None:
     """The token cache, downloads and compiled kernels of the tests' runs, out of the user's ~/.cache/afqmc_exp:
-    a folder of the session's own, removed when the process that made it exits (the workers share it)."""
+    a folder of the session's own, removed when the process that made it exits (the workers share it); what a
+    killed session left is removed first."""
     if "AFQMC_EXP_CACHE" not in os.environ:
-        folder = tempfile.mkdtemp(prefix="afqmc-exp-tests-")
+        for left in Path(tempfile.gettempdir()).glob(f"{LEFT_BY}*"):  # a killed session's: its atexit never ran
+            if not alive(int(left.name[len(LEFT_BY) :].split("-")[0])):
+                shutil.rmtree(left, ignore_errors=True)
+        folder = tempfile.mkdtemp(prefix=f"{LEFT_BY}{os.getpid()}-cache-")
         os.environ["AFQMC_EXP_CACHE"] = folder
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
 

@@ -72,16 +72,24 @@ def test_one_ctrl_c_stops_the_suite_and_the_command_a_test_waits_on(tmp_path):
 
 
 def test_a_session_leaves_only_pytests_folder_and_no_passed_tests_files_in_the_temporary_folder():
-    """The session's cache (tokens, the tiny model) and the prewarmed server's folder are removed when it ends, and a
-    passed test's tmp_path as it ends (conftest.py: on a RAM disk they would hold memory)."""
+    """The session's cache (tokens, the tiny model) and the prewarmed server's folder are removed when it ends, a
+    passed test's tmp_path as it ends, and what a killed session left when the next starts (conftest.py: on a RAM
+    disk they would hold memory)."""
     temp = Path(tempfile.mkdtemp(prefix="s-"))  # a short path: the prewarmed server's socket is named under it
     test = "test_config_checks.py::test_help_leads_with_a_short_usage_the_groups_and_the_keys"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_") and k != "AFQMC_EXP_CACHE"}
-    said = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "--slow",
-                           f"tests/{test}_most_changed"], cwd=REPO, env={**env, "TMPDIR": str(temp)},
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert said.returncode == 0 and "1 passed" in said.stdout, said.stdout[-3000:] + said.stderr[-3000:]
-    ours = temp / f"pytest-of-{getpass.getuser()}"
-    assert list(temp.iterdir()) == [ours]  # the command it ran (a prewarmed server's child) came and went
-    assert not [p for p in ours.rglob("*") if p.name.startswith("test_help")]  # its tmp_path, removed
-    shutil.rmtree(temp)
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = temp / f"afqmc-exp-tests-pid{ended.stdout.strip()}-cache-x"  # a session killed before its atexit
+    running = temp / f"afqmc-exp-tests-pid{os.getpid()}-cache-x"  # a session still running beside it
+    for folder in (killed, running):
+        (folder / "tiny-minilm").mkdir(parents=True)
+    try:
+        said = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "--slow",
+                               f"tests/{test}_most_changed"], cwd=REPO, env={**env, "TMPDIR": str(temp)},
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert said.returncode == 0 and "1 passed" in said.stdout, said.stdout[-3000:] + said.stderr[-3000:]
+        ours = temp / f"pytest-of-{getpass.getuser()}"
+        assert sorted(temp.iterdir()) == [running, ours]  # its command (a prewarmed server's child) came and went
+        assert not [p for p in ours.rglob("*") if p.name.startswith("test_help")]  # its tmp_path, removed
+    finally:
+        shutil.rmtree(temp)

@@ -55,7 +55,7 @@ def test_a_store_this_user_may_only_read_is_read_without_its_lock(tmp_path, monk
 
 
 def test_a_store_deleted_or_replaced_in_a_running_process_is_opened_again_not_written_into_the_old_file(
-    tmp_path, empty_store_file
+    tmp_path, empty_store_file, monkeypatch
 ):
     """A notebook that deletes mlflow.db and trains again: MLflow alone keeps its store of the URI with the deleted
     file open, and the runs logged after would vanish with it."""
@@ -72,9 +72,15 @@ def test_a_store_deleted_or_replaced_in_a_running_process_is_opened_again_not_wr
     folder.mkdir()
     store.client(uri).create_experiment("after")
     assert (folder / "mlflow.db").exists()
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(folder)
+    as_mlflow_spells_it = MlflowClient("sqlite:///mlflow.db")  # the fluent API's MLFLOW_TRACKING_URI, relative
+    assert "after" in [e.name for e in as_mlflow_spells_it.search_experiments()]
     shutil.copyfile(empty_store_file, folder / "other.db")
     (folder / "other.db").replace(folder / "mlflow.db")  # replaced by another
     assert [e.name for e in store.client(uri).search_experiments()] == ["Default"]
+    assert [e.name for e in MlflowClient("sqlite:///mlflow.db").search_experiments()] == ["Default"]
 
 
 def test_flatten_uses_dotted_keys_yaml_values_no_plumbing_and_masks_secrets():

@@ -15,7 +15,7 @@ Every command asks this module, so the default and the meaning of a relative pat
   dropped, as the error reaches the caller anyway. MLflow keeps one store per URI for the life of a process, with
   the database open; where the SQLite file was deleted or replaced since (a notebook's ``rm mlflow.db``, then a new
   run), it would go on reading and writing the deleted file, and the runs logged after would vanish with it. So a
-  SQLite file that is not the one this process's stores opened has MLflow's stores for it dropped first
+  SQLite file that is not the one this process's last ``client`` call saw has MLflow's stores for it dropped first
   (:func:`forget_replaced_database`).
 * :func:`store_problems`: a store checked before anything runs (a misspelt scheme, a folder that cannot be
   written, a damaged SQLite file), so a bad one costs one line; a busy one is waited for, never called damaged.
@@ -141,27 +141,31 @@ def client(uri: str | None = None, create: bool = True):
         raise StoreMissing(f"no MLflow store at {database}")
     with store_lock(uri):
         if database is not None:
-            forget_replaced_database(uri, database)
-        made = MlflowClient(tracking_uri=uri, registry_uri=uri)  # its tracking store made (or reused) now
-        if database is not None:
-            _OPENED[database] = _identity(database)
-        return made
+            forget_replaced_database(database)
+        try:
+            return MlflowClient(tracking_uri=uri, registry_uri=uri)  # its tracking store made (or reused) now
+        finally:
+            if database is not None:
+                _OPENED[database] = _identity(database)
 
 
-_OPENED: dict[Path, tuple[int, int] | None] = {}  # each SQLite file this process's MLflow stores opened
+_OPENED: dict[Path, tuple[int, int] | None] = {}  # each SQLite file as this process's last ``client`` call saw it
 
 
 def _identity(database: Path) -> tuple[int, int] | None:
     try:
         found = database.stat()
-    except FileNotFoundError:
+    except OSError:
         return None
     return found.st_dev, found.st_ino
 
 
-def forget_replaced_database(uri: str, database: Path) -> None:
-    """Where ``database`` is no longer the file MLflow's stores for ``uri`` opened in this process (deleted, or
-    replaced by another), those stores and their connections are dropped, so the next is made on the file there."""
+def forget_replaced_database(database: Path) -> None:
+    """Where ``database`` is no longer the file this process's last :func:`client` call saw (deleted, or replaced
+    by another), MLflow's stores and connections are dropped, so the next store is made on the file there: the
+    connections to that file under any spelling of its URI (the fluent API's own included), and every cached
+    store, as MLflow's cache cannot drop one (the others are made again, each checking its schema once more). A
+    file only MLflow's fluent API has opened, never ``client``, is not watched."""
     if database not in _OPENED or _OPENED[database] == _identity(database):
         return
     from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
@@ -171,11 +175,12 @@ def forget_replaced_database(uri: str, database: Path) -> None:
 
     log.debug("%s was replaced since this process opened it: MLflow's stores of it are dropped", database)
     for registry in (TrackingStoreRegistry, ModelRegistryStoreRegistry):
-        registry._get_store_with_resolved_uri.cache_clear()  # every URI's: the others are made again, cheaply
+        registry._get_store_with_resolved_uri.cache_clear()
+    target = database.resolve()
     for store in (TrackingStore, RegistryStore):
-        engine = store._engine_map.pop(uri, None)
-        if engine is not None:
-            engine.dispose()
+        for key, engine in list(store._engine_map.items()):
+            if engine.url.database and Path(engine.url.database).resolve() == target:
+                store._engine_map.pop(key).dispose()
     del _OPENED[database]
 
 

@@ -39,7 +39,7 @@ class Server:
     """The server of this test process (see the module docstring)."""
 
     def __init__(self):
-        self.folder = Path(tempfile.mkdtemp(prefix="afqmc-prewarmed-"))
+        self.folder = Path(tempfile.mkdtemp(prefix=f"afqmc-exp-tests-pid{os.getpid()}-prewarmed-"))  # see conftest
         self.socket = str(self.folder / "socket")
         self.env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
         log = open(self.folder / "server.log", "w")
@@ -51,9 +51,11 @@ class Server:
         atexit.register(self.stop)
 
     def stop(self) -> None:
-        self.process.stdin.close()  # it exits on seeing its stdin close
-        self.process.wait(timeout=30)
-        shutil.rmtree(self.folder, ignore_errors=True)
+        try:
+            self.process.stdin.close()  # it exits on seeing its stdin close
+            self.process.wait(timeout=30)
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def takes(self, env: dict) -> bool:
         return all(env.get(name) == self.env.get(name) for name in READ_AT_IMPORT)
