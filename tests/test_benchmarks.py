@@ -130,3 +130,19 @@ def test_a_job_s_span_is_read_from_its_own_log(tmp_path):
     log.write_text("[2026-12-06 08:10:31,121][HYDRA] start\nno time here\n[2026-12-06 08:10:41,621][x][INFO] - end\n")
     start, end = log_span(log)
     assert round(end - start, 3) == 10.5
+
+
+@pytest.mark.slow  # two processes make MLflow stores
+def test_temp_medium_reports_flushes_and_new_stores_on_both_folders_and_their_ratio(tmp_path):
+    """benchmarks/temp_medium.py, one round (both arms in tmp_path here: the form of its report, not a speed)."""
+    from helpers import run_command
+
+    proc = run_command([sys.executable, REPO / "benchmarks" / "temp_medium.py", "--rounds", "1", "--disk", tmp_path,
+                        "--ram", tmp_path])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    *rounds, last = proc.stdout.strip().splitlines()
+    assert [line.split(" (")[0] for line in rounds] == ["round 1 disk", "round 1 ram"]
+    report = json.loads(last)
+    for arm in ("disk", "ram"):
+        assert report[arm]["fsync_ms"] >= 0 and report[arm]["new_store_s"] > 0
+    assert set(report["disk_over_ram"]) == {"fsync_ms", "new_store_s"}
