@@ -58,6 +58,13 @@ LEFT_BY = "afqmc-exp-tests-pid"  # afqmc-exp-tests-pid<N>-...: the session's cac
 
 
 def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs: on Linux a zombie has ended; without ``/proc``, whether the process exists."""
+    try:
+        with open(f"/proc/{pid}/stat") as process:
+            return process.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        if Path("/proc/self/stat").exists():
+            return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -73,7 +80,8 @@ def session_cache() -> None:
     killed session left is removed first."""
     if "AFQMC_EXP_CACHE" not in os.environ:
         for left in Path(tempfile.gettempdir()).glob(f"{LEFT_BY}*"):  # a killed session's: its atexit never ran
-            if not alive(int(left.name[len(LEFT_BY) :].split("-")[0])):
+            pid = left.name[len(LEFT_BY) :].split("-")[0]
+            if pid.isdigit() and not alive(int(pid)):
                 shutil.rmtree(left, ignore_errors=True)
         folder = tempfile.mkdtemp(prefix=f"{LEFT_BY}{os.getpid()}-cache-")
         os.environ["AFQMC_EXP_CACHE"] = folder

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import alive
 
 from helpers import REPO
 
@@ -35,14 +36,6 @@ def as_at_a_terminal() -> None:
     """Ctrl-C as a terminal's foreground job gets it, even where this suite was started in the background (a
     shell's ``&`` has it ignored, and Python then leaves it ignored)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ", 1)[1][0] != "Z"  # a zombie has ended
-    except FileNotFoundError:
-        return False
 
 
 def test_one_ctrl_c_stops_the_suite_and_the_command_a_test_waits_on(tmp_path):
