@@ -13,10 +13,12 @@ the user's umask gives, as every other file of a run folder has.
   that then takes the old one's place. On Linux the two folders are exchanged by one ``renameat2(RENAME_EXCHANGE)``
   call, so a kill at any moment leaves the old complete folder or the new one. Where that call is missing (other
   systems, some network file systems) the swap is two renames; a kill between them leaves the folder missing with
-  both copies beside it, and :func:`recover` (run before every read and write of such a folder) puts the newer one
-  back. A write that fails (a full disk) removes its staging folder and leaves the old version in place:
-  :class:`NoSpaceLeft` says so in one line. A folder that is a symlink (weights kept on another disk) is swapped
-  where it points; the link stays.
+  both copies beside it, and :func:`recover` puts the newer one back: before every write of such a folder, when a run
+  takes its folder (``training.run.taken``), and in readers that do not take it. A write that fails (a full disk)
+  removes its staging folder and leaves the old version in place: :class:`NoSpaceLeft` says so in one line. A folder
+  that is a symlink (weights kept on another disk) is swapped where it points; the link stays.
+* :func:`held`: one process at a time in a folder (the run folder's ``.run.lock``): the operating system's ``flock``,
+  so a killed holder lets go; a second process is refused at once (:class:`InUse`), before it writes anything.
 * :func:`size_of` and :func:`megabytes`: what files take on disk, as the run's summary and ``afqmc-disk`` say it.
 """
 
@@ -131,6 +133,27 @@ def disk_full(error: BaseException | None) -> bool:
             return True
         error = error.__cause__ or error.__context__
     return False
+
+
+class InUse(RuntimeError):
+    """Another process holds the lock of a folder this one was to write into; the message says what to do."""
+
+
+@contextlib.contextmanager
+def held(lock: Path, in_use: str):
+    """``lock`` held for the block (see the module docstring); :class:`InUse` with the message ``in_use`` if another
+    process holds it."""
+    from filelock import FileLock, Timeout
+
+    file_lock = FileLock(lock, timeout=0)
+    try:
+        file_lock.acquire()
+    except Timeout:
+        raise InUse(in_use) from None
+    try:
+        yield
+    finally:
+        file_lock.release()
 
 
 @contextlib.contextmanager

@@ -7,11 +7,11 @@ Each asks a :class:`RunFolder` instead of spelling a file name, so a name change
 every file of a run folder here:
 
 =====================  ====================================================================================
-``best_model/``        the best weights, a ``save_pretrained`` folder (swapped atomically, see ``checkpoint``)
+``best_model/``        the best weights, a ``save_pretrained`` folder (swapped atomically, see ``files``)
 ``last_checkpoint/``   what ``resume=`` continues from; removed when the run finishes (unless kept)
 ``result.json``        written when a run finishes: the best metric and step, final metrics, speed, run id
 ``mlflow_run_id``      the MLflow run this folder belongs to (``resume=<folder>`` reopens it)
-``.run.lock``          one process per run folder (``flock``: a killed process lets go)
+``.run.lock``          one process per run folder (``files.held``: a killed process lets go)
 ``.config_digest``     what the run is (a digest of its config), written as it starts: a sweep's job that meets the
                        folder again continues it only if it is the same (Hydra rewrites ``.hydra/`` first)
 ``.tracking/``         the outbox's journal of MLflow writes not yet delivered
@@ -23,7 +23,6 @@ every file of a run folder here:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shlex
 from dataclasses import dataclass
@@ -52,6 +51,11 @@ class RunFolder:
     @property
     def last_checkpoint(self) -> Path:
         return self.root / "last_checkpoint"
+
+    @property
+    def swapped(self) -> tuple[Path, Path]:
+        """The folders replaced whole at each save (``files.atomic_dir``), which a kill may leave mid-swap."""
+        return self.best_model, self.last_checkpoint
 
     @property
     def result(self) -> Path:
@@ -177,31 +181,3 @@ class RunFolder:
         """Only what Hydra and the lock make before a run opens: a refused run's folder, safe to delete."""
         made_before = {self.hydra.name, self.log.name, self.lock.name, self.config_digest_file.name}
         return self.root.is_dir() and {p.name for p in self.root.iterdir()} <= made_before
-
-
-class RunInProgress(RuntimeError):
-    """Another process holds the run folder (e.g. a job requeued twice resuming the same run)."""
-
-
-@contextlib.contextmanager
-def locked(folder: RunFolder, accelerator=None):
-    """One process per run folder for the run's whole life; a second one is refused before it touches anything.
-    The lock is the operating system's (``flock``, on ``.run.lock``): a killed process releases it. Without
-    ``accelerator``: a single process (completing a finished run's record)."""
-    if accelerator is not None and not accelerator.is_main_process:
-        yield
-        return
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(folder.lock, timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise RunInProgress(
-            f"{folder.root}: another process is running this run (a resume started twice?); "
-            "wait for it to end, or stop it, then resume"
-        ) from None
-    try:
-        yield
-    finally:
-        lock.release()

@@ -125,7 +125,10 @@ def test_on_linux_a_swap_is_one_atomic_exchange(tmp_path, monkeypatch):
 
 def test_a_kill_between_the_two_renames_is_repaired_with_the_newer_version(tmp_path, monkeypatch):
     """Where the one-call exchange is missing, the swap is two renames; a kill between them (simulated
-    here by the test hook raising) leaves no folder, and the next read puts the new version back."""
+    here by the test hook raising) leaves no folder, and the run that takes the folder next puts the new version
+    back before anything reads it."""
+    from afqmc_exp.training.run import taken
+
     target = tmp_path / "last_checkpoint"
     write_version(target, "1")
 
@@ -138,13 +141,13 @@ def test_a_kill_between_the_two_renames_is_repaired_with_the_newer_version(tmp_p
         write_version(target, "2")
     assert not target.exists() and (tmp_path / ".last_checkpoint.old").exists()
     (tmp_path / ".last_checkpoint.tmp" / checkpoint.TRAINER_STATE).write_text("")  # what exists() looks for
-    assert checkpointer_of(tmp_path).exists()
+    with taken(RunFolder(tmp_path)):
+        assert checkpointer_of(tmp_path).exists()
     assert (target / "version.txt").read_text() == "2"
     monkeypatch.setattr(files, "_between_renames", lambda target: None)
     write_version(target, "3")  # and swaps go on as usual
-    assert (target / "version.txt").read_text() == "3" and sorted(p.name for p in tmp_path.iterdir()) == [
-        "last_checkpoint"
-    ]
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name != ".run.lock")  # the lock's file stays
+    assert (target / "version.txt").read_text() == "3" and left == ["last_checkpoint"]
 
 
 def test_an_unfinished_first_version_is_not_taken_for_a_checkpoint(tmp_path):
@@ -194,7 +197,8 @@ def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path):
 
     from accelerate import Accelerator
 
-    from afqmc_exp.run_folder import RunInProgress, locked
+    from afqmc_exp.files import InUse
+    from afqmc_exp.training.run import taken
 
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); "
@@ -203,13 +207,13 @@ def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path):
     )  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(RunInProgress, match="another process is running this run"):
-            with locked(RunFolder(tmp_path), Accelerator(cpu=True)):
+        with pytest.raises(InUse, match="another process is running this run"):
+            with taken(RunFolder(tmp_path), Accelerator(cpu=True)):
                 pass
     finally:
         holder.kill()
         holder.wait()
-    with locked(RunFolder(tmp_path), Accelerator(cpu=True)):  # a killed holder released it
+    with taken(RunFolder(tmp_path), Accelerator(cpu=True)):  # a killed holder released it
         pass
 
 

@@ -318,8 +318,11 @@ def test_a_training_step_makes_no_host_sync(tmp_path, regularizer):
 
 
 def test_a_best_model_left_between_two_renames_is_put_back_when_the_run_goes_on(tmp_path):
+    """The resumed run takes its folder (``run.taken``) before the trainer reads it: the swap is put right there."""
     import os
     import shutil
+
+    from afqmc_exp.training.run import taken
 
     trainer, _ = make_trainer(tmp_path, epochs=1, checkpoint_every=4)
     trainer.fit()
@@ -327,7 +330,9 @@ def test_a_best_model_left_between_two_renames_is_put_back_when_the_run_goes_on(
     os.replace(best, best.with_name(".best_model.old"))  # the state a kill between the two renames leaves
     shutil.copytree(best.with_name(".best_model.old"), best.with_name(".best_model.tmp"))
     again, _ = make_trainer(tmp_path, epochs=1, checkpoint_every=4)
-    again.fit(resume=True)
+    with taken(RunFolder(tmp_path / "run")):
+        assert (best / "model.safetensors").exists()  # put back before the trainer reads the folder
+        again.fit(resume=True)
     assert read_meta(best)["step"] >= 1 and (best / "model.safetensors").exists()
 
 

@@ -165,14 +165,14 @@ def _start(start: Start, hydra_cfg, masker: Masker) -> float:
 
 def _refused() -> tuple[type[Exception], ...]:
     """The errors that refuse a run in one line (a sweep's job fails with them instead)."""
-    from ..files import NoSpaceLeft
+    from ..files import InUse, NoSpaceLeft
     from ..model import ModelError
-    from ..run_folder import RunFolderDamaged, RunInProgress
+    from ..run_folder import RunFolderDamaged
     from ..tracking.mlflow_tracking import TrackingUnavailable
     from ..training.checkpoint import CheckpointDamaged
     from ..training.trainer import NonFiniteLossError
 
-    return (ConfigError, DataError, ModelError, TrackingUnavailable, RunInProgress, CheckpointDamaged, NoSpaceLeft,
+    return (ConfigError, DataError, ModelError, TrackingUnavailable, InUse, CheckpointDamaged, NoSpaceLeft,
             RunFolderDamaged, NonFiniteLossError, store.StoreBusy)  # fmt: skip
 
 
@@ -248,12 +248,12 @@ def append_log_to(folder: RunFolder, masker: Masker) -> None:
 def report_finished(folder: RunFolder, tracking, masker: Masker) -> float:
     """``resume=`` on a run that finished: nothing is trained or rewritten; tracking records its process could
     not deliver (the store was down, or it was killed before closing its MLflow run) are sent now."""
-    from ..run_folder import RunInProgress
-    from ..training.outputs import complete_record
+    from ..files import InUse
+    from ..training.run import complete_record
 
     try:
         result, pending = complete_record(folder, tracking, masker)
-    except RunInProgress as err:
+    except InUse as err:
         raise SystemExit(f"error: {err}") from None
     run_id = result.get("mlflow_run_id")
     behind = f"; {pending} tracking record(s) still wait for the store" if pending else ""

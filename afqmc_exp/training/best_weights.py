@@ -8,7 +8,8 @@ that file's name, defaults and reading). The evaluator keeps the weights when de
 the run adds a tuned threshold (:func:`update_facts`), and ``evaluate``/``predict`` read them (:func:`read_facts`).
 
 Each save replaces the folder atomically (``files.atomic_dir``), so a kill while the new best is written leaves the
-previous best whole; every read first puts right a swap a kill interrupted (``files.recover``).
+previous best whole. A swap a kill interrupted is put right when a run takes its folder (``run.taken``), and by
+:func:`read_facts` for readers that do not take it (``files.recover``).
 """
 
 from __future__ import annotations
@@ -54,10 +55,6 @@ class BestWeights:
         if self.accelerator.is_main_process:
             save(self.pretrained, self.folder, {**self.facts, "step": step, self.facts["metric"]: value},
                  self.accelerator)  # fmt: skip
-
-    def recover(self) -> None:
-        """Put right a swap of the folder that a kill interrupted (before a resumed run keeps new weights)."""
-        recover(self.folder)
 
 
 def save(pretrained: Pretrained, folder: Path, facts: dict, accelerator) -> None:

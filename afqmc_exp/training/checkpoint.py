@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..files import NoSpaceLeft, atomic_dir, companions, recover
+from ..files import NoSpaceLeft, atomic_dir, companions
 from ..run_folder import RunFolder
 from .recipe import TrainerConfig
 
@@ -182,7 +182,6 @@ def load_last_checkpoint(folder: Path, model, optimizer, scheduler, accelerator)
     next step, and the extra tensors saved beside the model ({} when there were none)."""
     from safetensors.torch import load_file
 
-    recover(folder)
     try:
         accelerator.unwrap_model(model).load_state_dict(load_file(folder / WEIGHTS))
         saved = torch.load(folder / TRAINER_STATE, weights_only=True)
@@ -270,8 +269,7 @@ class Checkpointer:
         return load_last_checkpoint(self.folder, model, optimizer, scheduler, self.accelerator)
 
     def exists(self) -> bool:
-        """Whether a complete last checkpoint is there (a swap a kill interrupted put right first)."""
-        recover(self.folder)
+        """Whether a complete last checkpoint is there (in a run folder taken by ``run.taken``: no swap half done)."""
         return (self.folder / TRAINER_STATE).exists()
 
     def remove(self) -> None:

@@ -5,8 +5,7 @@ the two outputs it writes while it trains: the best weights (``best_weights``) a
 (``profiling``).
 
 The saved folder, reloaded, is what users get, so it is what is scored, not the model in memory. Outputs are
-written by the main process only; every process scores (each a slice of every split, gathered). A run killed
-after its ``result.json`` but before its MLflow run closed is completed from the folder (:func:`complete_record`).
+written by the main process only; every process scores (each a slice of every split, gathered).
 """
 
 from __future__ import annotations
@@ -25,8 +24,8 @@ from ..files import megabytes, replaced_file, size_of
 from ..metrics import SCORES, best_threshold, classification_metrics
 from ..model import Pretrained, load_pair_classifier, prepare_for_device
 from ..plots import dev_plots
-from ..run_folder import BEST_MODEL, RunFolder, locked
-from ..tracking.masking import Masker, mask_uri
+from ..run_folder import BEST_MODEL, RunFolder
+from ..tracking.masking import mask_uri
 from ..tracking.mlflow_run import NoRun, Run
 from ..tracking.mlflow_tracking import MlflowTracking, runs_view_link
 from .best_weights import BestWeights, update_facts
@@ -54,7 +53,9 @@ class RunOutputs:
 
     def __init__(self, folder: RunFolder, mlflow_run: Run | NoRun, tracking: MlflowTracking, accelerator=None):
         self.folder = folder
-        self.mlflow_run, self.tracking, self.accelerator = mlflow_run, tracking, accelerator
+        self.mlflow_run = mlflow_run
+        self.tracking = tracking
+        self.accelerator = accelerator
 
     def best_weights(self, pretrained: Pretrained, recipe: Recipe) -> BestWeights:
         """Where the evaluator keeps the best weights of this training (``best_model/``)."""
@@ -91,7 +92,7 @@ class RunOutputs:
         """The dev plots, the predictions and, last, result.json in the run folder: a folder with a result.json
         is a finished run's (``resume=`` completes only its MLflow record), so it is written once all else is."""
         threshold = scored.threshold
-        title = self.tracking.run_name or self.folder.root.name
+        title = self.tracking.run_name or ""  # the run's name, as MLflow shows it
         self.folder.plots.mkdir(exist_ok=True)
         for name, png in dev_plots(splits["dev"].labels, scored.probs["dev"], labels, title, threshold).items():
             (self.folder.plots / name).write_bytes(png)
@@ -206,32 +207,3 @@ def json_dumps(value, **kwargs) -> str:
         return [clean(x) for x in v] if isinstance(v, list) else v
 
     return json.dumps(clean(value), allow_nan=False, **kwargs)
-
-
-def complete_record(folder: RunFolder, tracking: MlflowTracking, masker: Masker) -> tuple[dict, int]:
-    """``resume=`` on a run that finished on disk: its result.json and MLflow run id, and how many tracking
-    records still wait for the store.
-
-    What its process journaled is delivered. If it was killed after writing result.json but before its MLflow
-    run was closed, the finish is recorded from the run folder (what the journal already holds is not queued
-    again) and the run closed FINISHED; nothing in the folder is rewritten."""
-    folder = RunFolder(folder.root.absolute())  # as the run's own process wrote its paths into the journal
-    saved = folder.read_result()
-    run_id = saved.get("mlflow_run_id")
-    with locked(folder):  # not while a process still delivers (or completes) this run
-        mlflow_run = tracking.attach(run_id, folder.root, masker) if run_id else NoRun()
-        if mlflow_run.active and not mlflow_run.ended:
-            log.info("%s finished, but its MLflow run %s was never closed: recording its finish from the folder",
-                     folder.root, run_id)  # fmt: skip
-            result = FitResult(saved["best_metric"], saved["best_step"], folder.best_model, saved["steps"],
-                               saved.get("speed", {}), saved.get("pairs_seen", 0),
-                               saved.get("eval_precision", "fp32"))  # fmt: skip
-            final = {k: math.nan if v is None else v for k, v in saved.items() if k.startswith("final/")}  # null: NaN
-            mlflow_run.completing = True
-            RunOutputs(folder, mlflow_run, tracking).record_finish(result, final, saved["metric"])
-            mlflow_run.log_logs()
-            mlflow_run.end("FINISHED")
-        elif mlflow_run.active:
-            mlflow_run.outbox.start()
-            mlflow_run.outbox.drain(tracking.drain_seconds)
-    return saved, mlflow_run.outbox.pending if mlflow_run.active else 0

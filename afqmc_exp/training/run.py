@@ -1,16 +1,22 @@
 """One training run as a plain typed function: validate data, open the MLflow run, fit, score the best
-weights again, log everything, close the run with the right status.
+weights again, log everything, close the run with the right status; and a finished run's record completed from its
+folder (:func:`complete_record`, for a run killed after its ``result.json`` but before its MLflow run closed).
 
 It never sees a DictConfig (Hydra stays in ``commands.train``), so it can be called from a notebook or a test with
 ordinary objects. The order matters: data is read and checked *before* the MLflow run opens or a model
 loads (a bad line costs a second and leaves no half-open run); once the run is open, any exception
 closes it as FAILED and Ctrl-C as KILLED.
+
+Both take the run folder first (:func:`taken`): one process per run folder for the run's whole life, and any save a
+kill cut between its two renames put right before anything reads the folder, so no reader of the best weights or the
+last checkpoint has to.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -19,9 +25,12 @@ import numpy as np
 import torch
 
 from ..data import CheckedFile, DataError, PairData, Split
+from ..files import held, recover
 from ..model import Pretrained, prepare_for_device
-from ..run_folder import RunFolder, locked
+from ..run_folder import RunFolder
+from ..tracking.masking import Masker
 from ..tracking.mlflow_run import NoRun, Run, dataset_records
+from ..tracking.mlflow_tracking import MlflowTracking
 from ..tracking.run_tracking import RunTracking
 from ..tracking.system_metrics import SystemMetrics
 from .checkpoint import Checkpointer
@@ -29,7 +38,7 @@ from .hardware import build_accelerator, seconds_since_start, system_tags
 from .outputs import RunOutputs
 from .pruning import is_pruned
 from .recipe import Recipe
-from .trainer import Trainer
+from .trainer import FitResult, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +72,7 @@ def run(recipe: Recipe, tracked: RunTracking, folder: RunFolder, *, resume: bool
     hardware = system_tags(accelerator, eval_bf16=recipe.trainer.eval_precision == "bf16")
     startup["startup_data_s"] = seconds_since_start()
     tracked = tracked.with_tags(hardware)
-    with locked(folder, accelerator), opened_run(tracked, resume, accelerator, datasets) as mlflow_run:
+    with taken(folder, accelerator), opened_run(tracked, resume, accelerator, datasets) as mlflow_run:
         startup["startup_tracking_s"] = seconds_since_start()
         pretrained, splits = load_for_training(recipe, accelerator.device.type, checked, startup)
         startup["startup_model_s"] = seconds_since_start()
@@ -87,6 +96,26 @@ def checked_data(data: PairData, metric: str) -> tuple[dict[str, CheckedFile], d
     checked = data.check()
     check_dev_labels(checked["dev"], metric, data.labels)
     return checked, {"data_check_s": time.perf_counter() - started}  # where the wait before the first step goes
+
+
+@contextlib.contextmanager
+def taken(folder: RunFolder, accelerator=None):
+    """The run folder, this run's alone for the block: a second process (a resume started twice, a job requeued
+    twice) is refused before it touches anything (``files.held``), and a swap a kill interrupted is put right first
+    (``files.recover``). The main process takes it; the others wait until it has (should it be refused, the launcher
+    stops them with it). Without ``accelerator``: a single process (completing a finished run's record)."""
+    if accelerator is not None and not accelerator.is_main_process:
+        accelerator.wait_for_everyone()
+        yield
+        return
+    in_use = (f"{folder.root}: another process is running this run (a resume started twice?); wait for it to end, "
+              "or stop it, then resume")  # fmt: skip
+    with held(folder.lock, in_use):
+        for swapped in folder.swapped:
+            recover(swapped)
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
+        yield
 
 
 def has_checkpoint_to_resume(checkpointer: Checkpointer, mlflow_run: Run | NoRun) -> bool:
@@ -198,3 +227,32 @@ def check_max_length(max_length: int, pretrained: Pretrained) -> None:
             f"data.max_length={max_length}: the model takes at most {pretrained.max_positions} "
             f"positions; set data.max_length<={pretrained.max_positions}"
         )
+
+
+def complete_record(folder: RunFolder, tracking: MlflowTracking, masker: Masker) -> tuple[dict, int]:
+    """``resume=`` on a run that finished on disk: its result.json and MLflow run id, and how many tracking
+    records still wait for the store.
+
+    What its process journaled is delivered. If it was killed after writing result.json but before its MLflow
+    run was closed, the finish is recorded from the run folder (what the journal already holds is not queued
+    again) and the run closed FINISHED; nothing in the folder is rewritten."""
+    folder = RunFolder(folder.root.absolute())  # as the run's own process wrote its paths into the journal
+    saved = folder.read_result()
+    run_id = saved.get("mlflow_run_id")
+    with taken(folder):  # not while a process still delivers (or completes) this run
+        mlflow_run = tracking.attach(run_id, folder.root, masker) if run_id else NoRun()
+        if mlflow_run.active and not mlflow_run.ended:
+            log.info("%s finished, but its MLflow run %s was never closed: recording its finish from the folder",
+                     folder.root, run_id)  # fmt: skip
+            result = FitResult(saved["best_metric"], saved["best_step"], folder.best_model, saved["steps"],
+                               saved.get("speed", {}), saved.get("pairs_seen", 0),
+                               saved.get("eval_precision", "fp32"))  # fmt: skip
+            final = {k: math.nan if v is None else v for k, v in saved.items() if k.startswith("final/")}  # null: NaN
+            mlflow_run.completing = True
+            RunOutputs(folder, mlflow_run, tracking).record_finish(result, final, saved["metric"])
+            mlflow_run.log_logs()
+            mlflow_run.end("FINISHED")
+        elif mlflow_run.active:
+            mlflow_run.outbox.start()
+            mlflow_run.outbox.drain(tracking.drain_seconds)
+    return saved, mlflow_run.outbox.pending if mlflow_run.active else 0

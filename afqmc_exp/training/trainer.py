@@ -148,7 +148,7 @@ class Trainer:
     The ``recipe`` comes with its ``auto`` settings decided for the accelerator's device (``Recipe.for_device``),
     as ``run`` decides them once for the whole run."""
 
-    def __init__(self, *, recipe: Recipe, pretrained: Pretrained, splits: dict[str, Split], accelerator,
+    def __init__(self, recipe: Recipe, pretrained: Pretrained, splits: dict[str, Split], accelerator,
                  checkpointer: Checkpointer, best: BestWeights, metrics: Metrics,
                  profiling: contextlib.AbstractContextManager | None = None,
                  on_evaluate: Callable[[int, float], None] | None = None):  # fmt: skip
@@ -157,7 +157,9 @@ class Trainer:
         self.recipe, self.data, self.config, self.seed = recipe, recipe.data, recipe.trainer, recipe.seed
         self.pretrained, self.splits, self.accelerator = pretrained, splits, accelerator
         self.regularizer = recipe.regularizer or NoRegularizer()  # what one slice's forward and backward passes are
-        self.checkpointer, self.best, self.metrics = checkpointer, best, metrics
+        self.checkpointer = checkpointer
+        self.best = best
+        self.metrics = metrics
         self.profiling = profiling or contextlib.nullcontext()  # a profiler stepped after each optimizer step
         self.on_evaluate = on_evaluate  # (step, dev metric) after each evaluation: an Optuna trial's pruning
         self.pin = accelerator.device.type == "cuda"  # pinned host memory: the copy to the GPU runs asynchronously
@@ -247,7 +249,6 @@ class Trainer:
     def _restore(self, resume: bool) -> None:
         """A fresh state, or the last checkpoint's. Its RNG states are applied once the loader has started,
         exactly when an uninterrupted run would be in that state."""
-        self.best.recover()  # a kill between the two renames of its last swap
         if resume:
             self.state, self.pending_rng, extra = self.checkpointer.load(self.model, self.optimizer, self.scheduler)
             if self.ema is not None:
