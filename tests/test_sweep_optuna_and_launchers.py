@@ -181,6 +181,30 @@ def test_trials_the_pruner_stops_are_pruned_in_optuna_and_killed_with_a_tag_in_m
     assert all(r.info.status == "KILLED" and r.data.tags["optuna.state"] == "PRUNED" for r in children)
 
 
+def test_a_worker_that_meets_another_creating_the_storages_tables_tries_again(tmp_path, monkeypatch):
+    """Two workers on a new PostgreSQL database both create Optuna's tables; the database refuses the later one
+    (``CREATE TYPE studydirection``: duplicate key), as the first attempt here is refused. It tries again."""
+    import optuna
+    from omegaconf import OmegaConf
+    from sqlalchemy.exc import IntegrityError
+
+    from hydra_plugins.afqmc_optuna_sweeper.optuna_sweeper import AfqmcOptunaSweeper
+
+    calls = []
+
+    class Raced(optuna.storages.RDBStorage):
+        def __init__(self, url, **kwargs):
+            calls.append(url)
+            if len(calls) == 1:
+                raise IntegrityError("CREATE TYPE studydirection", {}, Exception("duplicate key value"))
+            super().__init__(url, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", Raced)
+    sweeper = AfqmcOptunaSweeper(3, 1, f"sqlite:///{tmp_path / 'optuna.db'}", "s", "maximize", 0, {})
+    sweeper.config = OmegaConf.create({"trainer": {"metric": "accuracy"}})
+    assert sweeper._load_study().study_name == "s" and len(calls) == 2
+
+
 def test_a_second_search_fails_only_trials_whose_search_stopped_beating(tmp_path):
     """Two searches on one optuna.db: a RUNNING trial whose heartbeat is fresh (its search is alive) is left
     alone and counted as taken; one whose heartbeat stopped (a killed search) is failed."""

@@ -10,7 +10,10 @@ installs cleanly with a current Optuna.
   command again after a stop runs only the trials still missing. A trial left RUNNING is failed only when
   its search's heartbeat has stopped for a minute (a killed search); two searches on one storage (a second
   terminal, a requeued job) leave each other's trials alone, each counting the other's as taken, and together
-  run ``n_trials`` and no more (a trial asked past the total in a race is not run: ``_ask``).
+  run ``n_trials`` and no more (a trial asked past the total in a race is not run: ``_ask``). Workers that meet a
+  new server database (PostgreSQL, MySQL) at once each create Optuna's tables, and all but one fail on the
+  others' (optuna#1092, left to users there): a worker that fails so tries again, and then finds them
+  (``rdb_storage``). A SQLite file's first contact is made by one worker at a time (``store_lock``).
 * A trial whose job raises or returns NaN is told to Optuna as FAIL and the search goes on.
 * Pruning (``pruner``: median, hyperband, threshold or none; see ``afqmc_exp.training.pruning``): each job is told
   its trial (``+optuna.storage/study/trial/pruner``), reports its dev metric at every evaluation and stops
@@ -34,6 +37,7 @@ import contextlib
 import logging
 import math
 import threading
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,8 +70,28 @@ class AfqmcOptunaSweeperConf:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+SCHEMA_TRIES = 6  # a new server database's tables, created by another worker meanwhile: waits of 0.2 s to 6.4 s
 HEARTBEAT_S, GRACE_S = 10, 60  # a running trial beats every 10 s; one silent for 60 s is its dead search's
 OVER_TOTAL = "afqmc.over_total"  # a trial asked past n_trials by a worker racing another one: not run, not counted
+
+
+def rdb_storage(uri: str):
+    """Optuna's storage at ``uri``, its tables created if missing. Where another worker creates them at the same
+    moment, the database refuses one of the two (a table or type that already exists): tried again, a little later
+    each time, it finds them made."""
+    import optuna
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    from afqmc_exp.tracking.masking import mask_uri
+
+    for attempt in range(SCHEMA_TRIES):
+        try:
+            return optuna.storages.RDBStorage(uri, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+        except (IntegrityError, ProgrammingError):
+            if attempt == SCHEMA_TRIES - 1:
+                raise
+            log.info("%s: another worker is creating Optuna's tables; trying again", mask_uri(uri))
+            time.sleep(0.2 * 2**attempt)
 
 
 @contextlib.contextmanager
@@ -288,8 +312,7 @@ class AfqmcOptunaSweeper(Sweeper):
         direction = self.direction or ("maximize" if GREATER_IS_BETTER[self.config.trainer.metric] else "minimize")
         quiet_optuna()
         with store_lock(resolve_uri(self.storage)):  # a new SQLite file's schema, made by one worker at a time
-            storage = optuna.storages.RDBStorage(resolve_uri(self.storage), heartbeat_interval=HEARTBEAT_S,
-                                                 grace_period=GRACE_S)  # fmt: skip
+            storage = rdb_storage(resolve_uri(self.storage))
             study = optuna.create_study(study_name=self.study_name, storage=storage, direction=direction,
                                         load_if_exists=True)  # fmt: skip
         optuna.storages.fail_stale_trials(study)
