@@ -18,7 +18,7 @@ the user's umask gives, as every other file of a run folder has.
   removes its staging folder and leaves the old version in place: :class:`NoSpaceLeft` says so in one line. A folder
   that is a symlink (weights kept on another disk) is swapped where it points; the link stays.
 * :func:`held`: one process at a time in a folder (the run folder's ``.run.lock``): the operating system's ``flock``,
-  so a killed holder lets go; a second process is refused at once (:class:`InUse`), before it writes anything.
+  so a killed holder lets go; a second process is refused at once (:class:`InUse`), before it writes into the folder.
 * :func:`size_of` and :func:`megabytes`: what files take on disk, as the run's summary and ``afqmc-disk`` say it.
 """
 
@@ -182,8 +182,12 @@ def atomic_dir(target: Path):
     else:
         os.replace(target, retired)
         _between_renames(target)
-        os.replace(staging, target)
-        shutil.rmtree(retired)
+        try:
+            os.replace(staging, target)
+        except FileNotFoundError:  # a reader's recover() (evaluate, predict) moved this new version in first
+            if not target.exists():
+                raise
+        shutil.rmtree(retired, ignore_errors=True)
 
 
 def size_of(path: Path) -> int:

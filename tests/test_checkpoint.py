@@ -150,6 +150,17 @@ def test_a_kill_between_the_two_renames_is_repaired_with_the_newer_version(tmp_p
     assert (target / "version.txt").read_text() == "3" and left == ["last_checkpoint"]
 
 
+def test_a_reader_that_puts_a_swap_right_between_the_two_renames_does_not_fail_the_writer(tmp_path, monkeypatch):
+    """Where a swap is two renames, evaluate or predict reading the best weights of a live run may meet the folder
+    missing and move the new version in itself (``recover``); the run's own second rename must not then fail it."""
+    target = tmp_path / "best_model"
+    write_version(target, "1")
+    monkeypatch.setattr(files, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(files, "_between_renames", files.recover)  # the reader, between the writer's two renames
+    write_version(target, "2")
+    assert (target / "version.txt").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["best_model"]
+
+
 def test_an_unfinished_first_version_is_not_taken_for_a_checkpoint(tmp_path):
     (tmp_path / ".last_checkpoint.tmp").mkdir()  # killed while writing the very first checkpoint
     assert not checkpointer_of(tmp_path).exists()
