@@ -50,6 +50,17 @@ def test_a_finished_run_leaves_plots_predictions_and_its_result(finished):
     assert record["final/dev_accuracy"] == 0.5 and record["mlflow_run_id"] is None
 
 
+@pytest.mark.parametrize("given,expected", [("the-run", "the-run"), (None, "bold-owl-7")])
+def test_the_plots_are_titled_with_the_runs_name_mlflows_own_where_none_was_given(finished, monkeypatch, given,
+                                                                                   expected):  # fmt: skip
+    folder, outputs, result, splits, scored = finished
+    titles = []
+    monkeypatch.setattr(outputs_module, "dev_plots", lambda *args: titles.append(args[3]) or {})
+    outputs.tracking.run_name, outputs.mlflow_run.name = given, "bold-owl-7"
+    outputs.write(result, splits, scored, ["0", "1"], "accuracy")
+    assert titles == [expected]
+
+
 @pytest.mark.parametrize("failing", ["dev_plots", "prediction_lines"])
 def test_result_json_is_written_last(finished, monkeypatch, failing):
     """A kill (here: an error) while the plots or the predictions are written leaves no result.json, which would

@@ -153,6 +153,7 @@ def test_parallel_processes_can_create_and_share_a_new_sqlite_store(tmp_path):
 def test_a_reopened_run_skips_steps_already_in_the_store(tmp_path, store_uri):
     tracking = MlflowTracking(uri=store_uri, experiment="e")
     run = tracking.start({}, {}, tmp_path)
+    assert run.name and run.name == run.client.get_run(run.run_id).info.run_name  # none given: MLflow's own
     run.log_metrics({"train/loss": 1.0}, 2)
     run.log_metrics({"train/loss": 0.9}, 4)
     run.flush()  # killed here, with its last checkpoint at step 3

@@ -352,6 +352,19 @@ def test_a_finished_runs_folder_is_never_written_again(tmp_path):
     assert error is None and config.hydra.output_subdir is None
 
 
+def test_beside_the_main_process_resume_of_a_finished_run_leaves_its_record_to_the_main_one(tmp_path, monkeypatch):
+    """torchrun's other ranks report the finished run but do not complete its record: all of them would contend for
+    the folder's lock, and the losers would fail the launch."""
+    from afqmc_exp.commands import train
+    from afqmc_exp.tracking.masking import Masker
+    from afqmc_exp.training import run
+
+    folder = finished_folder(tmp_path / "run", '{"best_metric": 0.5, "metric": "accuracy", "best_step": 4}')
+    monkeypatch.setattr(run, "complete_record", lambda *args: pytest.fail("completed beside the main process"))
+    monkeypatch.setenv("RANK", "1")
+    assert train.report_finished(RunFolder(folder), MlflowTracking(enabled=False), Masker()) == 0.5
+
+
 def test_another_programs_hydra_folder_is_refused_as_the_run_folder(tmp_path):
     folder = saved(tmp_path / "theirs", "trainer:\n  _target_: otherproj.Trainer\n")
     error, _ = started(QUIET, folder)

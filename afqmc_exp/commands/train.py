@@ -250,11 +250,15 @@ def report_finished(folder: RunFolder, tracking, masker: Masker) -> float:
     not deliver (the store was down, or it was killed before closing its MLflow run) are sent now."""
     from ..files import InUse
     from ..training.run import complete_record
+    from .earlier_run import launched_beside_the_main_process
 
-    try:
-        result, pending = complete_record(folder, tracking, masker)
-    except InUse as err:
-        raise SystemExit(f"error: {err}") from None
+    if launched_beside_the_main_process():  # torchrun's other ranks: the main process alone completes the record
+        result, pending = folder.read_result(), 0
+    else:
+        try:
+            result, pending = complete_record(folder, tracking, masker)
+        except InUse as err:
+            raise SystemExit(f"error: {err}") from None
     run_id = result.get("mlflow_run_id")
     behind = f"; {pending} tracking record(s) still wait for the store" if pending else ""
     log.info(

@@ -62,6 +62,7 @@ class Run:
         self.outbox = Outbox(folder, self._deliver)
         self._store_through: dict[str, int] | None = None  # filled when replaying a backlog (see _deliver)
         self.experiment_id: str | None = None  # known to a run this process created (the summary links its view)
+        self.name: str | None = None  # known to a run this process created: the given one, else MLflow's own
         self.completing = False  # True: recording a finish that a killed process left unjournaled (see _put)
 
     @property
@@ -311,7 +312,7 @@ class NoRun:
     takes every write and keeps none, so its callers never ask whether there is a run."""
 
     active = ended = completing = False
-    client = run_id = folder = outbox = None
+    client = run_id = folder = outbox = name = None
 
     def __init__(self):
         self.logged_through: dict[str, int] = {}

@@ -118,6 +118,7 @@ class MlflowTracking:
             client, created.info.run_id, folder, self.flush_every, masker=masker, drain_seconds=self.drain_seconds
         )
         run.experiment_id = experiment_id
+        run.name = created.info.run_name
         if "metric" in tags:  # a training run (a sweep's parent has none): the runs table's view, its metric's
             set_runs_view(client, experiment_id, tags["metric"])
         run.set_tags(run_tags)  # in the journal too: a resumed process reads them back (journal_tags)

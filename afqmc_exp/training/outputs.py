@@ -92,7 +92,7 @@ class RunOutputs:
         """The dev plots, the predictions and, last, result.json in the run folder: a folder with a result.json
         is a finished run's (``resume=`` completes only its MLflow record), so it is written once all else is."""
         threshold = scored.threshold
-        title = self.tracking.run_name or ""  # the run's name, as MLflow shows it
+        title = self.tracking.run_name or self.mlflow_run.name or ""  # the run's name, MLflow's own if none was given
         self.folder.plots.mkdir(exist_ok=True)
         for name, png in dev_plots(splits["dev"].labels, scored.probs["dev"], labels, title, threshold).items():
             (self.folder.plots / name).write_bytes(png)

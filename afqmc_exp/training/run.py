@@ -101,9 +101,10 @@ def checked_data(data: PairData, metric: str) -> tuple[dict[str, CheckedFile], d
 @contextlib.contextmanager
 def taken(folder: RunFolder, accelerator=None):
     """The run folder, this run's alone for the block: a second process (a resume started twice, a job requeued
-    twice) is refused before it touches anything (``files.held``), and a swap a kill interrupted is put right first
-    (``files.recover``). The main process takes it; the others wait until it has (should it be refused, the launcher
-    stops them with it). Without ``accelerator``: a single process (completing a finished run's record)."""
+    twice) is refused before it writes the run's outputs or MLflow records (``files.held``), and a swap a kill
+    interrupted is put right first (``files.recover``). The main process takes it; the others wait until it has
+    (should it be refused, the launcher stops them with it). Without ``accelerator``: a single process (completing a
+    finished run's record)."""
     if accelerator is not None and not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         yield
