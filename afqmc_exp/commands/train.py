@@ -291,7 +291,7 @@ def _train(start: Start, hydra_cfg, masker: Masker) -> float:
     tracked = RunTracking.for_job(cfg, hydra_cfg, folder, masker, resumed=start.resume, run_name=start.run_name,
                                   tags=start.tags)  # fmt: skip
     optuna = OmegaConf.to_container(cfg.optuna) if cfg.get("optuna") else None  # a trial of a search (pruning)
-    on_evaluate = trial_reporter(optuna, cfg.trainer.metric) if optuna else None
+    on_evaluate = trial_reporter(optuna, recipe.trainer.metric) if optuna else None
     if not start.resume:  # what this run is, kept beside it: Hydra rewrites .hydra/ when a sweep's job meets it again
         folder.save_config_digest(config_digest(cfg))
     return run(recipe, tracked, folder, resume=start.resume, on_evaluate=on_evaluate)
