@@ -24,7 +24,7 @@ from ..tracking.run_tracking import RunTracking, config_digest
 from ..tracking.store import first_line
 from ..training.signals import Preempted
 from .config_checks import ConfigError, validate
-from .earlier_run import job_met_again, saved_config
+from .earlier_run import job_met_again, launched_beside_the_main_process, saved_config
 from .moved_targets import upgrade
 
 log = logging.getLogger(__name__)
@@ -250,7 +250,6 @@ def report_finished(folder: RunFolder, tracking, masker: Masker) -> float:
     not deliver (the store was down, or it was killed before closing its MLflow run) are sent now."""
     from ..files import InUse
     from ..training.run import complete_record
-    from .earlier_run import launched_beside_the_main_process
 
     if launched_beside_the_main_process():  # torchrun's other ranks: the main process alone completes the record
         result, pending = folder.read_result(), 0
