@@ -2,12 +2,15 @@
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import REPO, SHORT_RUN, free_port, mlflow_runs, run_command
+from afqmc_exp.files import held
+from afqmc_exp.run_folder import RunFolder
+from helpers import REPO, SHORT_RUN, free_port, launch, mlflow_runs, run_command
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -99,3 +102,24 @@ def test_accelerate_launch_runs_two_processes_into_one_run(tmp_path):
     ]
     run_, history = run(tmp_path, launcher, tmp_path / "run")  # trainer.device=cpu: gloo on this GPU-less machine
     assert run_.data.tags["sys.num_processes"] == "2" and len(history["dev/loss"]) == 2
+
+
+def test_a_refused_main_process_ends_every_process_itself(tmp_path):
+    """Processes started one by one, as ``srun`` starts them (without ``--kill-on-bad-exit`` nothing stops the others
+    when one fails): when the main one is refused the run folder (another process holds it), each says so in one
+    line and ends; none waits at a collective for a launcher to stop it."""
+    out, port = tmp_path / "run", free_port()
+    out.mkdir()
+    command = [sys.executable, str(REPO / "train.py"), *SHORT_RUN, "trainer.max_steps=2", f"hydra.run.dir={out}"]
+    ranks = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    with held(RunFolder(out).lock, "held by this test"):
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+        processes = [launch(command, tmp_path, {**ENV, **ranks, "RANK": r, "LOCAL_RANK": r}, **pipes) for r in "01"]
+        try:
+            ended = [p.communicate(timeout=240) for p in processes]  # a process left waiting never ends: timed out
+        finally:
+            for p in processes:
+                p.kill()
+    for process, (_, stderr) in zip(processes, ended, strict=True):
+        assert process.returncode == 1, stderr[-3000:]
+        assert "another process is running this run" in stderr.strip().splitlines()[-1], stderr[-3000:]

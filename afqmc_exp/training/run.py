@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..data import CheckedFile, DataError, PairData, Split
-from ..files import held, recover
+from ..files import InUse, held, recover
 from ..model import Pretrained, prepare_for_device
 from ..run_folder import RunFolder
 from ..tracking.masking import Masker
@@ -102,20 +102,30 @@ def checked_data(data: PairData, metric: str) -> tuple[dict[str, CheckedFile], d
 def taken(folder: RunFolder, accelerator=None):
     """The run folder, this run's alone for the block: a second process (a resume started twice, a job requeued
     twice) is refused before it writes the run's outputs or MLflow records (``files.held``), and a swap a kill
-    interrupted is put right first (``files.recover``). The main process takes it; the others wait until it has
-    (should it be refused, the launcher stops them with it). Without ``accelerator``: a single process (completing a
-    finished run's record)."""
-    if accelerator is not None and not accelerator.is_main_process:
-        accelerator.wait_for_everyone()
-        yield
-        return
+    interrupted is put right first (``files.recover``). Without ``accelerator``: a single process (completing a
+    finished run's record).
+
+    With several processes the main one takes the folder and tells the others whether it could: a refusal ends
+    every process with the same line, not the main one alone, which would leave the others at their next collective
+    (a lost peer under gloo, a wait until NCCL's timeout), unless a launcher stops them (``srun`` does not, without
+    ``--kill-on-bad-exit``)."""
+    main = accelerator is None or accelerator.is_main_process
     in_use = (f"{folder.root}: another process is running this run (a resume started twice?); wait for it to end, "
               "or stop it, then resume")  # fmt: skip
-    with held(folder.lock, in_use):
-        for swapped in folder.swapped:
-            recover(swapped)
+    with contextlib.ExitStack() as holding:
+        refused = None
+        if main:
+            try:
+                holding.enter_context(held(folder.lock, in_use))
+            except InUse as err:
+                refused = str(err)
+            else:
+                for swapped in folder.swapped:
+                    recover(swapped)
         if accelerator is not None:
-            accelerator.wait_for_everyone()
+            refused = as_the_main_process_has(refused, accelerator)  # the others wait here until the main one has it
+        if refused:
+            raise InUse(refused)
         yield
 
 
