@@ -1,6 +1,6 @@
-"""The package's shape: four folders and a shared top level, imports only pointing down, a map that lists every
-module (docs/architecture.md), so the layout cannot drift from its description unseen, and one owner each for a
-run folder's file names and for the MLflow client."""
+"""The package's shape: four folders and a shared top level, imports only pointing down, Hydra kept at the edge, a
+map that lists every module (docs/architecture.md), so the layout cannot drift from its description unseen, and one
+owner each for a run folder's file names and for the MLflow client."""
 
 import ast
 import re
@@ -63,6 +63,26 @@ def test_the_top_level_holds_only_what_several_folders_share():
     assert not lonely, lonely
     assert sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()) == [
         "commands", "data", "tracking", "training"]  # fmt: skip
+
+
+def test_hydra_stays_at_the_edge():
+    """Hydra and OmegaConf are imported by the commands, the config glue (``resolvers``) and tracking's two readers of
+    a job's whole config (``run_tracking``: a run's params, tags and name; ``sweep``: a Hydra callback) alone. Training,
+    data and the shared modules take typed objects: a notebook or a test calls them with no config at all."""
+
+    def libraries_of(path: Path) -> set[str]:
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                found.add(node.module.split(".")[0])
+        return found
+
+    readers = {name for name, path in modules().items() if libraries_of(path) & {"hydra", "omegaconf"}}
+    beyond_the_commands = {name for name in readers if not name.startswith("afqmc_exp.commands")}
+    assert beyond_the_commands == {"afqmc_exp.resolvers", "afqmc_exp.tracking.run_tracking",
+                                   "afqmc_exp.tracking.sweep"}, beyond_the_commands  # fmt: skip
 
 
 def test_no_module_imports_itself_round_a_cycle():
