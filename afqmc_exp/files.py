@@ -19,6 +19,9 @@ the user's umask gives, as every other file of a run folder has.
   that is a symlink (weights kept on another disk) is swapped where it points; the link stays.
 * :func:`held`: one process at a time in a folder (the run folder's ``.run.lock``): the operating system's ``flock``,
   so a killed holder lets go; a second process is refused at once (:class:`InUse`), before it writes into the folder.
+  A process may take the lock before its block (:func:`take`: the train command's guard, before Hydra writes into
+  the folder) and keep it until :func:`let_go`; its own blocks then enter it again, where another process's are
+  refused.
 * :func:`size_of` and :func:`megabytes`: what files take on disk, as the run's summary and ``afqmc-disk`` say it.
 """
 
@@ -139,17 +142,42 @@ class InUse(RuntimeError):
     """Another process holds the lock of a folder this one was to write into; the message says what to do."""
 
 
+_LOCKS: dict[Path, object] = {}  # this process's lock of each lock file it took, reentered when taken again
+
+
+def _lock_of(lock: Path):
+    from filelock import FileLock
+
+    key = Path(lock).resolve()
+    if key not in _LOCKS:
+        _LOCKS[key] = FileLock(key, timeout=0, thread_local=False)
+    return _LOCKS[key]
+
+
+def take(lock: Path, in_use: str) -> None:
+    """``lock`` held by this process until :func:`let_go` or its end; :class:`InUse` with the message ``in_use`` if
+    another process holds it. This process taking it again (``held``) enters it again."""
+    from filelock import Timeout
+
+    try:
+        _lock_of(lock).acquire()
+    except Timeout:
+        raise InUse(in_use) from None
+
+
+def let_go(lock: Path) -> None:
+    """``lock`` no longer held by this process, however often it took it (nothing if it did not)."""
+    file_lock = _LOCKS.pop(Path(lock).resolve(), None)
+    if file_lock is not None:
+        file_lock.release(force=True)
+
+
 @contextlib.contextmanager
 def held(lock: Path, in_use: str):
     """``lock`` held for the block (see the module docstring); :class:`InUse` with the message ``in_use`` if another
     process holds it."""
-    from filelock import FileLock, Timeout
-
-    file_lock = FileLock(lock, timeout=0)
-    try:
-        file_lock.acquire()
-    except Timeout:
-        raise InUse(in_use) from None
+    file_lock = _lock_of(lock)
+    take(lock, in_use)
     try:
         yield
     finally:

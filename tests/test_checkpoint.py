@@ -203,27 +203,15 @@ def test_a_background_checkpoint_holds_the_state_of_when_it_was_taken(tmp_path, 
 
 def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path):
     """The lock is held for the run's life; a second holder (another process, a requeued job) is refused."""
-    import subprocess
-    import sys
-
     from accelerate import Accelerator
 
     from afqmc_exp.files import InUse
     from afqmc_exp.training.run import taken
+    from helpers import held_elsewhere
 
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); "
-         "lock.acquire(); print('held', flush=True); time.sleep(60)", str(tmp_path / ".run.lock")],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(InUse, match="another process is running this run"):
-            with taken(RunFolder(tmp_path), Accelerator(cpu=True)):
-                pass
-    finally:
-        holder.kill()
-        holder.wait()
+    with held_elsewhere(RunFolder(tmp_path).lock), pytest.raises(InUse, match="another process is running this run"):
+        with taken(RunFolder(tmp_path), Accelerator(cpu=True)):
+            pass
     with taken(RunFolder(tmp_path), Accelerator(cpu=True)):  # a killed holder released it
         pass
 

@@ -104,15 +104,18 @@ def test_accelerate_launch_runs_two_processes_into_one_run(tmp_path):
     assert run_.data.tags["sys.num_processes"] == "2" and len(history["dev/loss"]) == 2
 
 
-def test_a_refused_main_process_ends_every_process_itself(tmp_path):
+def test_a_main_process_refused_the_run_folder_ends_every_process_itself(tmp_path):
     """Processes started one by one, as ``srun`` starts them (without ``--kill-on-bad-exit`` nothing stops the others
-    when one fails): when the main one is refused the run folder (another process holds it), each says so in one
-    line and ends; none waits at a collective for a launcher to stop it."""
-    out, port = tmp_path / "run", free_port()
-    out.mkdir()
-    command = [sys.executable, str(REPO / "train.py"), *SHORT_RUN, "trainer.max_steps=2", f"hydra.run.dir={out}"]
-    ranks = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    with held(RunFolder(out).lock, "held by this test"):
+    when one fails), resume a killed run that another process is running: the main one is refused the run's folder,
+    and each says so in one line and ends; none waits at a collective for a launcher to stop it."""
+    earlier = tmp_path / "run"
+    trained = run_command([sys.executable, str(REPO / "train.py"), *SHORT_RUN, "trainer.max_steps=2",
+                           f"hydra.run.dir={earlier}"], cwd=tmp_path, env=ENV)  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    RunFolder(earlier).result.unlink()  # killed before it finished, as far as resume= can tell
+    command = [sys.executable, str(REPO / "train.py"), f"resume={earlier}", f"hydra.run.dir={tmp_path / 'logs'}"]
+    ranks = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    with held(RunFolder(earlier).lock, "held by this test"):
         pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
         processes = [launch(command, tmp_path, {**ENV, **ranks, "RANK": r, "LOCAL_RANK": r}, **pipes) for r in "01"]
         try:

@@ -184,6 +184,29 @@ def test_nan_loss_stops_the_run_failed_with_a_message(tmp_path):
     assert [r.info.status for r in runs] == ["FAILED"]
 
 
+def test_a_second_command_in_a_running_runs_folder_is_refused_and_touches_nothing(tmp_path):
+    """A fixed hydra.run.dir started twice, the second time with another setting: the second command is refused in one
+    line; the first run's saved config and log stay its own, and it goes on (here until a SIGTERM stops it)."""
+    out = tmp_path / "run"
+    running = [*COMMON, "trainer.max_steps=null", "trainer.eval_every=null", "trainer.checkpoint_every=5000",
+               f"hydra.run.dir={out}"]  # fmt: skip
+    first = start(tmp_path, *running, console=True)
+    try:
+        said(first)
+        config = (out / ".hydra" / "config.yaml").read_text()
+        second = run_command([sys.executable, str(REPO / "train.py"), *running, "optim.lr=1e-4"], cwd=tmp_path)
+        assert second.returncode == 1 and second.stderr.strip().splitlines()[-1] == (
+            f"error: hydra.run.dir={out}: another process is running a run in this folder (the same command started "
+            "twice?); nothing was written there: give a new hydra.run.dir, or wait for it to end"
+        )
+        assert (out / ".hydra" / "config.yaml").read_text() == config and first.poll() is None
+    finally:
+        first.send_signal(signal.SIGTERM)
+        console, err = first.communicate(timeout=120)
+    assert "SIGTERM received: saving a checkpoint and stopping" in console, err[-3000:]
+    assert (out / "last_checkpoint" / "trainer_state.pt").exists()  # the first run's own, resumable
+
+
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
     # fails fast, after Hydra made its folder and the MLflow run opened (a refused run would leave no folder)
     broken = broken_model(tmp_path / "broken")

@@ -13,7 +13,7 @@ from afqmc_exp.commands.train import config_dir, discard_if_unused, find_run_dir
 from afqmc_exp.run_folder import RunFolder
 from afqmc_exp.tracking.mlflow_tracking import MlflowTracking
 from afqmc_exp.tracking.run_tracking import config_digest, default_run_name, saved_choices
-from helpers import compose
+from helpers import compose, held_elsewhere
 
 QUIET = ["model=minilm", "data.dir=/data/afqmc"]  # a model that needs no Hub; the data is read only when training
 
@@ -295,13 +295,20 @@ def started(overrides, run_dir):
         RunFolderGuard().on_run_start(config=config)
     except SystemExit as stop:
         return str(stop.code), None
+    finally:  # the folder let go, as this process's end (or the run's) would
+        RunFolderGuard().on_run_end(config=config)
     return None, config
+
+
+def starting_folder(path, overrides):
+    """A run folder of ``overrides`` as its command makes it before its run opens: Hydra's files, a log."""
+    config = hydra_config(overrides, path)
+    return saved(path, OmegaConf.to_yaml(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])))
 
 
 def killed_folder(path, overrides):
     """A run folder of ``overrides`` as a kill after its step-3 checkpoint leaves it."""
-    config = hydra_config(overrides, path)
-    folder = saved(path, OmegaConf.to_yaml(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])))
+    folder = starting_folder(path, overrides)
     (folder / "mlflow_run_id").write_text("abc123\n")
     (folder / "last_checkpoint").mkdir()
     (folder / "last_checkpoint" / "trainer_state.pt").write_bytes(b"state at step 3")
@@ -384,3 +391,55 @@ def test_beside_the_main_process_the_guard_judges_nothing_and_hydra_writes_nothi
     monkeypatch.setenv("RANK", "0")
     error, config = started(QUIET, killed)
     assert error is None and config.resume == str(killed)  # the main process continues it
+
+
+@pytest.mark.parametrize("made", ["starting", "killed"])
+def test_a_folder_another_process_runs_in_is_refused_before_anything_is_written_there(tmp_path, made):
+    """A fixed hydra.run.dir started twice (a job submitted twice, a second terminal): while the first command runs
+    there, from its first moment (a config and a log, no run yet) to its end, the second is refused in one line and
+    nothing of the first's is touched (neither its saved config nor its log)."""
+    folder = (starting_folder if made == "starting" else killed_folder)(tmp_path / "run", QUIET)
+    with held_elsewhere(RunFolder(folder).lock):
+        before = contents(folder)  # with the lock file the first command made
+        error, _ = started(QUIET, folder)
+    assert error == (f"error: hydra.run.dir={folder}: another process is running a run in this folder (the same "
+                     "command started twice?); nothing was written there: give a new hydra.run.dir, or wait for it "
+                     "to end")  # fmt: skip
+    assert contents(folder) == before
+
+
+def test_a_refused_command_never_deletes_a_folder_another_process_holds(tmp_path):
+    """A command refused after Hydra made its folder deletes that folder (nothing of a run is in it), unless another
+    process holds it: then it is that process's run, starting."""
+    folder = saved(tmp_path / "run", "seed: 1\n")
+    with held_elsewhere(RunFolder(folder).lock):
+        discard_if_unused(RunFolder(folder))
+    assert (folder / ".hydra" / "config.yaml").read_text() == "seed: 1\n" and (folder / "train.log").exists()
+
+
+def test_the_guard_takes_the_folder_for_its_process_until_the_run_ends(tmp_path):
+    """From the first moment of a run, before Hydra writes there: a second command met later is refused by its
+    guard, never half-way through (after Hydra rewrote the first one's config). The run itself takes it again."""
+    import subprocess
+    import sys
+
+    from afqmc_exp.commands.earlier_run import RunFolderGuard
+    from afqmc_exp.training.run import taken
+
+    folder = tmp_path / "run"
+
+    def another_process_takes_it() -> bool:
+        probe = ("import sys; from filelock import FileLock, Timeout\ntry: FileLock(sys.argv[1], timeout=0).acquire()"
+                 "\nexcept Timeout: sys.exit(1)")  # fmt: skip
+        return subprocess.run([sys.executable, "-c", probe, str(RunFolder(folder).lock)]).returncode == 0
+
+    config = hydra_config(QUIET, folder)
+    RunFolderGuard().on_run_start(config=config)
+    try:
+        assert not another_process_takes_it()
+        with taken(RunFolder(folder)):  # this process's run
+            pass
+        assert not another_process_takes_it()  # still this process's: the run has not ended
+    finally:
+        RunFolderGuard().on_run_end(config=config)
+    assert another_process_takes_it()

@@ -11,6 +11,10 @@ run starts), before anything is written:
   would continue it: the same MLflow run, from its last checkpoint, never a second run left RUNNING beside it;
   another command is refused, with ``resume=`` named;
 * the folder of **another program's** Hydra run is refused;
+* a folder that another process is running a run in (the same fixed folder started twice), from that command's
+  first moment to its end, is refused before anything is written there: the guard takes the folder's lock for its
+  process (``files.take``) before Hydra writes into it, and lets it go when the run ends, so a second command never
+  rewrites the first one's config, nor deletes its folder when it is refused itself (``discard_if_unused``);
 * in every one of these Hydra is told not to save its config files there (``hydra.output_subdir``), so the run's
   own saved config, which ``resume=`` reads, stays the one it started with;
 * with several processes (torchrun, ``accelerate launch``) only the main one judges the folder and writes Hydra's
@@ -30,6 +34,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from ..files import InUse, let_go, take
 from ..run_folder import RunFolder, RunFolderDamaged
 from ..tracking.run_tracking import flatten
 from .moved_targets import upgrade
@@ -74,7 +79,9 @@ class RunFolderGuard(Callback):
                 config.hydra.output_subdir = None  # its decisions reach them with its folder (training.run)
             return
         folder = RunFolder(Path(str(config.hydra.run.dir)).absolute())
-        state = state_of(folder)
+        state, where = state_of(folder), f"error: hydra.run.dir={folder.root}"
+        if state == "new" or (state != "foreign" and folder.lock.exists()):  # no lock file into another's folder
+            _take(folder, where)
         if state == "new":
             return
         with read_write(config.hydra):
@@ -82,7 +89,6 @@ class RunFolderGuard(Callback):
         resume = config.get("resume")
         if resume and Path(str(resume)).expanduser().absolute() == folder.root:
             return  # resume= of this very folder: the train command continues (or reports) it
-        where = f"error: hydra.run.dir={folder.root}"
         if state == "foreign":
             raise SystemExit(f"{where}: holds another program's run ({folder.saved_config_problem()}); nothing was "
                              "written there: give a new hydra.run.dir, or leave it out")  # fmt: skip
@@ -91,6 +97,9 @@ class RunFolderGuard(Callback):
                              "hydra.run.dir out (or give a new one) to train again, rerun=<its run id> to start its "
                              f"config again as a new run, {folder.resume_argument} to see its result")  # fmt: skip
         self._continue_killed(config, folder, where)
+
+    def on_run_end(self, config: DictConfig, **kwargs) -> None:
+        let_go(RunFolder(Path(str(config.hydra.run.dir)).absolute()).lock)
 
     @staticmethod
     def _continue_killed(config: DictConfig, folder: RunFolder, where: str) -> None:
@@ -105,6 +114,16 @@ class RunFolderGuard(Callback):
                  folder.root, run, folder.resume_argument)  # fmt: skip
         with read_write(config), open_dict(config):
             config.resume = str(folder.root)
+
+
+def _take(folder: RunFolder, where: str) -> None:
+    """The folder this process's run's from now on (see the module docstring), or one line if another's is there."""
+    try:
+        take(folder.lock, "")
+    except InUse:
+        raise SystemExit(f"{where}: another process is running a run in this folder (the same command started "
+                         "twice?); nothing was written there: give a new hydra.run.dir, or wait for it to "
+                         "end") from None  # fmt: skip
 
 
 def job_met_again(folder: RunFolder, digest: str) -> bool:

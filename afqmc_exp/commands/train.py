@@ -214,11 +214,21 @@ def rerun_config(run_id: str, tracking, hydra_cfg, folder: RunFolder) -> tuple[D
 
 
 def discard_if_unused(own: RunFolder) -> None:
-    """A run refused before it opened leaves no folder behind (Hydra makes it before the data is read)."""
+    """A run refused before it opened leaves no folder behind (Hydra makes it before the data is read). One that
+    another process holds is that process's run, starting, and is left to it."""
     import shutil
 
-    if own.unused():
-        shutil.rmtree(own.root, ignore_errors=True)
+    from ..files import InUse, held
+
+    if not own.root.is_dir():
+        return
+    try:
+        with held(own.lock, ""):
+            if own.unused():
+                shutil.rmtree(own.root, ignore_errors=True)
+    except InUse:
+        return
+    if not own.root.exists():
         for folder in (own.root.parent, own.root.parent.parent):  # outputs/<date>/ when nothing else is there
             if folder == Path.cwd() or any(folder.iterdir()):
                 break

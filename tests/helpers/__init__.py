@@ -261,6 +261,22 @@ def build_tiny_minilm(folder: Path = TINY_MINILM) -> Path:
     return folder
 
 
+@contextlib.contextmanager
+def held_elsewhere(lock: Path):
+    """``lock`` held by another process (a second command in a run folder) for the block; let go when it ends."""
+    holder = subprocess.Popen(
+        [PYTHON, "-c", "import sys; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); "
+         "print('held', flush=True); sys.stdin.read()", str(lock)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def head_of(source: Path, target: Path, lines: int) -> Path:
     """``target`` holding the first ``lines`` lines of ``source`` (a data file's pairs, fewer of them: a size)."""
     target.write_text("".join(source.read_text(encoding="utf-8").splitlines(True)[:lines]), encoding="utf-8")
