@@ -118,8 +118,9 @@ def recover(target: Path) -> None:
     try:
         os.replace(staging if staging.exists() else retired, target)
         log.warning("%s: restored after an interrupted swap", target)
-    except FileNotFoundError:  # another process of the same run restored it first
-        pass
+    except OSError as err:  # the writer's second rename, or another reader, put the new version back first
+        if err.errno not in (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST):
+            raise
 
 
 class NoSpaceLeft(RuntimeError):

@@ -161,6 +161,24 @@ def test_a_reader_that_puts_a_swap_right_between_the_two_renames_does_not_fail_t
     assert (target / "version.txt").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["best_model"]
 
 
+def test_a_reader_whose_swap_the_writer_finishes_first_leaves_the_new_version(tmp_path, monkeypatch):
+    """The other order: evaluate or predict meets the folder missing and the new version not yet in place, so it
+    restores the old one; the writing run's second rename lands just before. The reader takes that as done."""
+    target = tmp_path / "best_model"
+    write_version(target, "1")
+    os.rename(target, tmp_path / ".best_model.old")  # the writer's first rename; its second comes in between
+    replace = os.replace
+
+    def writer_first(source, destination):
+        target.mkdir()
+        (target / "version.txt").write_text("2")
+        replace(source, destination)
+
+    monkeypatch.setattr(files.os, "replace", writer_first)
+    files.recover(target)
+    assert (target / "version.txt").read_text() == "2"
+
+
 def test_an_unfinished_first_version_is_not_taken_for_a_checkpoint(tmp_path):
     (tmp_path / ".last_checkpoint.tmp").mkdir()  # killed while writing the very first checkpoint
     assert not checkpointer_of(tmp_path).exists()
