@@ -68,6 +68,25 @@ def test_out_replaces_earlier_predictions_but_never_another_file(weights, tmp_pa
         assert is_predictions(out) and len(out.read_text().splitlines()) == 160
 
 
+def test_a_file_whose_first_line_is_blank_is_not_taken_for_earlier_predictions(weights, tmp_path, monkeypatch):
+    mine = tmp_path / "dev.jsonl"
+    mine.write_text("\n" + SAMPLE_DEV.read_text())  # a data file a blank line opens: a user's, not ours
+    said = predict(monkeypatch, f"ckpt={weights}", f"file={SAMPLE_DEV}", f"out={mine}")
+    assert said.startswith(f"error: out={mine}: exists and is not a predictions file")
+    assert mine.read_text() == "\n" + SAMPLE_DEV.read_text()
+
+
+def test_out_that_is_not_a_file_is_refused_never_read_nor_replaced(weights, tmp_path, monkeypatch):
+    """A pipe (or a device: /dev/null replaced by a file would break the machine for everyone) is no file predict can
+    replace whole; it is not even opened to see whether it holds predictions (a pipe would block)."""
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    said = predict(monkeypatch, f"ckpt={weights}", f"file={SAMPLE_DEV}", f"out={pipe}")
+    assert said == (f"error: out={pipe}: is not a file (a device or a pipe), which predict cannot replace whole; "
+                    "name a file to write")  # fmt: skip
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode) and sorted(os.listdir(tmp_path)) == ["best_model", "pipe"]
+
+
 def test_a_bad_line_halfway_leaves_the_earlier_predictions_and_no_part_file(weights, tmp_path, monkeypatch):
     import afqmc_exp.commands.score as score
 

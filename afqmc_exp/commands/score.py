@@ -298,17 +298,20 @@ def check_out(args: PredictArgs) -> None:
     if out.is_dir():
         raise SystemExit(f"error: out={args.out}: is a folder; name the file to write, e.g. "
                          f"out={out / 'predictions.jsonl'}")  # fmt: skip
+    if out.exists() and not out.is_file():  # not even read: a pipe would block; nor replaced: /dev/null as root
+        raise SystemExit(f"error: out={args.out}: is not a file (a device or a pipe), which predict cannot replace "
+                         "whole; name a file to write")  # fmt: skip
     if out.exists() and not is_predictions_file(out):
         raise SystemExit(f"error: out={args.out}: exists and is not a predictions file (afqmc-predict replaces only "
                          "its own); give another out=, or move that file away")  # fmt: skip
 
 
 def is_predictions_file(path: Path) -> bool:
-    """Empty, or its first line is one of ours (``{"id", "label", "prob", "probs"}``)."""
+    """Empty, or its first line is one of ours (``{"id", "label", "prob", "probs"}``): a blank one is not."""
     try:
         with open(path, encoding="utf-8") as file:
             first = file.readline()
-        return not first.strip() or {"label", "prob", "probs"} <= set(json.loads(first))
+        return first == "" or {"label", "prob", "probs"} <= set(json.loads(first))
     except (OSError, ValueError, TypeError):
         return False
 
