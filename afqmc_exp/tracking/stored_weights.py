@@ -10,6 +10,7 @@ means the sweep's best job's weights. A URI that names nothing is one line.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -103,11 +104,23 @@ def _cached(uri: str, key: str, tracking_uri: str) -> Path:
     try:  # the store is named on the call: the process's global MLflow URIs are left alone
         downloaded = Path(mlflow.artifacts.download_artifacts(
             artifact_uri=uri, dst_path=str(staging), tracking_uri=tracking_uri, registry_uri=tracking_uri))  # fmt: skip
-        folder = _flatten_flavour(downloaded)
-        os.replace(folder, target)  # complete or absent: a cut download is never taken for a cached one
+        _publish(_flatten_flavour(downloaded), target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _publish(folder: Path, target: Path) -> None:
+    """``folder`` becomes the cache entry ``target`` in one rename: complete or absent, a cut download is never taken
+    for a cached one. Weights another process placed there meanwhile (the same fetch at the same time) are kept; an
+    entry without weights (an earlier fetch of a folder that held none) is replaced."""
+    if target.exists() and not (target / "config.json").exists():
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        os.replace(folder, target)
+    except OSError as err:
+        if err.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not (target / "config.json").exists():
+            raise
 
 
 def _flatten_flavour(folder: Path) -> Path:
