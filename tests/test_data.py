@@ -378,6 +378,42 @@ def test_a_failed_download_is_one_line_with_where_to_get_the_files(tmp_path, mon
     assert len(str(refused.value).splitlines()) == 1 and not (tmp_path / "cache" / "cmnli_public.zip").exists()
 
 
+def test_an_archive_two_processes_download_at_once_is_whole_and_its_checksum_agrees(tmp_path, monkeypatch):
+    """Two commands on a new machine fetch the same archive at the same moment (data=cmnli and data=ocnli share one):
+    each downloads into a file of its own, so neither truncates nor renames away the other's, and the archive left in
+    place matches the checksum recorded beside it."""
+    import io
+
+    from afqmc_exp.data import download
+
+    payload = b"the archive's bytes " * 100_000
+    archive = download.Archive(url="http://example.invalid/shared.zip", members={}, tasks=("cmnli",))
+    path, digest_path = tmp_path / "shared.zip", tmp_path / "shared.zip.sha256"
+
+    class Response(io.BytesIO):
+        def __init__(self, during=None):
+            super().__init__(payload)
+            self.during = during
+
+        def read(self, size=-1):
+            if self.during is not None and self.tell() > 0:  # halfway: the other command's download runs whole
+                during, self.during = self.during, None
+                during()
+            return super().read(min(size, 1 << 16) if size and size > 0 else 1 << 16)
+
+    def failed(why):
+        return DataError(why)
+
+    def the_other_command():
+        monkeypatch.setattr(download.urllib.request, "urlopen", lambda url, timeout: Response())
+        download._download(archive, path, digest_path, failed, 5.0)
+
+    monkeypatch.setattr(download.urllib.request, "urlopen", lambda url, timeout: Response(the_other_command))
+    download._download(archive, path, digest_path, failed, 5.0)
+    assert path.read_bytes() == payload and digest_path.read_text().strip() == download.file_digest(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.zip", "shared.zip.sha256"]
+
+
 def test_checked_files_are_remembered_by_their_bytes(tmp_path, monkeypatch):
     import afqmc_exp.data.token_cache as token_cache
 

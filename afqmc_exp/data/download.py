@@ -19,10 +19,10 @@ named for what it is (``data=lcqmc``) instead of being taken for the task on the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
-import shutil
 import tarfile
 import urllib.request
 import zipfile
@@ -178,17 +178,19 @@ def _cached_archive(archive: Archive, task: str, target: Path, names: list[str],
 
 
 def _download(archive: Archive, path: Path, digest_path: Path, failed, timeout_s: float) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
+    """The archive written into a staging file of its own (``files.replaced_file``) and put in place once whole, its
+    checksum recorded first: two commands fetching it at once neither truncate nor rename away each other's file."""
+    digest = hashlib.sha256()
     log.info("downloading %s", archive.url)
     try:
-        with urllib.request.urlopen(archive.url, timeout=timeout_s) as response, open(partial, "wb") as out:
-            shutil.copyfileobj(response, out)
+        with urllib.request.urlopen(archive.url, timeout=timeout_s) as response, \
+                replaced_file(path, binary=True) as out:  # fmt: skip
+            while block := response.read(1 << 20):
+                digest.update(block)
+                out.write(block)
+            digest_path.write_text(digest.hexdigest() + "\n")
     except OSError as err:
-        partial.unlink(missing_ok=True)
         raise failed(f"download of {archive.url} failed: {err}") from None
-    digest_path.write_text(file_digest(partial) + "\n")
-    os.replace(partial, path)
 
 
 def _unpack(path: Path, archive: Archive, target: Path, names: list[str]) -> None:
