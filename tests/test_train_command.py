@@ -393,12 +393,15 @@ def test_beside_the_main_process_the_guard_judges_nothing_and_hydra_writes_nothi
     assert error is None and config.resume == str(killed)  # the main process continues it
 
 
-@pytest.mark.parametrize("made", ["starting", "killed"])
+@pytest.mark.parametrize("made", ["writing", "starting", "killed"])
 def test_a_folder_another_process_runs_in_is_refused_before_anything_is_written_there(tmp_path, made):
     """A fixed hydra.run.dir started twice (a job submitted twice, a second terminal): while the first command runs
-    there, from its first moment (a config and a log, no run yet) to its end, the second is refused in one line and
-    nothing of the first's is touched (neither its saved config nor its log)."""
-    folder = (starting_folder if made == "starting" else killed_folder)(tmp_path / "run", QUIET)
+    there, from its first moment (Hydra writing its config, then a config and a log, no run yet) to its end, the
+    second is refused in one line and nothing of the first's is touched (neither its saved config nor its log)."""
+    if made == "writing":  # the first command's Hydra halfway through its config file: not read, not judged
+        folder = saved(tmp_path / "run", "seed: 1\ntrainer: {max_st")
+    else:
+        folder = (starting_folder if made == "starting" else killed_folder)(tmp_path / "run", QUIET)
     with held_elsewhere(RunFolder(folder).lock):
         before = contents(folder)  # with the lock file the first command made
         error, _ = started(QUIET, folder)
@@ -443,3 +446,17 @@ def test_the_guard_takes_the_folder_for_its_process_until_the_run_ends(tmp_path)
     finally:
         RunFolderGuard().on_run_end(config=config)
     assert another_process_takes_it()
+
+
+def test_resume_of_a_run_another_process_is_running_is_refused_before_a_line_goes_into_its_log(tmp_path, monkeypatch):
+    from afqmc_exp.commands.train import train_from_config
+
+    monkeypatch.chdir(tmp_path)
+    folder = killed_folder(tmp_path / "theirs", ["experiment=quickstart"])  # data it could train on
+    with held_elsewhere(RunFolder(folder).lock):
+        before = contents(folder)
+        with pytest.raises(SystemExit) as stop:
+            train_from_config(compose([f"resume={folder}"], tmp_path))
+        assert str(stop.value) == (f"error: {folder}: another process is running this run (a resume started twice?); "
+                                   "wait for it to end, or stop it, then resume")  # fmt: skip
+        assert contents(folder) == before

@@ -79,10 +79,12 @@ class RunFolderGuard(Callback):
                 config.hydra.output_subdir = None  # its decisions reach them with its folder (training.run)
             return
         folder = RunFolder(Path(str(config.hydra.run.dir)).absolute())
-        state, where = state_of(folder), f"error: hydra.run.dir={folder.root}"
-        if state == "new" or (state != "foreign" and folder.lock.exists()):  # no lock file into another's folder
-            _take(folder, where)
+        where = f"error: hydra.run.dir={folder.root}"
+        if folder.lock.exists():  # a run of ours is or was there: first whether another process runs it (its files
+            _take(folder, where)  # may be half-written), before they are read
+        state = state_of(folder)
         if state == "new":
+            _take(folder, where)
             return
         with read_write(config.hydra):
             config.hydra.output_subdir = None  # the run's own saved config is kept as it is
@@ -112,6 +114,7 @@ class RunFolderGuard(Callback):
                              f"continue it with {folder.resume_argument}, or give a new hydra.run.dir")  # fmt: skip
         log.info("%s holds %s, killed before it finished, started with this same config: continuing it, as %s does",
                  folder.root, run, folder.resume_argument)  # fmt: skip
+        _take(folder, where)  # one killed before it took its lock has none yet
         with read_write(config), open_dict(config):
             config.resume = str(folder.root)
 

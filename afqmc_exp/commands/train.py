@@ -156,10 +156,6 @@ def _start(start: Start, hydra_cfg, masker: Masker) -> float:
         return report_finished(start.folder, instantiate(start.cfg.tracking), masker)
     validate(start.cfg)  # before any model is loaded, run opened or line written into a resumed run's folder
     hide_run_config(Path(hydra_cfg.runtime.output_dir), masker)
-    if start.resume:
-        if start.folder.root.absolute() != Path(hydra_cfg.runtime.output_dir).absolute():
-            append_log_to(start.folder, masker)  # in its own folder (a requeued job), Hydra logs there already
-        log.info("resuming %s with its saved config", start.folder.root)
     return _train(start, hydra_cfg, masker)
 
 
@@ -242,6 +238,17 @@ def mask_logs(cfg: DictConfig) -> Masker:
     return masker
 
 
+def joined_log(own_folder: Path, masker: Masker):
+    """What a resumed run does once its folder is its own (``run``'s ``on_taken``): join the run's log, said there."""
+
+    def join(folder: RunFolder) -> None:
+        if folder.root.absolute() != own_folder.absolute():  # in its own folder (a requeued job), Hydra logs there
+            append_log_to(folder, masker)
+        log.info("resuming %s with its saved config", folder.root)
+
+    return join
+
+
 def append_log_to(folder: RunFolder, masker: Masker) -> None:
     """A resumed run logs into the run's own log file too (after the earlier processes' lines), so the log
     uploaded with the run tells its whole story. Hydra's own log goes to this process's new folder."""
@@ -303,7 +310,8 @@ def _train(start: Start, hydra_cfg, masker: Masker) -> float:
     on_evaluate = trial_reporter(optuna, recipe.trainer.metric) if optuna else None
     if not start.resume:  # what this run is, kept beside it: Hydra rewrites .hydra/ when a sweep's job meets it again
         folder.save_config_digest(config_digest(cfg))
-    return run(recipe, tracked, folder, resume=start.resume, on_evaluate=on_evaluate)
+    on_taken = joined_log(Path(hydra_cfg.runtime.output_dir), masker) if start.resume else None
+    return run(recipe, tracked, folder, resume=start.resume, on_evaluate=on_evaluate, on_taken=on_taken)
 
 
 class GpuPerParallelJob(Callback):

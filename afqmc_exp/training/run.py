@@ -51,13 +51,15 @@ def seed_everything(seed: int) -> None:
 
 
 def run(recipe: Recipe, tracked: RunTracking, folder: RunFolder, *, resume: bool = False,
-        on_evaluate: Callable[[int, float], None] | None = None) -> float:  # fmt: skip
+        on_evaluate: Callable[[int, float], None] | None = None,
+        on_taken: Callable[[RunFolder], None] | None = None) -> float:  # fmt: skip
     """Train, evaluate, track; return the best dev value of ``trainer.metric`` (what sweepers optimise).
 
     ``tracked`` says how the run is recorded (``RunTracking.for_job``); it keeps its MLflow run's id and outbox
     journal in ``folder`` too. ``resume=True``: ``folder`` is an earlier run's folder; training continues from its
     last checkpoint (or from the start if it had none) inside the same MLflow run. ``on_evaluate(step, dev metric)``
-    is called after each evaluation (an Optuna trial's pruning)."""
+    is called after each evaluation (an Optuna trial's pruning); ``on_taken(folder)`` once the folder is this run's,
+    before anything is logged or written there (a resumed run's log joining its folder's)."""
     folder.root.mkdir(parents=True, exist_ok=True)
     checked, startup = checked_data(recipe.data, recipe.trainer.metric)  # every line checked before anything heavy
     seed_everything(recipe.seed)
@@ -65,14 +67,18 @@ def run(recipe: Recipe, tracked: RunTracking, folder: RunFolder, *, resume: bool
     recipe = recipe.for_device(accelerator.device)  # the "auto" settings, decided once
     folder = as_the_main_process_has(folder, accelerator)  # every process writes and reads the main one's folder,
     resume = as_the_main_process_has(resume, accelerator)  # and resumes when it does (it alone judged the folder)
-    log.info("run folder: %s", folder.root)
-    for line in recipe.data.summary(checked):
-        log.info("%s", line)
-    datasets = [] if resume else dataset_records(recipe.data.name, checked)  # a resumed run logged them already
-    hardware = system_tags(accelerator, eval_bf16=recipe.trainer.eval_precision == "bf16")
-    startup["startup_data_s"] = seconds_since_start()
-    tracked = tracked.with_tags(hardware)
-    with taken(folder, accelerator), opened_run(tracked, resume, accelerator, datasets) as mlflow_run:
+    with contextlib.ExitStack() as the_run:
+        the_run.enter_context(taken(folder, accelerator))
+        if on_taken is not None:
+            on_taken(folder)
+        log.info("run folder: %s", folder.root)
+        for line in recipe.data.summary(checked):
+            log.info("%s", line)
+        datasets = [] if resume else dataset_records(recipe.data.name, checked)  # a resumed run logged them already
+        hardware = system_tags(accelerator, eval_bf16=recipe.trainer.eval_precision == "bf16")
+        startup["startup_data_s"] = seconds_since_start()
+        tracked = tracked.with_tags(hardware)
+        mlflow_run = the_run.enter_context(opened_run(tracked, resume, accelerator, datasets))
         startup["startup_tracking_s"] = seconds_since_start()
         pretrained, splits = load_for_training(recipe, accelerator.device.type, checked, startup)
         startup["startup_model_s"] = seconds_since_start()
@@ -108,7 +114,8 @@ def taken(folder: RunFolder, accelerator=None):
     With several processes the main one takes the folder and tells the others whether it could: a refusal ends
     every process with the same line, not the main one alone, which would leave the others at their next collective
     (a lost peer under gloo, a wait until NCCL's timeout), unless a launcher stops them (``srun`` does not, without
-    ``--kill-on-bad-exit``)."""
+    ``--kill-on-bad-exit``). A refusal before the processes meet (the guard's, a config check's) ends the main process
+    alone: its launcher stops the others (torchrun and ``accelerate launch`` do)."""
     main = accelerator is None or accelerator.is_main_process
     in_use = (f"{folder.root}: another process is running this run (a resume started twice?); wait for it to end, "
               "or stop it, then resume")  # fmt: skip
