@@ -144,6 +144,7 @@ class InUse(RuntimeError):
 
 
 _LOCKS: dict[Path, object] = {}  # this process's lock of each lock file it took, reentered when taken again
+os.register_at_fork(after_in_child=_LOCKS.clear)  # a forked child holds none of its parent's: it is another process
 
 
 def _lock_of(lock: Path):

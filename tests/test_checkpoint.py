@@ -219,6 +219,35 @@ def test_a_background_checkpoint_holds_the_state_of_when_it_was_taken(tmp_path, 
     assert state["state"]["step"] == 7 and state["optimizer"]["state"][0]["exp_avg"].shape == (2, 3)
 
 
+def test_a_forked_process_is_refused_the_lock_its_parent_holds_in_one_line(tmp_path):
+    """A child forked while its parent holds a run folder (a worker of a pool) is another process: refused
+    (``InUse``), not a traceback about a lock inherited across the fork."""
+    import multiprocessing
+
+    from afqmc_exp.files import InUse, held, let_go, take
+
+    def try_it(answers):
+        try:
+            with held(tmp_path / ".run.lock", "held by the parent"):
+                answers.put("taken")
+        except InUse as err:
+            answers.put(f"refused: {err}")
+        except Exception as err:  # any other: what the test reports
+            answers.put(f"{type(err).__name__}: {err}")
+
+    take(tmp_path / ".run.lock", "")
+    try:
+        fork = multiprocessing.get_context("fork")
+        answers = fork.Queue()
+        child = fork.Process(target=try_it, args=(answers,))
+        child.start()
+        said = answers.get(timeout=60)
+        child.join(timeout=60)
+    finally:
+        let_go(tmp_path / ".run.lock")
+    assert said == "refused: held by the parent"
+
+
 def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path):
     """The lock is held for the run's life; a second holder (another process, a requeued job) is refused."""
     from accelerate import Accelerator
