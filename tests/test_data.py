@@ -380,18 +380,19 @@ def test_a_failed_download_is_one_line_with_where_to_get_the_files(tmp_path, mon
 
 def test_an_archive_two_processes_download_at_once_is_whole_and_its_checksum_agrees(tmp_path, monkeypatch):
     """Two commands on a new machine fetch the same archive at the same moment (data=cmnli and data=ocnli share one):
-    each downloads into a file of its own, so neither truncates nor renames away the other's, and the archive left in
-    place matches the checksum recorded beside it."""
+    each downloads into files of its own, so neither truncates nor renames away the other's; the archive left in
+    place matches the checksum beside it, and a command reading the first checksum never sees it rewritten in place."""
     import io
 
     from afqmc_exp.data import download
 
-    payload = b"the archive's bytes " * 100_000
     archive = download.Archive(url="http://example.invalid/shared.zip", members={}, tasks=("cmnli",))
     path, digest_path = tmp_path / "shared.zip", tmp_path / "shared.zip.sha256"
+    (tmp_path / "reader").mkdir()
+    opened = tmp_path / "reader" / "opened.sha256"  # the checksum file as a reader opened it: the same file, linked
 
     class Response(io.BytesIO):
-        def __init__(self, during=None):
+        def __init__(self, payload, during=None):
             super().__init__(payload)
             self.during = during
 
@@ -405,13 +406,16 @@ def test_an_archive_two_processes_download_at_once_is_whole_and_its_checksum_agr
         return DataError(why)
 
     def the_other_command():
-        monkeypatch.setattr(download.urllib.request, "urlopen", lambda url, timeout: Response())
+        monkeypatch.setattr(download.urllib.request, "urlopen", lambda url, timeout: Response(b"theirs " * 100_000))
         download._download(archive, path, digest_path, failed, 5.0)
+        os.link(digest_path, opened)
 
-    monkeypatch.setattr(download.urllib.request, "urlopen", lambda url, timeout: Response(the_other_command))
+    mine = b"the archive's bytes " * 100_000
+    monkeypatch.setattr(download.urllib.request, "urlopen", lambda url, timeout: Response(mine, the_other_command))
     download._download(archive, path, digest_path, failed, 5.0)
-    assert path.read_bytes() == payload and digest_path.read_text().strip() == download.file_digest(path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.zip", "shared.zip.sha256"]
+    assert path.read_bytes() == mine and digest_path.read_text().strip() == download.file_digest(path)
+    assert opened.read_text().strip() == download.hashlib.sha256(b"theirs " * 100_000).hexdigest()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reader", "shared.zip", "shared.zip.sha256"]
 
 
 def test_checked_files_are_remembered_by_their_bytes(tmp_path, monkeypatch):

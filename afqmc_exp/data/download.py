@@ -179,7 +179,8 @@ def _cached_archive(archive: Archive, task: str, target: Path, names: list[str],
 
 def _download(archive: Archive, path: Path, digest_path: Path, failed, timeout_s: float) -> None:
     """The archive written into a staging file of its own (``files.replaced_file``) and put in place once whole, its
-    checksum recorded first: two commands fetching it at once neither truncate nor rename away each other's file."""
+    checksum recorded first, the same way: two commands fetching it at once neither truncate nor rename away each
+    other's files."""
     digest = hashlib.sha256()
     log.info("downloading %s", archive.url)
     try:
@@ -188,7 +189,8 @@ def _download(archive: Archive, path: Path, digest_path: Path, failed, timeout_s
             while block := response.read(1 << 20):
                 digest.update(block)
                 out.write(block)
-            digest_path.write_text(digest.hexdigest() + "\n")
+            with replaced_file(digest_path) as recorded:  # whole or absent for a command that checks it meanwhile
+                recorded.write(digest.hexdigest() + "\n")
     except OSError as err:
         raise failed(f"download of {archive.url} failed: {err}") from None
 
