@@ -132,3 +132,23 @@ def test_nothing_to_report_is_one_line_naming_what_there_is(store, empty_store_f
     with pytest.raises(SystemExit, match=r"^error: no runs in this store yet; train first \(afqmc-train experiment="):
         main([f"uri=sqlite:///{tmp_path / 'empty.db'}", f"out={tmp_path / 'y'}"])
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_a_store_that_is_not_there_or_not_mlflows_is_one_line_and_none_is_made(tmp_path, monkeypatch):
+    """afqmc-report run in the wrong folder, or given the search's ``optuna.db`` for the runs' ``mlflow.db``: one line,
+    and neither a new store nor MLflow's tables inside another program's database."""
+    import sqlite3
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as missing:
+        main([f"out={tmp_path / 'x'}"])
+    assert str(missing.value) == (f"error: no MLflow store at {tmp_path / 'mlflow.db'}: run afqmc-report where the "
+                                  "runs were trained, or name their store with uri=")  # fmt: skip
+    with sqlite3.connect(tmp_path / "optuna.db") as db:
+        db.execute("CREATE TABLE studies (study_id INTEGER PRIMARY KEY, study_name TEXT)")
+    with pytest.raises(SystemExit) as other:
+        main([f"uri=sqlite:///{tmp_path / 'optuna.db'}", f"out={tmp_path / 'x'}"])
+    assert str(other.value).startswith(f"error: no MLflow store at {tmp_path / 'optuna.db'}")
+    with sqlite3.connect(tmp_path / "optuna.db") as db:
+        assert [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")] == ["studies"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["optuna.db"]

@@ -50,9 +50,12 @@ def report(args: ReportArgs) -> Path:
     from ..tracking.comparison import NothingToReport, collect, write_report
 
     try:
-        frame, metric, title, chosen = collect(store.client(args.uri), args.experiment, args.parent)
+        frame, metric, title, chosen = collect(store.client(args.uri, create=False), args.experiment, args.parent)
     except NothingToReport as nothing:
         raise SystemExit(f"error: {nothing}") from None
+    except store.StoreMissing as missing:  # the wrong folder, or another program's database: none is made there
+        raise SystemExit(f"error: {missing}: run afqmc-report where the runs were trained, or name their store with "
+                         "uri=") from None  # fmt: skip
     if chosen:
         print(chosen)
     out = Path(args.out or Path("reports") / (args.parent or title.split(" ", 1)[1]))

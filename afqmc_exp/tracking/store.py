@@ -25,6 +25,7 @@ Every command asks this module, so the default and the meaning of a relative pat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -126,8 +127,10 @@ class StoreBusy(RuntimeError):
 
 def client(uri: str | None = None, create: bool = True):
     """The client of the store ``uri`` names (the default store if none), its model registry at the same store.
-    ``create=False``: for a lookup (``resume=<run id>``, ``rerun=``), a SQLite file that is not there raises
-    :class:`StoreMissing` instead of a new store (and its lock file) being made where the user stands."""
+    ``create=False``: for a lookup (``resume=<run id>``, ``rerun=``, a report), a SQLite file that is not there, or
+    holds no MLflow store (the search's ``optuna.db`` given for ``mlflow.db``), raises :class:`StoreMissing` instead
+    of a new store (and its lock file) being made where the user stands, or MLflow's tables inside another
+    program's database."""
     from mlflow import MlflowClient
 
     logging.getLogger("mlflow.store.db.utils").addFilter(_raised_anyway)
@@ -137,7 +140,7 @@ def client(uri: str | None = None, create: bool = True):
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no upload bars in the log
     uri = resolve_uri(uri or default_uri())
     database = store_lock(uri).database
-    if not create and database is not None and not database.exists():
+    if not create and database is not None and not _holds_mlflow(database):
         raise StoreMissing(f"no MLflow store at {database}")
     with store_lock(uri):
         if database is not None:
@@ -147,6 +150,18 @@ def client(uri: str | None = None, create: bool = True):
         finally:
             if database is not None:
                 _OPENED[database] = _identity(database)
+
+
+def _holds_mlflow(database: Path) -> bool:
+    """Whether the SQLite file is there and holds MLflow's tables (read only: nothing is created or migrated)."""
+    if not database.exists():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+            return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='experiments'").fetchone() \
+                is not None  # fmt: skip
+    except sqlite3.DatabaseError:  # not a database at all: no store of MLflow's either
+        return False
 
 
 _OPENED: dict[Path, tuple[int, int] | None] = {}  # each SQLite file as this process's last ``client`` call saw it
