@@ -170,6 +170,52 @@ def test_a_k_fold_sweep_pools_each_pair_once_out_of_fold(tmp_path, at_exit):
     assert "oof_predictions.jsonl" in {a.path for a in client.list_artifacts(parent_id)}
 
 
+def fold_job(tmp_path, parent_id, name, fold, objective, rows, params=()):
+    """A k-fold sweep's job: its dev predictions in its folder, as training.run leaves them."""
+    folder = tmp_path / "sweep" / name
+    folder.mkdir(parents=True)
+    predictions = [{"id": i, "gold": gold, "probs": {"0": 1 - p, "1": p}} for i, gold, p in rows]
+    (folder / "dev_predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in predictions))
+    job(tmp_path, parent_id, name, objective, params={"data.folds": "2", "data.fold": str(fold), **dict(params)})
+
+
+def test_folds_of_several_configs_are_not_pooled_into_one_out_of_fold(tmp_path, at_exit):
+    """A k-fold sweep that varies more than the fold (two learning rates, two tasks): one config's pairs would be
+    taken for another's, and two tasks' labels mixed. Nothing is pooled, said; the parent closes as ever."""
+    callback, client = started(tmp_path, at_exit, task=("data.folds=2", "data.fold=0,1", "optim.lr=1e-5,3e-5"))
+    parent_id = callback.run.run_id
+    for lr, objective in (("1e-5", 0.5), ("3e-5", 1.0)):
+        for fold in (0, 1):
+            fold_job(tmp_path, parent_id, f"lr{lr}-fold{fold}", fold, objective, [(fold, "1", 0.9)], {"optim.lr": lr})
+    callback.close()
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and not [k for k in parent.data.metrics if k.startswith("oof/")]
+    assert parent.data.tags["sweep.best_run_name"] == "lr3e-5-fold0"
+
+
+def test_a_summary_that_cannot_be_made_still_closes_the_parent(tmp_path, at_exit, monkeypatch):
+    """What fails while the parent summarises its jobs (a job's predictions unreadable, the store gone at the very
+    end) never leaves it RUNNING for good: the rest of the summary is made, and it is closed."""
+    callback, client = started(tmp_path, at_exit, task=("data.folds=2", "data.fold=0,1"))
+    parent_id = callback.run.run_id
+    fold_job(tmp_path, parent_id, "fold0", 0, 0.5, [(0, "1", 0.9)])
+    fold_job(tmp_path, parent_id, "fold1", 1, 1.0, [(1, "0", 0.2)])
+    (tmp_path / "sweep" / "fold1" / "dev_predictions.jsonl").write_text('{"id": 1, "gold"')  # cut by a full disk
+    callback.close()
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.best_run_name"] == "fold1"
+
+    callback, client = started(tmp_path / "gone", at_exit, task=("optim.lr=1e-5,3e-5",))
+    parent_id = callback.run.run_id
+
+    def store_gone(*args, **kwargs):
+        raise ConnectionError("the tracking server went away")
+
+    monkeypatch.setattr(callback.run.client, "search_runs", store_gone)
+    callback.close()
+    assert client.get_run(parent_id).info.status == "FAILED"
+
+
 def test_the_best_job_is_the_best_objective_then_the_lower_dev_loss_then_the_earlier_start(tmp_path):
     first = job(tmp_path, None, "first", 0.8, dev_loss=0.4)
     job(tmp_path, None, "worse", 0.7, dev_loss=0.1)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import atexit
 import logging
 import math
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from ..sweep_folder import SweepFolder
 from .masking import Masker, hide_run_config, install_log_filter
 from .mlflow_run import dataset_records
 from .run_tracking import context_tags
+from .store import first_line
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +105,16 @@ class MlflowSweepCallback(Callback):
         if self.run is None:
             return
         run, self.run = self.run, None
-        experiment_id = run.client.get_run(run.run_id).info.experiment_id
-        children = run.client.search_runs(
-            [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.run_id}'", max_results=10000
-        )
+        try:
+            experiment_id = run.client.get_run(run.run_id).info.experiment_id
+            children = run.client.search_runs(
+                [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.run_id}'", max_results=10000
+            )
+        except Exception as error:  # the store gone at the very end: closed all the same, never left RUNNING
+            log.warning("sweep parent run %s: its jobs could not be read (%s); closed FAILED (a --multirun resume= of "
+                        "the sweep summarises it again)", run.run_id, first_line(error))  # fmt: skip
+            run.end("FAILED")
+            return
         stays_open = self.study is not None and not crashed and not self.folder.study_complete()
         running = [c for c in children if c.info.status == "RUNNING"] if stays_open else []  # another worker's
         failed = [c for c in children if c.info.status != "FINISHED" and c not in running]
@@ -117,9 +125,9 @@ class MlflowSweepCallback(Callback):
             run.log_metrics({key: best.data.metrics[key]}, step=len(children))  # a reopened parent logs anew
             tags.update({"sweep.best_run_id": best.info.run_id, "sweep.best_run_name": best.info.run_name})
             tags["mlflow.note.content"] = describe(best, key, len(children), len(failed), experiment_id, run.run_id)
-            crown_champion(run.client, best)
-            self._attach_report(run, children)
-            self._pool_folds(run, children)
+            for part in (lambda: crown_champion(run.client, best), lambda: self._attach_report(run, children),
+                         lambda: self._pool_folds(run, children)):  # fmt: skip
+                _made_or_said(part)
         hide_run_config(self.folder.root, self.masker)  # the sweep's multirun.yaml keeps the real secrets
         run.log_masked_file(self.folder.saved_config)
         run.set_tags(tags)
@@ -177,11 +185,7 @@ class MlflowSweepCallback(Callback):
         from .comparison import rows_of, write_report
 
         folder = self.folder.report
-        try:
-            write_report(rows_of(children, self.metric), self.metric, f"sweep {run.run_id}", folder)
-        except Exception as error:  # (a report that cannot be drawn must not fail the sweep)
-            log.warning("no report for the sweep: %s", error)
-            return
+        write_report(rows_of(children, self.metric), self.metric, f"sweep {run.run_id}", folder)
         run.log_artifacts(folder, "report")
 
 
@@ -244,12 +248,26 @@ def sweep_datasets(config: DictConfig) -> list[dict]:
         return []
 
 
+def _made_or_said(part: Callable[[], None]) -> None:
+    """One part of the parent's summary (the champion alias, the report, the out-of-fold pool): one that cannot be
+    made (a job's predictions unreadable, the registry gone) is said, and the parent is still closed."""
+    try:
+        part()
+    except Exception as error:  # (Hydra would swallow it, and the parent would stay RUNNING for good)
+        log.warning("the sweep's summary goes without one part: %s", first_line(error))
+
+
 def out_of_fold(children: list) -> list[dict] | None:
-    """The dev predictions of a k-fold sweep's jobs, one per pair; None when the sweep is not one."""
+    """The dev predictions of a k-fold sweep's jobs, one per pair; None when the sweep is not one, or when it varies
+    more than the fold (one config's pairs would be taken for another's, two tasks' labels mixed)."""
     import json
 
     folds = {c.data.params.get("data.folds") for c in children}
     if len(folds) != 1 or folds == {"null"} or None in folds:
+        return None
+    configs = {tuple(sorted((k, v) for k, v in c.data.params.items() if k != "data.fold")) for c in children}
+    if len(configs) > 1:
+        log.info("the sweep varies more than data.fold: no out-of-fold pool (sweep the folds of one config for it)")
         return None
     rows: dict = {}
     for child in children:
