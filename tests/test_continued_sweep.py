@@ -99,6 +99,23 @@ def test_a_sweep_folder_holding_another_sweep_is_refused_and_the_same_sweep_goes
     multirun_start(tmp_path / "new", ["optim.lr=1"])  # a new sweep folder: nothing to say
 
 
+@pytest.mark.parametrize("cut", ["hydra:\n  overrides:\n    task: [optim.lr=1e-5", ""])
+def test_a_sweep_folder_whose_multirun_yaml_a_kill_cut_is_one_line_with_the_way_on(tmp_path, cut):
+    """Hydra rewrites multirun.yaml in place at each start of a sweep; a kill then leaves it cut (or empty). Neither
+    continuing the sweep nor starting a sweep in its folder goes on unchecked, nor ends in a traceback (which Hydra
+    would swallow from its callback, and the other sweep would have run in that folder)."""
+    sweep = saved_sweep(tmp_path / "sweep")
+    (sweep / "multirun.yaml").write_text(cut)
+    said = (rf"^error: {sweep / 'multirun.yaml'} cannot be read \(.+\); a kill while Hydra rewrote it\? Move it aside, "
+            rf"then run the sweep's own command again with hydra.sweep.dir={sweep}: its finished jobs are reported, "
+            "killed ones continue$")  # fmt: skip
+    with pytest.raises(SystemExit, match=said):
+        continued_sweep_command(["--multirun", f"resume={sweep}"], CONF)
+    with pytest.raises(SystemExit, match=said):
+        multirun_start(sweep, SWEPT)
+    assert (sweep / "multirun.yaml").read_text() == cut
+
+
 def test_a_job_meets_its_folder_again_only_when_a_run_opened_there(tmp_path, caplog):
     caplog.set_level("INFO")
     folder = RunFolder(tmp_path / "3")

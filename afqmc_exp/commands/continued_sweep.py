@@ -13,6 +13,8 @@
 * :class:`SweepFolderGuard` (a Hydra callback, registered in ``conf/train.yaml``) refuses a sweep started in a folder
   that holds *another* sweep (a fixed ``hydra.sweep.dir`` given again with other values), before Hydra writes
   anything there: otherwise that sweep's finished jobs would be reported as this one's.
+* A ``multirun.yaml`` a kill cut (Hydra rewrites it in place at each start) is one line with the way on, for both
+  (:func:`saved_overrides`), never a traceback: Hydra swallows a callback's error, and the other sweep would run.
 
 Two continuations of one sweep started at once write no job folder twice: each is held by one process at a time
 (its run lock), so the second meets a job the first is training as a job that fails, and writes nothing into it.
@@ -60,7 +62,7 @@ def continued_sweep_command(argv: Sequence[str], conf_dir: Path) -> list[str]:
                          "would make it another sweep. Beside resume= give only tracking.uri or the launcher "
                          "(hydra/launcher, hydra.launcher.*), or start a new sweep without resume=")  # fmt: skip
     sweep_dir = sweep_folder(target, changes, conf_dir)
-    saved = OmegaConf.load(SweepFolder(sweep_dir).saved_config).hydra.overrides
+    saved = saved_overrides(SweepFolder(sweep_dir))
     changed = {key_of(o) for o in changes}
     launcher_changed = "hydra/launcher" in changed
 
@@ -116,6 +118,26 @@ def folder_of_parent_run(run_id: str, changes: list[str], conf_dir: Path) -> Pat
     return folder.root
 
 
+def saved_overrides(folder: SweepFolder) -> DictConfig:
+    """The overrides a sweep was started with (its ``multirun.yaml``), or one line saying it cannot be read and the
+    way on: Hydra rewrites the file in place at each start of the sweep, so a kill then can leave it cut."""
+    import yaml
+    from omegaconf.errors import OmegaConfBaseException
+
+    from ..tracking.store import first_line
+
+    try:
+        overrides = OmegaConf.load(folder.saved_config).hydra.overrides
+        if not {"hydra", "task"} <= set(overrides):
+            raise ValueError("its overrides are cut short")
+    except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as error:
+        raise SystemExit(f"error: {folder.saved_config} cannot be read ({first_line(error)}); a kill while Hydra "
+                         "rewrote it? Move it aside, then run the sweep's own command again with "
+                         f"hydra.sweep.dir={folder.root}: its finished jobs are reported, killed ones "
+                         "continue") from None  # fmt: skip
+    return overrides
+
+
 class SweepFolderGuard(Callback):
     """Hydra callback: a sweep started in a folder that holds another sweep is refused (see the module docstring)."""
 
@@ -123,8 +145,7 @@ class SweepFolderGuard(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
         if not SweepFolder(sweep_dir).saved_config.is_file():
             return
-        before = [o for o in OmegaConf.load(SweepFolder(sweep_dir).saved_config).hydra.overrides.task
-                  if not may_change(o)]  # fmt: skip
+        before = [o for o in saved_overrides(SweepFolder(sweep_dir)).task if not may_change(o)]
         now = [o for o in config.hydra.overrides.task if not may_change(o)]
         if before != now:
             there, here = [o for o in before if o not in now], [o for o in now if o not in before]
