@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from afqmc_exp.commands.continued_sweep import SweepFolderGuard, continued_sweep_command
 from afqmc_exp.commands.earlier_run import job_met_again
 from afqmc_exp.run_folder import RunFolder
+from afqmc_exp.sweep_folder import SweepFolder
 from helpers import REPO, SHORT_RUN, launch, mlflow_runs, run_command
 
 CONF = REPO / "conf"
@@ -77,6 +78,11 @@ def test_a_parent_run_id_finds_its_sweep_folder_in_the_store(tmp_path, store_uri
     assert argv[-2:] == [f"hydra.sweep.dir={sweep}", f"tracking.uri={store_uri}"]
     with pytest.raises(SystemExit, match=r"resume=nosuchrun: neither a sweep's folder nor the id of an MLflow run"):
         continued_sweep_command(["-m", "resume=nosuchrun", f"tracking.uri={store_uri}"], CONF)
+    SweepFolder(sweep).save_parent("another", "s", [])  # the folder deleted, and another sweep started at that path
+    with pytest.raises(SystemExit) as other:
+        continued_sweep_command(["-m", f"resume={parent}", f"tracking.uri={store_uri}"], CONF)
+    said = f"its folder {sweep} holds another sweep now (parent run another); continue that one with resume={sweep}"
+    assert str(other.value) == f"error: resume={parent}: {said}, if it is the one you mean"
 
 
 def multirun_start(sweep_dir, task):

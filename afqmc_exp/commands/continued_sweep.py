@@ -115,6 +115,11 @@ def folder_of_parent_run(run_id: str, changes: list[str], conf_dir: Path) -> Pat
         where = f" ({folder.root} has no {folder.saved_config.name})" if "sweep.dir" in tags else ""
         raise SystemExit(f"error: resume={run_id}: not the parent run of a sweep whose folder is here{where}; give "
                          "the sweep's folder")  # fmt: skip
+    holder = folder.parent_run_id()
+    if holder not in (None, run_id):  # that folder deleted, and another sweep started at the same path
+        raise SystemExit(f"error: resume={run_id}: its folder {folder.root} holds another sweep now (parent run "
+                         f"{holder}); continue that one with resume={folder.root}, if it is the one you "
+                         "mean")  # fmt: skip
     return folder.root
 
 
