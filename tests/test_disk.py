@@ -43,3 +43,24 @@ def test_without_a_store_the_copies_count_nothing_and_a_missing_folder_is_one_li
     assert not (tmp_path / "none.db").exists()  # looked for, not made
     with pytest.raises(SystemExit, match=r"outputs=.*nowhere: no such folder"):
         listing(DiskArgs(outputs=str(tmp_path / "nowhere")))
+
+
+def test_a_store_that_cannot_be_reached_is_asked_once_and_said(tmp_path, monkeypatch):
+    """A server that is down: each question would wait through MLflow's retries (minutes), once per run folder. It is
+    asked once; the copies then count nothing, and the listing says why."""
+    from afqmc_exp.commands import disk
+
+    asked = []
+
+    class Down:
+        def get_run(self, run_id):
+            asked.append(run_id)
+            raise ConnectionError("Max retries exceeded with url: /api/2.0/mlflow/runs/get")
+
+    monkeypatch.setattr(disk, "_client", lambda uri: Down())
+    for name in ("a", "b", "c"):
+        run_folder(tmp_path / "outputs", name, 1_000_000, name * 32)
+    lines = listing(DiskArgs(outputs=str(tmp_path / "outputs"), uri="http://tracking.example:5000")).splitlines()
+    assert len(asked) == 1 and [line.split()[-2] for line in lines[1:4]] == ["0", "0", "0"]
+    assert lines[-1] == ("the MLflow store http://tracking.example:5000 could not be asked (Max retries exceeded with "
+                         "url: /api/2.0/mlflow/runs/get): its copies count nothing above")  # fmt: skip

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..files import megabytes, size_of
 from ..run_folder import BEST_MODEL, RunFolder
+from ..tracking.store import first_line
 from .arguments import help_of, parse_args
 
 
@@ -35,16 +36,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(listing(parse_args(DiskArgs, sys.argv[1:] if argv is None else argv, "afqmc-disk")))
 
 
+class StoreNotAsked(RuntimeError):
+    """The store could not be asked about a run (a server down, a database gone): no other run is asked either."""
+
+
 def stored_copy(client, run_id: str | None) -> int:
-    """Bytes of the best weights uploaded to the run's artifacts, where those are on this disk (else 0)."""
+    """Bytes of the best weights uploaded to the run's artifacts, where those are on this disk (else 0);
+    :class:`StoreNotAsked` when the store does not answer (each question would wait through MLflow's retries)."""
     from urllib.parse import urlparse
+
+    from mlflow.exceptions import MlflowException
 
     if client is None or not run_id:
         return 0
     try:
         artifacts = urlparse(client.get_run(run_id).info.artifact_uri)
-    except Exception:  # (a run deleted, a store elsewhere: nothing of it counted here)
-        return 0
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":  # a run deleted from the store: nothing of it here
+            return 0
+        raise StoreNotAsked(first_line(error)) from None
+    except Exception as error:  # a connection refused, a timeout: the store is not there to ask
+        raise StoreNotAsked(first_line(error)) from None
     return size_of(Path(artifacts.path) / BEST_MODEL) if artifacts.scheme in ("", "file") else 0
 
 
@@ -59,10 +71,13 @@ def listing(args: DiskArgs) -> str:
     outputs = Path(args.outputs)
     if not outputs.is_dir():
         raise SystemExit(f"error: outputs={outputs}: no such folder (run afqmc-disk where you train, or name it)")
-    client = _client(args.uri)
-    rows = []
+    client, not_asked, rows = _client(args.uri), None, []
     for folder in run_folders(outputs):
-        rows.append((size_of(folder.root), size_of(folder.best_model), stored_copy(client, folder.run_id()), folder))
+        try:
+            copy = stored_copy(client, folder.run_id())
+        except StoreNotAsked as why:
+            client, not_asked, copy = None, why, 0
+        rows.append((size_of(folder.root), size_of(folder.best_model), copy, folder))
     rows.sort(key=lambda row: -(row[0] + row[2]))
     lines = [f"{'run folder':<60} {'folder':>9} {'weights':>9} {'in MLflow':>9}"]
     for whole, weights, copy, folder in rows:
@@ -75,6 +90,9 @@ def listing(args: DiskArgs) -> str:
         f"a run's files: rm -r <run folder> (its MLflow run stays); to free a run deleted in the UI: mlflow gc "
         f"--backend-store-uri {shlex.quote(_store(args.uri))}",
     ]
+    if not_asked is not None:
+        lines.append(f"the MLflow store {_store(args.uri)} could not be asked ({not_asked}): its copies count nothing "
+                     "above")  # fmt: skip
     return "\n".join(lines)
 
 
