@@ -82,7 +82,7 @@ def test_without_an_experiment_the_latest_one_is_reported_and_the_others_named(s
     )
     later.log_metrics({"best/dev_f1": 0.9, "final/dev_loss": 0.3}, 5)
     later.end()
-    out = tmp_path / "q"
+    out = tmp_path / "q-report"
     main([f"uri={uri}", f"out={out}"])
     printed = capsys.readouterr().out
     assert "reporting experiment 'quickstart' (also here: afqmc" in printed
@@ -152,3 +152,37 @@ def test_a_store_that_is_not_there_or_not_mlflows_is_one_line_and_none_is_made(t
     with sqlite3.connect(tmp_path / "optuna.db") as db:
         assert [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")] == ["studies"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["optuna.db"]
+
+
+def test_out_holding_anything_but_a_report_is_refused_and_an_earlier_report_is_replaced_whole(store, tmp_path):
+    """out= the current folder, a data folder, a file: one line and nothing touched (a report replaces only a report).
+    An earlier report there is replaced whole: no plot of a param it no longer varies is left beside the new one."""
+    uri, parent = store
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "runs.csv").write_text("my own table\n")
+    (mine / "notes.txt").write_text("mine\n")
+    for out in (mine, mine / "notes.txt"):
+        with pytest.raises(SystemExit) as refused:
+            main([f"uri={uri}", f"parent={parent}", f"out={out}"])
+        assert str(refused.value).startswith(f"error: out={out}: ") and "give a new out=" in str(refused.value)
+    assert (mine / "runs.csv").read_text() == "my own table\n" and sorted(p.name for p in mine.iterdir()) == [
+        "notes.txt", "runs.csv"]  # fmt: skip
+    earlier = tmp_path / "r"
+    main([f"uri={uri}", f"parent={parent}", f"out={earlier}"])
+    (earlier / "objective_vs_optim_eps.png").write_bytes(b"\x89PNG of a param an earlier sweep varied")
+    main([f"uri={uri}", f"parent={parent}", f"out={earlier}"])
+    assert not (earlier / "objective_vs_optim_eps.png").exists() and (earlier / "report.md").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".r")) == []  # no staging left beside
+
+
+def test_the_default_folder_stays_under_reports_whatever_the_experiment_is_called(store_uri, tmp_path, monkeypatch):
+    """Databricks names experiments by a path (/Users/a/afqmc): the report still goes under reports/, one folder."""
+    monkeypatch.chdir(tmp_path)
+    run = MlflowTracking(uri=store_uri, experiment="/Users/a/afqmc", run_name="r").start(
+        {"trainer.metric": "f1"}, {}, tmp_path / "run"
+    )
+    run.log_metrics({"best/dev_f1": 0.9, "final/dev_loss": 0.3}, 5)
+    run.end()
+    main([f"uri={store_uri}", "experiment=/Users/a/afqmc"])
+    assert (tmp_path / "reports" / "_Users_a_afqmc" / "report.md").exists()

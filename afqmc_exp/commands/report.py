@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def report(args: ReportArgs) -> Path:
     """Print the report of ``args`` and write its files; returns their folder."""
     from ..tracking import store
-    from ..tracking.comparison import NothingToReport, collect, write_report
+    from ..tracking.comparison import NotAReportFolder, NothingToReport, collect, write_report
 
     try:
         frame, metric, title, chosen = collect(store.client(args.uri, create=False), args.experiment, args.parent)
@@ -58,10 +58,19 @@ def report(args: ReportArgs) -> Path:
                          "uri=") from None  # fmt: skip
     if chosen:
         print(chosen)
-    out = Path(args.out or Path("reports") / (args.parent or title.split(" ", 1)[1]))
-    print(write_report(frame, metric, title, out))
+    out = Path(args.out) if args.out else default_out(args.parent or title.split(" ", 1)[1])
+    try:
+        print(write_report(frame, metric, title, out))
+    except NotAReportFolder as refused:
+        raise SystemExit(f"error: {refused}") from None
     print(f"wrote {out / 'report.md'}, runs.csv, by_config.csv and plots in {out}")
     return out
+
+
+def default_out(name: str) -> Path:
+    """``reports/<name>``, the name made one folder's: an experiment named by a path (Databricks' ``/Users/a/x``)
+    or ``..`` stays under ``reports/``."""
+    return Path("reports") / (name.replace("/", "_").lstrip(".") or "_")
 
 
 if __name__ == "__main__":

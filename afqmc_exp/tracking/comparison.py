@@ -197,19 +197,38 @@ RUN_COLUMNS = ["run", "status", "task", "metric", "objective", "best_step", *SCO
                "model", "lr", "batch", "seed", "epochs", "max_steps", "run_id"]  # fmt: skip
 
 
+class NotAReportFolder(ValueError):
+    """``out`` holds something other than a report (a user's folder, a file): a report replaces only a report."""
+
+
+def is_report_file(path: Path) -> bool:
+    return path.is_file() and (path.name in ("report.md", "runs.csv", "by_config.csv")
+                               or (path.name.startswith("objective_vs_") and path.suffix == ".png"))  # fmt: skip
+
+
 def write_report(frame, metric: str, title: str, out: Path) -> str:
-    """report.md, runs.csv, by_config.csv and one plot per varying param in ``out``; returns the Markdown."""
-    out.mkdir(parents=True, exist_ok=True)
+    """report.md, runs.csv, by_config.csv and one plot per varying param, written whole into ``out``, which they
+    replace (``files.atomic_dir``: no plot of an earlier report left beside them, an interrupted write leaves the
+    earlier one); returns the Markdown. An ``out`` that holds anything else is refused (:class:`NotAReportFolder`)."""
+    from ..files import atomic_dir
+
+    if out.exists() and not out.is_dir():
+        raise NotAReportFolder(f"out={out}: is a file, not a report's folder; give a new out=")
+    others = [p.name for p in out.iterdir() if not is_report_file(p)] if out.is_dir() else []
+    if others:
+        raise NotAReportFolder(f"out={out}: holds {', '.join(sorted(others)[:3])}, not a report's files (a report "
+                               "replaces only an earlier report); give a new out=")  # fmt: skip
     varying = varying_params(frame)
     runs, grouped = frame[RUN_COLUMNS], by_config(frame, varying)
-    runs.to_csv(out / "runs.csv", index=False, float_format="%.6g")
-    grouped.to_csv(out / "by_config.csv", index=False, float_format="%.6g", na_rep="—")
-    plot_params(frame, varying, metric, out)
     text = (
         f"# Runs of {title}\n\nObjective: best dev {metric} "
         f"({'higher' if GREATER_IS_BETTER[metric] else 'lower'} is better). "
         f"Varying: {', '.join(varying) or 'nothing'}.\n\n"
         f"{fmt(runs)}\n\n## Seeds pooled (mean ± std of the objective)\n\n{fmt(grouped)}\n"
     )
-    (out / "report.md").write_text(text)
+    with atomic_dir(out) as staging:
+        runs.to_csv(staging / "runs.csv", index=False, float_format="%.6g")
+        grouped.to_csv(staging / "by_config.csv", index=False, float_format="%.6g", na_rep="—")
+        plot_params(frame, varying, metric, staging)
+        (staging / "report.md").write_text(text)
     return text
