@@ -4,6 +4,7 @@ again whole; and the run's ``DELIVERY`` table (``tracking/mlflow_run.py``) again
 
 import json
 import logging
+import shutil
 import threading
 import time
 
@@ -128,6 +129,23 @@ def test_a_corrupt_journal_line_keeps_the_damaged_journal_and_sends_every_readab
     caplog.clear()
     again = Outbox(tmp_path, Store())  # the journal now adds up: not doubted again, nothing left to send
     assert not again.doubted and again.pending == 0 and "cannot be read" not in caplog.text
+
+
+def test_a_journal_damaged_again_keeps_every_damaged_copy(tmp_path):
+    """The evidence of an earlier damage (a disk that fails now and then) is not overwritten by the next one's."""
+    copies = []
+    for damage in (CORRUPT["not JSON"], CORRUPT["truncated JSON"]):
+        shutil.rmtree(tmp_path / ".tracking", ignore_errors=True)
+        for kept in copies:  # what the earlier damage left beside the journal
+            (tmp_path / ".tracking").mkdir(exist_ok=True)
+            (tmp_path / ".tracking" / kept[0]).write_bytes(kept[1])
+        left_behind(tmp_path, [json.dumps(metrics(1)), damage, json.dumps(metrics(3))], sent=3)
+        Outbox(tmp_path, Store())
+        copies = [(p.name, p.read_bytes()) for p in sorted((tmp_path / ".tracking").glob("journal.damaged*"))]
+    kept = dict(copies)
+    assert sorted(kept) == ["journal.damaged.2.jsonl", "journal.damaged.jsonl"]
+    assert CORRUPT["not JSON"].encode() in kept["journal.damaged.jsonl"]  # the first damage, as it was
+    assert CORRUPT["truncated JSON"].encode() in kept["journal.damaged.2.jsonl"]
 
 
 def test_an_unreadable_delivered_count_doubts_the_journal_and_sends_it_again(tmp_path, caplog):

@@ -20,6 +20,7 @@ the same filtering, so the store ends with every step once whatever was lost.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import shutil
@@ -62,7 +63,7 @@ class Outbox:
             f"it holds {len(self.records)} record(s) but {self.sent} were counted as delivered"  # fmt: skip
         self.sent = 0
         self._write_counter()  # first: a kill from here on finds a journal that is sent again whole
-        kept = self.journal.with_name("journal.damaged.jsonl")
+        kept = _aside(self.journal)
         shutil.copyfile(self.journal, kept)
         with replaced_file(self.journal) as out:
             out.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records))
@@ -181,3 +182,11 @@ def permanent(error: Exception) -> bool:
     """A refusal that retrying cannot change (a bad request, a deleted run), as opposed to an unreachable store."""
     status = getattr(error, "get_http_status_code", lambda: None)()
     return status in (400, 404)
+
+
+def _aside(journal: Path) -> Path:
+    """Where a damaged journal is kept: ``journal.damaged.jsonl``, or ``.2``, ``.3``... beside an earlier damage's."""
+    for n in itertools.count(1):
+        kept = journal.with_name(f"journal.damaged{'' if n == 1 else f'.{n}'}.jsonl")
+        if not kept.exists():
+            return kept
