@@ -125,9 +125,9 @@ class MlflowSweepCallback(Callback):
             run.log_metrics({key: best.data.metrics[key]}, step=len(children))  # a reopened parent logs anew
             tags.update({"sweep.best_run_id": best.info.run_id, "sweep.best_run_name": best.info.run_name})
             tags["mlflow.note.content"] = describe(best, key, len(children), len(failed), experiment_id, run.run_id)
-            for part in (lambda: crown_champion(run.client, best), lambda: self._attach_report(run, children),
-                         lambda: self._pool_folds(run, children)):  # fmt: skip
-                _made_or_said(part)
+            _made_or_said(lambda: crown_champion(run.client, best))
+            _made_or_said(lambda: self._attach_report(run, children))
+            _made_or_said(lambda: self._pool_folds(run, children))
         hide_run_config(self.folder.root, self.masker)  # the sweep's multirun.yaml keeps the real secrets
         run.log_masked_file(self.folder.saved_config)
         run.set_tags(tags)
