@@ -415,3 +415,25 @@ def test_each_run_sets_its_experiment_s_runs_view_and_the_summary_links_it(tmp_p
         (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("its runs")]
         said = "its runs beside each other (best dev loss, dev loss, model, task, lr, batch, seed)"
         assert line == f"{said}: {ui}/#/experiments/7/runs?viewStateShareKey=afqmc"
+
+
+def test_a_lookup_finds_a_store_whose_path_has_uri_characters_or_that_another_process_holds(tmp_path, empty_store_file):
+    """A lookup (``create=False``) refuses only a file that is no MLflow store: a path with ``#`` or ``%`` in it, or a
+    store another process is writing (locked, or a journal to roll back after a kill) is one, and is used."""
+    import shutil
+    import sqlite3
+
+    from afqmc_exp.tracking import store
+
+    folder = tmp_path / "my#proj 100%"
+    folder.mkdir()
+    shutil.copyfile(empty_store_file, folder / "mlflow.db")
+    store.client(f"sqlite:///{folder / 'mlflow.db'}", create=False).search_experiments()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my#proj 100%"]  # nothing made beside it
+    writer = sqlite3.connect(folder / "mlflow.db", isolation_level=None)
+    writer.execute("BEGIN EXCLUSIVE")  # another process in the middle of a write
+    try:
+        assert store._holds_mlflow(folder / "mlflow.db")
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()

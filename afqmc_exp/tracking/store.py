@@ -153,15 +153,19 @@ def client(uri: str | None = None, create: bool = True):
 
 
 def _holds_mlflow(database: Path) -> bool:
-    """Whether the SQLite file is there and holds MLflow's tables (read only: nothing is created or migrated)."""
+    """Whether the SQLite file is there and holds MLflow's tables; nothing is created or migrated. Only what is surely
+    no store of MLflow's is refused: a store another process holds (locked, or a journal a kill left to roll back)
+    goes on to the usual path, which waits for it."""
     if not database.exists():
         return False
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-            return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='experiments'").fetchone() \
-                is not None  # fmt: skip
-    except sqlite3.DatabaseError:  # not a database at all: no store of MLflow's either
+        with contextlib.closing(sqlite3.connect(database, timeout=0.5)) as db:
+            found = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='experiments'").fetchone()
+    except sqlite3.OperationalError:  # locked, busy: a store in use
+        return True
+    except sqlite3.DatabaseError:  # not a database at all
         return False
+    return found is not None
 
 
 _OPENED: dict[Path, tuple[int, int] | None] = {}  # each SQLite file as this process's last ``client`` call saw it
