@@ -205,8 +205,9 @@ def test_a_summary_that_cannot_be_made_still_closes_the_parent(tmp_path, at_exit
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["sweep.best_run_name"] == "fold1"
 
-    callback, client = started(tmp_path / "gone", at_exit, task=("optim.lr=1e-5,3e-5",))
+    callback, client = started(tmp_path / "gone", at_exit, task=("optim.lr=1e-5,3e-5", "+db_password=hunter2xyz"))
     parent_id = callback.run.run_id
+    (tmp_path / "gone" / "sweep" / "multirun.yaml").write_text("db_password: hunter2xyz\n")  # as Hydra saves it
 
     def store_gone(*args, **kwargs):
         raise ConnectionError("the tracking server went away")
@@ -214,6 +215,17 @@ def test_a_summary_that_cannot_be_made_still_closes_the_parent(tmp_path, at_exit
     monkeypatch.setattr(callback.run.client, "search_runs", store_gone)
     callback.close()
     assert client.get_run(parent_id).info.status == "FAILED"
+    assert (tmp_path / "gone" / "sweep" / "multirun.yaml").stat().st_mode & 0o077 == 0  # its secrets kept private
+
+
+def test_folds_that_differ_only_in_where_they_record_are_one_config(tmp_path, at_exit):
+    """A k-fold sweep continued with another tracking.uri (which a continuation may change): still one config."""
+    callback, client = started(tmp_path, at_exit, task=("data.folds=2", "data.fold=0,1"))
+    parent_id = callback.run.run_id
+    fold_job(tmp_path, parent_id, "fold0", 0, 0.5, [(0, "1", 0.9)], {"tracking.uri": "sqlite:///mlflow.db"})
+    fold_job(tmp_path, parent_id, "fold1", 1, 1.0, [(1, "0", 0.2)], {"tracking.uri": "sqlite:///./mlflow.db"})
+    callback.close()
+    assert client.get_run(parent_id).data.metrics["oof/pairs"] == 2
 
 
 def test_the_best_job_is_the_best_objective_then_the_lower_dev_loss_then_the_earlier_start(tmp_path):

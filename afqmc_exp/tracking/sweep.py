@@ -44,7 +44,7 @@ from ..run_folder import RunFolder
 from ..sweep_folder import SweepFolder
 from .masking import Masker, hide_run_config, install_log_filter
 from .mlflow_run import dataset_records
-from .run_tracking import context_tags
+from .run_tracking import NOT_THE_EXPERIMENT, context_tags
 from .store import first_line
 
 log = logging.getLogger(__name__)
@@ -105,17 +105,19 @@ class MlflowSweepCallback(Callback):
         if self.run is None:
             return
         run, self.run = self.run, None
+        hide_run_config(self.folder.root, self.masker)  # the sweep's multirun.yaml keeps the real secrets
+        stays_open = self.study is not None and not crashed and not self.folder.study_complete()
         try:
             experiment_id = run.client.get_run(run.run_id).info.experiment_id
             children = run.client.search_runs(
                 [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.run_id}'", max_results=10000
             )
         except Exception as error:  # the store gone at the very end: closed all the same, never left RUNNING
-            log.warning("sweep parent run %s: its jobs could not be read (%s); closed FAILED (a --multirun resume= of "
-                        "the sweep summarises it again)", run.run_id, first_line(error))  # fmt: skip
-            run.end("FAILED")
+            log.warning("sweep parent run %s: its jobs could not be read (%s); closed %s (a --multirun resume= of "
+                        "the sweep summarises it again)", run.run_id, first_line(error),
+                        "for the study's other workers" if stays_open else "FAILED")  # fmt: skip
+            run.end(None if stays_open else "FAILED")
             return
-        stays_open = self.study is not None and not crashed and not self.folder.study_complete()
         running = [c for c in children if c.info.status == "RUNNING"] if stays_open else []  # another worker's
         failed = [c for c in children if c.info.status != "FINISHED" and c not in running]
         tags = {"sweep.jobs": len(children), "sweep.failed_jobs": len(failed)}
@@ -128,7 +130,6 @@ class MlflowSweepCallback(Callback):
             _made_or_said(lambda: crown_champion(run.client, best))
             _made_or_said(lambda: self._attach_report(run, children))
             _made_or_said(lambda: self._pool_folds(run, children))
-        hide_run_config(self.folder.root, self.masker)  # the sweep's multirun.yaml keeps the real secrets
         run.log_masked_file(self.folder.saved_config)
         run.set_tags(tags)
         if stays_open:
@@ -265,7 +266,8 @@ def out_of_fold(children: list) -> list[dict] | None:
     folds = {c.data.params.get("data.folds") for c in children}
     if len(folds) != 1 or folds == {"null"} or None in folds:
         return None
-    configs = {tuple(sorted((k, v) for k, v in c.data.params.items() if k != "data.fold")) for c in children}
+    configs = {tuple(sorted((k, v) for k, v in c.data.params.items() if k != "data.fold" and k.split(".")[0] not in
+                            NOT_THE_EXPERIMENT)) for c in children}  # fmt: skip
     if len(configs) > 1:
         log.info("the sweep varies more than data.fold: no out-of-fold pool (sweep the folds of one config for it)")
         return None
