@@ -186,3 +186,20 @@ def test_the_default_folder_stays_under_reports_whatever_the_experiment_is_calle
     run.end()
     main([f"uri={store_uri}", "experiment=/Users/a/afqmc"])
     assert (tmp_path / "reports" / "_Users_a_afqmc" / "report.md").exists()
+
+
+def test_out_the_current_folder_is_refused_and_what_the_desktop_leaves_in_a_report_is_not_a_users_file(
+        store, tmp_path, monkeypatch):  # fmt: skip
+    uri, parent = store
+    here = tmp_path / "empty"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    with pytest.raises(SystemExit) as refused:
+        main([f"uri={uri}", f"parent={parent}", "out=."])
+    assert str(refused.value).startswith("error: out=.: is the current folder") and list(here.iterdir()) == []
+    earlier = tmp_path / "r"
+    main([f"uri={uri}", f"parent={parent}", f"out={earlier}"])
+    (earlier / ".DS_Store").write_bytes(b"Finder")  # the report opened on a Mac, or runs.csv open in LibreOffice
+    (earlier / ".~lock.runs.csv#").write_text("lo")
+    main([f"uri={uri}", f"parent={parent}", f"out={earlier}"])
+    assert (earlier / "report.md").exists()

@@ -202,8 +202,10 @@ class NotAReportFolder(ValueError):
 
 
 def is_report_file(path: Path) -> bool:
-    return path.is_file() and (path.name in ("report.md", "runs.csv", "by_config.csv")
-                               or (path.name.startswith("objective_vs_") and path.suffix == ".png"))  # fmt: skip
+    """A report's own file, or what a desktop leaves beside one (``.DS_Store``, an office suite's ``.~lock``)."""
+    return path.name.startswith(".") or path.name in ("Thumbs.db", "desktop.ini") or path.is_file() and (
+        path.name in ("report.md", "runs.csv", "by_config.csv")
+        or (path.name.startswith("objective_vs_") and path.suffix == ".png"))  # fmt: skip
 
 
 def write_report(frame, metric: str, title: str, out: Path) -> str:
@@ -214,6 +216,8 @@ def write_report(frame, metric: str, title: str, out: Path) -> str:
 
     if out.exists() and not out.is_dir():
         raise NotAReportFolder(f"out={out}: is a file, not a report's folder; give a new out=")
+    if Path.cwd().is_relative_to(out.absolute()):  # replaced whole, it would take the folder the command stands in
+        raise NotAReportFolder(f"out={out}: is the current folder (or holds it); give a new out=")
     others = [p.name for p in out.iterdir() if not is_report_file(p)] if out.is_dir() else []
     if others:
         raise NotAReportFolder(f"out={out}: holds {', '.join(sorted(others)[:3])}, not a report's files (a report "
