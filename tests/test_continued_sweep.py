@@ -105,7 +105,7 @@ def test_a_sweep_folder_holding_another_sweep_is_refused_and_the_same_sweep_goes
     multirun_start(tmp_path / "new", ["optim.lr=1"])  # a new sweep folder: nothing to say
 
 
-@pytest.mark.parametrize("cut", ["hydra:\n  overrides:\n    task: [optim.lr=1e-5", ""])
+@pytest.mark.parametrize("cut", ["hydra:\n  overrides:\n    task: [optim.lr=1e-5", "hydra:\n", ""])
 def test_a_sweep_folder_whose_multirun_yaml_a_kill_cut_is_one_line_with_the_way_on(tmp_path, cut):
     """Hydra rewrites multirun.yaml in place at each start of a sweep; a kill then leaves it cut (or empty). Neither
     continuing the sweep nor starting a sweep in its folder goes on unchecked, nor ends in a traceback (which Hydra

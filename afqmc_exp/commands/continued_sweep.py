@@ -135,7 +135,7 @@ def saved_overrides(folder: SweepFolder) -> DictConfig:
         overrides = OmegaConf.load(folder.saved_config).hydra.overrides
         if not {"hydra", "task"} <= set(overrides):
             raise ValueError("its overrides are cut short")
-    except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as error:
+    except (OSError, ValueError, AttributeError, yaml.YAMLError, OmegaConfBaseException) as error:  # hydra: null too
         raise SystemExit(f"error: {folder.saved_config} cannot be read ({first_line(error)}); a kill while Hydra "
                          "rewrote it? Move it aside, then run the sweep's own command again with "
                          f"hydra.sweep.dir={folder.root}: its finished jobs are reported, killed ones "
