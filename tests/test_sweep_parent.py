@@ -4,6 +4,7 @@ when the sweep ends, closed FAILED when a job failed or the sweep crashed. No tr
 
 import json
 import pickle
+import shutil
 import types
 
 import pytest
@@ -193,7 +194,7 @@ def test_folds_of_several_configs_are_not_pooled_into_one_out_of_fold(tmp_path, 
     assert parent.data.tags["sweep.best_run_name"] == "lr3e-5-fold0"
 
 
-def test_a_summary_that_cannot_be_made_still_closes_the_parent(tmp_path, at_exit, monkeypatch):
+def test_a_summary_that_cannot_be_made_still_closes_the_parent(tmp_path, at_exit, monkeypatch, empty_store_file):
     """What fails while the parent summarises its jobs (a job's predictions unreadable, the store gone at the very
     end) never leaves it RUNNING for good: the rest of the summary is made, and it is closed."""
     callback, client = started(tmp_path, at_exit, task=("data.folds=2", "data.fold=0,1"))
@@ -205,6 +206,8 @@ def test_a_summary_that_cannot_be_made_still_closes_the_parent(tmp_path, at_exit
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["sweep.best_run_name"] == "fold1"
 
+    (tmp_path / "gone").mkdir()
+    shutil.copyfile(empty_store_file, tmp_path / "gone" / "mlflow.db")  # a store of its own, made already
     callback, client = started(tmp_path / "gone", at_exit, task=("optim.lr=1e-5,3e-5", "+db_password=hunter2xyz"))
     parent_id = callback.run.run_id
     (tmp_path / "gone" / "sweep" / "multirun.yaml").write_text("db_password: hunter2xyz\n")  # as Hydra saves it
