@@ -75,6 +75,26 @@ def test_a_store_that_does_not_answer_keeps_every_record_until_it_does_then_deli
     assert store.calls > 6 and "tracking caught up" in caplog.text  # it retried, and said when it caught up
 
 
+def test_the_end_waits_for_a_slow_store_that_answers_and_gives_up_on_one_that_does_not(tmp_path):
+    """``drain(t)`` bounds the time without a delivery, not the whole delivery: a backlog that takes longer
+    than ``t`` in all is delivered by a store that answers each record in time (a catch-up on a loaded machine);
+    a record the store does not answer within ``t`` ends the wait."""
+    store = Store()
+    slow = lambda record, replayed: (time.sleep(0.03), store(record, replayed))  # noqa: E731
+    outbox = Outbox(tmp_path, slow)
+    for step in range(1, 21):  # 20 records, 0.6 s in all
+        outbox.put(metrics(step))
+    outbox.close()
+    assert outbox.drain(0.3) and len(store.got) == 20
+
+    hung = threading.Event()
+    stuck = Outbox(tmp_path / "stuck", lambda record, replayed: hung.wait(5))
+    stuck.put(metrics(1))
+    started = time.monotonic()
+    assert not stuck.drain(0.3) and time.monotonic() - started < 3
+    hung.set()
+
+
 def test_what_an_earlier_process_left_undelivered_is_delivered_by_the_next_one_as_replayed(tmp_path):
     """Killed after delivering 2 of 4 records: the next process sends the other 2 (which may have reached the store
     already: replayed), then its own."""

@@ -4,8 +4,9 @@ Every write a run makes (metrics, params, tags, artifacts, the final status) is 
 to a journal in the run folder (``.tracking/journal.jsonl``) and delivered, in order, by a background
 thread. While the store does not answer, the thread retries with growing pauses and the log says once
 that tracking is behind; training and checkpointing go on, and nothing is lost: the journal is on disk.
-The end of a run waits a bounded time for the thread to catch up; what is still pending is delivered by
-the next process that opens the run folder (``resume``, which for a finished run only does that).
+The end of a run waits for the thread to catch up while the store answers, up to ``drain_seconds`` without
+a delivery; what is still pending is delivered by the next process that opens the run folder (``resume``,
+which for a finished run only does that).
 
 ``.tracking/sent`` counts the records already delivered. A record can be delivered twice only if the
 process dies between delivering it and counting it; metrics are then filtered against what the store
@@ -56,6 +57,7 @@ class Outbox:
         self._thread: threading.Thread | None = None
         self._closing = False
         self.behind_since: float | None = None
+        self._delivered_at = 0.0  # time.monotonic() of the last delivery (drain waits while records move)
 
     def _start_again(self, unreadable: list[int]) -> None:
         """A journal that does not add up: kept aside, rewritten from its readable records, all sent again."""
@@ -96,12 +98,19 @@ class Outbox:
             self._changed.notify_all()
 
     def drain(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for every record to be delivered; True when none is pending."""
-        deadline = time.monotonic() + timeout
+        """Wait for every record to be delivered, giving up once ``timeout`` seconds pass without a delivery (a
+        store that does not answer); True when none is pending. A backlog that takes longer than ``timeout`` in
+        all still reaches a store that answers: the end of a run and a catch-up do not stop halfway."""
         with self._changed:
-            while self.pending and time.monotonic() < deadline:
-                self._changed.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
-            return not self.pending
+            moved = time.monotonic()
+            while self.pending:
+                if self._delivered_at > moved:
+                    moved = self._delivered_at
+                left = moved + timeout - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(timeout=min(1.0, left))
+            return True
 
     def _send_forever(self) -> None:
         pause = self.retry_seconds
@@ -130,6 +139,7 @@ class Outbox:
     def _count_one(self) -> None:
         with self._changed:
             self.sent += 1
+            self._delivered_at = time.monotonic()
             self._write_counter()
             if self.behind_since is not None and not self.pending:
                 log.warning(
