@@ -39,7 +39,7 @@ def ui(tmp_path_factory):
     ]
     proc = run_command(cmd, cwd=tmp, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    with mlflow_service("ui", "sqlite:///mlflow.db", tmp) as url:  # exactly the README's command
+    with mlflow_service("ui", "sqlite:///mlflow.db", tmp, jobs=True) as url:  # exactly the README's command
         yield url, tmp
 
 

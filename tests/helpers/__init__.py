@@ -112,16 +112,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_mlflow(command: str, store: str, cwd: Path, port: int, *extra: str) -> subprocess.Popen:
-    """`mlflow ui|server --backend-store-uri STORE` on 127.0.0.1:PORT in its own process group, waited for."""
+def start_mlflow(command: str, store: str, cwd: Path, port: int, *extra: str, jobs: bool = False) -> subprocess.Popen:
+    """`mlflow ui|server --backend-store-uri STORE` on 127.0.0.1:PORT in its own process group, waited for.
+    ``jobs``: with MLflow's job runner, as a user's command starts it. Our runs use no MLflow job, and the runner
+    is 8 more processes that take about 25 s of CPU as they start (against 7 s for the server alone, on this
+    project's 2-core machines), CPU the tests beside it need."""
     import time
     import urllib.request
 
     log = cwd / f"mlflow-{command}-{port}.log"
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": str(jobs).lower()}
     with open(log, "a") as out:
         exe = str(Path(sys.executable).parent / "mlflow")
         args = [exe, command, "--backend-store-uri", store, *extra, "--host", "127.0.0.1", "--port", str(port)]
-        proc = subprocess.Popen(args + ["--workers", "1"], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(args + ["--workers", "1"], cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)  # fmt: skip
     deadline = time.time() + 180
     while True:
@@ -145,10 +149,10 @@ def stop_mlflow(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def mlflow_service(command: str, store: str, cwd: Path, *extra: str):
+def mlflow_service(command: str, store: str, cwd: Path, *extra: str, jobs: bool = False):
     """`mlflow ui|server --backend-store-uri STORE` on a free loopback port, waited for; yields its URL."""
     port = free_port()
-    proc = start_mlflow(command, store, cwd, port, *extra)
+    proc = start_mlflow(command, store, cwd, port, *extra, jobs=jobs)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
