@@ -7,8 +7,9 @@ the user's umask gives, as every other file of a run folder has.
   happens to be called ``<name>.part``.
 * :func:`umask_mode` and :func:`follow_umask`: ``mkstemp`` creates files readable by their owner only, and so does
   safetensors 0.8 for the weights it writes; a teammate reading a run on a shared store then cannot. Files this
-  package writes get what the umask gives (0644 under the usual 022); only a run's own config, which keeps its
-  secrets, is made private, on purpose (``tracking.masking.hide_run_config``).
+  package writes get what the umask gives (0644 under the usual 022); only a run's own config and a sweep's
+  overrides, which keep their secrets, are made private, on purpose (``tracking.masking.hide_run_config``,
+  ``replaced_file(private=True)``).
 * :func:`atomic_dir`: the same for a folder (the best weights, the last checkpoint), written into a staging folder
   that then takes the old one's place. On Linux the two folders are exchanged by one ``renameat2(RENAME_EXCHANGE)``
   call, so a kill at any moment leaves the old complete folder or the new one. Where that call is missing (other
@@ -64,13 +65,14 @@ def follow_umask(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def replaced_file(path: Path, binary: bool = False):
-    """Yield a file open for writing that replaces ``path`` when the block ends without an error (see above)."""
+def replaced_file(path: Path, binary: bool = False, private: bool = False):
+    """Yield a file open for writing that replaces ``path`` when the block ends without an error (see above).
+    ``private``: readable by its owner only from its first byte (it keeps secrets)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
-        os.fchmod(handle, umask_mode())
+        os.fchmod(handle, 0o600 if private else umask_mode())
         with os.fdopen(handle, "wb" if binary else "w", encoding=None if binary else "utf-8") as file:
             yield file
         os.replace(staged, path)

@@ -7,6 +7,8 @@ parent to nest under, in which experiment, what its name shows) and ``--multirun
 
 =========================  ========================================================================================
 ``multirun.yaml``          the sweep's config, with the overrides it was started with (written by every sweeper)
+``sweep_overrides.json``   those overrides again, written whole as each start of the sweep begins (Hydra rewrites
+                           ``multirun.yaml`` in place: a kill can cut it and leave valid YAML with fewer of them)
 ``mlflow_parent_run_id``   the sweep's MLflow parent run: every job nests its run under it; a continued sweep reopens it
 ``mlflow_experiment``      the parent's experiment: every job is recorded there
 ``swept_keys.json``        what the sweep varies, which its jobs' run names show
@@ -23,6 +25,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .files import replaced_file
+
 
 @dataclass(frozen=True)
 class SweepFolder:
@@ -36,6 +40,10 @@ class SweepFolder:
     @property
     def saved_config(self) -> Path:
         return self.root / "multirun.yaml"
+
+    @property
+    def overrides_file(self) -> Path:
+        return self.root / "sweep_overrides.json"
 
     @property
     def parent_run_file(self) -> Path:
@@ -60,6 +68,15 @@ class SweepFolder:
     @property
     def report(self) -> Path:
         return self.root / "report"
+
+    def holds_a_sweep(self) -> bool:
+        """Whether a sweep started here (a ``multirun.yaml``, or a start cut short before its sweeper wrote one)."""
+        return self.saved_config.is_file() or self.overrides_file.is_file()
+
+    def save_overrides(self, hydra: list[str], task: list[str]) -> None:
+        """The overrides this start of the sweep was given, replacing the last start's whole (owner-only: secrets)."""
+        with replaced_file(self.overrides_file, private=True) as out:
+            out.write(json.dumps({"hydra": hydra, "task": task}, ensure_ascii=False, indent=1) + "\n")
 
     def parent_run_id(self) -> str | None:
         return _read(self.parent_run_file)

@@ -85,8 +85,10 @@ def test_a_parent_run_id_finds_its_sweep_folder_in_the_store(tmp_path, store_uri
     assert str(other.value) == f"error: resume={parent}: {said}, if it is the one you mean"
 
 
-def multirun_start(sweep_dir, task):
-    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}, "overrides": {"task": list(task)}}})
+def multirun_start(sweep_dir, task, hydra=("hydra.mode=MULTIRUN",)):
+    """What Hydra's callback is given as a sweep starts in ``sweep_dir`` (before its sweeper writes anything)."""
+    overrides = {"hydra": [*hydra, f"hydra.sweep.dir={sweep_dir}"], "task": list(task)}
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}, "overrides": overrides}})
     SweepFolderGuard().on_multirun_start(config)
 
 
@@ -120,6 +122,23 @@ def test_a_sweep_folder_whose_multirun_yaml_a_kill_cut_is_one_line_with_the_way_
     with pytest.raises(SystemExit, match=said):
         multirun_start(sweep, SWEPT)
     assert (sweep / "multirun.yaml").read_text() == cut
+
+
+def test_a_multirun_yaml_cut_inside_its_task_list_does_not_shrink_the_sweep(tmp_path):
+    """A kill while Hydra rewrites multirun.yaml can cut it inside the task list: still YAML, with fewer overrides.
+    The overrides the guard kept whole as the sweep started are the sweep's: continued, it is the same grid; a sweep
+    of the cut overrides is another sweep. Each start keeps what it may change (the store, the launcher)."""
+    sweep = tmp_path / "sweep"
+    multirun_start(sweep, SWEPT, hydra=["hydra.mode=MULTIRUN", "hydra/launcher=joblib"])
+    assert (sweep / "sweep_overrides.json").stat().st_mode & 0o777 == 0o600  # as multirun.yaml: it keeps secrets
+    saved_sweep(sweep, task=SWEPT[:1])  # the cut: "task: [optim.lr=1e-5,2e-5" then nothing, as YAML ends it
+    argv = continued_sweep_command(["--multirun", f"resume={sweep}"], CONF)
+    assert argv == ["--multirun", "hydra/launcher=joblib", *SWEPT, f"hydra.sweep.dir={sweep}"]
+    with pytest.raises(SystemExit, match=r"holds another sweep \(seed=1,2 there, \(no override\) here\)"):
+        multirun_start(sweep, SWEPT[:1])
+    multirun_start(sweep, [*SWEPT, "tracking.uri=sqlite:///b.db"], hydra=["hydra.mode=MULTIRUN"])
+    argv = continued_sweep_command(["--multirun", f"resume={sweep}"], CONF)
+    assert argv == ["--multirun", *SWEPT, "tracking.uri=sqlite:///b.db", f"hydra.sweep.dir={sweep}"]
 
 
 def test_a_job_meets_its_folder_again_only_when_a_run_opened_there(tmp_path, caplog):

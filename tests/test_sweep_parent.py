@@ -347,6 +347,8 @@ def test_two_workers_making_the_study_s_parent_at_once_keep_the_earlier(tmp_path
     experiment = client.get_experiment_by_name("sweeps").experiment_id
     deleted = client.search_runs([experiment], run_view_type=2)  # ViewType.DELETED_ONLY
     assert len(deleted) == 1 and deleted[0].data.tags["sweep.study"] == "s"
+    for worker in (other, late):  # delivered before tmp_path goes (a thread writing into it then would raise)
+        assert worker.run.outbox.drain(30)
 
 
 def test_a_continued_sweep_reopens_its_own_parent_and_closes_it_over_every_job(tmp_path, at_exit):

@@ -2,7 +2,7 @@
 ``python train.py --multirun resume=<the sweep's folder, or its MLflow parent run id>``.
 
 * :func:`continued_sweep_command` turns that command line, before Hydra reads it, into the sweep's own: the overrides
-  saved in its folder's ``multirun.yaml``, in that same folder (``hydra.sweep.dir``). A grid then lists the same
+  saved in its folder (see the guard below), in that same folder (``hydra.sweep.dir``). A grid then lists the same
   jobs in the same order, so job ``N`` meets its own folder ``N`` again; an Optuna search reloads its study from its
   storage. Beside ``resume=`` the command line may change only where the jobs run and record (``may_change``: the
   store's URI, the launcher); anything else would make another sweep, and is refused in one line.
@@ -13,7 +13,10 @@
 * :class:`SweepFolderGuard` (a Hydra callback, registered in ``conf/train.yaml``) refuses a sweep started in a folder
   that holds *another* sweep (a fixed ``hydra.sweep.dir`` given again with other values), before Hydra writes
   anything there: otherwise that sweep's finished jobs would be reported as this one's.
-* A ``multirun.yaml`` a kill cut (Hydra rewrites it in place at each start) is one line with the way on, for both
+* The guard keeps each start's overrides whole (``sweep_overrides.json``, replaced in one rename) before the sweeper
+  rewrites ``multirun.yaml`` in place: a kill then can cut that file inside its task list, leaving valid YAML with
+  fewer overrides, and the sweep continued from it would be a smaller grid. Where only a ``multirun.yaml`` is there
+  (a sweep started by an earlier version), one that cannot be read is one line with the way on, for both
   (:func:`saved_overrides`), never a traceback: Hydra swallows a callback's error, and the other sweep would run.
 
 Two continuations of one sweep started at once write no job folder twice: each is held by one process at a time
@@ -24,6 +27,7 @@ first still runs; the first closes it again, FINISHED, when it ends.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -81,7 +85,7 @@ def sweep_folder(target: str, changes: list[str], conf_dir: Path) -> Path:
     """The folder of the sweep ``target`` names: the folder itself, or the ``sweep.dir`` tag of the MLflow parent
     run with that id (in the store ``tracking.uri`` names, else the config's default store)."""
     folder = Path(target).expanduser()
-    if SweepFolder(folder).saved_config.is_file():
+    if SweepFolder(folder).holds_a_sweep():
         return folder.absolute()
     if folder.is_dir():
         from ..run_folder import RunFolder
@@ -111,7 +115,7 @@ def folder_of_parent_run(run_id: str, changes: list[str], conf_dir: Path) -> Pat
         raise SystemExit(f"error: resume={run_id}: neither a sweep's folder nor the id of an MLflow run in "
                          f"{mask_uri(uri)}{why}") from None  # fmt: skip
     folder = SweepFolder(tags.get("sweep.dir", ""))
-    if "sweep.dir" not in tags or not folder.saved_config.is_file():
+    if "sweep.dir" not in tags or not folder.holds_a_sweep():
         where = f" ({folder.root} has no {folder.saved_config.name})" if "sweep.dir" in tags else ""
         raise SystemExit(f"error: resume={run_id}: not the parent run of a sweep whose folder is here{where}; give "
                          "the sweep's folder")  # fmt: skip
@@ -124,22 +128,28 @@ def folder_of_parent_run(run_id: str, changes: list[str], conf_dir: Path) -> Pat
 
 
 def saved_overrides(folder: SweepFolder) -> DictConfig:
-    """The overrides a sweep was started with (its ``multirun.yaml``), or one line saying it cannot be read and the
-    way on: Hydra rewrites the file in place at each start of the sweep, so a kill then can leave it cut."""
+    """The overrides a sweep was last started with: those :class:`SweepFolderGuard` kept whole as it started
+    (``sweep_overrides.json``), else (a sweep started by an earlier version) its ``multirun.yaml``, which Hydra
+    rewrites in place, so that a kill then can leave it cut. One that cannot be read is one line with the way on."""
     import yaml
     from omegaconf.errors import OmegaConfBaseException
 
     from ..tracking.store import first_line
 
+    kept = folder.overrides_file.is_file()
+    source = folder.overrides_file if kept else folder.saved_config
     try:
-        overrides = OmegaConf.load(folder.saved_config).hydra.overrides
+        if kept:
+            overrides = OmegaConf.create(json.loads(source.read_text(encoding="utf-8")))
+        else:
+            overrides = OmegaConf.load(source).hydra.overrides
         if not {"hydra", "task"} <= set(overrides):
             raise ValueError("its overrides are cut short")
     except (OSError, ValueError, AttributeError, yaml.YAMLError, OmegaConfBaseException) as error:  # hydra: null too
-        raise SystemExit(f"error: {folder.saved_config} cannot be read ({first_line(error)}); a kill while Hydra "
-                         "rewrote it? Move it aside, then run the sweep's own command again with "
-                         f"hydra.sweep.dir={folder.root}: its finished jobs are reported, killed ones "
-                         "continue") from None  # fmt: skip
+        how = "edited since?" if kept else "a kill while Hydra rewrote it?"
+        raise SystemExit(f"error: {source} cannot be read ({first_line(error)}); {how} Move it aside, then run the "
+                         f"sweep's own command again with hydra.sweep.dir={folder.root}: its finished jobs are "
+                         "reported, killed ones continue") from None  # fmt: skip
     return overrides
 
 
@@ -147,10 +157,15 @@ class SweepFolderGuard(Callback):
     """Hydra callback: a sweep started in a folder that holds another sweep is refused (see the module docstring)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
-        if not SweepFolder(sweep_dir).saved_config.is_file():
-            return
-        before = [o for o in saved_overrides(SweepFolder(sweep_dir)).task if not may_change(o)]
+        folder = SweepFolder(Path(str(config.hydra.sweep.dir)).absolute())
+        if folder.holds_a_sweep():
+            self._refuse_another_sweep(folder, config)
+        folder.save_overrides(list(config.hydra.overrides.hydra), list(config.hydra.overrides.task))
+
+    @staticmethod
+    def _refuse_another_sweep(folder: SweepFolder, config: DictConfig) -> None:
+        sweep_dir = folder.root
+        before = [o for o in saved_overrides(folder).task if not may_change(o)]
         now = [o for o in config.hydra.overrides.task if not may_change(o)]
         if before != now:
             there, here = [o for o in before if o not in now], [o for o in now if o not in before]
