@@ -57,10 +57,26 @@ def test_a_store_that_cannot_be_reached_is_asked_once_and_said(tmp_path, monkeyp
             asked.append(run_id)
             raise ConnectionError("Max retries exceeded with url: /api/2.0/mlflow/runs/get")
 
-    monkeypatch.setattr(disk, "_client", lambda uri: Down())
+    monkeypatch.setattr(disk, "_client", lambda uri: (Down(), None))
     for name in ("a", "b", "c"):
         run_folder(tmp_path / "outputs", name, 1_000_000, name * 32)
     lines = listing(DiskArgs(outputs=str(tmp_path / "outputs"), uri="http://tracking.example:5000")).splitlines()
     assert len(asked) == 1 and [line.split()[-2] for line in lines[1:4]] == ["0", "0", "0"]
     assert lines[-1] == ("the MLflow store http://tracking.example:5000 could not be asked (Max retries exceeded with "
                          "url: /api/2.0/mlflow/runs/get): its copies count nothing above")  # fmt: skip
+
+
+def test_a_store_another_process_holds_is_said_not_counted_as_empty(tmp_path, monkeypatch, store_uri):
+    """A store whose lock another process holds past the wait: its copies count nothing, and the listing says why
+    (not a silent 0, which reads as "nothing uploaded")."""
+    from filelock import FileLock
+
+    from afqmc_exp.tracking import store
+
+    monkeypatch.setattr(store, "BUSY_WAIT_S", 0.2)
+    run_folder(tmp_path / "outputs", "run", 1_000_000, "a" * 32)
+    with FileLock(f"{tmp_path}/mlflow.db.lock"):
+        lines = listing(DiskArgs(outputs=str(tmp_path / "outputs"), uri=store_uri)).splitlines()
+    assert lines[1].split()[-2] == "0"
+    assert lines[-1].startswith(f"the MLflow store {store_uri} could not be asked ({tmp_path}/mlflow.db: its lock "
+                                f"({tmp_path}/mlflow.db.lock) stayed held by another process for 0.2 s")  # fmt: skip

@@ -71,7 +71,7 @@ def listing(args: DiskArgs) -> str:
     outputs = Path(args.outputs)
     if not outputs.is_dir():
         raise SystemExit(f"error: outputs={outputs}: no such folder (run afqmc-disk where you train, or name it)")
-    client, not_asked, rows = _client(args.uri), None, []
+    (client, not_asked), rows = _client(args.uri), []
     for folder in run_folders(outputs):
         try:
             copy = stored_copy(client, folder.run_id())
@@ -103,14 +103,17 @@ def _store(uri: str | None) -> str:
     return mask_uri(resolve_uri(uri or default_uri()))
 
 
-def _client(uri: str | None):
-    """The store's client, or None where there is none yet (its copies then count 0)."""
+def _client(uri: str | None) -> tuple[object | None, str | None]:
+    """The store's client, or None where there is none yet (its copies then count 0, rightly) or it cannot be asked
+    now (another process holds it past the wait: its copies count 0, and why is said)."""
     from ..tracking import store
 
     try:
-        return store.client(uri, create=False)
-    except (store.StoreMissing, store.StoreBusy):
-        return None
+        return store.client(uri, create=False), None
+    except store.StoreMissing:
+        return None, None
+    except store.StoreBusy as busy:
+        return None, first_line(busy)
 
 
 if __name__ == "__main__":
