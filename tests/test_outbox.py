@@ -5,6 +5,8 @@ again whole; and the run's ``DELIVERY`` table (``tracking/mlflow_run.py``) again
 import json
 import logging
 import shutil
+import subprocess
+import sys
 import threading
 import time
 
@@ -70,9 +72,27 @@ def test_a_store_that_does_not_answer_keeps_every_record_until_it_does_then_deli
     assert outbox.pending == 5 and not (tmp_path / ".tracking" / "sent").exists()  # nothing counted delivered
     assert len((tmp_path / ".tracking" / "journal.jsonl").read_text().splitlines()) == 5
     assert caplog.text.count("tracking is behind") == 1  # said once, however many retries
+    journal = tmp_path / ".tracking" / "journal.jsonl"
+    assert "does not answer (store unreachable). Training goes on;" in caplog.text  # what the store said, and
+    assert f"record(s) wait in {journal} and are sent when it answers" in caplog.text  # where the records wait
     store.down = False
     assert delivered(outbox, store) == [(r, False) for r in records]
     assert store.calls > 6 and "tracking caught up" in caplog.text  # it retried, and said when it caught up
+    outbox._thread.join(5)  # closed and delivered: the sender ends (one run after another leaves no thread behind)
+    assert not outbox._thread.is_alive()
+
+
+def test_a_process_whose_store_does_not_answer_exits_without_waiting_for_the_sender(tmp_path):
+    """What could not be delivered waits in the journal for the next process: the sender, retrying, never keeps the
+    run's process from ending."""
+    script = (
+        "import sys; from afqmc_exp.tracking.outbox import Outbox\n"
+        "def down(record, replayed): raise ConnectionError('store unreachable')\n"
+        "outbox = Outbox(sys.argv[1], down); outbox.put({'op': 'end', 'status': 'FINISHED'}); outbox.close()\n"
+    )
+    ended = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=30)
+    assert ended.returncode == 0, ended.stderr
+    assert Outbox(tmp_path, Store()).pending == 1
 
 
 def test_the_end_waits_for_a_slow_store_that_answers_and_gives_up_on_one_that_does_not(tmp_path):
@@ -122,6 +142,21 @@ def test_a_permanent_refusal_skips_that_record_and_the_next_ones_are_delivered(t
         outbox.put(record)
     assert delivered(outbox, store) == [(metrics(1), False), (metrics(2), False)]
     assert "MLflow refused a params record for good (param changed value)" in caplog.text
+
+
+REFUSALS = {"INVALID_PARAMETER_VALUE": True, "RESOURCE_DOES_NOT_EXIST": True,  # HTTP 400, 404: for good
+            "TEMPORARILY_UNAVAILABLE": False, "INTERNAL_ERROR": False}  # 503, 500: the store in trouble  # fmt: skip
+
+
+@pytest.mark.parametrize(("code", "for_good"), REFUSALS.items())
+def test_a_bad_request_or_a_deleted_run_is_refused_for_good_and_a_store_in_trouble_is_retried(code, for_good):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos import databricks_pb2
+
+    from afqmc_exp.tracking.outbox import permanent
+
+    assert permanent(MlflowException("x", error_code=getattr(databricks_pb2, code))) is for_good
+    assert not permanent(ConnectionError("Max retries exceeded"))
 
 
 CORRUPT = {
