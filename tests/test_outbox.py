@@ -132,6 +132,65 @@ def test_the_end_waits_for_a_slow_store_that_answers_and_gives_up_on_one_that_do
     hung.set()
 
 
+def uploading(path, hang: threading.Event | None = None):
+    """A delivery that sends a file as an HTTP upload does, reading it as the link takes it (64 KiB every 20 ms,
+    1 s for this file); with ``hang``, the link stops after the first quarter and the file stays open."""
+
+    def deliver(record: dict, replayed: bool) -> None:
+        with open(path, "rb") as file:
+            while chunk := file.read(64 * 1024):
+                time.sleep(0.02)
+                if hang is not None and file.tell() > path.stat().st_size // 4:
+                    hang.wait(10)
+                    return
+            assert chunk == b""
+
+    return deliver
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="an upload's progress is read from /proc")
+def test_the_end_waits_for_an_upload_longer_than_the_wait_while_it_moves_and_gives_up_once_it_stalls(tmp_path):
+    """A single record can take longer than ``drain(t)`` to deliver: the best weights (400 MB for BERT-base) on a
+    slow link. While its file is read for sending, the wait goes on; an upload that stops moving for ``t`` ends
+    it, as a store that does not answer does."""
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(bytes(50 * 64 * 1024))
+    outbox = Outbox(tmp_path / "run", uploading(weights))
+    outbox.put({"op": "artifacts", "path": str(tmp_path), "artifact_path": "best_model"})
+    outbox.close()
+    assert outbox.drain(0.3)
+
+    hung = threading.Event()
+    stalled = Outbox(tmp_path / "stalled", uploading(weights, hang=hung))
+    stalled.put({"op": "artifacts", "path": str(tmp_path), "artifact_path": "best_model"})
+    started = time.monotonic()
+    assert not stalled.drain(0.3) and time.monotonic() - started < 3
+    hung.set()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="an upload's progress is read from /proc")
+def test_bytes_a_connection_has_not_sent_yet_are_counted_and_move_as_the_other_end_reads():
+    """The tail of an upload waits in the connection's send queue after its file has been read whole: the queue
+    is part of what moves (``uploads.upload_position``), so the end of a run waits for it too."""
+    import socket
+
+    from afqmc_exp.tracking.uploads import upload_position
+
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)  # a slow line's small window
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        with socket.create_connection(listener.getsockname()) as sender, listener.accept()[0] as receiver:
+            sender.setblocking(False)
+            sent = sender.send(bytes(4 << 20))  # as much as the queue takes
+            offsets, queued = upload_position()
+            assert 0 < queued <= sent
+            deadline = time.monotonic() + 10
+            while upload_position() == (offsets, queued):
+                receiver.recv(1 << 16)  # the line takes some: the queue moves
+                assert time.monotonic() < deadline
+
+
 def test_what_an_earlier_process_left_undelivered_is_delivered_by_the_next_one_as_replayed(tmp_path):
     """Killed after delivering 2 of 4 records: the next process sends the other 2 (which may have reached the store
     already: replayed), then its own."""

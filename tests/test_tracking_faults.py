@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import OFFLINE, REPO, SHORT_RUN, free_port, launch, run_command, start_mlflow, stop_mlflow
+from helpers import OFFLINE, REPO, SHORT_RUN, TINY_MINILM, free_port, launch, run_command, start_mlflow, stop_mlflow
+from helpers.slow_link import slow_link
 
 pytestmark = pytest.mark.slow
 FAULTY = [sys.executable, str(REPO / "tests" / "helpers" / "faulty_train.py")]
@@ -62,6 +63,35 @@ def test_a_store_that_dies_mid_run_costs_no_training_and_catches_up_on_resume(tm
         assert "final/dev_f1" in run.data.metrics
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"result.json", "dev_predictions.jsonl", "plots", "hydra", "train.log"} <= artifacts
+    finally:
+        stop_mlflow(server)
+
+
+def test_weights_that_take_longer_to_upload_than_the_wait_reach_the_store_and_close_the_run(tmp_path):
+    """On a slow link the best weights take longer to upload than ``drain_seconds`` (BERT-base's 400 MB at 5 MB/s:
+    80 s against the default 60). The end of the run waits while the upload moves; before, it was cut at the end
+    and at every catch-up, and the run never got its weights nor closed."""
+    from mlflow import MlflowClient
+
+    port = free_port()
+    server = start_mlflow("server", *server_store(tmp_path)[:1], tmp_path, port, *server_store(tmp_path)[1:])
+    weights = (TINY_MINILM / "model.safetensors").stat().st_size
+    out = tmp_path / "run"
+    try:
+        with slow_link(port, rate=weights / 5) as link:  # 5 s for the weights, against a wait of 1 s
+            proc = run_command(
+                [sys.executable, str(REPO / "train.py"), *RUN, "tracking.log_weights=true",
+                 f"tracking.uri=http://127.0.0.1:{link}", "tracking.drain_seconds=1", f"hydra.run.dir={out}"],
+                cwd=tmp_path, timeout=600,
+            )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        said = proc.stdout + proc.stderr
+        assert "tracking is behind" not in said and "still being sent to the MLflow store" in said, said[-3000:]
+        client = MlflowClient(f"http://127.0.0.1:{port}")
+        run = client.get_run(json.loads((out / "result.json").read_text())["mlflow_run_id"])
+        assert run.info.status == "FINISHED"
+        sizes = {a.path: a.file_size for a in client.list_artifacts(run.info.run_id, "best_model")}
+        assert sizes["best_model/model.safetensors"] == (out / "best_model" / "model.safetensors").stat().st_size
     finally:
         stop_mlflow(server)
 

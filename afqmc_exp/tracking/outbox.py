@@ -4,9 +4,9 @@ Every write a run makes (metrics, params, tags, artifacts, the final status) is 
 to a journal in the run folder (``.tracking/journal.jsonl``) and delivered, in order, by a background
 thread. While the store does not answer, the thread retries with growing pauses and the log says once
 that tracking is behind; training and checkpointing go on, and nothing is lost: the journal is on disk.
-The end of a run waits for the thread to catch up while the store answers, up to ``drain_seconds`` without
-a delivery; what is still pending is delivered by the next process that opens the run folder (``resume``,
-which for a finished run only does that).
+The end of a run waits for the thread to catch up while the store answers, up to ``drain_seconds`` in which
+nothing moved (no delivery, and no upload going on: see ``uploads``); what is still pending is delivered by the
+next process that opens the run folder (``resume``, which for a finished run only does that).
 
 ``.tracking/sent`` counts the records already delivered. A record can be delivered twice only if the
 process dies between delivering it and counting it; metrics are then filtered against what the store
@@ -33,6 +33,7 @@ from pathlib import Path
 from ..files import replaced_file
 from ..run_folder import RunFolder
 from .store import first_line
+from .uploads import upload_position
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class Outbox:
         self._closing = False
         self.behind_since: float | None = None
         self._delivered_at = 0.0  # time.monotonic() of the last delivery (drain waits while records move)
+        self._uploading_said = False
 
     def _start_again(self, unreadable: list[int]) -> None:
         """A journal that does not add up: kept aside, rewritten from its readable records, all sent again."""
@@ -98,19 +100,31 @@ class Outbox:
             self._changed.notify_all()
 
     def drain(self, timeout: float) -> bool:
-        """Wait for every record to be delivered, giving up once ``timeout`` seconds pass without a delivery (a
-        store that does not answer); True when none is pending. A backlog that takes longer than ``timeout`` in
-        all still reaches a store that answers: the end of a run and a catch-up do not stop halfway."""
+        """Wait for every record to be delivered, giving up once ``timeout`` seconds pass in which nothing moved
+        (a store that does not answer); True when none is pending. Moving is a delivery, or an upload going on
+        (``uploads.upload_position``): a backlog, or one upload, that takes longer than ``timeout`` in all still
+        reaches a store that takes it, so the end of a run and a catch-up do not stop halfway."""
         with self._changed:
-            moved = time.monotonic()
+            started = moved = time.monotonic()
+            position = upload_position()
             while self.pending:
-                if self._delivered_at > moved:
-                    moved = self._delivered_at
+                if position != (position := upload_position()):
+                    moved = time.monotonic()
+                    self._said_uploading(started, timeout)
+                moved = max(moved, self._delivered_at)
                 left = moved + timeout - time.monotonic()
                 if left <= 0:
                     return False
                 self._changed.wait(timeout=min(1.0, left))
             return True
+
+    def _said_uploading(self, started: float, timeout: float) -> None:
+        """Once a wait runs past ``timeout`` on an upload that moves: why the end of the run is still waiting."""
+        if not self._uploading_said and time.monotonic() - started > timeout and self.pending:
+            self._uploading_said = True
+            record = self.records[self.sent]
+            what = record.get("path") or record.get("folder") or f"a {record['op']} record"
+            log.info("%s is still being sent to the MLflow store; the end waits while the upload moves", what)
 
     def _send_forever(self) -> None:
         pause = self.retry_seconds
