@@ -80,3 +80,15 @@ def test_a_store_another_process_holds_is_said_not_counted_as_empty(tmp_path, mo
     assert lines[1].split()[-2] == "0"
     assert lines[-1].startswith(f"the MLflow store {store_uri} could not be asked ({tmp_path}/mlflow.db: its lock "
                                 f"({tmp_path}/mlflow.db.lock) stayed held by another process for 0.2 s")  # fmt: skip
+
+
+def test_a_server_store_that_is_down_is_said_at_once(tmp_path):
+    """Not after MLflow's four minutes of retries: the listing says the store was not asked, and why."""
+    from helpers import free_port
+
+    run_folder(tmp_path / "outputs", "a", 1_000_000, "a" * 32)
+    uri = f"http://127.0.0.1:{free_port()}"
+    lines = listing(DiskArgs(outputs=str(tmp_path / "outputs"), uri=uri)).splitlines()
+    assert (
+        lines[-1].startswith(f"the MLflow store {uri} could not be asked (") and "no MLflow server answers" in lines[-1]
+    )

@@ -154,6 +154,15 @@ def test_a_store_that_is_not_there_or_not_mlflows_is_one_line_and_none_is_made(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["optuna.db"]
 
 
+def test_a_server_store_that_is_down_is_one_line_at_once(tmp_path):
+    from helpers import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(SystemExit) as down:
+        main([f"uri={uri}", f"out={tmp_path / 'x'}"])
+    assert str(down.value).startswith(f"error: {uri}: no MLflow server answers (") and not (tmp_path / "x").exists()
+
+
 def test_out_holding_anything_but_a_report_is_refused_and_an_earlier_report_is_replaced_whole(store, tmp_path):
     """out= the current folder, a data folder, a file: one line and nothing touched (a report replaces only a report).
     An earlier report there is replaced whole: no plot of a param it no longer varies is left beside the new one."""

@@ -437,3 +437,58 @@ def test_a_lookup_finds_a_store_whose_path_has_uri_characters_or_that_another_pr
     finally:
         writer.execute("ROLLBACK")
         writer.close()
+
+
+def test_a_server_store_that_is_down_is_said_at_once_not_after_mlflows_retries(tmp_path):
+    """MLflow retries a request to a server that does not answer for about four minutes (measured: 246 s for a
+    refused connection) before it raises. A store a command must ask now (a new run, a lookup) is asked once,
+    without retries: the error names the store (its password masked) and what to do. A resumed run does not ask:
+    its writes wait in the outbox until the store is back."""
+    import http.server
+    import threading
+    import time
+
+    from afqmc_exp.tracking import store
+    from helpers import free_port
+
+    down = f"http://alice:hunter2@127.0.0.1:{free_port()}"  # nobody listens there
+    started = time.monotonic()
+    with pytest.raises(store.StoreUnreachable) as refused:
+        store.client(down, create=False)
+    message = str(refused.value)
+    assert time.monotonic() - started < 30
+    assert "no MLflow server answers" in message and "hunter2" not in message and "mlflow server" in message
+    assert store.client(down, asked=False).tracking_uri == down  # a resumed run's client: nothing asked yet
+    with pytest.raises(store.RunNotFound, match="no MLflow server answers"):  # resume=<run id>
+        store.tags_of_run(down, "a" * 32)
+    from afqmc_exp.tracking.stored_weights import FetchError, local_weights
+
+    with pytest.raises(FetchError, match=r"ckpt=runs:/abc/best_model: .*no MLflow server answers"):
+        local_weights("runs:/abc/best_model", down)
+
+    class Answers(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # any answer (a 404 too) is a server that is there
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answers)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        up = f"http://127.0.0.1:{server.server_address[1]}"
+        assert store.client(up, create=False).tracking_uri == up
+    finally:
+        server.shutdown()
+
+
+def test_a_new_run_on_a_server_store_that_is_down_is_refused_in_one_line(tmp_path):
+    from afqmc_exp.tracking.mlflow_tracking import TrackingUnavailable
+    from helpers import free_port
+
+    tracking = MlflowTracking(uri=f"http://127.0.0.1:{free_port()}", experiment="x")
+    with pytest.raises(
+        TrackingUnavailable, match=r"^tracking.uri=http:.*: no MLflow server answers \(connection refused\); start it"
+    ):
+        tracking.start({}, {}, tmp_path / "run")

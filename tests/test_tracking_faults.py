@@ -152,6 +152,22 @@ def test_a_store_that_cannot_be_used_is_one_line_before_anything_runs(tmp_path):
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "x.db").exists()
 
 
+def test_a_server_store_that_is_down_is_one_line_at_once_and_leaves_no_folder(tmp_path):
+    """A forgotten ``mlflow server``: refused in one line, not after MLflow's four minutes of retries and a
+    traceback, for a new run and for a rerun of a logged one."""
+    uri = f"http://127.0.0.1:{free_port()}"
+    for given in (
+        [*RUN, f"hydra.run.dir={tmp_path / 'run'}"],
+        ["rerun=" + "a" * 32, f"hydra.run.dir={tmp_path / 'again'}"],
+    ):
+        proc = run_command([sys.executable, str(REPO / "train.py"), f"tracking.uri={uri}", *given], cwd=tmp_path,
+                           timeout=120)  # fmt: skip
+        last = proc.stderr.strip().splitlines()[-1]
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert last.startswith("error: ") and f"{uri}: no MLflow server answers (connection refused)" in last, last
+    assert not (tmp_path / "run").exists() and not (tmp_path / "again").exists()
+
+
 def test_two_processes_resuming_the_same_run_the_second_is_refused(tmp_path):
     """A duplicated requeue: the first resumer holds the run folder (paused at a known step); the second is
     refused with one line and logs nothing; the first then finishes with every step logged once."""

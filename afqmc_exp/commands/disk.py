@@ -105,15 +105,15 @@ def _store(uri: str | None) -> str:
 
 def _client(uri: str | None) -> tuple[object | None, str | None]:
     """The store's client, or None where there is none yet (its copies then count 0, rightly) or it cannot be asked
-    now (another process holds it past the wait: its copies count 0, and why is said)."""
+    now (another process holds it past the wait, a server that is down: its copies count 0, and why is said)."""
     from ..tracking import store
 
     try:
         return store.client(uri, create=False), None
     except store.StoreMissing:
         return None, None
-    except store.StoreBusy as busy:
-        return None, first_line(busy)
+    except (store.StoreBusy, store.StoreUnreachable) as not_now:
+        return None, first_line(not_now)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ def report(args: ReportArgs) -> Path:
         frame, metric, title, chosen = collect(store.client(args.uri, create=False), args.experiment, args.parent)
     except NothingToReport as nothing:
         raise SystemExit(f"error: {nothing}") from None
+    except store.StoreUnreachable as down:
+        raise SystemExit(f"error: {down}") from None
     except store.StoreMissing as missing:  # the wrong folder, or another program's database: none is made there
         raise SystemExit(f"error: {missing}: run afqmc-report where the runs were trained, or name their store with "
                          "uri=") from None  # fmt: skip

@@ -79,6 +79,8 @@ def config_of_run(run_id: str, tracking):
         with tempfile.TemporaryDirectory() as tmp:
             original = client.get_run(run_id)
             cfg = upgrade(OmegaConf.load(client.download_artifacts(run_id, "hydra/config.yaml", tmp)))
+    except store.StoreUnreachable as down:
+        raise SystemExit(f"error: rerun={run_id}: {down}") from None
     except (MlflowException, OSError, store.StoreBusy) as err:
         raise SystemExit(
             f"error: rerun={run_id}: no hydra/config.yaml for that run in {mask_uri(tracking.uri)} ({first_line(err)})"

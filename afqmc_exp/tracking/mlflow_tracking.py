@@ -109,6 +109,8 @@ class MlflowTracking:
             experiment_id = self.experiment_id(client)
             run_tags = {**tags, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
             created = client.create_run(experiment_id, run_name=self.run_name, tags=run_tags)
+        except store.StoreUnreachable as down:
+            raise TrackingUnavailable(f"tracking.uri={down} (tracking.enabled=false runs without MLflow)") from None
         except Exception as error:  # (whatever the store raised, said in one line)
             raise TrackingUnavailable(
                 f"tracking.uri={mask_uri(self.uri)}: cannot create the MLflow run ({first_line(error)}); start the "
@@ -144,15 +146,17 @@ class MlflowTracking:
             except MlflowException:  # another process created it between our two calls
                 return client.get_experiment_by_name(self.experiment).experiment_id
 
-    def client(self):
-        return store.client(self.uri)
+    def client(self, asked: bool = True):
+        """The store's client; ``asked=False`` for a run that goes on whether or not the store answers now."""
+        return store.client(self.uri, asked=asked)
 
     def attach(self, run_id: str, folder: Path, masker: Masker | None = None) -> Run:
         """An earlier run over its folder's outbox, knowing what it has logged (the journal's steps, and the
         store's where the journal is doubted or was never kept) and its tags; nothing is written yet."""
         if not self.enabled:
             return NoRun()
-        run = Run(self.client(), run_id, folder, self.flush_every, masker=masker, drain_seconds=self.drain_seconds)
+        run = Run(self.client(asked=False), run_id, folder, self.flush_every, masker=masker,
+                  drain_seconds=self.drain_seconds)  # fmt: skip
         journaled = run.journal_steps()
         if run.outbox.doubted or not journaled:
             stored = run.store_steps()

@@ -17,6 +17,10 @@ Every command asks this module, so the default and the meaning of a relative pat
   run), it would go on reading and writing the deleted file, and the runs logged after would vanish with it. So a
   SQLite file that is not the one this process's last ``client`` call saw has MLflow's stores for it dropped first
   (:func:`forget_replaced_database`).
+* A server store (``http``, ``https``) that must answer now (a new run, a lookup) is asked once, without MLflow's
+  retries (:func:`answering`): MLflow retries a server that is down for about four minutes before it raises, so a
+  forgotten ``mlflow server`` would cost that much, then a traceback. A resumed run's client asks nothing: its writes
+  wait in the outbox until the store is back.
 * :func:`store_problems`: a store checked before anything runs (a misspelt scheme, a folder that cannot be
   written, a damaged SQLite file), so a bad one costs one line; a busy one is waited for, never called damaged.
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -125,12 +130,54 @@ class StoreBusy(RuntimeError):
     """The store's lock stayed held by another process for ``BUSY_WAIT_S``; the message says what to do."""
 
 
-def client(uri: str | None = None, create: bool = True):
+class StoreUnreachable(ConnectionError):
+    """A server store that does not answer (see :func:`answering`); the message names it and what to do."""
+
+
+SERVER_TIMEOUT_S = 10  # a server store that has not answered by then is down (or out of reach)
+
+
+def answering(uri: str) -> None:
+    """A server store (``http``, ``https``) answers: one ``GET /health``, without retries, through MLflow's own
+    request (its credentials, TLS and proxy settings). Any answer will do (a 404, a 401 too): only a server that
+    cannot be reached raises :class:`StoreUnreachable`. Other stores are not asked here."""
+    if not uri.startswith(("http://", "https://")) or uri in _ANSWERED:
+        return
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking._tracking_service.utils import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    try:
+        http_request(get_default_host_creds(uri), "/health", "GET", max_retries=0, timeout=SERVER_TIMEOUT_S,
+                     raise_on_status=False)  # fmt: skip
+    except MlflowException as error:
+        raise StoreUnreachable(f"{mask_uri(uri)}: no MLflow server answers ({_not_reached(error)}); start it (mlflow "
+                               "server --backend-store-uri ...) or check the address") from None  # fmt: skip
+    _ANSWERED.add(uri)
+
+
+_ANSWERED: set[str] = set()  # server stores this process has heard from (asked once)
+
+
+def _not_reached(error: Exception) -> str:
+    """Why a request did not reach the server, in a few words (MLflow's message runs on with urllib3's, URLs with
+    their credentials included)."""
+    text = str(error).lower()
+    for words, why in (("refused", "connection refused"), ("timed out", f"no answer in {SERVER_TIMEOUT_S} s"),
+                       ("name or service not known", "no such host"), ("nodename nor servname", "no such host"),
+                       ("name resolution", "no such host"), ("ssl", "a TLS error")):  # fmt: skip
+        if words in text:
+            return why
+    return re.sub(r"//[^/@\s]+@", "//***@", first_line(error))[:200]
+
+
+def client(uri: str | None = None, create: bool = True, asked: bool = True):
     """The client of the store ``uri`` names (the default store if none), its model registry at the same store.
     ``create=False``: for a lookup (``resume=<run id>``, ``rerun=``, a report), a SQLite file that is not there, or
     holds no MLflow store (the search's ``optuna.db`` given for ``mlflow.db``), raises :class:`StoreMissing` instead
     of a new store (and its lock file) being made where the user stands, or MLflow's tables inside another
-    program's database."""
+    program's database. ``asked``: a server store must answer now (:func:`answering`); False for a run that goes on
+    whether or not it does (a resumed run, whose writes the outbox keeps)."""
     from mlflow import MlflowClient
 
     logging.getLogger("mlflow.store.db.utils").addFilter(_raised_anyway)
@@ -139,6 +186,8 @@ def client(uri: str | None = None, create: bool = True):
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no upload bars in the log
     uri = resolve_uri(uri or default_uri())
+    if asked:
+        answering(uri)
     database = store_lock(uri).database
     if not create and database is not None and not _holds_mlflow(database):
         raise StoreMissing(f"no MLflow store at {database}")
@@ -214,8 +263,10 @@ def tags_of_run(uri: str, run_id: str) -> dict[str, str]:
 
     try:
         return client(uri, create=False).get_run(run_id).data.tags
-    except (MlflowException, StoreMissing, StoreBusy) as error:
-        why = {StoreMissing: " (no store is there)", StoreBusy: f" ({error})"}.get(type(error), "")
+    except (MlflowException, StoreMissing, StoreBusy, StoreUnreachable) as error:
+        why = {StoreMissing: " (no store is there)", StoreBusy: f" ({error})", StoreUnreachable: f" ({error})"}.get(
+            type(error), ""
+        )
         raise RunNotFound(why) from None
 
 

@@ -34,7 +34,10 @@ def local_weights(ckpt: str, tracking_uri: str | None = None) -> Path:
         return Path(ckpt)
     from mlflow.exceptions import MlflowException
 
-    client = store.client(tracking_uri)
+    try:
+        client = store.client(tracking_uri)
+    except store.StoreUnreachable as down:
+        raise FetchError(f"ckpt={ckpt}: {down}") from None
     tracking_uri = client.tracking_uri
     try:
         uri, key = _pinned(client, ckpt)
