@@ -15,7 +15,8 @@ parent to nest under, in which experiment, what its name shows) and ``--multirun
 ``optuna_study.json``      written by the Optuna sweeper as it ends: did it leave the study complete?
 ``oof_predictions.jsonl``  a k-fold sweep's dev predictions, pooled out of fold
 ``report/``                the report of its jobs (Markdown, CSV, plots), logged to the parent
-``.tracking/``             the parent run's outbox journal (as in a run folder)
+``.tracking/``             the parent run's outbox journals, one per process that logs it (``<pid>-<hex>/``): two
+                           continuations or a study's workers log it at once; an ended one's, taken over by the next
 =========================  ========================================================================================
 """
 

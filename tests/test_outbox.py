@@ -112,6 +112,67 @@ def test_a_process_whose_store_does_not_answer_exits_without_waiting_for_the_sen
     assert Outbox(tmp_path, Store()).pending == 1
 
 
+LEAVE_UNDELIVERED = (  # a process that journals records in a shared folder while its store is down, then ends
+    "import sys; from afqmc_exp.tracking.outbox import Outbox\n"
+    "def down(record, replayed): raise ConnectionError('store unreachable')\n"
+    "outbox = Outbox(sys.argv[1], down, shared=True)\n"
+    "for n in (1, 2): outbox.put({'op': 'tags', 'tags': {'from': f'dead {n}'}})\n"
+    "print('journaled', flush=True)\n"
+    "sys.stdin.read()  # alive until the test closes its stdin\n"
+)
+
+
+def test_processes_logging_one_run_from_one_folder_each_deliver_their_own_records_once(tmp_path):
+    """A sweep's parent run is logged from its folder by every process that runs the sweep: two continuations, or
+    an Optuna study's workers given one ``hydra.sweep.dir``. Each keeps a journal of its own there, so none sends
+    another's records again or counts them as its own."""
+    first_store, second_store = Store(), Store()
+    first, second = Outbox(tmp_path, first_store, shared=True), Outbox(tmp_path, second_store, shared=True)
+    for n in (1, 2):
+        first.put({"op": "tags", "tags": {"from": f"first {n}"}})
+        second.put({"op": "tags", "tags": {"from": f"second {n}"}})
+    for outbox in (first, second):
+        outbox.close()
+        assert outbox.drain(10)
+    assert [r["tags"]["from"] for r, _ in first_store.got] == ["first 1", "first 2"]
+    assert [r["tags"]["from"] for r, _ in second_store.got] == ["second 1", "second 2"]
+    assert first.folder != second.folder and first.pending == second.pending == 0
+
+
+def test_what_a_process_that_ended_left_in_a_shared_folder_is_delivered_by_the_next_and_a_live_ones_is_not(tmp_path):
+    live = subprocess.Popen([sys.executable, "-c", LEAVE_UNDELIVERED, str(tmp_path / "sweep")], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    ended = subprocess.run([sys.executable, "-c", LEAVE_UNDELIVERED, str(tmp_path / "sweep")], input="",
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert ended.returncode == 0 and live.stdout.readline() == "journaled\n", ended.stderr
+    try:
+        store = Store()
+        outbox = Outbox(tmp_path / "sweep", store, shared=True)
+        outbox.put({"op": "end", "status": "FINISHED"})
+        outbox.close()
+        assert outbox.drain(10)
+        sent = [(r.get("tags", {}).get("from", r["op"]), replayed) for r, replayed in store.got]
+        assert sent == [("dead 1", True), ("dead 2", True), ("end", False)]  # the live process's two are its own
+        again = Store()
+        later = Outbox(tmp_path / "sweep", again, shared=True)
+        later.close()
+        assert later.drain(10) and again.got == []  # adopted once: not delivered again by a later process
+    finally:
+        live.communicate("", timeout=60)
+
+
+def test_the_one_journal_a_sweep_folder_kept_before_is_delivered_by_the_first_process_of_the_new_kind(tmp_path):
+    """A sweep started by a version with one shared journal, continued by this one: its undelivered records are
+    delivered, and that journal goes."""
+    left_behind(tmp_path, [json.dumps(metrics(1)), json.dumps(metrics(2))], sent=1)
+    store = Store()
+    outbox = Outbox(tmp_path, store, shared=True)
+    outbox.start()
+    outbox.close()
+    assert outbox.drain(10) and store.got == [(metrics(2), True)]
+    assert not (tmp_path / ".tracking" / "journal.jsonl").exists() and not (tmp_path / ".tracking" / "sent").exists()
+
+
 def test_the_end_waits_for_a_slow_store_that_answers_and_gives_up_on_one_that_does_not(tmp_path):
     """``drain(t)`` bounds the time without a delivery, not the whole delivery: a backlog that takes longer
     than ``t`` in all is delivered by a store that answers each record in time (a catch-up on a loaded machine);

@@ -52,6 +52,7 @@ class Run:
         flush_every: int = 1000,
         masker: Masker | None = None,
         drain_seconds: float = 60.0,
+        shared: bool = False,
     ):
         self.client, self.run_id, self.flush_every = client, run_id, flush_every
         self.folder, self.masker, self.drain_seconds = folder, masker or Masker(), drain_seconds
@@ -59,7 +60,7 @@ class Run:
         self._metrics: list = []
         self._buffer_lock = threading.Lock()  # the system-metrics sampler logs from its own thread
         self.tags: dict[str, str] = {}  # every tag this run has set, the last value of each
-        self.outbox = Outbox(folder, self._deliver)
+        self.outbox = Outbox(folder, self._deliver, shared=shared)
         self._store_through: dict[str, int] | None = None  # filled when replaying a backlog (see _deliver)
         self.experiment_id: str | None = None  # known to a run this process created (the summary links its view)
         self.name: str | None = None  # known to a run this process created: the given one, else MLflow's own

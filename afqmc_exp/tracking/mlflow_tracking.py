@@ -100,8 +100,10 @@ class MlflowTracking:
         folder: Path,
         parent_run_id: str | None = None,
         masker: Masker | None = None,
+        shared: bool = False,
     ) -> Run:
-        """Create the run (synchronously: it needs an id) and queue its params and tags."""
+        """Create the run (synchronously: it needs an id) and queue its params and tags. ``shared``: several
+        processes log it from ``folder`` (a sweep's parent; see ``outbox.own_journal``)."""
         if not self.enabled:
             return NoRun()
         try:
@@ -116,9 +118,8 @@ class MlflowTracking:
                 f"tracking.uri={mask_uri(self.uri)}: cannot create the MLflow run ({first_line(error)}); start the "
                 "store or point tracking.uri elsewhere (tracking.enabled=false runs without MLflow)"
             ) from None
-        run = Run(
-            client, created.info.run_id, folder, self.flush_every, masker=masker, drain_seconds=self.drain_seconds
-        )
+        run = Run(client, created.info.run_id, folder, self.flush_every, masker=masker,
+                  drain_seconds=self.drain_seconds, shared=shared)  # fmt: skip
         run.experiment_id = experiment_id
         run.name = created.info.run_name
         if "metric" in tags:  # a training run (a sweep's parent has none): the runs table's view, its metric's
@@ -150,13 +151,13 @@ class MlflowTracking:
         """The store's client; ``asked=False`` for a run that goes on whether or not the store answers now."""
         return store.client(self.uri, asked=asked)
 
-    def attach(self, run_id: str, folder: Path, masker: Masker | None = None) -> Run:
+    def attach(self, run_id: str, folder: Path, masker: Masker | None = None, shared: bool = False) -> Run:
         """An earlier run over its folder's outbox, knowing what it has logged (the journal's steps, and the
         store's where the journal is doubted or was never kept) and its tags; nothing is written yet."""
         if not self.enabled:
             return NoRun()
         run = Run(self.client(asked=False), run_id, folder, self.flush_every, masker=masker,
-                  drain_seconds=self.drain_seconds)  # fmt: skip
+                  drain_seconds=self.drain_seconds, shared=shared)  # fmt: skip
         journaled = run.journal_steps()
         if run.outbox.doubted or not journaled:
             stored = run.store_steps()
@@ -164,10 +165,10 @@ class MlflowTracking:
         run.logged_through, run.tags = journaled, run.journal_tags()
         return run
 
-    def reopen(self, run_id: str, folder: Path, masker: Masker | None = None) -> Run:
+    def reopen(self, run_id: str, folder: Path, masker: Masker | None = None, shared: bool = False) -> Run:
         """Log into an earlier run again (resuming): what the earlier process left in the outbox is sent first,
         the run is marked RUNNING, and steps already logged are not logged again."""
-        run = self.attach(run_id, folder, masker)
+        run = self.attach(run_id, folder, masker, shared)
         if run.active:
             run.outbox.put({"op": "status", "status": "RUNNING"})
             log.info("MLflow run %s reopened (metrics logged through step %s)", run_id,

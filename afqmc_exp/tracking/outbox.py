@@ -12,6 +12,12 @@ next process that opens the run folder (``resume``, which for a finished run onl
 process dies between delivering it and counting it; metrics are then filtered against what the store
 holds (see ``mlflow_run.Run``), and params, tags and artifacts are idempotent.
 
+A sweep's parent run is logged from the sweep's folder by every process that runs the sweep at once (two
+continuations, an Optuna study's workers given one ``hydra.sweep.dir``). One journal and one count there would mix
+them: each process would send the others' records again and write its own count over theirs. So that folder keeps
+a journal per process (``shared``: ``.tracking/<pid>-<hex>/``, locked while the process lives), and a process
+that opens it first takes over what ended ones left undelivered (:func:`adopt_ended`).
+
 The journal is not trusted blindly. A last line cut short by a kill was never acknowledged: it is cut off.
 A journal that does not add up (a line that cannot be read, or fewer records than were counted delivered,
 as a crash of the machine rather than of the process can leave) is *doubted*: the damaged file is kept
@@ -24,13 +30,16 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
+import re
+import secrets
 import shutil
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..files import replaced_file
+from ..files import InUse, let_go, replaced_file, take
 from ..run_folder import RunFolder
 from .store import first_line
 from .uploads import upload_position
@@ -42,14 +51,19 @@ class Outbox:
     """Records appended with :meth:`put` reach ``deliver(record, replayed)`` in order, from a background thread
     (``replayed``: the record was left by an earlier process, which may have delivered it already)."""
 
-    def __init__(self, folder: Path, deliver: Callable[[dict, bool], None], retry_seconds: float = 2.0):
-        self.folder = RunFolder(folder).journal
+    def __init__(
+        self, folder: Path, deliver: Callable[[dict, bool], None], retry_seconds: float = 2.0, shared: bool = False
+    ):
+        """``shared``: several processes log one run from ``folder`` (a sweep's parent): a journal each (see
+        :func:`own_journal`), and what ended ones left undelivered is delivered by this one."""
+        root = RunFolder(folder).journal
+        self.folder = own_journal(root) if shared else root
         self.folder.mkdir(parents=True, exist_ok=True)
         self.journal, self.counter = self.folder / "journal.jsonl", self.folder / "sent"
+        if shared:
+            adopt_ended(root, self.folder)
         self.deliver, self.retry_seconds = deliver, retry_seconds
-        self.records, unreadable = read_journal(self.journal)
-        counted = self.counter.read_text().strip() if self.counter.exists() else "0"
-        self.sent = int(counted) if counted.isdigit() else len(self.records) + 1  # unreadable: doubted
+        self.records, unreadable, self.sent = counted_journal(self.folder)
         self.doubted = bool(unreadable) or self.sent > len(self.records)
         if self.doubted:
             self._start_again(unreadable)
@@ -177,6 +191,77 @@ class Outbox:
                 self.pending,
                 self.journal,
             )
+
+
+def counted_journal(folder: Path) -> tuple[list[dict], list[int], int]:
+    """A journal folder's records, its unreadable lines, and how many records it counts as delivered (an unreadable
+    count is more than there are: the journal is doubted)."""
+    records, unreadable = read_journal(folder / "journal.jsonl")
+    counter = folder / "sent"
+    counted = counter.read_text().strip() if counter.exists() else "0"
+    return records, unreadable, int(counted) if counted.isdigit() else len(records) + 1
+
+
+JOURNAL_NAME = re.compile(r"\d+-[0-9a-f]{6}")  # a process's journal folder in a shared .tracking (own_journal)
+
+
+def own_journal(root: Path) -> Path:
+    """This process's journal folder in a ``.tracking`` that several processes share (``<pid>-<hex>``), locked by it
+    until it ends. It is made under a hidden name and locked before it is named, so another process never takes a
+    folder whose owner has not locked it yet for one that ended."""
+    name = f"{os.getpid()}-{secrets.token_hex(3)}"
+    making = root / f".{name}"
+    making.mkdir(parents=True)
+    take(making / ".lock", f"{making}: another process's journal")
+    os.rename(making, root / name)  # the lock stays held: it is on the file, wherever its folder is named
+    return root / name
+
+
+def adopt_ended(root: Path, own: Path) -> None:
+    """What processes that ended left undelivered in a shared ``.tracking`` (their journal folders, whose locks are
+    free, and the one journal a version before shared folders kept there) becomes the start of ``own``'s journal,
+    delivered as left by an earlier process. Each ended folder is then moved into ``own/adopted/``, with the files
+    its records name (staged masked files); a kill before that move has them adopted twice, which the delivery
+    tolerates (see the module docstring)."""
+    ended = [root] if (root / "journal.jsonl").exists() else []
+    for folder in sorted(root.iterdir(), key=lambda f: _journal_time(f)):
+        if folder.is_dir() and JOURNAL_NAME.fullmatch(folder.name) and not folder.name.startswith(f"{os.getpid()}-"):
+            try:
+                take(folder / ".lock", "")
+            except InUse:  # a process that runs: its records are its own
+                continue
+            ended.append(folder)
+    if not ended:
+        return
+    records = []
+    for folder in ended:
+        left, unreadable, sent = counted_journal(folder)
+        moved_to = str(own / "adopted" / folder.name)
+        records += [_moved(r, str(folder), moved_to) if folder != root else r for r in
+                    (left if unreadable or sent > len(left) else left[sent:])]  # fmt: skip
+    with replaced_file(own / "journal.jsonl") as out:
+        out.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    for folder in ended:
+        if folder == root:
+            for name in ("journal.jsonl", "sent"):
+                (root / name).unlink(missing_ok=True)
+        else:
+            (own / "adopted").mkdir(exist_ok=True)
+            os.rename(folder, own / "adopted" / folder.name)
+            let_go(folder / ".lock")
+    log.info("%s: delivering %d tracking record(s) that %d ended process(es) left", own, len(records), len(ended))
+
+
+def _journal_time(folder: Path) -> float:
+    journal = folder / "journal.jsonl"
+    return journal.stat().st_mtime if journal.exists() else 0.0
+
+
+def _moved(record: dict, old: str, new: str) -> dict:
+    """``record`` with a file it names under ``old`` named under ``new``."""
+    return {
+        k: new + v[len(old) :] if isinstance(v, str) and v.startswith(old + os.sep) else v for k, v in record.items()
+    }
 
 
 def read_journal(path: Path) -> tuple[list[dict], list[int]]:

@@ -83,10 +83,10 @@ class MlflowSweepCallback(Callback):
         tags = {"sweep.dir": str(sweep_dir.resolve()), "sweep.overrides": overrides, "sweep.sweeper": sweeper}
         earlier = folder.parent_run_id() if self.study is None else None
         if earlier:  # a continued sweep (commands/continued_sweep): its own parent
-            self.run, made = tracking.reopen(earlier, sweep_dir, masker), False
+            self.run, made = tracking.reopen(earlier, sweep_dir, masker, shared=True), False
         elif self.study is None:
             tracking.run_name = f"sweep {datetime.now():%Y-%m-%d %H:%M} · {what_is_swept(config)}"
-            self.run, made = tracking.start(params, tags, sweep_dir, masker=masker), True
+            self.run, made = tracking.start(params, tags, sweep_dir, masker=masker, shared=True), True
         else:  # an Optuna study: one parent for every worker that runs it
             tracking.run_name = f"study {self.study['name']} · {what_is_swept(config)}"
             self.run, made = study_parent(tracking, self.study, tags, sweep_dir, masker)
@@ -234,7 +234,7 @@ def study_parent(tracking, study: dict, tags: dict, folder: Path, masker: Masker
     if parent != mine:
         log.info("the study %r has its MLflow parent run already (%s): this worker's trials are nested under it",
                  study["name"], parent)  # fmt: skip
-    return tracking.reopen(parent, folder, masker), parent == mine
+    return tracking.reopen(parent, folder, masker, shared=True), parent == mine
 
 
 def sweep_datasets(config: DictConfig) -> list[dict]:
