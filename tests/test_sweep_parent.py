@@ -302,12 +302,16 @@ def study_ends(callback, complete):
     callback.close()
 
 
-def test_the_workers_of_one_study_share_one_parent_and_the_last_to_end_closes_it(tmp_path, at_exit):
-    first, second = study_worker(tmp_path, at_exit, "first"), study_worker(tmp_path, at_exit, "second")
+@pytest.mark.parametrize("folders", [("first", "second"), ("shared", "shared")], ids=["own folders", "one folder"])
+def test_the_workers_of_one_study_share_one_parent_and_the_last_to_end_closes_it(tmp_path, at_exit, folders):
+    """Each worker in a sweep folder of its own, or all given one ``hydra.sweep.dir`` (each then journals the parent
+    on its own there: ``outbox.own_journal``)."""
+    first, second = (study_worker(tmp_path, at_exit, name) for name in folders)
     parent_id, client = first.run.run_id, first.run.client
     assert (
-        second.run.run_id == parent_id == SweepFolder(tmp_path / "second").parent_run_id()
+        second.run.run_id == parent_id == SweepFolder(tmp_path / folders[1]).parent_run_id()
     )  # its jobs nest under it too
+    assert first.run.outbox.journal != second.run.outbox.journal
     assert client.get_run(parent_id).data.tags["sweep.study"] == "s"
     job(tmp_path, parent_id, "first's", objective=0.6)
     second_best = job(tmp_path, parent_id, "second's", objective=0.8)
