@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -171,6 +172,46 @@ def test_the_one_journal_a_sweep_folder_kept_before_is_delivered_by_the_first_pr
     outbox.close()
     assert outbox.drain(10) and store.got == [(metrics(2), True)]
     assert not (tmp_path / ".tracking" / "journal.jsonl").exists() and not (tmp_path / ".tracking" / "sent").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="an upload's progress is read from /proc")
+def test_an_upload_the_store_takes_then_fails_is_not_waited_for_again_and_again(tmp_path):
+    """A store that takes the bytes and then fails (a full disk, a proxy's 413) is sent the file at each retry: once
+    the record has failed, its upload's motion no longer holds the end of the run."""
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(bytes(50 * 64 * 1024))
+    attempts = []
+
+    def fails_after_reading(record, replayed):
+        attempts.append(1)
+        uploading(weights)(record, replayed)
+        raise ConnectionError("500 Internal Server Error")
+
+    outbox = Outbox(tmp_path / "run", fails_after_reading, retry_seconds=0.01)
+    outbox.put({"op": "artifacts", "path": str(tmp_path), "artifact_path": "best_model"})
+    assert not outbox.drain(0.3) and len(attempts) <= 2
+
+
+def test_a_journal_an_ended_process_left_is_adopted_whatever_its_pid_and_however_it_named_its_files(
+    tmp_path, monkeypatch
+):
+    """In a container every launch can have the same pid; the process that left a journal may have named its staged
+    files relative to where it started: neither keeps its records from the next process, files included."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    dead = tmp_path / "sweep" / ".tracking" / f"{os.getpid()}-abcdef"  # this pid, but no process holds its lock
+    (dead / "masked" / "hydra").mkdir(parents=True)
+    (dead / "masked" / "hydra" / "multirun.yaml").write_text("lr: 1\n")
+    staged = os.path.relpath(dead / "masked" / "hydra", tmp_path)
+    (dead / "journal.jsonl").write_text(
+        json.dumps({"op": "artifacts", "path": staged, "artifact_path": "hydra"}) + "\n"
+    )
+    got = []
+    outbox = Outbox(tmp_path / "sweep", lambda record, replayed: got.append(Path(record["path"])), shared=True)
+    outbox.start()
+    outbox.close()
+    assert outbox.drain(10) and len(got) == 1 and (got[0] / "multirun.yaml").read_text() == "lr: 1\n"
 
 
 def test_the_end_waits_for_a_slow_store_that_answers_and_gives_up_on_one_that_does_not(tmp_path):

@@ -439,24 +439,21 @@ def test_a_lookup_finds_a_store_whose_path_has_uri_characters_or_that_another_pr
         writer.close()
 
 
-def test_a_server_store_that_is_down_is_said_at_once_not_after_mlflows_retries(tmp_path):
+def test_a_server_store_that_is_down_is_said_at_once_not_after_mlflows_retries(tmp_path, caplog):
     """MLflow retries a request to a server that does not answer for about four minutes (measured: 246 s for a
     refused connection) before it raises. A store a command must ask now (a new run, a lookup) is asked once,
     without retries: the error names the store (its password masked) and what to do. A resumed run does not ask:
     its writes wait in the outbox until the store is back."""
     import http.server
     import threading
-    import time
 
     from afqmc_exp.tracking import store
     from helpers import free_port
 
     down = f"http://alice:hunter2@127.0.0.1:{free_port()}"  # nobody listens there
-    started = time.monotonic()
     with pytest.raises(store.StoreUnreachable) as refused:
         store.client(down, create=False)
     message = str(refused.value)
-    assert time.monotonic() - started < 30
     assert "no MLflow server answers" in message and "hunter2" not in message and "mlflow server" in message
     assert store.client(down, asked=False).tracking_uri == down  # a resumed run's client: nothing asked yet
     with pytest.raises(store.RunNotFound, match="no MLflow server answers"):  # resume=<run id>
@@ -481,6 +478,14 @@ def test_a_server_store_that_is_down_is_said_at_once_not_after_mlflows_retries(t
         assert store.client(up, create=False).tracking_uri == up
     finally:
         server.shutdown()
+        server.server_close()
+    with pytest.raises(store.StoreUnreachable):  # gone since (between a sweep's jobs): asked again, not remembered
+        store.client(up, create=False)
+    from afqmc_exp.tracking.mlflow_run import Run
+
+    # a resumed run reading what the store holds: said, and it goes on
+    assert Run(store.client(down, asked=False), "a" * 32, tmp_path / "run").store_steps() == {}
+    assert "Retrying" not in caplog.text  # urllib3's line for each of MLflow's retries: none was made
 
 
 def test_a_new_run_on_a_server_store_that_is_down_is_refused_in_one_line(tmp_path):

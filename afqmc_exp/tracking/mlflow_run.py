@@ -24,7 +24,7 @@ from pathlib import Path
 from ..run_folder import RunFolder
 from .masking import Masker, mask_uri
 from .outbox import Outbox
-from .store import first_line
+from .store import answering, first_line
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +202,10 @@ class Run:
         return tags
 
     def store_steps(self) -> dict[str, int]:
-        """Per metric, the last step the store holds (for runs logged before the journal existed)."""
+        """Per metric, the last step the store holds (for runs logged before the journal existed). A server that is
+        down is said at once (``store.answering``), not after MLflow's minutes of retries: the run goes on."""
         try:
+            answering(self.client.tracking_uri)
             return self._read_store_steps()
         except Exception as error:  # (whatever the store raised: the journal's steps are used, said in one line)
             log.warning("could not read the logged steps of run %s (%s)", self.run_id, first_line(error))

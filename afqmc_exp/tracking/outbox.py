@@ -74,6 +74,8 @@ class Outbox:
         self.behind_since: float | None = None
         self._delivered_at = 0.0  # time.monotonic() of the last delivery (drain waits while records move)
         self._uploading_said = False
+        self._failed = -1  # the number of the last record an attempt to deliver failed (see _upload_moved)
+        self._position, self._looked_at = upload_position(), 0.0
 
     def _start_again(self, unreadable: list[int]) -> None:
         """A journal that does not add up: kept aside, rewritten from its readable records, all sent again."""
@@ -119,10 +121,10 @@ class Outbox:
         (``uploads.upload_position``): a backlog, or one upload, that takes longer than ``timeout`` in all still
         reaches a store that takes it, so the end of a run and a catch-up do not stop halfway."""
         with self._changed:
-            started = moved = time.monotonic()
-            position = upload_position()
+            started = moved = self._looked_at = time.monotonic()
+            self._position = upload_position()
             while self.pending:
-                if position != (position := upload_position()):
+                if self._upload_moved(every=min(0.5, timeout / 3)):
                     moved = time.monotonic()
                     self._said_uploading(started, timeout)
                 moved = max(moved, self._delivered_at)
@@ -131,6 +133,17 @@ class Outbox:
                     return False
                 self._changed.wait(timeout=min(1.0, left))
             return True
+
+    def _upload_moved(self, every: float) -> bool:
+        """Whether an upload of the record in flight moved since the last look (one look ``every`` seconds at most:
+        it reads ``/proc``). Once that record has failed an attempt it no longer counts: a store that takes the
+        bytes and then fails (a full disk, a proxy's 413) is sent the file again and again, and would hold the end
+        of the run for ever."""
+        now = time.monotonic()
+        if now - self._looked_at < every:
+            return False
+        position, self._position, self._looked_at = self._position, upload_position(), now
+        return position != self._position and self._failed != self.sent
 
     def _said_uploading(self, started: float, timeout: float) -> None:
         """Once a wait runs past ``timeout`` on an upload that moves: why the end of the run is still waiting."""
@@ -157,6 +170,7 @@ class Outbox:
                         "MLflow refused a %s record for good (%s); it is skipped", record.get("op"), first_line(error)
                     )
                 else:
+                    self._failed = self.sent
                     self._behind(error)
                     time.sleep(pause)
                     pause = min(60.0, pause * 2)
@@ -208,37 +222,29 @@ JOURNAL_NAME = re.compile(r"\d+-[0-9a-f]{6}")  # a process's journal folder in a
 def own_journal(root: Path) -> Path:
     """This process's journal folder in a ``.tracking`` that several processes share (``<pid>-<hex>``), locked by it
     until it ends. It is made under a hidden name and locked before it is named, so another process never takes a
-    folder whose owner has not locked it yet for one that ended."""
+    folder whose owner has not locked it yet for one that ended. Absolute: the files its records name are found
+    by a process started elsewhere (a continued sweep names its folder absolutely)."""
     name = f"{os.getpid()}-{secrets.token_hex(3)}"
-    making = root / f".{name}"
+    making = root.absolute() / f".{name}"
     making.mkdir(parents=True)
     take(making / ".lock", f"{making}: another process's journal")
-    os.rename(making, root / name)  # the lock stays held: it is on the file, wherever its folder is named
-    return root / name
+    os.rename(making, making.with_name(name))  # the lock stays held: it is on the file, wherever its folder is named
+    return making.with_name(name)
 
 
 def adopt_ended(root: Path, own: Path) -> None:
-    """What processes that ended left undelivered in a shared ``.tracking`` (their journal folders, whose locks are
-    free, and the one journal a version before shared folders kept there) becomes the start of ``own``'s journal,
-    delivered as left by an earlier process. Each ended folder is then moved into ``own/adopted/``, with the files
-    its records name (staged masked files); a kill before that move has them adopted twice, which the delivery
-    tolerates (see the module docstring)."""
-    ended = [root] if (root / "journal.jsonl").exists() else []
-    for folder in sorted(root.iterdir(), key=lambda f: _journal_time(f)):
-        if folder.is_dir() and JOURNAL_NAME.fullmatch(folder.name) and not folder.name.startswith(f"{os.getpid()}-"):
-            try:
-                take(folder / ".lock", "")
-            except InUse:  # a process that runs: its records are its own
-                continue
-            ended.append(folder)
+    """What processes that ended left undelivered in a shared ``.tracking`` (:func:`ended_journals`) becomes the
+    start of ``own``'s journal, delivered as left by an earlier process. Each ended folder is then moved into
+    ``own/adopted/``, with the files its records name (staged masked files); a kill before that move has them
+    adopted twice, which the delivery tolerates (see the module docstring)."""
+    ended = ended_journals(root, own)
     if not ended:
         return
     records = []
     for folder in ended:
         left, unreadable, sent = counted_journal(folder)
-        moved_to = str(own / "adopted" / folder.name)
-        records += [_moved(r, str(folder), moved_to) if folder != root else r for r in
-                    (left if unreadable or sent > len(left) else left[sent:])]  # fmt: skip
+        left = left if unreadable or sent > len(left) else left[sent:]
+        records += left if folder == root else [_moved(r, folder, own / "adopted" / folder.name) for r in left]
     with replaced_file(own / "journal.jsonl") as out:
         out.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     for folder in ended:
@@ -252,16 +258,44 @@ def adopt_ended(root: Path, own: Path) -> None:
     log.info("%s: delivering %d tracking record(s) that %d ended process(es) left", own, len(records), len(ended))
 
 
+def ended_journals(root: Path, own: Path) -> list[Path]:
+    """The journal folders in ``root`` whose process ended (their lock is free; this process's other outboxes
+    hold theirs on descriptors of their own, so they count as taken), oldest first, after the one journal a version
+    before shared folders kept in ``root`` itself. Each is held (locked) by this process from here on."""
+    ended = [root] if (root / "journal.jsonl").exists() else []
+    for folder in sorted(root.iterdir(), key=_journal_time):
+        if folder.name == own.name or not (folder.is_dir() and JOURNAL_NAME.fullmatch(folder.name)):
+            continue
+        try:
+            take(folder / ".lock", "")
+        except InUse:  # a process that runs: its records are its own
+            continue
+        if (folder / "journal.jsonl").exists():
+            ended.append(folder)
+        else:  # it journaled nothing, or another process took it over meanwhile (the lock made it anew)
+            shutil.rmtree(folder, ignore_errors=True)
+            let_go(folder / ".lock")
+    return ended
+
+
 def _journal_time(folder: Path) -> float:
-    journal = folder / "journal.jsonl"
-    return journal.stat().st_mtime if journal.exists() else 0.0
+    try:
+        return (folder / "journal.jsonl").stat().st_mtime
+    except OSError:  # none yet, or moved by another process meanwhile
+        return 0.0
 
 
-def _moved(record: dict, old: str, new: str) -> dict:
-    """``record`` with a file it names under ``old`` named under ``new``."""
-    return {
-        k: new + v[len(old) :] if isinstance(v, str) and v.startswith(old + os.sep) else v for k, v in record.items()
-    }
+def _moved(record: dict, old: Path, new: Path) -> dict:
+    """``record`` with a file it names under ``old`` (absolutely, or relative to where its process started) named
+    under ``new``."""
+    old_text = str(old.absolute()) + os.sep
+
+    def moved(value):
+        if isinstance(value, str) and os.path.abspath(value).startswith(old_text):
+            return str(new) + os.sep + os.path.abspath(value)[len(old_text) :]
+        return value
+
+    return {key: moved(value) for key, value in record.items()}
 
 
 def read_journal(path: Path) -> tuple[list[dict], list[int]]:

@@ -134,17 +134,18 @@ class StoreUnreachable(ConnectionError):
     """A server store that does not answer (see :func:`answering`); the message names it and what to do."""
 
 
-SERVER_TIMEOUT_S = 10  # a server store that has not answered by then is down (or out of reach)
+SERVER_TIMEOUT_S = (10, 60)  # a server store that takes a connection, then answers /health: (connect, read) s
 
 
 def answering(uri: str) -> None:
     """A server store (``http``, ``https``) answers: one ``GET /health``, without retries, through MLflow's own
     request (its credentials, TLS and proxy settings). Any answer will do (a 404, a 401 too): only a server that
-    cannot be reached raises :class:`StoreUnreachable`. Other stores are not asked here."""
-    if not uri.startswith(("http://", "https://")) or uri in _ANSWERED:
+    cannot be reached raises :class:`StoreUnreachable`. Other stores are not asked here. Asked at each call, not
+    once a process: a server can go down between a sweep's jobs."""
+    if not uri.startswith(("http://", "https://")):
         return
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking._tracking_service.utils import get_default_host_creds
+    from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
     try:
@@ -153,17 +154,13 @@ def answering(uri: str) -> None:
     except MlflowException as error:
         raise StoreUnreachable(f"{mask_uri(uri)}: no MLflow server answers ({_not_reached(error)}); start it (mlflow "
                                "server --backend-store-uri ...) or check the address") from None  # fmt: skip
-    _ANSWERED.add(uri)
-
-
-_ANSWERED: set[str] = set()  # server stores this process has heard from (asked once)
 
 
 def _not_reached(error: Exception) -> str:
     """Why a request did not reach the server, in a few words (MLflow's message runs on with urllib3's, URLs with
     their credentials included)."""
     text = str(error).lower()
-    for words, why in (("refused", "connection refused"), ("timed out", f"no answer in {SERVER_TIMEOUT_S} s"),
+    for words, why in (("refused", "connection refused"), ("timed out", "no answer in time"),
                        ("name or service not known", "no such host"), ("nodename nor servname", "no such host"),
                        ("name resolution", "no such host"), ("ssl", "a TLS error")):  # fmt: skip
         if words in text:
