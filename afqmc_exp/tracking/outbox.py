@@ -75,7 +75,7 @@ class Outbox:
         self._delivered_at = 0.0  # time.monotonic() of the last delivery (drain waits while records move)
         self._uploading_said = False
         self._failed = -1  # the number of the last record an attempt to deliver failed (see _upload_moved)
-        self._position, self._looked_at = upload_position(), 0.0
+        self._position, self._looked_at = None, 0.0  # the upload's position at drain's last look
 
     def _start_again(self, unreadable: list[int]) -> None:
         """A journal that does not add up: kept aside, rewritten from its readable records, all sent again."""
