@@ -211,6 +211,26 @@ def test_a_signal_checkpoints_then_stops_and_resume_ends_like_an_uninterrupted_r
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
+def test_a_signal_that_arrives_as_a_step_decides_whether_to_checkpoint_still_stops_after_a_checkpoint(tmp_path):
+    """The handler sets ``requested`` whenever the signal comes: one arriving after a step's checkpoint was judged
+    not due, and before the step's stop check, stopped the run with its last checkpoint steps behind (CI met it:
+    "SIGTERM received: saving a checkpoint" and no checkpoint)."""
+    trainer, _ = make_trainer(tmp_path, epochs=2, log_every=1, eval_every=None, checkpoint_every=4)
+    save = trainer.checkpointer.save
+
+    def signal_right_after_the_decision(step, **kwargs):
+        started = save(step, **kwargs)
+        if step == 7:
+            trainer.signals.requested = True  # SIGTERM, between the decision and the check
+        return started
+
+    trainer.checkpointer.save = signal_right_after_the_decision
+    with pytest.raises(KeyboardInterrupt, match="stopped by a signal at step 8"):
+        trainer.fit()
+    state = torch.load(RunFolder(tmp_path / "run").last_checkpoint / TRAINER_STATE, weights_only=True)["state"]
+    assert state["step"] == 8  # the step it stopped after: nothing trained is lost
+
+
 def test_a_non_finite_loss_stops_training_with_what_to_change(tmp_path):
     trainer, _ = make_trainer(tmp_path, lr=1e30, max_grad_norm=None, log_every=1)
     with pytest.raises(NonFiniteLossError, match="lower optim.lr"):

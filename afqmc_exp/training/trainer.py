@@ -326,8 +326,9 @@ class Trainer:
         if logged:
             self._log_training()
         stop = self._evaluate() if self.evaluator.due(step) else False
-        self.checkpointer.save(step, logged=logged, stopping=self.signals.requested)
-        if self.signals.requested:
+        stopping = self.signals.requested  # read once: a signal between two reads would stop with no checkpoint
+        self.checkpointer.save(step, logged=logged, stopping=stopping)
+        if stopping:
             resume = self.checkpointer.resume_command
             raise self.signals.stopped(f"stopped by a signal at step {step}"
                                        + (f"; continue it: {resume}" if resume else ""))  # fmt: skip
